@@ -1,0 +1,65 @@
+//! Canonical events: one row per state change, written in the same
+//! transaction as the change. They are the message history and, later, what
+//! webhooks fan out from.
+
+use crate::{EventId, InstanceId, MessageId, MessageStatus, TenantId, Timestamp};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub enum EventType {
+    #[serde(rename = "message.status")]
+    MessageStatus,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::MessageStatus => "message.status",
+        }
+    }
+}
+
+/// Detail of one status change. Optional parts are absent, not null.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct StatusDetail {
+    /// Provider-caused failed attempts so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_message_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// When a `retry_wait` or `scheduled` message is due again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<Timestamp>,
+    /// False when a provider report was recorded but did not change the
+    /// status (e.g. `delivered` arriving after `read`).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub applied: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+/// A `message.status` event as stored and as shown in a message's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct MessageEvent {
+    pub id: EventId,
+    #[serde(rename = "type")]
+    pub event_type: EventType,
+    pub tenant_id: TenantId,
+    pub message_id: MessageId,
+    pub instance_id: InstanceId,
+    pub status: MessageStatus,
+    /// Per-chat sequence number of the message, so receivers can restore order.
+    pub chat_seq: i64,
+    pub at: Timestamp,
+    #[serde(flatten)]
+    pub detail: StatusDetail,
+}

@@ -1,0 +1,87 @@
+//! Identifier newtypes. Ids are a short prefix plus a UUIDv7 in hex, so they
+//! say what they name (`msg_…`, `ten_…`), sort by creation time, and cannot
+//! be mixed up with each other in signatures.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+        #[serde(transparent)]
+        #[schema(value_type = String, example = json!(concat!($prefix, "0193a1b2c3d47e8f9a0b1c2d3e4f5a6b")))]
+        pub struct $name(String);
+
+        impl $name {
+            pub const PREFIX: &'static str = $prefix;
+
+            /// Mints a new, time-ordered id.
+            pub fn generate() -> Self {
+                Self(format!("{}{}", $prefix, uuid::Uuid::now_v7().simple()))
+            }
+
+            /// Accepts only strings of this id's shape; anything else is
+            /// treated as "no such id" by callers (a 404, never a 500).
+            pub fn parse(s: &str) -> Option<Self> {
+                let rest = s.strip_prefix($prefix)?;
+                (rest.len() == 32 && rest.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+                    .then(|| Self(s.to_owned()))
+            }
+
+            /// Wraps a value read back from the store, which only holds ids this
+            /// type minted.
+            pub fn from_trusted(s: String) -> Self {
+                Self(s)
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A business using zapgate. Every row a tenant can see carries its id.
+    TenantId, "ten_");
+id_type!(
+    /// One WhatsApp number (a session at a provider) owned by a tenant.
+    InstanceId, "ins_");
+id_type!(
+    /// A message accepted by `POST /v1/messages`, minted at accept time and
+    /// reused in every status and event about it.
+    MessageId, "msg_");
+id_type!(
+    /// One canonical event; the `webhook-id` of every delivery of it.
+    EventId, "evt_");
+id_type!(
+    /// The public handle of an API token (not the secret).
+    TokenId, "tok_");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_parse_back_and_sort_by_time() {
+        let a = MessageId::generate();
+        let b = MessageId::generate();
+        assert_eq!(MessageId::parse(a.as_str()), Some(a.clone()));
+        assert!(a < b);
+    }
+
+    #[test]
+    fn wrong_prefix_or_shape_is_rejected() {
+        let t = TenantId::generate();
+        assert_eq!(MessageId::parse(t.as_str()), None);
+        assert_eq!(MessageId::parse("msg_123"), None);
+        assert_eq!(MessageId::parse("msg_0193A1B2C3D47E8F9A0B1C2D3E4F5A6B"), None);
+    }
+}

@@ -1,0 +1,26 @@
+//! The centre of zapgate: the types every other crate speaks.
+//!
+//! Everything here is pure (no I/O, no clock reads except where a constructor
+//! explicitly mints a new id). Values are parsed at the boundary into these
+//! types, so code past the HTTP layer never sees an unchecked phone number,
+//! an unknown message kind or a status transition the rules forbid.
+
+pub mod chat;
+pub mod error;
+pub mod event;
+pub mod ids;
+pub mod message;
+pub mod priority;
+pub mod status;
+pub mod token;
+pub mod timestamp;
+
+pub use chat::ChatId;
+pub use error::ValidationError;
+pub use event::{EventType, MessageEvent};
+pub use ids::{EventId, InstanceId, MessageId, TenantId, TokenId};
+pub use message::{MessageContent, SendRequest};
+pub use priority::Priority;
+pub use status::MessageStatus;
+pub use timestamp::Timestamp;
+pub use token::{ApiToken, TokenHash};

@@ -1,0 +1,375 @@
+//! What a tenant asks zapgate to send, parsed from the API's JSON.
+//!
+//! The wire shape follows the WhatsApp Cloud API (`"type": "text", "text":
+//! {…}`), so the native API and the Cloud facade share one content model.
+
+use crate::{ChatId, InstanceId, Priority, Timestamp, ValidationError};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub const MAX_TEXT_CHARS: usize = 4096;
+pub const MAX_CAPTION_CHARS: usize = 1024;
+pub const MAX_URL_LEN: usize = 2048;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Text {
+    pub body: String,
+    #[serde(default)]
+    pub preview_url: bool,
+}
+
+/// Media given by URL; the provider fetches it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Media {
+    pub link: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caption: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filename: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateLanguage {
+    pub code: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+}
+
+/// A provider (Cloud API) template referenced by name and language.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Template {
+    pub name: String,
+    pub language: TemplateLanguage,
+    /// Cloud API template components, passed through as given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Object>)]
+    pub components: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InteractiveText {
+    pub text: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InteractiveHeader {
+    /// Only `text` headers for now.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplyButtonBody {
+    pub id: String,
+    pub title: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplyButton {
+    /// Always `reply`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub reply: ReplyButtonBody,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListRow {
+    pub id: String,
+    pub title: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListSection {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    pub rows: Vec<ListRow>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InteractiveAction {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buttons: Option<Vec<ReplyButton>>,
+    /// Label of the button that opens a list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub button: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sections: Option<Vec<ListSection>>,
+}
+
+/// Reply buttons (`type: button`, 1–3 buttons) or a list (`type: list`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Interactive {
+    #[serde(rename = "type")]
+    pub kind: InteractiveKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<InteractiveHeader>,
+    pub body: InteractiveText,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub footer: Option<InteractiveText>,
+    pub action: InteractiveAction,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum InteractiveKind {
+    Button,
+    List,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Location {
+    pub latitude: f64,
+    pub longitude: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Reaction {
+    /// The message reacted to: a zapgate message id or a WhatsApp message id.
+    pub message_id: String,
+    /// One emoji; empty removes a reaction.
+    pub emoji: String,
+}
+
+/// The content of a message. Stored and shown in the Cloud API wire shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum MessageContent {
+    Text { text: Text },
+    Image { image: Media },
+    Video { video: Media },
+    Audio { audio: Media },
+    Document { document: Media },
+    Sticker { sticker: Media },
+    Template { template: Template },
+    Interactive { interactive: Interactive },
+    Location { location: Location },
+    Reaction { reaction: Reaction },
+}
+
+impl MessageContent {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Text { .. } => "text",
+            Self::Image { .. } => "image",
+            Self::Video { .. } => "video",
+            Self::Audio { .. } => "audio",
+            Self::Document { .. } => "document",
+            Self::Sticker { .. } => "sticker",
+            Self::Template { .. } => "template",
+            Self::Interactive { .. } => "interactive",
+            Self::Location { .. } => "location",
+            Self::Reaction { .. } => "reaction",
+        }
+    }
+
+    /// Checks the limits WhatsApp enforces, so a message that would surely be
+    /// refused is refused at accept time with the field named.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        match self {
+            Self::Text { text } => check_len("text.body", &text.body, 1, MAX_TEXT_CHARS),
+            Self::Image { image: m }
+            | Self::Video { video: m }
+            | Self::Audio { audio: m }
+            | Self::Document { document: m }
+            | Self::Sticker { sticker: m } => validate_media(m).map_err(|e| e.within(self.kind())),
+            Self::Template { template } => {
+                check_len("template.name", &template.name, 1, 512)?;
+                check_len("template.language.code", &template.language.code, 2, 15)
+            }
+            Self::Interactive { interactive } => validate_interactive(interactive),
+            Self::Location { location } => {
+                if !(location.latitude.is_finite() && (-90.0..=90.0).contains(&location.latitude)) {
+                    return Err(ValidationError::new("location.latitude", "must be between -90 and 90"));
+                }
+                if !(location.longitude.is_finite() && (-180.0..=180.0).contains(&location.longitude)) {
+                    return Err(ValidationError::new("location.longitude", "must be between -180 and 180"));
+                }
+                Ok(())
+            }
+            Self::Reaction { reaction } => {
+                check_len("reaction.message_id", &reaction.message_id, 1, 256)?;
+                check_len("reaction.emoji", &reaction.emoji, 0, 16)
+            }
+        }
+    }
+}
+
+fn check_len(field: &str, s: &str, min: usize, max: usize) -> Result<(), ValidationError> {
+    let n = s.chars().count();
+    if n < min || (min > 0 && s.trim().is_empty()) {
+        return Err(ValidationError::new(field, "must not be empty"));
+    }
+    if n > max {
+        return Err(ValidationError::new(field, format!("must be at most {max} characters (got {n})")));
+    }
+    Ok(())
+}
+
+fn validate_media(m: &Media) -> Result<(), ValidationError> {
+    if !(m.link.starts_with("https://") || m.link.starts_with("http://")) || m.link.len() > MAX_URL_LEN {
+        return Err(ValidationError::new("link", "must be an http(s) URL of at most 2048 characters"));
+    }
+    if let Some(c) = &m.caption {
+        check_len("caption", c, 0, MAX_CAPTION_CHARS)?;
+    }
+    if let Some(f) = &m.filename {
+        check_len("filename", f, 1, 240)?;
+    }
+    Ok(())
+}
+
+fn validate_interactive(i: &Interactive) -> Result<(), ValidationError> {
+    check_len("interactive.body.text", &i.body.text, 1, 1024)?;
+    if let Some(h) = &i.header {
+        if h.kind != "text" {
+            return Err(ValidationError::new("interactive.header.type", "only text headers are supported"));
+        }
+        check_len("interactive.header.text", &h.text, 1, 60)?;
+    }
+    if let Some(f) = &i.footer {
+        check_len("interactive.footer.text", &f.text, 1, 60)?;
+    }
+    match i.kind {
+        InteractiveKind::Button => {
+            let buttons = i.action.buttons.as_deref().unwrap_or_default();
+            if !(1..=3).contains(&buttons.len()) {
+                return Err(ValidationError::new("interactive.action.buttons", "needs 1 to 3 buttons"));
+            }
+            for (n, b) in buttons.iter().enumerate() {
+                if b.kind != "reply" {
+                    return Err(ValidationError::new(format!("interactive.action.buttons[{n}].type"), "must be \"reply\""));
+                }
+                check_len(&format!("interactive.action.buttons[{n}].reply.id"), &b.reply.id, 1, 256)?;
+                check_len(&format!("interactive.action.buttons[{n}].reply.title"), &b.reply.title, 1, 20)?;
+            }
+        }
+        InteractiveKind::List => {
+            check_len("interactive.action.button", i.action.button.as_deref().unwrap_or_default(), 1, 20)?;
+            let sections = i.action.sections.as_deref().unwrap_or_default();
+            if !(1..=10).contains(&sections.len()) {
+                return Err(ValidationError::new("interactive.action.sections", "needs 1 to 10 sections"));
+            }
+            let rows: usize = sections.iter().map(|s| s.rows.len()).sum();
+            if !(1..=10).contains(&rows) {
+                return Err(ValidationError::new("interactive.action.sections", "needs 1 to 10 rows in all"));
+            }
+            for (n, s) in sections.iter().enumerate() {
+                for (r, row) in s.rows.iter().enumerate() {
+                    check_len(&format!("interactive.action.sections[{n}].rows[{r}].id"), &row.id, 1, 200)?;
+                    check_len(&format!("interactive.action.sections[{n}].rows[{r}].title"), &row.title, 1, 24)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A validated send request: everything the store needs to accept it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SendRequest {
+    pub instance_id: InstanceId,
+    pub to: ChatId,
+    #[serde(flatten)]
+    pub content: MessageContent,
+    pub priority: Priority,
+    pub send_at: Option<Timestamp>,
+    pub expires_at: Option<Timestamp>,
+}
+
+impl SendRequest {
+    /// Hash of the parsed request: two bodies that mean the same thing (key
+    /// order, spacing, `+55…` vs `55…`) share a fingerprint. Used by
+    /// idempotency to tell "same request again" from "different request".
+    pub fn fingerprint(&self) -> [u8; 32] {
+        let canonical = serde_json::to_vec(self).expect("send requests always serialise");
+        Sha256::digest(&canonical).into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn content(v: serde_json::Value) -> Result<MessageContent, String> {
+        let c: MessageContent = serde_json::from_value(v).map_err(|e| e.to_string())?;
+        c.validate().map_err(|e| e.to_string())?;
+        Ok(c)
+    }
+
+    #[test]
+    fn every_kind_parses_from_cloud_shape() {
+        let ok = [
+            json!({"type":"text","text":{"body":"Olá"}}),
+            json!({"type":"image","image":{"link":"https://x.test/a.png","caption":"c"}}),
+            json!({"type":"document","document":{"link":"https://x.test/a.pdf","filename":"a.pdf"}}),
+            json!({"type":"template","template":{"name":"bill","language":{"code":"pt_BR"},"components":[{"type":"body"}]}}),
+            json!({"type":"interactive","interactive":{"type":"button","body":{"text":"Pay?"},
+                "action":{"buttons":[{"type":"reply","reply":{"id":"y","title":"Yes"}}]}}}),
+            json!({"type":"interactive","interactive":{"type":"list","body":{"text":"Pick"},
+                "action":{"button":"Options","sections":[{"title":"A","rows":[{"id":"1","title":"One"}]}]}}}),
+            json!({"type":"location","location":{"latitude":-23.5,"longitude":-46.6,"name":"SP"}}),
+            json!({"type":"reaction","reaction":{"message_id":"wamid.X","emoji":"👍"}}),
+        ];
+        for v in ok {
+            content(v.clone()).unwrap_or_else(|e| panic!("{v}: {e}"));
+        }
+    }
+
+    #[test]
+    fn limits_are_enforced_with_the_field_named() {
+        let cases = [
+            (json!({"type":"text","text":{"body":""}}), "text.body"),
+            (json!({"type":"text","text":{"body":"x".repeat(4097)}}), "text.body"),
+            (json!({"type":"image","image":{"link":"ftp://x"}}), "image.link"),
+            (json!({"type":"location","location":{"latitude":91.0,"longitude":0.0}}), "location.latitude"),
+            (json!({"type":"interactive","interactive":{"type":"button","body":{"text":"x"},"action":{"buttons":[]}}}),
+             "interactive.action.buttons"),
+        ];
+        for (v, field) in cases {
+            let e = content(v.clone()).unwrap_err();
+            assert!(e.starts_with(field), "{v}: {e}");
+        }
+    }
+
+    #[test]
+    fn unknown_kinds_and_fields_are_rejected() {
+        assert!(content(json!({"type":"hologram"})).is_err());
+        assert!(content(json!({"type":"text","text":{"body":"a","colour":"red"}})).is_err());
+    }
+
+    #[test]
+    fn fingerprint_ignores_spelling_but_not_meaning() {
+        let req = |to: &str, body: &str| SendRequest {
+            instance_id: InstanceId::from_trusted("ins_x".into()),
+            to: ChatId::parse(to).unwrap(),
+            content: MessageContent::Text { text: Text { body: body.into(), preview_url: false } },
+            priority: Priority::Normal,
+            send_at: None,
+            expires_at: None,
+        };
+        assert_eq!(req("+5511999998888", "a").fingerprint(), req("5511999998888", "a").fingerprint());
+        assert_ne!(req("+5511999998888", "a").fingerprint(), req("+5511999998888", "b").fingerprint());
+    }
+}
