@@ -1,1 +1,52 @@
+//! Backends behind small traits.
+//!
+//! - [`Store`]: tenants, tokens, instances, messages, events, idempotency keys.
+//! - [`Queue`]: due work for the dispatcher (claim with a lease, then settle).
+//! - [`RateLimiter`]: keyed rate limits (in process here; Redis in distributed mode).
+//! - [`MediaStore`]: media bytes (a local directory here; S3 in distributed mode).
+//!
+//! The embedded implementations share one SQLite file ([`sqlite::SqliteBackend`]):
+//! the queue table is the outbox, so "accepted" and "enqueued" commit together.
+//! Callers get `Arc<dyn Trait>` handles from [`Backends::open`] and never name
+//! an implementation.
 
+pub mod crash;
+pub mod error;
+pub mod limits;
+pub mod media;
+pub mod queue;
+pub mod sqlite;
+pub mod store;
+
+pub use crash::crash_point;
+pub use error::StoreError;
+pub use limits::{InProcessRateLimiter, RateLimiter, Throttled};
+pub use media::{LocalMediaStore, MediaStore};
+pub use queue::{Claim, Delivery, Queue, Settlement};
+pub use store::*;
+
+use std::path::Path;
+use std::sync::Arc;
+
+/// The set of backends one process runs with.
+#[derive(Clone)]
+pub struct Backends {
+    pub store: Arc<dyn Store>,
+    pub queue: Arc<dyn Queue>,
+    pub rate_limiter: Arc<dyn RateLimiter>,
+    pub media: Arc<dyn MediaStore>,
+}
+
+impl Backends {
+    /// Opens the embedded backends under `data_dir`. `exclusive` takes the
+    /// file lock that keeps two `serve` processes off one database.
+    pub async fn open_embedded(data_dir: &Path, exclusive: bool) -> Result<Self, StoreError> {
+        let db = Arc::new(sqlite::SqliteBackend::open(data_dir, exclusive).await?);
+        Ok(Self {
+            store: db.clone(),
+            queue: db,
+            rate_limiter: Arc::new(InProcessRateLimiter::default()),
+            media: Arc::new(LocalMediaStore::new(data_dir.join("media"))),
+        })
+    }
+}

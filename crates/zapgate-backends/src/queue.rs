@@ -1,0 +1,47 @@
+//! The `Queue` trait: where due work waits for the dispatcher.
+
+use crate::StoreError;
+use async_trait::async_trait;
+use zapgate_domain::{InstanceId, MessageId, Priority, TenantId, Timestamp};
+
+/// One claimed unit of work, leased to this process until settled.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub message_id: MessageId,
+    pub tenant_id: TenantId,
+    pub instance_id: InstanceId,
+    /// Attempt number the message had when enqueued (for the CAS).
+    pub attempt: u32,
+    pub priority: Priority,
+    pub seq: i64,
+}
+
+/// How many deliveries the dispatcher wants for one instance.
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub instance_id: InstanceId,
+    pub max: u32,
+}
+
+/// How a delivery ends, mirroring what the store recorded.
+#[derive(Debug, Clone)]
+pub enum Settlement {
+    /// Remove the entry (sent, terminal, or a duplicate).
+    Done,
+    /// Keep the entry, visible again at `at` with this attempt number.
+    RetryAt { at: Timestamp, attempt: u32 },
+}
+
+#[async_trait]
+pub trait Queue: Send + Sync + 'static {
+    /// Leases up to `max` due entries per instance, in priority then
+    /// acceptance order, taking only the head message of each chat (so a
+    /// chat's next message waits until the previous one is settled).
+    async fn claim(&self, claims: &[Claim], now: Timestamp, lease_ms: i64) -> Result<Vec<Delivery>, StoreError>;
+    async fn settle(&self, settlements: Vec<(MessageId, Settlement)>) -> Result<(), StoreError>;
+    /// Earliest time a waiting entry becomes due, if any is in the future.
+    async fn next_due(&self, now: Timestamp) -> Result<Option<Timestamp>, StoreError>;
+    /// Returns every lease held by a dead process to the queue and
+    /// reconciles entries with message state (embedded start-up only).
+    async fn recover(&self, now: Timestamp) -> Result<u64, StoreError>;
+}

@@ -1,0 +1,237 @@
+//! The `Store` trait and the records it reads and writes.
+
+use crate::StoreError;
+use async_trait::async_trait;
+use serde::Serialize;
+use zapgate_domain::event::StatusDetail;
+use zapgate_domain::{
+    ChatId, InstanceId, MessageContent, MessageEvent, MessageId, MessageStatus, Priority, SendRequest, TenantId,
+    Timestamp, TokenHash, TokenId,
+};
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct TenantRecord {
+    pub id: TenantId,
+    pub name: String,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct TokenRecord {
+    pub id: TokenId,
+    pub tenant_id: TenantId,
+    /// Non-secret start of the token, to recognise it in listings.
+    pub hint: String,
+    pub created_at: Timestamp,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<Timestamp>,
+}
+
+/// What creating an instance needs; ids are minted by the caller.
+#[derive(Debug, Clone)]
+pub struct NewInstance {
+    pub id: InstanceId,
+    pub tenant_id: TenantId,
+    pub name: String,
+    pub provider: String,
+    pub phone_number_id: String,
+    pub waba_id: String,
+    pub rate_per_sec: u32,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct InstanceRecord {
+    pub id: InstanceId,
+    pub tenant_id: TenantId,
+    pub name: String,
+    pub provider: String,
+    /// Numeric id the Cloud API facade addresses this instance by.
+    pub phone_number_id: String,
+    pub waba_id: String,
+    /// Messages per second this instance is paced at.
+    pub rate_per_sec: u32,
+    pub burst: u32,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct MessageRecord {
+    pub id: MessageId,
+    pub tenant_id: TenantId,
+    pub instance_id: InstanceId,
+    #[schema(value_type = String)]
+    pub to: ChatId,
+    /// The WhatsApp id the provider resolved the recipient to, once known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wa_id: Option<String>,
+    #[serde(flatten)]
+    pub content: MessageContent,
+    pub priority: Priority,
+    pub status: MessageStatus,
+    /// Provider-caused failed attempts.
+    pub attempts: u32,
+    pub chat_seq: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider_message_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_message: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_at: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<Timestamp>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// An idempotency key presented with a send, with the request's fingerprint.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    pub key: String,
+    pub fingerprint: [u8; 32],
+}
+
+#[derive(Debug, Clone)]
+pub struct AcceptMessage {
+    pub id: MessageId,
+    pub tenant_id: TenantId,
+    pub request: SendRequest,
+    pub idempotency: Option<IdempotencyKey>,
+    pub now: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Accepted {
+    /// Stored with its event and queue entry.
+    New { id: MessageId, status: MessageStatus },
+    /// The key was used before with the same request: the first answer.
+    Replayed { id: MessageId, status: MessageStatus },
+    /// The key was used before with a different request.
+    KeyReused,
+    /// The instance does not exist for this tenant.
+    UnknownInstance,
+}
+
+/// Filters for listing messages; all optional, all ANDed.
+#[derive(Debug, Clone, Default)]
+pub struct MessageFilter {
+    pub status: Option<MessageStatus>,
+    pub recipient: Option<ChatId>,
+    pub instance_id: Option<InstanceId>,
+    pub since: Option<Timestamp>,
+    pub until: Option<Timestamp>,
+    /// Only messages older than this id (cursor pagination, newest first).
+    pub before: Option<MessageId>,
+    pub limit: u32,
+}
+
+/// The result of one provider call, as the worker classified it.
+#[derive(Debug, Clone)]
+pub enum SendResult {
+    Sent { provider_message_id: String, wa_id: Option<String> },
+    /// Try again at `retry_at`. `spend_attempt` is false when the cause was
+    /// not the provider refusing this message (throttling, open circuit).
+    Retry { retry_at: Timestamp, spend_attempt: bool, code: String, message: String },
+    Failed { code: String, message: String },
+    Expired,
+}
+
+#[derive(Debug, Clone)]
+pub struct SendOutcome {
+    pub message_id: MessageId,
+    pub result: SendResult,
+    /// Attempts after which a retryable failure becomes `dead`.
+    pub retry_limit: u32,
+    pub now: Timestamp,
+}
+
+/// What the store decided for one outcome; the queue is settled to match.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OutcomeApplied {
+    /// The message left the queue (sent, failed, dead, expired).
+    Done(MessageStatus),
+    /// The message waits until `at`, with `attempts` provider failures so far.
+    RetryAt { at: Timestamp, attempts: u32 },
+    /// The message was not in `sending` any more; nothing changed.
+    Stale,
+}
+
+/// A status a provider reported for a message it accepted.
+#[derive(Debug, Clone)]
+pub struct ProviderStatusReport {
+    pub provider_message_id: String,
+    pub status: MessageStatus,
+    pub at: Timestamp,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StatusApplied {
+    /// The status changed.
+    Applied,
+    /// Recorded in history but ignored by the forward-only rule.
+    Ignored,
+    /// No message with this provider id yet: parked, re-applied when the
+    /// send result is stored.
+    Parked,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    async fn create_tenant(&self, id: TenantId, name: String) -> Result<TenantRecord, StoreError>;
+    async fn list_tenants(&self) -> Result<Vec<TenantRecord>, StoreError>;
+    async fn get_tenant(&self, id: &TenantId) -> Result<Option<TenantRecord>, StoreError>;
+
+    async fn create_token(
+        &self,
+        id: TokenId,
+        tenant: &TenantId,
+        hash: TokenHash,
+        hint: String,
+    ) -> Result<TokenRecord, StoreError>;
+    async fn list_tokens(&self, tenant: &TenantId) -> Result<Vec<TokenRecord>, StoreError>;
+    /// Returns false when no such live token exists for the tenant.
+    async fn revoke_token(&self, tenant: &TenantId, id: &TokenId) -> Result<bool, StoreError>;
+    async fn tenant_for_token(&self, hash: &TokenHash) -> Result<Option<TenantId>, StoreError>;
+
+    async fn create_instance(&self, new: NewInstance) -> Result<InstanceRecord, StoreError>;
+    async fn list_instances(&self, tenant: &TenantId) -> Result<Vec<InstanceRecord>, StoreError>;
+    async fn get_instance(&self, tenant: &TenantId, id: &InstanceId) -> Result<Option<InstanceRecord>, StoreError>;
+    /// Any tenant's live instance, for the dispatcher.
+    async fn find_instance(&self, id: &InstanceId) -> Result<Option<InstanceRecord>, StoreError>;
+    async fn all_instances(&self) -> Result<Vec<InstanceRecord>, StoreError>;
+    /// Deletes the instance; its pending messages become `cancelled`.
+    async fn delete_instance(&self, tenant: &TenantId, id: &InstanceId, now: Timestamp) -> Result<bool, StoreError>;
+
+    /// Stores the message, its first event and its queue entry in one
+    /// transaction; returns only after the commit.
+    async fn accept(&self, msg: AcceptMessage) -> Result<Accepted, StoreError>;
+    async fn get_message(&self, tenant: &TenantId, id: &MessageId) -> Result<Option<MessageRecord>, StoreError>;
+    async fn message_history(&self, tenant: &TenantId, id: &MessageId) -> Result<Vec<MessageEvent>, StoreError>;
+    async fn list_messages(&self, tenant: &TenantId, filter: &MessageFilter) -> Result<Vec<MessageRecord>, StoreError>;
+
+    /// Compare-and-set `queued|scheduled|retry_wait → sending` for each
+    /// (message, attempt). Returns the messages that won; a loser is a
+    /// duplicate delivery and must not be sent.
+    async fn begin_sending(&self, claims: &[(MessageId, u32)], now: Timestamp) -> Result<Vec<MessageRecord>, StoreError>;
+    async fn record_outcome(&self, outcome: SendOutcome) -> Result<OutcomeApplied, StoreError>;
+    async fn apply_provider_status(&self, report: ProviderStatusReport) -> Result<StatusApplied, StoreError>;
+
+    /// `dead → queued` with attempts reset; returns false if not a dead letter.
+    async fn replay_dead(&self, tenant: &TenantId, id: &MessageId, now: Timestamp) -> Result<bool, StoreError>;
+
+    /// Drops idempotency keys and parked statuses older than the given times.
+    async fn purge_expired(&self, keys_before: Timestamp, parked_before: Timestamp) -> Result<u64, StoreError>;
+}
+
+/// Convenience for building event details.
+pub fn detail() -> StatusDetail {
+    StatusDetail { applied: true, ..Default::default() }
+}
