@@ -129,6 +129,12 @@ pub struct MessageFilter {
     pub limit: u32,
 }
 
+#[derive(Debug, Default)]
+pub struct BeginSending {
+    pub won: Vec<MessageRecord>,
+    pub finished: Vec<MessageId>,
+}
+
 /// The result of one provider call, as the worker classified it.
 #[derive(Debug, Clone)]
 pub enum SendResult {
@@ -218,9 +224,10 @@ pub trait Store: Send + Sync + 'static {
     async fn list_messages(&self, tenant: &TenantId, filter: &MessageFilter) -> Result<Vec<MessageRecord>, StoreError>;
 
     /// Compare-and-set `queued|scheduled|retry_wait → sending` for each
-    /// (message, attempt). Returns the messages that won; a loser is a
-    /// duplicate delivery and must not be sent.
-    async fn begin_sending(&self, claims: &[(MessageId, u32)], now: Timestamp) -> Result<Vec<MessageRecord>, StoreError>;
+    /// (message, attempt). A loser is a duplicate delivery and must not be
+    /// sent; losers whose message no longer needs the queue are listed in
+    /// `finished` so their entries can be removed.
+    async fn begin_sending(&self, claims: &[(MessageId, u32)], now: Timestamp) -> Result<BeginSending, StoreError>;
     async fn record_outcome(&self, outcome: SendOutcome) -> Result<OutcomeApplied, StoreError>;
     async fn apply_provider_status(&self, report: ProviderStatusReport) -> Result<StatusApplied, StoreError>;
 

@@ -153,7 +153,7 @@ pub struct Reaction {
 
 /// The content of a message. Stored and shown in the Cloud API wire shape.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum MessageContent {
     Text { text: Text },
     Image { image: Media },

@@ -1,1 +1,96 @@
+//! Providers: what actually talks to WhatsApp.
+//!
+//! [`Provider`] is the one trait every adapter implements; [`classify`] is the
+//! one table that turns a provider failure into "retry (spending an attempt
+//! or not)" or "permanent". The built-in [`sandbox::Sandbox`] answers like
+//! WhatsApp without any network.
 
+pub mod classify;
+pub mod sandbox;
+
+pub use classify::{Classification, classify};
+
+use async_trait::async_trait;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use zapgate_domain::{ChatId, InstanceId, MessageContent, MessageId, MessageStatus, Timestamp};
+
+/// One message as handed to a provider.
+#[derive(Debug, Clone)]
+pub struct OutboundMessage {
+    pub message_id: MessageId,
+    pub instance_id: InstanceId,
+    pub phone_number_id: String,
+    pub to: ChatId,
+    pub content: MessageContent,
+    /// Provider-caused failures so far (0 on the first try).
+    pub attempt: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SendAccepted {
+    pub provider_message_id: String,
+    /// The WhatsApp id the provider resolved the recipient to, if it says.
+    pub wa_id: Option<String>,
+}
+
+/// A provider failure, as the adapter understood it.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ProviderError {
+    /// The provider asks us to slow down (HTTP 429, Cloud 130429, …).
+    #[error("throttled by the provider ({code})")]
+    Throttled { code: String, retry_after: Option<Duration> },
+    /// A transient failure of the provider (5xx, connection refused, …).
+    #[error("provider unavailable ({code}): {message}")]
+    Unavailable { code: String, message: String, retry_after: Option<Duration> },
+    /// The provider refused this message for good (bad recipient, …).
+    #[error("rejected by the provider ({code}): {message}")]
+    Rejected { code: String, message: String },
+    /// No answer within the send timeout.
+    #[error("the provider did not answer in time")]
+    Timeout,
+}
+
+/// A status the provider reports later about a message it accepted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StatusReport {
+    pub provider_message_id: String,
+    pub status: MessageStatus,
+    pub at: Timestamp,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+}
+
+/// Where providers push status reports; the event processor drains it.
+pub type StatusSink = tokio::sync::mpsc::UnboundedSender<StatusReport>;
+
+#[async_trait]
+pub trait Provider: Send + Sync + 'static {
+    /// The provider kind stored on instances (`sandbox`, `cloud_api`, …).
+    fn kind(&self) -> &'static str;
+    async fn send(&self, msg: &OutboundMessage) -> Result<SendAccepted, ProviderError>;
+}
+
+/// The providers this process can use, by kind.
+#[derive(Clone, Default)]
+pub struct Providers {
+    by_kind: HashMap<&'static str, Arc<dyn Provider>>,
+}
+
+impl Providers {
+    pub fn with(mut self, p: Arc<dyn Provider>) -> Self {
+        self.by_kind.insert(p.kind(), p);
+        self
+    }
+
+    pub fn get(&self, kind: &str) -> Option<Arc<dyn Provider>> {
+        self.by_kind.get(kind).cloned()
+    }
+
+    pub fn kinds(&self) -> Vec<&'static str> {
+        let mut k: Vec<_> = self.by_kind.keys().copied().collect();
+        k.sort_unstable();
+        k
+    }
+}

@@ -1,1 +1,12 @@
+//! zapgate's edges: configuration ([`config`]), the HTTP API ([`http`]), the
+//! send pipeline ([`worker`]) and the wiring of one process ([`app`]).
 
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod http;
+pub mod logging;
+pub mod worker;
+
+pub use app::serve;
+pub use config::Config;

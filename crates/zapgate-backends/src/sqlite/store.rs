@@ -286,7 +286,7 @@ impl Store for SqliteBackend {
         rows.iter().map(rows::message).collect()
     }
 
-    async fn begin_sending(&self, claims: &[(MessageId, u32)], now: Timestamp) -> Result<Vec<MessageRecord>, StoreError> {
+    async fn begin_sending(&self, claims: &[(MessageId, u32)], now: Timestamp) -> Result<BeginSending, StoreError> {
         let claims = claims.to_vec();
         self.writer
             .write(Box::new(move |conn| {
@@ -296,7 +296,7 @@ impl Store for SqliteBackend {
                          WHERE id = ?2 AND attempts = ?3 AND status IN ('queued','scheduled','retry_wait') \
                          RETURNING {MESSAGE_COLUMNS}"
                     );
-                    let mut won = Vec::with_capacity(claims.len());
+                    let mut out = BeginSending { won: Vec::with_capacity(claims.len()), finished: Vec::new() };
                     for (id, attempt) in claims {
                         let row = sqlx::query(AssertSqlSafe(sql.clone()))
                             .bind(now.as_millis())
@@ -308,10 +308,19 @@ impl Store for SqliteBackend {
                             let m = rows::message(&row)?;
                             let detail = StatusDetail { attempts: Some(m.attempts), ..detail() };
                             insert_event(conn, &msg_ref(&m), MessageStatus::Sending, &detail, now).await?;
-                            won.push(m);
+                            out.won.push(m);
+                        } else {
+                            let status: Option<String> = sqlx::query_scalar("SELECT status FROM messages WHERE id = ?")
+                                .bind(id.as_str())
+                                .fetch_optional(&mut *conn)
+                                .await?;
+                            let done = status.and_then(|s| s.parse::<MessageStatus>().ok()).is_none_or(|s| s.leaves_queue());
+                            if done {
+                                out.finished.push(id);
+                            }
                         }
                     }
-                    Ok(won)
+                    Ok(out)
                 })
             }))
             .await

@@ -1,0 +1,101 @@
+//! `zapgate serve`: every role in one process, on the embedded backends.
+
+use crate::config::Config;
+use crate::http::{self, AppState, extract::TokenCache};
+use crate::worker::lane::WorkerCtx;
+use crate::worker::retry::RetryPolicy;
+use crate::worker::{WorkSignal, dispatcher, janitor, statuses};
+use anyhow::Context;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use zapgate_backends::Backends;
+use zapgate_domain::Timestamp;
+use zapgate_providers::Providers;
+use zapgate_providers::sandbox::{Sandbox, SandboxConfig};
+
+/// How long shutdown waits for in-flight sends before exiting anyway (what
+/// is left is resent after the next start).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let backends = Backends::open_embedded(&config.data_dir, true)
+        .await
+        .with_context(|| format!("opening the embedded store in {}", config.data_dir.display()))?;
+    let admin = crate::admin::resolve(config.admin_token.as_deref(), &config.data_dir)
+        .context("resolving the admin token")?;
+    let recovered = backends.queue.recover(Timestamp::now()).await.context("recovering the queue")?;
+    if recovered > 0 {
+        tracing::warn!(messages = recovered, "requeued messages that were being sent when zapgate last stopped");
+    }
+
+    let (status_tx, status_rx) = tokio::sync::mpsc::unbounded_channel();
+    let sandbox = SandboxConfig {
+        send_latency: Duration::ZERO,
+        delivered_after: config.sandbox_delivered_after,
+        read_after: config.sandbox_read_after,
+        receipts_file: config.sandbox_receipts_file.clone(),
+    };
+    let providers = Providers::default().with(Arc::new(Sandbox::new(sandbox, status_tx).context("sandbox provider")?));
+
+    let signal = Arc::new(WorkSignal::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let ctx = Arc::new(WorkerCtx {
+        backends: backends.clone(),
+        providers: providers.clone(),
+        signal: signal.clone(),
+        retry: RetryPolicy { base: config.message_retry_base, max: config.message_retry_max },
+        retry_limit: config.message_retry_limit,
+        send_timeout: config.send_timeout,
+        concurrency: config.instance_concurrency,
+    });
+    let dispatcher = tokio::spawn(dispatcher::run(ctx, stop_rx.clone()));
+    tokio::spawn(statuses::run(backends.store.clone(), status_rx));
+    tokio::spawn(janitor::run(backends.store.clone(), config.idempotency_ttl, stop_rx));
+
+    let state = AppState {
+        backends,
+        providers,
+        config: config.clone(),
+        admin_hash: admin.hash(),
+        tokens: Arc::new(TokenCache::new(Duration::from_secs(30))),
+        work: signal,
+        keys_in_flight: Arc::new(Mutex::new(Default::default())),
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding the API listener to {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), "zapgate listening on http://{addr} (docs at /docs)");
+    axum::serve(listener, http::router(state)).with_graceful_shutdown(shutdown_signal()).await?;
+
+    tracing::info!("stopped accepting requests; draining");
+    let _ = stop_tx.send(true);
+    if tokio::time::timeout(DRAIN_TIMEOUT, dispatcher).await.is_err() {
+        tracing::warn!("in-flight sends did not finish in time; they will be resent after the next start");
+    }
+    tracing::info!("bye");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

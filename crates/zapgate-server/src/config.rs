@@ -1,0 +1,194 @@
+//! One typed configuration for every role, from (lowest to highest
+//! precedence) built-in defaults, an optional TOML file, `ZAPGATE_*`
+//! environment variables and command-line flags. The CLI layer (clap) owns
+//! env and flags and hands the values it saw to [`Config::load`].
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address of the REST API.
+    pub listen: SocketAddr,
+    /// Externally visible base URL (links to media, docs).
+    pub public_url: Option<String>,
+    /// Where the embedded database, lock file, media and admin token live.
+    pub data_dir: PathBuf,
+    /// PostgreSQL URL (distributed mode; not available yet).
+    pub database_url: Option<String>,
+    /// RabbitMQ URL (distributed mode; not available yet).
+    pub amqp_url: Option<String>,
+    /// Redis URL (distributed mode; not available yet).
+    pub redis_url: Option<String>,
+    /// Super-admin bearer token; generated and saved to `<data_dir>/admin_token` when unset.
+    pub admin_token: Option<String>,
+    pub log_format: LogFormat,
+    /// Provider-caused failures after which a message is dead-lettered.
+    pub message_retry_limit: u32,
+    /// First retry delay; doubles per attempt (with jitter) up to `message_retry_max`.
+    #[serde(with = "humantime_serde")]
+    pub message_retry_base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub message_retry_max: Duration,
+    /// How long one provider call may take before it counts as a failed attempt.
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
+    /// Default pace of a new instance, messages per second.
+    pub instance_rate: u32,
+    /// Sends in flight at once per instance.
+    pub instance_concurrency: u32,
+    /// API requests per second per tenant (0 = unlimited); bursts of twice that.
+    pub tenant_rate_limit: u32,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+    /// How long an Idempotency-Key is remembered.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_ttl: Duration,
+    /// Sandbox provider: delay from sent to delivered.
+    #[serde(with = "humantime_serde")]
+    pub sandbox_delivered_after: Duration,
+    /// Sandbox provider: delay from delivered to read.
+    #[serde(with = "humantime_serde")]
+    pub sandbox_read_after: Duration,
+    /// Sandbox provider: append a JSON line per accepted send to this file.
+    pub sandbox_receipts_file: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".parse().expect("valid default address"),
+            public_url: None,
+            data_dir: PathBuf::from("./data"),
+            database_url: None,
+            amqp_url: None,
+            redis_url: None,
+            admin_token: None,
+            log_format: LogFormat::Text,
+            message_retry_limit: 5,
+            message_retry_base: Duration::from_secs(2),
+            message_retry_max: Duration::from_secs(600),
+            send_timeout: Duration::from_secs(30),
+            instance_rate: 80,
+            instance_concurrency: 32,
+            tenant_rate_limit: 1000,
+            max_body_bytes: 1024 * 1024,
+            idempotency_ttl: Duration::from_secs(24 * 3600),
+            sandbox_delivered_after: Duration::from_secs(1),
+            sandbox_read_after: Duration::from_secs(2),
+            sandbox_receipts_file: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    #[error("could not read configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+}
+
+impl Config {
+    /// Defaults ← `file` (if given) ← `overrides` (env and flags, as clap saw them).
+    pub fn load(file: Option<&Path>, overrides: impl Serialize) -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(f) = file {
+            if !f.exists() {
+                return Err(ConfigError::Invalid(format!("config file {} does not exist", f.display())));
+            }
+            fig = fig.merge(Toml::file(f));
+        }
+        let cfg: Config = fig.merge(Serialized::globals(overrides)).extract().map_err(Box::new)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Refuses mixes that cannot work, with a message saying what to change.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
+        if self.amqp_url.is_some() && self.database_url.is_none() {
+            return bad("ZAPGATE_AMQP_URL needs ZAPGATE_DATABASE_URL (RabbitMQ relays from the PostgreSQL outbox)");
+        }
+        if self.database_url.is_some() || self.amqp_url.is_some() || self.redis_url.is_some() {
+            return bad(
+                "distributed mode (ZAPGATE_DATABASE_URL / ZAPGATE_AMQP_URL / ZAPGATE_REDIS_URL) is not available \
+                 in this build yet; unset them to run embedded",
+            );
+        }
+        if self.message_retry_limit == 0 {
+            return bad("ZAPGATE_MESSAGE_RETRY_LIMIT must be at least 1");
+        }
+        if self.instance_rate == 0 || self.instance_concurrency == 0 {
+            return bad("ZAPGATE_INSTANCE_RATE and ZAPGATE_INSTANCE_CONCURRENCY must be at least 1");
+        }
+        if self.max_body_bytes < 1024 {
+            return bad("ZAPGATE_MAX_BODY_BYTES must be at least 1024");
+        }
+        if let Some(t) = &self.admin_token
+            && t.len() < 16
+        {
+            return bad("ZAPGATE_ADMIN_TOKEN must be at least 16 characters");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn file_then_overrides() {
+        let dir = tempfile_dir();
+        let file = dir.join("z.toml");
+        std::fs::write(&file, "listen = \"0.0.0.0:9000\"\nmessage_retry_limit = 3\nsend_timeout = \"5s\"\n").unwrap();
+        let mut o = BTreeMap::new();
+        o.insert("message_retry_limit", 7);
+        let c = Config::load(Some(&file), o).unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.message_retry_limit, 7);
+        assert_eq!(c.send_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_mixes_are_refused() {
+        let dir = tempfile_dir();
+        let file = dir.join("z.toml");
+        std::fs::write(&file, "lisen = \"x\"\n").unwrap();
+        assert!(Config::load(Some(&file), BTreeMap::<String, String>::new()).is_err());
+        let mut o = BTreeMap::new();
+        o.insert("amqp_url", "amqp://x");
+        let e = Config::load(None, o).unwrap_err().to_string();
+        assert!(e.contains("ZAPGATE_DATABASE_URL"), "{e}");
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("zapgate-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+}
+
+/// Parses `500ms`, `2s`, `10m`, `24h` (humantime syntax).
+pub fn parse_duration(s: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(s)
+}
+
+pub fn format_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}

@@ -1,0 +1,126 @@
+//! Instances: one WhatsApp number each, owned by the calling tenant.
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use super::extract::{ApiJson, TenantAuth};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use zapgate_backends::{InstanceRecord, NewInstance};
+use zapgate_domain::{InstanceId, Timestamp, ValidationError};
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateInstance {
+    /// Display name, 1–100 characters.
+    pub name: String,
+    /// Provider kind; only `sandbox` in this build.
+    #[serde(default = "sandbox")]
+    pub provider: String,
+    /// Messages per second (default `ZAPGATE_INSTANCE_RATE`, at most 100000).
+    pub rate_limit_per_second: Option<u32>,
+    /// Burst size (default: one second's worth).
+    pub burst: Option<u32>,
+}
+
+fn sandbox() -> String {
+    "sandbox".into()
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct InstanceList {
+    pub data: Vec<InstanceRecord>,
+}
+
+/// Creates an instance.
+#[utoipa::path(post, path = "/v1/instances", tag = "instances", security(("tenant" = [])),
+    request_body = CreateInstance,
+    responses((status = 201, body = InstanceRecord), (status = 422, body = super::error::ErrorBody)))]
+pub async fn create(
+    TenantAuth(tenant): TenantAuth,
+    State(s): State<AppState>,
+    ApiJson(body): ApiJson<CreateInstance>,
+) -> ApiResult<(StatusCode, Json<InstanceRecord>)> {
+    let name = body.name.trim().to_owned();
+    if name.is_empty() || name.chars().count() > 100 {
+        return Err(ValidationError::new("name", "must be 1 to 100 characters").into());
+    }
+    if s.providers.get(&body.provider).is_none() {
+        return Err(ValidationError::new(
+            "provider",
+            format!("unknown provider {:?}; available: {}", body.provider, s.providers.kinds().join(", ")),
+        )
+        .into());
+    }
+    let rate = body.rate_limit_per_second.unwrap_or(s.config.instance_rate);
+    if !(1..=100_000).contains(&rate) {
+        return Err(ValidationError::new("rate_limit_per_second", "must be between 1 and 100000").into());
+    }
+    let burst = body.burst.unwrap_or(rate);
+    if !(1..=100_000).contains(&burst) {
+        return Err(ValidationError::new("burst", "must be between 1 and 100000").into());
+    }
+    let new = NewInstance {
+        id: InstanceId::generate(),
+        tenant_id: tenant,
+        name,
+        provider: body.provider,
+        phone_number_id: numeric_id(),
+        waba_id: numeric_id(),
+        rate_per_sec: rate,
+        burst,
+    };
+    let rec = s.backends.store.create_instance(new).await?;
+    s.work.mark(rec.id.clone());
+    Ok((StatusCode::CREATED, Json(rec)))
+}
+
+/// A 15-digit id in the style of Meta's phone number and WABA ids.
+fn numeric_id() -> String {
+    rand::rng().random_range(100_000_000_000_000u64..1_000_000_000_000_000).to_string()
+}
+
+/// Lists the tenant's instances.
+#[utoipa::path(get, path = "/v1/instances", tag = "instances", security(("tenant" = [])),
+    responses((status = 200, body = InstanceList)))]
+pub async fn list(TenantAuth(tenant): TenantAuth, State(s): State<AppState>) -> ApiResult<Json<InstanceList>> {
+    Ok(Json(InstanceList { data: s.backends.store.list_instances(&tenant).await? }))
+}
+
+fn instance_id(raw: &str) -> ApiResult<InstanceId> {
+    InstanceId::parse(raw).ok_or_else(|| ApiError::not_found("instance"))
+}
+
+/// Gets one instance.
+#[utoipa::path(get, path = "/v1/instances/{instance_id}", tag = "instances", security(("tenant" = [])),
+    params(("instance_id" = String, Path)),
+    responses((status = 200, body = InstanceRecord), (status = 404, body = super::error::ErrorBody)))]
+pub async fn get(
+    TenantAuth(tenant): TenantAuth,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<InstanceRecord>> {
+    let id = instance_id(&id)?;
+    let rec = s.backends.store.get_instance(&tenant, &id).await?.ok_or_else(|| ApiError::not_found("instance"))?;
+    Ok(Json(rec))
+}
+
+/// Deletes an instance. Its messages not yet sent become `cancelled`.
+#[utoipa::path(delete, path = "/v1/instances/{instance_id}", tag = "instances", security(("tenant" = [])),
+    params(("instance_id" = String, Path)),
+    responses((status = 204), (status = 404, body = super::error::ErrorBody)))]
+pub async fn delete(
+    TenantAuth(tenant): TenantAuth,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let id = instance_id(&id)?;
+    if s.backends.store.delete_instance(&tenant, &id, Timestamp::now()).await? {
+        s.work.mark(id);
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("instance"))
+    }
+}

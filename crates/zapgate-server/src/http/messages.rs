@@ -1,0 +1,336 @@
+//! Sending and reading messages.
+
+use super::error::{ApiError, ApiResult};
+use super::extract::{ApiJson, ApiQuery, TenantAuth};
+use super::{AppState, Page};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use zapgate_backends::{AcceptMessage, Accepted, IdempotencyKey, MessageFilter, MessageRecord};
+use zapgate_domain::{
+    ChatId, InstanceId, MessageContent, MessageEvent, MessageId, MessageStatus, Priority, SendRequest, TenantId,
+    Timestamp, ValidationError,
+};
+
+/// Body of `POST /v1/messages` (documentation shape; parsing is in [`parse_send`]).
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct SendMessage {
+    /// The instance (WhatsApp number) to send from.
+    pub instance_id: String,
+    /// Phone in E.164 (`+5511999998888`), group (`…@g.us`) or LID (`…@lid`).
+    pub to: String,
+    #[serde(flatten)]
+    pub content: MessageContent,
+    /// `high`, `normal` (default) or `low`; orders messages within the tenant.
+    pub priority: Option<Priority>,
+    /// Send no earlier than this time (RFC 3339).
+    pub send_at: Option<Timestamp>,
+    /// Give up (status `expired`) if not sent by this time (RFC 3339).
+    pub expires_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct MessageAccepted {
+    pub id: MessageId,
+    pub status: MessageStatus,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct MessageWithHistory {
+    #[serde(flatten)]
+    pub message: MessageRecord,
+    /// Every status change, oldest first.
+    pub history: Vec<MessageEvent>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct MessageList {
+    pub data: Vec<MessageRecord>,
+    /// Pass as `cursor` to get the next (older) page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+const ENVELOPE: [&str; 5] = ["instance_id", "to", "priority", "send_at", "expires_at"];
+
+/// Parses the JSON object of a send into a [`SendRequest`], naming the
+/// offending field on failure. The envelope fields are taken out first; what
+/// remains must be exactly one message content in the Cloud API shape.
+pub fn parse_send(mut body: Map<String, Value>, now: Timestamp) -> Result<SendRequest, ValidationError> {
+    let mut take_str = |field: &str, required: bool| -> Result<Option<String>, ValidationError> {
+        match body.remove(field) {
+            None | Some(Value::Null) if !required => Ok(None),
+            None | Some(Value::Null) => Err(ValidationError::new(field, "is required")),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(ValidationError::new(field, "must be a string")),
+        }
+    };
+    let instance = take_str("instance_id", true)?.unwrap_or_default();
+    let instance_id =
+        InstanceId::parse(&instance).ok_or_else(|| ValidationError::new("instance_id", "is not an instance id"))?;
+    let to = ChatId::parse(&take_str("to", true)?.unwrap_or_default())?;
+    let priority = match take_str("priority", false)? {
+        None => Priority::Normal,
+        Some(p) => serde_json::from_value(Value::String(p))
+            .map_err(|_| ValidationError::new("priority", "must be high, normal or low"))?,
+    };
+    let mut time = |field: &str| -> Result<Option<Timestamp>, ValidationError> {
+        take_str(field, false)?
+            .map(|s| {
+                Timestamp::parse_rfc3339(&s)
+                    .ok_or_else(|| ValidationError::new(field, "must be an RFC 3339 time such as 2026-01-31T09:00:00Z"))
+            })
+            .transpose()
+    };
+    let send_at = time("send_at")?;
+    let expires_at = time("expires_at")?;
+    if let Some(e) = expires_at {
+        if e <= now {
+            return Err(ValidationError::new("expires_at", "is already in the past"));
+        }
+        if send_at.is_some_and(|s| s >= e) {
+            return Err(ValidationError::new("expires_at", "must be after send_at"));
+        }
+    }
+    debug_assert!(ENVELOPE.iter().all(|f| !body.contains_key(*f)));
+    let content: MessageContent = serde_json::from_value(Value::Object(body)).map_err(|e| {
+        let m = e.to_string();
+        let m = m.replace("internally tagged enum MessageContent", "message type");
+        ValidationError::new("type", m)
+    })?;
+    content.validate()?;
+    Ok(SendRequest { instance_id, to, content, priority, send_at, expires_at })
+}
+
+/// Removes an in-flight idempotency key when its request ends, however it ends.
+struct InFlight {
+    set: Arc<Mutex<HashSet<(TenantId, String)>>>,
+    key: (TenantId, String),
+}
+
+impl InFlight {
+    fn enter(set: &Arc<Mutex<HashSet<(TenantId, String)>>>, key: (TenantId, String)) -> Option<Self> {
+        let mut s = set.lock().unwrap_or_else(|p| p.into_inner());
+        s.insert(key.clone()).then(|| InFlight { set: set.clone(), key })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.set.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
+    let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
+    let ok = v.to_str().ok().filter(|s| (1..=255).contains(&s.len()) && s.bytes().all(|b| (0x21..0x7f).contains(&b)));
+    match ok {
+        Some(s) => Ok(Some(s.to_owned())),
+        None => Err(ApiError::bad_request(
+            "invalid_idempotency_key",
+            "Idempotency-Key must be 1 to 255 visible ASCII characters",
+        )),
+    }
+}
+
+/// Accepts a message for sending. Answers 202 only once the message, its
+/// first event and its queue entry are committed together.
+#[utoipa::path(post, path = "/v1/messages", tag = "messages", security(("tenant" = [])),
+    request_body = SendMessage,
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "Same key and body → the first response; different body → 422; first still running → 409")),
+    responses(
+        (status = 202, body = MessageAccepted),
+        (status = 400, body = super::error::ErrorBody), (status = 401, body = super::error::ErrorBody),
+        (status = 409, body = super::error::ErrorBody), (status = 413, body = super::error::ErrorBody),
+        (status = 422, body = super::error::ErrorBody), (status = 429, body = super::error::ErrorBody)))]
+pub async fn send(
+    TenantAuth(tenant): TenantAuth,
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<Map<String, Value>>,
+) -> ApiResult<(StatusCode, Json<MessageAccepted>)> {
+    let now = Timestamp::now();
+    let key = idempotency_key(&headers)?;
+    let request = parse_send(body, now)?;
+    let _in_flight = match &key {
+        Some(k) => Some(InFlight::enter(&s.keys_in_flight, (tenant.clone(), k.clone())).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_key_in_flight",
+                "a request with this Idempotency-Key is still being processed",
+            )
+            .with_retry_after(std::time::Duration::from_secs(1))
+        })?),
+        None => None,
+    };
+    test_hook_accept_delay().await;
+    let instance = request.instance_id.clone();
+    let idempotency = key.map(|k| IdempotencyKey { key: k, fingerprint: request.fingerprint() });
+    let accepted =
+        s.backends.store.accept(AcceptMessage { id: MessageId::generate(), tenant_id: tenant, request, idempotency, now }).await?;
+    match accepted {
+        Accepted::New { id, status } => {
+            s.work.mark(instance);
+            Ok((StatusCode::ACCEPTED, Json(MessageAccepted { id, status })))
+        }
+        Accepted::Replayed { id, status } => Ok((StatusCode::ACCEPTED, Json(MessageAccepted { id, status }))),
+        Accepted::KeyReused => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+            "this Idempotency-Key was used with a different request body",
+        )),
+        Accepted::UnknownInstance => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_instance",
+            "no such instance for this tenant",
+        )
+        .with_details(serde_json::json!({ "field": "instance_id" }))),
+    }
+}
+
+#[cfg(feature = "test-hooks")]
+async fn test_hook_accept_delay() {
+    if let Some(ms) = std::env::var("ZAPGATE_TEST_ACCEPT_DELAY_MS").ok().and_then(|v| v.parse().ok()) {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
+}
+
+#[cfg(not(feature = "test-hooks"))]
+async fn test_hook_accept_delay() {}
+
+pub(super) fn message_id(raw: &str) -> ApiResult<MessageId> {
+    MessageId::parse(raw).ok_or_else(|| ApiError::not_found("message"))
+}
+
+/// Gets a message with its full status history.
+#[utoipa::path(get, path = "/v1/messages/{message_id}", tag = "messages", security(("tenant" = [])),
+    params(("message_id" = String, Path)),
+    responses((status = 200, body = MessageWithHistory), (status = 404, body = super::error::ErrorBody)))]
+pub async fn get(
+    TenantAuth(tenant): TenantAuth,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<MessageWithHistory>> {
+    let id = message_id(&id)?;
+    let message = s.backends.store.get_message(&tenant, &id).await?.ok_or_else(|| ApiError::not_found("message"))?;
+    let history = s.backends.store.message_history(&tenant, &id).await?;
+    Ok(Json(MessageWithHistory { message, history }))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ListQuery {
+    /// Only messages in this status.
+    pub status: Option<String>,
+    /// Only messages to this recipient.
+    pub to: Option<String>,
+    pub instance_id: Option<String>,
+    /// Accepted at or after this time (RFC 3339).
+    pub since: Option<String>,
+    /// Accepted before this time (RFC 3339).
+    pub until: Option<String>,
+    /// Opaque cursor from a previous page's `next_cursor`.
+    pub cursor: Option<String>,
+    /// Page size, 1–500 (default 50).
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct PageParams {
+    /// Opaque cursor from a previous page's `next_cursor`.
+    pub cursor: Option<String>,
+    /// Page size, 1–500 (default 50).
+    pub limit: Option<u32>,
+}
+
+impl ListQuery {
+    fn filter(&self) -> ApiResult<MessageFilter> {
+        let bad = |m: &str| ApiError::bad_request("invalid_query", m.to_owned());
+        let time = |s: &Option<String>, name: &str| {
+            s.as_deref()
+                .map(|v| Timestamp::parse_rfc3339(v).ok_or_else(|| bad(&format!("{name} must be an RFC 3339 time"))))
+                .transpose()
+        };
+        let page = Page { cursor: self.cursor.clone(), limit: self.limit };
+        Ok(MessageFilter {
+            status: self.status.as_deref().map(|v| v.parse().map_err(|e: String| bad(&e))).transpose()?,
+            recipient: self.to.as_deref().map(|v| ChatId::parse(v).map_err(|e| bad(&e.to_string()))).transpose()?,
+            instance_id: self
+                .instance_id
+                .as_deref()
+                .map(|v| InstanceId::parse(v).ok_or_else(|| bad("instance_id is not an instance id")))
+                .transpose()?,
+            since: time(&self.since, "since")?,
+            until: time(&self.until, "until")?,
+            before: page
+                .cursor
+                .as_deref()
+                .map(|c| MessageId::parse(c).ok_or_else(|| bad("cursor is not valid")))
+                .transpose()?,
+            limit: page.limit()?,
+        })
+    }
+}
+
+pub(super) async fn list_page(s: &AppState, tenant: &TenantId, f: MessageFilter) -> ApiResult<MessageList> {
+    let data = s.backends.store.list_messages(tenant, &f).await?;
+    let next_cursor = (data.len() as u32 == f.limit).then(|| data.last().map(|m| m.id.to_string())).flatten();
+    Ok(MessageList { data, next_cursor })
+}
+
+/// Lists messages, newest first, with filters and cursor pagination.
+#[utoipa::path(get, path = "/v1/messages", tag = "messages", security(("tenant" = [])), params(ListQuery),
+    responses((status = 200, body = MessageList), (status = 400, body = super::error::ErrorBody)))]
+pub async fn list(
+    TenantAuth(tenant): TenantAuth,
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<MessageList>> {
+    Ok(Json(list_page(&s, &tenant, q.filter()?).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(v: Value) -> Result<SendRequest, ValidationError> {
+        parse_send(v.as_object().unwrap().clone(), Timestamp::now())
+    }
+
+    const INS: &str = "ins_0193a1b2c3d47e8f9a0b1c2d3e4f5a6b";
+
+    #[test]
+    fn a_full_send_parses() {
+        let r = parse(json!({"instance_id": INS, "to": "+5511999998888", "type": "text", "text": {"body": "oi"},
+            "priority": "high", "expires_at": "2999-01-01T00:00:00Z"}))
+        .unwrap();
+        assert_eq!(r.priority, Priority::High);
+        assert_eq!(r.to, ChatId::Phone("5511999998888".into()));
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases = [
+            (json!({"to": "+5511999998888", "type": "text", "text": {"body": "x"}}), "instance_id"),
+            (json!({"instance_id": INS, "to": 5511999998888u64, "type": "text", "text": {"body": "x"}}), "to"),
+            (json!({"instance_id": INS, "to": "abc", "type": "text", "text": {"body": "x"}}), "to"),
+            (json!({"instance_id": INS, "to": "+5511999998888", "type": "text"}), "type"),
+            (json!({"instance_id": INS, "to": "+5511999998888", "type": "text", "text": {"body": ""}}), "text.body"),
+            (json!({"instance_id": INS, "to": "+5511999998888", "type": "text", "text": {"body": "x"},
+                "priority": "urgent"}), "priority"),
+            (json!({"instance_id": INS, "to": "+5511999998888", "type": "text", "text": {"body": "x"},
+                "expires_at": "2000-01-01T00:00:00Z"}), "expires_at"),
+            (json!({"instance_id": INS, "to": "+5511999998888", "type": "text", "text": {"body": "x"},
+                "colour": "red"}), "type"),
+        ];
+        for (v, field) in cases {
+            let e = parse(v.clone()).unwrap_err();
+            assert_eq!(e.field, field, "{v}: {e}");
+        }
+    }
+}

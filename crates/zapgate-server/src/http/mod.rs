@@ -1,0 +1,97 @@
+//! The REST API (axum): one file per resource, shared extractors in
+//! [`extract`], the error shape in [`error`], OpenAPI and the docs page in
+//! [`docs`].
+
+pub mod dead_letters;
+pub mod docs;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod instances;
+pub mod messages;
+pub mod tenants;
+
+use crate::config::Config;
+use crate::worker::WorkSignal;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use error::ApiError;
+use extract::TokenCache;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+use zapgate_backends::Backends;
+use zapgate_domain::{TenantId, TokenHash};
+use zapgate_providers::Providers;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub backends: Backends,
+    pub providers: Providers,
+    pub config: Arc<Config>,
+    pub admin_hash: TokenHash,
+    pub tokens: Arc<TokenCache>,
+    pub work: Arc<WorkSignal>,
+    /// Idempotency keys whose first request has not finished yet.
+    pub keys_in_flight: Arc<Mutex<HashSet<(TenantId, String)>>>,
+}
+
+pub fn router(state: AppState) -> Router {
+    let max_body = state.config.max_body_bytes;
+    Router::new()
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .route("/openapi.json", get(docs::openapi_json))
+        .route("/docs", get(docs::page))
+        .route("/v1/tenants", post(tenants::create).get(tenants::list))
+        .route("/v1/tenants/{tenant_id}/tokens", post(tenants::create_token).get(tenants::list_tokens))
+        .route("/v1/tenants/{tenant_id}/tokens/{token_id}", axum::routing::delete(tenants::revoke_token))
+        .route("/v1/instances", post(instances::create).get(instances::list))
+        .route("/v1/instances/{instance_id}", get(instances::get).delete(instances::delete))
+        .route("/v1/messages", post(messages::send).get(messages::list))
+        .route("/v1/messages/{message_id}", get(messages::get))
+        .route("/v1/dead-letters", get(dead_letters::list))
+        .route("/v1/dead-letters/{message_id}/replay", post(dead_letters::replay))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
+            axum::response::IntoResponse::into_response(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            ))
+        }))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such route; see /docs")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+}
+
+/// Query-string pagination shared by list routes.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+pub struct Page {
+    /// Opaque cursor from a previous page's `next_cursor`.
+    pub cursor: Option<String>,
+    /// Page size, 1–500 (default 50).
+    pub limit: Option<u32>,
+}
+
+impl Page {
+    pub fn limit(&self) -> Result<u32, ApiError> {
+        match self.limit {
+            None => Ok(50),
+            Some(n @ 1..=500) => Ok(n),
+            Some(_) => Err(ApiError::bad_request("invalid_query", "limit must be between 1 and 500")),
+        }
+    }
+}

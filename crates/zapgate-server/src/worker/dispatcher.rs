@@ -1,0 +1,122 @@
+//! The dispatcher: claims due queue entries and hands them to lanes.
+//!
+//! Fairness: every round claims for every instance that may have work, each
+//! up to its lane's free room, so one instance's backlog (one tenant's 100k
+//! messages) never sits ahead of another instance's message — that message
+//! waits at most one round. Priority and per-chat order are the queue's
+//! job (it only returns chat heads, by priority then acceptance order).
+//! Idle, the dispatcher sleeps until a signal or the next due time.
+
+use super::lane::{Lane, WorkerCtx};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use zapgate_backends::{Claim, Settlement, StoreError, crash_point};
+use zapgate_domain::{InstanceId, Timestamp};
+
+/// Most entries claimed per instance per round.
+const MAX_CLAIM: usize = 128;
+/// Leases only matter across processes; in one process a claimed entry is
+/// either settled or recovered at the next start, so the lease is long.
+const LEASE_MS: i64 = 3_600_000;
+/// Even with no signal, look at the queue this often.
+const IDLE_CHECK: Duration = Duration::from_secs(30);
+
+pub async fn run(ctx: Arc<WorkerCtx>, mut shutdown: watch::Receiver<bool>) {
+    let mut lanes: HashMap<InstanceId, Lane> = HashMap::new();
+    match ctx.backends.store.all_instances().await {
+        Ok(all) => {
+            for i in all {
+                lanes.insert(i.id.clone(), Lane::start(ctx.clone(), i));
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "dispatcher: could not load instances"),
+    }
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        for id in ctx.signal.take() {
+            match lanes.get_mut(&id) {
+                Some(lane) => lane.maybe_ready = true,
+                None => match ctx.backends.store.find_instance(&id).await {
+                    Ok(Some(i)) => {
+                        lanes.insert(id, Lane::start(ctx.clone(), i));
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "dispatcher: could not load instance"),
+                },
+            }
+        }
+        if let Err(e) = dispatch(&ctx, &mut lanes).await {
+            tracing::error!(error = %e, "dispatcher round failed; retrying shortly");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            continue;
+        }
+        let now = Timestamp::now();
+        let wait = match ctx.backends.queue.next_due(now).await {
+            Ok(Some(t)) => Duration::from_millis((t.as_millis() - now.as_millis()).max(1) as u64).min(IDLE_CHECK),
+            _ => IDLE_CHECK,
+        };
+        tokio::select! {
+            _ = ctx.signal.notified() => {}
+            _ = tokio::time::sleep(wait) => lanes.values_mut().for_each(|l| l.maybe_ready = true),
+            _ = shutdown.changed() => {}
+        }
+    }
+    tracing::info!(lanes = lanes.len(), "dispatcher stopping; finishing in-flight sends");
+    for lane in lanes.into_values() {
+        lane.close().await;
+    }
+}
+
+/// Claims rounds until no lane with room has due work.
+async fn dispatch(ctx: &WorkerCtx, lanes: &mut HashMap<InstanceId, Lane>) -> Result<(), StoreError> {
+    loop {
+        let claims: Vec<Claim> = lanes
+            .values()
+            .filter(|l| l.maybe_ready && l.free() > 0)
+            .map(|l| Claim { instance_id: l.instance.id.clone(), max: l.free().min(MAX_CLAIM) as u32 })
+            .collect();
+        if claims.is_empty() {
+            return Ok(());
+        }
+        let now = Timestamp::now();
+        let deliveries = ctx.backends.queue.claim(&claims, now, LEASE_MS).await?;
+        crash_point("after_claim");
+        let mut got: HashMap<&InstanceId, u32> = HashMap::new();
+        for d in &deliveries {
+            *got.entry(&d.instance_id).or_default() += 1;
+        }
+        for c in &claims {
+            if got.get(&c.instance_id).copied().unwrap_or(0) < c.max
+                && let Some(l) = lanes.get_mut(&c.instance_id)
+            {
+                l.maybe_ready = false;
+            }
+        }
+        if deliveries.is_empty() {
+            return Ok(());
+        }
+        let cas: Vec<_> = deliveries.iter().map(|d| (d.message_id.clone(), d.attempt)).collect();
+        let began = ctx.backends.store.begin_sending(&cas, now).await?;
+        crash_point("after_begin_sending");
+        if !began.finished.is_empty() {
+            tracing::warn!(count = began.finished.len(), "dropping deliveries of messages already settled");
+            ctx.backends.queue.settle(began.finished.into_iter().map(|id| (id, Settlement::Done)).collect()).await?;
+        }
+        let skipped = deliveries.len() - began.won.len();
+        if skipped > 0 {
+            let won: HashSet<_> = began.won.iter().map(|m| &m.id).collect();
+            let lost: Vec<_> = deliveries.iter().filter(|d| !won.contains(&d.message_id)).collect();
+            tracing::debug!(count = lost.len(), "duplicate deliveries not sent");
+        }
+        for m in began.won {
+            match lanes.get(&m.instance_id) {
+                Some(l) => l.push(m),
+                None => tracing::error!(message_id = %m.id, "claimed a message for an instance without a lane"),
+            }
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! One lane per instance: paces sends with the instance's GCRA limit, keeps
+//! at most `concurrency` provider calls in flight, and records each outcome
+//! before settling its queue entry. A throttled lane only slows itself.
+
+use super::WorkSignal;
+use super::retry::RetryPolicy;
+use governor::{DefaultDirectRateLimiter, RateLimiter};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::{JoinHandle, JoinSet};
+use zapgate_backends::limits::quota;
+use zapgate_backends::{
+    Backends, InstanceRecord, MessageRecord, OutcomeApplied, SendOutcome, SendResult, Settlement, StoreError,
+    crash_point,
+};
+use zapgate_domain::Timestamp;
+use zapgate_providers::{Classification, OutboundMessage, Provider, ProviderError, Providers, classify};
+
+/// What every lane shares.
+pub struct WorkerCtx {
+    pub backends: Backends,
+    pub providers: Providers,
+    pub signal: Arc<WorkSignal>,
+    pub retry: RetryPolicy,
+    pub retry_limit: u32,
+    pub send_timeout: Duration,
+    pub concurrency: u32,
+}
+
+pub struct Lane {
+    pub instance: InstanceRecord,
+    tx: mpsc::UnboundedSender<MessageRecord>,
+    pending: Arc<AtomicUsize>,
+    capacity: usize,
+    /// The queue may hold due work for this instance.
+    pub maybe_ready: bool,
+    task: JoinHandle<()>,
+}
+
+impl Lane {
+    pub fn start(ctx: Arc<WorkerCtx>, instance: InstanceRecord) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let pending = Arc::new(AtomicUsize::new(0));
+        // Claim about half a second of work ahead: enough to keep the pipe
+        // full, little enough that claimed-but-unsent work stays small.
+        let capacity = ((instance.rate_per_sec / 2) as usize).clamp(8, 256).max(ctx.concurrency as usize);
+        let limiter = RateLimiter::direct(quota(instance.rate_per_sec, instance.burst));
+        let task = tokio::spawn(run(ctx, instance.clone(), rx, pending.clone(), limiter));
+        Self { instance, tx, pending, capacity, maybe_ready: true, task }
+    }
+
+    /// How many more messages this lane will take now.
+    pub fn free(&self) -> usize {
+        self.capacity.saturating_sub(self.pending.load(Ordering::Acquire))
+    }
+
+    pub fn push(&self, m: MessageRecord) {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        if self.tx.send(m).is_err() {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Stops taking work and waits until everything handed to it is sent
+    /// and recorded.
+    pub async fn close(self) {
+        drop(self.tx);
+        let _ = self.task.await;
+    }
+}
+
+async fn run(
+    ctx: Arc<WorkerCtx>,
+    instance: InstanceRecord,
+    mut rx: mpsc::UnboundedReceiver<MessageRecord>,
+    pending: Arc<AtomicUsize>,
+    limiter: DefaultDirectRateLimiter,
+) {
+    let provider = ctx.providers.get(&instance.provider);
+    let slots = Arc::new(Semaphore::new(ctx.concurrency as usize));
+    let mut sends = JoinSet::new();
+    while let Some(msg) = rx.recv().await {
+        limiter.until_ready().await;
+        let permit = slots.clone().acquire_owned().await.expect("the semaphore is never closed");
+        sends.spawn(send_one(ctx.clone(), instance.clone(), provider.clone(), msg, permit, pending.clone()));
+        while sends.try_join_next().is_some() {}
+    }
+    while sends.join_next().await.is_some() {}
+}
+
+async fn send_one(
+    ctx: Arc<WorkerCtx>,
+    instance: InstanceRecord,
+    provider: Option<Arc<dyn Provider>>,
+    msg: MessageRecord,
+    _slot: OwnedSemaphorePermit,
+    pending: Arc<AtomicUsize>,
+) {
+    let result = attempt(&ctx, &instance, provider.as_deref(), &msg).await;
+    let outcome =
+        SendOutcome { message_id: msg.id.clone(), result, retry_limit: ctx.retry_limit, now: Timestamp::now() };
+    let applied = persist(|| ctx.backends.store.record_outcome(outcome.clone())).await;
+    crash_point("before_ack");
+    if let Some(applied) = applied {
+        let settlement = match applied {
+            OutcomeApplied::RetryAt { at, attempts } => Settlement::RetryAt { at, attempt: attempts },
+            OutcomeApplied::Done(_) | OutcomeApplied::Stale => Settlement::Done,
+        };
+        persist(|| ctx.backends.queue.settle(vec![(msg.id.clone(), settlement.clone())])).await;
+    }
+    pending.fetch_sub(1, Ordering::AcqRel);
+    ctx.signal.mark(instance.id);
+}
+
+/// Calls the provider (unless the message expired) and classifies the result.
+async fn attempt(
+    ctx: &WorkerCtx,
+    instance: &InstanceRecord,
+    provider: Option<&dyn Provider>,
+    msg: &MessageRecord,
+) -> SendResult {
+    let now = Timestamp::now();
+    if msg.expires_at.is_some_and(|e| e <= now) {
+        return SendResult::Expired;
+    }
+    let Some(provider) = provider else {
+        return SendResult::Failed {
+            code: "unknown_provider".into(),
+            message: format!("this process has no provider {:?}", instance.provider),
+        };
+    };
+    let out = OutboundMessage {
+        message_id: msg.id.clone(),
+        instance_id: instance.id.clone(),
+        phone_number_id: instance.phone_number_id.clone(),
+        to: msg.to.clone(),
+        content: msg.content.clone(),
+        attempt: msg.attempts,
+    };
+    let reply = tokio::time::timeout(ctx.send_timeout, provider.send(&out)).await.unwrap_or(Err(ProviderError::Timeout));
+    crash_point("after_provider_call");
+    let err = match reply {
+        Ok(ok) => return SendResult::Sent { provider_message_id: ok.provider_message_id, wa_id: ok.wa_id },
+        Err(e) => e,
+    };
+    tracing::debug!(message_id = %msg.id, error = %err, "send attempt failed");
+    match classify(&err) {
+        Classification::Retry { spend_attempt, retry_after, code, message } => {
+            let delay = if spend_attempt {
+                ctx.retry.delay(msg.attempts + 1, retry_after)
+            } else {
+                retry_after.unwrap_or(ctx.retry.base)
+            };
+            let retry_at = Timestamp::now().plus_millis(delay.as_millis() as i64);
+            SendResult::Retry { retry_at, spend_attempt, code, message }
+        }
+        Classification::Permanent { code, message } => SendResult::Failed { code, message },
+    }
+}
+
+/// Retries a store write until it succeeds: an outcome must not be dropped
+/// because the disk hiccuped. Gives up only when the store is closing, in
+/// which case start-up recovery resends the message.
+async fn persist<T, F, Fut>(mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut wait = Duration::from_millis(50);
+    loop {
+        match f().await {
+            Ok(v) => return Some(v),
+            Err(StoreError::Closed) => return None,
+            Err(e) => {
+                tracing::error!(error = %e, "could not store a send outcome; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

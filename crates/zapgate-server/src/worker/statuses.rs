@@ -1,0 +1,33 @@
+//! Applies provider status reports to the store, many per transaction.
+
+use futures::future::join_all;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use zapgate_backends::{ProviderStatusReport, Store, StoreError};
+use zapgate_providers::StatusReport;
+
+const BATCH: usize = 256;
+
+pub async fn run(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<StatusReport>) {
+    let mut batch = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        // Submitted together, so the writer commits them as one group.
+        let results = join_all(batch.drain(..).map(|r| apply(&store, r))).await;
+        for r in results {
+            if let Err(e) = r {
+                tracing::error!(error = %e, "could not apply a provider status");
+            }
+        }
+    }
+}
+
+async fn apply(store: &Arc<dyn Store>, r: StatusReport) -> Result<(), StoreError> {
+    let report = ProviderStatusReport {
+        provider_message_id: r.provider_message_id,
+        status: r.status,
+        at: r.at,
+        error_code: r.error_code,
+        error_message: r.error_message,
+    };
+    store.apply_provider_status(report).await.map(|_| ())
+}

@@ -1,0 +1,251 @@
+//! Command line: `serve`, `migrate`, `tenant create|list|token`.
+//!
+//! Every configuration option is a flag with a `ZAPGATE_*` environment
+//! variable; `--config <file.toml>` supplies the same keys from a file
+//! (flags and env win over the file).
+
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use zapgate_backends::{Backends, Store};
+use zapgate_domain::TenantId;
+use zapgate_server::config::Config;
+
+#[derive(Parser)]
+#[command(name = "zapgate", version, about = "WhatsApp messaging gateway", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every role in one process (embedded: SQLite under the data dir, sandbox provider).
+    Serve(Box<ServeArgs>),
+    /// Create or upgrade the database schema, then exit.
+    Migrate(StoreArgs),
+    /// Manage tenants directly in the store (works while `serve` runs).
+    Tenant {
+        #[command(subcommand)]
+        command: TenantCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Create a tenant and print its first API token (shown once).
+    Create {
+        /// Display name of the tenant.
+        name: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// List tenants.
+    List {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+    /// Issue a new API token for a tenant (shown once).
+    Token {
+        /// Tenant id (`ten_…`).
+        tenant_id: String,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
+}
+
+#[derive(Args, Serialize)]
+struct StoreArgs {
+    /// TOML configuration file with the same keys as the flags (snake_case).
+    #[arg(long, env = "ZAPGATE_CONFIG")]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// Directory of the embedded database, media and admin token.
+    #[arg(long, env = "ZAPGATE_DATA_DIR", value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_dir: Option<PathBuf>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime_parse(s)
+}
+
+fn humantime_parse(s: &str) -> Result<Duration, String> {
+    zapgate_server::config::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 2s, 10m, 24h)"))
+}
+
+/// Options of `serve`. Unset options fall back to the config file, then to
+/// the defaults shown.
+#[derive(Args, Serialize)]
+struct ServeArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    store: StoreArgs,
+    /// Address of the REST API [default: 127.0.0.1:8080].
+    #[arg(long, env = "ZAPGATE_LISTEN", value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    listen: Option<SocketAddr>,
+    /// Externally visible base URL, e.g. https://zapgate.example.com.
+    #[arg(long, env = "ZAPGATE_PUBLIC_URL", value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    public_url: Option<String>,
+    /// PostgreSQL URL (distributed mode; not in this build yet).
+    #[arg(long, env = "ZAPGATE_DATABASE_URL", value_name = "URL", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    database_url: Option<String>,
+    /// RabbitMQ URL (distributed mode; not in this build yet).
+    #[arg(long, env = "ZAPGATE_AMQP_URL", value_name = "URL", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    amqp_url: Option<String>,
+    /// Redis URL (distributed mode; not in this build yet).
+    #[arg(long, env = "ZAPGATE_REDIS_URL", value_name = "URL", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis_url: Option<String>,
+    /// Super-admin token (≥ 16 chars). Unset: generated once, saved to <data_dir>/admin_token.
+    #[arg(long, env = "ZAPGATE_ADMIN_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    admin_token: Option<String>,
+    /// Log format: text or json [default: text]. Filter with RUST_LOG.
+    #[arg(long, env = "ZAPGATE_LOG_FORMAT", value_enum, value_name = "FORMAT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_format: Option<LogFormatArg>,
+    /// Provider-caused failures before a message is dead-lettered [default: 5].
+    #[arg(long, env = "ZAPGATE_MESSAGE_RETRY_LIMIT", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message_retry_limit: Option<u32>,
+    /// First retry delay, doubled per attempt with jitter [default: 2s].
+    #[arg(long, env = "ZAPGATE_MESSAGE_RETRY_BASE", value_parser = parse_duration, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    message_retry_base: Option<Duration>,
+    /// Longest retry delay [default: 10m].
+    #[arg(long, env = "ZAPGATE_MESSAGE_RETRY_MAX", value_parser = parse_duration, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    message_retry_max: Option<Duration>,
+    /// Time limit of one provider call; exceeding it is a failed attempt [default: 30s].
+    #[arg(long, env = "ZAPGATE_SEND_TIMEOUT", value_parser = parse_duration, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    send_timeout: Option<Duration>,
+    /// Default pace of new instances, messages/second [default: 80].
+    #[arg(long, env = "ZAPGATE_INSTANCE_RATE", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    instance_rate: Option<u32>,
+    /// Provider calls in flight at once per instance [default: 32].
+    #[arg(long, env = "ZAPGATE_INSTANCE_CONCURRENCY", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    instance_concurrency: Option<u32>,
+    /// API requests/second per tenant, 0 = unlimited [default: 1000].
+    #[arg(long, env = "ZAPGATE_TENANT_RATE_LIMIT", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tenant_rate_limit: Option<u32>,
+    /// Largest request body in bytes [default: 1048576].
+    #[arg(long, env = "ZAPGATE_MAX_BODY_BYTES", value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_body_bytes: Option<usize>,
+    /// How long Idempotency-Keys are remembered [default: 24h].
+    #[arg(long, env = "ZAPGATE_IDEMPOTENCY_TTL", value_parser = parse_duration, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    idempotency_ttl: Option<Duration>,
+    /// Sandbox provider: delay from sent to delivered [default: 1s].
+    #[arg(long, env = "ZAPGATE_SANDBOX_DELIVERED_AFTER", value_parser = parse_duration, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    sandbox_delivered_after: Option<Duration>,
+    /// Sandbox provider: delay from delivered to read [default: 2s].
+    #[arg(long, env = "ZAPGATE_SANDBOX_READ_AFTER", value_parser = parse_duration, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    sandbox_read_after: Option<Duration>,
+    /// Sandbox provider: append one JSON line per accepted send to this file.
+    #[arg(long, env = "ZAPGATE_SANDBOX_RECEIPTS_FILE", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sandbox_receipts_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
+mod opt_duration {
+    use serde::Serializer;
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&zapgate_server::config::format_duration(*d)),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("zapgate: could not start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("zapgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => {
+            let config = Config::load(args.store.config.as_deref(), &*args)?;
+            zapgate_server::logging::init(config.log_format);
+            zapgate_server::serve(config).await
+        }
+        Command::Migrate(store) => {
+            let config = Config::load(store.config.as_deref(), &store)?;
+            Backends::open_embedded(&config.data_dir, false).await?;
+            println!("database in {} is up to date", config.data_dir.display());
+            Ok(())
+        }
+        Command::Tenant { command } => tenant(command).await,
+    }
+}
+
+async fn open_store(store: &StoreArgs) -> anyhow::Result<std::sync::Arc<dyn Store>> {
+    let config = Config::load(store.config.as_deref(), store)?;
+    Ok(Backends::open_embedded(&config.data_dir, false).await?.store)
+}
+
+async fn tenant(command: TenantCommand) -> anyhow::Result<()> {
+    match command {
+        TenantCommand::Create { name, store } => {
+            let name = name.trim().to_owned();
+            anyhow::ensure!(!name.is_empty() && name.chars().count() <= 200, "the name must be 1 to 200 characters");
+            let store = open_store(&store).await?;
+            let (tenant, token) = zapgate_server::http::tenants::create_tenant_with_token(&store, name).await?;
+            println!("tenant  {}  {}", tenant.id, tenant.name);
+            println!("token   {}", token.token);
+            eprintln!("(the token is shown only now; keep it somewhere safe)");
+        }
+        TenantCommand::List { store } => {
+            let store = open_store(&store).await?;
+            for t in store.list_tenants().await? {
+                println!("{}  {}  {}", t.id, t.created_at.to_rfc3339(), t.name);
+            }
+        }
+        TenantCommand::Token { tenant_id, store } => {
+            let id = TenantId::parse(&tenant_id).ok_or_else(|| anyhow::anyhow!("{tenant_id:?} is not a tenant id"))?;
+            let store = open_store(&store).await?;
+            anyhow::ensure!(store.get_tenant(&id).await?.is_some(), "no tenant {id}");
+            let token = zapgate_server::http::tenants::issue_token(&store, &id).await?;
+            println!("token   {}", token.token);
+            eprintln!("(the token is shown only now; keep it somewhere safe)");
+        }
+    }
+    Ok(())
+}
