@@ -37,7 +37,12 @@ pub trait Queue: Send + Sync + 'static {
     /// Leases up to `max` due entries per instance, in priority then
     /// acceptance order, taking only the head message of each chat (so a
     /// chat's next message waits until the previous one is settled).
-    async fn claim(&self, claims: &[Claim], now: Timestamp, lease_ms: i64) -> Result<Vec<Delivery>, StoreError>;
+    async fn claim(
+        &self,
+        claims: &[Claim],
+        now: Timestamp,
+        lease_ms: i64,
+    ) -> Result<Vec<Delivery>, StoreError>;
     async fn settle(&self, settlements: Vec<(MessageId, Settlement)>) -> Result<(), StoreError>;
     /// Earliest time a waiting entry becomes due, if any is in the future.
     async fn next_due(&self, now: Timestamp) -> Result<Option<Timestamp>, StoreError>;

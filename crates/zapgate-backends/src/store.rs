@@ -5,8 +5,8 @@ use async_trait::async_trait;
 use serde::Serialize;
 use zapgate_domain::event::StatusDetail;
 use zapgate_domain::{
-    ChatId, InstanceId, MessageContent, MessageEvent, MessageId, MessageStatus, Priority, SendRequest, TenantId,
-    Timestamp, TokenHash, TokenId,
+    ChatId, InstanceId, MessageContent, MessageEvent, MessageId, MessageStatus, Priority,
+    SendRequest, TenantId, Timestamp, TokenHash, TokenId,
 };
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -38,6 +38,14 @@ pub struct NewInstance {
     pub waba_id: String,
     pub rate_per_sec: u32,
     pub burst: u32,
+}
+
+/// Fields of an instance that may change; `None` keeps the current value.
+#[derive(Debug, Clone, Default)]
+pub struct InstanceChange {
+    pub name: Option<String>,
+    pub rate_per_sec: Option<u32>,
+    pub burst: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -107,9 +115,15 @@ pub struct AcceptMessage {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Accepted {
     /// Stored with its event and queue entry.
-    New { id: MessageId, status: MessageStatus },
+    New {
+        id: MessageId,
+        status: MessageStatus,
+    },
     /// The key was used before with the same request: the first answer.
-    Replayed { id: MessageId, status: MessageStatus },
+    Replayed {
+        id: MessageId,
+        status: MessageStatus,
+    },
     /// The key was used before with a different request.
     KeyReused,
     /// The instance does not exist for this tenant.
@@ -138,12 +152,28 @@ pub struct BeginSending {
 /// The result of one provider call, as the worker classified it.
 #[derive(Debug, Clone)]
 pub enum SendResult {
-    Sent { provider_message_id: String, wa_id: Option<String> },
+    Sent {
+        provider_message_id: String,
+        wa_id: Option<String>,
+    },
     /// Try again at `retry_at`. `spend_attempt` is false when the cause was
     /// not the provider refusing this message (throttling, open circuit).
-    Retry { retry_at: Timestamp, spend_attempt: bool, code: String, message: String },
-    Failed { code: String, message: String },
+    Retry {
+        retry_at: Timestamp,
+        spend_attempt: bool,
+        code: String,
+        message: String,
+    },
+    Failed {
+        code: String,
+        message: String,
+    },
     Expired,
+    /// Not sent because the instance went away first.
+    Cancelled {
+        code: String,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -209,36 +239,83 @@ pub trait Store: Send + Sync + 'static {
 
     async fn create_instance(&self, new: NewInstance) -> Result<InstanceRecord, StoreError>;
     async fn list_instances(&self, tenant: &TenantId) -> Result<Vec<InstanceRecord>, StoreError>;
-    async fn get_instance(&self, tenant: &TenantId, id: &InstanceId) -> Result<Option<InstanceRecord>, StoreError>;
+    async fn get_instance(
+        &self,
+        tenant: &TenantId,
+        id: &InstanceId,
+    ) -> Result<Option<InstanceRecord>, StoreError>;
     /// Any tenant's live instance, for the dispatcher.
     async fn find_instance(&self, id: &InstanceId) -> Result<Option<InstanceRecord>, StoreError>;
     async fn all_instances(&self) -> Result<Vec<InstanceRecord>, StoreError>;
+    /// Changes an instance's name and pace; `None` if it does not exist.
+    async fn update_instance(
+        &self,
+        tenant: &TenantId,
+        id: &InstanceId,
+        change: InstanceChange,
+    ) -> Result<Option<InstanceRecord>, StoreError>;
     /// Deletes the instance; its pending messages become `cancelled`.
-    async fn delete_instance(&self, tenant: &TenantId, id: &InstanceId, now: Timestamp) -> Result<bool, StoreError>;
+    async fn delete_instance(
+        &self,
+        tenant: &TenantId,
+        id: &InstanceId,
+        now: Timestamp,
+    ) -> Result<bool, StoreError>;
 
     /// Stores the message, its first event and its queue entry in one
     /// transaction; returns only after the commit.
     async fn accept(&self, msg: AcceptMessage) -> Result<Accepted, StoreError>;
-    async fn get_message(&self, tenant: &TenantId, id: &MessageId) -> Result<Option<MessageRecord>, StoreError>;
-    async fn message_history(&self, tenant: &TenantId, id: &MessageId) -> Result<Vec<MessageEvent>, StoreError>;
-    async fn list_messages(&self, tenant: &TenantId, filter: &MessageFilter) -> Result<Vec<MessageRecord>, StoreError>;
+    async fn get_message(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+    ) -> Result<Option<MessageRecord>, StoreError>;
+    async fn message_history(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+    ) -> Result<Vec<MessageEvent>, StoreError>;
+    async fn list_messages(
+        &self,
+        tenant: &TenantId,
+        filter: &MessageFilter,
+    ) -> Result<Vec<MessageRecord>, StoreError>;
 
     /// Compare-and-set `queued|scheduled|retry_wait → sending` for each
     /// (message, attempt). A loser is a duplicate delivery and must not be
     /// sent; losers whose message no longer needs the queue are listed in
     /// `finished` so their entries can be removed.
-    async fn begin_sending(&self, claims: &[(MessageId, u32)], now: Timestamp) -> Result<BeginSending, StoreError>;
+    async fn begin_sending(
+        &self,
+        claims: &[(MessageId, u32)],
+        now: Timestamp,
+    ) -> Result<BeginSending, StoreError>;
     async fn record_outcome(&self, outcome: SendOutcome) -> Result<OutcomeApplied, StoreError>;
-    async fn apply_provider_status(&self, report: ProviderStatusReport) -> Result<StatusApplied, StoreError>;
+    async fn apply_provider_status(
+        &self,
+        report: ProviderStatusReport,
+    ) -> Result<StatusApplied, StoreError>;
 
     /// `dead → queued` with attempts reset; returns false if not a dead letter.
-    async fn replay_dead(&self, tenant: &TenantId, id: &MessageId, now: Timestamp) -> Result<bool, StoreError>;
+    async fn replay_dead(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        now: Timestamp,
+    ) -> Result<bool, StoreError>;
 
     /// Drops idempotency keys and parked statuses older than the given times.
-    async fn purge_expired(&self, keys_before: Timestamp, parked_before: Timestamp) -> Result<u64, StoreError>;
+    async fn purge_expired(
+        &self,
+        keys_before: Timestamp,
+        parked_before: Timestamp,
+    ) -> Result<u64, StoreError>;
 }
 
 /// Convenience for building event details.
 pub fn detail() -> StatusDetail {
-    StatusDetail { applied: true, ..Default::default() }
+    StatusDetail {
+        applied: true,
+        ..Default::default()
+    }
 }

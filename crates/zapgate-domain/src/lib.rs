@@ -12,8 +12,8 @@ pub mod ids;
 pub mod message;
 pub mod priority;
 pub mod status;
-pub mod token;
 pub mod timestamp;
+pub mod token;
 
 pub use chat::ChatId;
 pub use error::ValidationError;

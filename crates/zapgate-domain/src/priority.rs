@@ -2,7 +2,20 @@ use serde::{Deserialize, Serialize};
 
 /// Dispatch priority. It orders messages *within one tenant's instance*; it
 /// never lets one tenant overtake another (that is the fairness rule).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default, utoipa::ToSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    Default,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
     High,

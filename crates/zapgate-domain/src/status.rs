@@ -94,7 +94,10 @@ impl MessageStatus {
 
     /// Whether the gateway is done with the message: no queue entry remains.
     pub fn leaves_queue(self) -> bool {
-        !matches!(self, Self::Scheduled | Self::Queued | Self::Sending | Self::RetryWait)
+        !matches!(
+            self,
+            Self::Scheduled | Self::Queued | Self::Sending | Self::RetryWait
+        )
     }
 
     /// States the gateway may move a message into from `self` (provider states
@@ -106,7 +109,10 @@ impl MessageStatus {
             (Scheduled | Queued | RetryWait, Sending)
                 | (Scheduled | Queued | RetryWait, Cancelled | Expired)
                 | (RetryWait, Queued)
-                | (Sending, Sent | RetryWait | Failed | Dead | Expired | Queued)
+                | (
+                    Sending,
+                    Sent | RetryWait | Failed | Dead | Expired | Queued | Cancelled
+                )
                 | (Dead, Queued)
         )
     }
@@ -136,8 +142,14 @@ mod tests {
     #[test]
     fn provider_states_only_move_forward() {
         assert!(Sent.provider_update_applies(Delivered));
-        assert!(Sent.provider_update_applies(Read), "read may come without delivered");
-        assert!(!Read.provider_update_applies(Delivered), "late delivered after read changes nothing");
+        assert!(
+            Sent.provider_update_applies(Read),
+            "read may come without delivered"
+        );
+        assert!(
+            !Read.provider_update_applies(Delivered),
+            "late delivered after read changes nothing"
+        );
         assert!(!Delivered.provider_update_applies(Delivered));
         assert!(Read.provider_update_applies(Played));
     }

@@ -2,7 +2,13 @@
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use time::OffsetDateTime;
+use time::format_description::BorrowedFormatItem;
 use time::format_description::well_known::Rfc3339;
+use time::macros::format_description;
+
+/// Always three fractional digits and `Z`, so formatted times sort as text.
+const FORMAT: &[BorrowedFormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
 
 /// A UTC instant with millisecond precision. Serialised as RFC 3339.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -33,7 +39,7 @@ impl Timestamp {
     pub fn to_rfc3339(self) -> String {
         OffsetDateTime::from_unix_timestamp_nanos(self.0 as i128 * 1_000_000)
             .ok()
-            .and_then(|t| t.format(&Rfc3339).ok())
+            .and_then(|t| t.format(FORMAT).ok())
             .unwrap_or_else(|| self.0.to_string())
     }
 }
@@ -47,8 +53,9 @@ impl Serialize for Timestamp {
 impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        Self::parse_rfc3339(&s)
-            .ok_or_else(|| serde::de::Error::custom("expected an RFC 3339 timestamp such as 2026-01-31T09:00:00Z"))
+        Self::parse_rfc3339(&s).ok_or_else(|| {
+            serde::de::Error::custom("expected an RFC 3339 timestamp such as 2026-01-31T09:00:00Z")
+        })
     }
 }
 
@@ -56,7 +63,9 @@ impl utoipa::PartialSchema for Timestamp {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         utoipa::openapi::ObjectBuilder::new()
             .schema_type(utoipa::openapi::schema::Type::String)
-            .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::DateTime)))
+            .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                utoipa::openapi::KnownFormat::DateTime,
+            )))
             .into()
     }
 }
@@ -71,6 +80,14 @@ mod tests {
         let t = Timestamp::parse_rfc3339("2026-11-25T12:00:00.123Z").unwrap();
         assert_eq!(t.as_millis() % 1000, 123);
         assert_eq!(Timestamp::parse_rfc3339(&t.to_rfc3339()), Some(t));
+    }
+
+    #[test]
+    fn formatted_times_sort_as_text() {
+        let a = Timestamp::from_millis(1_700_000_000_370).to_rfc3339();
+        let b = Timestamp::from_millis(1_700_000_000_373).to_rfc3339();
+        assert_eq!(a, "2023-11-14T22:13:20.370Z");
+        assert!(a < b);
     }
 
     #[test]

@@ -7,23 +7,26 @@
 //! | recipient       | behaviour |
 //! |-----------------|-----------|
 //! | `+15550110000`  | rejected for good (code `sandbox_rejected`) → `failed` |
-//! | `+1555012000N`  | unavailable on the first N attempts (N = 1…9), then sent |
+//! | `+1555012000N`  | unavailable on the first N calls for each message (N = 1…9), then sent |
 //! | `+15550129999`  | always unavailable → retried until `dead` |
 //! | `+15550130000`  | never answers → the send timeout fires (retryable) |
 //! | `+15550140000`  | sent, never delivered (ack timeout stays open) |
 //! | `+15550150000`  | sent, then a `failed` status callback |
+//!
+//! Call counts live in memory: a restart starts them again.
 //!
 //! Each accepted send can be appended to a receipts file (JSON lines), which
 //! is how tests count what reached the "provider" across crashes.
 
 use crate::{OutboundMessage, Provider, ProviderError, SendAccepted, StatusReport, StatusSink};
 use async_trait::async_trait;
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
-use zapgate_domain::{ChatId, MessageStatus, Timestamp};
+use zapgate_domain::{ChatId, MessageId, MessageStatus, Timestamp};
 
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
@@ -62,7 +65,9 @@ pub enum Behaviour {
 
 impl Behaviour {
     pub fn of(to: &ChatId) -> Self {
-        let ChatId::Phone(d) = to else { return Behaviour::Normal };
+        let ChatId::Phone(d) = to else {
+            return Behaviour::Normal;
+        };
         match d.as_str() {
             "15550110000" => Behaviour::Reject,
             "15550129999" => Behaviour::AlwaysUnavailable,
@@ -71,7 +76,11 @@ impl Behaviour {
             "15550150000" => Behaviour::FailAfterSent,
             s if s.len() == 11 && s.starts_with("1555012000") => {
                 let n = u32::from(s.as_bytes()[10] - b'0');
-                if n == 0 { Behaviour::Normal } else { Behaviour::FailTimes(n) }
+                if n == 0 {
+                    Behaviour::Normal
+                } else {
+                    Behaviour::FailTimes(n)
+                }
             }
             _ => Behaviour::Normal,
         }
@@ -82,15 +91,24 @@ pub struct Sandbox {
     cfg: SandboxConfig,
     sink: StatusSink,
     receipts: Option<Mutex<File>>,
+    /// Calls so far per message, for the fail-N-times numbers.
+    calls: Mutex<HashMap<MessageId, u32>>,
 }
 
 impl Sandbox {
     pub fn new(cfg: SandboxConfig, sink: StatusSink) -> std::io::Result<Self> {
         let receipts = match &cfg.receipts_file {
-            Some(p) => Some(Mutex::new(File::options().create(true).append(true).open(p)?)),
+            Some(p) => Some(Mutex::new(
+                File::options().create(true).append(true).open(p)?,
+            )),
             None => None,
         };
-        Ok(Self { cfg, sink, receipts })
+        Ok(Self {
+            cfg,
+            sink,
+            receipts,
+            calls: Mutex::new(HashMap::new()),
+        })
     }
 
     fn record_receipt(&self, msg: &OutboundMessage, provider_id: &str) {
@@ -126,7 +144,10 @@ impl Sandbox {
                 error_message: error.map(|e| e.1.to_owned()),
             };
             if behaviour == Behaviour::FailAfterSent {
-                let _ = sink.send(report(MessageStatus::Failed, Some(("sandbox_failed", "the handset refused it"))));
+                let _ = sink.send(report(
+                    MessageStatus::Failed,
+                    Some(("sandbox_failed", "the handset refused it")),
+                ));
                 return;
             }
             if sink.send(report(MessageStatus::Delivered, None)).is_err() {
@@ -162,7 +183,15 @@ impl Provider for Sandbox {
                 });
             }
             Behaviour::AlwaysUnavailable => return Err(unavailable()),
-            Behaviour::FailTimes(n) if msg.attempt < n => return Err(unavailable()),
+            Behaviour::FailTimes(n) => {
+                let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
+                let seen = calls.entry(msg.message_id.clone()).or_default();
+                *seen += 1;
+                if *seen <= n {
+                    return Err(unavailable());
+                }
+                calls.remove(&msg.message_id);
+            }
             Behaviour::Hang => {
                 std::future::pending::<()>().await;
             }
@@ -171,7 +200,10 @@ impl Provider for Sandbox {
         let provider_message_id = format!("sbx_{}", uuid::Uuid::new_v4().simple());
         self.record_receipt(msg, &provider_message_id);
         self.report_later(provider_message_id.clone(), behaviour);
-        Ok(SendAccepted { provider_message_id, wa_id: msg.to.e164().map(|e| e[1..].to_owned()) })
+        Ok(SendAccepted {
+            provider_message_id,
+            wa_id: msg.to.e164().map(|e| e[1..].to_owned()),
+        })
     }
 }
 
@@ -179,7 +211,7 @@ impl Provider for Sandbox {
 mod tests {
     use super::*;
     use zapgate_domain::message::Text;
-    use zapgate_domain::{InstanceId, MessageContent, MessageId};
+    use zapgate_domain::{InstanceId, MessageContent};
 
     fn msg(to: &str, attempt: u32) -> OutboundMessage {
         OutboundMessage {
@@ -187,7 +219,12 @@ mod tests {
             instance_id: InstanceId::generate(),
             phone_number_id: "1".into(),
             to: ChatId::parse(to).unwrap(),
-            content: MessageContent::Text { text: Text { body: "hi".into(), preview_url: false } },
+            content: MessageContent::Text {
+                text: Text {
+                    body: "hi".into(),
+                    preview_url: false,
+                },
+            },
             attempt,
         }
     }
@@ -210,18 +247,36 @@ mod tests {
         assert_eq!(ok.wa_id.as_deref(), Some("5511999998888"));
         let a = rx.recv().await.unwrap();
         let b = rx.recv().await.unwrap();
-        assert_eq!((a.status, b.status), (MessageStatus::Delivered, MessageStatus::Read));
+        assert_eq!(
+            (a.status, b.status),
+            (MessageStatus::Delivered, MessageStatus::Read)
+        );
         assert_eq!(a.provider_message_id, ok.provider_message_id);
     }
 
     #[tokio::test]
     async fn magic_numbers_fail_as_documented() {
         let (s, mut rx) = sandbox();
-        assert!(matches!(s.send(&msg("+15550110000", 0)).await, Err(ProviderError::Rejected { .. })));
-        assert!(matches!(s.send(&msg("+15550120002", 1)).await, Err(ProviderError::Unavailable { .. })));
-        assert!(s.send(&msg("+15550120002", 2)).await.is_ok());
-        assert!(matches!(s.send(&msg("+15550129999", 9)).await, Err(ProviderError::Unavailable { .. })));
-        let hang = tokio::time::timeout(Duration::from_millis(50), s.send(&msg("+15550130000", 0))).await;
+        assert!(matches!(
+            s.send(&msg("+15550110000", 0)).await,
+            Err(ProviderError::Rejected { .. })
+        ));
+        let twice = msg("+15550120002", 0);
+        assert!(matches!(
+            s.send(&twice).await,
+            Err(ProviderError::Unavailable { .. })
+        ));
+        assert!(matches!(
+            s.send(&twice).await,
+            Err(ProviderError::Unavailable { .. })
+        ));
+        assert!(s.send(&twice).await.is_ok());
+        assert!(matches!(
+            s.send(&msg("+15550129999", 9)).await,
+            Err(ProviderError::Unavailable { .. })
+        ));
+        let hang =
+            tokio::time::timeout(Duration::from_millis(50), s.send(&msg("+15550130000", 0))).await;
         assert!(hang.is_err(), "the hang number never answers");
         s.send(&msg("+15550150000", 0)).await.unwrap();
         // The fail-after-sent number reports failed (after the earlier normal sends' reports).

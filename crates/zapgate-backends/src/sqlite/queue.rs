@@ -10,7 +10,12 @@ use zapgate_domain::{InstanceId, MessageId, MessageStatus, Priority, TenantId, T
 
 #[async_trait]
 impl Queue for SqliteBackend {
-    async fn claim(&self, claims: &[Claim], now: Timestamp, lease_ms: i64) -> Result<Vec<Delivery>, StoreError> {
+    async fn claim(
+        &self,
+        claims: &[Claim],
+        now: Timestamp,
+        lease_ms: i64,
+    ) -> Result<Vec<Delivery>, StoreError> {
         let claims = claims.to_vec();
         self.writer
             .write(Box::new(move |conn| {
@@ -77,10 +82,11 @@ impl Queue for SqliteBackend {
     }
 
     async fn next_due(&self, now: Timestamp) -> Result<Option<Timestamp>, StoreError> {
-        let t: Option<i64> = sqlx::query_scalar("SELECT MIN(visible_at) FROM queue_entries WHERE visible_at > ?")
-            .bind(now.as_millis())
-            .fetch_one(&self.read)
-            .await?;
+        let t: Option<i64> =
+            sqlx::query_scalar("SELECT MIN(visible_at) FROM queue_entries WHERE visible_at > ?")
+                .bind(now.as_millis())
+                .fetch_one(&self.read)
+                .await?;
         Ok(t.map(Timestamp::from_millis))
     }
 

@@ -5,8 +5,8 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
 use zapgate_domain::event::StatusDetail;
 use zapgate_domain::{
-    ChatId, EventId, EventType, InstanceId, MessageEvent, MessageId, MessageStatus, Priority, TenantId, Timestamp,
-    TokenId,
+    ChatId, EventId, EventType, InstanceId, MessageEvent, MessageId, MessageStatus, Priority,
+    TenantId, Timestamp, TokenId,
 };
 
 pub const MESSAGE_COLUMNS: &str = "id, tenant_id, instance_id, recipient, wa_id, content, priority, status, \
@@ -182,10 +182,12 @@ pub async fn enqueue(
 /// Removes a message's queue entry; if it was its chat's head, the chat's
 /// next entry (lowest seq) becomes head.
 pub async fn dequeue(conn: &mut SqliteConnection, message_id: &str) -> Result<(), StoreError> {
-    let removed = sqlx::query("DELETE FROM queue_entries WHERE message_id = ? RETURNING instance_id, chat, is_head")
-        .bind(message_id)
-        .fetch_optional(&mut *conn)
-        .await?;
+    let removed = sqlx::query(
+        "DELETE FROM queue_entries WHERE message_id = ? RETURNING instance_id, chat, is_head",
+    )
+    .bind(message_id)
+    .fetch_optional(&mut *conn)
+    .await?;
     if let Some(row) = removed
         && row.try_get::<bool, _>("is_head")?
     {
@@ -196,7 +198,11 @@ pub async fn dequeue(conn: &mut SqliteConnection, message_id: &str) -> Result<()
     Ok(())
 }
 
-async fn promote_next(conn: &mut SqliteConnection, instance_id: &str, chat: &str) -> Result<(), StoreError> {
+async fn promote_next(
+    conn: &mut SqliteConnection,
+    instance_id: &str,
+    chat: &str,
+) -> Result<(), StoreError> {
     sqlx::query(
         "UPDATE queue_entries SET is_head = 1 WHERE message_id = \
          (SELECT message_id FROM queue_entries WHERE instance_id = ?1 AND chat = ?2 ORDER BY seq LIMIT 1)",

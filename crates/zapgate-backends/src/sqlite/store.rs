@@ -8,18 +8,26 @@ use async_trait::async_trait;
 use sqlx::{AssertSqlSafe, QueryBuilder, Row, Sqlite, SqliteConnection};
 use zapgate_domain::event::StatusDetail;
 use zapgate_domain::status::{FAILED_RANK, SENT_RANK};
-use zapgate_domain::{InstanceId, MessageEvent, MessageId, MessageStatus, TenantId, Timestamp, TokenHash, TokenId};
+use zapgate_domain::{
+    InstanceId, MessageEvent, MessageId, MessageStatus, TenantId, Timestamp, TokenHash, TokenId,
+};
 
 #[async_trait]
 impl Store for SqliteBackend {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.read).await?;
-        self.writer.write(Box::new(|_| Box::pin(async { Ok(()) }))).await
+        self.writer
+            .write(Box::new(|_| Box::pin(async { Ok(()) })))
+            .await
     }
 
     async fn create_tenant(&self, id: TenantId, name: String) -> Result<TenantRecord, StoreError> {
         let now = Timestamp::now();
-        let rec = TenantRecord { id, name, created_at: now };
+        let rec = TenantRecord {
+            id,
+            name,
+            created_at: now,
+        };
         let r = rec.clone();
         self.writer
             .write(Box::new(move |conn| {
@@ -38,7 +46,9 @@ impl Store for SqliteBackend {
     }
 
     async fn list_tenants(&self) -> Result<Vec<TenantRecord>, StoreError> {
-        let rows = sqlx::query("SELECT id, name, created_at FROM tenants ORDER BY id").fetch_all(&self.read).await?;
+        let rows = sqlx::query("SELECT id, name, created_at FROM tenants ORDER BY id")
+            .fetch_all(&self.read)
+            .await?;
         rows.iter().map(rows::tenant).collect()
     }
 
@@ -57,7 +67,13 @@ impl Store for SqliteBackend {
         hash: TokenHash,
         hint: String,
     ) -> Result<TokenRecord, StoreError> {
-        let rec = TokenRecord { id, tenant_id: tenant.clone(), hint, created_at: Timestamp::now(), revoked_at: None };
+        let rec = TokenRecord {
+            id,
+            tenant_id: tenant.clone(),
+            hint,
+            created_at: Timestamp::now(),
+            revoked_at: None,
+        };
         let r = rec.clone();
         self.writer
             .write(Box::new(move |conn| {
@@ -114,11 +130,12 @@ impl Store for SqliteBackend {
     }
 
     async fn tenant_for_token(&self, hash: &TokenHash) -> Result<Option<TenantId>, StoreError> {
-        let id: Option<String> =
-            sqlx::query_scalar("SELECT tenant_id FROM api_tokens WHERE hash = ? AND revoked_at IS NULL")
-                .bind(&hash.0[..])
-                .fetch_optional(&self.read)
-                .await?;
+        let id: Option<String> = sqlx::query_scalar(
+            "SELECT tenant_id FROM api_tokens WHERE hash = ? AND revoked_at IS NULL",
+        )
+        .bind(&hash.0[..])
+        .fetch_optional(&self.read)
+        .await?;
         Ok(id.map(TenantId::from_trusted))
     }
 
@@ -172,27 +189,79 @@ impl Store for SqliteBackend {
         let sql = format!(
             "SELECT {INSTANCE_COLUMNS} FROM instances WHERE tenant_id = ? AND deleted_at IS NULL ORDER BY id"
         );
-        let rows = sqlx::query(AssertSqlSafe(sql)).bind(tenant.as_str()).fetch_all(&self.read).await?;
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(tenant.as_str())
+            .fetch_all(&self.read)
+            .await?;
         rows.iter().map(rows::instance).collect()
     }
 
-    async fn get_instance(&self, tenant: &TenantId, id: &InstanceId) -> Result<Option<InstanceRecord>, StoreError> {
-        Ok(self.find_instance(id).await?.filter(|i| &i.tenant_id == tenant))
+    async fn get_instance(
+        &self,
+        tenant: &TenantId,
+        id: &InstanceId,
+    ) -> Result<Option<InstanceRecord>, StoreError> {
+        Ok(self
+            .find_instance(id)
+            .await?
+            .filter(|i| &i.tenant_id == tenant))
     }
 
     async fn find_instance(&self, id: &InstanceId) -> Result<Option<InstanceRecord>, StoreError> {
-        let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = ? AND deleted_at IS NULL");
-        let row = sqlx::query(AssertSqlSafe(sql)).bind(id.as_str()).fetch_optional(&self.read).await?;
+        let sql =
+            format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = ? AND deleted_at IS NULL");
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(id.as_str())
+            .fetch_optional(&self.read)
+            .await?;
         row.as_ref().map(rows::instance).transpose()
     }
 
     async fn all_instances(&self) -> Result<Vec<InstanceRecord>, StoreError> {
-        let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE deleted_at IS NULL ORDER BY id");
-        let rows = sqlx::query(AssertSqlSafe(sql)).fetch_all(&self.read).await?;
+        let sql = format!(
+            "SELECT {INSTANCE_COLUMNS} FROM instances WHERE deleted_at IS NULL ORDER BY id"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .fetch_all(&self.read)
+            .await?;
         rows.iter().map(rows::instance).collect()
     }
 
-    async fn delete_instance(&self, tenant: &TenantId, id: &InstanceId, now: Timestamp) -> Result<bool, StoreError> {
+    async fn update_instance(
+        &self,
+        tenant: &TenantId,
+        id: &InstanceId,
+        change: InstanceChange,
+    ) -> Result<Option<InstanceRecord>, StoreError> {
+        let (tenant, id) = (tenant.to_string(), id.to_string());
+        self.writer
+            .write(Box::new(move |conn| {
+                Box::pin(async move {
+                    let sql = format!(
+                        "UPDATE instances SET name = COALESCE(?1, name), rate_per_sec = COALESCE(?2, rate_per_sec), \
+                         burst = COALESCE(?3, burst) WHERE id = ?4 AND tenant_id = ?5 AND deleted_at IS NULL \
+                         RETURNING {INSTANCE_COLUMNS}"
+                    );
+                    let row = sqlx::query(AssertSqlSafe(sql))
+                        .bind(change.name)
+                        .bind(change.rate_per_sec.map(i64::from))
+                        .bind(change.burst.map(i64::from))
+                        .bind(id)
+                        .bind(tenant)
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                    row.as_ref().map(rows::instance).transpose()
+                })
+            }))
+            .await
+    }
+
+    async fn delete_instance(
+        &self,
+        tenant: &TenantId,
+        id: &InstanceId,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
         let (tenant, id) = (tenant.to_string(), id.to_string());
         self.writer
             .write(Box::new(move |conn| {
@@ -235,10 +304,16 @@ impl Store for SqliteBackend {
     }
 
     async fn accept(&self, msg: AcceptMessage) -> Result<Accepted, StoreError> {
-        self.writer.write(Box::new(move |conn| Box::pin(accept(conn, msg)))).await
+        self.writer
+            .write(Box::new(move |conn| Box::pin(accept(conn, msg))))
+            .await
     }
 
-    async fn get_message(&self, tenant: &TenantId, id: &MessageId) -> Result<Option<MessageRecord>, StoreError> {
+    async fn get_message(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+    ) -> Result<Option<MessageRecord>, StoreError> {
         let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ? AND tenant_id = ?");
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(id.as_str())
@@ -248,7 +323,11 @@ impl Store for SqliteBackend {
         row.as_ref().map(rows::message).transpose()
     }
 
-    async fn message_history(&self, tenant: &TenantId, id: &MessageId) -> Result<Vec<MessageEvent>, StoreError> {
+    async fn message_history(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+    ) -> Result<Vec<MessageEvent>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, tenant_id, message_id, instance_id, status, chat_seq, detail, created_at FROM events \
              WHERE message_id = ? AND tenant_id = ? ORDER BY seq",
@@ -260,8 +339,14 @@ impl Store for SqliteBackend {
         rows.iter().map(rows::event).collect()
     }
 
-    async fn list_messages(&self, tenant: &TenantId, f: &MessageFilter) -> Result<Vec<MessageRecord>, StoreError> {
-        let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant_id = "));
+    async fn list_messages(
+        &self,
+        tenant: &TenantId,
+        f: &MessageFilter,
+    ) -> Result<Vec<MessageRecord>, StoreError> {
+        let mut q = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant_id = "
+        ));
         q.push_bind(tenant.as_str());
         if let Some(s) = f.status {
             q.push(" AND status = ").push_bind(s.as_str());
@@ -286,7 +371,11 @@ impl Store for SqliteBackend {
         rows.iter().map(rows::message).collect()
     }
 
-    async fn begin_sending(&self, claims: &[(MessageId, u32)], now: Timestamp) -> Result<BeginSending, StoreError> {
+    async fn begin_sending(
+        &self,
+        claims: &[(MessageId, u32)],
+        now: Timestamp,
+    ) -> Result<BeginSending, StoreError> {
         let claims = claims.to_vec();
         self.writer
             .write(Box::new(move |conn| {
@@ -327,14 +416,28 @@ impl Store for SqliteBackend {
     }
 
     async fn record_outcome(&self, outcome: SendOutcome) -> Result<OutcomeApplied, StoreError> {
-        self.writer.write(Box::new(move |conn| Box::pin(record_outcome(conn, outcome)))).await
+        self.writer
+            .write(Box::new(move |conn| {
+                Box::pin(record_outcome(conn, outcome))
+            }))
+            .await
     }
 
-    async fn apply_provider_status(&self, report: ProviderStatusReport) -> Result<StatusApplied, StoreError> {
-        self.writer.write(Box::new(move |conn| Box::pin(apply_status(conn, report)))).await
+    async fn apply_provider_status(
+        &self,
+        report: ProviderStatusReport,
+    ) -> Result<StatusApplied, StoreError> {
+        self.writer
+            .write(Box::new(move |conn| Box::pin(apply_status(conn, report))))
+            .await
     }
 
-    async fn replay_dead(&self, tenant: &TenantId, id: &MessageId, now: Timestamp) -> Result<bool, StoreError> {
+    async fn replay_dead(
+        &self,
+        tenant: &TenantId,
+        id: &MessageId,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
         let (tenant, id) = (tenant.to_string(), id.to_string());
         self.writer
             .write(Box::new(move |conn| {
@@ -373,7 +476,11 @@ impl Store for SqliteBackend {
             .await
     }
 
-    async fn purge_expired(&self, keys_before: Timestamp, parked_before: Timestamp) -> Result<u64, StoreError> {
+    async fn purge_expired(
+        &self,
+        keys_before: Timestamp,
+        parked_before: Timestamp,
+    ) -> Result<u64, StoreError> {
         self.writer
             .write(Box::new(move |conn| {
                 Box::pin(async move {
@@ -403,11 +510,13 @@ fn msg_ref(m: &MessageRecord) -> MessageRef {
 
 async fn accept(conn: &mut SqliteConnection, msg: AcceptMessage) -> Result<Accepted, StoreError> {
     let req = &msg.request;
-    let known = sqlx::query("SELECT 1 FROM instances WHERE id = ? AND tenant_id = ? AND deleted_at IS NULL")
-        .bind(req.instance_id.as_str())
-        .bind(msg.tenant_id.as_str())
-        .fetch_optional(&mut *conn)
-        .await?;
+    let known = sqlx::query(
+        "SELECT 1 FROM instances WHERE id = ? AND tenant_id = ? AND deleted_at IS NULL",
+    )
+    .bind(req.instance_id.as_str())
+    .bind(msg.tenant_id.as_str())
+    .fetch_optional(&mut *conn)
+    .await?;
     if known.is_none() {
         return Ok(Accepted::UnknownInstance);
     }
@@ -453,7 +562,11 @@ async fn accept(conn: &mut SqliteConnection, msg: AcceptMessage) -> Result<Accep
     .fetch_one(&mut *conn)
     .await?;
     let scheduled = req.send_at.filter(|t| *t > msg.now);
-    let status = if scheduled.is_some() { MessageStatus::Scheduled } else { MessageStatus::Queued };
+    let status = if scheduled.is_some() {
+        MessageStatus::Scheduled
+    } else {
+        MessageStatus::Queued
+    };
     let seq: i64 = sqlx::query_scalar(
         "INSERT INTO messages (id, tenant_id, instance_id, recipient, content, priority, status, chat_seq, send_at, \
          expires_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
@@ -478,7 +591,10 @@ async fn accept(conn: &mut SqliteConnection, msg: AcceptMessage) -> Result<Accep
         instance_id: req.instance_id.to_string(),
         chat_seq,
     };
-    let detail = StatusDetail { next_attempt_at: scheduled, ..detail() };
+    let detail = StatusDetail {
+        next_attempt_at: scheduled,
+        ..detail()
+    };
     insert_event(conn, &m, status, &detail, msg.now).await?;
     // A scheduled message is ordered by its send time, not by acceptance, so
     // it gets a chat lane of its own and never holds back the chat.
@@ -487,19 +603,34 @@ async fn accept(conn: &mut SqliteConnection, msg: AcceptMessage) -> Result<Accep
         None => chat,
     };
     let visible_at = scheduled.unwrap_or(msg.now).as_millis();
-    rows::enqueue(conn, &m.id, &m.tenant_id, &m.instance_id, &queue_chat, req.priority.rank(), seq, 0, visible_at)
-        .await?;
+    rows::enqueue(
+        conn,
+        &m.id,
+        &m.tenant_id,
+        &m.instance_id,
+        &queue_chat,
+        req.priority.rank(),
+        seq,
+        0,
+        visible_at,
+    )
+    .await?;
     Ok(Accepted::New { id: msg.id, status })
 }
 
-async fn record_outcome(conn: &mut SqliteConnection, o: SendOutcome) -> Result<OutcomeApplied, StoreError> {
+async fn record_outcome(
+    conn: &mut SqliteConnection,
+    o: SendOutcome,
+) -> Result<OutcomeApplied, StoreError> {
     let current = sqlx::query(
         "SELECT id, tenant_id, instance_id, chat_seq, attempts FROM messages WHERE id = ? AND status = 'sending'",
     )
     .bind(o.message_id.as_str())
     .fetch_optional(&mut *conn)
     .await?;
-    let Some(row) = current else { return Ok(OutcomeApplied::Stale) };
+    let Some(row) = current else {
+        return Ok(OutcomeApplied::Stale);
+    };
     let m = MessageRef::from_row(&row)?;
     let attempts = row.try_get::<i64, _>("attempts")? as u32;
     let now = o.now.as_millis();
@@ -513,7 +644,10 @@ async fn record_outcome(conn: &mut SqliteConnection, o: SendOutcome) -> Result<O
         (status, code, message, detail)
     };
     let (status, code, message, detail, attempts) = match o.result {
-        SendResult::Sent { provider_message_id, wa_id } => {
+        SendResult::Sent {
+            provider_message_id,
+            wa_id,
+        } => {
             sqlx::query(
                 "UPDATE messages SET status = 'sent', status_rank = ?1, provider_message_id = ?2, \
                  wa_id = COALESCE(?3, wa_id), error_code = NULL, error_message = NULL, next_attempt_at = NULL, \
@@ -526,16 +660,33 @@ async fn record_outcome(conn: &mut SqliteConnection, o: SendOutcome) -> Result<O
             .bind(&m.id)
             .execute(&mut *conn)
             .await?;
-            let detail = StatusDetail { provider_message_id: Some(provider_message_id.clone()), ..detail() };
+            let detail = StatusDetail {
+                provider_message_id: Some(provider_message_id.clone()),
+                ..detail()
+            };
             insert_event(conn, &m, MessageStatus::Sent, &detail, o.now).await?;
             apply_parked(conn, &provider_message_id).await?;
             return Ok(OutcomeApplied::Done(MessageStatus::Sent));
         }
-        SendResult::Retry { retry_at, spend_attempt, code, message } => {
+        SendResult::Retry {
+            retry_at,
+            spend_attempt,
+            code,
+            message,
+        } => {
             let attempts = attempts + u32::from(spend_attempt);
             if attempts >= o.retry_limit {
                 let (s, c, msg, d) = terminal(MessageStatus::Dead, Some(code), Some(message));
-                (s, c, msg, StatusDetail { attempts: Some(attempts), ..d }, attempts)
+                (
+                    s,
+                    c,
+                    msg,
+                    StatusDetail {
+                        attempts: Some(attempts),
+                        ..d
+                    },
+                    attempts,
+                )
             } else {
                 sqlx::query(
                     "UPDATE messages SET status = 'retry_wait', attempts = ?1, next_attempt_at = ?2, error_code = ?3, \
@@ -557,16 +708,26 @@ async fn record_outcome(conn: &mut SqliteConnection, o: SendOutcome) -> Result<O
                     ..detail()
                 };
                 insert_event(conn, &m, MessageStatus::RetryWait, &detail, o.now).await?;
-                return Ok(OutcomeApplied::RetryAt { at: retry_at, attempts });
+                return Ok(OutcomeApplied::RetryAt {
+                    at: retry_at,
+                    attempts,
+                });
             }
         }
         SendResult::Failed { code, message } => {
             let (s, c, msg, d) = terminal(MessageStatus::Failed, Some(code), Some(message));
             (s, c, msg, d, attempts)
         }
+        SendResult::Cancelled { code, message } => {
+            let (s, c, msg, d) = terminal(MessageStatus::Cancelled, Some(code), Some(message));
+            (s, c, msg, d, attempts)
+        }
         SendResult::Expired => {
-            let (s, c, msg, d) =
-                terminal(MessageStatus::Expired, Some("expired".into()), Some("expires_at passed before sending".into()));
+            let (s, c, msg, d) = terminal(
+                MessageStatus::Expired,
+                Some("expired".into()),
+                Some("expires_at passed before sending".into()),
+            );
             (s, c, msg, d, attempts)
         }
     };
@@ -587,11 +748,16 @@ async fn record_outcome(conn: &mut SqliteConnection, o: SendOutcome) -> Result<O
     Ok(OutcomeApplied::Done(status))
 }
 
-async fn apply_status(conn: &mut SqliteConnection, r: ProviderStatusReport) -> Result<StatusApplied, StoreError> {
-    let row = sqlx::query("SELECT id, tenant_id, instance_id, chat_seq FROM messages WHERE provider_message_id = ?")
-        .bind(&r.provider_message_id)
-        .fetch_optional(&mut *conn)
-        .await?;
+async fn apply_status(
+    conn: &mut SqliteConnection,
+    r: ProviderStatusReport,
+) -> Result<StatusApplied, StoreError> {
+    let row = sqlx::query(
+        "SELECT id, tenant_id, instance_id, chat_seq FROM messages WHERE provider_message_id = ?",
+    )
+    .bind(&r.provider_message_id)
+    .fetch_optional(&mut *conn)
+    .await?;
     let Some(row) = row else {
         sqlx::query(
             "INSERT INTO parked_statuses (provider_message_id, status, at, error_code, error_message, received_at) \
@@ -636,11 +802,18 @@ async fn apply_status(conn: &mut SqliteConnection, r: ProviderStatusReport) -> R
         ..detail()
     };
     insert_event(conn, &m, r.status, &detail, r.at).await?;
-    Ok(if changed { StatusApplied::Applied } else { StatusApplied::Ignored })
+    Ok(if changed {
+        StatusApplied::Applied
+    } else {
+        StatusApplied::Ignored
+    })
 }
 
 /// Re-applies statuses that arrived before the send result, oldest first.
-async fn apply_parked(conn: &mut SqliteConnection, provider_message_id: &str) -> Result<(), StoreError> {
+async fn apply_parked(
+    conn: &mut SqliteConnection,
+    provider_message_id: &str,
+) -> Result<(), StoreError> {
     let parked = sqlx::query(
         "DELETE FROM parked_statuses WHERE provider_message_id = ? \
          RETURNING id, status, at, error_code, error_message",

@@ -18,13 +18,24 @@ pub async fn list(
     State(s): State<AppState>,
     ApiQuery(q): ApiQuery<PageParams>,
 ) -> ApiResult<Json<MessageList>> {
-    let page = Page { cursor: q.cursor, limit: q.limit };
+    let page = Page {
+        cursor: q.cursor,
+        limit: q.limit,
+    };
     let before = page
         .cursor
         .as_deref()
-        .map(|c| zapgate_domain::MessageId::parse(c).ok_or_else(|| ApiError::bad_request("invalid_query", "cursor is not valid")))
+        .map(|c| {
+            zapgate_domain::MessageId::parse(c)
+                .ok_or_else(|| ApiError::bad_request("invalid_query", "cursor is not valid"))
+        })
         .transpose()?;
-    let f = MessageFilter { status: Some(MessageStatus::Dead), before, limit: page.limit()?, ..Default::default() };
+    let f = MessageFilter {
+        status: Some(MessageStatus::Dead),
+        before,
+        limit: page.limit()?,
+        ..Default::default()
+    };
     Ok(Json(list_page(&s, &tenant, f).await?))
 }
 
@@ -39,8 +50,18 @@ pub async fn replay(
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<MessageAccepted>)> {
     let id = message_id(&id)?;
-    let msg = s.backends.store.get_message(&tenant, &id).await?.ok_or_else(|| ApiError::not_found("message"))?;
-    if !s.backends.store.replay_dead(&tenant, &id, Timestamp::now()).await? {
+    let msg = s
+        .backends
+        .store
+        .get_message(&tenant, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("message"))?;
+    if !s
+        .backends
+        .store
+        .replay_dead(&tenant, &id, Timestamp::now())
+        .await?
+    {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "not_a_dead_letter",
@@ -48,5 +69,11 @@ pub async fn replay(
         ));
     }
     s.work.mark(msg.instance_id);
-    Ok((StatusCode::ACCEPTED, Json(MessageAccepted { id, status: MessageStatus::Queued })))
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(MessageAccepted {
+            id,
+            status: MessageStatus::Queued,
+        }),
+    ))
 }

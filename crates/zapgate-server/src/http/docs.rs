@@ -13,7 +13,7 @@ use utoipa::{Modify, OpenApi};
         super::health::live, super::health::ready,
         super::tenants::create, super::tenants::list, super::tenants::create_token, super::tenants::list_tokens,
         super::tenants::revoke_token,
-        super::instances::create, super::instances::list, super::instances::get, super::instances::delete,
+        super::instances::create, super::instances::list, super::instances::get, super::instances::update, super::instances::delete,
         super::messages::send, super::messages::get, super::messages::list,
         super::dead_letters::list, super::dead_letters::replay,
     ),
@@ -52,7 +52,13 @@ mod tests {
     fn spec_is_openapi_31_and_lists_every_route() {
         let spec = serde_json::to_value(ApiDoc::openapi()).unwrap();
         assert!(spec["openapi"].as_str().unwrap().starts_with("3.1"));
-        for p in ["/v1/messages", "/v1/messages/{message_id}", "/v1/instances", "/v1/tenants", "/v1/dead-letters"] {
+        for p in [
+            "/v1/messages",
+            "/v1/messages/{message_id}",
+            "/v1/instances",
+            "/v1/tenants",
+            "/v1/dead-letters",
+        ] {
             assert!(spec["paths"][p].is_object(), "{p} missing");
         }
     }

@@ -30,15 +30,19 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 fn json_rejection(r: JsonRejection) -> ApiError {
     let text = r.body_text();
     match r.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the request body is too large")
-        }
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "the request body is too large",
+        ),
         StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             "send the body as JSON with Content-Type: application/json",
         ),
-        StatusCode::UNPROCESSABLE_ENTITY => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", text),
+        StatusCode::UNPROCESSABLE_ENTITY => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", text)
+        }
         _ => ApiError::bad_request("invalid_json", text),
     }
 }
@@ -65,7 +69,9 @@ fn bearer(parts: &Parts) -> Result<ApiToken, ApiError> {
         .headers
         .get(axum::http::header::AUTHORIZATION)
         .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token> header"))?;
-    let value = value.to_str().map_err(|_| ApiError::unauthorized("malformed Authorization header"))?;
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::unauthorized("malformed Authorization header"))?;
     let token = value
         .strip_prefix("Bearer ")
         .or_else(|| value.strip_prefix("bearer "))
@@ -80,7 +86,10 @@ pub struct TenantAuth(pub TenantId);
 impl FromRequestParts<AppState> for TenantAuth {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let hash = bearer(parts)?.hash();
         if hash.ct_eq(&state.admin_hash) {
             return Err(ApiError::new(
@@ -105,7 +114,12 @@ impl FromRequestParts<AppState> for TenantAuth {
         let limit = state.config.tenant_rate_limit;
         if limit > 0 {
             let key = format!("api:{tenant}");
-            if let Err(t) = state.backends.rate_limiter.check(&key, limit, limit.saturating_mul(2)).await {
+            if let Err(t) = state
+                .backends
+                .rate_limiter
+                .check(&key, limit, limit.saturating_mul(2))
+                .await
+            {
                 return Err(ApiError::new(
                     StatusCode::TOO_MANY_REQUESTS,
                     "rate_limited",
@@ -124,7 +138,10 @@ pub struct AdminAuth;
 impl FromRequestParts<AppState> for AdminAuth {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         if bearer(parts)?.hash().ct_eq(&state.admin_hash) {
             Ok(AdminAuth)
         } else {
@@ -142,12 +159,17 @@ pub struct TokenCache {
 
 impl TokenCache {
     pub fn new(ttl: Duration) -> Self {
-        Self { ttl, map: Mutex::new(HashMap::new()) }
+        Self {
+            ttl,
+            map: Mutex::new(HashMap::new()),
+        }
     }
 
     fn get(&self, h: &TokenHash) -> Option<TenantId> {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(h).filter(|(_, at)| at.elapsed() < self.ttl).map(|(t, _)| t.clone())
+        map.get(h)
+            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .map(|(t, _)| t.clone())
     }
 
     fn put(&self, h: TokenHash, t: TenantId) {

@@ -8,7 +8,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use zapgate_backends::{InstanceRecord, NewInstance};
+use zapgate_backends::{InstanceChange, InstanceRecord, NewInstance};
 use zapgate_domain::{InstanceId, Timestamp, ValidationError};
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -23,6 +23,61 @@ pub struct CreateInstance {
     pub rate_limit_per_second: Option<u32>,
     /// Burst size (default: one second's worth).
     pub burst: Option<u32>,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateInstance {
+    pub name: Option<String>,
+    /// New pace in messages per second (1–100000); applies at once.
+    pub rate_limit_per_second: Option<u32>,
+    pub burst: Option<u32>,
+}
+
+fn check_name(name: &str) -> ApiResult<String> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 100 {
+        return Err(ValidationError::new("name", "must be 1 to 100 characters").into());
+    }
+    Ok(name.to_owned())
+}
+
+fn check_rate(field: &str, v: u32) -> ApiResult<u32> {
+    if (1..=100_000).contains(&v) {
+        Ok(v)
+    } else {
+        Err(ValidationError::new(field, "must be between 1 and 100000").into())
+    }
+}
+
+/// Renames an instance or changes its pace.
+#[utoipa::path(patch, path = "/v1/instances/{instance_id}", tag = "instances", security(("tenant" = [])),
+    params(("instance_id" = String, Path)), request_body = UpdateInstance,
+    responses((status = 200, body = InstanceRecord), (status = 404, body = super::error::ErrorBody),
+              (status = 422, body = super::error::ErrorBody)))]
+pub async fn update(
+    TenantAuth(tenant): TenantAuth,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<UpdateInstance>,
+) -> ApiResult<Json<InstanceRecord>> {
+    let id = instance_id(&id)?;
+    let change = InstanceChange {
+        name: body.name.as_deref().map(check_name).transpose()?,
+        rate_per_sec: body
+            .rate_limit_per_second
+            .map(|v| check_rate("rate_limit_per_second", v))
+            .transpose()?,
+        burst: body.burst.map(|v| check_rate("burst", v)).transpose()?,
+    };
+    let rec = s
+        .backends
+        .store
+        .update_instance(&tenant, &id, change)
+        .await?
+        .ok_or_else(|| ApiError::not_found("instance"))?;
+    s.work.changed(id);
+    Ok(Json(rec))
 }
 
 fn sandbox() -> String {
@@ -43,25 +98,23 @@ pub async fn create(
     State(s): State<AppState>,
     ApiJson(body): ApiJson<CreateInstance>,
 ) -> ApiResult<(StatusCode, Json<InstanceRecord>)> {
-    let name = body.name.trim().to_owned();
-    if name.is_empty() || name.chars().count() > 100 {
-        return Err(ValidationError::new("name", "must be 1 to 100 characters").into());
-    }
+    let name = check_name(&body.name)?;
     if s.providers.get(&body.provider).is_none() {
         return Err(ValidationError::new(
             "provider",
-            format!("unknown provider {:?}; available: {}", body.provider, s.providers.kinds().join(", ")),
+            format!(
+                "unknown provider {:?}; available: {}",
+                body.provider,
+                s.providers.kinds().join(", ")
+            ),
         )
         .into());
     }
-    let rate = body.rate_limit_per_second.unwrap_or(s.config.instance_rate);
-    if !(1..=100_000).contains(&rate) {
-        return Err(ValidationError::new("rate_limit_per_second", "must be between 1 and 100000").into());
-    }
-    let burst = body.burst.unwrap_or(rate);
-    if !(1..=100_000).contains(&burst) {
-        return Err(ValidationError::new("burst", "must be between 1 and 100000").into());
-    }
+    let rate = check_rate(
+        "rate_limit_per_second",
+        body.rate_limit_per_second.unwrap_or(s.config.instance_rate),
+    )?;
+    let burst = check_rate("burst", body.burst.unwrap_or(rate))?;
     let new = NewInstance {
         id: InstanceId::generate(),
         tenant_id: tenant,
@@ -79,14 +132,21 @@ pub async fn create(
 
 /// A 15-digit id in the style of Meta's phone number and WABA ids.
 fn numeric_id() -> String {
-    rand::rng().random_range(100_000_000_000_000u64..1_000_000_000_000_000).to_string()
+    rand::rng()
+        .random_range(100_000_000_000_000u64..1_000_000_000_000_000)
+        .to_string()
 }
 
 /// Lists the tenant's instances.
 #[utoipa::path(get, path = "/v1/instances", tag = "instances", security(("tenant" = [])),
     responses((status = 200, body = InstanceList)))]
-pub async fn list(TenantAuth(tenant): TenantAuth, State(s): State<AppState>) -> ApiResult<Json<InstanceList>> {
-    Ok(Json(InstanceList { data: s.backends.store.list_instances(&tenant).await? }))
+pub async fn list(
+    TenantAuth(tenant): TenantAuth,
+    State(s): State<AppState>,
+) -> ApiResult<Json<InstanceList>> {
+    Ok(Json(InstanceList {
+        data: s.backends.store.list_instances(&tenant).await?,
+    }))
 }
 
 fn instance_id(raw: &str) -> ApiResult<InstanceId> {
@@ -103,7 +163,12 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> ApiResult<Json<InstanceRecord>> {
     let id = instance_id(&id)?;
-    let rec = s.backends.store.get_instance(&tenant, &id).await?.ok_or_else(|| ApiError::not_found("instance"))?;
+    let rec = s
+        .backends
+        .store
+        .get_instance(&tenant, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("instance"))?;
     Ok(Json(rec))
 }
 
@@ -117,8 +182,12 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let id = instance_id(&id)?;
-    if s.backends.store.delete_instance(&tenant, &id, Timestamp::now()).await? {
-        s.work.mark(id);
+    if s.backends
+        .store
+        .delete_instance(&tenant, &id, Timestamp::now())
+        .await?
+    {
+        s.work.changed(id);
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found("instance"))

@@ -52,7 +52,9 @@ pub async fn create(
 ) -> ApiResult<(StatusCode, Json<TenantCreated>)> {
     let name = body.name.trim().to_owned();
     if name.is_empty() || name.chars().count() > 200 {
-        return Err(zapgate_domain::ValidationError::new("name", "must be 1 to 200 characters").into());
+        return Err(
+            zapgate_domain::ValidationError::new("name", "must be 1 to 200 characters").into(),
+        );
     }
     let (tenant, token) = create_tenant_with_token(&s.backends.store, name).await?;
     Ok((StatusCode::CREATED, Json(TenantCreated { tenant, token })))
@@ -73,15 +75,22 @@ pub async fn issue_token(
     tenant: &TenantId,
 ) -> Result<TokenCreated, zapgate_backends::StoreError> {
     let secret = ApiToken::generate();
-    let record = store.create_token(TokenId::generate(), tenant, secret.hash(), secret.hint()).await?;
-    Ok(TokenCreated { record, token: secret.reveal().to_owned() })
+    let record = store
+        .create_token(TokenId::generate(), tenant, secret.hash(), secret.hint())
+        .await?;
+    Ok(TokenCreated {
+        record,
+        token: secret.reveal().to_owned(),
+    })
 }
 
 /// Lists tenants.
 #[utoipa::path(get, path = "/v1/tenants", tag = "tenants", security(("admin" = [])),
     responses((status = 200, body = TenantList)))]
 pub async fn list(_: AdminAuth, State(s): State<AppState>) -> ApiResult<Json<TenantList>> {
-    Ok(Json(TenantList { data: s.backends.store.list_tenants().await? }))
+    Ok(Json(TenantList {
+        data: s.backends.store.list_tenants().await?,
+    }))
 }
 
 fn tenant_id(raw: &str) -> ApiResult<TenantId> {
@@ -108,12 +117,18 @@ pub async fn create_token(
 /// Lists a tenant's tokens (hints only, never secrets).
 #[utoipa::path(get, path = "/v1/tenants/{tenant_id}/tokens", tag = "tenants", security(("admin" = [])),
     params(("tenant_id" = String, Path)), responses((status = 200, body = TokenList)))]
-pub async fn list_tokens(_: AdminAuth, State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<TokenList>> {
+pub async fn list_tokens(
+    _: AdminAuth,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<TokenList>> {
     let id = tenant_id(&id)?;
     if s.backends.store.get_tenant(&id).await?.is_none() {
         return Err(ApiError::not_found("tenant"));
     }
-    Ok(Json(TokenList { data: s.backends.store.list_tokens(&id).await? }))
+    Ok(Json(TokenList {
+        data: s.backends.store.list_tokens(&id).await?,
+    }))
 }
 
 /// Revokes a token; it stops working immediately.

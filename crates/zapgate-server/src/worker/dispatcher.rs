@@ -37,26 +37,22 @@ pub async fn run(ctx: Arc<WorkerCtx>, mut shutdown: watch::Receiver<bool>) {
         if *shutdown.borrow() {
             break;
         }
-        for id in ctx.signal.take() {
-            match lanes.get_mut(&id) {
-                Some(lane) => lane.maybe_ready = true,
-                None => match ctx.backends.store.find_instance(&id).await {
-                    Ok(Some(i)) => {
-                        lanes.insert(id, Lane::start(ctx.clone(), i));
-                    }
-                    Ok(None) => {}
-                    Err(e) => tracing::warn!(error = %e, "dispatcher: could not load instance"),
-                },
+        take_signals(&ctx, &mut lanes).await;
+        match round(&ctx, &mut lanes).await {
+            // Work was found: look again at once (taking new signals first,
+            // so a newly marked instance joins the very next round).
+            Ok(true) => continue,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "dispatcher round failed; retrying shortly");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
             }
-        }
-        if let Err(e) = dispatch(&ctx, &mut lanes).await {
-            tracing::error!(error = %e, "dispatcher round failed; retrying shortly");
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            continue;
         }
         let now = Timestamp::now();
         let wait = match ctx.backends.queue.next_due(now).await {
-            Ok(Some(t)) => Duration::from_millis((t.as_millis() - now.as_millis()).max(1) as u64).min(IDLE_CHECK),
+            Ok(Some(t)) => Duration::from_millis((t.as_millis() - now.as_millis()).max(1) as u64)
+                .min(IDLE_CHECK),
             _ => IDLE_CHECK,
         };
         tokio::select! {
@@ -65,22 +61,54 @@ pub async fn run(ctx: Arc<WorkerCtx>, mut shutdown: watch::Receiver<bool>) {
             _ = shutdown.changed() => {}
         }
     }
-    tracing::info!(lanes = lanes.len(), "dispatcher stopping; finishing in-flight sends");
+    tracing::info!(
+        lanes = lanes.len(),
+        "dispatcher stopping; finishing in-flight sends"
+    );
     for lane in lanes.into_values() {
         lane.close().await;
     }
 }
 
-/// Claims rounds until no lane with room has due work.
-async fn dispatch(ctx: &WorkerCtx, lanes: &mut HashMap<InstanceId, Lane>) -> Result<(), StoreError> {
-    loop {
+async fn take_signals(ctx: &Arc<WorkerCtx>, lanes: &mut HashMap<InstanceId, Lane>) {
+    for id in ctx.signal.take_changed() {
+        if let Some(old) = lanes.remove(&id) {
+            // The old lane finishes what it holds at its old pace, or cancels
+            // it if the instance is gone; a new lane takes over from here.
+            if matches!(ctx.backends.store.find_instance(&id).await, Ok(None)) {
+                old.abandon();
+            }
+            tokio::spawn(old.close());
+        }
+    }
+    for id in ctx.signal.take() {
+        match lanes.get_mut(&id) {
+            Some(lane) => lane.maybe_ready = true,
+            None => match ctx.backends.store.find_instance(&id).await {
+                Ok(Some(i)) => {
+                    lanes.insert(id, Lane::start(ctx.clone(), i));
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "dispatcher: could not load instance"),
+            },
+        }
+    }
+}
+
+/// One claim round over every lane with room and possibly due work.
+/// Returns whether anything was claimed.
+async fn round(ctx: &WorkerCtx, lanes: &mut HashMap<InstanceId, Lane>) -> Result<bool, StoreError> {
+    {
         let claims: Vec<Claim> = lanes
             .values()
             .filter(|l| l.maybe_ready && l.free() > 0)
-            .map(|l| Claim { instance_id: l.instance.id.clone(), max: l.free().min(MAX_CLAIM) as u32 })
+            .map(|l| Claim {
+                instance_id: l.instance.id.clone(),
+                max: l.free().min(MAX_CLAIM) as u32,
+            })
             .collect();
         if claims.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let now = Timestamp::now();
         let deliveries = ctx.backends.queue.claim(&claims, now, LEASE_MS).await?;
@@ -97,26 +125,47 @@ async fn dispatch(ctx: &WorkerCtx, lanes: &mut HashMap<InstanceId, Lane>) -> Res
             }
         }
         if deliveries.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
-        let cas: Vec<_> = deliveries.iter().map(|d| (d.message_id.clone(), d.attempt)).collect();
+        let cas: Vec<_> = deliveries
+            .iter()
+            .map(|d| (d.message_id.clone(), d.attempt))
+            .collect();
         let began = ctx.backends.store.begin_sending(&cas, now).await?;
         crash_point("after_begin_sending");
         if !began.finished.is_empty() {
-            tracing::warn!(count = began.finished.len(), "dropping deliveries of messages already settled");
-            ctx.backends.queue.settle(began.finished.into_iter().map(|id| (id, Settlement::Done)).collect()).await?;
+            tracing::warn!(
+                count = began.finished.len(),
+                "dropping deliveries of messages already settled"
+            );
+            ctx.backends
+                .queue
+                .settle(
+                    began
+                        .finished
+                        .into_iter()
+                        .map(|id| (id, Settlement::Done))
+                        .collect(),
+                )
+                .await?;
         }
         let skipped = deliveries.len() - began.won.len();
         if skipped > 0 {
             let won: HashSet<_> = began.won.iter().map(|m| &m.id).collect();
-            let lost: Vec<_> = deliveries.iter().filter(|d| !won.contains(&d.message_id)).collect();
+            let lost: Vec<_> = deliveries
+                .iter()
+                .filter(|d| !won.contains(&d.message_id))
+                .collect();
             tracing::debug!(count = lost.len(), "duplicate deliveries not sent");
         }
         for m in began.won {
             match lanes.get(&m.instance_id) {
                 Some(l) => l.push(m),
-                None => tracing::error!(message_id = %m.id, "claimed a message for an instance without a lane"),
+                None => {
+                    tracing::error!(message_id = %m.id, "claimed a message for an instance without a lane")
+                }
             }
         }
+        Ok(true)
     }
 }

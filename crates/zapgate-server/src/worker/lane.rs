@@ -6,17 +6,19 @@ use super::WorkSignal;
 use super::retry::RetryPolicy;
 use governor::{DefaultDirectRateLimiter, RateLimiter};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::{JoinHandle, JoinSet};
 use zapgate_backends::limits::quota;
 use zapgate_backends::{
-    Backends, InstanceRecord, MessageRecord, OutcomeApplied, SendOutcome, SendResult, Settlement, StoreError,
-    crash_point,
+    Backends, InstanceRecord, MessageRecord, OutcomeApplied, SendOutcome, SendResult, Settlement,
+    StoreError, crash_point,
 };
 use zapgate_domain::Timestamp;
-use zapgate_providers::{Classification, OutboundMessage, Provider, ProviderError, Providers, classify};
+use zapgate_providers::{
+    Classification, OutboundMessage, Provider, ProviderError, Providers, classify,
+};
 
 /// What every lane shares.
 pub struct WorkerCtx {
@@ -36,6 +38,9 @@ pub struct Lane {
     capacity: usize,
     /// The queue may hold due work for this instance.
     pub maybe_ready: bool,
+    /// Set when the instance is deleted: what the lane still holds is
+    /// cancelled instead of sent.
+    abandoned: Arc<AtomicBool>,
     task: JoinHandle<()>,
 }
 
@@ -44,16 +49,34 @@ impl Lane {
         let (tx, rx) = mpsc::unbounded_channel();
         let pending = Arc::new(AtomicUsize::new(0));
         // Claim about half a second of work ahead: enough to keep the pipe
-        // full, little enough that claimed-but-unsent work stays small.
-        let capacity = ((instance.rate_per_sec / 2) as usize).clamp(8, 256).max(ctx.concurrency as usize);
+        // full, little enough that claimed-but-unsent work (status `sending`)
+        // stays small and short-lived.
+        let capacity = ((instance.rate_per_sec / 2) as usize).clamp(2, 256);
         let limiter = RateLimiter::direct(quota(instance.rate_per_sec, instance.burst));
-        let task = tokio::spawn(run(ctx, instance.clone(), rx, pending.clone(), limiter));
-        Self { instance, tx, pending, capacity, maybe_ready: true, task }
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(run(
+            ctx,
+            instance.clone(),
+            rx,
+            pending.clone(),
+            limiter,
+            abandoned.clone(),
+        ));
+        Self {
+            instance,
+            tx,
+            pending,
+            capacity,
+            maybe_ready: true,
+            abandoned,
+            task,
+        }
     }
 
     /// How many more messages this lane will take now.
     pub fn free(&self) -> usize {
-        self.capacity.saturating_sub(self.pending.load(Ordering::Acquire))
+        self.capacity
+            .saturating_sub(self.pending.load(Ordering::Acquire))
     }
 
     pub fn push(&self, m: MessageRecord) {
@@ -61,6 +84,11 @@ impl Lane {
         if self.tx.send(m).is_err() {
             self.pending.fetch_sub(1, Ordering::AcqRel);
         }
+    }
+
+    /// The instance is gone: cancel what this lane still holds.
+    pub fn abandon(&self) {
+        self.abandoned.store(true, Ordering::Release);
     }
 
     /// Stops taking work and waits until everything handed to it is sent
@@ -77,14 +105,34 @@ async fn run(
     mut rx: mpsc::UnboundedReceiver<MessageRecord>,
     pending: Arc<AtomicUsize>,
     limiter: DefaultDirectRateLimiter,
+    abandoned: Arc<AtomicBool>,
 ) {
     let provider = ctx.providers.get(&instance.provider);
     let slots = Arc::new(Semaphore::new(ctx.concurrency as usize));
     let mut sends = JoinSet::new();
     while let Some(msg) = rx.recv().await {
+        if abandoned.load(Ordering::Acquire) {
+            let cancelled = SendResult::Cancelled {
+                code: "instance_deleted".into(),
+                message: "the instance was deleted before the message was sent".into(),
+            };
+            finish(&ctx, &instance, &msg, cancelled, &pending).await;
+            continue;
+        }
         limiter.until_ready().await;
-        let permit = slots.clone().acquire_owned().await.expect("the semaphore is never closed");
-        sends.spawn(send_one(ctx.clone(), instance.clone(), provider.clone(), msg, permit, pending.clone()));
+        let permit = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        sends.spawn(send_one(
+            ctx.clone(),
+            instance.clone(),
+            provider.clone(),
+            msg,
+            permit,
+            pending.clone(),
+        ));
         while sends.try_join_next().is_some() {}
     }
     while sends.join_next().await.is_some() {}
@@ -99,19 +147,42 @@ async fn send_one(
     pending: Arc<AtomicUsize>,
 ) {
     let result = attempt(&ctx, &instance, provider.as_deref(), &msg).await;
-    let outcome =
-        SendOutcome { message_id: msg.id.clone(), result, retry_limit: ctx.retry_limit, now: Timestamp::now() };
+    finish(&ctx, &instance, &msg, result, &pending).await;
+}
+
+/// Stores the outcome, then settles the queue entry to match.
+async fn finish(
+    ctx: &WorkerCtx,
+    instance: &InstanceRecord,
+    msg: &MessageRecord,
+    result: SendResult,
+    pending: &AtomicUsize,
+) {
+    let outcome = SendOutcome {
+        message_id: msg.id.clone(),
+        result,
+        retry_limit: ctx.retry_limit,
+        now: Timestamp::now(),
+    };
     let applied = persist(|| ctx.backends.store.record_outcome(outcome.clone())).await;
     crash_point("before_ack");
     if let Some(applied) = applied {
         let settlement = match applied {
-            OutcomeApplied::RetryAt { at, attempts } => Settlement::RetryAt { at, attempt: attempts },
+            OutcomeApplied::RetryAt { at, attempts } => Settlement::RetryAt {
+                at,
+                attempt: attempts,
+            },
             OutcomeApplied::Done(_) | OutcomeApplied::Stale => Settlement::Done,
         };
-        persist(|| ctx.backends.queue.settle(vec![(msg.id.clone(), settlement.clone())])).await;
+        persist(|| {
+            ctx.backends
+                .queue
+                .settle(vec![(msg.id.clone(), settlement.clone())])
+        })
+        .await;
     }
     pending.fetch_sub(1, Ordering::AcqRel);
-    ctx.signal.mark(instance.id);
+    ctx.signal.mark(instance.id.clone());
 }
 
 /// Calls the provider (unless the message expired) and classifies the result.
@@ -139,22 +210,39 @@ async fn attempt(
         content: msg.content.clone(),
         attempt: msg.attempts,
     };
-    let reply = tokio::time::timeout(ctx.send_timeout, provider.send(&out)).await.unwrap_or(Err(ProviderError::Timeout));
+    let reply = tokio::time::timeout(ctx.send_timeout, provider.send(&out))
+        .await
+        .unwrap_or(Err(ProviderError::Timeout));
     crash_point("after_provider_call");
     let err = match reply {
-        Ok(ok) => return SendResult::Sent { provider_message_id: ok.provider_message_id, wa_id: ok.wa_id },
+        Ok(ok) => {
+            return SendResult::Sent {
+                provider_message_id: ok.provider_message_id,
+                wa_id: ok.wa_id,
+            };
+        }
         Err(e) => e,
     };
     tracing::debug!(message_id = %msg.id, error = %err, "send attempt failed");
     match classify(&err) {
-        Classification::Retry { spend_attempt, retry_after, code, message } => {
+        Classification::Retry {
+            spend_attempt,
+            retry_after,
+            code,
+            message,
+        } => {
             let delay = if spend_attempt {
                 ctx.retry.delay(msg.attempts + 1, retry_after)
             } else {
                 retry_after.unwrap_or(ctx.retry.base)
             };
             let retry_at = Timestamp::now().plus_millis(delay.as_millis() as i64);
-            SendResult::Retry { retry_at, spend_attempt, code, message }
+            SendResult::Retry {
+                retry_at,
+                spend_attempt,
+                code,
+                message,
+            }
         }
         Classification::Permanent { code, message } => SendResult::Failed { code, message },
     }

@@ -10,12 +10,29 @@ use zapgate_domain::InstanceId;
 #[derive(Default)]
 pub struct WorkSignal {
     marked: Mutex<HashSet<InstanceId>>,
+    changed: Mutex<HashSet<InstanceId>>,
     notify: Notify,
 }
 
 impl WorkSignal {
+    /// The instance's settings changed or it was deleted: rebuild its lane.
+    pub fn changed(&self, instance: InstanceId) {
+        self.changed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(instance.clone());
+        self.mark(instance);
+    }
+
+    pub fn take_changed(&self) -> HashSet<InstanceId> {
+        std::mem::take(&mut *self.changed.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
     pub fn mark(&self, instance: InstanceId) {
-        self.marked.lock().unwrap_or_else(|p| p.into_inner()).insert(instance);
+        self.marked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(instance);
         self.notify.notify_one();
     }
 
