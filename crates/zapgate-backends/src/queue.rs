@@ -1,6 +1,6 @@
 //! The `Queue` trait: where due work waits for the dispatcher.
 
-use crate::StoreError;
+use crate::{BeginSending, StoreError};
 use async_trait::async_trait;
 use zapgate_domain::{InstanceId, MessageId, Priority, TenantId, Timestamp};
 
@@ -44,6 +44,24 @@ pub trait Queue: Send + Sync + 'static {
         lease_ms: i64,
     ) -> Result<Vec<Delivery>, StoreError>;
     async fn settle(&self, settlements: Vec<(MessageId, Settlement)>) -> Result<(), StoreError>;
+    /// Claims and moves the claimed messages to `sending` in one
+    /// transaction, where the queue shares the store's database. `None`
+    /// means "not supported here": claim, then `Store::begin_sending`.
+    async fn claim_and_begin(
+        &self,
+        _claims: &[Claim],
+        _now: Timestamp,
+        _lease_ms: i64,
+    ) -> Result<Option<BeginSending>, StoreError> {
+        Ok(None)
+    }
+
+    /// True when the store settles this queue inside the transaction that
+    /// records a send outcome (the embedded backend: one SQLite file), so
+    /// workers need not call [`Queue::settle`] after `record_outcome`.
+    fn settled_by_store(&self) -> bool {
+        false
+    }
     /// Earliest time a waiting entry becomes due, if any is in the future.
     async fn next_due(&self, now: Timestamp) -> Result<Option<Timestamp>, StoreError>;
     /// Returns every lease held by a dead process to the queue and

@@ -157,6 +157,15 @@ impl Config {
     }
 }
 
+/// Parses `500ms`, `2s`, `10m`, `24h` (humantime syntax).
+pub fn parse_duration(s: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(s)
+}
+
+pub fn format_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,13 +205,4 @@ mod tests {
         std::fs::create_dir_all(&d).unwrap();
         d
     }
-}
-
-/// Parses `500ms`, `2s`, `10m`, `24h` (humantime syntax).
-pub fn parse_duration(s: &str) -> Result<Duration, humantime::DurationError> {
-    humantime::parse_duration(s)
-}
-
-pub fn format_duration(d: Duration) -> String {
-    humantime::format_duration(d).to_string()
 }

@@ -2,9 +2,10 @@
 
 use super::SqliteBackend;
 use super::rows::{self, MessageRef, PENDING_STATUSES, insert_event};
-use crate::{Claim, Delivery, Queue, Settlement, StoreError, detail};
+use super::store::begin_sending;
+use crate::{BeginSending, Claim, Delivery, Queue, Settlement, StoreError, detail};
 use async_trait::async_trait;
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::{AssertSqlSafe, Row, SqliteConnection};
 use zapgate_domain::event::StatusDetail;
 use zapgate_domain::{InstanceId, MessageId, MessageStatus, Priority, TenantId, Timestamp};
 
@@ -19,37 +20,27 @@ impl Queue for SqliteBackend {
         let claims = claims.to_vec();
         self.writer
             .write(Box::new(move |conn| {
+                Box::pin(claim(conn, claims, now, lease_ms))
+            }))
+            .await
+    }
+
+    async fn claim_and_begin(
+        &self,
+        claims: &[Claim],
+        now: Timestamp,
+        lease_ms: i64,
+    ) -> Result<Option<BeginSending>, StoreError> {
+        let claims = claims.to_vec();
+        self.writer
+            .write(Box::new(move |conn| {
                 Box::pin(async move {
-                    let mut out = Vec::new();
-                    for c in claims {
-                        let rows = sqlx::query(
-                            "UPDATE queue_entries SET lease_until = ?1 WHERE message_id IN ( \
-                               SELECT message_id FROM queue_entries \
-                               WHERE instance_id = ?2 AND is_head = 1 AND visible_at <= ?3 AND lease_until <= ?3 \
-                               ORDER BY priority, seq LIMIT ?4) \
-                             RETURNING message_id, tenant_id, instance_id, attempt, priority, seq",
-                        )
-                        .bind(now.as_millis() + lease_ms)
-                        .bind(c.instance_id.as_str())
-                        .bind(now.as_millis())
-                        .bind(c.max as i64)
-                        .fetch_all(&mut *conn)
-                        .await?;
-                        let start = out.len();
-                        for r in rows {
-                            out.push(Delivery {
-                                message_id: MessageId::from_trusted(r.try_get("message_id")?),
-                                tenant_id: TenantId::from_trusted(r.try_get("tenant_id")?),
-                                instance_id: InstanceId::from_trusted(r.try_get("instance_id")?),
-                                attempt: r.try_get::<i64, _>("attempt")? as u32,
-                                priority: Priority::from_rank(r.try_get("priority")?),
-                                seq: r.try_get("seq")?,
-                            });
-                        }
-                        // RETURNING order is unspecified; hand work out in queue order.
-                        out[start..].sort_by_key(|d| (d.priority, d.seq));
-                    }
-                    Ok(out)
+                    let deliveries = claim(conn, claims, now, lease_ms).await?;
+                    let cas: Vec<_> = deliveries
+                        .into_iter()
+                        .map(|d| (d.message_id, d.attempt))
+                        .collect();
+                    Ok(Some(begin_sending(conn, cas, now).await?))
                 })
             }))
             .await
@@ -63,15 +54,7 @@ impl Queue for SqliteBackend {
                         match s {
                             Settlement::Done => rows::dequeue(conn, id.as_str()).await?,
                             Settlement::RetryAt { at, attempt } => {
-                                sqlx::query(
-                                    "UPDATE queue_entries SET visible_at = ?, attempt = ?, lease_until = 0 \
-                                     WHERE message_id = ?",
-                                )
-                                .bind(at.as_millis())
-                                .bind(attempt as i64)
-                                .bind(id.as_str())
-                                .execute(&mut *conn)
-                                .await?;
+                                rows::reschedule(conn, id.as_str(), at, attempt).await?
                             }
                         }
                     }
@@ -79,6 +62,10 @@ impl Queue for SqliteBackend {
                 })
             }))
             .await
+    }
+
+    fn settled_by_store(&self) -> bool {
+        true
     }
 
     async fn next_due(&self, now: Timestamp) -> Result<Option<Timestamp>, StoreError> {
@@ -135,4 +122,42 @@ impl Queue for SqliteBackend {
             }))
             .await
     }
+}
+
+async fn claim(
+    conn: &mut SqliteConnection,
+    claims: Vec<Claim>,
+    now: Timestamp,
+    lease_ms: i64,
+) -> Result<Vec<Delivery>, StoreError> {
+    let mut out = Vec::new();
+    for c in claims {
+        let rows = sqlx::query(
+            "UPDATE queue_entries SET lease_until = ?1 WHERE message_id IN ( \
+               SELECT message_id FROM queue_entries \
+               WHERE instance_id = ?2 AND is_head = 1 AND visible_at <= ?3 AND lease_until <= ?3 \
+               ORDER BY priority, seq LIMIT ?4) \
+             RETURNING message_id, tenant_id, instance_id, attempt, priority, seq",
+        )
+        .bind(now.as_millis() + lease_ms)
+        .bind(c.instance_id.as_str())
+        .bind(now.as_millis())
+        .bind(c.max as i64)
+        .fetch_all(&mut *conn)
+        .await?;
+        let start = out.len();
+        for r in rows {
+            out.push(Delivery {
+                message_id: MessageId::from_trusted(r.try_get("message_id")?),
+                tenant_id: TenantId::from_trusted(r.try_get("tenant_id")?),
+                instance_id: InstanceId::from_trusted(r.try_get("instance_id")?),
+                attempt: r.try_get::<i64, _>("attempt")? as u32,
+                priority: Priority::from_rank(r.try_get("priority")?),
+                seq: r.try_get("seq")?,
+            });
+        }
+        // RETURNING order is unspecified; hand work out in queue order.
+        out[start..].sort_by_key(|d| (d.priority, d.seq));
+    }
+    Ok(out)
 }

@@ -213,3 +213,19 @@ async fn promote_next(
     .await?;
     Ok(())
 }
+
+/// Makes a message's entry due again at `at`, unleased.
+pub async fn reschedule(
+    conn: &mut SqliteConnection,
+    message_id: &str,
+    at: Timestamp,
+    attempt: u32,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE queue_entries SET visible_at = ?, attempt = ?, lease_until = 0 WHERE message_id = ?")
+        .bind(at.as_millis())
+        .bind(attempt as i64)
+        .bind(message_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}

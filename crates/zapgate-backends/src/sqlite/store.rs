@@ -379,38 +379,7 @@ impl Store for SqliteBackend {
         let claims = claims.to_vec();
         self.writer
             .write(Box::new(move |conn| {
-                Box::pin(async move {
-                    let sql = format!(
-                        "UPDATE messages SET status = 'sending', updated_at = ?1 \
-                         WHERE id = ?2 AND attempts = ?3 AND status IN ('queued','scheduled','retry_wait') \
-                         RETURNING {MESSAGE_COLUMNS}"
-                    );
-                    let mut out = BeginSending { won: Vec::with_capacity(claims.len()), finished: Vec::new() };
-                    for (id, attempt) in claims {
-                        let row = sqlx::query(AssertSqlSafe(sql.clone()))
-                            .bind(now.as_millis())
-                            .bind(id.as_str())
-                            .bind(attempt as i64)
-                            .fetch_optional(&mut *conn)
-                            .await?;
-                        if let Some(row) = row {
-                            let m = rows::message(&row)?;
-                            let detail = StatusDetail { attempts: Some(m.attempts), ..detail() };
-                            insert_event(conn, &msg_ref(&m), MessageStatus::Sending, &detail, now).await?;
-                            out.won.push(m);
-                        } else {
-                            let status: Option<String> = sqlx::query_scalar("SELECT status FROM messages WHERE id = ?")
-                                .bind(id.as_str())
-                                .fetch_optional(&mut *conn)
-                                .await?;
-                            let done = status.and_then(|s| s.parse::<MessageStatus>().ok()).is_none_or(|s| s.leaves_queue());
-                            if done {
-                                out.finished.push(id);
-                            }
-                        }
-                    }
-                    Ok(out)
-                })
+                Box::pin(begin_sending(conn, claims, now))
             }))
             .await
     }
@@ -840,4 +809,50 @@ async fn apply_parked(
         Box::pin(apply_status(conn, r)).await?;
     }
     Ok(())
+}
+
+pub(super) async fn begin_sending(
+    conn: &mut SqliteConnection,
+    claims: Vec<(MessageId, u32)>,
+    now: Timestamp,
+) -> Result<BeginSending, StoreError> {
+    let sql = format!(
+        "UPDATE messages SET status = 'sending', updated_at = ?1 \
+         WHERE id = ?2 AND attempts = ?3 AND status IN ('queued','scheduled','retry_wait') \
+         RETURNING {MESSAGE_COLUMNS}"
+    );
+    let mut out = BeginSending {
+        won: Vec::with_capacity(claims.len()),
+        finished: Vec::new(),
+    };
+    for (id, attempt) in claims {
+        let row = sqlx::query(AssertSqlSafe(sql.clone()))
+            .bind(now.as_millis())
+            .bind(id.as_str())
+            .bind(attempt as i64)
+            .fetch_optional(&mut *conn)
+            .await?;
+        if let Some(row) = row {
+            let m = rows::message(&row)?;
+            let detail = StatusDetail {
+                attempts: Some(m.attempts),
+                ..detail()
+            };
+            insert_event(conn, &msg_ref(&m), MessageStatus::Sending, &detail, now).await?;
+            out.won.push(m);
+        } else {
+            let status: Option<String> =
+                sqlx::query_scalar("SELECT status FROM messages WHERE id = ?")
+                    .bind(id.as_str())
+                    .fetch_optional(&mut *conn)
+                    .await?;
+            if status
+                .and_then(|s| s.parse::<MessageStatus>().ok())
+                .is_none_or(|s| s.leaves_queue())
+            {
+                out.finished.push(id);
+            }
+        }
+    }
+    Ok(out)
 }

@@ -8,7 +8,7 @@
 //! Idle, the dispatcher sleeps until a signal or the next due time.
 
 use super::lane::{Lane, WorkerCtx};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -111,12 +111,29 @@ async fn round(ctx: &WorkerCtx, lanes: &mut HashMap<InstanceId, Lane>) -> Result
             return Ok(false);
         }
         let now = Timestamp::now();
-        let deliveries = ctx.backends.queue.claim(&claims, now, LEASE_MS).await?;
-        crash_point("after_claim");
+        let began = match ctx
+            .backends
+            .queue
+            .claim_and_begin(&claims, now, LEASE_MS)
+            .await?
+        {
+            Some(began) => began,
+            None => {
+                let deliveries = ctx.backends.queue.claim(&claims, now, LEASE_MS).await?;
+                crash_point("after_claim");
+                let cas: Vec<_> = deliveries
+                    .iter()
+                    .map(|d| (d.message_id.clone(), d.attempt))
+                    .collect();
+                ctx.backends.store.begin_sending(&cas, now).await?
+            }
+        };
+        crash_point("after_begin_sending");
         let mut got: HashMap<&InstanceId, u32> = HashMap::new();
-        for d in &deliveries {
-            *got.entry(&d.instance_id).or_default() += 1;
+        for m in &began.won {
+            *got.entry(&m.instance_id).or_default() += 1;
         }
+        // A lane that got less than it asked for has no more due work now.
         for c in &claims {
             if got.get(&c.instance_id).copied().unwrap_or(0) < c.max
                 && let Some(l) = lanes.get_mut(&c.instance_id)
@@ -124,15 +141,7 @@ async fn round(ctx: &WorkerCtx, lanes: &mut HashMap<InstanceId, Lane>) -> Result
                 l.maybe_ready = false;
             }
         }
-        if deliveries.is_empty() {
-            return Ok(false);
-        }
-        let cas: Vec<_> = deliveries
-            .iter()
-            .map(|d| (d.message_id.clone(), d.attempt))
-            .collect();
-        let began = ctx.backends.store.begin_sending(&cas, now).await?;
-        crash_point("after_begin_sending");
+        let claimed_any = !began.won.is_empty() || !began.finished.is_empty();
         if !began.finished.is_empty() {
             tracing::warn!(
                 count = began.finished.len(),
@@ -149,15 +158,6 @@ async fn round(ctx: &WorkerCtx, lanes: &mut HashMap<InstanceId, Lane>) -> Result
                 )
                 .await?;
         }
-        let skipped = deliveries.len() - began.won.len();
-        if skipped > 0 {
-            let won: HashSet<_> = began.won.iter().map(|m| &m.id).collect();
-            let lost: Vec<_> = deliveries
-                .iter()
-                .filter(|d| !won.contains(&d.message_id))
-                .collect();
-            tracing::debug!(count = lost.len(), "duplicate deliveries not sent");
-        }
         for m in began.won {
             match lanes.get(&m.instance_id) {
                 Some(l) => l.push(m),
@@ -166,6 +166,6 @@ async fn round(ctx: &WorkerCtx, lanes: &mut HashMap<InstanceId, Lane>) -> Result
                 }
             }
         }
-        Ok(true)
+        Ok(claimed_any)
     }
 }

@@ -166,7 +166,7 @@ async fn finish(
     };
     let applied = persist(|| ctx.backends.store.record_outcome(outcome.clone())).await;
     crash_point("before_ack");
-    if let Some(applied) = applied {
+    if let Some(applied) = applied.filter(|_| !ctx.backends.queue.settled_by_store()) {
         let settlement = match applied {
             OutcomeApplied::RetryAt { at, attempts } => Settlement::RetryAt {
                 at,
