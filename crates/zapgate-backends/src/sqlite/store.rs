@@ -387,7 +387,21 @@ impl Store for SqliteBackend {
     async fn record_outcome(&self, outcome: SendOutcome) -> Result<OutcomeApplied, StoreError> {
         self.writer
             .write(Box::new(move |conn| {
-                Box::pin(record_outcome(conn, outcome))
+                Box::pin(async move {
+                    let id = outcome.message_id.clone();
+                    let applied = record_outcome(conn, outcome).await?;
+                    // The queue lives in this database: settle it in the same
+                    // transaction (see `Queue::settled_by_store`).
+                    match &applied {
+                        OutcomeApplied::Done(_) | OutcomeApplied::Stale => {
+                            rows::dequeue(conn, id.as_str()).await?
+                        }
+                        OutcomeApplied::RetryAt { at, attempts } => {
+                            rows::reschedule(conn, id.as_str(), *at, *attempts).await?
+                        }
+                    }
+                    Ok(applied)
+                })
             }))
             .await
     }

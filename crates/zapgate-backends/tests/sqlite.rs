@@ -1,0 +1,267 @@
+//! The embedded backend's contract, exercised directly on a real SQLite file.
+
+use std::sync::Arc;
+use zapgate_backends::*;
+use zapgate_domain::message::Text;
+use zapgate_domain::*;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    b: Backends,
+    tenant: TenantId,
+    instance: InstanceId,
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let b = Backends::open_embedded(dir.path(), true).await.unwrap();
+    let tenant = b.store.create_tenant(TenantId::generate(), "t".into()).await.unwrap().id;
+    let instance = InstanceId::generate();
+    b.store
+        .create_instance(NewInstance {
+            id: instance.clone(),
+            tenant_id: tenant.clone(),
+            name: "i".into(),
+            provider: "sandbox".into(),
+            phone_number_id: format!("{}", rand_digits()),
+            waba_id: "1".into(),
+            rate_per_sec: 80,
+            burst: 80,
+        })
+        .await
+        .unwrap();
+    Fixture { _dir: dir, b, tenant, instance }
+}
+
+fn rand_digits() -> u64 {
+    uuid::Uuid::new_v4().as_u128() as u64 % 1_000_000_000_000_000
+}
+
+fn request(f: &Fixture, to: &str, body: &str, priority: Priority) -> SendRequest {
+    SendRequest {
+        instance_id: f.instance.clone(),
+        to: ChatId::parse(to).unwrap(),
+        content: MessageContent::Text { text: Text { body: body.into(), preview_url: false } },
+        priority,
+        send_at: None,
+        expires_at: None,
+    }
+}
+
+async fn accept(f: &Fixture, to: &str, priority: Priority) -> MessageId {
+    let req = request(f, to, "x", priority);
+    let m = AcceptMessage {
+        id: MessageId::generate(),
+        tenant_id: f.tenant.clone(),
+        request: req,
+        idempotency: None,
+        now: Timestamp::now(),
+    };
+    match f.b.store.accept(m).await.unwrap() {
+        Accepted::New { id, .. } => id,
+        other => panic!("{other:?}"),
+    }
+}
+
+async fn claim(f: &Fixture, max: u32) -> Vec<MessageRecord> {
+    let claims = [Claim { instance_id: f.instance.clone(), max }];
+    f.b.queue.claim_and_begin(&claims, Timestamp::now(), 60_000).await.unwrap().unwrap().won
+}
+
+async fn sent(f: &Fixture, id: &MessageId, provider_id: &str) {
+    let o = SendOutcome {
+        message_id: id.clone(),
+        result: SendResult::Sent { provider_message_id: provider_id.into(), wa_id: None },
+        retry_limit: 5,
+        now: Timestamp::now(),
+    };
+    assert_eq!(f.b.store.record_outcome(o).await.unwrap(), OutcomeApplied::Done(MessageStatus::Sent));
+}
+
+#[tokio::test]
+async fn concurrent_accepts_with_one_key_store_one_message_and_never_fail_the_batch() {
+    let f = Arc::new(fixture().await);
+    let mut tasks = Vec::new();
+    for n in 0..40 {
+        let f = f.clone();
+        tasks.push(tokio::spawn(async move {
+            let req = request(&f, "+5511999998888", "same", Priority::Normal);
+            let fingerprint = req.fingerprint();
+            // Half the requests reuse one key; the others have their own.
+            let key = if n % 2 == 0 { "shared".to_owned() } else { format!("own-{n}") };
+            let m = AcceptMessage {
+                id: MessageId::generate(),
+                tenant_id: f.tenant.clone(),
+                request: req,
+                idempotency: Some(IdempotencyKey { key, fingerprint }),
+                now: Timestamp::now(),
+            };
+            f.b.store.accept(m).await.unwrap()
+        }));
+    }
+    let mut new = 0;
+    let mut replayed = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            Accepted::New { .. } => new += 1,
+            Accepted::Replayed { id, .. } => replayed.push(id),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(new, 21, "20 own keys + the first of the shared key");
+    assert_eq!(replayed.len(), 19);
+    assert!(replayed.windows(2).all(|w| w[0] == w[1]), "every replay names the same message");
+}
+
+#[tokio::test]
+async fn a_failing_job_does_not_fail_others_in_its_batch() {
+    let f = Arc::new(fixture().await);
+    let mut tasks = Vec::new();
+    for n in 0..30 {
+        let f = f.clone();
+        tasks.push(tokio::spawn(async move {
+            if n % 3 == 0 {
+                // Fails inside the writer (no such tenant) and is rolled back alone.
+                let t = ApiToken::generate();
+                f.b.store.create_token(TokenId::generate(), &TenantId::generate(), t.hash(), t.hint()).await.is_ok()
+            } else {
+                let t = ApiToken::generate();
+                f.b.store.create_token(TokenId::generate(), &f.tenant, t.hash(), t.hint()).await.is_ok()
+            }
+        }));
+    }
+    let results: Vec<bool> = futures::future::join_all(tasks).await.into_iter().map(|r| r.unwrap()).collect();
+    for (n, ok) in results.iter().enumerate() {
+        assert_eq!(*ok, n % 3 != 0, "job {n}");
+    }
+    assert_eq!(f.b.store.list_tokens(&f.tenant).await.unwrap().len(), 20);
+}
+
+#[tokio::test]
+async fn only_chat_heads_are_claimed_and_settling_promotes_the_next() {
+    let f = fixture().await;
+    let a1 = accept(&f, "+5511900000001", Priority::Normal).await;
+    let a2 = accept(&f, "+5511900000001", Priority::Normal).await;
+    let b1 = accept(&f, "+5511900000002", Priority::Normal).await;
+    let first: Vec<_> = claim(&f, 10).await.into_iter().map(|m| m.id).collect();
+    assert_eq!(first, [a1.clone(), b1.clone()]);
+    assert!(claim(&f, 10).await.is_empty(), "a2 waits for a1");
+    sent(&f, &a1, "p-a1").await;
+    let next: Vec<_> = claim(&f, 10).await.into_iter().map(|m| m.id).collect();
+    assert_eq!(next, [a2]);
+}
+
+#[tokio::test]
+async fn priority_orders_within_an_instance() {
+    let f = fixture().await;
+    let low = accept(&f, "+5511900000001", Priority::Low).await;
+    let normal = accept(&f, "+5511900000002", Priority::Normal).await;
+    let high = accept(&f, "+5511900000003", Priority::High).await;
+    let order: Vec<_> = claim(&f, 10).await.into_iter().map(|m| m.id).collect();
+    assert_eq!(order, [high, normal, low]);
+}
+
+#[tokio::test]
+async fn a_retry_keeps_the_chat_blocked_until_it_is_due() {
+    let f = fixture().await;
+    let a1 = accept(&f, "+5511900000001", Priority::Normal).await;
+    let _a2 = accept(&f, "+5511900000001", Priority::Normal).await;
+    assert_eq!(claim(&f, 10).await.len(), 1);
+    let o = SendOutcome {
+        message_id: a1.clone(),
+        result: SendResult::Retry {
+            retry_at: Timestamp::now().plus_millis(150),
+            spend_attempt: true,
+            code: "x".into(),
+            message: "y".into(),
+        },
+        retry_limit: 5,
+        now: Timestamp::now(),
+    };
+    assert!(matches!(f.b.store.record_outcome(o).await.unwrap(), OutcomeApplied::RetryAt { attempts: 1, .. }));
+    assert!(claim(&f, 10).await.is_empty(), "neither a1 (not due) nor a2 (behind a1)");
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let again = claim(&f, 10).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].id.clone(), again[0].attempts), (a1, 1));
+}
+
+#[tokio::test]
+async fn recovery_requeues_in_flight_messages_without_spending_attempts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tenant, id) = {
+        let b = Backends::open_embedded(dir.path(), true).await.unwrap();
+        let f = Fixture { _dir: tempfile::tempdir().unwrap(), b: b.clone(), tenant: TenantId::generate(), instance: InstanceId::generate() };
+        let tenant = b.store.create_tenant(f.tenant.clone(), "t".into()).await.unwrap().id;
+        b.store
+            .create_instance(NewInstance {
+                id: f.instance.clone(),
+                tenant_id: tenant.clone(),
+                name: "i".into(),
+                provider: "sandbox".into(),
+                phone_number_id: rand_digits().to_string(),
+                waba_id: "1".into(),
+                rate_per_sec: 80,
+                burst: 80,
+            })
+            .await
+            .unwrap();
+        let id = accept(&f, "+5511900000001", Priority::Normal).await;
+        assert_eq!(claim(&f, 10).await.len(), 1);
+        (tenant, id)
+        // The process "dies" here: the message is `sending`, its entry leased.
+    };
+    // The lock dies with the process; reopening stands in for a restart.
+    let b = Backends::open_embedded(dir.path(), true).await.unwrap();
+    assert_eq!(b.queue.recover(Timestamp::now()).await.unwrap(), 1);
+    let m = b.store.get_message(&tenant, &id).await.unwrap().unwrap();
+    assert_eq!((m.status, m.attempts), (MessageStatus::Queued, 0));
+    let again = b.queue.claim_and_begin(&[Claim { instance_id: m.instance_id.clone(), max: 5 }], Timestamp::now(), 1000).await;
+    assert_eq!(again.unwrap().unwrap().won.len(), 1);
+    let history = b.store.message_history(&tenant, &id).await.unwrap();
+    let s: Vec<_> = history.iter().map(|e| e.status.as_str()).collect();
+    assert_eq!(s, ["queued", "sending", "queued", "sending"]);
+}
+
+#[tokio::test]
+async fn a_second_serve_cannot_open_the_same_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = Backends::open_embedded(dir.path(), true).await.unwrap();
+    match Backends::open_embedded(dir.path(), true).await {
+        Err(StoreError::Locked(_)) => {}
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("two exclusive opens of one data dir"),
+    }
+    // Non-exclusive users (the CLI) may still open it.
+    Backends::open_embedded(dir.path(), false).await.unwrap();
+}
+
+#[tokio::test]
+async fn provider_statuses_move_forward_only_and_early_ones_are_parked() {
+    let f = fixture().await;
+    let id = accept(&f, "+5511900000001", Priority::Normal).await;
+    claim(&f, 1).await;
+    let report = |status| ProviderStatusReport {
+        provider_message_id: "p1".into(),
+        status,
+        at: Timestamp::now(),
+        error_code: None,
+        error_message: None,
+    };
+    // Arrives before the send result is stored.
+    assert_eq!(f.b.store.apply_provider_status(report(MessageStatus::Read)).await.unwrap(), StatusApplied::Parked);
+    sent(&f, &id, "p1").await;
+    let m = f.b.store.get_message(&f.tenant, &id).await.unwrap().unwrap();
+    assert_eq!(m.status, MessageStatus::Read, "the parked read was applied with the send result");
+    assert_eq!(
+        f.b.store.apply_provider_status(report(MessageStatus::Delivered)).await.unwrap(),
+        StatusApplied::Ignored,
+        "late delivered after read"
+    );
+    assert_eq!(f.b.store.apply_provider_status(report(MessageStatus::Failed)).await.unwrap(), StatusApplied::Ignored);
+    let history = f.b.store.message_history(&f.tenant, &id).await.unwrap();
+    let last = history.last().unwrap();
+    assert_eq!((last.status, last.detail.applied), (MessageStatus::Failed, false), "kept in history, not applied");
+    assert_eq!(f.b.store.get_message(&f.tenant, &id).await.unwrap().unwrap().status, MessageStatus::Read);
+}
+

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian machine: installs what the tests
+# need, then runs formatting and lint checks and every test.
+#
+#   scripts/test.sh            # everything
+#   ZAPGATE_TEST_SCALE=0.1 scripts/test.sh   # scale tests at a tenth of their size
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need() { command -v "$1" >/dev/null 2>&1; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif need sudo; then sudo "$@"; else "$@"; fi; }
+
+if ! need cargo; then
+  echo "scripts/test.sh: a Rust toolchain (cargo) is required: https://rustup.rs" >&2
+  exit 1
+fi
+# The crash-point tests signal the server with kill(1).
+if ! need kill; then as_root apt-get update -qq && as_root apt-get install -y -qq procps; fi
+
+# Tests and lints share one feature set so the workspace is compiled once per mode.
+FEATURES=(--workspace --all-targets --features zapgate/test-hooks)
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy -D warnings"
+cargo clippy "${FEATURES[@]}" -- -D warnings
+echo "==> tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run "${FEATURES[@]}" --no-fail-fast
+else
+  cargo test "${FEATURES[@]}" --no-fail-fast
+fi
