@@ -31,15 +31,14 @@ pub struct InProcessRateLimiter {
 impl RateLimiter for InProcessRateLimiter {
     async fn check(&self, key: &str, per_second: u32, burst: u32) -> Result<(), Throttled> {
         let mut map = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = map
-            .entry(key.to_owned())
-            .or_insert_with(|| (0, 0, Gcra::direct(quota(per_second, burst))));
+        let entry = map.entry(key.to_owned()).or_insert_with(|| (0, 0, Gcra::direct(quota(per_second, burst))));
         if (entry.0, entry.1) != (per_second, burst) {
             *entry = (per_second, burst, Gcra::direct(quota(per_second, burst)));
         }
-        entry.2.check().map_err(|not_until| Throttled {
-            retry_after: not_until.wait_time_from(DefaultClock::default().now()),
-        })
+        entry
+            .2
+            .check()
+            .map_err(|not_until| Throttled { retry_after: not_until.wait_time_from(DefaultClock::default().now()) })
     }
 }
 

@@ -27,17 +27,8 @@ impl LocalMediaStore {
         let ok = !key.is_empty()
             && key.len() <= 200
             && !key.starts_with('.')
-            && key
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-        if ok {
-            Ok(self.root.join(key))
-        } else {
-            Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "invalid media key",
-            ))
-        }
+            && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if ok { Ok(self.root.join(key)) } else { Err(io::Error::new(io::ErrorKind::InvalidInput, "invalid media key")) }
     }
 }
 

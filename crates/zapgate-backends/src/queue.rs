@@ -37,12 +37,7 @@ pub trait Queue: Send + Sync + 'static {
     /// Leases up to `max` due entries per instance, in priority then
     /// acceptance order, taking only the head message of each chat (so a
     /// chat's next message waits until the previous one is settled).
-    async fn claim(
-        &self,
-        claims: &[Claim],
-        now: Timestamp,
-        lease_ms: i64,
-    ) -> Result<Vec<Delivery>, StoreError>;
+    async fn claim(&self, claims: &[Claim], now: Timestamp, lease_ms: i64) -> Result<Vec<Delivery>, StoreError>;
     async fn settle(&self, settlements: Vec<(MessageId, Settlement)>) -> Result<(), StoreError>;
     /// Claims and moves the claimed messages to `sending` in one
     /// transaction, where the queue shares the store's database. `None`
@@ -62,7 +57,13 @@ pub trait Queue: Send + Sync + 'static {
     fn settled_by_store(&self) -> bool {
         false
     }
-    /// Earliest time a waiting entry becomes due, if any is in the future.
+    /// Makes entries whose time has come claimable; returns their instances.
+    /// Backends whose delays live elsewhere (broker TTL queues) need nothing.
+    async fn promote_due(&self, _now: Timestamp) -> Result<Vec<InstanceId>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// Earliest time a waiting entry becomes claimable (may be ≤ `now` when a
+    /// promotion is due), if any entry waits.
     async fn next_due(&self, now: Timestamp) -> Result<Option<Timestamp>, StoreError>;
     /// Returns every lease held by a dead process to the queue and
     /// reconciles entries with message state (embedded start-up only).

@@ -5,8 +5,8 @@ use async_trait::async_trait;
 use serde::Serialize;
 use zapgate_domain::event::StatusDetail;
 use zapgate_domain::{
-    ChatId, InstanceId, MessageContent, MessageEvent, MessageId, MessageStatus, Priority,
-    SendRequest, TenantId, Timestamp, TokenHash, TokenId,
+    ChatId, InstanceId, MessageContent, MessageEvent, MessageId, MessageStatus, Priority, SendRequest, TenantId,
+    Timestamp, TokenHash, TokenId,
 };
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -25,6 +25,14 @@ pub struct TokenRecord {
     pub created_at: Timestamp,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub revoked_at: Option<Timestamp>,
+}
+
+/// A token to store: its public id, the hash of its secret and a hint.
+#[derive(Debug, Clone)]
+pub struct NewToken {
+    pub id: TokenId,
+    pub hash: TokenHash,
+    pub hint: String,
 }
 
 /// What creating an instance needs; ids are minted by the caller.
@@ -115,15 +123,9 @@ pub struct AcceptMessage {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Accepted {
     /// Stored with its event and queue entry.
-    New {
-        id: MessageId,
-        status: MessageStatus,
-    },
+    New { id: MessageId, status: MessageStatus },
     /// The key was used before with the same request: the first answer.
-    Replayed {
-        id: MessageId,
-        status: MessageStatus,
-    },
+    Replayed { id: MessageId, status: MessageStatus },
     /// The key was used before with a different request.
     KeyReused,
     /// The instance does not exist for this tenant.
@@ -221,17 +223,18 @@ pub enum StatusApplied {
 pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), StoreError>;
 
-    async fn create_tenant(&self, id: TenantId, name: String) -> Result<TenantRecord, StoreError>;
+    /// Creates a tenant together with its first token, in one transaction.
+    async fn create_tenant(
+        &self,
+        id: TenantId,
+        name: String,
+        first_token: NewToken,
+    ) -> Result<(TenantRecord, TokenRecord), StoreError>;
     async fn list_tenants(&self) -> Result<Vec<TenantRecord>, StoreError>;
     async fn get_tenant(&self, id: &TenantId) -> Result<Option<TenantRecord>, StoreError>;
 
-    async fn create_token(
-        &self,
-        id: TokenId,
-        tenant: &TenantId,
-        hash: TokenHash,
-        hint: String,
-    ) -> Result<TokenRecord, StoreError>;
+    /// `NotFound` when the tenant does not exist.
+    async fn create_token(&self, tenant: &TenantId, token: NewToken) -> Result<TokenRecord, StoreError>;
     async fn list_tokens(&self, tenant: &TenantId) -> Result<Vec<TokenRecord>, StoreError>;
     /// Returns false when no such live token exists for the tenant.
     async fn revoke_token(&self, tenant: &TenantId, id: &TokenId) -> Result<bool, StoreError>;
@@ -239,11 +242,7 @@ pub trait Store: Send + Sync + 'static {
 
     async fn create_instance(&self, new: NewInstance) -> Result<InstanceRecord, StoreError>;
     async fn list_instances(&self, tenant: &TenantId) -> Result<Vec<InstanceRecord>, StoreError>;
-    async fn get_instance(
-        &self,
-        tenant: &TenantId,
-        id: &InstanceId,
-    ) -> Result<Option<InstanceRecord>, StoreError>;
+    async fn get_instance(&self, tenant: &TenantId, id: &InstanceId) -> Result<Option<InstanceRecord>, StoreError>;
     /// Any tenant's live instance, for the dispatcher.
     async fn find_instance(&self, id: &InstanceId) -> Result<Option<InstanceRecord>, StoreError>;
     async fn all_instances(&self) -> Result<Vec<InstanceRecord>, StoreError>;
@@ -255,67 +254,31 @@ pub trait Store: Send + Sync + 'static {
         change: InstanceChange,
     ) -> Result<Option<InstanceRecord>, StoreError>;
     /// Deletes the instance; its pending messages become `cancelled`.
-    async fn delete_instance(
-        &self,
-        tenant: &TenantId,
-        id: &InstanceId,
-        now: Timestamp,
-    ) -> Result<bool, StoreError>;
+    async fn delete_instance(&self, tenant: &TenantId, id: &InstanceId, now: Timestamp) -> Result<bool, StoreError>;
 
     /// Stores the message, its first event and its queue entry in one
     /// transaction; returns only after the commit.
     async fn accept(&self, msg: AcceptMessage) -> Result<Accepted, StoreError>;
-    async fn get_message(
-        &self,
-        tenant: &TenantId,
-        id: &MessageId,
-    ) -> Result<Option<MessageRecord>, StoreError>;
-    async fn message_history(
-        &self,
-        tenant: &TenantId,
-        id: &MessageId,
-    ) -> Result<Vec<MessageEvent>, StoreError>;
-    async fn list_messages(
-        &self,
-        tenant: &TenantId,
-        filter: &MessageFilter,
-    ) -> Result<Vec<MessageRecord>, StoreError>;
+    async fn get_message(&self, tenant: &TenantId, id: &MessageId) -> Result<Option<MessageRecord>, StoreError>;
+    async fn message_history(&self, tenant: &TenantId, id: &MessageId) -> Result<Vec<MessageEvent>, StoreError>;
+    async fn list_messages(&self, tenant: &TenantId, filter: &MessageFilter) -> Result<Vec<MessageRecord>, StoreError>;
 
     /// Compare-and-set `queued|scheduled|retry_wait → sending` for each
     /// (message, attempt). A loser is a duplicate delivery and must not be
     /// sent; losers whose message no longer needs the queue are listed in
     /// `finished` so their entries can be removed.
-    async fn begin_sending(
-        &self,
-        claims: &[(MessageId, u32)],
-        now: Timestamp,
-    ) -> Result<BeginSending, StoreError>;
+    async fn begin_sending(&self, claims: &[(MessageId, u32)], now: Timestamp) -> Result<BeginSending, StoreError>;
     async fn record_outcome(&self, outcome: SendOutcome) -> Result<OutcomeApplied, StoreError>;
-    async fn apply_provider_status(
-        &self,
-        report: ProviderStatusReport,
-    ) -> Result<StatusApplied, StoreError>;
+    async fn apply_provider_status(&self, report: ProviderStatusReport) -> Result<StatusApplied, StoreError>;
 
     /// `dead → queued` with attempts reset; returns false if not a dead letter.
-    async fn replay_dead(
-        &self,
-        tenant: &TenantId,
-        id: &MessageId,
-        now: Timestamp,
-    ) -> Result<bool, StoreError>;
+    async fn replay_dead(&self, tenant: &TenantId, id: &MessageId, now: Timestamp) -> Result<bool, StoreError>;
 
     /// Drops idempotency keys and parked statuses older than the given times.
-    async fn purge_expired(
-        &self,
-        keys_before: Timestamp,
-        parked_before: Timestamp,
-    ) -> Result<u64, StoreError>;
+    async fn purge_expired(&self, keys_before: Timestamp, parked_before: Timestamp) -> Result<u64, StoreError>;
 }
 
 /// Convenience for building event details.
 pub fn detail() -> StatusDetail {
-    StatusDetail {
-        applied: true,
-        ..Default::default()
-    }
+    StatusDetail { applied: true, ..Default::default() }
 }

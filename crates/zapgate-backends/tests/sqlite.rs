@@ -15,7 +15,7 @@ struct Fixture {
 async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let b = Backends::open_embedded(dir.path(), true).await.unwrap();
-    let tenant = b.store.create_tenant(TenantId::generate(), "t".into()).await.unwrap().id;
+    let tenant = b.store.create_tenant(TenantId::generate(), "t".into(), new_token()).await.unwrap().0.id;
     let instance = InstanceId::generate();
     b.store
         .create_instance(NewInstance {
@@ -31,6 +31,11 @@ async fn fixture() -> Fixture {
         .await
         .unwrap();
     Fixture { _dir: dir, b, tenant, instance }
+}
+
+fn new_token() -> NewToken {
+    let t = ApiToken::generate();
+    NewToken { id: TokenId::generate(), hash: t.hash(), hint: t.hint() }
 }
 
 fn rand_digits() -> u64 {
@@ -63,7 +68,9 @@ async fn accept(f: &Fixture, to: &str, priority: Priority) -> MessageId {
     }
 }
 
+/// What the dispatcher does each round: promote what came due, then claim.
 async fn claim(f: &Fixture, max: u32) -> Vec<MessageRecord> {
+    f.b.queue.promote_due(Timestamp::now()).await.unwrap();
     let claims = [Claim { instance_id: f.instance.clone(), max }];
     f.b.queue.claim_and_begin(&claims, Timestamp::now(), 60_000).await.unwrap().unwrap().won
 }
@@ -122,11 +129,9 @@ async fn a_failing_job_does_not_fail_others_in_its_batch() {
         tasks.push(tokio::spawn(async move {
             if n % 3 == 0 {
                 // Fails inside the writer (no such tenant) and is rolled back alone.
-                let t = ApiToken::generate();
-                f.b.store.create_token(TokenId::generate(), &TenantId::generate(), t.hash(), t.hint()).await.is_ok()
+                f.b.store.create_token(&TenantId::generate(), new_token()).await.is_ok()
             } else {
-                let t = ApiToken::generate();
-                f.b.store.create_token(TokenId::generate(), &f.tenant, t.hash(), t.hint()).await.is_ok()
+                f.b.store.create_token(&f.tenant, new_token()).await.is_ok()
             }
         }));
     }
@@ -134,7 +139,7 @@ async fn a_failing_job_does_not_fail_others_in_its_batch() {
     for (n, ok) in results.iter().enumerate() {
         assert_eq!(*ok, n % 3 != 0, "job {n}");
     }
-    assert_eq!(f.b.store.list_tokens(&f.tenant).await.unwrap().len(), 20);
+    assert_eq!(f.b.store.list_tokens(&f.tenant).await.unwrap().len(), 21, "20 + the first token");
 }
 
 #[tokio::test]
@@ -180,7 +185,10 @@ async fn a_retry_keeps_the_chat_blocked_until_it_is_due() {
     };
     assert!(matches!(f.b.store.record_outcome(o).await.unwrap(), OutcomeApplied::RetryAt { attempts: 1, .. }));
     assert!(claim(&f, 10).await.is_empty(), "neither a1 (not due) nor a2 (behind a1)");
+    let due = f.b.queue.next_due(Timestamp::now()).await.unwrap().expect("a1 waits");
+    assert!(due > Timestamp::now());
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(f.b.queue.promote_due(Timestamp::now()).await.unwrap(), [f.instance.clone()]);
     let again = claim(&f, 10).await;
     assert_eq!(again.len(), 1);
     assert_eq!((again[0].id.clone(), again[0].attempts), (a1, 1));
@@ -191,8 +199,13 @@ async fn recovery_requeues_in_flight_messages_without_spending_attempts() {
     let dir = tempfile::tempdir().unwrap();
     let (tenant, id) = {
         let b = Backends::open_embedded(dir.path(), true).await.unwrap();
-        let f = Fixture { _dir: tempfile::tempdir().unwrap(), b: b.clone(), tenant: TenantId::generate(), instance: InstanceId::generate() };
-        let tenant = b.store.create_tenant(f.tenant.clone(), "t".into()).await.unwrap().id;
+        let f = Fixture {
+            _dir: tempfile::tempdir().unwrap(),
+            b: b.clone(),
+            tenant: TenantId::generate(),
+            instance: InstanceId::generate(),
+        };
+        let tenant = b.store.create_tenant(f.tenant.clone(), "t".into(), new_token()).await.unwrap().0.id;
         b.store
             .create_instance(NewInstance {
                 id: f.instance.clone(),
@@ -216,7 +229,8 @@ async fn recovery_requeues_in_flight_messages_without_spending_attempts() {
     assert_eq!(b.queue.recover(Timestamp::now()).await.unwrap(), 1);
     let m = b.store.get_message(&tenant, &id).await.unwrap().unwrap();
     assert_eq!((m.status, m.attempts), (MessageStatus::Queued, 0));
-    let again = b.queue.claim_and_begin(&[Claim { instance_id: m.instance_id.clone(), max: 5 }], Timestamp::now(), 1000).await;
+    let again =
+        b.queue.claim_and_begin(&[Claim { instance_id: m.instance_id.clone(), max: 5 }], Timestamp::now(), 1000).await;
     assert_eq!(again.unwrap().unwrap().won.len(), 1);
     let history = b.store.message_history(&tenant, &id).await.unwrap();
     let s: Vec<_> = history.iter().map(|e| e.status.as_str()).collect();
@@ -264,4 +278,3 @@ async fn provider_statuses_move_forward_only_and_early_ones_are_parked() {
     assert_eq!((last.status, last.detail.applied), (MessageStatus::Failed, false), "kept in history, not applied");
     assert_eq!(f.b.store.get_message(&f.tenant, &id).await.unwrap().unwrap().status, MessageStatus::Read);
 }
-

@@ -32,27 +32,14 @@ impl ChatId {
         if let Some(id) = s.strip_suffix("@g.us") {
             let ok = !id.is_empty()
                 && id.len() <= 40
-                && id
-                    .split('-')
-                    .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
-            return if ok {
-                Ok(ChatId::Group(id.to_owned()))
-            } else {
-                Err(bad("not a valid group id"))
-            };
+                && id.split('-').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+            return if ok { Ok(ChatId::Group(id.to_owned())) } else { Err(bad("not a valid group id")) };
         }
         if let Some(id) = s.strip_suffix("@lid") {
             let ok = (5..=20).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_digit());
-            return if ok {
-                Ok(ChatId::Lid(id.to_owned()))
-            } else {
-                Err(bad("not a valid LID"))
-            };
+            return if ok { Ok(ChatId::Lid(id.to_owned())) } else { Err(bad("not a valid LID")) };
         }
-        let phone = s
-            .strip_suffix("@s.whatsapp.net")
-            .or_else(|| s.strip_suffix("@c.us"))
-            .unwrap_or(s);
+        let phone = s.strip_suffix("@s.whatsapp.net").or_else(|| s.strip_suffix("@c.us")).unwrap_or(s);
         let phone = phone.strip_prefix('+').unwrap_or(phone);
         let mut digits = String::with_capacity(phone.len());
         for c in phone.chars() {
@@ -63,9 +50,7 @@ impl ChatId {
             }
         }
         if !(8..=15).contains(&digits.len()) {
-            return Err(bad(
-                "a phone number has 8 to 15 digits including the country code",
-            ));
+            return Err(bad("a phone number has 8 to 15 digits including the country code"));
         }
         if digits.starts_with('0') {
             return Err(bad("a phone number starts with its country code, not 0"));
@@ -119,50 +104,21 @@ mod tests {
 
     #[test]
     fn phones_in_common_spellings_parse_to_digits() {
-        for s in [
-            "+55 11 99999-8888",
-            "5511999998888",
-            "5511999998888@s.whatsapp.net",
-            "+55 (11) 99999.8888",
-        ] {
-            assert_eq!(
-                ChatId::parse(s).unwrap(),
-                ChatId::Phone("5511999998888".into()),
-                "{s}"
-            );
+        for s in ["+55 11 99999-8888", "5511999998888", "5511999998888@s.whatsapp.net", "+55 (11) 99999.8888"] {
+            assert_eq!(ChatId::parse(s).unwrap(), ChatId::Phone("5511999998888".into()), "{s}");
         }
     }
 
     #[test]
     fn groups_and_lids_keep_their_suffix_in_the_key() {
-        assert_eq!(
-            ChatId::parse("120363012345678901@g.us").unwrap().key(),
-            "120363012345678901@g.us"
-        );
-        assert_eq!(
-            ChatId::parse("5511999998888-1612345678@g.us")
-                .unwrap()
-                .key(),
-            "5511999998888-1612345678@g.us"
-        );
-        assert_eq!(
-            ChatId::parse("123456789012345@lid").unwrap().key(),
-            "123456789012345@lid"
-        );
+        assert_eq!(ChatId::parse("120363012345678901@g.us").unwrap().key(), "120363012345678901@g.us");
+        assert_eq!(ChatId::parse("5511999998888-1612345678@g.us").unwrap().key(), "5511999998888-1612345678@g.us");
+        assert_eq!(ChatId::parse("123456789012345@lid").unwrap().key(), "123456789012345@lid");
     }
 
     #[test]
     fn bad_addresses_are_rejected_with_the_field_named() {
-        for s in [
-            "",
-            "abc",
-            "+12",
-            "+1234567890123456",
-            "0551199999888",
-            "x@g.us",
-            "@lid",
-            "12a45678",
-        ] {
+        for s in ["", "abc", "+12", "+1234567890123456", "0551199999888", "x@g.us", "@lid", "12a45678"] {
             let e = ChatId::parse(s).unwrap_err();
             assert_eq!(e.field, "to", "{s}");
         }

@@ -82,9 +82,6 @@ mod tests {
         let t = TenantId::generate();
         assert_eq!(MessageId::parse(t.as_str()), None);
         assert_eq!(MessageId::parse("msg_123"), None);
-        assert_eq!(
-            MessageId::parse("msg_0193A1B2C3D47E8F9A0B1C2D3E4F5A6B"),
-            None
-        );
+        assert_eq!(MessageId::parse("msg_0193A1B2C3D47E8F9A0B1C2D3E4F5A6B"), None);
     }
 }

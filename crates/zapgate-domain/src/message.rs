@@ -200,18 +200,10 @@ impl MessageContent {
             Self::Interactive { interactive } => validate_interactive(interactive),
             Self::Location { location } => {
                 if !(location.latitude.is_finite() && (-90.0..=90.0).contains(&location.latitude)) {
-                    return Err(ValidationError::new(
-                        "location.latitude",
-                        "must be between -90 and 90",
-                    ));
+                    return Err(ValidationError::new("location.latitude", "must be between -90 and 90"));
                 }
-                if !(location.longitude.is_finite()
-                    && (-180.0..=180.0).contains(&location.longitude))
-                {
-                    return Err(ValidationError::new(
-                        "location.longitude",
-                        "must be between -180 and 180",
-                    ));
+                if !(location.longitude.is_finite() && (-180.0..=180.0).contains(&location.longitude)) {
+                    return Err(ValidationError::new("location.longitude", "must be between -180 and 180"));
                 }
                 Ok(())
             }
@@ -229,22 +221,14 @@ fn check_len(field: &str, s: &str, min: usize, max: usize) -> Result<(), Validat
         return Err(ValidationError::new(field, "must not be empty"));
     }
     if n > max {
-        return Err(ValidationError::new(
-            field,
-            format!("must be at most {max} characters (got {n})"),
-        ));
+        return Err(ValidationError::new(field, format!("must be at most {max} characters (got {n})")));
     }
     Ok(())
 }
 
 fn validate_media(m: &Media) -> Result<(), ValidationError> {
-    if !(m.link.starts_with("https://") || m.link.starts_with("http://"))
-        || m.link.len() > MAX_URL_LEN
-    {
-        return Err(ValidationError::new(
-            "link",
-            "must be an http(s) URL of at most 2048 characters",
-        ));
+    if !(m.link.starts_with("https://") || m.link.starts_with("http://")) || m.link.len() > MAX_URL_LEN {
+        return Err(ValidationError::new("link", "must be an http(s) URL of at most 2048 characters"));
     }
     if let Some(c) = &m.caption {
         check_len("caption", c, 0, MAX_CAPTION_CHARS)?;
@@ -259,10 +243,7 @@ fn validate_interactive(i: &Interactive) -> Result<(), ValidationError> {
     check_len("interactive.body.text", &i.body.text, 1, 1024)?;
     if let Some(h) = &i.header {
         if h.kind != "text" {
-            return Err(ValidationError::new(
-                "interactive.header.type",
-                "only text headers are supported",
-            ));
+            return Err(ValidationError::new("interactive.header.type", "only text headers are supported"));
         }
         check_len("interactive.header.text", &h.text, 1, 60)?;
     }
@@ -273,10 +254,7 @@ fn validate_interactive(i: &Interactive) -> Result<(), ValidationError> {
         InteractiveKind::Button => {
             let buttons = i.action.buttons.as_deref().unwrap_or_default();
             if !(1..=3).contains(&buttons.len()) {
-                return Err(ValidationError::new(
-                    "interactive.action.buttons",
-                    "needs 1 to 3 buttons",
-                ));
+                return Err(ValidationError::new("interactive.action.buttons", "needs 1 to 3 buttons"));
             }
             for (n, b) in buttons.iter().enumerate() {
                 if b.kind != "reply" {
@@ -285,55 +263,24 @@ fn validate_interactive(i: &Interactive) -> Result<(), ValidationError> {
                         "must be \"reply\"",
                     ));
                 }
-                check_len(
-                    &format!("interactive.action.buttons[{n}].reply.id"),
-                    &b.reply.id,
-                    1,
-                    256,
-                )?;
-                check_len(
-                    &format!("interactive.action.buttons[{n}].reply.title"),
-                    &b.reply.title,
-                    1,
-                    20,
-                )?;
+                check_len(&format!("interactive.action.buttons[{n}].reply.id"), &b.reply.id, 1, 256)?;
+                check_len(&format!("interactive.action.buttons[{n}].reply.title"), &b.reply.title, 1, 20)?;
             }
         }
         InteractiveKind::List => {
-            check_len(
-                "interactive.action.button",
-                i.action.button.as_deref().unwrap_or_default(),
-                1,
-                20,
-            )?;
+            check_len("interactive.action.button", i.action.button.as_deref().unwrap_or_default(), 1, 20)?;
             let sections = i.action.sections.as_deref().unwrap_or_default();
             if !(1..=10).contains(&sections.len()) {
-                return Err(ValidationError::new(
-                    "interactive.action.sections",
-                    "needs 1 to 10 sections",
-                ));
+                return Err(ValidationError::new("interactive.action.sections", "needs 1 to 10 sections"));
             }
             let rows: usize = sections.iter().map(|s| s.rows.len()).sum();
             if !(1..=10).contains(&rows) {
-                return Err(ValidationError::new(
-                    "interactive.action.sections",
-                    "needs 1 to 10 rows in all",
-                ));
+                return Err(ValidationError::new("interactive.action.sections", "needs 1 to 10 rows in all"));
             }
             for (n, s) in sections.iter().enumerate() {
                 for (r, row) in s.rows.iter().enumerate() {
-                    check_len(
-                        &format!("interactive.action.sections[{n}].rows[{r}].id"),
-                        &row.id,
-                        1,
-                        200,
-                    )?;
-                    check_len(
-                        &format!("interactive.action.sections[{n}].rows[{r}].title"),
-                        &row.title,
-                        1,
-                        24,
-                    )?;
+                    check_len(&format!("interactive.action.sections[{n}].rows[{r}].id"), &row.id, 1, 200)?;
+                    check_len(&format!("interactive.action.sections[{n}].rows[{r}].title"), &row.title, 1, 24)?;
                 }
             }
         }
@@ -397,18 +344,9 @@ mod tests {
     fn limits_are_enforced_with_the_field_named() {
         let cases = [
             (json!({"type":"text","text":{"body":""}}), "text.body"),
-            (
-                json!({"type":"text","text":{"body":"x".repeat(4097)}}),
-                "text.body",
-            ),
-            (
-                json!({"type":"image","image":{"link":"ftp://x"}}),
-                "image.link",
-            ),
-            (
-                json!({"type":"location","location":{"latitude":91.0,"longitude":0.0}}),
-                "location.latitude",
-            ),
+            (json!({"type":"text","text":{"body":"x".repeat(4097)}}), "text.body"),
+            (json!({"type":"image","image":{"link":"ftp://x"}}), "image.link"),
+            (json!({"type":"location","location":{"latitude":91.0,"longitude":0.0}}), "location.latitude"),
             (
                 json!({"type":"interactive","interactive":{"type":"button","body":{"text":"x"},"action":{"buttons":[]}}}),
                 "interactive.action.buttons",
@@ -431,23 +369,12 @@ mod tests {
         let req = |to: &str, body: &str| SendRequest {
             instance_id: InstanceId::from_trusted("ins_x".into()),
             to: ChatId::parse(to).unwrap(),
-            content: MessageContent::Text {
-                text: Text {
-                    body: body.into(),
-                    preview_url: false,
-                },
-            },
+            content: MessageContent::Text { text: Text { body: body.into(), preview_url: false } },
             priority: Priority::Normal,
             send_at: None,
             expires_at: None,
         };
-        assert_eq!(
-            req("+5511999998888", "a").fingerprint(),
-            req("5511999998888", "a").fingerprint()
-        );
-        assert_ne!(
-            req("+5511999998888", "a").fingerprint(),
-            req("+5511999998888", "b").fingerprint()
-        );
+        assert_eq!(req("+5511999998888", "a").fingerprint(), req("5511999998888", "a").fingerprint());
+        assert_ne!(req("+5511999998888", "a").fingerprint(), req("+5511999998888", "b").fingerprint());
     }
 }

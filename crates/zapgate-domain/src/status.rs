@@ -94,10 +94,7 @@ impl MessageStatus {
 
     /// Whether the gateway is done with the message: no queue entry remains.
     pub fn leaves_queue(self) -> bool {
-        !matches!(
-            self,
-            Self::Scheduled | Self::Queued | Self::Sending | Self::RetryWait
-        )
+        !matches!(self, Self::Scheduled | Self::Queued | Self::Sending | Self::RetryWait)
     }
 
     /// States the gateway may move a message into from `self` (provider states
@@ -109,10 +106,7 @@ impl MessageStatus {
             (Scheduled | Queued | RetryWait, Sending)
                 | (Scheduled | Queued | RetryWait, Cancelled | Expired)
                 | (RetryWait, Queued)
-                | (
-                    Sending,
-                    Sent | RetryWait | Failed | Dead | Expired | Queued | Cancelled
-                )
+                | (Sending, Sent | RetryWait | Failed | Dead | Expired | Queued | Cancelled)
                 | (Dead, Queued)
         )
     }
@@ -127,10 +121,7 @@ impl fmt::Display for MessageStatus {
 impl FromStr for MessageStatus {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|st| st.as_str() == s)
-            .ok_or_else(|| format!("unknown status {s:?}"))
+        Self::ALL.into_iter().find(|st| st.as_str() == s).ok_or_else(|| format!("unknown status {s:?}"))
     }
 }
 
@@ -142,14 +133,8 @@ mod tests {
     #[test]
     fn provider_states_only_move_forward() {
         assert!(Sent.provider_update_applies(Delivered));
-        assert!(
-            Sent.provider_update_applies(Read),
-            "read may come without delivered"
-        );
-        assert!(
-            !Read.provider_update_applies(Delivered),
-            "late delivered after read changes nothing"
-        );
+        assert!(Sent.provider_update_applies(Read), "read may come without delivered");
+        assert!(!Read.provider_update_applies(Delivered), "late delivered after read changes nothing");
         assert!(!Delivered.provider_update_applies(Delivered));
         assert!(Read.provider_update_applies(Played));
     }

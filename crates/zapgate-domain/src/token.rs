@@ -40,11 +40,7 @@ impl ApiToken {
 
     /// A short, non-secret hint (`zg_live_AbC…`) for listings and logs.
     pub fn hint(&self) -> String {
-        self.0
-            .chars()
-            .take(TOKEN_PREFIX.len() + 4)
-            .collect::<String>()
-            + "…"
+        self.0.chars().take(TOKEN_PREFIX.len() + 4).collect::<String>() + "…"
     }
 }
 
@@ -60,11 +56,7 @@ pub struct TokenHash(pub [u8; 32]);
 impl TokenHash {
     /// Comparison whose time does not depend on where the inputs differ.
     pub fn ct_eq(&self, other: &TokenHash) -> bool {
-        self.0
-            .iter()
-            .zip(other.0.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+        self.0.iter().zip(other.0.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
     }
 }
 

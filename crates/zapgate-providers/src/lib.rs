@@ -40,17 +40,10 @@ pub struct SendAccepted {
 pub enum ProviderError {
     /// The provider asks us to slow down (HTTP 429, Cloud 130429, …).
     #[error("throttled by the provider ({code})")]
-    Throttled {
-        code: String,
-        retry_after: Option<Duration>,
-    },
+    Throttled { code: String, retry_after: Option<Duration> },
     /// A transient failure of the provider (5xx, connection refused, …).
     #[error("provider unavailable ({code}): {message}")]
-    Unavailable {
-        code: String,
-        message: String,
-        retry_after: Option<Duration>,
-    },
+    Unavailable { code: String, message: String, retry_after: Option<Duration> },
     /// The provider refused this message for good (bad recipient, …).
     #[error("rejected by the provider ({code}): {message}")]
     Rejected { code: String, message: String },

@@ -76,11 +76,7 @@ impl Behaviour {
             "15550150000" => Behaviour::FailAfterSent,
             s if s.len() == 11 && s.starts_with("1555012000") => {
                 let n = u32::from(s.as_bytes()[10] - b'0');
-                if n == 0 {
-                    Behaviour::Normal
-                } else {
-                    Behaviour::FailTimes(n)
-                }
+                if n == 0 { Behaviour::Normal } else { Behaviour::FailTimes(n) }
             }
             _ => Behaviour::Normal,
         }
@@ -98,17 +94,10 @@ pub struct Sandbox {
 impl Sandbox {
     pub fn new(cfg: SandboxConfig, sink: StatusSink) -> std::io::Result<Self> {
         let receipts = match &cfg.receipts_file {
-            Some(p) => Some(Mutex::new(
-                File::options().create(true).append(true).open(p)?,
-            )),
+            Some(p) => Some(Mutex::new(File::options().create(true).append(true).open(p)?)),
             None => None,
         };
-        Ok(Self {
-            cfg,
-            sink,
-            receipts,
-            calls: Mutex::new(HashMap::new()),
-        })
+        Ok(Self { cfg, sink, receipts, calls: Mutex::new(HashMap::new()) })
     }
 
     fn record_receipt(&self, msg: &OutboundMessage, provider_id: &str) {
@@ -144,10 +133,7 @@ impl Sandbox {
                 error_message: error.map(|e| e.1.to_owned()),
             };
             if behaviour == Behaviour::FailAfterSent {
-                let _ = sink.send(report(
-                    MessageStatus::Failed,
-                    Some(("sandbox_failed", "the handset refused it")),
-                ));
+                let _ = sink.send(report(MessageStatus::Failed, Some(("sandbox_failed", "the handset refused it"))));
                 return;
             }
             if sink.send(report(MessageStatus::Delivered, None)).is_err() {
@@ -200,10 +186,7 @@ impl Provider for Sandbox {
         let provider_message_id = format!("sbx_{}", uuid::Uuid::new_v4().simple());
         self.record_receipt(msg, &provider_message_id);
         self.report_later(provider_message_id.clone(), behaviour);
-        Ok(SendAccepted {
-            provider_message_id,
-            wa_id: msg.to.e164().map(|e| e[1..].to_owned()),
-        })
+        Ok(SendAccepted { provider_message_id, wa_id: msg.to.e164().map(|e| e[1..].to_owned()) })
     }
 }
 
@@ -219,12 +202,7 @@ mod tests {
             instance_id: InstanceId::generate(),
             phone_number_id: "1".into(),
             to: ChatId::parse(to).unwrap(),
-            content: MessageContent::Text {
-                text: Text {
-                    body: "hi".into(),
-                    preview_url: false,
-                },
-            },
+            content: MessageContent::Text { text: Text { body: "hi".into(), preview_url: false } },
             attempt,
         }
     }
@@ -247,36 +225,20 @@ mod tests {
         assert_eq!(ok.wa_id.as_deref(), Some("5511999998888"));
         let a = rx.recv().await.unwrap();
         let b = rx.recv().await.unwrap();
-        assert_eq!(
-            (a.status, b.status),
-            (MessageStatus::Delivered, MessageStatus::Read)
-        );
+        assert_eq!((a.status, b.status), (MessageStatus::Delivered, MessageStatus::Read));
         assert_eq!(a.provider_message_id, ok.provider_message_id);
     }
 
     #[tokio::test]
     async fn magic_numbers_fail_as_documented() {
         let (s, mut rx) = sandbox();
-        assert!(matches!(
-            s.send(&msg("+15550110000", 0)).await,
-            Err(ProviderError::Rejected { .. })
-        ));
+        assert!(matches!(s.send(&msg("+15550110000", 0)).await, Err(ProviderError::Rejected { .. })));
         let twice = msg("+15550120002", 0);
-        assert!(matches!(
-            s.send(&twice).await,
-            Err(ProviderError::Unavailable { .. })
-        ));
-        assert!(matches!(
-            s.send(&twice).await,
-            Err(ProviderError::Unavailable { .. })
-        ));
+        assert!(matches!(s.send(&twice).await, Err(ProviderError::Unavailable { .. })));
+        assert!(matches!(s.send(&twice).await, Err(ProviderError::Unavailable { .. })));
         assert!(s.send(&twice).await.is_ok());
-        assert!(matches!(
-            s.send(&msg("+15550129999", 9)).await,
-            Err(ProviderError::Unavailable { .. })
-        ));
-        let hang =
-            tokio::time::timeout(Duration::from_millis(50), s.send(&msg("+15550130000", 0))).await;
+        assert!(matches!(s.send(&msg("+15550129999", 9)).await, Err(ProviderError::Unavailable { .. })));
+        let hang = tokio::time::timeout(Duration::from_millis(50), s.send(&msg("+15550130000", 0))).await;
         assert!(hang.is_err(), "the hang number never answers");
         s.send(&msg("+15550150000", 0)).await.unwrap();
         // The fail-after-sent number reports failed (after the earlier normal sends' reports).

@@ -22,24 +22,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let backends = Backends::open_embedded(&config.data_dir, true)
         .await
-        .with_context(|| {
-            format!(
-                "opening the embedded store in {}",
-                config.data_dir.display()
-            )
-        })?;
-    let admin = crate::admin::resolve(config.admin_token.as_deref(), &config.data_dir)
-        .context("resolving the admin token")?;
-    let recovered = backends
-        .queue
-        .recover(Timestamp::now())
-        .await
-        .context("recovering the queue")?;
+        .with_context(|| format!("opening the embedded store in {}", config.data_dir.display()))?;
+    let admin =
+        crate::admin::resolve(config.admin_token.as_deref(), &config.data_dir).context("resolving the admin token")?;
+    let recovered = backends.queue.recover(Timestamp::now()).await.context("recovering the queue")?;
     if recovered > 0 {
-        tracing::warn!(
-            messages = recovered,
-            "requeued messages that were being sent when zapgate last stopped"
-        );
+        tracing::warn!(messages = recovered, "requeued messages that were being sent when zapgate last stopped");
     }
 
     let (status_tx, status_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -49,9 +37,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         read_after: config.sandbox_read_after,
         receipts_file: config.sandbox_receipts_file.clone(),
     };
-    let providers = Providers::default().with(Arc::new(
-        Sandbox::new(sandbox, status_tx).context("sandbox provider")?,
-    ));
+    let providers = Providers::default().with(Arc::new(Sandbox::new(sandbox, status_tx).context("sandbox provider")?));
 
     let signal = Arc::new(WorkSignal::default());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -59,21 +45,14 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         backends: backends.clone(),
         providers: providers.clone(),
         signal: signal.clone(),
-        retry: RetryPolicy {
-            base: config.message_retry_base,
-            max: config.message_retry_max,
-        },
+        retry: RetryPolicy { base: config.message_retry_base, max: config.message_retry_max },
         retry_limit: config.message_retry_limit,
         send_timeout: config.send_timeout,
         concurrency: config.instance_concurrency,
     });
     let dispatcher = tokio::spawn(dispatcher::run(ctx, stop_rx.clone()));
     tokio::spawn(statuses::run(backends.store.clone(), status_rx));
-    tokio::spawn(janitor::run(
-        backends.store.clone(),
-        config.idempotency_ttl,
-        stop_rx,
-    ));
+    tokio::spawn(janitor::run(backends.store.clone(), config.idempotency_ttl, stop_rx));
 
     let state = AppState {
         backends,
@@ -89,19 +68,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding the API listener to {}", config.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "zapgate listening on http://{addr} (docs at /docs)");
-    axum::serve(listener, http::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    axum::serve(listener, http::router(state)).with_graceful_shutdown(shutdown_signal()).await?;
 
     tracing::info!("stopped accepting requests; draining");
     let _ = stop_tx.send(true);
-    if tokio::time::timeout(DRAIN_TIMEOUT, dispatcher)
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            "in-flight sends did not finish in time; they will be resent after the next start"
-        );
+    if tokio::time::timeout(DRAIN_TIMEOUT, dispatcher).await.is_err() {
+        tracing::warn!("in-flight sends did not finish in time; they will be resent after the next start");
     }
     tracing::info!("bye");
     Ok(())

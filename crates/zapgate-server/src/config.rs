@@ -108,17 +108,11 @@ impl Config {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         if let Some(f) = file {
             if !f.exists() {
-                return Err(ConfigError::Invalid(format!(
-                    "config file {} does not exist",
-                    f.display()
-                )));
+                return Err(ConfigError::Invalid(format!("config file {} does not exist", f.display())));
             }
             fig = fig.merge(Toml::file(f));
         }
-        let cfg: Config = fig
-            .merge(Serialized::globals(overrides))
-            .extract()
-            .map_err(Box::new)?;
+        let cfg: Config = fig.merge(Serialized::globals(overrides)).extract().map_err(Box::new)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -127,9 +121,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
         if self.amqp_url.is_some() && self.database_url.is_none() {
-            return bad(
-                "ZAPGATE_AMQP_URL needs ZAPGATE_DATABASE_URL (RabbitMQ relays from the PostgreSQL outbox)",
-            );
+            return bad("ZAPGATE_AMQP_URL needs ZAPGATE_DATABASE_URL (RabbitMQ relays from the PostgreSQL outbox)");
         }
         if self.database_url.is_some() || self.amqp_url.is_some() || self.redis_url.is_some() {
             return bad(
@@ -141,9 +133,7 @@ impl Config {
             return bad("ZAPGATE_MESSAGE_RETRY_LIMIT must be at least 1");
         }
         if self.instance_rate == 0 || self.instance_concurrency == 0 {
-            return bad(
-                "ZAPGATE_INSTANCE_RATE and ZAPGATE_INSTANCE_CONCURRENCY must be at least 1",
-            );
+            return bad("ZAPGATE_INSTANCE_RATE and ZAPGATE_INSTANCE_CONCURRENCY must be at least 1");
         }
         if self.max_body_bytes < 1024 {
             return bad("ZAPGATE_MAX_BODY_BYTES must be at least 1024");
@@ -175,11 +165,7 @@ mod tests {
     fn file_then_overrides() {
         let dir = tempfile_dir();
         let file = dir.join("z.toml");
-        std::fs::write(
-            &file,
-            "listen = \"0.0.0.0:9000\"\nmessage_retry_limit = 3\nsend_timeout = \"5s\"\n",
-        )
-        .unwrap();
+        std::fs::write(&file, "listen = \"0.0.0.0:9000\"\nmessage_retry_limit = 3\nsend_timeout = \"5s\"\n").unwrap();
         let mut o = BTreeMap::new();
         o.insert("message_retry_limit", 7);
         let c = Config::load(Some(&file), o).unwrap();

@@ -74,8 +74,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn humantime_parse(s: &str) -> Result<Duration, String> {
-    zapgate_server::config::parse_duration(s)
-        .map_err(|e| format!("{e} (examples: 500ms, 2s, 10m, 24h)"))
+    zapgate_server::config::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 2s, 10m, 24h)"))
 }
 
 /// Options of `serve`. Unset options fall back to the config file, then to
@@ -94,39 +93,19 @@ struct ServeArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     public_url: Option<String>,
     /// PostgreSQL URL (distributed mode; not in this build yet).
-    #[arg(
-        long,
-        env = "ZAPGATE_DATABASE_URL",
-        value_name = "URL",
-        hide_env_values = true
-    )]
+    #[arg(long, env = "ZAPGATE_DATABASE_URL", value_name = "URL", hide_env_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     database_url: Option<String>,
     /// RabbitMQ URL (distributed mode; not in this build yet).
-    #[arg(
-        long,
-        env = "ZAPGATE_AMQP_URL",
-        value_name = "URL",
-        hide_env_values = true
-    )]
+    #[arg(long, env = "ZAPGATE_AMQP_URL", value_name = "URL", hide_env_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     amqp_url: Option<String>,
     /// Redis URL (distributed mode; not in this build yet).
-    #[arg(
-        long,
-        env = "ZAPGATE_REDIS_URL",
-        value_name = "URL",
-        hide_env_values = true
-    )]
+    #[arg(long, env = "ZAPGATE_REDIS_URL", value_name = "URL", hide_env_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     redis_url: Option<String>,
     /// Super-admin token (≥ 16 chars). Unset: generated once, saved to <data_dir>/admin_token.
-    #[arg(
-        long,
-        env = "ZAPGATE_ADMIN_TOKEN",
-        value_name = "TOKEN",
-        hide_env_values = true
-    )]
+    #[arg(long, env = "ZAPGATE_ADMIN_TOKEN", value_name = "TOKEN", hide_env_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     admin_token: Option<String>,
     /// Log format: text or json [default: text]. Filter with RUST_LOG.
@@ -204,10 +183,7 @@ mod opt_duration {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("zapgate: could not start the async runtime: {e}");
@@ -242,22 +218,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn open_store(store: &StoreArgs) -> anyhow::Result<std::sync::Arc<dyn Store>> {
     let config = Config::load(store.config.as_deref(), store)?;
-    Ok(Backends::open_embedded(&config.data_dir, false)
-        .await?
-        .store)
+    Ok(Backends::open_embedded(&config.data_dir, false).await?.store)
 }
 
 async fn tenant(command: TenantCommand) -> anyhow::Result<()> {
     match command {
         TenantCommand::Create { name, store } => {
             let name = name.trim().to_owned();
-            anyhow::ensure!(
-                !name.is_empty() && name.chars().count() <= 200,
-                "the name must be 1 to 200 characters"
-            );
+            anyhow::ensure!(!name.is_empty() && name.chars().count() <= 200, "the name must be 1 to 200 characters");
             let store = open_store(&store).await?;
-            let (tenant, token) =
-                zapgate_server::http::tenants::create_tenant_with_token(&store, name).await?;
+            let (tenant, token) = zapgate_server::http::tenants::create_tenant_with_token(&store, name).await?;
             println!("tenant  {}  {}", tenant.id, tenant.name);
             println!("token   {}", token.token);
             eprintln!("(the token is shown only now; keep it somewhere safe)");
@@ -269,8 +239,7 @@ async fn tenant(command: TenantCommand) -> anyhow::Result<()> {
             }
         }
         TenantCommand::Token { tenant_id, store } => {
-            let id = TenantId::parse(&tenant_id)
-                .ok_or_else(|| anyhow::anyhow!("{tenant_id:?} is not a tenant id"))?;
+            let id = TenantId::parse(&tenant_id).ok_or_else(|| anyhow::anyhow!("{tenant_id:?} is not a tenant id"))?;
             let store = open_store(&store).await?;
             anyhow::ensure!(store.get_tenant(&id).await?.is_some(), "no tenant {id}");
             let token = zapgate_server::http::tenants::issue_token(&store, &id).await?;

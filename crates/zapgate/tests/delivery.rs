@@ -11,35 +11,15 @@ const WAIT: Duration = Duration::from_secs(20);
 
 #[tokio::test]
 async fn retryable_failures_are_retried_with_backoff_then_succeed() {
-    let s = Server::start(&[
-        ("ZAPGATE_MESSAGE_RETRY_BASE", "100ms"),
-        ("ZAPGATE_MESSAGE_RETRY_MAX", "1s"),
-    ])
-    .await;
+    let s = Server::start(&[("ZAPGATE_MESSAGE_RETRY_BASE", "100ms"), ("ZAPGATE_MESSAGE_RETRY_MAX", "1s")]).await;
     let (token, ins) = s.tenant_with_instance("acme", 80).await;
     let id = s.send_text(&token, &ins, "+15550120002", "flaky").await;
     let m = s.wait_status(&token, &id, &["read"], WAIT).await;
     let h = statuses(&m["history"]);
-    assert_eq!(
-        h,
-        [
-            "queued",
-            "sending",
-            "retry_wait",
-            "sending",
-            "retry_wait",
-            "sending",
-            "sent",
-            "delivered",
-            "read"
-        ]
-    );
+    assert_eq!(h, ["queued", "sending", "retry_wait", "sending", "retry_wait", "sending", "sent", "delivered", "read"]);
     assert_eq!(m["attempts"], 2, "two provider-caused failures");
     let events = m["history"].as_array().unwrap();
-    let waits: Vec<&Value> = events
-        .iter()
-        .filter(|e| e["status"] == "retry_wait")
-        .collect();
+    let waits: Vec<&Value> = events.iter().filter(|e| e["status"] == "retry_wait").collect();
     assert_eq!(waits[0]["error_code"], "sandbox_unavailable");
     // Backoff: the second wait is scheduled further out than the first (base·2^n with jitter in [½, 1]).
     let gap = |e: &Value| {
@@ -47,21 +27,9 @@ async fn retryable_failures_are_retried_with_backoff_then_succeed() {
         let next = e["next_attempt_at"].as_str().unwrap();
         millis(next) - millis(at)
     };
-    assert!(
-        (50..=100).contains(&gap(waits[0])),
-        "first backoff {}ms",
-        gap(waits[0])
-    );
-    assert!(
-        (100..=200).contains(&gap(waits[1])),
-        "second backoff {}ms",
-        gap(waits[1])
-    );
-    assert_eq!(
-        s.receipts().len(),
-        1,
-        "only the successful call reached the provider's log"
-    );
+    assert!((50..=100).contains(&gap(waits[0])), "first backoff {}ms", gap(waits[0]));
+    assert!((100..=200).contains(&gap(waits[1])), "second backoff {}ms", gap(waits[1]));
+    assert_eq!(s.receipts().len(), 1, "only the successful call reached the provider's log");
 }
 
 fn millis(rfc3339: &str) -> i64 {
@@ -69,8 +37,7 @@ fn millis(rfc3339: &str) -> i64 {
     let t = &rfc3339[11..23];
     let (h, m, s) = (&t[0..2], &t[3..5], &t[6..]);
     let secs: f64 = s.parse().unwrap();
-    (h.parse::<i64>().unwrap() * 3600 + m.parse::<i64>().unwrap() * 60) * 1000
-        + (secs * 1000.0).round() as i64
+    (h.parse::<i64>().unwrap() * 3600 + m.parse::<i64>().unwrap() * 60) * 1000 + (secs * 1000.0).round() as i64
 }
 
 #[tokio::test]
@@ -81,12 +48,7 @@ async fn permanent_failure_is_failed_with_reason_and_code_without_retries() {
     let m = s.wait_status(&token, &id, &["failed"], WAIT).await;
     assert_eq!(statuses(&m["history"]), ["queued", "sending", "failed"]);
     assert_eq!(m["error_code"], "sandbox_rejected");
-    assert!(
-        m["error_message"]
-            .as_str()
-            .unwrap()
-            .contains("not on WhatsApp")
-    );
+    assert!(m["error_message"].as_str().unwrap().contains("not on WhatsApp"));
     assert!(s.receipts().is_empty());
 }
 
@@ -95,49 +57,29 @@ async fn exhausted_retries_dead_letter_then_replay_delivers() {
     let s = Server::start(&[("ZAPGATE_MESSAGE_RETRY_LIMIT", "2")]).await;
     let (token, ins) = s.tenant_with_instance("acme", 80).await;
     // Fails its first 3 calls: 2 attempts use up the limit, the replay's second call succeeds.
-    let id = s
-        .send_text(&token, &ins, "+15550120003", "persistent")
-        .await;
+    let id = s.send_text(&token, &ins, "+15550120003", "persistent").await;
     let m = s.wait_status(&token, &id, &["dead"], WAIT).await;
     assert_eq!(m["attempts"], 2);
     assert_eq!(m["error_code"], "sandbox_unavailable");
-    let dl: Value = s
-        .get(&token, "/v1/dead-letters")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let dl: Value = s.get(&token, "/v1/dead-letters").await.json().await.unwrap();
     assert_eq!(dl["data"][0]["id"], id.as_str());
 
-    let r = s
-        .post(&token, &format!("/v1/dead-letters/{id}/replay"), &json!({}))
-        .await;
+    let r = s.post(&token, &format!("/v1/dead-letters/{id}/replay"), &json!({})).await;
     assert_eq!(r.status(), 202);
     let m = s.wait_status(&token, &id, &["read"], WAIT).await;
     let h = statuses(&m["history"]);
     assert!(h.windows(2).any(|w| w == ["dead", "queued"]), "{h:?}");
     assert_eq!(h.last().unwrap(), "read");
-    let dl: Value = s
-        .get(&token, "/v1/dead-letters")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let dl: Value = s.get(&token, "/v1/dead-letters").await.json().await.unwrap();
     assert!(dl["data"].as_array().unwrap().is_empty());
     // Replaying something that is not dead is a conflict, not a silent no-op.
-    let r = s
-        .post(&token, &format!("/v1/dead-letters/{id}/replay"), &json!({}))
-        .await;
+    let r = s.post(&token, &format!("/v1/dead-letters/{id}/replay"), &json!({})).await;
     assert_eq!(r.status(), 409);
 }
 
 #[tokio::test]
 async fn timeouts_are_retryable_failures() {
-    let s = Server::start(&[
-        ("ZAPGATE_SEND_TIMEOUT", "100ms"),
-        ("ZAPGATE_MESSAGE_RETRY_LIMIT", "2"),
-    ])
-    .await;
+    let s = Server::start(&[("ZAPGATE_SEND_TIMEOUT", "100ms"), ("ZAPGATE_MESSAGE_RETRY_LIMIT", "2")]).await;
     let (token, ins) = s.tenant_with_instance("acme", 80).await;
     let id = s.send_text(&token, &ins, "+15550130000", "hang").await;
     let m = s.wait_status(&token, &id, &["dead"], WAIT).await;
@@ -151,29 +93,19 @@ async fn a_failed_status_callback_after_sent_marks_the_message_failed() {
     let (token, ins) = s.tenant_with_instance("acme", 80).await;
     let id = s.send_text(&token, &ins, "+15550150000", "x").await;
     let m = s.wait_status(&token, &id, &["failed"], WAIT).await;
-    assert_eq!(
-        statuses(&m["history"]),
-        ["queued", "sending", "sent", "failed"]
-    );
+    assert_eq!(statuses(&m["history"]), ["queued", "sending", "sent", "failed"]);
     assert_eq!(m["error_code"], "sandbox_failed");
 }
 
 #[tokio::test]
 async fn expired_messages_are_not_sent() {
-    let s = Server::start(&[
-        ("ZAPGATE_MESSAGE_RETRY_BASE", "1s"),
-        ("ZAPGATE_MESSAGE_RETRY_MAX", "1s"),
-    ])
-    .await;
+    let s = Server::start(&[("ZAPGATE_MESSAGE_RETRY_BASE", "1s"), ("ZAPGATE_MESSAGE_RETRY_MAX", "1s")]).await;
     let (token, ins) = s.tenant_with_instance("acme", 80).await;
     let expires = time_in(Duration::from_millis(600));
     let mut body = text(&ins, "+15550120005", "short-lived");
     body["expires_at"] = json!(expires);
     let r = s.post(&token, "/v1/messages", &body).await;
-    let id = r.json::<Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
     let m = s.wait_status(&token, &id, &["expired"], WAIT).await;
     assert_eq!(m["error_code"], "expired");
     assert!(s.receipts().is_empty());
@@ -191,16 +123,12 @@ async fn send_at_in_the_future_waits_then_sends() {
     let id = v["id"].as_str().unwrap();
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(s.receipts().is_empty(), "not sent before send_at");
-    s.wait_status(&token, id, &["sent", "delivered", "read"], WAIT)
-        .await;
+    s.wait_status(&token, id, &["sent", "delivered", "read"], WAIT).await;
     assert_eq!(s.receipts().len(), 1);
 }
 
 fn time_in(d: Duration) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        + d;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap() + d;
     let ms = now.as_millis() as i64;
     zapgate_domain::Timestamp::from_millis(ms).to_rfc3339()
 }
@@ -209,41 +137,21 @@ fn time_in(d: Duration) -> String {
 /// order, also when every one of them is retried on the way.
 #[tokio::test]
 async fn per_chat_order_holds_with_and_without_retries() {
-    let s = Server::start(&[
-        ("ZAPGATE_MESSAGE_RETRY_BASE", "20ms"),
-        ("ZAPGATE_MESSAGE_RETRY_MAX", "40ms"),
-    ])
-    .await;
+    let s = Server::start(&[("ZAPGATE_MESSAGE_RETRY_BASE", "20ms"), ("ZAPGATE_MESSAGE_RETRY_MAX", "40ms")]).await;
     let (token, ins) = s.tenant_with_instance("acme", 1000).await;
     let mut plain = Vec::new();
     let mut flaky = Vec::new();
     for n in 0..50 {
-        plain.push(
-            s.send_text(&token, &ins, "+5511999998888", &format!("p{n}"))
-                .await,
-        );
+        plain.push(s.send_text(&token, &ins, "+5511999998888", &format!("p{n}")).await);
         // Every message to this number fails its first call, so each is retried.
-        flaky.push(
-            s.send_text(&token, &ins, "+15550120001", &format!("f{n}"))
-                .await,
-        );
+        flaky.push(s.send_text(&token, &ins, "+15550120001", &format!("f{n}")).await);
     }
     for id in plain.iter().chain(&flaky) {
-        s.wait_status(
-            &token,
-            id,
-            &["sent", "delivered", "read"],
-            Duration::from_secs(60),
-        )
-        .await;
+        s.wait_status(&token, id, &["sent", "delivered", "read"], Duration::from_secs(60)).await;
     }
     let receipts = s.receipts();
     let order = |to: &str| -> Vec<String> {
-        receipts
-            .iter()
-            .filter(|r| r["to"] == to)
-            .map(|r| r["message_id"].as_str().unwrap().to_owned())
-            .collect()
+        receipts.iter().filter(|r| r["to"] == to).map(|r| r["message_id"].as_str().unwrap().to_owned()).collect()
     };
     assert_eq!(order("5511999998888"), plain);
     assert_eq!(order("15550120001"), flaky);

@@ -16,11 +16,7 @@ const MESSAGES: usize = 60;
 
 async fn crash_and_recover(point: &str, after_passes: u32) {
     let crash = format!("{point}:{after_passes}");
-    let s = Server::start(&[
-        ("ZAPGATE_CRASH_AT", &crash),
-        ("ZAPGATE_SANDBOX_DELIVERED_AFTER", "1h"),
-    ])
-    .await;
+    let s = Server::start(&[("ZAPGATE_CRASH_AT", &crash), ("ZAPGATE_SANDBOX_DELIVERED_AFTER", "1h")]).await;
     // Set-up commits count toward after_commit, so create them first.
     let (token, ins) = s.tenant_with_instance("acme", 2000).await;
     let s = Arc::new(s);
@@ -30,14 +26,7 @@ async fn crash_and_recover(point: &str, after_passes: u32) {
         let (s, token, ins) = (s.clone(), token.clone(), ins.clone());
         tasks.push(tokio::spawn(async move {
             let body = text(&ins, &format!("+55119{:08}", n % 20), &format!("m{n}"));
-            let r = s
-                .http
-                .post(s.url("/v1/messages"))
-                .bearer_auth(&token)
-                .json(&body)
-                .send()
-                .await
-                .ok()?;
+            let r = s.http.post(s.url("/v1/messages")).bearer_auth(&token).json(&body).send().await.ok()?;
             (r.status() == 202).then_some(())?;
             let v: Value = r.json().await.ok()?;
             Some(v["id"].as_str()?.to_owned())
@@ -58,44 +47,28 @@ async fn crash_and_recover(point: &str, after_passes: u32) {
         "the server should have crashed at {crash} (is the binary built with --features test-hooks?)\n{}",
         s.logs()
     );
-    assert!(
-        !accepted.is_empty(),
-        "{point}: nothing was accepted before the crash"
-    );
+    assert!(!accepted.is_empty(), "{point}: nothing was accepted before the crash");
 
-    let s = s
-        .restart(&[("ZAPGATE_SANDBOX_DELIVERED_AFTER", "1h")])
-        .await;
+    let s = s.restart(&[("ZAPGATE_SANDBOX_DELIVERED_AFTER", "1h")]).await;
     let mut requeued = 0;
     for id in &accepted {
-        let m = s
-            .wait_status(&token, id, &["sent"], Duration::from_secs(30))
-            .await;
+        let m = s.wait_status(&token, id, &["sent"], Duration::from_secs(30)).await;
         let h = m["history"].as_array().unwrap();
         assert!(
-            !h.iter()
-                .any(|e| ["failed", "dead", "retry_wait"].contains(&e["status"].as_str().unwrap())),
+            !h.iter().any(|e| ["failed", "dead", "retry_wait"].contains(&e["status"].as_str().unwrap())),
             "{point}: a crash must not count as a failure: {m:#}"
         );
         assert_eq!(m["attempts"], 0, "{point}: the crash spent no attempt");
-        requeued += h
-            .iter()
-            .filter(|e| e["reason"] == "requeued after restart")
-            .count();
+        requeued += h.iter().filter(|e| e["reason"] == "requeued after restart").count();
     }
     let receipts = s.receipts();
     let mut per_message: HashMap<String, usize> = HashMap::new();
     for r in &receipts {
-        *per_message
-            .entry(r["message_id"].as_str().unwrap().to_owned())
-            .or_default() += 1;
+        *per_message.entry(r["message_id"].as_str().unwrap().to_owned()).or_default() += 1;
     }
     let accepted_set: HashSet<&String> = accepted.iter().collect();
     for id in &accepted {
-        assert!(
-            per_message.contains_key(id),
-            "{point}: accepted message {id} never reached the provider"
-        );
+        assert!(per_message.contains_key(id), "{point}: accepted message {id} never reached the provider");
     }
     let duplicates: usize = per_message.values().map(|n| n - 1).sum();
     assert!(
@@ -103,20 +76,11 @@ async fn crash_and_recover(point: &str, after_passes: u32) {
         "{point}: {duplicates} duplicates but only {requeued} messages were in flight at the crash"
     );
     // Messages committed but never acknowledged (after_commit) may be sent too; nothing else.
-    let extra = per_message
-        .keys()
-        .filter(|k| !accepted_set.contains(k))
-        .count();
+    let extra = per_message.keys().filter(|k| !accepted_set.contains(k)).count();
     if point != "after_commit" {
-        assert!(
-            extra <= 1,
-            "{point}: {extra} unknown messages reached the provider"
-        );
+        assert!(extra <= 1, "{point}: {extra} unknown messages reached the provider");
     }
-    eprintln!(
-        "{point}: accepted {}, in flight at crash {requeued}, duplicates {duplicates}",
-        accepted.len()
-    );
+    eprintln!("{point}: accepted {}, in flight at crash {requeued}, duplicates {duplicates}", accepted.len());
 }
 
 #[tokio::test]

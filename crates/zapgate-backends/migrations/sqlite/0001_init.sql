@@ -54,6 +54,8 @@ CREATE TABLE messages (
 );
 CREATE INDEX messages_tenant ON messages(tenant_id, id);
 CREATE INDEX messages_tenant_status ON messages(tenant_id, status, id);
+CREATE INDEX messages_instance_status ON messages(instance_id, status);
+CREATE INDEX messages_pending ON messages(status) WHERE status IN ('scheduled','queued','sending','retry_wait');
 CREATE INDEX messages_provider_id ON messages(provider_message_id) WHERE provider_message_id IS NOT NULL;
 
 -- Per-chat sequence numbers, so events let receivers restore order.
@@ -80,7 +82,10 @@ CREATE TABLE events (
 CREATE INDEX events_message ON events(message_id, seq);
 
 -- The embedded queue (and outbox): one row per message the gateway still
--- has work for. Only a chat's head row (lowest seq) is claimable.
+-- has work for. Only a chat's head row (lowest seq) is ever claimable, and
+-- only once due: `ready` = head AND due AND not leased, so claims read one
+-- index range and never step over rows that wait (scheduled, retrying,
+-- leased). A claim leases a row by moving `visible_at` to the lease's end.
 CREATE TABLE queue_entries (
     message_id   TEXT PRIMARY KEY,
     tenant_id    TEXT NOT NULL,
@@ -89,13 +94,14 @@ CREATE TABLE queue_entries (
     priority     INTEGER NOT NULL,
     seq          INTEGER NOT NULL,
     attempt      INTEGER NOT NULL,
-    visible_at   INTEGER NOT NULL,
-    lease_until  INTEGER NOT NULL DEFAULT 0,
-    is_head      INTEGER NOT NULL
+    visible_at   INTEGER NOT NULL,   -- due time; while leased, when the lease runs out
+    is_head      INTEGER NOT NULL,
+    ready        INTEGER NOT NULL
 ) WITHOUT ROWID;
-CREATE INDEX queue_ready ON queue_entries(instance_id, is_head, priority, seq);
+CREATE INDEX queue_ready ON queue_entries(instance_id, ready, priority, seq);
 CREATE INDEX queue_chat ON queue_entries(instance_id, chat, seq);
-CREATE INDEX queue_visible ON queue_entries(visible_at);
+-- Heads that wait for their time (or lease) to come: what promotion scans.
+CREATE INDEX queue_waiting ON queue_entries(visible_at) WHERE is_head = 1 AND ready = 0;
 
 CREATE TABLE idempotency_keys (
     tenant_id    TEXT NOT NULL,

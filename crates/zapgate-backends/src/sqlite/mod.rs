@@ -10,9 +10,7 @@ mod writer;
 
 use crate::StoreError;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Connection, SqliteConnection};
 use std::fs::File;
 use std::path::Path;
@@ -45,13 +43,8 @@ impl SqliteBackend {
         std::fs::create_dir_all(data_dir)?;
         let lock = if exclusive {
             let path = data_dir.join(LOCK_FILE);
-            let f = File::options()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path)?;
-            f.try_lock()
-                .map_err(|_| StoreError::Locked(path.display().to_string()))?;
+            let f = File::options().create(true).truncate(false).write(true).open(&path)?;
+            f.try_lock().map_err(|_| StoreError::Locked(path.display().to_string()))?;
             Some(f)
         } else {
             None
@@ -75,10 +68,6 @@ impl SqliteBackend {
             // on that connection would miss rows committed since.
             .connect_with(opts.read_only(true).statement_cache_capacity(0))
             .await?;
-        Ok(Self {
-            writer: Writer::spawn(conn),
-            read,
-            _lock: lock,
-        })
+        Ok(Self { writer: Writer::spawn(conn), read, _lock: lock })
     }
 }

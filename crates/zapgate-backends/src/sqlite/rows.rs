@@ -5,8 +5,8 @@ use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection};
 use zapgate_domain::event::StatusDetail;
 use zapgate_domain::{
-    ChatId, EventId, EventType, InstanceId, MessageEvent, MessageId, MessageStatus, Priority,
-    TenantId, Timestamp, TokenId,
+    ChatId, EventId, EventType, InstanceId, MessageEvent, MessageId, MessageStatus, Priority, TenantId, Timestamp,
+    TokenId,
 };
 
 pub const MESSAGE_COLUMNS: &str = "id, tenant_id, instance_id, recipient, wa_id, content, priority, status, \
@@ -148,7 +148,8 @@ pub async fn insert_event(
 }
 
 /// Adds a queue entry. It is its chat's head when no other entry of the chat
-/// is queued; otherwise it waits for [`promote_next`].
+/// is queued (otherwise it waits for [`dequeue`] to promote it), and ready
+/// when it is head and due.
 #[allow(clippy::too_many_arguments)]
 pub async fn enqueue(
     conn: &mut SqliteConnection,
@@ -160,11 +161,13 @@ pub async fn enqueue(
     seq: i64,
     attempt: i64,
     visible_at: i64,
+    now: Timestamp,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO queue_entries (message_id, tenant_id, instance_id, chat, priority, seq, attempt, visible_at, is_head) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, \
-                 NOT EXISTS (SELECT 1 FROM queue_entries WHERE instance_id = ?3 AND chat = ?4))",
+        "INSERT INTO queue_entries (message_id, tenant_id, instance_id, chat, priority, seq, attempt, visible_at, \
+                                    is_head, ready) \
+         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, h, h AND ?8 <= ?9 FROM \
+           (SELECT NOT EXISTS (SELECT 1 FROM queue_entries WHERE instance_id = ?3 AND chat = ?4) AS h)",
     )
     .bind(message_id)
     .bind(tenant_id)
@@ -174,58 +177,53 @@ pub async fn enqueue(
     .bind(seq)
     .bind(attempt)
     .bind(visible_at)
+    .bind(now.as_millis())
     .execute(&mut *conn)
     .await?;
     Ok(())
 }
 
 /// Removes a message's queue entry; if it was its chat's head, the chat's
-/// next entry (lowest seq) becomes head.
-pub async fn dequeue(conn: &mut SqliteConnection, message_id: &str) -> Result<(), StoreError> {
-    let removed = sqlx::query(
-        "DELETE FROM queue_entries WHERE message_id = ? RETURNING instance_id, chat, is_head",
-    )
-    .bind(message_id)
-    .fetch_optional(&mut *conn)
-    .await?;
+/// next entry (lowest seq) becomes head (and ready, if due).
+pub async fn dequeue(conn: &mut SqliteConnection, message_id: &str, now: Timestamp) -> Result<(), StoreError> {
+    let removed = sqlx::query("DELETE FROM queue_entries WHERE message_id = ? RETURNING instance_id, chat, is_head")
+        .bind(message_id)
+        .fetch_optional(&mut *conn)
+        .await?;
     if let Some(row) = removed
         && row.try_get::<bool, _>("is_head")?
     {
         let instance: String = row.try_get("instance_id")?;
         let chat: String = row.try_get("chat")?;
-        promote_next(conn, &instance, &chat).await?;
+        sqlx::query(
+            "UPDATE queue_entries SET is_head = 1, ready = (visible_at <= ?3) WHERE message_id = \
+             (SELECT message_id FROM queue_entries WHERE instance_id = ?1 AND chat = ?2 ORDER BY seq LIMIT 1)",
+        )
+        .bind(instance)
+        .bind(chat)
+        .bind(now.as_millis())
+        .execute(&mut *conn)
+        .await?;
     }
     Ok(())
 }
 
-async fn promote_next(
-    conn: &mut SqliteConnection,
-    instance_id: &str,
-    chat: &str,
-) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE queue_entries SET is_head = 1 WHERE message_id = \
-         (SELECT message_id FROM queue_entries WHERE instance_id = ?1 AND chat = ?2 ORDER BY seq LIMIT 1)",
-    )
-    .bind(instance_id)
-    .bind(chat)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
-
-/// Makes a message's entry due again at `at`, unleased.
+/// Makes a (head) entry due again at `at`, ending its lease.
 pub async fn reschedule(
     conn: &mut SqliteConnection,
     message_id: &str,
     at: Timestamp,
     attempt: u32,
+    now: Timestamp,
 ) -> Result<(), StoreError> {
-    sqlx::query("UPDATE queue_entries SET visible_at = ?, attempt = ?, lease_until = 0 WHERE message_id = ?")
-        .bind(at.as_millis())
-        .bind(attempt as i64)
-        .bind(message_id)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query(
+        "UPDATE queue_entries SET visible_at = ?1, attempt = ?2, ready = (is_head AND ?1 <= ?3) WHERE message_id = ?4",
+    )
+    .bind(at.as_millis())
+    .bind(attempt as i64)
+    .bind(now.as_millis())
+    .bind(message_id)
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }

@@ -8,47 +8,43 @@ use async_trait::async_trait;
 use sqlx::{AssertSqlSafe, QueryBuilder, Row, Sqlite, SqliteConnection};
 use zapgate_domain::event::StatusDetail;
 use zapgate_domain::status::{FAILED_RANK, SENT_RANK};
-use zapgate_domain::{
-    InstanceId, MessageEvent, MessageId, MessageStatus, TenantId, Timestamp, TokenHash, TokenId,
-};
+use zapgate_domain::{InstanceId, MessageEvent, MessageId, MessageStatus, TenantId, Timestamp, TokenHash, TokenId};
 
 #[async_trait]
 impl Store for SqliteBackend {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.read).await?;
-        self.writer
-            .write(Box::new(|_| Box::pin(async { Ok(()) })))
-            .await
+        self.writer.write(Box::new(|_| Box::pin(async { Ok(()) }))).await
     }
 
-    async fn create_tenant(&self, id: TenantId, name: String) -> Result<TenantRecord, StoreError> {
+    async fn create_tenant(
+        &self,
+        id: TenantId,
+        name: String,
+        first_token: NewToken,
+    ) -> Result<(TenantRecord, TokenRecord), StoreError> {
         let now = Timestamp::now();
-        let rec = TenantRecord {
-            id,
-            name,
-            created_at: now,
-        };
-        let r = rec.clone();
+        let tenant = TenantRecord { id, name, created_at: now };
+        let token = token_record(&tenant.id, &first_token, now);
+        let t = tenant.clone();
         self.writer
             .write(Box::new(move |conn| {
                 Box::pin(async move {
                     sqlx::query("INSERT INTO tenants (id, name, created_at) VALUES (?, ?, ?)")
-                        .bind(r.id.as_str())
-                        .bind(&r.name)
+                        .bind(t.id.as_str())
+                        .bind(&t.name)
                         .bind(now.as_millis())
-                        .execute(conn)
+                        .execute(&mut *conn)
                         .await?;
-                    Ok(())
+                    insert_token(conn, &t.id, &first_token, now).await
                 })
             }))
             .await?;
-        Ok(rec)
+        Ok((tenant, token))
     }
 
     async fn list_tenants(&self) -> Result<Vec<TenantRecord>, StoreError> {
-        let rows = sqlx::query("SELECT id, name, created_at FROM tenants ORDER BY id")
-            .fetch_all(&self.read)
-            .await?;
+        let rows = sqlx::query("SELECT id, name, created_at FROM tenants ORDER BY id").fetch_all(&self.read).await?;
         rows.iter().map(rows::tenant).collect()
     }
 
@@ -60,40 +56,21 @@ impl Store for SqliteBackend {
         row.as_ref().map(rows::tenant).transpose()
     }
 
-    async fn create_token(
-        &self,
-        id: TokenId,
-        tenant: &TenantId,
-        hash: TokenHash,
-        hint: String,
-    ) -> Result<TokenRecord, StoreError> {
-        let rec = TokenRecord {
-            id,
-            tenant_id: tenant.clone(),
-            hint,
-            created_at: Timestamp::now(),
-            revoked_at: None,
-        };
-        let r = rec.clone();
+    async fn create_token(&self, tenant: &TenantId, token: NewToken) -> Result<TokenRecord, StoreError> {
+        let now = Timestamp::now();
+        let rec = token_record(tenant, &token, now);
+        let tenant = tenant.clone();
         self.writer
             .write(Box::new(move |conn| {
                 Box::pin(async move {
                     let exists = sqlx::query("SELECT 1 FROM tenants WHERE id = ?")
-                        .bind(r.tenant_id.as_str())
+                        .bind(tenant.as_str())
                         .fetch_optional(&mut *conn)
                         .await?;
                     if exists.is_none() {
                         return Err(StoreError::NotFound);
                     }
-                    sqlx::query("INSERT INTO api_tokens (id, tenant_id, hash, hint, created_at) VALUES (?, ?, ?, ?, ?)")
-                        .bind(r.id.as_str())
-                        .bind(r.tenant_id.as_str())
-                        .bind(&hash.0[..])
-                        .bind(&r.hint)
-                        .bind(r.created_at.as_millis())
-                        .execute(&mut *conn)
-                        .await?;
-                    Ok(())
+                    insert_token(conn, &tenant, &token, now).await
                 })
             }))
             .await?;
@@ -130,12 +107,11 @@ impl Store for SqliteBackend {
     }
 
     async fn tenant_for_token(&self, hash: &TokenHash) -> Result<Option<TenantId>, StoreError> {
-        let id: Option<String> = sqlx::query_scalar(
-            "SELECT tenant_id FROM api_tokens WHERE hash = ? AND revoked_at IS NULL",
-        )
-        .bind(&hash.0[..])
-        .fetch_optional(&self.read)
-        .await?;
+        let id: Option<String> =
+            sqlx::query_scalar("SELECT tenant_id FROM api_tokens WHERE hash = ? AND revoked_at IS NULL")
+                .bind(&hash.0[..])
+                .fetch_optional(&self.read)
+                .await?;
         Ok(id.map(TenantId::from_trusted))
     }
 
@@ -186,44 +162,25 @@ impl Store for SqliteBackend {
     }
 
     async fn list_instances(&self, tenant: &TenantId) -> Result<Vec<InstanceRecord>, StoreError> {
-        let sql = format!(
-            "SELECT {INSTANCE_COLUMNS} FROM instances WHERE tenant_id = ? AND deleted_at IS NULL ORDER BY id"
-        );
-        let rows = sqlx::query(AssertSqlSafe(sql))
-            .bind(tenant.as_str())
-            .fetch_all(&self.read)
-            .await?;
+        let sql =
+            format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE tenant_id = ? AND deleted_at IS NULL ORDER BY id");
+        let rows = sqlx::query(AssertSqlSafe(sql)).bind(tenant.as_str()).fetch_all(&self.read).await?;
         rows.iter().map(rows::instance).collect()
     }
 
-    async fn get_instance(
-        &self,
-        tenant: &TenantId,
-        id: &InstanceId,
-    ) -> Result<Option<InstanceRecord>, StoreError> {
-        Ok(self
-            .find_instance(id)
-            .await?
-            .filter(|i| &i.tenant_id == tenant))
+    async fn get_instance(&self, tenant: &TenantId, id: &InstanceId) -> Result<Option<InstanceRecord>, StoreError> {
+        Ok(self.find_instance(id).await?.filter(|i| &i.tenant_id == tenant))
     }
 
     async fn find_instance(&self, id: &InstanceId) -> Result<Option<InstanceRecord>, StoreError> {
-        let sql =
-            format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = ? AND deleted_at IS NULL");
-        let row = sqlx::query(AssertSqlSafe(sql))
-            .bind(id.as_str())
-            .fetch_optional(&self.read)
-            .await?;
+        let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = ? AND deleted_at IS NULL");
+        let row = sqlx::query(AssertSqlSafe(sql)).bind(id.as_str()).fetch_optional(&self.read).await?;
         row.as_ref().map(rows::instance).transpose()
     }
 
     async fn all_instances(&self) -> Result<Vec<InstanceRecord>, StoreError> {
-        let sql = format!(
-            "SELECT {INSTANCE_COLUMNS} FROM instances WHERE deleted_at IS NULL ORDER BY id"
-        );
-        let rows = sqlx::query(AssertSqlSafe(sql))
-            .fetch_all(&self.read)
-            .await?;
+        let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE deleted_at IS NULL ORDER BY id");
+        let rows = sqlx::query(AssertSqlSafe(sql)).fetch_all(&self.read).await?;
         rows.iter().map(rows::instance).collect()
     }
 
@@ -256,12 +213,7 @@ impl Store for SqliteBackend {
             .await
     }
 
-    async fn delete_instance(
-        &self,
-        tenant: &TenantId,
-        id: &InstanceId,
-        now: Timestamp,
-    ) -> Result<bool, StoreError> {
+    async fn delete_instance(&self, tenant: &TenantId, id: &InstanceId, now: Timestamp) -> Result<bool, StoreError> {
         let (tenant, id) = (tenant.to_string(), id.to_string());
         self.writer
             .write(Box::new(move |conn| {
@@ -304,30 +256,17 @@ impl Store for SqliteBackend {
     }
 
     async fn accept(&self, msg: AcceptMessage) -> Result<Accepted, StoreError> {
-        self.writer
-            .write(Box::new(move |conn| Box::pin(accept(conn, msg))))
-            .await
+        self.writer.write(Box::new(move |conn| Box::pin(accept(conn, msg)))).await
     }
 
-    async fn get_message(
-        &self,
-        tenant: &TenantId,
-        id: &MessageId,
-    ) -> Result<Option<MessageRecord>, StoreError> {
+    async fn get_message(&self, tenant: &TenantId, id: &MessageId) -> Result<Option<MessageRecord>, StoreError> {
         let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ? AND tenant_id = ?");
-        let row = sqlx::query(AssertSqlSafe(sql))
-            .bind(id.as_str())
-            .bind(tenant.as_str())
-            .fetch_optional(&self.read)
-            .await?;
+        let row =
+            sqlx::query(AssertSqlSafe(sql)).bind(id.as_str()).bind(tenant.as_str()).fetch_optional(&self.read).await?;
         row.as_ref().map(rows::message).transpose()
     }
 
-    async fn message_history(
-        &self,
-        tenant: &TenantId,
-        id: &MessageId,
-    ) -> Result<Vec<MessageEvent>, StoreError> {
+    async fn message_history(&self, tenant: &TenantId, id: &MessageId) -> Result<Vec<MessageEvent>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, tenant_id, message_id, instance_id, status, chat_seq, detail, created_at FROM events \
              WHERE message_id = ? AND tenant_id = ? ORDER BY seq",
@@ -339,14 +278,8 @@ impl Store for SqliteBackend {
         rows.iter().map(rows::event).collect()
     }
 
-    async fn list_messages(
-        &self,
-        tenant: &TenantId,
-        f: &MessageFilter,
-    ) -> Result<Vec<MessageRecord>, StoreError> {
-        let mut q = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant_id = "
-        ));
+    async fn list_messages(&self, tenant: &TenantId, f: &MessageFilter) -> Result<Vec<MessageRecord>, StoreError> {
+        let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE tenant_id = "));
         q.push_bind(tenant.as_str());
         if let Some(s) = f.status {
             q.push(" AND status = ").push_bind(s.as_str());
@@ -371,33 +304,25 @@ impl Store for SqliteBackend {
         rows.iter().map(rows::message).collect()
     }
 
-    async fn begin_sending(
-        &self,
-        claims: &[(MessageId, u32)],
-        now: Timestamp,
-    ) -> Result<BeginSending, StoreError> {
+    async fn begin_sending(&self, claims: &[(MessageId, u32)], now: Timestamp) -> Result<BeginSending, StoreError> {
         let claims = claims.to_vec();
-        self.writer
-            .write(Box::new(move |conn| {
-                Box::pin(begin_sending(conn, claims, now))
-            }))
-            .await
+        self.writer.write(Box::new(move |conn| Box::pin(begin_sending(conn, claims, now)))).await
     }
 
     async fn record_outcome(&self, outcome: SendOutcome) -> Result<OutcomeApplied, StoreError> {
         self.writer
             .write(Box::new(move |conn| {
                 Box::pin(async move {
-                    let id = outcome.message_id.clone();
+                    let (id, now) = (outcome.message_id.clone(), outcome.now);
                     let applied = record_outcome(conn, outcome).await?;
                     // The queue lives in this database: settle it in the same
                     // transaction (see `Queue::settled_by_store`).
                     match &applied {
                         OutcomeApplied::Done(_) | OutcomeApplied::Stale => {
-                            rows::dequeue(conn, id.as_str()).await?
+                            rows::dequeue(conn, id.as_str(), now).await?
                         }
                         OutcomeApplied::RetryAt { at, attempts } => {
-                            rows::reschedule(conn, id.as_str(), *at, *attempts).await?
+                            rows::reschedule(conn, id.as_str(), *at, *attempts, now).await?
                         }
                     }
                     Ok(applied)
@@ -406,21 +331,11 @@ impl Store for SqliteBackend {
             .await
     }
 
-    async fn apply_provider_status(
-        &self,
-        report: ProviderStatusReport,
-    ) -> Result<StatusApplied, StoreError> {
-        self.writer
-            .write(Box::new(move |conn| Box::pin(apply_status(conn, report))))
-            .await
+    async fn apply_provider_status(&self, report: ProviderStatusReport) -> Result<StatusApplied, StoreError> {
+        self.writer.write(Box::new(move |conn| Box::pin(apply_status(conn, report)))).await
     }
 
-    async fn replay_dead(
-        &self,
-        tenant: &TenantId,
-        id: &MessageId,
-        now: Timestamp,
-    ) -> Result<bool, StoreError> {
+    async fn replay_dead(&self, tenant: &TenantId, id: &MessageId, now: Timestamp) -> Result<bool, StoreError> {
         let (tenant, id) = (tenant.to_string(), id.to_string());
         self.writer
             .write(Box::new(move |conn| {
@@ -429,6 +344,7 @@ impl Store for SqliteBackend {
                         "UPDATE messages SET status = 'queued', status_rank = 0, attempts = 0, error_code = NULL, \
                          error_message = NULL, next_attempt_at = NULL, updated_at = ?1 \
                          WHERE id = ?2 AND tenant_id = ?3 AND status = 'dead' \
+                           AND instance_id IN (SELECT id FROM instances WHERE deleted_at IS NULL) \
                          RETURNING id, tenant_id, instance_id, chat_seq, recipient, priority, seq",
                     )
                     .bind(now.as_millis())
@@ -451,6 +367,7 @@ impl Store for SqliteBackend {
                         row.try_get("seq")?,
                         0,
                         now.as_millis(),
+                        now,
                     )
                     .await?;
                     Ok(true)
@@ -459,11 +376,7 @@ impl Store for SqliteBackend {
             .await
     }
 
-    async fn purge_expired(
-        &self,
-        keys_before: Timestamp,
-        parked_before: Timestamp,
-    ) -> Result<u64, StoreError> {
+    async fn purge_expired(&self, keys_before: Timestamp, parked_before: Timestamp) -> Result<u64, StoreError> {
         self.writer
             .write(Box::new(move |conn| {
                 Box::pin(async move {
@@ -493,13 +406,11 @@ fn msg_ref(m: &MessageRecord) -> MessageRef {
 
 async fn accept(conn: &mut SqliteConnection, msg: AcceptMessage) -> Result<Accepted, StoreError> {
     let req = &msg.request;
-    let known = sqlx::query(
-        "SELECT 1 FROM instances WHERE id = ? AND tenant_id = ? AND deleted_at IS NULL",
-    )
-    .bind(req.instance_id.as_str())
-    .bind(msg.tenant_id.as_str())
-    .fetch_optional(&mut *conn)
-    .await?;
+    let known = sqlx::query("SELECT 1 FROM instances WHERE id = ? AND tenant_id = ? AND deleted_at IS NULL")
+        .bind(req.instance_id.as_str())
+        .bind(msg.tenant_id.as_str())
+        .fetch_optional(&mut *conn)
+        .await?;
     if known.is_none() {
         return Ok(Accepted::UnknownInstance);
     }
@@ -545,11 +456,7 @@ async fn accept(conn: &mut SqliteConnection, msg: AcceptMessage) -> Result<Accep
     .fetch_one(&mut *conn)
     .await?;
     let scheduled = req.send_at.filter(|t| *t > msg.now);
-    let status = if scheduled.is_some() {
-        MessageStatus::Scheduled
-    } else {
-        MessageStatus::Queued
-    };
+    let status = if scheduled.is_some() { MessageStatus::Scheduled } else { MessageStatus::Queued };
     let seq: i64 = sqlx::query_scalar(
         "INSERT INTO messages (id, tenant_id, instance_id, recipient, content, priority, status, chat_seq, send_at, \
          expires_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
@@ -574,10 +481,7 @@ async fn accept(conn: &mut SqliteConnection, msg: AcceptMessage) -> Result<Accep
         instance_id: req.instance_id.to_string(),
         chat_seq,
     };
-    let detail = StatusDetail {
-        next_attempt_at: scheduled,
-        ..detail()
-    };
+    let detail = StatusDetail { next_attempt_at: scheduled, ..detail() };
     insert_event(conn, &m, status, &detail, msg.now).await?;
     // A scheduled message is ordered by its send time, not by acceptance, so
     // it gets a chat lane of its own and never holds back the chat.
@@ -596,15 +500,13 @@ async fn accept(conn: &mut SqliteConnection, msg: AcceptMessage) -> Result<Accep
         seq,
         0,
         visible_at,
+        msg.now,
     )
     .await?;
     Ok(Accepted::New { id: msg.id, status })
 }
 
-async fn record_outcome(
-    conn: &mut SqliteConnection,
-    o: SendOutcome,
-) -> Result<OutcomeApplied, StoreError> {
+async fn record_outcome(conn: &mut SqliteConnection, o: SendOutcome) -> Result<OutcomeApplied, StoreError> {
     let current = sqlx::query(
         "SELECT id, tenant_id, instance_id, chat_seq, attempts FROM messages WHERE id = ? AND status = 'sending'",
     )
@@ -618,19 +520,12 @@ async fn record_outcome(
     let attempts = row.try_get::<i64, _>("attempts")? as u32;
     let now = o.now.as_millis();
     let terminal = |status: MessageStatus, code: Option<String>, message: Option<String>| {
-        let detail = StatusDetail {
-            attempts: Some(attempts),
-            error_code: code.clone(),
-            reason: message.clone(),
-            ..detail()
-        };
+        let detail =
+            StatusDetail { attempts: Some(attempts), error_code: code.clone(), reason: message.clone(), ..detail() };
         (status, code, message, detail)
     };
     let (status, code, message, detail, attempts) = match o.result {
-        SendResult::Sent {
-            provider_message_id,
-            wa_id,
-        } => {
+        SendResult::Sent { provider_message_id, wa_id } => {
             sqlx::query(
                 "UPDATE messages SET status = 'sent', status_rank = ?1, provider_message_id = ?2, \
                  wa_id = COALESCE(?3, wa_id), error_code = NULL, error_message = NULL, next_attempt_at = NULL, \
@@ -643,33 +538,16 @@ async fn record_outcome(
             .bind(&m.id)
             .execute(&mut *conn)
             .await?;
-            let detail = StatusDetail {
-                provider_message_id: Some(provider_message_id.clone()),
-                ..detail()
-            };
+            let detail = StatusDetail { provider_message_id: Some(provider_message_id.clone()), ..detail() };
             insert_event(conn, &m, MessageStatus::Sent, &detail, o.now).await?;
             apply_parked(conn, &provider_message_id).await?;
             return Ok(OutcomeApplied::Done(MessageStatus::Sent));
         }
-        SendResult::Retry {
-            retry_at,
-            spend_attempt,
-            code,
-            message,
-        } => {
+        SendResult::Retry { retry_at, spend_attempt, code, message } => {
             let attempts = attempts + u32::from(spend_attempt);
             if attempts >= o.retry_limit {
                 let (s, c, msg, d) = terminal(MessageStatus::Dead, Some(code), Some(message));
-                (
-                    s,
-                    c,
-                    msg,
-                    StatusDetail {
-                        attempts: Some(attempts),
-                        ..d
-                    },
-                    attempts,
-                )
+                (s, c, msg, StatusDetail { attempts: Some(attempts), ..d }, attempts)
             } else {
                 sqlx::query(
                     "UPDATE messages SET status = 'retry_wait', attempts = ?1, next_attempt_at = ?2, error_code = ?3, \
@@ -691,10 +569,7 @@ async fn record_outcome(
                     ..detail()
                 };
                 insert_event(conn, &m, MessageStatus::RetryWait, &detail, o.now).await?;
-                return Ok(OutcomeApplied::RetryAt {
-                    at: retry_at,
-                    attempts,
-                });
+                return Ok(OutcomeApplied::RetryAt { at: retry_at, attempts });
             }
         }
         SendResult::Failed { code, message } => {
@@ -731,16 +606,11 @@ async fn record_outcome(
     Ok(OutcomeApplied::Done(status))
 }
 
-async fn apply_status(
-    conn: &mut SqliteConnection,
-    r: ProviderStatusReport,
-) -> Result<StatusApplied, StoreError> {
-    let row = sqlx::query(
-        "SELECT id, tenant_id, instance_id, chat_seq FROM messages WHERE provider_message_id = ?",
-    )
-    .bind(&r.provider_message_id)
-    .fetch_optional(&mut *conn)
-    .await?;
+async fn apply_status(conn: &mut SqliteConnection, r: ProviderStatusReport) -> Result<StatusApplied, StoreError> {
+    let row = sqlx::query("SELECT id, tenant_id, instance_id, chat_seq FROM messages WHERE provider_message_id = ?")
+        .bind(&r.provider_message_id)
+        .fetch_optional(&mut *conn)
+        .await?;
     let Some(row) = row else {
         sqlx::query(
             "INSERT INTO parked_statuses (provider_message_id, status, at, error_code, error_message, received_at) \
@@ -785,18 +655,11 @@ async fn apply_status(
         ..detail()
     };
     insert_event(conn, &m, r.status, &detail, r.at).await?;
-    Ok(if changed {
-        StatusApplied::Applied
-    } else {
-        StatusApplied::Ignored
-    })
+    Ok(if changed { StatusApplied::Applied } else { StatusApplied::Ignored })
 }
 
 /// Re-applies statuses that arrived before the send result, oldest first.
-async fn apply_parked(
-    conn: &mut SqliteConnection,
-    provider_message_id: &str,
-) -> Result<(), StoreError> {
+async fn apply_parked(conn: &mut SqliteConnection, provider_message_id: &str) -> Result<(), StoreError> {
     let parked = sqlx::query(
         "DELETE FROM parked_statuses WHERE provider_message_id = ? \
          RETURNING id, status, at, error_code, error_message",
@@ -835,10 +698,7 @@ pub(super) async fn begin_sending(
          WHERE id = ?2 AND attempts = ?3 AND status IN ('queued','scheduled','retry_wait') \
          RETURNING {MESSAGE_COLUMNS}"
     );
-    let mut out = BeginSending {
-        won: Vec::with_capacity(claims.len()),
-        finished: Vec::new(),
-    };
+    let mut out = BeginSending { won: Vec::with_capacity(claims.len()), finished: Vec::new() };
     for (id, attempt) in claims {
         let row = sqlx::query(AssertSqlSafe(sql.clone()))
             .bind(now.as_millis())
@@ -848,25 +708,39 @@ pub(super) async fn begin_sending(
             .await?;
         if let Some(row) = row {
             let m = rows::message(&row)?;
-            let detail = StatusDetail {
-                attempts: Some(m.attempts),
-                ..detail()
-            };
+            let detail = StatusDetail { attempts: Some(m.attempts), ..detail() };
             insert_event(conn, &msg_ref(&m), MessageStatus::Sending, &detail, now).await?;
             out.won.push(m);
         } else {
-            let status: Option<String> =
-                sqlx::query_scalar("SELECT status FROM messages WHERE id = ?")
-                    .bind(id.as_str())
-                    .fetch_optional(&mut *conn)
-                    .await?;
-            if status
-                .and_then(|s| s.parse::<MessageStatus>().ok())
-                .is_none_or(|s| s.leaves_queue())
-            {
+            let status: Option<String> = sqlx::query_scalar("SELECT status FROM messages WHERE id = ?")
+                .bind(id.as_str())
+                .fetch_optional(&mut *conn)
+                .await?;
+            if status.and_then(|s| s.parse::<MessageStatus>().ok()).is_none_or(|s| s.leaves_queue()) {
                 out.finished.push(id);
             }
         }
     }
     Ok(out)
+}
+
+fn token_record(tenant: &TenantId, t: &NewToken, now: Timestamp) -> TokenRecord {
+    TokenRecord { id: t.id.clone(), tenant_id: tenant.clone(), hint: t.hint.clone(), created_at: now, revoked_at: None }
+}
+
+async fn insert_token(
+    conn: &mut SqliteConnection,
+    tenant: &TenantId,
+    t: &NewToken,
+    now: Timestamp,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO api_tokens (id, tenant_id, hash, hint, created_at) VALUES (?, ?, ?, ?, ?)")
+        .bind(t.id.as_str())
+        .bind(tenant.as_str())
+        .bind(&t.hash.0[..])
+        .bind(&t.hint)
+        .bind(now.as_millis())
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }

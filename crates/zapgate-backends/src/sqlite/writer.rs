@@ -13,9 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 /// Most jobs committed in one transaction; bounds commit latency.
 const MAX_BATCH: usize = 512;
 
-pub type JobFn<T> = Box<
-    dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T, StoreError>> + Send,
->;
+pub type JobFn<T> = Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T, StoreError>> + Send>;
 
 trait WriteJob: Send {
     fn run<'c>(&'c mut self, conn: &'c mut SqliteConnection) -> BoxFuture<'c, bool>;
@@ -63,11 +61,7 @@ impl Writer {
     /// Runs `f` inside the next group-committed transaction.
     pub async fn write<T: Send + 'static>(&self, f: JobFn<T>) -> Result<T, StoreError> {
         let (reply, rx) = oneshot::channel();
-        let job: Box<dyn WriteJob> = Box::new(Job {
-            f: Some(f),
-            result: None,
-            reply,
-        });
+        let job: Box<dyn WriteJob> = Box::new(Job { f: Some(f), result: None, reply });
         self.tx.send(job).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
@@ -95,13 +89,8 @@ async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Box<dyn WriteJob
     }
 }
 
-async fn commit_batch(
-    conn: &mut SqliteConnection,
-    batch: &mut [Box<dyn WriteJob>],
-) -> Result<(), String> {
-    conn.execute("BEGIN IMMEDIATE")
-        .await
-        .map_err(|e| e.to_string())?;
+async fn commit_batch(conn: &mut SqliteConnection, batch: &mut [Box<dyn WriteJob>]) -> Result<(), String> {
+    conn.execute("BEGIN IMMEDIATE").await.map_err(|e| e.to_string())?;
     for job in batch.iter_mut() {
         let step = async {
             conn.execute("SAVEPOINT job").await?;

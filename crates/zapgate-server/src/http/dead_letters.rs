@@ -18,10 +18,7 @@ pub async fn list(
     State(s): State<AppState>,
     ApiQuery(q): ApiQuery<PageParams>,
 ) -> ApiResult<Json<MessageList>> {
-    let page = Page {
-        cursor: q.cursor,
-        limit: q.limit,
-    };
+    let page = Page { cursor: q.cursor, limit: q.limit };
     let before = page
         .cursor
         .as_deref()
@@ -30,12 +27,7 @@ pub async fn list(
                 .ok_or_else(|| ApiError::bad_request("invalid_query", "cursor is not valid"))
         })
         .transpose()?;
-    let f = MessageFilter {
-        status: Some(MessageStatus::Dead),
-        before,
-        limit: page.limit()?,
-        ..Default::default()
-    };
+    let f = MessageFilter { status: Some(MessageStatus::Dead), before, limit: page.limit()?, ..Default::default() };
     Ok(Json(list_page(&s, &tenant, f).await?))
 }
 
@@ -50,30 +42,24 @@ pub async fn replay(
     Path(id): Path<String>,
 ) -> ApiResult<(StatusCode, Json<MessageAccepted>)> {
     let id = message_id(&id)?;
-    let msg = s
-        .backends
-        .store
-        .get_message(&tenant, &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("message"))?;
-    if !s
-        .backends
-        .store
-        .replay_dead(&tenant, &id, Timestamp::now())
-        .await?
-    {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "not_a_dead_letter",
-            format!("the message is {}, not dead", msg.status),
-        ));
+    let msg = s.backends.store.get_message(&tenant, &id).await?.ok_or_else(|| ApiError::not_found("message"))?;
+    let (store, work, instance) = (s.backends.store.clone(), s.work.clone(), msg.instance_id.clone());
+    let (t, i) = (tenant.clone(), id.clone());
+    let replayed = super::detached(async move {
+        let replayed = store.replay_dead(&t, &i, Timestamp::now()).await;
+        if let Ok(true) = replayed {
+            work.mark(instance);
+        }
+        replayed
+    })
+    .await??;
+    if !replayed {
+        let (code, message) = if msg.status == MessageStatus::Dead {
+            ("instance_deleted", "the message's instance was deleted; it cannot be sent".to_owned())
+        } else {
+            ("not_a_dead_letter", format!("the message is {}, not dead", msg.status))
+        };
+        return Err(ApiError::new(StatusCode::CONFLICT, code, message));
     }
-    s.work.mark(msg.instance_id);
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(MessageAccepted {
-            id,
-            status: MessageStatus::Queued,
-        }),
-    ))
+    Ok((StatusCode::ACCEPTED, Json(MessageAccepted { id, status: MessageStatus::Queued })))
 }

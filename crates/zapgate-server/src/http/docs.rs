@@ -52,13 +52,7 @@ mod tests {
     fn spec_is_openapi_31_and_lists_every_route() {
         let spec = serde_json::to_value(ApiDoc::openapi()).unwrap();
         assert!(spec["openapi"].as_str().unwrap().starts_with("3.1"));
-        for p in [
-            "/v1/messages",
-            "/v1/messages/{message_id}",
-            "/v1/instances",
-            "/v1/tenants",
-            "/v1/dead-letters",
-        ] {
+        for p in ["/v1/messages", "/v1/messages/{message_id}", "/v1/instances", "/v1/tenants", "/v1/dead-letters"] {
             assert!(spec["paths"][p].is_object(), "{p} missing");
         }
     }

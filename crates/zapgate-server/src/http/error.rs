@@ -37,13 +37,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-            details: None,
-            retry_after: None,
-        }
+        Self { status, code, message: message.into(), details: None, retry_after: None }
     }
 
     pub fn with_details(mut self, details: serde_json::Value) -> Self {
@@ -57,11 +51,7 @@ impl ApiError {
     }
 
     pub fn not_found(what: &str) -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("{what} not found"),
-        )
+        Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
     }
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
@@ -73,12 +63,8 @@ impl ApiError {
     }
 
     pub fn validation(e: ValidationError) -> Self {
-        Self::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation_failed",
-            e.to_string(),
-        )
-        .with_details(serde_json::json!({ "field": e.field }))
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", e.to_string())
+            .with_details(serde_json::json!({ "field": e.field }))
     }
 }
 
@@ -93,12 +79,10 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound => Self::not_found("resource"),
             StoreError::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
-            StoreError::Closed => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shutting_down",
-                "zapgate is shutting down",
-            )
-            .with_retry_after(Duration::from_secs(5)),
+            StoreError::Closed => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "zapgate is shutting down")
+                    .with_retry_after(Duration::from_secs(5))
+            }
             other => {
                 // Log the cause; never send database internals to a client.
                 tracing::error!(error = %other, "store failure while serving a request");
@@ -115,18 +99,11 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code,
-                message: self.message,
-                details: self.details,
-            },
-        };
+        let body = ErrorBody { error: ErrorDetail { code: self.code, message: self.message, details: self.details } };
         let mut res = (self.status, Json(body)).into_response();
         if let Some(d) = self.retry_after {
             let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
-            res.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            res.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
         }
         res
     }

@@ -10,6 +10,7 @@ use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use zapgate_domain::{ApiToken, TenantId, TokenHash};
 
@@ -30,19 +31,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
 fn json_rejection(r: JsonRejection) -> ApiError {
     let text = r.body_text();
     match r.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            "the request body is too large",
-        ),
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the request body is too large")
+        }
         StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             "send the body as JSON with Content-Type: application/json",
         ),
-        StatusCode::UNPROCESSABLE_ENTITY => {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", text)
-        }
+        StatusCode::UNPROCESSABLE_ENTITY => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", text),
         _ => ApiError::bad_request("invalid_json", text),
     }
 }
@@ -69,9 +66,7 @@ fn bearer(parts: &Parts) -> Result<ApiToken, ApiError> {
         .headers
         .get(axum::http::header::AUTHORIZATION)
         .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token> header"))?;
-    let value = value
-        .to_str()
-        .map_err(|_| ApiError::unauthorized("malformed Authorization header"))?;
+    let value = value.to_str().map_err(|_| ApiError::unauthorized("malformed Authorization header"))?;
     let token = value
         .strip_prefix("Bearer ")
         .or_else(|| value.strip_prefix("bearer "))
@@ -86,10 +81,7 @@ pub struct TenantAuth(pub TenantId);
 impl FromRequestParts<AppState> for TenantAuth {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let hash = bearer(parts)?.hash();
         if hash.ct_eq(&state.admin_hash) {
             return Err(ApiError::new(
@@ -101,25 +93,21 @@ impl FromRequestParts<AppState> for TenantAuth {
         let tenant = match state.tokens.get(&hash) {
             Some(t) => t,
             None => {
+                let generation = state.tokens.generation();
                 let t = state
                     .backends
                     .store
                     .tenant_for_token(&hash)
                     .await?
                     .ok_or_else(|| ApiError::unauthorized("unknown or revoked token"))?;
-                state.tokens.put(hash, t.clone());
+                state.tokens.put(hash, t.clone(), generation);
                 t
             }
         };
         let limit = state.config.tenant_rate_limit;
         if limit > 0 {
             let key = format!("api:{tenant}");
-            if let Err(t) = state
-                .backends
-                .rate_limiter
-                .check(&key, limit, limit.saturating_mul(2))
-                .await
-            {
+            if let Err(t) = state.backends.rate_limiter.check(&key, limit, limit.saturating_mul(2)).await {
                 return Err(ApiError::new(
                     StatusCode::TOO_MANY_REQUESTS,
                     "rate_limited",
@@ -138,10 +126,7 @@ pub struct AdminAuth;
 impl FromRequestParts<AppState> for AdminAuth {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         if bearer(parts)?.hash().ct_eq(&state.admin_hash) {
             Ok(AdminAuth)
         } else {
@@ -155,25 +140,30 @@ impl FromRequestParts<AppState> for AdminAuth {
 pub struct TokenCache {
     ttl: Duration,
     map: Mutex<HashMap<TokenHash, (TenantId, Instant)>>,
+    /// Bumped by every revocation; a lookup that started before one must
+    /// not cache what it read (it may be the token just revoked).
+    generation: AtomicU64,
 }
 
 impl TokenCache {
     pub fn new(ttl: Duration) -> Self {
-        Self {
-            ttl,
-            map: Mutex::new(HashMap::new()),
-        }
+        Self { ttl, map: Mutex::new(HashMap::new()), generation: AtomicU64::new(0) }
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     fn get(&self, h: &TokenHash) -> Option<TenantId> {
         let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(h)
-            .filter(|(_, at)| at.elapsed() < self.ttl)
-            .map(|(t, _)| t.clone())
+        map.get(h).filter(|(_, at)| at.elapsed() < self.ttl).map(|(t, _)| t.clone())
     }
 
-    fn put(&self, h: TokenHash, t: TenantId) {
+    fn put(&self, h: TokenHash, t: TenantId, read_at_generation: u64) {
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if self.generation() != read_at_generation {
+            return;
+        }
         if map.len() > 100_000 {
             map.clear();
         }
@@ -181,6 +171,8 @@ impl TokenCache {
     }
 
     pub fn clear(&self) {
-        self.map.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        map.clear();
     }
 }

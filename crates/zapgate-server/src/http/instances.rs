@@ -64,18 +64,11 @@ pub async fn update(
     let id = instance_id(&id)?;
     let change = InstanceChange {
         name: body.name.as_deref().map(check_name).transpose()?,
-        rate_per_sec: body
-            .rate_limit_per_second
-            .map(|v| check_rate("rate_limit_per_second", v))
-            .transpose()?,
+        rate_per_sec: body.rate_limit_per_second.map(|v| check_rate("rate_limit_per_second", v)).transpose()?,
         burst: body.burst.map(|v| check_rate("burst", v)).transpose()?,
     };
-    let rec = s
-        .backends
-        .store
-        .update_instance(&tenant, &id, change)
-        .await?
-        .ok_or_else(|| ApiError::not_found("instance"))?;
+    let rec =
+        s.backends.store.update_instance(&tenant, &id, change).await?.ok_or_else(|| ApiError::not_found("instance"))?;
     s.work.changed(id);
     Ok(Json(rec))
 }
@@ -102,18 +95,11 @@ pub async fn create(
     if s.providers.get(&body.provider).is_none() {
         return Err(ValidationError::new(
             "provider",
-            format!(
-                "unknown provider {:?}; available: {}",
-                body.provider,
-                s.providers.kinds().join(", ")
-            ),
+            format!("unknown provider {:?}; available: {}", body.provider, s.providers.kinds().join(", ")),
         )
         .into());
     }
-    let rate = check_rate(
-        "rate_limit_per_second",
-        body.rate_limit_per_second.unwrap_or(s.config.instance_rate),
-    )?;
+    let rate = check_rate("rate_limit_per_second", body.rate_limit_per_second.unwrap_or(s.config.instance_rate))?;
     let burst = check_rate("burst", body.burst.unwrap_or(rate))?;
     let new = NewInstance {
         id: InstanceId::generate(),
@@ -132,21 +118,14 @@ pub async fn create(
 
 /// A 15-digit id in the style of Meta's phone number and WABA ids.
 fn numeric_id() -> String {
-    rand::rng()
-        .random_range(100_000_000_000_000u64..1_000_000_000_000_000)
-        .to_string()
+    rand::rng().random_range(100_000_000_000_000u64..1_000_000_000_000_000).to_string()
 }
 
 /// Lists the tenant's instances.
 #[utoipa::path(get, path = "/v1/instances", tag = "instances", security(("tenant" = [])),
     responses((status = 200, body = InstanceList)))]
-pub async fn list(
-    TenantAuth(tenant): TenantAuth,
-    State(s): State<AppState>,
-) -> ApiResult<Json<InstanceList>> {
-    Ok(Json(InstanceList {
-        data: s.backends.store.list_instances(&tenant).await?,
-    }))
+pub async fn list(TenantAuth(tenant): TenantAuth, State(s): State<AppState>) -> ApiResult<Json<InstanceList>> {
+    Ok(Json(InstanceList { data: s.backends.store.list_instances(&tenant).await? }))
 }
 
 fn instance_id(raw: &str) -> ApiResult<InstanceId> {
@@ -163,12 +142,7 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> ApiResult<Json<InstanceRecord>> {
     let id = instance_id(&id)?;
-    let rec = s
-        .backends
-        .store
-        .get_instance(&tenant, &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("instance"))?;
+    let rec = s.backends.store.get_instance(&tenant, &id).await?.ok_or_else(|| ApiError::not_found("instance"))?;
     Ok(Json(rec))
 }
 
@@ -182,14 +156,14 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let id = instance_id(&id)?;
-    if s.backends
-        .store
-        .delete_instance(&tenant, &id, Timestamp::now())
-        .await?
-    {
-        s.work.changed(id);
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::not_found("instance"))
-    }
+    let (store, work) = (s.backends.store.clone(), s.work.clone());
+    let deleted = super::detached(async move {
+        let deleted = store.delete_instance(&tenant, &id, Timestamp::now()).await;
+        if let Ok(true) = deleted {
+            work.changed(id);
+        }
+        deleted
+    })
+    .await??;
+    if deleted { Ok(StatusCode::NO_CONTENT) } else { Err(ApiError::not_found("instance")) }
 }

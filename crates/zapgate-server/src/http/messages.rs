@@ -12,8 +12,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use zapgate_backends::{AcceptMessage, Accepted, IdempotencyKey, MessageFilter, MessageRecord};
 use zapgate_domain::{
-    ChatId, InstanceId, MessageContent, MessageEvent, MessageId, MessageStatus, Priority,
-    SendRequest, TenantId, Timestamp, ValidationError,
+    ChatId, InstanceId, MessageContent, MessageEvent, MessageId, MessageStatus, Priority, SendRequest, TenantId,
+    Timestamp, ValidationError,
 };
 
 /// Body of `POST /v1/messages` (documentation shape; parsing is in [`parse_send`]).
@@ -60,10 +60,7 @@ const ENVELOPE: [&str; 5] = ["instance_id", "to", "priority", "send_at", "expire
 /// Parses the JSON object of a send into a [`SendRequest`], naming the
 /// offending field on failure. The envelope fields are taken out first; what
 /// remains must be exactly one message content in the Cloud API shape.
-pub fn parse_send(
-    mut body: Map<String, Value>,
-    now: Timestamp,
-) -> Result<SendRequest, ValidationError> {
+pub fn parse_send(mut body: Map<String, Value>, now: Timestamp) -> Result<SendRequest, ValidationError> {
     let mut take_str = |field: &str, required: bool| -> Result<Option<String>, ValidationError> {
         match body.remove(field) {
             None | Some(Value::Null) if !required => Ok(None),
@@ -73,8 +70,8 @@ pub fn parse_send(
         }
     };
     let instance = take_str("instance_id", true)?.unwrap_or_default();
-    let instance_id = InstanceId::parse(&instance)
-        .ok_or_else(|| ValidationError::new("instance_id", "is not an instance id"))?;
+    let instance_id =
+        InstanceId::parse(&instance).ok_or_else(|| ValidationError::new("instance_id", "is not an instance id"))?;
     let to = ChatId::parse(&take_str("to", true)?.unwrap_or_default())?;
     let priority = match take_str("priority", false)? {
         None => Priority::Normal,
@@ -84,12 +81,8 @@ pub fn parse_send(
     let mut time = |field: &str| -> Result<Option<Timestamp>, ValidationError> {
         take_str(field, false)?
             .map(|s| {
-                Timestamp::parse_rfc3339(&s).ok_or_else(|| {
-                    ValidationError::new(
-                        field,
-                        "must be an RFC 3339 time such as 2026-01-31T09:00:00Z",
-                    )
-                })
+                Timestamp::parse_rfc3339(&s)
+                    .ok_or_else(|| ValidationError::new(field, "must be an RFC 3339 time such as 2026-01-31T09:00:00Z"))
             })
             .transpose()
     };
@@ -110,14 +103,7 @@ pub fn parse_send(
         ValidationError::new("type", m)
     })?;
     content.validate()?;
-    Ok(SendRequest {
-        instance_id,
-        to,
-        content,
-        priority,
-        send_at,
-        expires_at,
-    })
+    Ok(SendRequest { instance_id, to, content, priority, send_at, expires_at })
 }
 
 /// Removes an in-flight idempotency key when its request ends, however it ends.
@@ -127,24 +113,15 @@ struct InFlight {
 }
 
 impl InFlight {
-    fn enter(
-        set: &Arc<Mutex<HashSet<(TenantId, String)>>>,
-        key: (TenantId, String),
-    ) -> Option<Self> {
+    fn enter(set: &Arc<Mutex<HashSet<(TenantId, String)>>>, key: (TenantId, String)) -> Option<Self> {
         let mut s = set.lock().unwrap_or_else(|p| p.into_inner());
-        s.insert(key.clone()).then(|| InFlight {
-            set: set.clone(),
-            key,
-        })
+        s.insert(key.clone()).then(|| InFlight { set: set.clone(), key })
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.set
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.key);
+        self.set.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
     }
 }
 
@@ -152,10 +129,7 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
     let Some(v) = headers.get("idempotency-key") else {
         return Ok(None);
     };
-    let ok = v
-        .to_str()
-        .ok()
-        .filter(|s| (1..=255).contains(&s.len()) && s.bytes().all(|b| (0x21..0x7f).contains(&b)));
+    let ok = v.to_str().ok().filter(|s| (1..=255).contains(&s.len()) && s.bytes().all(|b| (0x21..0x7f).contains(&b)));
     match ok {
         Some(s) => Ok(Some(s.to_owned())),
         None => Err(ApiError::bad_request(
@@ -186,63 +160,47 @@ pub async fn send(
     let key = idempotency_key(&headers)?;
     let request = parse_send(body, now)?;
     let _in_flight = match &key {
-        Some(k) => Some(
-            InFlight::enter(&s.keys_in_flight, (tenant.clone(), k.clone())).ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::CONFLICT,
-                    "idempotency_key_in_flight",
-                    "a request with this Idempotency-Key is still being processed",
-                )
-                .with_retry_after(std::time::Duration::from_secs(1))
-            })?,
-        ),
+        Some(k) => Some(InFlight::enter(&s.keys_in_flight, (tenant.clone(), k.clone())).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_key_in_flight",
+                "a request with this Idempotency-Key is still being processed",
+            )
+            .with_retry_after(std::time::Duration::from_secs(1))
+        })?),
         None => None,
     };
     test_hook_accept_delay().await;
     let instance = request.instance_id.clone();
-    let idempotency = key.map(|k| IdempotencyKey {
-        key: k,
-        fingerprint: request.fingerprint(),
-    });
-    let accepted = s
-        .backends
-        .store
-        .accept(AcceptMessage {
-            id: MessageId::generate(),
-            tenant_id: tenant,
-            request,
-            idempotency,
-            now,
-        })
-        .await?;
+    let idempotency = key.map(|k| IdempotencyKey { key: k, fingerprint: request.fingerprint() });
+    let msg = AcceptMessage { id: MessageId::generate(), tenant_id: tenant, request, idempotency, now };
+    let (store, work) = (s.backends.store.clone(), s.work.clone());
+    let accepted = super::detached(async move {
+        let accepted = store.accept(msg).await;
+        if let Ok(Accepted::New { .. }) = &accepted {
+            work.mark(instance);
+        }
+        accepted
+    })
+    .await??;
     match accepted {
-        Accepted::New { id, status } => {
-            s.work.mark(instance);
-            Ok((StatusCode::ACCEPTED, Json(MessageAccepted { id, status })))
-        }
-        Accepted::Replayed { id, status } => {
-            Ok((StatusCode::ACCEPTED, Json(MessageAccepted { id, status })))
-        }
+        Accepted::New { id, status } => Ok((StatusCode::ACCEPTED, Json(MessageAccepted { id, status }))),
+        Accepted::Replayed { id, status } => Ok((StatusCode::ACCEPTED, Json(MessageAccepted { id, status }))),
         Accepted::KeyReused => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "idempotency_key_reused",
             "this Idempotency-Key was used with a different request body",
         )),
-        Accepted::UnknownInstance => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "unknown_instance",
-            "no such instance for this tenant",
-        )
-        .with_details(serde_json::json!({ "field": "instance_id" }))),
+        Accepted::UnknownInstance => {
+            Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown_instance", "no such instance for this tenant")
+                .with_details(serde_json::json!({ "field": "instance_id" })))
+        }
     }
 }
 
 #[cfg(feature = "test-hooks")]
 async fn test_hook_accept_delay() {
-    if let Some(ms) = std::env::var("ZAPGATE_TEST_ACCEPT_DELAY_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
+    if let Some(ms) = std::env::var("ZAPGATE_TEST_ACCEPT_DELAY_MS").ok().and_then(|v| v.parse().ok()) {
         tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
 }
@@ -264,12 +222,7 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> ApiResult<Json<MessageWithHistory>> {
     let id = message_id(&id)?;
-    let message = s
-        .backends
-        .store
-        .get_message(&tenant, &id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("message"))?;
+    let message = s.backends.store.get_message(&tenant, &id).await?.ok_or_else(|| ApiError::not_found("message"))?;
     let history = s.backends.store.message_history(&tenant, &id).await?;
     Ok(Json(MessageWithHistory { message, history }))
 }
@@ -304,33 +257,17 @@ impl ListQuery {
         let bad = |m: &str| ApiError::bad_request("invalid_query", m.to_owned());
         let time = |s: &Option<String>, name: &str| {
             s.as_deref()
-                .map(|v| {
-                    Timestamp::parse_rfc3339(v)
-                        .ok_or_else(|| bad(&format!("{name} must be an RFC 3339 time")))
-                })
+                .map(|v| Timestamp::parse_rfc3339(v).ok_or_else(|| bad(&format!("{name} must be an RFC 3339 time"))))
                 .transpose()
         };
-        let page = Page {
-            cursor: self.cursor.clone(),
-            limit: self.limit,
-        };
+        let page = Page { cursor: self.cursor.clone(), limit: self.limit };
         Ok(MessageFilter {
-            status: self
-                .status
-                .as_deref()
-                .map(|v| v.parse().map_err(|e: String| bad(&e)))
-                .transpose()?,
-            recipient: self
-                .to
-                .as_deref()
-                .map(|v| ChatId::parse(v).map_err(|e| bad(&e.to_string())))
-                .transpose()?,
+            status: self.status.as_deref().map(|v| v.parse().map_err(|e: String| bad(&e))).transpose()?,
+            recipient: self.to.as_deref().map(|v| ChatId::parse(v).map_err(|e| bad(&e.to_string()))).transpose()?,
             instance_id: self
                 .instance_id
                 .as_deref()
-                .map(|v| {
-                    InstanceId::parse(v).ok_or_else(|| bad("instance_id is not an instance id"))
-                })
+                .map(|v| InstanceId::parse(v).ok_or_else(|| bad("instance_id is not an instance id")))
                 .transpose()?,
             since: time(&self.since, "since")?,
             until: time(&self.until, "until")?,
@@ -344,15 +281,9 @@ impl ListQuery {
     }
 }
 
-pub(super) async fn list_page(
-    s: &AppState,
-    tenant: &TenantId,
-    f: MessageFilter,
-) -> ApiResult<MessageList> {
+pub(super) async fn list_page(s: &AppState, tenant: &TenantId, f: MessageFilter) -> ApiResult<MessageList> {
     let data = s.backends.store.list_messages(tenant, &f).await?;
-    let next_cursor = (data.len() as u32 == f.limit)
-        .then(|| data.last().map(|m| m.id.to_string()))
-        .flatten();
+    let next_cursor = (data.len() as u32 == f.limit).then(|| data.last().map(|m| m.id.to_string())).flatten();
     Ok(MessageList { data, next_cursor })
 }
 
@@ -390,26 +321,11 @@ mod tests {
     #[test]
     fn each_bad_field_is_named() {
         let cases = [
-            (
-                json!({"to": "+5511999998888", "type": "text", "text": {"body": "x"}}),
-                "instance_id",
-            ),
-            (
-                json!({"instance_id": INS, "to": 5511999998888u64, "type": "text", "text": {"body": "x"}}),
-                "to",
-            ),
-            (
-                json!({"instance_id": INS, "to": "abc", "type": "text", "text": {"body": "x"}}),
-                "to",
-            ),
-            (
-                json!({"instance_id": INS, "to": "+5511999998888", "type": "text"}),
-                "type",
-            ),
-            (
-                json!({"instance_id": INS, "to": "+5511999998888", "type": "text", "text": {"body": ""}}),
-                "text.body",
-            ),
+            (json!({"to": "+5511999998888", "type": "text", "text": {"body": "x"}}), "instance_id"),
+            (json!({"instance_id": INS, "to": 5511999998888u64, "type": "text", "text": {"body": "x"}}), "to"),
+            (json!({"instance_id": INS, "to": "abc", "type": "text", "text": {"body": "x"}}), "to"),
+            (json!({"instance_id": INS, "to": "+5511999998888", "type": "text"}), "type"),
+            (json!({"instance_id": INS, "to": "+5511999998888", "type": "text", "text": {"body": ""}}), "text.body"),
             (
                 json!({"instance_id": INS, "to": "+5511999998888", "type": "text", "text": {"body": "x"},
                 "priority": "urgent"}),

@@ -47,61 +47,41 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(docs::openapi_json))
         .route("/docs", get(docs::page))
         .route("/v1/tenants", post(tenants::create).get(tenants::list))
-        .route(
-            "/v1/tenants/{tenant_id}/tokens",
-            post(tenants::create_token).get(tenants::list_tokens),
-        )
-        .route(
-            "/v1/tenants/{tenant_id}/tokens/{token_id}",
-            axum::routing::delete(tenants::revoke_token),
-        )
-        .route(
-            "/v1/instances",
-            post(instances::create).get(instances::list),
-        )
-        .route(
-            "/v1/instances/{instance_id}",
-            get(instances::get)
-                .patch(instances::update)
-                .delete(instances::delete),
-        )
+        .route("/v1/tenants/{tenant_id}/tokens", post(tenants::create_token).get(tenants::list_tokens))
+        .route("/v1/tenants/{tenant_id}/tokens/{token_id}", axum::routing::delete(tenants::revoke_token))
+        .route("/v1/instances", post(instances::create).get(instances::list))
+        .route("/v1/instances/{instance_id}", get(instances::get).patch(instances::update).delete(instances::delete))
         .route("/v1/messages", post(messages::send).get(messages::list))
         .route("/v1/messages/{message_id}", get(messages::get))
         .route("/v1/dead-letters", get(dead_letters::list))
-        .route(
-            "/v1/dead-letters/{message_id}/replay",
-            post(dead_letters::replay),
-        )
+        .route("/v1/dead-letters/{message_id}/replay", post(dead_letters::replay))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(CatchPanicLayer::custom(
-            |_: Box<dyn std::any::Any + Send>| {
-                axum::response::IntoResponse::into_response(ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "internal error",
-                ))
-            },
-        ))
+        .layer(CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {
+            axum::response::IntoResponse::into_response(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            ))
+        }))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
 
+/// Runs `work` to the end even if the client disconnects: what follows a
+/// commit (waking the dispatcher, retiring a lane) must not be skipped
+/// because axum dropped the handler.
+pub async fn detached<T: Send + 'static>(work: impl Future<Output = T> + Send + 'static) -> Result<T, ApiError> {
+    tokio::spawn(work).await.map_err(|_| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error"))
+}
+
 async fn not_found() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "route_not_found",
-        "no such route; see /docs",
-    )
+    ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such route; see /docs")
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "this route does not take that method",
-    )
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
 }
 
 /// Query-string pagination shared by list routes.
@@ -118,10 +98,7 @@ impl Page {
         match self.limit {
             None => Ok(50),
             Some(n @ 1..=500) => Ok(n),
-            Some(_) => Err(ApiError::bad_request(
-                "invalid_query",
-                "limit must be between 1 and 500",
-            )),
+            Some(_) => Err(ApiError::bad_request("invalid_query", "limit must be between 1 and 500")),
         }
     }
 }

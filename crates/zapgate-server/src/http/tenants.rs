@@ -7,7 +7,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use zapgate_backends::{TenantRecord, TokenRecord};
+use zapgate_backends::{NewToken, TenantRecord, TokenRecord};
 use zapgate_domain::{ApiToken, TenantId, TokenId};
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -52,9 +52,7 @@ pub async fn create(
 ) -> ApiResult<(StatusCode, Json<TenantCreated>)> {
     let name = body.name.trim().to_owned();
     if name.is_empty() || name.chars().count() > 200 {
-        return Err(
-            zapgate_domain::ValidationError::new("name", "must be 1 to 200 characters").into(),
-        );
+        return Err(zapgate_domain::ValidationError::new("name", "must be 1 to 200 characters").into());
     }
     let (tenant, token) = create_tenant_with_token(&s.backends.store, name).await?;
     Ok((StatusCode::CREATED, Json(TenantCreated { tenant, token })))
@@ -65,32 +63,31 @@ pub async fn create_tenant_with_token(
     store: &std::sync::Arc<dyn zapgate_backends::Store>,
     name: String,
 ) -> Result<(TenantRecord, TokenCreated), zapgate_backends::StoreError> {
-    let tenant = store.create_tenant(TenantId::generate(), name).await?;
-    let token = issue_token(store, &tenant.id).await?;
-    Ok((tenant, token))
+    let (secret, new) = new_token();
+    let (tenant, record) = store.create_tenant(TenantId::generate(), name, new).await?;
+    Ok((tenant, TokenCreated { record, token: secret.reveal().to_owned() }))
 }
 
 pub async fn issue_token(
     store: &std::sync::Arc<dyn zapgate_backends::Store>,
     tenant: &TenantId,
 ) -> Result<TokenCreated, zapgate_backends::StoreError> {
+    let (secret, new) = new_token();
+    let record = store.create_token(tenant, new).await?;
+    Ok(TokenCreated { record, token: secret.reveal().to_owned() })
+}
+
+fn new_token() -> (ApiToken, NewToken) {
     let secret = ApiToken::generate();
-    let record = store
-        .create_token(TokenId::generate(), tenant, secret.hash(), secret.hint())
-        .await?;
-    Ok(TokenCreated {
-        record,
-        token: secret.reveal().to_owned(),
-    })
+    let new = NewToken { id: TokenId::generate(), hash: secret.hash(), hint: secret.hint() };
+    (secret, new)
 }
 
 /// Lists tenants.
 #[utoipa::path(get, path = "/v1/tenants", tag = "tenants", security(("admin" = [])),
     responses((status = 200, body = TenantList)))]
 pub async fn list(_: AdminAuth, State(s): State<AppState>) -> ApiResult<Json<TenantList>> {
-    Ok(Json(TenantList {
-        data: s.backends.store.list_tenants().await?,
-    }))
+    Ok(Json(TenantList { data: s.backends.store.list_tenants().await? }))
 }
 
 fn tenant_id(raw: &str) -> ApiResult<TenantId> {
@@ -126,9 +123,7 @@ pub async fn list_tokens(
     if s.backends.store.get_tenant(&id).await?.is_none() {
         return Err(ApiError::not_found("tenant"));
     }
-    Ok(Json(TokenList {
-        data: s.backends.store.list_tokens(&id).await?,
-    }))
+    Ok(Json(TokenList { data: s.backends.store.list_tokens(&id).await? }))
 }
 
 /// Revokes a token; it stops working immediately.

@@ -4,13 +4,14 @@
 //! up to its lane's free room, so one instance's backlog (one tenant's 100k
 //! messages) never sits ahead of another instance's message — that message
 //! waits at most one round. Priority and per-chat order are the queue's
-//! job (it only returns chat heads, by priority then acceptance order).
+//! job (it only returns ready chat heads, by priority then acceptance order).
+//! Entries that wait for a time (retries, `send_at`) are promoted when due.
 //! Idle, the dispatcher sleeps until a signal or the next due time.
 
 use super::lane::{Lane, WorkerCtx};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use zapgate_backends::{Claim, Settlement, StoreError, crash_point};
 use zapgate_domain::{InstanceId, Timestamp};
@@ -22,6 +23,8 @@ const MAX_CLAIM: usize = 128;
 const LEASE_MS: i64 = 3_600_000;
 /// Even with no signal, look at the queue this often.
 const IDLE_CHECK: Duration = Duration::from_secs(30);
+/// While busy, promote due entries at least this often.
+const BUSY_PROMOTE: Duration = Duration::from_millis(100);
 
 pub async fn run(ctx: Arc<WorkerCtx>, mut shutdown: watch::Receiver<bool>) {
     let mut lanes: HashMap<InstanceId, Lane> = HashMap::new();
@@ -33,9 +36,17 @@ pub async fn run(ctx: Arc<WorkerCtx>, mut shutdown: watch::Receiver<bool>) {
         }
         Err(e) => tracing::error!(error = %e, "dispatcher: could not load instances"),
     }
+    let mut next_promote = Instant::now();
     loop {
         if *shutdown.borrow() {
             break;
+        }
+        if Instant::now() >= next_promote {
+            match ctx.backends.queue.promote_due(Timestamp::now()).await {
+                Ok(ids) => ids.into_iter().for_each(|id| ctx.signal.mark(id)),
+                Err(e) => tracing::warn!(error = %e, "dispatcher: promoting due entries failed"),
+            }
+            next_promote = Instant::now() + BUSY_PROMOTE;
         }
         take_signals(&ctx, &mut lanes).await;
         match round(&ctx, &mut lanes).await {
@@ -51,20 +62,24 @@ pub async fn run(ctx: Arc<WorkerCtx>, mut shutdown: watch::Receiver<bool>) {
         }
         let now = Timestamp::now();
         let wait = match ctx.backends.queue.next_due(now).await {
-            Ok(Some(t)) => Duration::from_millis((t.as_millis() - now.as_millis()).max(1) as u64)
-                .min(IDLE_CHECK),
-            _ => IDLE_CHECK,
+            Ok(Some(t)) => Duration::from_millis((t.as_millis() - now.as_millis()).max(0) as u64).min(IDLE_CHECK),
+            Ok(None) => IDLE_CHECK,
+            Err(e) => {
+                tracing::warn!(error = %e, "dispatcher: reading the next due time failed");
+                Duration::from_secs(1)
+            }
         };
+        next_promote = Instant::now() + wait;
+        if wait.is_zero() {
+            continue;
+        }
         tokio::select! {
             _ = ctx.signal.notified() => {}
-            _ = tokio::time::sleep(wait) => lanes.values_mut().for_each(|l| l.maybe_ready = true),
+            _ = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => {}
         }
     }
-    tracing::info!(
-        lanes = lanes.len(),
-        "dispatcher stopping; finishing in-flight sends"
-    );
+    tracing::info!(lanes = lanes.len(), "dispatcher stopping; finishing in-flight sends");
     for lane in lanes.into_values() {
         lane.close().await;
     }
@@ -98,74 +113,53 @@ async fn take_signals(ctx: &Arc<WorkerCtx>, lanes: &mut HashMap<InstanceId, Lane
 /// One claim round over every lane with room and possibly due work.
 /// Returns whether anything was claimed.
 async fn round(ctx: &WorkerCtx, lanes: &mut HashMap<InstanceId, Lane>) -> Result<bool, StoreError> {
-    {
-        let claims: Vec<Claim> = lanes
-            .values()
-            .filter(|l| l.maybe_ready && l.free() > 0)
-            .map(|l| Claim {
-                instance_id: l.instance.id.clone(),
-                max: l.free().min(MAX_CLAIM) as u32,
-            })
-            .collect();
-        if claims.is_empty() {
-            return Ok(false);
-        }
-        let now = Timestamp::now();
-        let began = match ctx
-            .backends
-            .queue
-            .claim_and_begin(&claims, now, LEASE_MS)
-            .await?
-        {
-            Some(began) => began,
-            None => {
-                let deliveries = ctx.backends.queue.claim(&claims, now, LEASE_MS).await?;
-                crash_point("after_claim");
-                let cas: Vec<_> = deliveries
-                    .iter()
-                    .map(|d| (d.message_id.clone(), d.attempt))
-                    .collect();
-                ctx.backends.store.begin_sending(&cas, now).await?
-            }
-        };
-        crash_point("after_begin_sending");
-        let mut got: HashMap<&InstanceId, u32> = HashMap::new();
-        for m in &began.won {
-            *got.entry(&m.instance_id).or_default() += 1;
-        }
-        // A lane that got less than it asked for has no more due work now.
-        for c in &claims {
-            if got.get(&c.instance_id).copied().unwrap_or(0) < c.max
-                && let Some(l) = lanes.get_mut(&c.instance_id)
-            {
-                l.maybe_ready = false;
-            }
-        }
-        let claimed_any = !began.won.is_empty() || !began.finished.is_empty();
-        if !began.finished.is_empty() {
-            tracing::warn!(
-                count = began.finished.len(),
-                "dropping deliveries of messages already settled"
-            );
-            ctx.backends
-                .queue
-                .settle(
-                    began
-                        .finished
-                        .into_iter()
-                        .map(|id| (id, Settlement::Done))
-                        .collect(),
-                )
-                .await?;
-        }
-        for m in began.won {
-            match lanes.get(&m.instance_id) {
-                Some(l) => l.push(m),
-                None => {
-                    tracing::error!(message_id = %m.id, "claimed a message for an instance without a lane")
-                }
-            }
-        }
-        Ok(claimed_any)
+    let claims: Vec<Claim> = lanes
+        .values()
+        .filter(|l| l.maybe_ready && l.free() > 0)
+        .map(|l| Claim { instance_id: l.instance.id.clone(), max: l.free().min(MAX_CLAIM) as u32 })
+        .collect();
+    if claims.is_empty() {
+        return Ok(false);
     }
+    let now = Timestamp::now();
+    let began = match ctx.backends.queue.claim_and_begin(&claims, now, LEASE_MS).await? {
+        Some(began) => began,
+        None => {
+            let deliveries = ctx.backends.queue.claim(&claims, now, LEASE_MS).await?;
+            crash_point("after_claim");
+            let cas: Vec<_> = deliveries.iter().map(|d| (d.message_id.clone(), d.attempt)).collect();
+            ctx.backends.store.begin_sending(&cas, now).await?
+        }
+    };
+    crash_point("after_begin_sending");
+    let mut got: HashMap<&InstanceId, u32> = HashMap::new();
+    for m in &began.won {
+        *got.entry(&m.instance_id).or_default() += 1;
+    }
+    // A lane that got less than it asked for has no more ready work now;
+    // promotions and signals set it ready again.
+    for c in &claims {
+        if got.get(&c.instance_id).copied().unwrap_or(0) < c.max
+            && let Some(l) = lanes.get_mut(&c.instance_id)
+        {
+            l.maybe_ready = false;
+        }
+    }
+    let claimed_any = !began.won.is_empty() || !began.finished.is_empty();
+    // Hand over what was won before anything else can fail: these messages
+    // are `sending` now and only a lane finishes them.
+    for m in began.won {
+        match lanes.get(&m.instance_id) {
+            Some(l) => l.push(m),
+            None => tracing::error!(message_id = %m.id, "claimed a message for an instance without a lane"),
+        }
+    }
+    if !began.finished.is_empty() {
+        tracing::warn!(count = began.finished.len(), "dropping deliveries of messages already settled");
+        let done = began.finished.into_iter().map(|id| (id, Settlement::Done)).collect();
+        if let Err(e) = ctx.backends.queue.settle(done).await {
+            tracing::warn!(error = %e, "could not drop settled entries; they are retried at the next claim");
+        }
+    }
+    Ok(claimed_any)
 }

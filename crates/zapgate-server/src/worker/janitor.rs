@@ -9,11 +9,7 @@ use zapgate_domain::Timestamp;
 /// Parked statuses whose message never got a provider id are dropped after this.
 const PARKED_TTL: Duration = Duration::from_secs(3600);
 
-pub async fn run(
-    store: Arc<dyn Store>,
-    idempotency_ttl: Duration,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn run(store: Arc<dyn Store>, idempotency_ttl: Duration, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
     loop {
         tokio::select! {
@@ -25,10 +21,7 @@ pub async fn run(
         let parked_before = now.plus_millis(-(PARKED_TTL.as_millis() as i64));
         match store.purge_expired(keys_before, parked_before).await {
             Ok(0) => {}
-            Ok(n) => tracing::debug!(
-                rows = n,
-                "purged expired idempotency keys and parked statuses"
-            ),
+            Ok(n) => tracing::debug!(rows = n, "purged expired idempotency keys and parked statuses"),
             Err(e) => tracing::warn!(error = %e, "purge failed"),
         }
     }

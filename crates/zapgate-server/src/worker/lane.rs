@@ -3,6 +3,7 @@
 //! before settling its queue entry. A throttled lane only slows itself.
 
 use super::WorkSignal;
+use super::persist;
 use super::retry::RetryPolicy;
 use governor::{DefaultDirectRateLimiter, RateLimiter};
 use std::sync::Arc;
@@ -12,13 +13,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::{JoinHandle, JoinSet};
 use zapgate_backends::limits::quota;
 use zapgate_backends::{
-    Backends, InstanceRecord, MessageRecord, OutcomeApplied, SendOutcome, SendResult, Settlement,
-    StoreError, crash_point,
+    Backends, InstanceRecord, MessageRecord, OutcomeApplied, SendOutcome, SendResult, Settlement, crash_point,
 };
 use zapgate_domain::Timestamp;
-use zapgate_providers::{
-    Classification, OutboundMessage, Provider, ProviderError, Providers, classify,
-};
+use zapgate_providers::{Classification, OutboundMessage, Provider, ProviderError, Providers, classify};
 
 /// What every lane shares.
 pub struct WorkerCtx {
@@ -54,29 +52,13 @@ impl Lane {
         let capacity = ((instance.rate_per_sec / 2) as usize).clamp(2, 256);
         let limiter = RateLimiter::direct(quota(instance.rate_per_sec, instance.burst));
         let abandoned = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn(run(
-            ctx,
-            instance.clone(),
-            rx,
-            pending.clone(),
-            limiter,
-            abandoned.clone(),
-        ));
-        Self {
-            instance,
-            tx,
-            pending,
-            capacity,
-            maybe_ready: true,
-            abandoned,
-            task,
-        }
+        let task = tokio::spawn(run(ctx, instance.clone(), rx, pending.clone(), limiter, abandoned.clone()));
+        Self { instance, tx, pending, capacity, maybe_ready: true, abandoned, task }
     }
 
     /// How many more messages this lane will take now.
     pub fn free(&self) -> usize {
-        self.capacity
-            .saturating_sub(self.pending.load(Ordering::Acquire))
+        self.capacity.saturating_sub(self.pending.load(Ordering::Acquire))
     }
 
     pub fn push(&self, m: MessageRecord) {
@@ -120,19 +102,8 @@ async fn run(
             continue;
         }
         limiter.until_ready().await;
-        let permit = slots
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the semaphore is never closed");
-        sends.spawn(send_one(
-            ctx.clone(),
-            instance.clone(),
-            provider.clone(),
-            msg,
-            permit,
-            pending.clone(),
-        ));
+        let permit = slots.clone().acquire_owned().await.expect("the semaphore is never closed");
+        sends.spawn(send_one(ctx.clone(), instance.clone(), provider.clone(), msg, permit, pending.clone()));
         while sends.try_join_next().is_some() {}
     }
     while sends.join_next().await.is_some() {}
@@ -158,28 +129,16 @@ async fn finish(
     result: SendResult,
     pending: &AtomicUsize,
 ) {
-    let outcome = SendOutcome {
-        message_id: msg.id.clone(),
-        result,
-        retry_limit: ctx.retry_limit,
-        now: Timestamp::now(),
-    };
+    let outcome =
+        SendOutcome { message_id: msg.id.clone(), result, retry_limit: ctx.retry_limit, now: Timestamp::now() };
     let applied = persist(|| ctx.backends.store.record_outcome(outcome.clone())).await;
     crash_point("before_ack");
     if let Some(applied) = applied.filter(|_| !ctx.backends.queue.settled_by_store()) {
         let settlement = match applied {
-            OutcomeApplied::RetryAt { at, attempts } => Settlement::RetryAt {
-                at,
-                attempt: attempts,
-            },
+            OutcomeApplied::RetryAt { at, attempts } => Settlement::RetryAt { at, attempt: attempts },
             OutcomeApplied::Done(_) | OutcomeApplied::Stale => Settlement::Done,
         };
-        persist(|| {
-            ctx.backends
-                .queue
-                .settle(vec![(msg.id.clone(), settlement.clone())])
-        })
-        .await;
+        persist(|| ctx.backends.queue.settle(vec![(msg.id.clone(), settlement.clone())])).await;
     }
     pending.fetch_sub(1, Ordering::AcqRel);
     ctx.signal.mark(instance.id.clone());
@@ -210,62 +169,26 @@ async fn attempt(
         content: msg.content.clone(),
         attempt: msg.attempts,
     };
-    let reply = tokio::time::timeout(ctx.send_timeout, provider.send(&out))
-        .await
-        .unwrap_or(Err(ProviderError::Timeout));
+    let reply =
+        tokio::time::timeout(ctx.send_timeout, provider.send(&out)).await.unwrap_or(Err(ProviderError::Timeout));
     crash_point("after_provider_call");
     let err = match reply {
         Ok(ok) => {
-            return SendResult::Sent {
-                provider_message_id: ok.provider_message_id,
-                wa_id: ok.wa_id,
-            };
+            return SendResult::Sent { provider_message_id: ok.provider_message_id, wa_id: ok.wa_id };
         }
         Err(e) => e,
     };
     tracing::debug!(message_id = %msg.id, error = %err, "send attempt failed");
     match classify(&err) {
-        Classification::Retry {
-            spend_attempt,
-            retry_after,
-            code,
-            message,
-        } => {
+        Classification::Retry { spend_attempt, retry_after, code, message } => {
             let delay = if spend_attempt {
                 ctx.retry.delay(msg.attempts + 1, retry_after)
             } else {
                 retry_after.unwrap_or(ctx.retry.base)
             };
             let retry_at = Timestamp::now().plus_millis(delay.as_millis() as i64);
-            SendResult::Retry {
-                retry_at,
-                spend_attempt,
-                code,
-                message,
-            }
+            SendResult::Retry { retry_at, spend_attempt, code, message }
         }
         Classification::Permanent { code, message } => SendResult::Failed { code, message },
-    }
-}
-
-/// Retries a store write until it succeeds: an outcome must not be dropped
-/// because the disk hiccuped. Gives up only when the store is closing, in
-/// which case start-up recovery resends the message.
-async fn persist<T, F, Fut>(mut f: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, StoreError>>,
-{
-    let mut wait = Duration::from_millis(50);
-    loop {
-        match f().await {
-            Ok(v) => return Some(v),
-            Err(StoreError::Closed) => return None,
-            Err(e) => {
-                tracing::error!(error = %e, "could not store a send outcome; retrying");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(5));
-            }
-        }
     }
 }

@@ -29,10 +29,7 @@ mod tests {
 
     #[test]
     fn grows_exponentially_within_jitter_and_caps() {
-        let p = RetryPolicy {
-            base: Duration::from_secs(2),
-            max: Duration::from_secs(60),
-        };
+        let p = RetryPolicy { base: Duration::from_secs(2), max: Duration::from_secs(60) };
         for _ in 0..100 {
             let d1 = p.delay(1, None);
             assert!(d1 >= Duration::from_secs(1) && d1 <= Duration::from_secs(2));
@@ -44,13 +41,7 @@ mod tests {
 
     #[test]
     fn retry_after_is_a_floor() {
-        let p = RetryPolicy {
-            base: Duration::from_millis(10),
-            max: Duration::from_secs(1),
-        };
-        assert_eq!(
-            p.delay(1, Some(Duration::from_secs(30))),
-            Duration::from_secs(30)
-        );
+        let p = RetryPolicy { base: Duration::from_millis(10), max: Duration::from_secs(1) };
+        assert_eq!(p.delay(1, Some(Duration::from_secs(30))), Duration::from_secs(30));
     }
 }

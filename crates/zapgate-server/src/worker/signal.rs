@@ -17,10 +17,7 @@ pub struct WorkSignal {
 impl WorkSignal {
     /// The instance's settings changed or it was deleted: rebuild its lane.
     pub fn changed(&self, instance: InstanceId) {
-        self.changed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(instance.clone());
+        self.changed.lock().unwrap_or_else(|p| p.into_inner()).insert(instance.clone());
         self.mark(instance);
     }
 
@@ -29,10 +26,7 @@ impl WorkSignal {
     }
 
     pub fn mark(&self, instance: InstanceId) {
-        self.marked
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(instance);
+        self.marked.lock().unwrap_or_else(|p| p.into_inner()).insert(instance);
         self.notify.notify_one();
     }
 

@@ -1,5 +1,6 @@
 //! Applies provider status reports to the store, many per transaction.
 
+use super::persist;
 use futures::future::join_all;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -12,12 +13,12 @@ pub async fn run(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<StatusRe
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         // Submitted together, so the writer commits them as one group.
-        let results = join_all(batch.drain(..).map(|r| apply(&store, r))).await;
-        for r in results {
-            if let Err(e) = r {
-                tracing::error!(error = %e, "could not apply a provider status");
-            }
-        }
+        // A report is never dropped on a store error: each retries until stored.
+        join_all(batch.drain(..).map(|r| {
+            let store = &store;
+            async move { persist(|| apply(store, r.clone())).await }
+        }))
+        .await;
     }
 }
 

@@ -27,10 +27,7 @@ fn base_env(dir: &Path) -> Vec<(String, String)> {
         ("ZAPGATE_LISTEN", "127.0.0.1:0".to_owned()),
         ("ZAPGATE_DATA_DIR", dir.join("data").display().to_string()),
         ("ZAPGATE_ADMIN_TOKEN", ADMIN.to_owned()),
-        (
-            "ZAPGATE_SANDBOX_RECEIPTS_FILE",
-            dir.join("receipts.jsonl").display().to_string(),
-        ),
+        ("ZAPGATE_SANDBOX_RECEIPTS_FILE", dir.join("receipts.jsonl").display().to_string()),
         ("ZAPGATE_SANDBOX_DELIVERED_AFTER", "50ms".to_owned()),
         ("ZAPGATE_SANDBOX_READ_AFTER", "50ms".to_owned()),
         ("ZAPGATE_MESSAGE_RETRY_BASE", "50ms".to_owned()),
@@ -49,10 +46,7 @@ impl Server {
 
     pub async fn start_in(dir: Arc<tempfile::TempDir>, env: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_zapgate"));
-        cmd.arg("serve")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        cmd.arg("serve").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         for (k, v) in base_env(dir.path()) {
             cmd.env(k, v);
         }
@@ -67,41 +61,21 @@ impl Server {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let addr = rest
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned();
+                    let addr = rest.split_whitespace().next().unwrap_or_default().to_owned();
                     let _ = tx.send(addr);
                 }
                 sink.lock().unwrap().push(line);
             }
         });
-        let addr =
-            match tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60)))
-                .await
-                .unwrap()
-            {
-                Ok(a) => a,
-                Err(_) => {
-                    let _ = child.kill();
-                    panic!(
-                        "zapgate did not start; stderr:\n{}",
-                        logs.lock().unwrap().join("\n")
-                    );
-                }
-            };
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap();
-        Server {
-            base: format!("http://{addr}"),
-            dir,
-            http,
-            child,
-            logs,
-        }
+        let addr = match tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60))).await.unwrap() {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("zapgate did not start; stderr:\n{}", logs.lock().unwrap().join("\n"));
+            }
+        };
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+        Server { base: format!("http://{addr}"), dir, http, child, logs }
     }
 
     /// Starts a fresh server process on the same data directory.
@@ -119,12 +93,8 @@ impl Server {
 
     /// SIGTERM, then wait for a graceful exit.
     pub fn terminate(&mut self) -> ExitStatus {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        self.wait_exit(Duration::from_secs(40))
-            .expect("zapgate exits after SIGTERM")
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        self.wait_exit(Duration::from_secs(40)).expect("zapgate exits after SIGTERM")
     }
 
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
@@ -149,11 +119,7 @@ impl Server {
     /// Every send the sandbox accepted, in order (across restarts).
     pub fn receipts(&self) -> Vec<Value> {
         match std::fs::read_to_string(self.receipts_path()) {
-            Ok(s) => s
-                .lines()
-                .filter(|l| !l.is_empty())
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect(),
+            Ok(s) => s.lines().filter(|l| !l.is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect(),
             Err(_) => Vec::new(),
         }
     }
@@ -163,35 +129,19 @@ impl Server {
     }
 
     pub async fn post(&self, token: &str, path: &str, body: &Value) -> reqwest::Response {
-        self.http
-            .post(self.url(path))
-            .bearer_auth(token)
-            .json(body)
-            .send()
-            .await
-            .expect("request")
+        self.http.post(self.url(path)).bearer_auth(token).json(body).send().await.expect("request")
     }
 
     pub async fn get(&self, token: &str, path: &str) -> reqwest::Response {
-        self.http
-            .get(self.url(path))
-            .bearer_auth(token)
-            .send()
-            .await
-            .expect("request")
+        self.http.get(self.url(path)).bearer_auth(token).send().await.expect("request")
     }
 
     /// Creates a tenant; returns (tenant id, token).
     pub async fn tenant(&self, name: &str) -> (String, String) {
-        let r = self
-            .post(ADMIN, "/v1/tenants", &json!({ "name": name }))
-            .await;
+        let r = self.post(ADMIN, "/v1/tenants", &json!({ "name": name })).await;
         assert_eq!(r.status(), 201);
         let v: Value = r.json().await.unwrap();
-        (
-            v["tenant"]["id"].as_str().unwrap().to_owned(),
-            v["token"]["token"].as_str().unwrap().to_owned(),
-        )
+        (v["tenant"]["id"].as_str().unwrap().to_owned(), v["token"]["token"].as_str().unwrap().to_owned())
     }
 
     pub async fn instance(&self, token: &str, body: Value) -> String {
@@ -204,20 +154,13 @@ impl Server {
     /// A tenant with one sandbox instance: (token, instance id).
     pub async fn tenant_with_instance(&self, name: &str, rate: u32) -> (String, String) {
         let (_, token) = self.tenant(name).await;
-        let ins = self
-            .instance(
-                &token,
-                json!({ "name": "main", "rate_limit_per_second": rate }),
-            )
-            .await;
+        let ins = self.instance(&token, json!({ "name": "main", "rate_limit_per_second": rate })).await;
         (token, ins)
     }
 
     /// Sends a text; returns the message id (panics unless 202).
     pub async fn send_text(&self, token: &str, instance: &str, to: &str, body: &str) -> String {
-        let r = self
-            .post(token, "/v1/messages", &text(instance, to, body))
-            .await;
+        let r = self.post(token, "/v1/messages", &text(instance, to, body)).await;
         assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
         let v: Value = r.json().await.unwrap();
         v["id"].as_str().unwrap().to_owned()
@@ -230,13 +173,7 @@ impl Server {
     }
 
     /// Polls a message until its status is one of `want`.
-    pub async fn wait_status(
-        &self,
-        token: &str,
-        id: &str,
-        want: &[&str],
-        timeout: Duration,
-    ) -> Value {
+    pub async fn wait_status(&self, token: &str, id: &str, want: &[&str], timeout: Duration) -> Value {
         let end = Instant::now() + timeout;
         loop {
             let m = self.message(token, id).await;
@@ -263,19 +200,11 @@ pub fn text(instance: &str, to: &str, body: &str) -> Value {
 }
 
 pub fn statuses(history: &Value) -> Vec<String> {
-    history
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["status"].as_str().unwrap().to_owned())
-        .collect()
+    history.as_array().unwrap().iter().map(|e| e["status"].as_str().unwrap().to_owned()).collect()
 }
 
 /// Scale knob for the big tests: `ZAPGATE_TEST_SCALE=0.1` runs a tenth.
 pub fn scaled(n: usize) -> usize {
-    let f: f64 = std::env::var("ZAPGATE_TEST_SCALE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1.0);
+    let f: f64 = std::env::var("ZAPGATE_TEST_SCALE").ok().and_then(|v| v.parse().ok()).unwrap_or(1.0);
     ((n as f64 * f).round() as usize).max(1)
 }
