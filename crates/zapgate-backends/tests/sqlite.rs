@@ -188,7 +188,7 @@ async fn a_retry_keeps_the_chat_blocked_until_it_is_due() {
     let due = f.b.queue.next_due(Timestamp::now()).await.unwrap().expect("a1 waits");
     assert!(due > Timestamp::now());
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    assert_eq!(f.b.queue.promote_due(Timestamp::now()).await.unwrap(), [f.instance.clone()]);
+    assert_eq!(f.b.queue.promote_due(Timestamp::now()).await.unwrap(), std::slice::from_ref(&f.instance));
     let again = claim(&f, 10).await;
     assert_eq!(again.len(), 1);
     assert_eq!((again[0].id.clone(), again[0].attempts), (a1, 1));
