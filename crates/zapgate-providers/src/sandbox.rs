@@ -108,6 +108,7 @@ impl Sandbox {
             "to": msg.to.key(),
             "attempt": msg.attempt,
             "provider_message_id": provider_id,
+            "at_ms": Timestamp::now().as_millis(),
         });
         let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
         // One write per line (O_APPEND): a crash right after still leaves it

@@ -1,22 +1,22 @@
-//! The single SQLite writer: one task owns the write connection and commits
-//! whatever jobs are waiting as one `BEGIN IMMEDIATE` transaction (group
-//! commit). Each job runs inside its own savepoint, so one failing job (a
-//! conflicting key, a constraint) is rolled back alone and never fails the
-//! rest of its batch. Replies are sent only after COMMIT returns: a caller
-//! that gets `Ok` holds a durable result (`synchronous=FULL`).
+//! The single SQLite writer: one thread owns the write connection and
+//! commits whatever jobs are waiting as one `BEGIN IMMEDIATE` transaction
+//! (group commit). Each job runs inside its own savepoint, so one failing
+//! job (a conflicting key, a constraint) is rolled back alone and never
+//! fails the rest of its batch. Replies are sent only after COMMIT returns:
+//! a caller that gets `Ok` holds a durable result (`synchronous=FULL`).
 
 use crate::{StoreError, crash_point};
-use futures::future::BoxFuture;
-use sqlx::{Executor, SqliteConnection};
+use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 /// Most jobs committed in one transaction; bounds commit latency.
-const MAX_BATCH: usize = 512;
+const MAX_BATCH: usize = 1024;
 
-pub type JobFn<T> = Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T, StoreError>> + Send>;
+pub type JobFn<T> = Box<dyn FnOnce(&Connection) -> Result<T, StoreError> + Send>;
 
 trait WriteJob: Send {
-    fn run<'c>(&'c mut self, conn: &'c mut SqliteConnection) -> BoxFuture<'c, bool>;
+    /// Runs the job; false if it failed (its savepoint is then rolled back).
+    fn run(&mut self, conn: &Connection) -> bool;
     fn finish(self: Box<Self>, commit: Result<(), String>);
 }
 
@@ -27,14 +27,12 @@ struct Job<T> {
 }
 
 impl<T: Send + 'static> WriteJob for Job<T> {
-    fn run<'c>(&'c mut self, conn: &'c mut SqliteConnection) -> BoxFuture<'c, bool> {
-        Box::pin(async move {
-            let f = self.f.take().expect("a job runs once");
-            let r = f(conn).await;
-            let ok = r.is_ok();
-            self.result = Some(r);
-            ok
-        })
+    fn run(&mut self, conn: &Connection) -> bool {
+        let f = self.f.take().expect("a job runs once");
+        let r = f(conn);
+        let ok = r.is_ok();
+        self.result = Some(r);
+        ok
     }
 
     fn finish(self: Box<Self>, commit: Result<(), String>) {
@@ -52,10 +50,10 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn spawn(conn: SqliteConnection) -> Self {
-        let (tx, rx) = mpsc::channel(8192);
-        tokio::spawn(run(conn, rx));
-        Self { tx }
+    pub fn spawn(conn: Connection) -> Result<Self, StoreError> {
+        let (tx, rx) = mpsc::channel(16 * 1024);
+        std::thread::Builder::new().name("zapgate-sqlite-writer".into()).spawn(move || run(conn, rx))?;
+        Ok(Self { tx })
     }
 
     /// Runs `f` inside the next group-committed transaction.
@@ -67,9 +65,9 @@ impl Writer {
     }
 }
 
-async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Box<dyn WriteJob>>) {
+fn run(conn: Connection, mut rx: mpsc::Receiver<Box<dyn WriteJob>>) {
     let mut batch: Vec<Box<dyn WriteJob>> = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.recv().await {
+    while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -77,11 +75,10 @@ async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Box<dyn WriteJob
                 Err(_) => break,
             }
         }
-        let commit = commit_batch(&mut conn, &mut batch).await;
-        if commit.is_ok() {
-            crash_point("after_commit");
-        } else if let Err(e) = &commit {
-            tracing::error!(error = %e, jobs = batch.len(), "sqlite commit failed");
+        let commit = commit_batch(&conn, &mut batch).map_err(|e| e.to_string());
+        match &commit {
+            Ok(()) => crash_point("after_commit"),
+            Err(e) => tracing::error!(error = %e, jobs = batch.len(), "sqlite commit failed"),
         }
         for job in batch.drain(..) {
             job.finish(commit.clone());
@@ -89,27 +86,21 @@ async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Box<dyn WriteJob
     }
 }
 
-async fn commit_batch(conn: &mut SqliteConnection, batch: &mut [Box<dyn WriteJob>]) -> Result<(), String> {
-    conn.execute("BEGIN IMMEDIATE").await.map_err(|e| e.to_string())?;
-    for job in batch.iter_mut() {
-        let step = async {
-            conn.execute("SAVEPOINT job").await?;
-            if job.run(conn).await {
-                conn.execute("RELEASE job").await?;
+fn commit_batch(conn: &Connection, batch: &mut [Box<dyn WriteJob>]) -> rusqlite::Result<()> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let result = (|| {
+        for job in batch.iter_mut() {
+            conn.execute_batch("SAVEPOINT job")?;
+            if job.run(conn) {
+                conn.execute_batch("RELEASE job")?;
             } else {
-                conn.execute("ROLLBACK TO job").await?;
-                conn.execute("RELEASE job").await?;
+                conn.execute_batch("ROLLBACK TO job; RELEASE job")?;
             }
-            Ok::<_, sqlx::Error>(())
-        };
-        if let Err(e) = step.await {
-            let _ = conn.execute("ROLLBACK").await;
-            return Err(e.to_string());
         }
+        conn.execute_batch("COMMIT")
+    })();
+    if result.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
     }
-    if let Err(e) = conn.execute("COMMIT").await {
-        let _ = conn.execute("ROLLBACK").await;
-        return Err(e.to_string());
-    }
-    Ok(())
+    result
 }
