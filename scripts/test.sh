@@ -30,3 +30,6 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test "${FEATURES[@]}" --no-fail-fast
 fi
+echo "==> zapgate-bench --quick (proves the benchmark runs; asserts no timing)"
+cargo build -q -p zapgate -p zapgate-bench --features zapgate/test-hooks
+target/debug/zapgate-bench --quick --seconds 1

@@ -25,7 +25,8 @@ use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 use zapgate_domain::{ChatId, MessageId, MessageStatus, Timestamp};
 
 #[derive(Debug, Clone)]
@@ -85,7 +86,7 @@ impl Behaviour {
 
 pub struct Sandbox {
     cfg: SandboxConfig,
-    sink: StatusSink,
+    delivered: mpsc::UnboundedSender<Pending>,
     receipts: Option<Mutex<File>>,
     /// Calls so far per message, for the fail-N-times numbers.
     calls: Mutex<HashMap<MessageId, u32>>,
@@ -97,7 +98,11 @@ impl Sandbox {
             Some(p) => Some(Mutex::new(File::options().create(true).append(true).open(p)?)),
             None => None,
         };
-        Ok(Self { cfg, sink, receipts, calls: Mutex::new(HashMap::new()) })
+        let (delivered, delivered_rx) = mpsc::unbounded_channel();
+        let (read, read_rx) = mpsc::unbounded_channel();
+        tokio::spawn(emit_in_order(delivered_rx, sink.clone(), Some((read, cfg.read_after))));
+        tokio::spawn(emit_in_order(read_rx, sink, None));
+        Ok(Self { cfg, delivered, receipts, calls: Mutex::new(HashMap::new()) })
     }
 
     fn record_receipt(&self, msg: &OutboundMessage, provider_id: &str) {
@@ -119,30 +124,43 @@ impl Sandbox {
     }
 
     fn report_later(&self, provider_id: String, behaviour: Behaviour) {
-        if behaviour == Behaviour::NeverDelivered {
+        let status = match behaviour {
+            Behaviour::NeverDelivered => return,
+            Behaviour::FailAfterSent => MessageStatus::Failed,
+            _ => MessageStatus::Delivered,
+        };
+        let _ = self.delivered.send((Instant::now() + self.cfg.delivered_after, provider_id, status));
+    }
+}
+
+type Pending = (Instant, String, MessageStatus);
+
+/// Emits each report at its due time. Delays are fixed per sandbox, so
+/// reports arrive in due order and one FIFO per stage is a timer wheel:
+/// a pending callback costs a queue slot, not a sleeping task.
+async fn emit_in_order(
+    mut rx: mpsc::UnboundedReceiver<Pending>,
+    sink: StatusSink,
+    then: Option<(mpsc::UnboundedSender<Pending>, Duration)>,
+) {
+    while let Some((due, provider_id, status)) = rx.recv().await {
+        tokio::time::sleep_until(due.into()).await;
+        let failed = status == MessageStatus::Failed;
+        let report = StatusReport {
+            provider_message_id: provider_id.clone(),
+            status,
+            at: Timestamp::now(),
+            error_code: failed.then(|| "sandbox_failed".to_owned()),
+            error_message: failed.then(|| "the handset refused it".to_owned()),
+        };
+        if sink.send(report).is_err() {
             return;
         }
-        let sink = self.sink.clone();
-        let (delivered_after, read_after) = (self.cfg.delivered_after, self.cfg.read_after);
-        tokio::spawn(async move {
-            tokio::time::sleep(delivered_after).await;
-            let report = |status, error: Option<(&str, &str)>| StatusReport {
-                provider_message_id: provider_id.clone(),
-                status,
-                at: Timestamp::now(),
-                error_code: error.map(|e| e.0.to_owned()),
-                error_message: error.map(|e| e.1.to_owned()),
-            };
-            if behaviour == Behaviour::FailAfterSent {
-                let _ = sink.send(report(MessageStatus::Failed, Some(("sandbox_failed", "the handset refused it"))));
-                return;
-            }
-            if sink.send(report(MessageStatus::Delivered, None)).is_err() {
-                return;
-            }
-            tokio::time::sleep(read_after).await;
-            let _ = sink.send(report(MessageStatus::Read, None));
-        });
+        if let Some((next, after)) = &then
+            && !failed
+        {
+            let _ = next.send((Instant::now() + *after, provider_id, MessageStatus::Read));
+        }
     }
 }
 
