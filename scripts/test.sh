@@ -32,4 +32,4 @@ else
 fi
 echo "==> zapgate-bench --quick (proves the benchmark runs; asserts no timing)"
 cargo build -q -p zapgate -p zapgate-bench --features zapgate/test-hooks
-target/debug/zapgate-bench --quick --seconds 1
+cargo run -q -p zapgate-bench -- --quick --seconds 1
