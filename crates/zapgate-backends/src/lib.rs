@@ -3,6 +3,7 @@
 //! - [`Store`]: tenants, tokens, instances, messages, events, idempotency keys.
 //! - [`Queue`]: due work for the dispatcher (claim with a lease, then settle).
 //! - [`RateLimiter`]: keyed rate limits (in process here; Redis in distributed mode).
+//! - [`Locks`]: short named locks with expiry (in process here; Redis in distributed mode).
 //! - [`MediaStore`]: media bytes (a local directory here; S3 in distributed mode).
 //!
 //! The embedded implementations share one SQLite file ([`sqlite::SqliteBackend`]):
@@ -13,6 +14,7 @@
 pub mod crash;
 pub mod error;
 pub mod limits;
+pub mod locks;
 pub mod media;
 pub mod queue;
 pub mod sqlite;
@@ -21,6 +23,7 @@ pub mod store;
 pub use crash::crash_point;
 pub use error::StoreError;
 pub use limits::{InProcessRateLimiter, RateLimiter, Throttled};
+pub use locks::{InProcessLocks, LockToken, Locks};
 pub use media::{LocalMediaStore, MediaStore};
 pub use queue::{Claim, Delivery, Queue, Settlement};
 pub use store::*;
@@ -34,6 +37,7 @@ pub struct Backends {
     pub store: Arc<dyn Store>,
     pub queue: Arc<dyn Queue>,
     pub rate_limiter: Arc<dyn RateLimiter>,
+    pub locks: Arc<dyn Locks>,
     pub media: Arc<dyn MediaStore>,
 }
 
@@ -46,6 +50,7 @@ impl Backends {
             store: db.clone(),
             queue: db,
             rate_limiter: Arc::new(InProcessRateLimiter::default()),
+            locks: Arc::new(InProcessLocks::default()),
             media: Arc::new(LocalMediaStore::new(data_dir.join("media"))),
         })
     }

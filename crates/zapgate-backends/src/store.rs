@@ -209,6 +209,14 @@ pub struct ProviderStatusReport {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+pub enum Cancel {
+    Cancelled,
+    NotFound,
+    /// Already handed to the provider (or finished): too late to cancel.
+    TooLate(MessageStatus),
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub enum StatusApplied {
     /// The status changed.
     Applied,
@@ -270,6 +278,9 @@ pub trait Store: Send + Sync + 'static {
     async fn begin_sending(&self, claims: &[(MessageId, u32)], now: Timestamp) -> Result<BeginSending, StoreError>;
     async fn record_outcome(&self, outcome: SendOutcome) -> Result<OutcomeApplied, StoreError>;
     async fn apply_provider_status(&self, report: ProviderStatusReport) -> Result<StatusApplied, StoreError>;
+
+    /// `scheduled|queued|retry_wait → cancelled`, removing its queue entry.
+    async fn cancel_message(&self, tenant: &TenantId, id: &MessageId, now: Timestamp) -> Result<Cancel, StoreError>;
 
     /// `dead → queued` with attempts reset; returns false if not a dead letter.
     async fn replay_dead(&self, tenant: &TenantId, id: &MessageId, now: Timestamp) -> Result<bool, StoreError>;

@@ -160,3 +160,34 @@ async fn per_chat_order_holds_with_and_without_retries() {
         assert!(statuses(&m["history"]).contains(&"retry_wait".to_owned()));
     }
 }
+
+#[tokio::test]
+async fn a_scheduled_message_can_be_cancelled_before_it_is_sent() {
+    let s = Server::start(&[]).await;
+    let (token, ins) = s.tenant_with_instance("acme", 80).await;
+    let mut body = text(&ins, "+5511999998888", "never");
+    body["send_at"] = json!(time_in(Duration::from_millis(800)));
+    let id =
+        s.post(&token, "/v1/messages", &body).await.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let r = s.http.delete(s.url(&format!("/v1/messages/{id}"))).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "cancelled");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let m = s.message(&token, &id).await;
+    assert_eq!(statuses(&m["history"]), ["scheduled", "cancelled"]);
+    assert!(s.receipts().is_empty(), "a cancelled message never reaches the provider");
+    // Too late once sent; unknown ids are 404.
+    let sent = s.send_text(&token, &ins, "+5511999998888", "now").await;
+    s.wait_status(&token, &sent, &["sent", "delivered", "read"], WAIT).await;
+    let r = s.http.delete(s.url(&format!("/v1/messages/{sent}"))).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 409);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "not_cancellable");
+    let r = s
+        .http
+        .delete(s.url("/v1/messages/msg_0193a1b2c3d47e8f9a0b1c2d3e4f5a6b"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}

@@ -310,6 +310,36 @@ impl Store for SqliteBackend {
         self.writer.write(Box::new(move |conn| apply_status(conn, report))).await
     }
 
+    async fn cancel_message(&self, tenant: &TenantId, id: &MessageId, now: Timestamp) -> Result<Cancel, StoreError> {
+        let (tenant, id) = (tenant.to_string(), id.to_string());
+        self.writer
+            .write(Box::new(move |conn| {
+                let cancelled = one(
+                    conn,
+                    "UPDATE messages SET status = 'cancelled', updated_at = ?1, next_attempt_at = NULL \
+                     WHERE id = ?2 AND tenant_id = ?3 AND status IN ('scheduled','queued','retry_wait') \
+                     RETURNING id, tenant_id, instance_id, chat_seq",
+                    params![now.as_millis(), id, tenant],
+                    MessageRef::from_row,
+                )?;
+                if let Some(m) = cancelled {
+                    let detail = StatusDetail { reason: Some("cancelled by the tenant".into()), ..detail() };
+                    insert_event(conn, &m, MessageStatus::Cancelled, &detail, now)?;
+                    rows::dequeue(conn, &m.id, now)?;
+                    return Ok(Cancel::Cancelled);
+                }
+                let status =
+                    one(conn, "SELECT status FROM messages WHERE id = ? AND tenant_id = ?", [&id, &tenant], |r| {
+                        Ok(r.get::<_, String>(0)?)
+                    })?;
+                match status {
+                    None => Ok(Cancel::NotFound),
+                    Some(s) => Ok(Cancel::TooLate(s.parse().map_err(StoreError::Corrupt)?)),
+                }
+            }))
+            .await
+    }
+
     async fn replay_dead(&self, tenant: &TenantId, id: &MessageId, now: Timestamp) -> Result<bool, StoreError> {
         let (tenant, id) = (tenant.to_string(), id.to_string());
         self.writer

@@ -14,7 +14,7 @@ use utoipa::{Modify, OpenApi};
         super::tenants::create, super::tenants::list, super::tenants::create_token, super::tenants::list_tokens,
         super::tenants::revoke_token,
         super::instances::create, super::instances::list, super::instances::get, super::instances::update, super::instances::delete,
-        super::messages::send, super::messages::get, super::messages::list,
+        super::messages::send, super::messages::get, super::messages::cancel, super::messages::list,
         super::dead_letters::list, super::dead_letters::replay,
     ),
     modifiers(&BearerAuth),

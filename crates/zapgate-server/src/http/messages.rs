@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use zapgate_backends::{AcceptMessage, Accepted, IdempotencyKey, MessageFilter, MessageRecord};
+use zapgate_backends::{AcceptMessage, Accepted, Cancel, IdempotencyKey, MessageFilter, MessageRecord};
 use zapgate_domain::{
     ChatId, InstanceId, MessageContent, MessageEvent, MessageId, MessageStatus, Priority, SendRequest, TenantId,
     Timestamp, ValidationError,
@@ -225,6 +225,29 @@ pub async fn get(
     let message = s.backends.store.get_message(&tenant, &id).await?.ok_or_else(|| ApiError::not_found("message"))?;
     let history = s.backends.store.message_history(&tenant, &id).await?;
     Ok(Json(MessageWithHistory { message, history }))
+}
+
+/// Cancels a message that has not been handed to the provider yet
+/// (`scheduled`, `queued` or `retry_wait`).
+#[utoipa::path(delete, path = "/v1/messages/{message_id}", tag = "messages", security(("tenant" = [])),
+    params(("message_id" = String, Path)),
+    responses((status = 200, body = MessageAccepted), (status = 404, body = super::error::ErrorBody),
+              (status = 409, body = super::error::ErrorBody)))]
+pub async fn cancel(
+    TenantAuth(tenant): TenantAuth,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<MessageAccepted>> {
+    let id = message_id(&id)?;
+    match s.backends.store.cancel_message(&tenant, &id, Timestamp::now()).await? {
+        Cancel::Cancelled => Ok(Json(MessageAccepted { id, status: MessageStatus::Cancelled })),
+        Cancel::NotFound => Err(ApiError::not_found("message")),
+        Cancel::TooLate(status) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_cancellable",
+            format!("the message is {status}; only scheduled, queued or retry_wait messages can be cancelled"),
+        )),
+    }
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -52,7 +52,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/instances", post(instances::create).get(instances::list))
         .route("/v1/instances/{instance_id}", get(instances::get).patch(instances::update).delete(instances::delete))
         .route("/v1/messages", post(messages::send).get(messages::list))
-        .route("/v1/messages/{message_id}", get(messages::get))
+        .route("/v1/messages/{message_id}", get(messages::get).delete(messages::cancel))
         .route("/v1/dead-letters", get(dead_letters::list))
         .route("/v1/dead-letters/{message_id}/replay", post(dead_letters::replay))
         .fallback(not_found)

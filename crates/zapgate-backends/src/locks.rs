@@ -1,0 +1,79 @@
+//! Short-lived named locks with an expiry (the `SET key token NX PX ttl`
+//! contract): in process here, Redis in distributed mode. A lock that is
+//! not released expires on its own, so a crashed holder blocks no one for
+//! longer than its TTL. Locks only guard concurrent work; correctness never
+//! rests on them (unique keys in the store do that).
+
+use async_trait::async_trait;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Proof of holding a lock; releasing needs it, so a holder whose lock
+/// expired and was taken by another cannot release the other's lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockToken(u64);
+
+#[async_trait]
+pub trait Locks: Send + Sync + 'static {
+    /// Takes `key` for `ttl` unless a live holder has it.
+    async fn try_acquire(&self, key: &str, ttl: Duration) -> Option<LockToken>;
+    /// Releases `key` if `token` still holds it; returns whether it did.
+    async fn release(&self, key: &str, token: LockToken) -> bool;
+}
+
+#[derive(Default)]
+pub struct InProcessLocks {
+    held: Mutex<HashMap<String, (LockToken, Instant)>>,
+    next: AtomicU64,
+}
+
+#[async_trait]
+impl Locks for InProcessLocks {
+    async fn try_acquire(&self, key: &str, ttl: Duration) -> Option<LockToken> {
+        let now = Instant::now();
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if held.len() > 10_000 {
+            held.retain(|_, (_, until)| *until > now);
+        }
+        if let Some((_, until)) = held.get(key)
+            && *until > now
+        {
+            return None;
+        }
+        let token = LockToken(self.next.fetch_add(1, Ordering::Relaxed));
+        held.insert(key.to_owned(), (token, now + ttl));
+        Some(token)
+    }
+
+    async fn release(&self, key: &str, token: LockToken) -> bool {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        match held.get(key) {
+            Some((t, _)) if *t == token => {
+                held.remove(key);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn one_holder_at_a_time_until_release_or_expiry() {
+        let l = InProcessLocks::default();
+        let a = l.try_acquire("k", Duration::from_secs(60)).await.expect("free");
+        assert!(l.try_acquire("k", Duration::from_secs(60)).await.is_none(), "held");
+        assert!(l.try_acquire("other", Duration::from_secs(60)).await.is_some(), "keys are independent");
+        assert!(l.release("k", a).await);
+        let b = l.try_acquire("k", Duration::from_millis(20)).await.expect("released");
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        let c = l.try_acquire("k", Duration::from_secs(60)).await.expect("expired locks can be taken");
+        assert!(!l.release("k", b).await, "an expired holder cannot release the new holder's lock");
+        assert!(l.release("k", c).await);
+    }
+}
