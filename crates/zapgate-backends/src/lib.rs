@@ -2,6 +2,7 @@
 //!
 //! - [`Store`]: tenants, tokens, instances, messages, events, idempotency keys.
 //! - [`Queue`]: due work for the dispatcher (claim with a lease, then settle).
+//! - [`WebhookStore`]: tenant webhook endpoints, deliveries and attempts.
 //! - [`RateLimiter`]: keyed rate limits (in process here; Redis in distributed mode).
 //! - [`Locks`]: short named locks with expiry (in process here; Redis in distributed mode).
 //! - [`MediaStore`]: media bytes (a local directory here; S3 in distributed mode).
@@ -19,6 +20,7 @@ pub mod media;
 pub mod queue;
 pub mod sqlite;
 pub mod store;
+pub mod webhooks;
 
 pub use crash::crash_point;
 pub use error::StoreError;
@@ -27,6 +29,7 @@ pub use locks::{InProcessLocks, LockToken, Locks};
 pub use media::{LocalMediaStore, MediaStore};
 pub use queue::{Claim, Delivery, Queue, Settlement};
 pub use store::*;
+pub use webhooks::*;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -36,6 +39,7 @@ use std::sync::Arc;
 pub struct Backends {
     pub store: Arc<dyn Store>,
     pub queue: Arc<dyn Queue>,
+    pub webhooks: Arc<dyn WebhookStore>,
     pub rate_limiter: Arc<dyn RateLimiter>,
     pub locks: Arc<dyn Locks>,
     pub media: Arc<dyn MediaStore>,
@@ -48,7 +52,8 @@ impl Backends {
         let db = Arc::new(sqlite::SqliteBackend::open(data_dir, exclusive).await?);
         Ok(Self {
             store: db.clone(),
-            queue: db,
+            queue: db.clone(),
+            webhooks: db,
             rate_limiter: Arc::new(InProcessRateLimiter::default()),
             locks: Arc::new(InProcessLocks::default()),
             media: Arc::new(LocalMediaStore::new(data_dir.join("media"))),

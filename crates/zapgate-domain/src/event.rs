@@ -59,6 +59,9 @@ pub struct MessageEvent {
     pub status: MessageStatus,
     /// Per-chat sequence number of the message, so receivers can restore order.
     pub chat_seq: i64,
+    /// Increases with every event zapgate records; webhooks may arrive out
+    /// of order (they are sent concurrently and retried), this restores it.
+    pub seq: i64,
     pub at: Timestamp,
     #[serde(flatten)]
     pub detail: StatusDetail,

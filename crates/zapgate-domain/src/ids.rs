@@ -64,6 +64,12 @@ id_type!(
 id_type!(
     /// The public handle of an API token (not the secret).
     TokenId, "tok_");
+id_type!(
+    /// A tenant's webhook subscription.
+    EndpointId, "whk_");
+id_type!(
+    /// One event owed to one webhook endpoint (with all its attempts).
+    DeliveryId, "dlv_");
 
 #[cfg(test)]
 mod tests {

@@ -14,11 +14,12 @@ pub mod priority;
 pub mod status;
 pub mod timestamp;
 pub mod token;
+pub mod webhook;
 
 pub use chat::ChatId;
 pub use error::ValidationError;
 pub use event::{EventType, MessageEvent};
-pub use ids::{EventId, InstanceId, MessageId, TenantId, TokenId};
+pub use ids::{DeliveryId, EndpointId, EventId, InstanceId, MessageId, TenantId, TokenId};
 pub use message::{MessageContent, SendRequest};
 pub use priority::Priority;
 pub use status::MessageStatus;

@@ -77,6 +77,13 @@ impl MessageStatus {
         }
     }
 
+    /// Steps of zapgate's own work that tenants see only if they ask for
+    /// them (a webhook with `include_internal`). Outcomes — provider states
+    /// and `dead`, `cancelled`, `expired` — are always public.
+    pub fn is_internal(self) -> bool {
+        matches!(self, Self::Scheduled | Self::Queued | Self::Sending | Self::RetryWait)
+    }
+
     pub fn is_provider_state(self) -> bool {
         self.rank() > 0
     }

@@ -1,9 +1,11 @@
 //! `zapgate serve`: every role in one process, on the embedded backends.
 
 use crate::config::Config;
+use crate::egress::Egress;
 use crate::http::{self, AppState, extract::TokenCache};
 use crate::worker::lane::WorkerCtx;
 use crate::worker::retry::RetryPolicy;
+use crate::worker::webhooks::{self, WebhookSender};
 use crate::worker::{WorkSignal, dispatcher, janitor, statuses};
 use anyhow::Context;
 use std::sync::{Arc, Mutex};
@@ -19,6 +21,7 @@ use zapgate_providers::sandbox::{Sandbox, SandboxConfig};
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
+    crate::egress::install_tls_provider();
     let config = Arc::new(config);
     let backends = Backends::open_embedded(&config.data_dir, true)
         .await
@@ -52,7 +55,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     });
     let dispatcher = tokio::spawn(dispatcher::run(ctx, stop_rx.clone()));
     tokio::spawn(statuses::run(backends.store.clone(), status_rx));
-    tokio::spawn(janitor::run(backends.store.clone(), config.idempotency_ttl, stop_rx));
+    tokio::spawn(janitor::run(backends.store.clone(), config.idempotency_ttl, stop_rx.clone()));
+    let egress = Egress::new(config.webhook_allow_private, config.webhook_timeout).context("egress HTTP client")?;
+    let sender = Arc::new(WebhookSender {
+        store: backends.webhooks.clone(),
+        egress: egress.clone(),
+        schedule: config.webhook_retry_delays().map_err(anyhow::Error::msg)?,
+        timeout: config.webhook_timeout,
+    });
+    let webhooks = tokio::spawn(webhooks::run(sender, stop_rx));
 
     let state = AppState {
         backends,
@@ -61,6 +72,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         admin_hash: admin.hash(),
         tokens: Arc::new(TokenCache::new(Duration::from_secs(30))),
         work: signal,
+        egress,
         keys_in_flight: Arc::new(Mutex::new(Default::default())),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -75,6 +87,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     if tokio::time::timeout(DRAIN_TIMEOUT, dispatcher).await.is_err() {
         tracing::warn!("in-flight sends did not finish in time; they will be resent after the next start");
     }
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, webhooks).await;
     tracing::info!("bye");
     Ok(())
 }

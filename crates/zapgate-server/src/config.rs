@@ -57,6 +57,16 @@ pub struct Config {
     /// How long an Idempotency-Key is remembered.
     #[serde(with = "humantime_serde")]
     pub idempotency_ttl: Duration,
+    /// Delays between webhook delivery attempts; after the last, the delivery is dead.
+    pub webhook_retry_schedule: String,
+    /// Allow webhooks (and other egress) to loopback/private/link-local addresses.
+    pub webhook_allow_private: bool,
+    /// Time limit of one webhook delivery attempt.
+    #[serde(with = "humantime_serde")]
+    pub webhook_timeout: Duration,
+    /// How long a rotated-out webhook secret keeps signing alongside the new one.
+    #[serde(with = "humantime_serde")]
+    pub webhook_secret_grace: Duration,
     /// Sandbox provider: delay from sent to delivered.
     #[serde(with = "humantime_serde")]
     pub sandbox_delivered_after: Duration,
@@ -87,6 +97,10 @@ impl Default for Config {
             tenant_rate_limit: 1000,
             max_body_bytes: 1024 * 1024,
             idempotency_ttl: Duration::from_secs(24 * 3600),
+            webhook_retry_schedule: "5s,30s,2m,10m,1h,6h".into(),
+            webhook_allow_private: false,
+            webhook_timeout: Duration::from_secs(10),
+            webhook_secret_grace: Duration::from_secs(24 * 3600),
             sandbox_delivered_after: Duration::from_secs(1),
             sandbox_read_after: Duration::from_secs(2),
             sandbox_receipts_file: None,
@@ -117,6 +131,16 @@ impl Config {
         Ok(cfg)
     }
 
+    /// `ZAPGATE_WEBHOOK_RETRY_SCHEDULE` parsed: the delay before each retry.
+    pub fn webhook_retry_delays(&self) -> Result<Vec<Duration>, String> {
+        let delays: Result<Vec<Duration>, _> =
+            self.webhook_retry_schedule.split(',').map(|d| parse_duration(d.trim())).collect();
+        match delays {
+            Ok(d) if !d.is_empty() && d.len() <= 50 => Ok(d),
+            _ => Err("ZAPGATE_WEBHOOK_RETRY_SCHEDULE must be 1 to 50 comma-separated durations, e.g. 5s,30s,2m".into()),
+        }
+    }
+
     /// Refuses mixes that cannot work, with a message saying what to change.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
@@ -137,6 +161,9 @@ impl Config {
         }
         if self.max_body_bytes < 1024 {
             return bad("ZAPGATE_MAX_BODY_BYTES must be at least 1024");
+        }
+        if let Err(e) = self.webhook_retry_delays() {
+            return bad(&e);
         }
         if let Some(t) = &self.admin_token
             && t.len() < 16

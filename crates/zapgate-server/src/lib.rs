@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod app;
 pub mod config;
+pub mod egress;
 pub mod http;
 pub mod logging;
 pub mod worker;

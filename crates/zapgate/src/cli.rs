@@ -148,6 +148,22 @@ struct ServeArgs {
     #[arg(long, env = "ZAPGATE_IDEMPOTENCY_TTL", value_parser = parse_duration, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
     idempotency_ttl: Option<Duration>,
+    /// Delays between webhook delivery attempts, comma-separated [default: 5s,30s,2m,10m,1h,6h].
+    #[arg(long, env = "ZAPGATE_WEBHOOK_RETRY_SCHEDULE", value_name = "DURATIONS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    webhook_retry_schedule: Option<String>,
+    /// Let webhooks call loopback/private/link-local addresses [default: false].
+    #[arg(long, env = "ZAPGATE_WEBHOOK_ALLOW_PRIVATE", value_name = "BOOL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    webhook_allow_private: Option<bool>,
+    /// Time limit of one webhook delivery attempt [default: 10s].
+    #[arg(long, env = "ZAPGATE_WEBHOOK_TIMEOUT", value_parser = parse_duration, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    webhook_timeout: Option<Duration>,
+    /// How long a rotated-out webhook secret still signs [default: 24h].
+    #[arg(long, env = "ZAPGATE_WEBHOOK_SECRET_GRACE", value_parser = parse_duration, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    webhook_secret_grace: Option<Duration>,
     /// Sandbox provider: delay from sent to delivered [default: 1s].
     #[arg(long, env = "ZAPGATE_SANDBOX_DELIVERED_AFTER", value_parser = parse_duration, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]

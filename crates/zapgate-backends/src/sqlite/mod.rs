@@ -16,6 +16,7 @@
 mod queue;
 mod rows;
 mod store;
+mod webhooks;
 mod writer;
 
 use crate::StoreError;
@@ -30,10 +31,12 @@ pub const DB_FILE: &str = "zapgate.db";
 const LOCK_FILE: &str = "serve.lock";
 
 /// Schema versions, applied in order; `PRAGMA user_version` records the last.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/sqlite/0001_init.sql")];
+const MIGRATIONS: &[&str] =
+    &[include_str!("../../migrations/sqlite/0001_init.sql"), include_str!("../../migrations/sqlite/0002_webhooks.sql")];
 
 pub struct SqliteBackend {
     writer: Writer,
+    committed: Arc<tokio::sync::Notify>,
     readers: Arc<Readers>,
     _lock: Option<File>,
 }
@@ -63,7 +66,13 @@ impl SqliteBackend {
         })
         .await
         .map_err(|e| StoreError::Migrate(e.to_string()))??;
-        Ok(Self { writer: Writer::spawn(conn)?, readers: Arc::new(Readers::new(path)), _lock: lock })
+        let committed = Arc::new(tokio::sync::Notify::new());
+        Ok(Self {
+            writer: Writer::spawn(conn, committed.clone())?,
+            committed,
+            readers: Arc::new(Readers::new(path)),
+            _lock: lock,
+        })
     }
 }
 

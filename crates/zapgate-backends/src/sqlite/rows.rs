@@ -15,7 +15,7 @@ pub const MESSAGE_COLUMNS: &str = "id, tenant_id, instance_id, recipient, wa_id,
 pub const INSTANCE_COLUMNS: &str =
     "id, tenant_id, name, provider, phone_number_id, waba_id, rate_per_sec, burst, created_at";
 
-pub const EVENT_COLUMNS: &str = "id, tenant_id, message_id, instance_id, status, chat_seq, detail, created_at";
+pub const EVENT_COLUMNS: &str = "seq, id, tenant_id, message_id, instance_id, status, chat_seq, detail, created_at";
 
 /// Statuses that still have a queue entry.
 pub const PENDING_STATUSES: &str = "('scheduled','queued','sending','retry_wait')";
@@ -97,6 +97,7 @@ pub fn event(row: &Row<'_>) -> Result<MessageEvent, StoreError> {
         instance_id: InstanceId::from_trusted(row.get("instance_id")?),
         status: status.parse().map_err(|e| corrupt("event status", e))?,
         chat_seq: row.get("chat_seq")?,
+        seq: row.get("seq")?,
         at: Timestamp::from_millis(row.get("created_at")?),
         detail: serde_json::from_str(&detail).map_err(|e| corrupt("event detail", e))?,
     })

@@ -7,7 +7,8 @@
 
 use crate::{StoreError, crash_point};
 use rusqlite::Connection;
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
+use tokio::sync::{Notify, mpsc, oneshot};
 
 /// Most jobs committed in one transaction; bounds commit latency.
 const MAX_BATCH: usize = 1024;
@@ -50,9 +51,10 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn spawn(conn: Connection) -> Result<Self, StoreError> {
+    /// `committed` is notified after every commit that changed rows.
+    pub fn spawn(conn: Connection, committed: Arc<Notify>) -> Result<Self, StoreError> {
         let (tx, rx) = mpsc::channel(16 * 1024);
-        std::thread::Builder::new().name("zapgate-sqlite-writer".into()).spawn(move || run(conn, rx))?;
+        std::thread::Builder::new().name("zapgate-sqlite-writer".into()).spawn(move || run(conn, rx, committed))?;
         Ok(Self { tx })
     }
 
@@ -65,7 +67,7 @@ impl Writer {
     }
 }
 
-fn run(conn: Connection, mut rx: mpsc::Receiver<Box<dyn WriteJob>>) {
+fn run(conn: Connection, mut rx: mpsc::Receiver<Box<dyn WriteJob>>, committed: Arc<Notify>) {
     let mut batch: Vec<Box<dyn WriteJob>> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -75,9 +77,17 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Box<dyn WriteJob>>) {
                 Err(_) => break,
             }
         }
+        let changes_before = conn.total_changes();
         let commit = commit_batch(&conn, &mut batch).map_err(|e| e.to_string());
         match &commit {
-            Ok(()) => crash_point("after_commit"),
+            Ok(()) => {
+                crash_point("after_commit");
+                // Only real writes wake readers of the event log, so a reader
+                // whose own empty polls commit does not wake itself forever.
+                if conn.total_changes() != changes_before {
+                    committed.notify_one();
+                }
+            }
             Err(e) => tracing::error!(error = %e, jobs = batch.len(), "sqlite commit failed"),
         }
         for job in batch.drain(..) {

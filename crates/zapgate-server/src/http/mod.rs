@@ -10,6 +10,7 @@ pub mod health;
 pub mod instances;
 pub mod messages;
 pub mod tenants;
+pub mod webhooks;
 
 use crate::config::Config;
 use crate::worker::WorkSignal;
@@ -35,6 +36,7 @@ pub struct AppState {
     pub admin_hash: TokenHash,
     pub tokens: Arc<TokenCache>,
     pub work: Arc<WorkSignal>,
+    pub egress: crate::egress::Egress,
     /// Idempotency keys whose first request has not finished yet.
     pub keys_in_flight: Arc<Mutex<HashSet<(TenantId, String)>>>,
 }
@@ -53,6 +55,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/instances/{instance_id}", get(instances::get).patch(instances::update).delete(instances::delete))
         .route("/v1/messages", post(messages::send).get(messages::list))
         .route("/v1/messages/{message_id}", get(messages::get).delete(messages::cancel))
+        .route("/v1/webhooks", post(webhooks::create).get(webhooks::list))
+        .route("/v1/webhooks/{webhook_id}", get(webhooks::get).patch(webhooks::update).delete(webhooks::delete))
+        .route("/v1/webhooks/{webhook_id}/secret", get(webhooks::secret))
+        .route("/v1/webhooks/{webhook_id}/rotate-secret", post(webhooks::rotate_secret))
+        .route("/v1/webhooks/{webhook_id}/deliveries", get(webhooks::deliveries))
+        .route("/v1/deliveries/{delivery_id}", get(webhooks::delivery))
+        .route("/v1/deliveries/{delivery_id}/replay", post(webhooks::replay))
         .route("/v1/dead-letters", get(dead_letters::list))
         .route("/v1/dead-letters/{message_id}/replay", post(dead_letters::replay))
         .fallback(not_found)

@@ -10,6 +10,7 @@ pub mod lane;
 pub mod retry;
 pub mod signal;
 pub mod statuses;
+pub mod webhooks;
 
 pub use signal::WorkSignal;
 

@@ -74,6 +74,7 @@ impl Server {
                 panic!("zapgate did not start; stderr:\n{}", logs.lock().unwrap().join("\n"));
             }
         };
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
         Server { base: format!("http://{addr}"), dir, http, child, logs }
     }

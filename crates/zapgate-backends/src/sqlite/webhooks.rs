@@ -1,0 +1,450 @@
+//! `WebhookStore` on SQLite.
+
+use super::SqliteBackend;
+use super::rows::{self, EVENT_COLUMNS, all, exec, one};
+use crate::StoreError;
+use crate::webhooks::*;
+use async_trait::async_trait;
+use rusqlite::{Connection, Row, params};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tokio::sync::Notify;
+use zapgate_domain::webhook::WebhookSecret;
+use zapgate_domain::{DeliveryId, EndpointId, EventId, TenantId, Timestamp};
+
+const ENDPOINT_COLUMNS: &str =
+    "id, tenant_id, url, description, event_types, include_internal, headers, enabled, created_at, updated_at";
+const DELIVERY_COLUMNS: &str = "id, endpoint_id, event_id, status, attempts, next_attempt_at, last_status_code, \
+    last_error, created_at, updated_at";
+const FANOUT_CURSOR: &str = "webhook_fanout";
+
+fn endpoint(row: &Row<'_>) -> Result<EndpointRecord, StoreError> {
+    let json = |col: &str| -> Result<String, StoreError> { Ok(row.get::<_, String>(col)?) };
+    let corrupt = |e: serde_json::Error| StoreError::Corrupt(format!("webhook endpoint: {e}"));
+    Ok(EndpointRecord {
+        id: EndpointId::from_trusted(row.get("id")?),
+        tenant_id: TenantId::from_trusted(row.get("tenant_id")?),
+        url: row.get("url")?,
+        description: row.get("description")?,
+        event_types: serde_json::from_str(&json("event_types")?).map_err(corrupt)?,
+        include_internal: row.get("include_internal")?,
+        headers: serde_json::from_str(&json("headers")?).map_err(corrupt)?,
+        enabled: row.get("enabled")?,
+        created_at: Timestamp::from_millis(row.get("created_at")?),
+        updated_at: Timestamp::from_millis(row.get("updated_at")?),
+    })
+}
+
+fn delivery(row: &Row<'_>) -> Result<DeliveryRecord, StoreError> {
+    let status = match row.get::<_, String>("status")?.as_str() {
+        "pending" => DeliveryStatus::Pending,
+        "succeeded" => DeliveryStatus::Succeeded,
+        "dead" => DeliveryStatus::Dead,
+        other => return Err(StoreError::Corrupt(format!("delivery status {other:?}"))),
+    };
+    Ok(DeliveryRecord {
+        id: DeliveryId::from_trusted(row.get("id")?),
+        endpoint_id: EndpointId::from_trusted(row.get("endpoint_id")?),
+        event_id: EventId::from_trusted(row.get("event_id")?),
+        status,
+        attempts: row.get::<_, i64>("attempts")? as u32,
+        // While pending it is the due time; shown only then.
+        next_attempt_at: if status == DeliveryStatus::Pending {
+            row.get::<_, Option<i64>>("next_attempt_at")?.map(Timestamp::from_millis)
+        } else {
+            None
+        },
+        last_status_code: row.get::<_, Option<i64>>("last_status_code")?.map(|c| c as u16),
+        last_error: row.get("last_error")?,
+        created_at: Timestamp::from_millis(row.get("created_at")?),
+        updated_at: Timestamp::from_millis(row.get("updated_at")?),
+    })
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("serialisable")
+}
+
+#[async_trait]
+impl WebhookStore for SqliteBackend {
+    async fn create_endpoint(&self, new: NewEndpoint) -> Result<EndpointRecord, StoreError> {
+        let now = Timestamp::now();
+        self.writer
+            .write(Box::new(move |conn| {
+                let sql = format!(
+                    "INSERT INTO webhook_endpoints (id, tenant_id, url, description, event_types, include_internal, \
+                     headers, secret, from_event_seq, created_at, updated_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, (SELECT COALESCE(MAX(seq), 0) FROM events), ?9, ?9) \
+                     RETURNING {ENDPOINT_COLUMNS}"
+                );
+                let rec = one(
+                    conn,
+                    &sql,
+                    params![
+                        new.id.as_str(),
+                        new.tenant_id.as_str(),
+                        new.url,
+                        new.description,
+                        to_json(&new.event_types),
+                        new.include_internal,
+                        to_json(&new.headers),
+                        new.secret.reveal(),
+                        now.as_millis()
+                    ],
+                    endpoint,
+                )?;
+                rec.ok_or_else(|| StoreError::Corrupt("insert returned nothing".into()))
+            }))
+            .await
+    }
+
+    async fn list_endpoints(&self, tenant: &TenantId) -> Result<Vec<EndpointRecord>, StoreError> {
+        let tenant = tenant.to_string();
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE tenant_id = ? AND deleted_at IS NULL ORDER BY id"
+            );
+            all(c, &sql, [tenant], endpoint)
+        })
+        .await
+    }
+
+    async fn get_endpoint(&self, tenant: &TenantId, id: &EndpointId) -> Result<Option<EndpointRecord>, StoreError> {
+        let (tenant, id) = (tenant.to_string(), id.to_string());
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = ? AND tenant_id = ? AND deleted_at IS NULL"
+            );
+            one(c, &sql, [id, tenant], endpoint)
+        })
+        .await
+    }
+
+    async fn endpoint_secret(&self, tenant: &TenantId, id: &EndpointId) -> Result<Option<WebhookSecret>, StoreError> {
+        let (tenant, id) = (tenant.to_string(), id.to_string());
+        self.read(move |c| {
+            one(
+                c,
+                "SELECT secret FROM webhook_endpoints WHERE id = ? AND tenant_id = ? AND deleted_at IS NULL",
+                [id, tenant],
+                |r| secret(r.get::<_, String>(0)?),
+            )
+        })
+        .await
+    }
+
+    async fn update_endpoint(
+        &self,
+        tenant: &TenantId,
+        id: &EndpointId,
+        change: EndpointChange,
+    ) -> Result<Option<EndpointRecord>, StoreError> {
+        let (tenant, id) = (tenant.to_string(), id.to_string());
+        self.writer
+            .write(Box::new(move |conn| {
+                let sql = format!(
+                    "UPDATE webhook_endpoints SET url = COALESCE(?1, url), description = COALESCE(?2, description), \
+                     event_types = COALESCE(?3, event_types), include_internal = COALESCE(?4, include_internal), \
+                     headers = COALESCE(?5, headers), enabled = COALESCE(?6, enabled), updated_at = ?7 \
+                     WHERE id = ?8 AND tenant_id = ?9 AND deleted_at IS NULL RETURNING {ENDPOINT_COLUMNS}"
+                );
+                one(
+                    conn,
+                    &sql,
+                    params![
+                        change.url,
+                        change.description,
+                        change.event_types.as_ref().map(to_json),
+                        change.include_internal,
+                        change.headers.as_ref().map(to_json),
+                        change.enabled,
+                        Timestamp::now().as_millis(),
+                        id,
+                        tenant
+                    ],
+                    endpoint,
+                )
+            }))
+            .await
+    }
+
+    async fn delete_endpoint(&self, tenant: &TenantId, id: &EndpointId) -> Result<bool, StoreError> {
+        let (tenant, id) = (tenant.to_string(), id.to_string());
+        self.writer
+            .write(Box::new(move |conn| {
+                let now = Timestamp::now().as_millis();
+                let n = exec(
+                    conn,
+                    "UPDATE webhook_endpoints SET deleted_at = ?, enabled = 0 WHERE id = ? AND tenant_id = ? \
+                     AND deleted_at IS NULL",
+                    params![now, id, tenant],
+                )?;
+                // What was still owed to it will never be sent.
+                exec(
+                    conn,
+                    "UPDATE webhook_deliveries SET status = 'dead', last_error = 'endpoint deleted', updated_at = ? \
+                     WHERE endpoint_id = ? AND status = 'pending'",
+                    params![now, id],
+                )?;
+                Ok(n == 1)
+            }))
+            .await
+    }
+
+    async fn rotate_secret(
+        &self,
+        tenant: &TenantId,
+        id: &EndpointId,
+        new: WebhookSecret,
+        grace_until: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let (tenant, id) = (tenant.to_string(), id.to_string());
+        self.writer
+            .write(Box::new(move |conn| {
+                let n = exec(
+                    conn,
+                    "UPDATE webhook_endpoints SET previous_secret = secret, previous_secret_until = ?1, secret = ?2, \
+                     updated_at = ?3 WHERE id = ?4 AND tenant_id = ?5 AND deleted_at IS NULL",
+                    params![grace_until.as_millis(), new.reveal(), Timestamp::now().as_millis(), id, tenant],
+                )?;
+                Ok(n == 1)
+            }))
+            .await
+    }
+
+    async fn fan_out(&self, limit: u32, now: Timestamp) -> Result<u32, StoreError> {
+        self.writer.write(Box::new(move |conn| fan_out(conn, limit, now))).await
+    }
+
+    async fn claim_deliveries(
+        &self,
+        now: Timestamp,
+        limit: u32,
+        lease_ms: i64,
+    ) -> Result<Vec<DeliveryJob>, StoreError> {
+        self.writer.write(Box::new(move |conn| claim(conn, now, limit, lease_ms))).await
+    }
+
+    async fn record_attempt(&self, o: AttemptOutcome) -> Result<(), StoreError> {
+        self.writer
+            .write(Box::new(move |conn| {
+                let (code, error) = match &o.result {
+                    AttemptResult::Succeeded { status_code } => (Some(*status_code), None),
+                    AttemptResult::Failed { status_code, error, .. } => (*status_code, Some(error.clone())),
+                };
+                exec(
+                    conn,
+                    "INSERT OR REPLACE INTO webhook_attempts (delivery_id, attempt, at, status_code, error, duration_ms) \
+                     VALUES (?, ?, ?, ?, ?, ?)",
+                    params![o.delivery.as_str(), o.attempt, o.at.as_millis(), code, error, o.duration_ms as i64],
+                )?;
+                let (status, next) = match &o.result {
+                    AttemptResult::Succeeded { .. } => ("succeeded", None),
+                    AttemptResult::Failed { retry_at: Some(t), .. } => ("pending", Some(t.as_millis())),
+                    AttemptResult::Failed { retry_at: None, .. } => ("dead", None),
+                };
+                exec(
+                    conn,
+                    "UPDATE webhook_deliveries SET status = ?1, attempts = ?2, next_attempt_at = ?3, \
+                     last_status_code = ?4, last_error = ?5, updated_at = ?6 WHERE id = ?7",
+                    params![status, o.attempt, next, code, error, o.at.as_millis(), o.delivery.as_str()],
+                )?;
+                Ok(())
+            }))
+            .await
+    }
+
+    async fn next_delivery_due(&self) -> Result<Option<Timestamp>, StoreError> {
+        self.read(|c| {
+            let t: Option<i64> =
+                c.query_row("SELECT MIN(next_attempt_at) FROM webhook_deliveries WHERE status = 'pending'", [], |r| {
+                    r.get(0)
+                })?;
+            Ok(t.map(Timestamp::from_millis))
+        })
+        .await
+    }
+
+    async fn list_deliveries(
+        &self,
+        tenant: &TenantId,
+        endpoint_id: &EndpointId,
+        before: Option<DeliveryId>,
+        limit: u32,
+    ) -> Result<Vec<DeliveryRecord>, StoreError> {
+        let (tenant, endpoint_id) = (tenant.to_string(), endpoint_id.to_string());
+        let before = before.map(|b| b.to_string()).unwrap_or_else(|| "dlv_g".into());
+        self.read(move |c| {
+            let sql = format!(
+                "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE endpoint_id = ? AND tenant_id = ? AND id < ? \
+                 ORDER BY id DESC LIMIT ?"
+            );
+            all(c, &sql, params![endpoint_id, tenant, before, limit], delivery)
+        })
+        .await
+    }
+
+    async fn get_delivery(
+        &self,
+        tenant: &TenantId,
+        id: &DeliveryId,
+    ) -> Result<Option<(DeliveryRecord, Vec<AttemptRecord>)>, StoreError> {
+        let (tenant, id) = (tenant.to_string(), id.to_string());
+        self.read(move |c| {
+            let sql = format!("SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE id = ? AND tenant_id = ?");
+            let Some(d) = one(c, &sql, [&id, &tenant], delivery)? else { return Ok(None) };
+            let attempts = all(
+                c,
+                "SELECT attempt, at, status_code, error, duration_ms FROM webhook_attempts WHERE delivery_id = ? \
+                 ORDER BY attempt",
+                [&id],
+                |r| {
+                    Ok(AttemptRecord {
+                        attempt: r.get::<_, i64>(0)? as u32,
+                        at: Timestamp::from_millis(r.get(1)?),
+                        status_code: r.get::<_, Option<i64>>(2)?.map(|c| c as u16),
+                        error: r.get(3)?,
+                        duration_ms: r.get::<_, i64>(4)? as u64,
+                    })
+                },
+            )?;
+            Ok(Some((d, attempts)))
+        })
+        .await
+    }
+
+    async fn replay_delivery(&self, tenant: &TenantId, id: &DeliveryId, now: Timestamp) -> Result<bool, StoreError> {
+        let (tenant, id) = (tenant.to_string(), id.to_string());
+        self.writer
+            .write(Box::new(move |conn| {
+                let n = exec(
+                    conn,
+                    "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = ?1, updated_at = ?1 \
+                     WHERE id = ?2 AND tenant_id = ?3 AND status != 'pending' \
+                       AND endpoint_id IN (SELECT id FROM webhook_endpoints WHERE deleted_at IS NULL)",
+                    params![now.as_millis(), id, tenant],
+                )?;
+                Ok(n == 1)
+            }))
+            .await
+    }
+
+    fn changes(&self) -> Arc<Notify> {
+        self.committed.clone()
+    }
+}
+
+fn secret(s: String) -> Result<WebhookSecret, StoreError> {
+    WebhookSecret::parse(&s).ok_or_else(|| StoreError::Corrupt("stored webhook secret".into()))
+}
+
+/// Turns events after the cursor into deliveries for the endpoints that
+/// want them, then moves the cursor — one transaction, so an event is fanned
+/// out exactly once.
+fn fan_out(conn: &Connection, limit: u32, now: Timestamp) -> Result<u32, StoreError> {
+    let cursor: i64 =
+        one(conn, "SELECT position FROM cursors WHERE name = ?", [FANOUT_CURSOR], |r| Ok(r.get(0)?))?.unwrap_or(0);
+    let last: i64 = conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| r.get(0))?;
+    if last <= cursor {
+        return Ok(0);
+    }
+    let any_endpoint = one(
+        conn,
+        "SELECT 1 FROM webhook_endpoints WHERE enabled = 1 AND deleted_at IS NULL AND from_event_seq < ? LIMIT 1",
+        [last],
+        |_| Ok(()),
+    )?
+    .is_some();
+    // With no endpoint that could want them, skip the events at once.
+    let upto = if any_endpoint { last.min(cursor + i64::from(limit)) } else { last };
+    if any_endpoint {
+        exec(
+            conn,
+            "INSERT OR IGNORE INTO webhook_deliveries (id, tenant_id, endpoint_id, event_id, status, attempts, \
+               next_attempt_at, created_at, updated_at) \
+             SELECT printf('dlv_%012x', ?3) || lower(hex(randomblob(10))), e.tenant_id, w.id, e.id, 'pending', 0, \
+                    ?3, ?3, ?3 \
+             FROM events e JOIN webhook_endpoints w \
+               ON w.tenant_id = e.tenant_id AND w.enabled = 1 AND w.deleted_at IS NULL AND e.seq > w.from_event_seq \
+             WHERE e.seq > ?1 AND e.seq <= ?2 \
+               AND COALESCE(json_extract(e.detail, '$.applied'), 1) = 1 \
+               AND (w.include_internal = 1 OR e.status NOT IN ('scheduled','queued','sending','retry_wait')) \
+               AND (w.event_types = '[]' OR EXISTS (SELECT 1 FROM json_each(w.event_types) WHERE value = e.type)) \
+             ORDER BY e.seq",
+            params![cursor, upto, now.as_millis()],
+        )?;
+    }
+    exec(
+        conn,
+        "INSERT INTO cursors (name, position) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET position = ?2",
+        params![FANOUT_CURSOR, upto],
+    )?;
+    Ok((upto - cursor) as u32)
+}
+
+fn claim(conn: &Connection, now: Timestamp, limit: u32, lease_ms: i64) -> Result<Vec<DeliveryJob>, StoreError> {
+    let due = all(
+        conn,
+        "UPDATE webhook_deliveries SET next_attempt_at = ?1 WHERE id IN ( \
+           SELECT id FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= ?2 \
+           ORDER BY next_attempt_at LIMIT ?3) \
+         RETURNING id, tenant_id, endpoint_id, event_id, attempts",
+        params![now.as_millis() + lease_ms, now.as_millis(), limit],
+        |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, i64>(4)? as u32,
+            ))
+        },
+    )?;
+    let mut jobs = Vec::with_capacity(due.len());
+    for (id, tenant, endpoint_id, event_id, attempts) in due {
+        let ep = one(
+            conn,
+            "SELECT url, headers, secret, previous_secret, previous_secret_until FROM webhook_endpoints \
+             WHERE id = ? AND enabled = 1 AND deleted_at IS NULL",
+            [&endpoint_id],
+            |r| {
+                let headers: String = r.get(1)?;
+                let mut secrets = vec![secret(r.get(2)?)?];
+                if let (Some(prev), Some(until)) = (r.get::<_, Option<String>>(3)?, r.get::<_, Option<i64>>(4)?)
+                    && until > now.as_millis()
+                {
+                    secrets.push(secret(prev)?);
+                }
+                Ok((
+                    r.get::<_, String>(0)?,
+                    serde_json::from_str::<BTreeMap<String, String>>(&headers)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    secrets,
+                ))
+            },
+        )?;
+        let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?");
+        let event = one(conn, &sql, [&event_id], rows::event)?;
+        match (ep, event) {
+            (Some((url, headers, secrets)), Some(event)) => jobs.push(DeliveryJob {
+                id: DeliveryId::from_trusted(id),
+                tenant_id: TenantId::from_trusted(tenant),
+                endpoint_id: EndpointId::from_trusted(endpoint_id),
+                url,
+                headers,
+                secrets,
+                event,
+                attempts,
+            }),
+            _ => {
+                exec(
+                    conn,
+                    "UPDATE webhook_deliveries SET status = 'dead', last_error = 'endpoint disabled or deleted', \
+                     updated_at = ? WHERE id = ?",
+                    params![now.as_millis(), id],
+                )?;
+            }
+        }
+    }
+    Ok(jobs)
+}

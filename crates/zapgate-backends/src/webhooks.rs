@@ -1,0 +1,177 @@
+//! The `WebhookStore` trait: tenant webhook endpoints, the deliveries owed
+//! to them (fanned out from the event table) and every attempt.
+
+use crate::StoreError;
+use async_trait::async_trait;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tokio::sync::Notify;
+use zapgate_domain::webhook::WebhookSecret;
+use zapgate_domain::{DeliveryId, EndpointId, EventId, MessageEvent, TenantId, Timestamp};
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct EndpointRecord {
+    pub id: EndpointId,
+    pub tenant_id: TenantId,
+    pub url: String,
+    pub description: String,
+    /// Event types delivered; empty means every type.
+    pub event_types: Vec<String>,
+    /// Also deliver zapgate's internal steps (queued, sending, retry_wait, scheduled).
+    pub include_internal: bool,
+    /// Extra headers sent with every delivery (e.g. a token your receiver checks).
+    pub headers: BTreeMap<String, String>,
+    pub enabled: bool,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewEndpoint {
+    pub id: EndpointId,
+    pub tenant_id: TenantId,
+    pub url: String,
+    pub description: String,
+    pub event_types: Vec<String>,
+    pub include_internal: bool,
+    pub headers: BTreeMap<String, String>,
+    pub secret: WebhookSecret,
+}
+
+/// Changes to an endpoint; `None` keeps the current value.
+#[derive(Debug, Clone, Default)]
+pub struct EndpointChange {
+    pub url: Option<String>,
+    pub description: Option<String>,
+    pub event_types: Option<Vec<String>>,
+    pub include_internal: Option<bool>,
+    pub headers: Option<BTreeMap<String, String>>,
+    pub enabled: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    Pending,
+    Succeeded,
+    Dead,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct DeliveryRecord {
+    pub id: DeliveryId,
+    pub endpoint_id: EndpointId,
+    /// The `webhook-id` header of every attempt.
+    pub event_id: EventId,
+    pub status: DeliveryStatus,
+    pub attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_status_code: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct AttemptRecord {
+    pub attempt: u32,
+    pub at: Timestamp,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub duration_ms: u64,
+}
+
+/// A delivery claimed for sending, with everything the attempt needs.
+#[derive(Debug, Clone)]
+pub struct DeliveryJob {
+    pub id: DeliveryId,
+    pub tenant_id: TenantId,
+    pub endpoint_id: EndpointId,
+    pub url: String,
+    pub headers: BTreeMap<String, String>,
+    /// Current secret first; the previous one too during a rotation's grace period.
+    pub secrets: Vec<WebhookSecret>,
+    pub event: MessageEvent,
+    /// Attempts before this one.
+    pub attempts: u32,
+}
+
+#[derive(Debug, Clone)]
+pub enum AttemptResult {
+    Succeeded {
+        status_code: u16,
+    },
+    /// `retry_at: None` means the schedule is used up: the delivery is dead.
+    Failed {
+        status_code: Option<u16>,
+        error: String,
+        retry_at: Option<Timestamp>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct AttemptOutcome {
+    pub delivery: DeliveryId,
+    pub attempt: u32,
+    pub at: Timestamp,
+    pub duration_ms: u64,
+    pub result: AttemptResult,
+}
+
+#[async_trait]
+pub trait WebhookStore: Send + Sync + 'static {
+    async fn create_endpoint(&self, new: NewEndpoint) -> Result<EndpointRecord, StoreError>;
+    async fn list_endpoints(&self, tenant: &TenantId) -> Result<Vec<EndpointRecord>, StoreError>;
+    async fn get_endpoint(&self, tenant: &TenantId, id: &EndpointId) -> Result<Option<EndpointRecord>, StoreError>;
+    async fn endpoint_secret(&self, tenant: &TenantId, id: &EndpointId) -> Result<Option<WebhookSecret>, StoreError>;
+    async fn update_endpoint(
+        &self,
+        tenant: &TenantId,
+        id: &EndpointId,
+        change: EndpointChange,
+    ) -> Result<Option<EndpointRecord>, StoreError>;
+    async fn delete_endpoint(&self, tenant: &TenantId, id: &EndpointId) -> Result<bool, StoreError>;
+    /// New secret now; the old one keeps signing until `grace_until`.
+    async fn rotate_secret(
+        &self,
+        tenant: &TenantId,
+        id: &EndpointId,
+        secret: WebhookSecret,
+        grace_until: Timestamp,
+    ) -> Result<bool, StoreError>;
+
+    /// Creates the deliveries of up to `limit` new events; returns how many
+    /// events it looked at (0 when caught up).
+    async fn fan_out(&self, limit: u32, now: Timestamp) -> Result<u32, StoreError>;
+    /// Leases up to `limit` due deliveries until `now + lease_ms`.
+    async fn claim_deliveries(&self, now: Timestamp, limit: u32, lease_ms: i64)
+    -> Result<Vec<DeliveryJob>, StoreError>;
+    async fn record_attempt(&self, outcome: AttemptOutcome) -> Result<(), StoreError>;
+    /// Earliest due time of a pending delivery.
+    async fn next_delivery_due(&self) -> Result<Option<Timestamp>, StoreError>;
+
+    async fn list_deliveries(
+        &self,
+        tenant: &TenantId,
+        endpoint: &EndpointId,
+        before: Option<DeliveryId>,
+        limit: u32,
+    ) -> Result<Vec<DeliveryRecord>, StoreError>;
+    async fn get_delivery(
+        &self,
+        tenant: &TenantId,
+        id: &DeliveryId,
+    ) -> Result<Option<(DeliveryRecord, Vec<AttemptRecord>)>, StoreError>;
+    /// Sends a delivery again from scratch (same event id); false if unknown
+    /// or still pending.
+    async fn replay_delivery(&self, tenant: &TenantId, id: &DeliveryId, now: Timestamp) -> Result<bool, StoreError>;
+
+    /// Notified after every commit that may have written events.
+    fn changes(&self) -> Arc<Notify>;
+}

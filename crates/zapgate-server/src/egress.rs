@@ -1,0 +1,186 @@
+//! The one HTTP client for calls zapgate makes to addresses tenants give it
+//! (webhooks today; Chatwoot attachments, provider media and failure URLs
+//! later). It refuses loopback, private, link-local and other internal
+//! addresses — at connect time through its own DNS resolver (so a name that
+//! re-resolves to an internal address is caught on every connection and
+//! every redirect) and for IP-literal URLs before sending and on each
+//! redirect — unless `ZAPGATE_WEBHOOK_ALLOW_PRIVATE=true`.
+
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use reqwest::redirect;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EgressError {
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Http(#[from] reqwest::Error),
+}
+
+#[derive(Clone)]
+pub struct Egress {
+    client: reqwest::Client,
+    allow_private: bool,
+}
+
+impl Egress {
+    pub fn new(allow_private: bool, timeout: Duration) -> Result<Self, EgressError> {
+        install_tls_provider();
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .user_agent(concat!("zapgate/", env!("CARGO_PKG_VERSION")))
+            .dns_resolver(Arc::new(GuardedResolver { allow_private }))
+            .redirect(redirect::Policy::custom(move |attempt| {
+                if attempt.previous().len() >= 5 {
+                    return attempt.error("too many redirects");
+                }
+                match check_host(attempt.url(), allow_private) {
+                    Ok(()) => attempt.follow(),
+                    Err(e) => attempt.error(e),
+                }
+            }))
+            .build()?;
+        Ok(Self { client, allow_private })
+    }
+
+    /// Parses a URL a tenant gave and checks it may be called.
+    pub fn check_url(&self, raw: &str) -> Result<reqwest::Url, EgressError> {
+        let url = reqwest::Url::parse(raw).map_err(|e| EgressError::Refused(format!("not a valid URL: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(EgressError::Refused("the URL must be http or https".into()));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(EgressError::Refused("the URL has no host".into()));
+        }
+        check_host(&url, self.allow_private).map_err(EgressError::Refused)?;
+        Ok(url)
+    }
+
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+}
+
+/// One TLS crypto provider for the process: ring (no aws-lc build dependency).
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn check_host(url: &reqwest::Url, allow_private: bool) -> Result<(), String> {
+    if allow_private {
+        return Ok(());
+    }
+    let refused = || {
+        Err(format!(
+            "{} is an internal address; zapgate only calls public addresses unless ZAPGATE_WEBHOOK_ALLOW_PRIVATE=true",
+            url.host_str().unwrap_or_default()
+        ))
+    };
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) if !is_public(IpAddr::V4(ip)) => refused(),
+        Some(url::Host::Ipv6(ip)) if !is_public(IpAddr::V6(ip)) => refused(),
+        Some(url::Host::Domain(d)) if d.eq_ignore_ascii_case("localhost") || d.ends_with(".localhost") => refused(),
+        _ => Ok(()),
+    }
+}
+
+/// Whether an address is on the public internet.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || o[0] == 0
+                || (o[0] == 100 && (o[1] & 0xc0) == 64) // 100.64.0.0/10, carrier-grade NAT
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0) // 192.0.0.0/24, protocol assignments
+                || (o[0] == 198 && (o[1] & 0xfe) == 18) // 198.18.0.0/15, benchmarking
+                || o[0] >= 240)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let s = v6.segments();
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00 // unique local fc00::/7
+                || (s[0] & 0xffc0) == 0xfe80 // link-local fe80::/10
+                || (s[0] == 0x64 && s[1] == 0xff9b)) // NAT64 can reach internal v4
+        }
+    }
+}
+
+struct GuardedResolver {
+    allow_private: bool,
+}
+
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let allow_private = self.allow_private;
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let allowed: Vec<SocketAddr> = addrs.into_iter().filter(|a| allow_private || is_public(a.ip())).collect();
+            if allowed.is_empty() {
+                return Err(format!("{host} resolves only to internal addresses; refused").into());
+            }
+            Ok(Box::new(allowed.into_iter()) as Addrs)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_addresses_are_not_public() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(!is_public(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111"] {
+            assert!(is_public(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[test]
+    fn urls_to_internal_hosts_are_refused_unless_allowed() {
+        let strict = Egress::new(false, Duration::from_secs(1)).unwrap();
+        for u in [
+            "http://127.0.0.1:8080/x",
+            "http://localhost/x",
+            "http://[::1]/",
+            "http://169.254.169.254/latest",
+            "ftp://example.com/",
+            "not a url",
+        ] {
+            assert!(strict.check_url(u).is_err(), "{u}");
+        }
+        assert!(strict.check_url("https://example.com/hook").is_ok());
+        let open = Egress::new(true, Duration::from_secs(1)).unwrap();
+        assert!(open.check_url("http://127.0.0.1:8080/x").is_ok());
+    }
+}

@@ -1,0 +1,312 @@
+//! Webhook subscriptions, their deliveries and replays.
+
+use super::error::{ApiError, ApiResult};
+use super::extract::{ApiJson, ApiQuery, TenantAuth};
+use super::{AppState, Page};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use zapgate_backends::{AttemptRecord, DeliveryRecord, EndpointChange, EndpointRecord, NewEndpoint};
+use zapgate_domain::webhook::WebhookSecret;
+use zapgate_domain::{DeliveryId, EndpointId, EventType, Timestamp, ValidationError};
+
+const EVENT_TYPES: [EventType; 1] = [EventType::MessageStatus];
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWebhook {
+    /// Where to POST events (http or https; internal addresses are refused
+    /// unless `ZAPGATE_WEBHOOK_ALLOW_PRIVATE=true`).
+    pub url: String,
+    #[serde(default)]
+    pub description: String,
+    /// Event types to deliver (`message.status`); empty or absent = all.
+    #[serde(default)]
+    pub event_types: Vec<String>,
+    /// Also deliver internal steps (queued, sending, retry_wait, scheduled).
+    #[serde(default)]
+    pub include_internal: bool,
+    /// Extra headers for every delivery, e.g. `{"Authorization": "Bearer …"}`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateWebhook {
+    pub url: Option<String>,
+    pub description: Option<String>,
+    pub event_types: Option<Vec<String>>,
+    pub include_internal: Option<bool>,
+    pub headers: Option<BTreeMap<String, String>>,
+    pub enabled: Option<bool>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct WebhookCreated {
+    #[serde(flatten)]
+    pub endpoint: EndpointRecord,
+    /// Verify signatures with this (`whsec_…`). Also at `GET /v1/webhooks/{id}/secret`.
+    pub secret: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct WebhookSecretBody {
+    pub secret: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct WebhookList {
+    pub data: Vec<EndpointRecord>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct DeliveryList {
+    pub data: Vec<DeliveryRecord>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct DeliveryWithAttempts {
+    #[serde(flatten)]
+    pub delivery: DeliveryRecord,
+    /// Every attempt, oldest first.
+    pub attempt_history: Vec<AttemptRecord>,
+}
+
+fn check_url(s: &AppState, url: &str) -> ApiResult<String> {
+    s.egress.check_url(url).map(|u| u.to_string()).map_err(|e| ValidationError::new("url", e.to_string()).into())
+}
+
+fn check_types(types: &[String]) -> ApiResult<()> {
+    for t in types {
+        if !EVENT_TYPES.iter().any(|e| e.as_str() == t) {
+            let known: Vec<_> = EVENT_TYPES.iter().map(|e| e.as_str()).collect();
+            return Err(ValidationError::new(
+                "event_types",
+                format!("unknown event type {t:?}; known: {}", known.join(", ")),
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
+fn check_headers(h: &BTreeMap<String, String>) -> ApiResult<()> {
+    if h.len() > 20 {
+        return Err(ValidationError::new("headers", "at most 20 headers").into());
+    }
+    for (k, v) in h {
+        let name_ok = axum::http::HeaderName::from_bytes(k.as_bytes()).is_ok();
+        let reserved = k.to_ascii_lowercase().starts_with("webhook-")
+            || ["content-type", "content-length", "host"].contains(&k.to_ascii_lowercase().as_str());
+        if !name_ok || reserved || axum::http::HeaderValue::from_str(v).is_err() {
+            return Err(ValidationError::new("headers", format!("header {k:?} is not allowed or not valid")).into());
+        }
+    }
+    Ok(())
+}
+
+fn endpoint_id(raw: &str) -> ApiResult<EndpointId> {
+    EndpointId::parse(raw).ok_or_else(|| ApiError::not_found("webhook"))
+}
+
+/// Subscribes a URL to the tenant's events.
+#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", security(("tenant" = [])), request_body = CreateWebhook,
+    responses((status = 201, body = WebhookCreated), (status = 422, body = super::error::ErrorBody)))]
+pub async fn create(
+    TenantAuth(tenant): TenantAuth,
+    State(s): State<AppState>,
+    ApiJson(body): ApiJson<CreateWebhook>,
+) -> ApiResult<(StatusCode, Json<WebhookCreated>)> {
+    let url = check_url(&s, &body.url)?;
+    check_types(&body.event_types)?;
+    check_headers(&body.headers)?;
+    let secret = WebhookSecret::generate();
+    let new = NewEndpoint {
+        id: EndpointId::generate(),
+        tenant_id: tenant,
+        url,
+        description: body.description,
+        event_types: body.event_types,
+        include_internal: body.include_internal,
+        headers: body.headers,
+        secret: secret.clone(),
+    };
+    let endpoint = s.backends.webhooks.create_endpoint(new).await?;
+    Ok((StatusCode::CREATED, Json(WebhookCreated { endpoint, secret: secret.reveal().to_owned() })))
+}
+
+/// Lists the tenant's webhooks.
+#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks", security(("tenant" = [])),
+    responses((status = 200, body = WebhookList)))]
+pub async fn list(TenantAuth(tenant): TenantAuth, State(s): State<AppState>) -> ApiResult<Json<WebhookList>> {
+    Ok(Json(WebhookList { data: s.backends.webhooks.list_endpoints(&tenant).await? }))
+}
+
+/// Gets one webhook.
+#[utoipa::path(get, path = "/v1/webhooks/{webhook_id}", tag = "webhooks", security(("tenant" = [])),
+    params(("webhook_id" = String, Path)), responses((status = 200, body = EndpointRecord), (status = 404, body = super::error::ErrorBody)))]
+pub async fn get(
+    TenantAuth(tenant): TenantAuth,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<EndpointRecord>> {
+    let id = endpoint_id(&id)?;
+    s.backends.webhooks.get_endpoint(&tenant, &id).await?.map(Json).ok_or_else(|| ApiError::not_found("webhook"))
+}
+
+/// Changes a webhook (URL, filters, headers, enabled).
+#[utoipa::path(patch, path = "/v1/webhooks/{webhook_id}", tag = "webhooks", security(("tenant" = [])),
+    params(("webhook_id" = String, Path)), request_body = UpdateWebhook,
+    responses((status = 200, body = EndpointRecord), (status = 404, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody)))]
+pub async fn update(
+    TenantAuth(tenant): TenantAuth,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<UpdateWebhook>,
+) -> ApiResult<Json<EndpointRecord>> {
+    let id = endpoint_id(&id)?;
+    let url = body.url.as_deref().map(|u| check_url(&s, u)).transpose()?;
+    if let Some(t) = &body.event_types {
+        check_types(t)?;
+    }
+    if let Some(h) = &body.headers {
+        check_headers(h)?;
+    }
+    let change = EndpointChange {
+        url,
+        description: body.description,
+        event_types: body.event_types,
+        include_internal: body.include_internal,
+        headers: body.headers,
+        enabled: body.enabled,
+    };
+    s.backends
+        .webhooks
+        .update_endpoint(&tenant, &id, change)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("webhook"))
+}
+
+/// Deletes a webhook; deliveries still owed to it are dropped (marked dead).
+#[utoipa::path(delete, path = "/v1/webhooks/{webhook_id}", tag = "webhooks", security(("tenant" = [])),
+    params(("webhook_id" = String, Path)), responses((status = 204), (status = 404, body = super::error::ErrorBody)))]
+pub async fn delete(
+    TenantAuth(tenant): TenantAuth,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let id = endpoint_id(&id)?;
+    if s.backends.webhooks.delete_endpoint(&tenant, &id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("webhook"))
+    }
+}
+
+/// The webhook's current signing secret.
+#[utoipa::path(get, path = "/v1/webhooks/{webhook_id}/secret", tag = "webhooks", security(("tenant" = [])),
+    params(("webhook_id" = String, Path)), responses((status = 200, body = WebhookSecretBody), (status = 404, body = super::error::ErrorBody)))]
+pub async fn secret(
+    TenantAuth(tenant): TenantAuth,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<WebhookSecretBody>> {
+    let id = endpoint_id(&id)?;
+    let secret =
+        s.backends.webhooks.endpoint_secret(&tenant, &id).await?.ok_or_else(|| ApiError::not_found("webhook"))?;
+    Ok(Json(WebhookSecretBody { secret: secret.reveal().to_owned() }))
+}
+
+/// Issues a new secret; the old one keeps signing (a second signature) for
+/// `ZAPGATE_WEBHOOK_SECRET_GRACE`, so receivers can switch without losing events.
+#[utoipa::path(post, path = "/v1/webhooks/{webhook_id}/rotate-secret", tag = "webhooks", security(("tenant" = [])),
+    params(("webhook_id" = String, Path)), responses((status = 200, body = WebhookSecretBody), (status = 404, body = super::error::ErrorBody)))]
+pub async fn rotate_secret(
+    TenantAuth(tenant): TenantAuth,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<WebhookSecretBody>> {
+    let id = endpoint_id(&id)?;
+    let secret = WebhookSecret::generate();
+    let grace = Timestamp::now().plus_millis(s.config.webhook_secret_grace.as_millis() as i64);
+    if s.backends.webhooks.rotate_secret(&tenant, &id, secret.clone(), grace).await? {
+        Ok(Json(WebhookSecretBody { secret: secret.reveal().to_owned() }))
+    } else {
+        Err(ApiError::not_found("webhook"))
+    }
+}
+
+/// Deliveries to one webhook, newest first.
+#[utoipa::path(get, path = "/v1/webhooks/{webhook_id}/deliveries", tag = "webhooks", security(("tenant" = [])),
+    params(("webhook_id" = String, Path), super::messages::PageParams),
+    responses((status = 200, body = DeliveryList), (status = 404, body = super::error::ErrorBody)))]
+pub async fn deliveries(
+    TenantAuth(tenant): TenantAuth,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<super::messages::PageParams>,
+) -> ApiResult<Json<DeliveryList>> {
+    let id = endpoint_id(&id)?;
+    if s.backends.webhooks.get_endpoint(&tenant, &id).await?.is_none() {
+        return Err(ApiError::not_found("webhook"));
+    }
+    let page = Page { cursor: q.cursor, limit: q.limit };
+    let limit = page.limit()?;
+    let before = page
+        .cursor
+        .as_deref()
+        .map(|c| DeliveryId::parse(c).ok_or_else(|| ApiError::bad_request("invalid_query", "cursor is not valid")))
+        .transpose()?;
+    let data = s.backends.webhooks.list_deliveries(&tenant, &id, before, limit).await?;
+    let next_cursor = (data.len() as u32 == limit).then(|| data.last().map(|d| d.id.to_string())).flatten();
+    Ok(Json(DeliveryList { data, next_cursor }))
+}
+
+fn delivery_id(raw: &str) -> ApiResult<DeliveryId> {
+    DeliveryId::parse(raw).ok_or_else(|| ApiError::not_found("delivery"))
+}
+
+/// One delivery with every attempt (time, status code, error, duration).
+#[utoipa::path(get, path = "/v1/deliveries/{delivery_id}", tag = "webhooks", security(("tenant" = [])),
+    params(("delivery_id" = String, Path)),
+    responses((status = 200, body = DeliveryWithAttempts), (status = 404, body = super::error::ErrorBody)))]
+pub async fn delivery(
+    TenantAuth(tenant): TenantAuth,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<DeliveryWithAttempts>> {
+    let id = delivery_id(&id)?;
+    let (delivery, attempts) =
+        s.backends.webhooks.get_delivery(&tenant, &id).await?.ok_or_else(|| ApiError::not_found("delivery"))?;
+    Ok(Json(DeliveryWithAttempts { delivery, attempt_history: attempts }))
+}
+
+/// Sends a delivery again (same `webhook-id`), e.g. after fixing a receiver.
+#[utoipa::path(post, path = "/v1/deliveries/{delivery_id}/replay", tag = "webhooks", security(("tenant" = [])),
+    params(("delivery_id" = String, Path)),
+    responses((status = 202), (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody)))]
+pub async fn replay(
+    TenantAuth(tenant): TenantAuth,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let id = delivery_id(&id)?;
+    if s.backends.webhooks.get_delivery(&tenant, &id).await?.is_none() {
+        return Err(ApiError::not_found("delivery"));
+    }
+    if s.backends.webhooks.replay_delivery(&tenant, &id, Timestamp::now()).await? {
+        Ok(StatusCode::ACCEPTED)
+    } else {
+        Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_replayable",
+            "the delivery is still pending, or its webhook was deleted",
+        ))
+    }
+}

@@ -1,0 +1,192 @@
+//! Tenant webhook delivery: fans events out into deliveries, sends each as a
+//! Standard Webhooks request (signed per attempt; `webhook-id` = the event
+//! id, the same on every retry and replay), retries on the configured
+//! schedule (honouring `Retry-After`), and dead-letters what exhausts it.
+//! Every attempt is stored and visible through the API.
+
+use crate::egress::Egress;
+use rand::Rng;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use zapgate_backends::{AttemptOutcome, AttemptResult, DeliveryJob, WebhookStore};
+use zapgate_domain::Timestamp;
+
+use super::persist;
+
+/// Deliveries claimed per round, and sent at once at most.
+const BATCH: u32 = 256;
+const CONCURRENCY: usize = 64;
+/// Events fanned out per transaction.
+const FAN_OUT: u32 = 2000;
+/// Longest wait honoured from a receiver's Retry-After.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+pub struct WebhookSender {
+    pub store: Arc<dyn WebhookStore>,
+    pub egress: Egress,
+    /// Delay before each retry; its length is the number of retries.
+    pub schedule: Vec<Duration>,
+    pub timeout: Duration,
+}
+
+pub async fn run(sender: Arc<WebhookSender>, mut shutdown: watch::Receiver<bool>) {
+    let slots = Arc::new(Semaphore::new(CONCURRENCY));
+    let changes = sender.store.changes();
+    // A claimed delivery stays leased until its attempt is recorded (or a
+    // restart): longer than any attempt can take.
+    let lease_ms = (sender.timeout.as_millis() as i64) * 2 + 30_000;
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        loop {
+            match sender.store.fan_out(FAN_OUT, Timestamp::now()).await {
+                Ok(n) if n >= FAN_OUT => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "webhook fan-out failed");
+                    break;
+                }
+            }
+        }
+        let jobs = match sender.store.claim_deliveries(Timestamp::now(), BATCH, lease_ms).await {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::warn!(error = %e, "claiming webhook deliveries failed");
+                Vec::new()
+            }
+        };
+        let full = jobs.len() as u32 == BATCH;
+        for job in jobs {
+            let slot = slots.clone().acquire_owned().await.expect("never closed");
+            tokio::spawn(attempt(sender.clone(), job, slot));
+        }
+        if full {
+            continue;
+        }
+        let wait = match sender.store.next_delivery_due().await {
+            Ok(Some(t)) => Duration::from_millis((t.as_millis() - Timestamp::now().as_millis()).clamp(0, 5_000) as u64),
+            _ => Duration::from_secs(5),
+        };
+        if wait.is_zero() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        }
+        tokio::select! {
+            _ = changes.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+    // Let attempts in flight finish and be recorded.
+    let _ = tokio::time::timeout(sender.timeout + Duration::from_secs(5), slots.acquire_many(CONCURRENCY as u32)).await;
+}
+
+/// The body of a delivery: `{"type", "timestamp", "data"}` (Standard Webhooks).
+pub fn payload(job: &DeliveryJob) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "type": job.event.event_type.as_str(),
+        "timestamp": job.event.at,
+        "data": job.event,
+    }))
+    .expect("events serialise")
+}
+
+async fn attempt(sender: Arc<WebhookSender>, job: DeliveryJob, _slot: OwnedSemaphorePermit) {
+    let number = job.attempts + 1;
+    let started = Instant::now();
+    let at = Timestamp::now();
+    let body = payload(&job);
+    let msg_id = job.event.id.to_string();
+    let ts = at.as_millis() / 1000;
+    let signature: Vec<String> = job.secrets.iter().map(|s| s.sign(&msg_id, ts, &body)).collect();
+    let mut req = sender.egress.client().post(&job.url);
+    for (k, v) in &job.headers {
+        if !k.to_ascii_lowercase().starts_with("webhook-") && !k.eq_ignore_ascii_case("content-type") {
+            req = req.header(k, v);
+        }
+    }
+    let sent = match sender.egress.check_url(&job.url) {
+        Err(e) => Err(e.to_string()),
+        Ok(_) => req
+            .header("content-type", "application/json")
+            .header("webhook-id", &msg_id)
+            .header("webhook-timestamp", ts.to_string())
+            .header("webhook-signature", signature.join(" "))
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| describe(&e)),
+    };
+    let duration_ms = started.elapsed().as_millis() as u64;
+    let result = match sent {
+        Ok(res) if res.status().is_success() => AttemptResult::Succeeded { status_code: res.status().as_u16() },
+        Ok(res) => {
+            let code = res.status().as_u16();
+            let retry_after = res
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            AttemptResult::Failed {
+                status_code: Some(code),
+                error: format!("the receiver answered HTTP {code}"),
+                retry_at: retry_at(&sender.schedule, number, retry_after),
+            }
+        }
+        Err(error) => {
+            AttemptResult::Failed { status_code: None, error, retry_at: retry_at(&sender.schedule, number, None) }
+        }
+    };
+    if let AttemptResult::Failed { retry_at: None, error, .. } = &result {
+        tracing::warn!(delivery = %job.id, endpoint = %job.endpoint_id, %error, "webhook delivery dead after {number} attempts");
+    }
+    let outcome = AttemptOutcome { delivery: job.id.clone(), attempt: number, at, duration_ms, result };
+    persist(|| sender.store.record_attempt(outcome.clone())).await;
+}
+
+/// When to try again after attempt `number` failed; `None` when the
+/// schedule is used up. Jitter of ±10 % keeps retries from marching together.
+fn retry_at(schedule: &[Duration], number: u32, retry_after: Option<Duration>) -> Option<Timestamp> {
+    let base = *schedule.get(number as usize - 1)?;
+    let jitter = rand::rng().random_range(0.9..1.1);
+    let delay = base.mul_f64(jitter).max(retry_after.unwrap_or_default().min(MAX_RETRY_AFTER));
+    Some(Timestamp::now().plus_millis(delay.as_millis() as i64))
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "could not connect"
+    } else if e.is_redirect() {
+        "redirect refused"
+    } else {
+        "request failed"
+    };
+    // The source chain says why (e.g. the egress guard refusing an address).
+    let mut msg = kind.to_owned();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        msg = format!("{msg}: {s}");
+        src = s.source();
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schedule_ends_in_none_and_retry_after_is_a_floor() {
+        let schedule = [Duration::from_secs(5), Duration::from_secs(30)];
+        let now = Timestamp::now().as_millis();
+        let first = retry_at(&schedule, 1, None).unwrap().as_millis() - now;
+        assert!((4_400..=5_600).contains(&first), "{first}");
+        assert!(retry_at(&schedule, 3, None).is_none(), "two retries, then dead");
+        let floored = retry_at(&schedule, 1, Some(Duration::from_secs(120))).unwrap().as_millis() - now;
+        assert!(floored >= 119_000);
+    }
+}
