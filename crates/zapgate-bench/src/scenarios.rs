@@ -35,7 +35,6 @@ pub async fn run_embedded(s: &Settings) -> anyhow::Result<Vec<Figure>> {
     let r = loadgen::closed_loop(addr, s.connections, s.phase, StatusCode::OK, make).await?;
     let ceiling = Figure::new("HTTP hello-world (axum), closed loop", r.rate(), "req/s").note(latency_note(&r));
     eprintln!("hello-world: {:.0} req/s", r.rate());
-    drop(hello);
     figs.push(ceiling.clone());
 
     // 2. Send-only: provider callbacks off, so every write is the send path's own.
@@ -96,8 +95,48 @@ pub async fn run_embedded(s: &Settings) -> anyhow::Result<Vec<Figure>> {
     let (_, peak) = z.proc.rss_kib();
     figs.push(Figure::new("zapgate peak RSS (embedded, full loop)", peak as f64 / 1024.0, "MiB"));
     drop(z);
+
+    // 4. Full loop with a tenant webhook: every sent/delivered/read status is
+    //    delivered, signed, to a local receiver (the hello-world process).
+    let with_hooks = &[
+        ("ZAPGATE_SANDBOX_DELIVERED_AFTER", "50ms"),
+        ("ZAPGATE_SANDBOX_READ_AFTER", "50ms"),
+        ("ZAPGATE_WEBHOOK_ALLOW_PRIVATE", "true"),
+    ];
+    let z = server::zapgate(&s.zapgate, &work.join("webhooks"), with_hooks)?;
+    let target = Target::setup(z.proc.addr).await?;
+    target.webhook(&format!("http://{}/hook", hello.addr)).await?;
+    let hooks_before = hook_count(hello.addr).await?;
+    let started = Instant::now();
+    let loaded =
+        loadgen::closed_loop(z.proc.addr, s.connections, s.phase, StatusCode::ACCEPTED, target.sender(0)).await?;
+    let expected = loaded.ok * 3;
+    let deadline = Instant::now() + drain_timeout(s);
+    let mut delivered = 0;
+    while Instant::now() < deadline {
+        delivered = hook_count(hello.addr).await? - hooks_before;
+        if delivered >= expected {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    figs.push(
+        Figure::new("signed webhook delivery, full loop (3 statuses per message)", delivered as f64 / elapsed, "events/s")
+            .against(&ceiling)
+            .note(format!(
+                "{delivered} of {expected} events delivered; accept {:.0} msg/s while sending, receiving statuses and delivering webhooks",
+                loaded.rate()
+            )),
+    );
+    drop(z);
+    drop(hello);
     let _ = std::fs::remove_dir_all(&work);
     Ok(figs)
+}
+
+async fn hook_count(addr: SocketAddr) -> anyhow::Result<u64> {
+    Ok(reqwest::get(format!("http://{addr}/count")).await?.text().await?.trim().parse()?)
 }
 
 fn drain_timeout(s: &Settings) -> Duration {
@@ -147,6 +186,17 @@ impl Target {
             instances.push(i["id"].as_str().context("instance id")?.to_owned());
         }
         Ok(Self { addr, token, instances })
+    }
+
+    async fn webhook(&self, url: &str) -> anyhow::Result<()> {
+        let r = reqwest::Client::new()
+            .post(format!("http://{}/v1/webhooks", self.addr))
+            .bearer_auth(&self.token)
+            .json(&json!({"url": url}))
+            .send()
+            .await?;
+        anyhow::ensure!(r.status() == 201, "creating the webhook: {}", r.text().await?);
+        Ok(())
     }
 
     /// Text messages spread over the instances, each to its own chat.

@@ -98,9 +98,23 @@ pub fn zapgate(exe: &Path, dir: &Path, env: &[(&str, &str)]) -> anyhow::Result<Z
     Ok(Zapgate { proc: start(cmd)?, receipts })
 }
 
-/// The hello-world server: a bare axum handler, the HTTP ceiling.
+/// The hello-world server: a bare axum handler, the HTTP ceiling. It also
+/// serves as the tenant's webhook receiver (`POST /hook`, counted at `/count`).
 pub async fn run_hello() -> anyhow::Result<()> {
-    let app = axum::Router::new().route("/", axum::routing::get(|| async { "hello" }));
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let hooks = Arc::new(AtomicU64::new(0));
+    let (h1, h2) = (hooks.clone(), hooks);
+    let app = axum::Router::new()
+        .route("/", axum::routing::get(|| async { "hello" }))
+        .route(
+            "/hook",
+            axum::routing::post(move || async move {
+                h1.fetch_add(1, Ordering::Relaxed);
+                axum::http::StatusCode::NO_CONTENT
+            }),
+        )
+        .route("/count", axum::routing::get(move || async move { h2.load(Ordering::Relaxed).to_string() }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     eprintln!("listening on http://{}", listener.local_addr()?);
     axum::serve(listener, app).await?;
