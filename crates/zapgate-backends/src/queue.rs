@@ -65,6 +65,8 @@ pub trait Queue: Send + Sync + 'static {
     /// Earliest time a waiting entry becomes claimable (may be ≤ `now` when a
     /// promotion is due), if any entry waits.
     async fn next_due(&self, now: Timestamp) -> Result<Option<Timestamp>, StoreError>;
+    /// Entries waiting or in flight, for the `zapgate_queue_depth` gauge.
+    async fn depth(&self) -> Result<u64, StoreError>;
     /// Returns every lease held by a dead process to the queue and
     /// reconciles entries with message state (embedded start-up only).
     async fn recover(&self, now: Timestamp) -> Result<u64, StoreError>;

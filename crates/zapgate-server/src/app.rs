@@ -22,6 +22,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     crate::egress::install_tls_provider();
+    crate::metrics::install();
     let config = Arc::new(config);
     let backends = Backends::open_embedded(&config.data_dir, true)
         .await
@@ -55,7 +56,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     });
     let dispatcher = tokio::spawn(dispatcher::run(ctx, stop_rx.clone()));
     tokio::spawn(statuses::run(backends.store.clone(), status_rx));
-    tokio::spawn(janitor::run(backends.store.clone(), config.idempotency_ttl, stop_rx.clone()));
+    tokio::spawn(janitor::run(backends.store.clone(), backends.queue.clone(), config.idempotency_ttl, stop_rx.clone()));
     let egress = Egress::new(config.webhook_allow_private, config.webhook_timeout).context("egress HTTP client")?;
     let sender = Arc::new(WebhookSender {
         store: backends.webhooks.clone(),

@@ -7,6 +7,7 @@ pub mod config;
 pub mod egress;
 pub mod http;
 pub mod logging;
+pub mod metrics;
 pub mod worker;
 
 pub use app::serve;

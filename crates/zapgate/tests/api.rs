@@ -396,3 +396,23 @@ async fn graceful_shutdown_exits_cleanly_and_keeps_accepted_messages() {
     let m = s.wait_status(&token, &id, &["sent", "delivered", "read"], Duration::from_secs(10)).await;
     assert!(!statuses(&m["history"]).contains(&"failed".to_owned()));
 }
+
+#[tokio::test]
+async fn metrics_count_accepts_outcomes_and_requests_by_route() {
+    let s = Server::start(&[]).await;
+    let (token, ins) = s.tenant_with_instance("acme", 80).await;
+    let id = s.send_text(&token, &ins, "+5511999998888", "counted").await;
+    s.wait_status(&token, &id, &["read"], Duration::from_secs(10)).await;
+    let r = s.http.get(s.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    let line = |prefix: &str| text.lines().find(|l| l.starts_with(prefix)).map(str::to_owned);
+    assert_eq!(line("zapgate_messages_accepted_total").as_deref(), Some("zapgate_messages_accepted_total 1"), "{text}");
+    assert_eq!(
+        line("zapgate_send_outcomes_total{outcome=\"sent\"}").as_deref(),
+        Some("zapgate_send_outcomes_total{outcome=\"sent\"} 1")
+    );
+    assert!(text.contains("route=\"/v1/messages/{message_id}\""), "requests are labelled by route template, not path");
+    assert!(!text.contains(&id), "no ids in labels");
+    assert!(text.contains("zapgate_provider_statuses_total{status=\"read\",applied=\"applied\"} 1"));
+}

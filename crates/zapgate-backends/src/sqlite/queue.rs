@@ -80,6 +80,10 @@ impl Queue for SqliteBackend {
         .await
     }
 
+    async fn depth(&self) -> Result<u64, StoreError> {
+        self.read(|c| Ok(c.query_row("SELECT COUNT(*) FROM queue_entries", [], |r| r.get::<_, i64>(0))? as u64)).await
+    }
+
     async fn recover(&self, now: Timestamp) -> Result<u64, StoreError> {
         self.writer.write(Box::new(move |conn| recover(conn, now))).await
     }

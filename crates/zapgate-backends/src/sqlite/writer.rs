@@ -78,7 +78,10 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Box<dyn WriteJob>>, committed: A
             }
         }
         let changes_before = conn.total_changes();
+        let started = std::time::Instant::now();
         let commit = commit_batch(&conn, &mut batch).map_err(|e| e.to_string());
+        metrics::histogram!("zapgate_store_commit_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("zapgate_store_commit_jobs").record(batch.len() as f64);
         match &commit {
             Ok(()) => {
                 crash_point("after_commit");

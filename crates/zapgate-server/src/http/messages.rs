@@ -178,6 +178,7 @@ pub async fn send(
     let accepted = super::detached(async move {
         let accepted = store.accept(msg).await;
         if let Ok(Accepted::New { .. }) = &accepted {
+            metrics::counter!("zapgate_messages_accepted_total").increment(1);
             work.mark(instance);
         }
         accepted

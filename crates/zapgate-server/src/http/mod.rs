@@ -46,6 +46,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
+        .route("/metrics", get(crate::metrics::render))
         .route("/openapi.json", get(docs::openapi_json))
         .route("/docs", get(docs::page))
         .route("/v1/tenants", post(tenants::create).get(tenants::list))
@@ -74,6 +75,7 @@ pub fn router(state: AppState) -> Router {
                 "internal error",
             ))
         }))
+        .layer(axum::middleware::from_fn(crate::metrics::track_http))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -129,9 +129,21 @@ async fn finish(
     result: SendResult,
     pending: &AtomicUsize,
 ) {
+    let label = match &result {
+        SendResult::Sent { .. } => "sent",
+        SendResult::Retry { .. } => "retry",
+        SendResult::Failed { .. } => "failed",
+        SendResult::Expired => "expired",
+        SendResult::Cancelled { .. } => "cancelled",
+    };
     let outcome =
         SendOutcome { message_id: msg.id.clone(), result, retry_limit: ctx.retry_limit, now: Timestamp::now() };
     let applied = persist(|| ctx.backends.store.record_outcome(outcome.clone())).await;
+    let label = match &applied {
+        Some(OutcomeApplied::Done(zapgate_domain::MessageStatus::Dead)) => "dead",
+        _ => label,
+    };
+    metrics::counter!("zapgate_send_outcomes_total", "outcome" => label).increment(1);
     crash_point("before_ack");
     if let Some(applied) = applied.filter(|_| !ctx.backends.queue.settled_by_store()) {
         let settlement = match applied {

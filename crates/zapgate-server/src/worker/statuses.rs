@@ -4,7 +4,7 @@ use super::persist;
 use futures::future::join_all;
 use std::sync::Arc;
 use tokio::sync::mpsc;
-use zapgate_backends::{ProviderStatusReport, Store, StoreError};
+use zapgate_backends::{ProviderStatusReport, StatusApplied, Store, StoreError};
 use zapgate_providers::StatusReport;
 
 const BATCH: usize = 256;
@@ -30,5 +30,13 @@ async fn apply(store: &Arc<dyn Store>, r: StatusReport) -> Result<(), StoreError
         error_code: r.error_code,
         error_message: r.error_message,
     };
-    store.apply_provider_status(report).await.map(|_| ())
+    let status = report.status.as_str();
+    let applied = store.apply_provider_status(report).await?;
+    let applied = match applied {
+        StatusApplied::Applied => "applied",
+        StatusApplied::Ignored => "ignored",
+        StatusApplied::Parked => "parked",
+    };
+    metrics::counter!("zapgate_provider_statuses_total", "status" => status, "applied" => applied).increment(1);
+    Ok(())
 }

@@ -142,6 +142,13 @@ async fn attempt(sender: Arc<WebhookSender>, job: DeliveryJob, _slot: OwnedSemap
     if let AttemptResult::Failed { retry_at: None, error, .. } = &result {
         tracing::warn!(delivery = %job.id, endpoint = %job.endpoint_id, %error, "webhook delivery dead after {number} attempts");
     }
+    let label = match &result {
+        AttemptResult::Succeeded { .. } => "succeeded",
+        AttemptResult::Failed { retry_at: Some(_), .. } => "retry",
+        AttemptResult::Failed { retry_at: None, .. } => "dead",
+    };
+    metrics::counter!("zapgate_webhook_attempts_total", "result" => label).increment(1);
+    metrics::histogram!("zapgate_webhook_attempt_seconds").record(duration_ms as f64 / 1000.0);
     let outcome = AttemptOutcome { delivery: job.id.clone(), attempt: number, at, duration_ms, result };
     persist(|| sender.store.record_attempt(outcome.clone())).await;
 }

@@ -1,0 +1,61 @@
+//! Prometheus metrics at `GET /metrics` (the `metrics` facade, rendered by
+//! the Prometheus exporter). Labels never carry tenant ids, phone numbers
+//! or URLs: cardinality stays bounded and nothing private leaks.
+//!
+//! | metric | kind | labels |
+//! |---|---|---|
+//! | `zapgate_http_requests_total` | counter | `method`, `route`, `status` |
+//! | `zapgate_http_request_seconds` | histogram | `route` |
+//! | `zapgate_messages_accepted_total` | counter | |
+//! | `zapgate_send_outcomes_total` | counter | `outcome` (sent, retry, failed, dead, expired, cancelled) |
+//! | `zapgate_provider_call_seconds` | histogram | `provider` |
+//! | `zapgate_provider_statuses_total` | counter | `status`, `applied` (applied, ignored, parked) |
+//! | `zapgate_webhook_attempts_total` | counter | `result` (succeeded, retry, dead) |
+//! | `zapgate_webhook_attempt_seconds` | histogram | |
+//! | `zapgate_queue_depth` | gauge | |
+//! | `zapgate_store_commit_seconds`, `zapgate_store_commit_jobs` | histogram | |
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide recorder (once) and returns its handle.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ])
+                .expect("static buckets are valid")
+                .install_recorder()
+                .expect("the metrics recorder is installed once")
+        })
+        .clone()
+}
+
+pub async fn render() -> String {
+    let handle = install();
+    handle.run_upkeep();
+    handle.render()
+}
+
+/// Counts and times every request by its route template (not its path).
+pub async fn track_http(req: Request, next: Next) -> Response {
+    let route =
+        req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let started = Instant::now();
+    let res = next.run(req).await;
+    let status = res.status().as_u16().to_string();
+    metrics::histogram!("zapgate_http_request_seconds", "route" => route.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!("zapgate_http_requests_total", "method" => method, "route" => route, "status" => status)
+        .increment(1);
+    res
+}
