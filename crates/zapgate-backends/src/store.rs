@@ -285,6 +285,10 @@ pub trait Store: Send + Sync + 'static {
     /// `dead → queued` with attempts reset; returns false if not a dead letter.
     async fn replay_dead(&self, tenant: &TenantId, id: &MessageId, now: Timestamp) -> Result<bool, StoreError>;
 
+    /// Raises `message.ack_timeout` (once) for up to `limit` messages still
+    /// `sent` since before `sent_before`; returns how many.
+    async fn raise_ack_timeouts(&self, sent_before: Timestamp, now: Timestamp, limit: u32) -> Result<u64, StoreError>;
+
     /// Drops idempotency keys and parked statuses older than the given times.
     async fn purge_expired(&self, keys_before: Timestamp, parked_before: Timestamp) -> Result<u64, StoreError>;
 }

@@ -7,15 +7,27 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum EventType {
+    /// The message's status changed (or a provider reported one).
     #[serde(rename = "message.status")]
     MessageStatus,
+    /// Still `sent` after `ZAPGATE_ACK_TIMEOUT`: raised once, not a failure
+    /// (the phone may be offline); a later `delivered` still applies.
+    #[serde(rename = "message.ack_timeout")]
+    MessageAckTimeout,
 }
 
 impl EventType {
+    pub const ALL: [EventType; 2] = [EventType::MessageStatus, EventType::MessageAckTimeout];
+
     pub fn as_str(self) -> &'static str {
         match self {
             EventType::MessageStatus => "message.status",
+            EventType::MessageAckTimeout => "message.ack_timeout",
         }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == s)
     }
 }
 

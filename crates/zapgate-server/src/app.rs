@@ -56,7 +56,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     });
     let dispatcher = tokio::spawn(dispatcher::run(ctx, stop_rx.clone()));
     tokio::spawn(statuses::run(backends.store.clone(), status_rx));
-    tokio::spawn(janitor::run(backends.store.clone(), backends.queue.clone(), config.idempotency_ttl, stop_rx.clone()));
+    let janitor = janitor::Janitor {
+        store: backends.store.clone(),
+        queue: backends.queue.clone(),
+        idempotency_ttl: config.idempotency_ttl,
+        ack_timeout: config.ack_timeout,
+    };
+    tokio::spawn(janitor::run(janitor, stop_rx.clone()));
     let egress = Egress::new(config.webhook_allow_private, config.webhook_timeout).context("egress HTTP client")?;
     let sender = Arc::new(WebhookSender {
         store: backends.webhooks.clone(),

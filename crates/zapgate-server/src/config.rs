@@ -57,6 +57,9 @@ pub struct Config {
     /// How long an Idempotency-Key is remembered.
     #[serde(with = "humantime_serde")]
     pub idempotency_ttl: Duration,
+    /// A message still `sent` this long raises `message.ack_timeout` (once; not a failure).
+    #[serde(with = "humantime_serde")]
+    pub ack_timeout: Duration,
     /// Delays between webhook delivery attempts; after the last, the delivery is dead.
     pub webhook_retry_schedule: String,
     /// Allow webhooks (and other egress) to loopback/private/link-local addresses.
@@ -97,6 +100,7 @@ impl Default for Config {
             tenant_rate_limit: 1000,
             max_body_bytes: 1024 * 1024,
             idempotency_ttl: Duration::from_secs(24 * 3600),
+            ack_timeout: Duration::from_secs(600),
             webhook_retry_schedule: "5s,30s,2m,10m,1h,6h".into(),
             webhook_allow_private: false,
             webhook_timeout: Duration::from_secs(10),

@@ -12,6 +12,7 @@
 //! | `zapgate_provider_statuses_total` | counter | `status`, `applied` (applied, ignored, parked) |
 //! | `zapgate_webhook_attempts_total` | counter | `result` (succeeded, retry, dead) |
 //! | `zapgate_webhook_attempt_seconds` | histogram | |
+//! | `zapgate_ack_timeouts_total` | counter | |
 //! | `zapgate_queue_depth` | gauge | |
 //! | `zapgate_store_commit_seconds`, `zapgate_store_commit_jobs` | histogram | |
 

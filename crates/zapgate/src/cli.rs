@@ -148,6 +148,10 @@ struct ServeArgs {
     #[arg(long, env = "ZAPGATE_IDEMPOTENCY_TTL", value_parser = parse_duration, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
     idempotency_ttl: Option<Duration>,
+    /// A message still `sent` this long raises message.ack_timeout once [default: 10m].
+    #[arg(long, env = "ZAPGATE_ACK_TIMEOUT", value_parser = parse_duration, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    ack_timeout: Option<Duration>,
     /// Delays between webhook delivery attempts, comma-separated [default: 5s,30s,2m,10m,1h,6h].
     #[arg(long, env = "ZAPGATE_WEBHOOK_RETRY_SCHEDULE", value_name = "DURATIONS")]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -191,3 +191,28 @@ async fn a_scheduled_message_can_be_cancelled_before_it_is_sent() {
         .unwrap();
     assert_eq!(r.status(), 404);
 }
+
+#[tokio::test]
+async fn a_message_never_acknowledged_raises_ack_timeout_once_without_failing_it() {
+    let s = Server::start(&[("ZAPGATE_ACK_TIMEOUT", "400ms"), ("ZAPGATE_SANDBOX_DELIVERED_AFTER", "1h")]).await;
+    let (token, ins) = s.tenant_with_instance("acme", 80).await;
+    let silent = s.send_text(&token, &ins, "+15550140000", "into the void").await;
+    s.wait_status(&token, &silent, &["sent"], WAIT).await;
+    let mut timeouts = 0;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let m = s.message(&token, &silent).await;
+        timeouts = m["history"].as_array().unwrap().iter().filter(|e| e["type"] == "message.ack_timeout").count();
+        if timeouts > 0 {
+            break;
+        }
+    }
+    assert_eq!(timeouts, 1, "raised once the timeout passed");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let m = s.message(&token, &silent).await;
+    let h = m["history"].as_array().unwrap();
+    assert_eq!(h.iter().filter(|e| e["type"] == "message.ack_timeout").count(), 1, "raised only once");
+    assert_eq!(m["status"], "sent", "an ack timeout is not a failure");
+    let text = s.http.get(s.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(text.lines().any(|l| l == "zapgate_ack_timeouts_total 1"), "{text}");
+}

@@ -31,8 +31,11 @@ pub const DB_FILE: &str = "zapgate.db";
 const LOCK_FILE: &str = "serve.lock";
 
 /// Schema versions, applied in order; `PRAGMA user_version` records the last.
-const MIGRATIONS: &[&str] =
-    &[include_str!("../../migrations/sqlite/0001_init.sql"), include_str!("../../migrations/sqlite/0002_webhooks.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/sqlite/0001_init.sql"),
+    include_str!("../../migrations/sqlite/0002_webhooks.sql"),
+    include_str!("../../migrations/sqlite/0003_ack_timeout.sql"),
+];
 
 pub struct SqliteBackend {
     writer: Writer,

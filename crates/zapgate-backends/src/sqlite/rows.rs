@@ -15,7 +15,8 @@ pub const MESSAGE_COLUMNS: &str = "id, tenant_id, instance_id, recipient, wa_id,
 pub const INSTANCE_COLUMNS: &str =
     "id, tenant_id, name, provider, phone_number_id, waba_id, rate_per_sec, burst, created_at";
 
-pub const EVENT_COLUMNS: &str = "seq, id, tenant_id, message_id, instance_id, status, chat_seq, detail, created_at";
+pub const EVENT_COLUMNS: &str =
+    "seq, id, tenant_id, message_id, instance_id, type, status, chat_seq, detail, created_at";
 
 /// Statuses that still have a queue entry.
 pub const PENDING_STATUSES: &str = "('scheduled','queued','sending','retry_wait')";
@@ -89,9 +90,10 @@ pub fn token(row: &Row<'_>) -> Result<TokenRecord, StoreError> {
 pub fn event(row: &Row<'_>) -> Result<MessageEvent, StoreError> {
     let status: String = row.get("status")?;
     let detail: String = row.get("detail")?;
+    let kind: String = row.get("type")?;
     Ok(MessageEvent {
         id: EventId::from_trusted(row.get("id")?),
-        event_type: EventType::MessageStatus,
+        event_type: EventType::parse(&kind).ok_or_else(|| corrupt("event type", &kind))?,
         tenant_id: TenantId::from_trusted(row.get("tenant_id")?),
         message_id: MessageId::from_trusted(row.get("message_id")?),
         instance_id: InstanceId::from_trusted(row.get("instance_id")?),
@@ -175,6 +177,17 @@ pub fn insert_event(
     detail: &StatusDetail,
     at: Timestamp,
 ) -> Result<(), StoreError> {
+    insert_event_of(conn, EventType::MessageStatus, msg, status, detail, at)
+}
+
+pub fn insert_event_of(
+    conn: &Connection,
+    kind: EventType,
+    msg: &MessageRef,
+    status: MessageStatus,
+    detail: &StatusDetail,
+    at: Timestamp,
+) -> Result<(), StoreError> {
     exec(
         conn,
         "INSERT INTO events (id, tenant_id, message_id, instance_id, type, status, chat_seq, detail, created_at) \
@@ -184,7 +197,7 @@ pub fn insert_event(
             msg.tenant_id,
             msg.id,
             msg.instance_id,
-            EventType::MessageStatus.as_str(),
+            kind.as_str(),
             status.as_str(),
             msg.chat_seq,
             serde_json::to_string(detail).expect("details serialise"),

@@ -11,7 +11,9 @@ use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, params, params_from_iter};
 use zapgate_domain::event::StatusDetail;
 use zapgate_domain::status::{FAILED_RANK, SENT_RANK};
-use zapgate_domain::{InstanceId, MessageEvent, MessageId, MessageStatus, TenantId, Timestamp, TokenHash, TokenId};
+use zapgate_domain::{
+    EventType, InstanceId, MessageEvent, MessageId, MessageStatus, TenantId, Timestamp, TokenHash, TokenId,
+};
 
 #[async_trait]
 impl Store for SqliteBackend {
@@ -376,6 +378,31 @@ impl Store for SqliteBackend {
                 };
                 rows::enqueue(conn, entry, now)?;
                 Ok(true)
+            }))
+            .await
+    }
+
+    async fn raise_ack_timeouts(&self, sent_before: Timestamp, now: Timestamp, limit: u32) -> Result<u64, StoreError> {
+        self.writer
+            .write(Box::new(move |conn| {
+                let late = all(
+                    conn,
+                    "UPDATE messages SET ack_timeout_at = ?1 WHERE id IN ( \
+                       SELECT id FROM messages WHERE status = 'sent' AND ack_timeout_at IS NULL AND updated_at < ?2 \
+                       ORDER BY updated_at LIMIT ?3) \
+                     RETURNING id, tenant_id, instance_id, chat_seq, provider_message_id",
+                    params![now.as_millis(), sent_before.as_millis(), limit],
+                    |r| Ok((MessageRef::from_row(r)?, r.get::<_, Option<String>>("provider_message_id")?)),
+                )?;
+                for (m, provider_message_id) in &late {
+                    let detail = StatusDetail {
+                        provider_message_id: provider_message_id.clone(),
+                        reason: Some("no delivery report from the provider yet".into()),
+                        ..detail()
+                    };
+                    rows::insert_event_of(conn, EventType::MessageAckTimeout, m, MessageStatus::Sent, &detail, now)?;
+                }
+                Ok(late.len() as u64)
             }))
             .await
     }

@@ -12,7 +12,7 @@ use zapgate_backends::{AttemptRecord, DeliveryRecord, EndpointChange, EndpointRe
 use zapgate_domain::webhook::WebhookSecret;
 use zapgate_domain::{DeliveryId, EndpointId, EventType, Timestamp, ValidationError};
 
-const EVENT_TYPES: [EventType; 1] = [EventType::MessageStatus];
+const EVENT_TYPES: [EventType; 2] = EventType::ALL;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -22,7 +22,7 @@ pub struct CreateWebhook {
     pub url: String,
     #[serde(default)]
     pub description: String,
-    /// Event types to deliver (`message.status`); empty or absent = all.
+    /// Event types to deliver (`message.status`, `message.ack_timeout`); empty or absent = all.
     #[serde(default)]
     pub event_types: Vec<String>,
     /// Also deliver internal steps (queued, sending, retry_wait, scheduled).

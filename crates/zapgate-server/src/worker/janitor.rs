@@ -1,8 +1,8 @@
-//! Periodic jobs: the queue-depth gauge (10 s) and clean-up of expired
-//! idempotency keys and stale parked statuses (1 min).
+//! Periodic jobs: the ack-timeout sweep, the queue-depth gauge and clean-up
+//! of expired idempotency keys and stale parked statuses.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use zapgate_backends::{Queue, Store};
 use zapgate_domain::Timestamp;
@@ -10,33 +10,48 @@ use zapgate_domain::Timestamp;
 /// Parked statuses whose message never got a provider id are dropped after this.
 const PARKED_TTL: Duration = Duration::from_secs(3600);
 
-pub async fn run(
-    store: Arc<dyn Store>,
-    queue: Arc<dyn Queue>,
-    idempotency_ttl: Duration,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut tick = tokio::time::interval(Duration::from_secs(10));
-    let mut ticks = 0u64;
+pub struct Janitor {
+    pub store: Arc<dyn Store>,
+    pub queue: Arc<dyn Queue>,
+    pub idempotency_ttl: Duration,
+    pub ack_timeout: Duration,
+}
+
+pub async fn run(j: Janitor, mut shutdown: watch::Receiver<bool>) {
+    // Sweep often enough that an ack timeout is raised close to its time.
+    let tick = (j.ack_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(10));
+    let mut interval = tokio::time::interval(tick);
+    let (mut gauged, mut purged) = (Instant::now() - Duration::from_secs(3600), Instant::now());
     loop {
         tokio::select! {
-            _ = tick.tick() => {}
+            _ = interval.tick() => {}
             _ = shutdown.changed() => return,
         }
-        if let Ok(depth) = queue.depth().await {
-            metrics::gauge!("zapgate_queue_depth").set(depth as f64);
-        }
-        ticks += 1;
-        if ticks % 6 != 1 {
-            continue;
-        }
         let now = Timestamp::now();
-        let keys_before = now.plus_millis(-(idempotency_ttl.as_millis() as i64));
-        let parked_before = now.plus_millis(-(PARKED_TTL.as_millis() as i64));
-        match store.purge_expired(keys_before, parked_before).await {
+        let sent_before = now.plus_millis(-(j.ack_timeout.as_millis() as i64));
+        match j.store.raise_ack_timeouts(sent_before, now, 1000).await {
             Ok(0) => {}
-            Ok(n) => tracing::debug!(rows = n, "purged expired idempotency keys and parked statuses"),
-            Err(e) => tracing::warn!(error = %e, "purge failed"),
+            Ok(n) => {
+                metrics::counter!("zapgate_ack_timeouts_total").increment(n);
+                tracing::info!(messages = n, "raised message.ack_timeout");
+            }
+            Err(e) => tracing::warn!(error = %e, "ack-timeout sweep failed"),
+        }
+        if gauged.elapsed() >= Duration::from_secs(10) {
+            gauged = Instant::now();
+            if let Ok(depth) = j.queue.depth().await {
+                metrics::gauge!("zapgate_queue_depth").set(depth as f64);
+            }
+        }
+        if purged.elapsed() >= Duration::from_secs(60) {
+            purged = Instant::now();
+            let keys_before = now.plus_millis(-(j.idempotency_ttl.as_millis() as i64));
+            let parked_before = now.plus_millis(-(PARKED_TTL.as_millis() as i64));
+            match j.store.purge_expired(keys_before, parked_before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(rows = n, "purged expired idempotency keys and parked statuses"),
+                Err(e) => tracing::warn!(error = %e, "purge failed"),
+            }
         }
     }
 }
