@@ -2,7 +2,7 @@
 //! transaction as the change. They are the message history and, later, what
 //! webhooks fan out from.
 
-use crate::{EventId, InstanceId, MessageId, MessageStatus, TenantId, Timestamp};
+use crate::{DeliveryId, EndpointId, EventId, InstanceId, MessageId, MessageStatus, TenantId, Timestamp};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -14,15 +14,21 @@ pub enum EventType {
     /// (the phone may be offline); a later `delivered` still applies.
     #[serde(rename = "message.ack_timeout")]
     MessageAckTimeout,
+    /// A webhook delivery used up its retry schedule (the seeds'
+    /// `STATUS_FAILED_WEBHOOK_URL`: subscribe an endpoint to this type).
+    #[serde(rename = "webhook.delivery_failed")]
+    WebhookDeliveryFailed,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 2] = [EventType::MessageStatus, EventType::MessageAckTimeout];
+    pub const ALL: [EventType; 3] =
+        [EventType::MessageStatus, EventType::MessageAckTimeout, EventType::WebhookDeliveryFailed];
 
     pub fn as_str(self) -> &'static str {
         match self {
             EventType::MessageStatus => "message.status",
             EventType::MessageAckTimeout => "message.ack_timeout",
+            EventType::WebhookDeliveryFailed => "webhook.delivery_failed",
         }
     }
 
@@ -46,6 +52,16 @@ pub struct StatusDetail {
     /// When a `retry_wait` or `scheduled` message is due again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<Timestamp>,
+    /// For `webhook.delivery_failed`: the delivery that died, its endpoint,
+    /// the event it carried and the receiver's last HTTP status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery_id: Option<DeliveryId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_id: Option<EndpointId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_event_id: Option<EventId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<u16>,
     /// False when a provider report was recorded but did not change the
     /// status (e.g. `delivered` arriving after `read`).
     #[serde(default = "yes", skip_serializing_if = "is_true")]

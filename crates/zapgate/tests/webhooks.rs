@@ -143,8 +143,11 @@ async fn a_failing_receiver_is_retried_with_one_webhook_id_then_dead_then_replay
     let (rx, url) = Receiver::start().await;
     rx.fail.store(3, Ordering::SeqCst);
     let (token, ins) = s.tenant_with_instance("acme", 80).await;
+    // The tenant's failure URL: an endpoint subscribed to failed deliveries.
+    let (failures, failure_url) = Receiver::start().await;
+    webhook(&s, &token, json!({"url": failure_url, "event_types": ["webhook.delivery_failed"]})).await;
     // Only the failure path's one event: the sandbox rejects this number.
-    let (hook, _) = webhook(&s, &token, json!({"url": url})).await;
+    let (hook, _) = webhook(&s, &token, json!({"url": url, "event_types": ["message.status"]})).await;
     s.send_text(&token, &ins, "+15550110000", "x").await;
     let got = rx.wait_for(3).await;
     assert!(got.iter().all(|r| r.id == got[0].id), "every attempt carries the same webhook-id");
@@ -165,6 +168,13 @@ async fn a_failing_receiver_is_retried_with_one_webhook_id_then_dead_then_replay
     let codes: Vec<i64> =
         detail["attempt_history"].as_array().unwrap().iter().map(|a| a["status_code"].as_i64().unwrap()).collect();
     assert_eq!(codes, [500, 500, 500]);
+    let notices = failures.wait_for(1).await;
+    let notice = body(&notices[0]);
+    assert_eq!(notice["type"], "webhook.delivery_failed");
+    assert_eq!(notice["data"]["delivery_id"], did);
+    assert_eq!(notice["data"]["endpoint_id"], hook.as_str());
+    assert_eq!(notice["data"]["failed_event_id"], got[0].id.as_str());
+    assert_eq!(notice["data"]["status_code"], 500);
 
     // The receiver is fixed: replay sends the same event id once more.
     let r = s.post(&token, &format!("/v1/deliveries/{did}/replay"), &json!({})).await;

@@ -9,8 +9,9 @@ use rusqlite::{Connection, Row, params};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::Notify;
+use zapgate_domain::event::StatusDetail;
 use zapgate_domain::webhook::WebhookSecret;
-use zapgate_domain::{DeliveryId, EndpointId, EventId, TenantId, Timestamp};
+use zapgate_domain::{DeliveryId, EndpointId, EventId, EventType, TenantId, Timestamp};
 
 const ENDPOINT_COLUMNS: &str =
     "id, tenant_id, url, description, event_types, include_internal, headers, enabled, created_at, updated_at";
@@ -249,6 +250,9 @@ impl WebhookStore for SqliteBackend {
                      last_status_code = ?4, last_error = ?5, updated_at = ?6 WHERE id = ?7",
                     params![status, o.attempt, next, code, error, o.at.as_millis(), o.delivery.as_str()],
                 )?;
+                if status == "dead" {
+                    raise_delivery_failed(conn, &o, code, error)?;
+                }
                 Ok(())
             }))
             .await
@@ -334,6 +338,53 @@ impl WebhookStore for SqliteBackend {
     }
 }
 
+/// Records `webhook.delivery_failed` for a delivery that just died, in the
+/// same transaction, so it fans out like any event (to endpoints subscribed
+/// to it: the tenant's failure URL). A failed failure notice raises nothing,
+/// or a dead receiver would feed itself.
+fn raise_delivery_failed(
+    conn: &Connection,
+    o: &AttemptOutcome,
+    status_code: Option<u16>,
+    error: Option<String>,
+) -> Result<(), StoreError> {
+    let row = one(
+        conn,
+        "SELECT d.endpoint_id, e.id, e.type, e.tenant_id, e.message_id, e.instance_id, e.status, e.chat_seq \
+         FROM webhook_deliveries d JOIN events e ON e.id = d.event_id WHERE d.id = ?",
+        [o.delivery.as_str()],
+        |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                super::rows::MessageRef {
+                    id: r.get(4)?,
+                    tenant_id: r.get(3)?,
+                    instance_id: r.get(5)?,
+                    chat_seq: r.get(7)?,
+                },
+                r.get::<_, String>(6)?,
+            ))
+        },
+    )?;
+    let Some((endpoint_id, event_id, kind, message, status)) = row else { return Ok(()) };
+    if kind == EventType::WebhookDeliveryFailed.as_str() {
+        return Ok(());
+    }
+    let detail = StatusDetail {
+        attempts: Some(o.attempt),
+        reason: error,
+        delivery_id: Some(o.delivery.clone()),
+        endpoint_id: Some(EndpointId::from_trusted(endpoint_id)),
+        failed_event_id: Some(EventId::from_trusted(event_id)),
+        status_code,
+        ..crate::detail()
+    };
+    let status = status.parse().map_err(StoreError::Corrupt)?;
+    super::rows::insert_event_of(conn, EventType::WebhookDeliveryFailed, &message, status, &detail, o.at)
+}
+
 fn secret(s: String) -> Result<WebhookSecret, StoreError> {
     WebhookSecret::parse(&s).ok_or_else(|| StoreError::Corrupt("stored webhook secret".into()))
 }
@@ -368,7 +419,8 @@ fn fan_out(conn: &Connection, limit: u32, now: Timestamp) -> Result<u32, StoreEr
                ON w.tenant_id = e.tenant_id AND w.enabled = 1 AND w.deleted_at IS NULL AND e.seq > w.from_event_seq \
              WHERE e.seq > ?1 AND e.seq <= ?2 \
                AND COALESCE(json_extract(e.detail, '$.applied'), 1) = 1 \
-               AND (w.include_internal = 1 OR e.status NOT IN ('scheduled','queued','sending','retry_wait')) \
+               AND (w.include_internal = 1 OR e.type != 'message.status' \
+                    OR e.status NOT IN ('scheduled','queued','sending','retry_wait')) \
                AND (w.event_types = '[]' OR EXISTS (SELECT 1 FROM json_each(w.event_types) WHERE value = e.type)) \
              ORDER BY e.seq",
             params![cursor, upto, now.as_millis()],

@@ -12,7 +12,7 @@ use zapgate_backends::{AttemptRecord, DeliveryRecord, EndpointChange, EndpointRe
 use zapgate_domain::webhook::WebhookSecret;
 use zapgate_domain::{DeliveryId, EndpointId, EventType, Timestamp, ValidationError};
 
-const EVENT_TYPES: [EventType; 2] = EventType::ALL;
+const EVENT_TYPES: [EventType; 3] = EventType::ALL;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -22,7 +22,8 @@ pub struct CreateWebhook {
     pub url: String,
     #[serde(default)]
     pub description: String,
-    /// Event types to deliver (`message.status`, `message.ack_timeout`); empty or absent = all.
+    /// Event types to deliver (`message.status`, `message.ack_timeout`,
+    /// `webhook.delivery_failed`); empty or absent = all.
     #[serde(default)]
     pub event_types: Vec<String>,
     /// Also deliver internal steps (queued, sending, retry_wait, scheduled).
