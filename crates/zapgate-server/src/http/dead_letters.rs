@@ -2,8 +2,8 @@
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiQuery, TenantAuth};
-use super::messages::{MessageAccepted, MessageList, PageParams, list_page, message_id};
-use super::{AppState, Page};
+use super::messages::{MessageAccepted, MessageList, list_page, message_id};
+use super::{AppState, PageParams};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -18,16 +18,8 @@ pub async fn list(
     State(s): State<AppState>,
     ApiQuery(q): ApiQuery<PageParams>,
 ) -> ApiResult<Json<MessageList>> {
-    let page = Page { cursor: q.cursor, limit: q.limit };
-    let before = page
-        .cursor
-        .as_deref()
-        .map(|c| {
-            zapgate_domain::MessageId::parse(c)
-                .ok_or_else(|| ApiError::bad_request("invalid_query", "cursor is not valid"))
-        })
-        .transpose()?;
-    let f = MessageFilter { status: Some(MessageStatus::Dead), before, limit: page.limit()?, ..Default::default() };
+    let before = q.before(zapgate_domain::MessageId::parse)?;
+    let f = MessageFilter { status: Some(MessageStatus::Dead), before, limit: q.limit()?, ..Default::default() };
     Ok(Json(list_page(&s, &tenant, f).await?))
 }
 

@@ -2,7 +2,7 @@
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery, TenantAuth};
-use super::{AppState, Page};
+use super::{AppState, PageParams};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -268,14 +268,6 @@ pub struct ListQuery {
     pub limit: Option<u32>,
 }
 
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-pub struct PageParams {
-    /// Opaque cursor from a previous page's `next_cursor`.
-    pub cursor: Option<String>,
-    /// Page size, 1–500 (default 50).
-    pub limit: Option<u32>,
-}
-
 impl ListQuery {
     fn filter(&self) -> ApiResult<MessageFilter> {
         let bad = |m: &str| ApiError::bad_request("invalid_query", m.to_owned());
@@ -284,7 +276,7 @@ impl ListQuery {
                 .map(|v| Timestamp::parse_rfc3339(v).ok_or_else(|| bad(&format!("{name} must be an RFC 3339 time"))))
                 .transpose()
         };
-        let page = Page { cursor: self.cursor.clone(), limit: self.limit };
+        let page = PageParams { cursor: self.cursor.clone(), limit: self.limit };
         Ok(MessageFilter {
             status: self.status.as_deref().map(|v| v.parse().map_err(|e: String| bad(&e))).transpose()?,
             recipient: self.to.as_deref().map(|v| ChatId::parse(v).map_err(|e| bad(&e.to_string()))).transpose()?,
@@ -295,11 +287,7 @@ impl ListQuery {
                 .transpose()?,
             since: time(&self.since, "since")?,
             until: time(&self.until, "until")?,
-            before: page
-                .cursor
-                .as_deref()
-                .map(|c| MessageId::parse(c).ok_or_else(|| bad("cursor is not valid")))
-                .transpose()?,
+            before: page.before(MessageId::parse)?,
             limit: page.limit()?,
         })
     }
@@ -307,7 +295,7 @@ impl ListQuery {
 
 pub(super) async fn list_page(s: &AppState, tenant: &TenantId, f: MessageFilter) -> ApiResult<MessageList> {
     let data = s.backends.store.list_messages(tenant, &f).await?;
-    let next_cursor = (data.len() as u32 == f.limit).then(|| data.last().map(|m| m.id.to_string())).flatten();
+    let next_cursor = super::next_cursor(&data, f.limit, |m| m.id.to_string());
     Ok(MessageList { data, next_cursor })
 }
 

@@ -95,16 +95,16 @@ async fn method_not_allowed() -> ApiError {
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
 }
 
-/// Query-string pagination shared by list routes.
+/// Query-string pagination shared by list routes (newest first).
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
-pub struct Page {
+pub struct PageParams {
     /// Opaque cursor from a previous page's `next_cursor`.
     pub cursor: Option<String>,
     /// Page size, 1–500 (default 50).
     pub limit: Option<u32>,
 }
 
-impl Page {
+impl PageParams {
     pub fn limit(&self) -> Result<u32, ApiError> {
         match self.limit {
             None => Ok(50),
@@ -112,4 +112,17 @@ impl Page {
             Some(_) => Err(ApiError::bad_request("invalid_query", "limit must be between 1 and 500")),
         }
     }
+
+    /// The cursor as the id it stands for (rows older than it come next).
+    pub fn before<T>(&self, parse: impl Fn(&str) -> Option<T>) -> Result<Option<T>, ApiError> {
+        self.cursor
+            .as_deref()
+            .map(|c| parse(c).ok_or_else(|| ApiError::bad_request("invalid_query", "cursor is not valid")))
+            .transpose()
+    }
+}
+
+/// The cursor of the next page: the last row's id when the page is full.
+pub fn next_cursor<T>(rows: &[T], limit: u32, id: impl Fn(&T) -> String) -> Option<String> {
+    (rows.len() as u32 == limit).then(|| rows.last().map(id)).flatten()
 }

@@ -2,7 +2,7 @@
 
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, ApiQuery, TenantAuth};
-use super::{AppState, Page};
+use super::{AppState, PageParams};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -245,27 +245,22 @@ pub async fn rotate_secret(
 
 /// Deliveries to one webhook, newest first.
 #[utoipa::path(get, path = "/v1/webhooks/{webhook_id}/deliveries", tag = "webhooks", security(("tenant" = [])),
-    params(("webhook_id" = String, Path), super::messages::PageParams),
+    params(("webhook_id" = String, Path), PageParams),
     responses((status = 200, body = DeliveryList), (status = 404, body = super::error::ErrorBody)))]
 pub async fn deliveries(
     TenantAuth(tenant): TenantAuth,
     State(s): State<AppState>,
     Path(id): Path<String>,
-    ApiQuery(q): ApiQuery<super::messages::PageParams>,
+    ApiQuery(q): ApiQuery<PageParams>,
 ) -> ApiResult<Json<DeliveryList>> {
     let id = endpoint_id(&id)?;
     if s.backends.webhooks.get_endpoint(&tenant, &id).await?.is_none() {
         return Err(ApiError::not_found("webhook"));
     }
-    let page = Page { cursor: q.cursor, limit: q.limit };
-    let limit = page.limit()?;
-    let before = page
-        .cursor
-        .as_deref()
-        .map(|c| DeliveryId::parse(c).ok_or_else(|| ApiError::bad_request("invalid_query", "cursor is not valid")))
-        .transpose()?;
+    let limit = q.limit()?;
+    let before = q.before(DeliveryId::parse)?;
     let data = s.backends.webhooks.list_deliveries(&tenant, &id, before, limit).await?;
-    let next_cursor = (data.len() as u32 == limit).then(|| data.last().map(|d| d.id.to_string())).flatten();
+    let next_cursor = super::next_cursor(&data, limit, |d| d.id.to_string());
     Ok(Json(DeliveryList { data, next_cursor }))
 }
 
