@@ -5,8 +5,8 @@ use async_trait::async_trait;
 use serde::Serialize;
 use zapgate_domain::event::StatusDetail;
 use zapgate_domain::{
-    ChatId, InstanceId, MessageContent, MessageEvent, MessageId, MessageStatus, Priority, SendRequest, TenantId,
-    Timestamp, TokenHash, TokenId,
+    ChatId, InstanceId, MessageContent, MessageEvent, MessageId, MessageStatus, Priority, SendRequest, TemplateId,
+    TenantId, Timestamp, TokenHash, TokenId,
 };
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -25,6 +25,18 @@ pub struct TokenRecord {
     pub created_at: Timestamp,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub revoked_at: Option<Timestamp>,
+}
+
+/// A tenant's text template (`Olá {{name}}`).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct TemplateRecord {
+    pub id: TemplateId,
+    pub tenant_id: TenantId,
+    pub name: String,
+    pub body: String,
+    /// The variables `body` names, sorted.
+    pub variables: Vec<String>,
+    pub created_at: Timestamp,
 }
 
 /// A token to store: its public id, the hash of its secret and a hint.
@@ -284,6 +296,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// `dead → queued` with attempts reset; returns false if not a dead letter.
     async fn replay_dead(&self, tenant: &TenantId, id: &MessageId, now: Timestamp) -> Result<bool, StoreError>;
+
+    /// `Conflict` when the tenant already has a template of that name.
+    async fn create_template(&self, t: TemplateRecord) -> Result<TemplateRecord, StoreError>;
+    async fn list_templates(&self, tenant: &TenantId) -> Result<Vec<TemplateRecord>, StoreError>;
+    async fn get_template(&self, tenant: &TenantId, id: &TemplateId) -> Result<Option<TemplateRecord>, StoreError>;
+    async fn delete_template(&self, tenant: &TenantId, id: &TemplateId) -> Result<bool, StoreError>;
 
     /// Raises `message.ack_timeout` (once) for up to `limit` messages still
     /// `sent` since before `sent_before`; returns how many.

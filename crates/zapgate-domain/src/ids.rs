@@ -65,6 +65,9 @@ id_type!(
     /// The public handle of an API token (not the secret).
     TokenId, "tok_");
 id_type!(
+    /// A tenant's message template.
+    TemplateId, "tpl_");
+id_type!(
     /// A tenant's webhook subscription.
     EndpointId, "whk_");
 id_type!(

@@ -416,3 +416,43 @@ async fn metrics_count_accepts_outcomes_and_requests_by_route() {
     assert!(!text.contains(&id), "no ids in labels");
     assert!(text.contains("zapgate_provider_statuses_total{status=\"read\",applied=\"applied\"} 1"));
 }
+
+#[tokio::test]
+async fn templates_render_into_text_messages_and_bad_uses_are_named() {
+    let s = Server::start(&[]).await;
+    let (token, ins) = s.tenant_with_instance("acme", 80).await;
+    let (other, _) = s.tenant_with_instance("other", 80).await;
+    let body = "Olá {{name}}, sua fatura de {{amount}} vence em {{due_date}}.";
+    let r = s.post(&token, "/v1/templates", &json!({"name": "billing", "body": body})).await;
+    assert_eq!(r.status(), 201);
+    let t: Value = r.json().await.unwrap();
+    assert_eq!(t["variables"], json!(["amount", "due_date", "name"]));
+    let tid = t["id"].as_str().unwrap();
+    let r = s.post(&token, "/v1/templates", &json!({"name": "billing", "body": "x"})).await;
+    assert_eq!(r.status(), 409, "names are unique per tenant");
+    let r = s.post(&token, "/v1/templates", &json!({"name": "broken", "body": "Olá {{name"})).await;
+    assert_eq!(r.status(), 422);
+
+    let send = |vars: Value| json!({"instance_id": ins, "to": "+5511999998888", "template_id": tid, "variables": vars});
+    let r = s.post(&token, "/v1/messages", &send(json!({"name": "Ana", "amount": "R$ 10", "due_date": "05/12"}))).await;
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let m = s.message(&token, &id).await;
+    assert_eq!(m["type"], "text");
+    assert_eq!(m["text"]["body"], "Olá Ana, sua fatura de R$ 10 vence em 05/12.");
+
+    let r = s.post(&token, "/v1/messages", &send(json!({"name": "Ana", "amount": "R$ 10"}))).await;
+    assert_eq!(r.status(), 422);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["details"]["field"], "variables.due_date");
+    let mut both = send(json!({"name": "a", "amount": "b", "due_date": "c"}));
+    both["type"] = json!("text");
+    assert_eq!(s.post(&token, "/v1/messages", &both).await.status(), 422);
+    let theirs = json!({"instance_id": ins, "to": "+5511999998888", "template_id": tid, "variables": {}});
+    let r = s.post(&other, "/v1/messages", &theirs).await;
+    assert_eq!(r.status(), 422, "another tenant's template does not exist for you");
+    let list: Value = s.get(&token, "/v1/messages").await.json().await.unwrap();
+    assert_eq!(list["data"].as_array().unwrap().len(), 1, "refused sends stored nothing");
+    let r = s.http.delete(s.url(&format!("/v1/templates/{tid}"))).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(s.get(&token, &format!("/v1/templates/{tid}")).await.status(), 404);
+}

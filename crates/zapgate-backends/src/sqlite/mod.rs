@@ -35,6 +35,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_init.sql"),
     include_str!("../../migrations/sqlite/0002_webhooks.sql"),
     include_str!("../../migrations/sqlite/0003_ack_timeout.sql"),
+    include_str!("../../migrations/sqlite/0004_templates.sql"),
 ];
 
 pub struct SqliteBackend {

@@ -12,7 +12,7 @@ use rusqlite::{Connection, params, params_from_iter};
 use zapgate_domain::event::StatusDetail;
 use zapgate_domain::status::{FAILED_RANK, SENT_RANK};
 use zapgate_domain::{
-    EventType, InstanceId, MessageEvent, MessageId, MessageStatus, TenantId, Timestamp, TokenHash, TokenId,
+    EventType, InstanceId, MessageEvent, MessageId, MessageStatus, TemplateId, TenantId, Timestamp, TokenHash, TokenId,
 };
 
 #[async_trait]
@@ -382,6 +382,72 @@ impl Store for SqliteBackend {
             .await
     }
 
+    async fn create_template(&self, t: TemplateRecord) -> Result<TemplateRecord, StoreError> {
+        let rec = t.clone();
+        self.writer
+            .write(Box::new(move |conn| {
+                let taken = one(
+                    conn,
+                    "SELECT 1 FROM templates WHERE tenant_id = ? AND name = ? AND deleted_at IS NULL",
+                    [t.tenant_id.as_str(), &t.name],
+                    |_| Ok(()),
+                )?;
+                if taken.is_some() {
+                    return Err(StoreError::Conflict(format!("a template named {:?} exists", t.name)));
+                }
+                exec(
+                    conn,
+                    "INSERT INTO templates (id, tenant_id, name, body, created_at) VALUES (?, ?, ?, ?, ?)",
+                    params![t.id.as_str(), t.tenant_id.as_str(), t.name, t.body, t.created_at.as_millis()],
+                )?;
+                Ok(())
+            }))
+            .await?;
+        Ok(rec)
+    }
+
+    async fn list_templates(&self, tenant: &TenantId) -> Result<Vec<TemplateRecord>, StoreError> {
+        let tenant = tenant.to_string();
+        self.read(move |c| {
+            all(
+                c,
+                "SELECT id, tenant_id, name, body, created_at FROM templates WHERE tenant_id = ? AND deleted_at IS NULL \
+                 ORDER BY name",
+                [tenant],
+                template,
+            )
+        })
+        .await
+    }
+
+    async fn get_template(&self, tenant: &TenantId, id: &TemplateId) -> Result<Option<TemplateRecord>, StoreError> {
+        let (tenant, id) = (tenant.to_string(), id.to_string());
+        self.read(move |c| {
+            one(
+                c,
+                "SELECT id, tenant_id, name, body, created_at FROM templates WHERE id = ? AND tenant_id = ? \
+                 AND deleted_at IS NULL",
+                [id, tenant],
+                template,
+            )
+        })
+        .await
+    }
+
+    async fn delete_template(&self, tenant: &TenantId, id: &TemplateId) -> Result<bool, StoreError> {
+        let (tenant, id) = (tenant.to_string(), id.to_string());
+        self.writer
+            .write(Box::new(move |conn| {
+                let n = exec(
+                    conn,
+                    "UPDATE templates SET deleted_at = ? WHERE id = ? AND tenant_id = ? AND deleted_at IS NULL",
+                    params![Timestamp::now().as_millis(), id, tenant],
+                )?;
+                Ok(n == 1)
+            }))
+            .await
+    }
+
     async fn raise_ack_timeouts(&self, sent_before: Timestamp, now: Timestamp, limit: u32) -> Result<u64, StoreError> {
         self.writer
             .write(Box::new(move |conn| {
@@ -416,6 +482,20 @@ impl Store for SqliteBackend {
             }))
             .await
     }
+}
+
+fn template(r: &rusqlite::Row<'_>) -> Result<TemplateRecord, StoreError> {
+    let body: String = r.get("body")?;
+    let parsed =
+        zapgate_domain::template::TextTemplate::parse(&body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(TemplateRecord {
+        id: TemplateId::from_trusted(r.get("id")?),
+        tenant_id: TenantId::from_trusted(r.get("tenant_id")?),
+        name: r.get("name")?,
+        variables: parsed.variables(),
+        body,
+        created_at: Timestamp::from_millis(r.get("created_at")?),
+    })
 }
 
 fn token_record(tenant: &TenantId, t: &NewToken, now: Timestamp) -> TokenRecord {

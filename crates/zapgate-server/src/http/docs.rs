@@ -16,6 +16,7 @@ use utoipa::{Modify, OpenApi};
         super::instances::create, super::instances::list, super::instances::get, super::instances::update, super::instances::delete,
         super::messages::send, super::messages::get, super::messages::cancel, super::messages::list,
         super::dead_letters::list, super::dead_letters::replay,
+        super::templates::create, super::templates::list, super::templates::get, super::templates::delete,
         super::webhooks::create, super::webhooks::list, super::webhooks::get, super::webhooks::update,
         super::webhooks::delete, super::webhooks::secret, super::webhooks::rotate_secret, super::webhooks::deliveries,
         super::webhooks::delivery, super::webhooks::replay,

@@ -31,6 +31,10 @@ pub struct SendMessage {
     pub send_at: Option<Timestamp>,
     /// Give up (status `expired`) if not sent by this time (RFC 3339).
     pub expires_at: Option<Timestamp>,
+    /// Instead of `type` and its content: a tenant template, rendered as text.
+    pub template_id: Option<String>,
+    /// Values of the template's variables.
+    pub variables: Option<std::collections::BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -154,10 +158,11 @@ pub async fn send(
     TenantAuth(tenant): TenantAuth,
     State(s): State<AppState>,
     headers: HeaderMap,
-    ApiJson(body): ApiJson<Map<String, Value>>,
+    ApiJson(mut body): ApiJson<Map<String, Value>>,
 ) -> ApiResult<(StatusCode, Json<MessageAccepted>)> {
     let now = Timestamp::now();
     let key = idempotency_key(&headers)?;
+    super::templates::expand(&s, &tenant, &mut body).await?;
     let request = parse_send(body, now)?;
     let _in_flight = match &key {
         Some(k) => Some(InFlight::enter(&s.keys_in_flight, (tenant.clone(), k.clone())).ok_or_else(|| {

@@ -9,6 +9,7 @@ pub mod extract;
 pub mod health;
 pub mod instances;
 pub mod messages;
+pub mod templates;
 pub mod tenants;
 pub mod webhooks;
 
@@ -56,6 +57,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/instances/{instance_id}", get(instances::get).patch(instances::update).delete(instances::delete))
         .route("/v1/messages", post(messages::send).get(messages::list))
         .route("/v1/messages/{message_id}", get(messages::get).delete(messages::cancel))
+        .route("/v1/templates", post(templates::create).get(templates::list))
+        .route("/v1/templates/{template_id}", get(templates::get).delete(templates::delete))
         .route("/v1/webhooks", post(webhooks::create).get(webhooks::list))
         .route("/v1/webhooks/{webhook_id}", get(webhooks::get).patch(webhooks::update).delete(webhooks::delete))
         .route("/v1/webhooks/{webhook_id}/secret", get(webhooks::secret))
