@@ -100,6 +100,8 @@ pub struct DeliveryJob {
     pub event: MessageEvent,
     /// Attempts before this one.
     pub attempts: u32,
+    /// Attempts since the last replay: where in the retry schedule it is.
+    pub schedule_index: u32,
 }
 
 #[derive(Debug, Clone)]

@@ -34,15 +34,12 @@ impl Egress {
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .user_agent(concat!("zapgate/", env!("CARGO_PKG_VERSION")))
             .dns_resolver(Arc::new(GuardedResolver { allow_private }))
-            .redirect(redirect::Policy::custom(move |attempt| {
-                if attempt.previous().len() >= 5 {
-                    return attempt.error("too many redirects");
-                }
-                match check_host(attempt.url(), allow_private) {
-                    Ok(()) => attempt.follow(),
-                    Err(e) => attempt.error(e),
-                }
-            }))
+            // A proxy would resolve names itself, past the guarded resolver.
+            .no_proxy()
+            // Webhooks are POSTs: a redirect would turn them into GETs (and
+            // carry the tenant's headers to another host), so a 3xx is an
+            // answer, i.e. a failed attempt, not something to follow.
+            .redirect(redirect::Policy::none())
             .build()?;
         Ok(Self { client, allow_private })
     }
@@ -116,7 +113,9 @@ pub fn is_public(ip: IpAddr) -> bool {
                 || v6.is_multicast()
                 || (s[0] & 0xfe00) == 0xfc00 // unique local fc00::/7
                 || (s[0] & 0xffc0) == 0xfe80 // link-local fe80::/10
-                || (s[0] == 0x64 && s[1] == 0xff9b)) // NAT64 can reach internal v4
+                || (s[0] & 0xffc0) == 0xfec0 // site-local fec0::/10 (deprecated, still routed in places)
+                || (s[..6] == [0; 6]) // ::/96, IPv4-compatible
+                || (s[0] == 0x64 && s[1] == 0xff9b)) // NAT64 (64:ff9b::/96 and 64:ff9b:1::/48) can reach internal v4
         }
     }
 }
@@ -133,7 +132,7 @@ impl Resolve for GuardedResolver {
             let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let allowed: Vec<SocketAddr> = addrs.into_iter().filter(|a| allow_private || is_public(a.ip())).collect();
             if allowed.is_empty() {
-                return Err(format!("{host} resolves only to internal addresses; refused").into());
+                return Err("the address is not allowed (internal, or it does not resolve)".into());
             }
             Ok(Box::new(allowed.into_iter()) as Addrs)
         })

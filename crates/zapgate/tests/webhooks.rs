@@ -34,7 +34,13 @@ struct Receiver {
 impl Receiver {
     async fn start() -> (Arc<Receiver>, String) {
         let r = Arc::new(Receiver::default());
-        let app = axum::Router::new().route("/hook", axum::routing::post(receive)).with_state(r.clone());
+        let app = axum::Router::new()
+            .route("/hook", axum::routing::post(receive))
+            .route(
+                "/moved",
+                axum::routing::post(|| async { (StatusCode::TEMPORARY_REDIRECT, [("location", "/hook")]) }),
+            )
+            .with_state(r.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -223,9 +229,32 @@ async fn internal_addresses_are_refused_by_default_and_tenants_are_isolated() {
     assert_eq!(r.status(), 422);
     let (hook, _) = webhook(&s, &a, json!({"url": "https://example.com/hook"})).await;
     assert_eq!(s.get(&b, &format!("/v1/webhooks/{hook}")).await.status(), 404);
+    let r = s.http.delete(s.url(&format!("/v1/webhooks/{hook}"))).bearer_auth(&b).send().await.unwrap();
+    assert_eq!(r.status(), 404, "another tenant cannot delete it");
+    assert_eq!(s.get(&a, &format!("/v1/webhooks/{hook}")).await.status(), 200);
     assert_eq!(s.get(&b, &format!("/v1/webhooks/{hook}/secret")).await.status(), 404);
     let list: Value = s.get(&b, "/v1/webhooks").await.json().await.unwrap();
     assert!(list["data"].as_array().unwrap().is_empty());
     let r = s.http.delete(s.url(&format!("/v1/webhooks/{hook}"))).bearer_auth(&a).send().await.unwrap();
     assert_eq!(r.status(), 204);
+}
+
+#[tokio::test]
+async fn a_redirect_is_a_failed_attempt_not_followed() {
+    let s = Server::start(&[PRIVATE_OK, ("ZAPGATE_WEBHOOK_RETRY_SCHEDULE", "10m")]).await;
+    let (rx, url) = Receiver::start().await;
+    let (token, ins) = s.tenant_with_instance("acme", 80).await;
+    let (hook, _) = webhook(&s, &token, json!({"url": url.replace("/hook", "/moved")})).await;
+    s.send_text(&token, &ins, "+15550110000", "x").await;
+    for _ in 0..100 {
+        let list: Value = s.get(&token, &format!("/v1/webhooks/{hook}/deliveries")).await.json().await.unwrap();
+        if list["data"][0]["attempts"] == 1 {
+            assert_eq!(list["data"][0]["last_status_code"], 307);
+            assert_eq!(list["data"][0]["status"], "pending", "retried later, per the schedule");
+            assert!(rx.got().is_empty(), "the redirect target was never called");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no attempt recorded");
 }

@@ -28,7 +28,9 @@ CREATE TABLE webhook_deliveries (
     event_id          TEXT NOT NULL,
     status            TEXT NOT NULL,       -- pending | succeeded | dead
     attempts          INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at   INTEGER,             -- due time while pending (lease end while in flight)
+    schedule_base     INTEGER NOT NULL DEFAULT 0,  -- attempts made before the last replay
+    next_attempt_at   INTEGER,             -- due time while pending (lease end while in flight);
+                                           -- NULL while its endpoint is disabled
     last_status_code  INTEGER,
     last_error        TEXT,
     created_at        INTEGER NOT NULL,

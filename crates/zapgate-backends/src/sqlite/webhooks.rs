@@ -149,7 +149,8 @@ impl WebhookStore for SqliteBackend {
                      headers = COALESCE(?5, headers), enabled = COALESCE(?6, enabled), updated_at = ?7 \
                      WHERE id = ?8 AND tenant_id = ?9 AND deleted_at IS NULL RETURNING {ENDPOINT_COLUMNS}"
                 );
-                one(
+                let enabled = change.enabled;
+                let rec = one(
                     conn,
                     &sql,
                     params![
@@ -164,7 +165,31 @@ impl WebhookStore for SqliteBackend {
                         tenant
                     ],
                     endpoint,
-                )
+                )?;
+                // A disabled endpoint keeps its backlog, parked (no due time),
+                // and gets it back when enabled again.
+                if rec.is_some() {
+                    match enabled {
+                        Some(false) => {
+                            exec(
+                                conn,
+                                "UPDATE webhook_deliveries SET next_attempt_at = NULL \
+                                 WHERE endpoint_id = ? AND status = 'pending'",
+                                [&id],
+                            )?;
+                        }
+                        Some(true) => {
+                            exec(
+                                conn,
+                                "UPDATE webhook_deliveries SET next_attempt_at = ? \
+                                 WHERE endpoint_id = ? AND status = 'pending' AND next_attempt_at IS NULL",
+                                params![Timestamp::now().as_millis(), id],
+                            )?;
+                        }
+                        None => {}
+                    }
+                }
+                Ok(rec)
             }))
             .await
     }
@@ -180,6 +205,9 @@ impl WebhookStore for SqliteBackend {
                      AND deleted_at IS NULL",
                     params![now, id, tenant],
                 )?;
+                if n == 0 {
+                    return Ok(false);
+                }
                 // What was still owed to it will never be sent.
                 exec(
                     conn,
@@ -187,7 +215,7 @@ impl WebhookStore for SqliteBackend {
                      WHERE endpoint_id = ? AND status = 'pending'",
                     params![now, id],
                 )?;
-                Ok(n == 1)
+                Ok(true)
             }))
             .await
     }
@@ -233,22 +261,29 @@ impl WebhookStore for SqliteBackend {
                     AttemptResult::Succeeded { status_code } => (Some(*status_code), None),
                     AttemptResult::Failed { status_code, error, .. } => (*status_code, Some(error.clone())),
                 };
-                exec(
-                    conn,
-                    "INSERT OR REPLACE INTO webhook_attempts (delivery_id, attempt, at, status_code, error, duration_ms) \
-                     VALUES (?, ?, ?, ?, ?, ?)",
-                    params![o.delivery.as_str(), o.attempt, o.at.as_millis(), code, error, o.duration_ms as i64],
-                )?;
                 let (status, next) = match &o.result {
                     AttemptResult::Succeeded { .. } => ("succeeded", None),
                     AttemptResult::Failed { retry_at: Some(t), .. } => ("pending", Some(t.as_millis())),
                     AttemptResult::Failed { retry_at: None, .. } => ("dead", None),
                 };
-                exec(
+                // Only the attempt that continues the stored state counts: a
+                // stale one (its lease expired and the delivery moved on, or
+                // its endpoint was deleted meanwhile) changes nothing.
+                let n = exec(
                     conn,
                     "UPDATE webhook_deliveries SET status = ?1, attempts = ?2, next_attempt_at = ?3, \
-                     last_status_code = ?4, last_error = ?5, updated_at = ?6 WHERE id = ?7",
+                     last_status_code = ?4, last_error = ?5, updated_at = ?6 \
+                     WHERE id = ?7 AND status = 'pending' AND attempts = ?2 - 1",
                     params![status, o.attempt, next, code, error, o.at.as_millis(), o.delivery.as_str()],
+                )?;
+                if n == 0 {
+                    return Ok(());
+                }
+                exec(
+                    conn,
+                    "INSERT INTO webhook_attempts (delivery_id, attempt, at, status_code, error, duration_ms) \
+                     VALUES (?, ?, ?, ?, ?, ?)",
+                    params![o.delivery.as_str(), o.attempt, o.at.as_millis(), code, error, o.duration_ms as i64],
                 )?;
                 if status == "dead" {
                     raise_delivery_failed(conn, &o, code, error)?;
@@ -323,7 +358,8 @@ impl WebhookStore for SqliteBackend {
             .write(Box::new(move |conn| {
                 let n = exec(
                     conn,
-                    "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = ?1, updated_at = ?1 \
+                    "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = ?1, updated_at = ?1, \
+                     schedule_base = attempts \
                      WHERE id = ?2 AND tenant_id = ?3 AND status != 'pending' \
                        AND endpoint_id IN (SELECT id FROM webhook_endpoints WHERE deleted_at IS NULL)",
                     params![now.as_millis(), id, tenant],
@@ -421,7 +457,8 @@ fn fan_out(conn: &Connection, limit: u32, now: Timestamp) -> Result<u32, StoreEr
                AND COALESCE(json_extract(e.detail, '$.applied'), 1) = 1 \
                AND (w.include_internal = 1 OR e.type != 'message.status' \
                     OR e.status NOT IN ('scheduled','queued','sending','retry_wait')) \
-               AND (w.event_types = '[]' OR EXISTS (SELECT 1 FROM json_each(w.event_types) WHERE value = e.type)) \
+               AND ((w.event_types = '[]' AND e.type != 'webhook.delivery_failed') \
+                    OR EXISTS (SELECT 1 FROM json_each(w.event_types) WHERE value = e.type)) \
              ORDER BY e.seq",
             params![cursor, upto, now.as_millis()],
         )?;
@@ -440,7 +477,7 @@ fn claim(conn: &Connection, now: Timestamp, limit: u32, lease_ms: i64) -> Result
         "UPDATE webhook_deliveries SET next_attempt_at = ?1 WHERE id IN ( \
            SELECT id FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= ?2 \
            ORDER BY next_attempt_at LIMIT ?3) \
-         RETURNING id, tenant_id, endpoint_id, event_id, attempts",
+         RETURNING id, tenant_id, endpoint_id, event_id, attempts, schedule_base",
         params![now.as_millis() + lease_ms, now.as_millis(), limit],
         |r| {
             Ok((
@@ -449,16 +486,45 @@ fn claim(conn: &Connection, now: Timestamp, limit: u32, lease_ms: i64) -> Result
                 r.get::<_, String>(2)?,
                 r.get::<_, String>(3)?,
                 r.get::<_, i64>(4)? as u32,
+                r.get::<_, i64>(5)? as u32,
             ))
         },
     )?;
     let mut jobs = Vec::with_capacity(due.len());
-    for (id, tenant, endpoint_id, event_id, attempts) in due {
+    for (id, tenant, endpoint_id, event_id, attempts, base) in due {
+        match job(conn, now, &id, &tenant, &endpoint_id, &event_id, attempts, base) {
+            Ok(Some(j)) => jobs.push(j),
+            Ok(None) => {}
+            // One unreadable row must not block every other delivery.
+            Err(e) => {
+                exec(
+                    conn,
+                    "UPDATE webhook_deliveries SET status = 'dead', last_error = ?, updated_at = ? WHERE id = ?",
+                    params![format!("cannot be sent: {e}"), now.as_millis(), id],
+                )?;
+            }
+        }
+    }
+    Ok(jobs)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn job(
+    conn: &Connection,
+    now: Timestamp,
+    id: &str,
+    tenant: &str,
+    endpoint_id: &str,
+    event_id: &str,
+    attempts: u32,
+    base: u32,
+) -> Result<Option<DeliveryJob>, StoreError> {
+    {
         let ep = one(
             conn,
-            "SELECT url, headers, secret, previous_secret, previous_secret_until FROM webhook_endpoints \
-             WHERE id = ? AND enabled = 1 AND deleted_at IS NULL",
-            [&endpoint_id],
+            "SELECT url, headers, secret, previous_secret, previous_secret_until, enabled FROM webhook_endpoints \
+             WHERE id = ? AND deleted_at IS NULL",
+            [endpoint_id],
             |r| {
                 let headers: String = r.get(1)?;
                 let mut secrets = vec![secret(r.get(2)?)?];
@@ -472,31 +538,38 @@ fn claim(conn: &Connection, now: Timestamp, limit: u32, lease_ms: i64) -> Result
                     serde_json::from_str::<BTreeMap<String, String>>(&headers)
                         .map_err(|e| StoreError::Corrupt(e.to_string()))?,
                     secrets,
+                    r.get::<_, bool>(5)?,
                 ))
             },
         )?;
         let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?");
-        let event = one(conn, &sql, [&event_id], rows::event)?;
+        let event = one(conn, &sql, [event_id], rows::event)?;
         match (ep, event) {
-            (Some((url, headers, secrets)), Some(event)) => jobs.push(DeliveryJob {
-                id: DeliveryId::from_trusted(id),
-                tenant_id: TenantId::from_trusted(tenant),
-                endpoint_id: EndpointId::from_trusted(endpoint_id),
+            (Some((url, headers, secrets, true)), Some(event)) => Ok(Some(DeliveryJob {
+                id: DeliveryId::from_trusted(id.to_owned()),
+                tenant_id: TenantId::from_trusted(tenant.to_owned()),
+                endpoint_id: EndpointId::from_trusted(endpoint_id.to_owned()),
                 url,
                 headers,
                 secrets,
                 event,
                 attempts,
-            }),
+                schedule_index: attempts - base.min(attempts),
+            })),
+            // Disabled meanwhile: park it until the endpoint is enabled again.
+            (Some((.., false)), Some(_)) => {
+                exec(conn, "UPDATE webhook_deliveries SET next_attempt_at = NULL WHERE id = ?", [id])?;
+                Ok(None)
+            }
             _ => {
                 exec(
                     conn,
-                    "UPDATE webhook_deliveries SET status = 'dead', last_error = 'endpoint disabled or deleted', \
+                    "UPDATE webhook_deliveries SET status = 'dead', last_error = 'endpoint deleted', \
                      updated_at = ? WHERE id = ?",
                     params![now.as_millis(), id],
                 )?;
+                Ok(None)
             }
         }
     }
-    Ok(jobs)
 }

@@ -13,6 +13,7 @@ use zapgate_domain::webhook::WebhookSecret;
 use zapgate_domain::{DeliveryId, EndpointId, EventType, Timestamp, ValidationError};
 
 const EVENT_TYPES: [EventType; 3] = EventType::ALL;
+const MAX_ENDPOINTS: usize = 20;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -23,7 +24,7 @@ pub struct CreateWebhook {
     #[serde(default)]
     pub description: String,
     /// Event types to deliver (`message.status`, `message.ack_timeout`,
-    /// `webhook.delivery_failed`); empty or absent = all.
+    /// `webhook.delivery_failed`); empty or absent = all but `webhook.delivery_failed`.
     #[serde(default)]
     pub event_types: Vec<String>,
     /// Also deliver internal steps (queued, sending, retry_wait, scheduled).
@@ -102,8 +103,21 @@ fn check_headers(h: &BTreeMap<String, String>) -> ApiResult<()> {
     }
     for (k, v) in h {
         let name_ok = axum::http::HeaderName::from_bytes(k.as_bytes()).is_ok();
-        let reserved = k.to_ascii_lowercase().starts_with("webhook-")
-            || ["content-type", "content-length", "host"].contains(&k.to_ascii_lowercase().as_str());
+        let lower = k.to_ascii_lowercase();
+        let reserved = lower.starts_with("webhook-")
+            || [
+                "content-type",
+                "content-length",
+                "host",
+                "connection",
+                "transfer-encoding",
+                "te",
+                "upgrade",
+                "keep-alive",
+                "proxy-authorization",
+                "trailer",
+            ]
+            .contains(&lower.as_str());
         if !name_ok || reserved || axum::http::HeaderValue::from_str(v).is_err() {
             return Err(ValidationError::new("headers", format!("header {k:?} is not allowed or not valid")).into());
         }
@@ -125,6 +139,14 @@ pub async fn create(
 ) -> ApiResult<(StatusCode, Json<WebhookCreated>)> {
     let url = check_url(&s, &body.url)?;
     check_types(&body.event_types)?;
+    // Every endpoint multiplies each event into a delivery: keep it bounded.
+    if s.backends.webhooks.list_endpoints(&tenant).await?.len() >= MAX_ENDPOINTS {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "too_many_webhooks",
+            format!("a tenant has at most {MAX_ENDPOINTS} webhooks; delete one first"),
+        ));
+    }
     check_headers(&body.headers)?;
     let secret = WebhookSecret::generate();
     let new = NewEndpoint {

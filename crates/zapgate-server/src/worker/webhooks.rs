@@ -50,14 +50,22 @@ pub async fn run(sender: Arc<WebhookSender>, mut shutdown: watch::Receiver<bool>
                 }
             }
         }
-        let jobs = match sender.store.claim_deliveries(Timestamp::now(), BATCH, lease_ms).await {
+        // Claim only what can start now, so no lease runs out while its
+        // delivery waits for a free slot.
+        let free = slots.available_permits().min(BATCH as usize) as u32;
+        if free == 0 {
+            let _ = slots.clone().acquire_owned().await;
+            continue;
+        }
+        let jobs = match sender.store.claim_deliveries(Timestamp::now(), free, lease_ms).await {
             Ok(j) => j,
             Err(e) => {
-                tracing::warn!(error = %e, "claiming webhook deliveries failed");
-                Vec::new()
+                tracing::warn!(error = %e, "claiming webhook deliveries failed; backing off");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
             }
         };
-        let full = jobs.len() as u32 == BATCH;
+        let full = jobs.len() as u32 == free;
         for job in jobs {
             let slot = slots.clone().acquire_owned().await.expect("never closed");
             tokio::spawn(attempt(sender.clone(), job, slot));
@@ -132,12 +140,14 @@ async fn attempt(sender: Arc<WebhookSender>, job: DeliveryJob, _slot: OwnedSemap
             AttemptResult::Failed {
                 status_code: Some(code),
                 error: format!("the receiver answered HTTP {code}"),
-                retry_at: retry_at(&sender.schedule, number, retry_after),
+                retry_at: retry_at(&sender.schedule, job.schedule_index + 1, retry_after),
             }
         }
-        Err(error) => {
-            AttemptResult::Failed { status_code: None, error, retry_at: retry_at(&sender.schedule, number, None) }
-        }
+        Err(error) => AttemptResult::Failed {
+            status_code: None,
+            error,
+            retry_at: retry_at(&sender.schedule, job.schedule_index + 1, None),
+        },
     };
     if let AttemptResult::Failed { retry_at: None, error, .. } = &result {
         tracing::warn!(delivery = %job.id, endpoint = %job.endpoint_id, %error, "webhook delivery dead after {number} attempts");
@@ -153,8 +163,8 @@ async fn attempt(sender: Arc<WebhookSender>, job: DeliveryJob, _slot: OwnedSemap
     persist(|| sender.store.record_attempt(outcome.clone())).await;
 }
 
-/// When to try again after attempt `number` failed; `None` when the
-/// schedule is used up. Jitter of ±10 % keeps retries from marching together.
+/// When to try again after the `number`-th attempt since the last replay
+/// failed; `None` when the schedule is used up. Jitter of ±10 % keeps retries from marching together.
 fn retry_at(schedule: &[Duration], number: u32, retry_after: Option<Duration>) -> Option<Timestamp> {
     let base = *schedule.get(number as usize - 1)?;
     let jitter = rand::rng().random_range(0.9..1.1);
