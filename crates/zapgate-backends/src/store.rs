@@ -58,6 +58,8 @@ pub struct NewInstance {
     pub waba_id: String,
     pub rate_per_sec: u32,
     pub burst: u32,
+    /// Provider-specific settings (credentials), validated by the provider.
+    pub provider_config: serde_json::Value,
 }
 
 /// Fields of an instance that may change; `None` keeps the current value.
@@ -80,6 +82,9 @@ pub struct InstanceRecord {
     /// Messages per second this instance is paced at.
     pub rate_per_sec: u32,
     pub burst: u32,
+    /// Provider credentials: used by workers, never serialised into responses.
+    #[serde(skip)]
+    pub provider_config: serde_json::Value,
     pub created_at: Timestamp,
 }
 

@@ -27,6 +27,7 @@ async fn fixture() -> Fixture {
             waba_id: "1".into(),
             rate_per_sec: 80,
             burst: 80,
+            provider_config: serde_json::json!({}),
         })
         .await
         .unwrap();
@@ -216,6 +217,7 @@ async fn recovery_requeues_in_flight_messages_without_spending_attempts() {
                 waba_id: "1".into(),
                 rate_per_sec: 80,
                 burst: 80,
+                provider_config: serde_json::json!({}),
             })
             .await
             .unwrap();

@@ -6,6 +6,7 @@
 //! WhatsApp without any network.
 
 pub mod classify;
+pub mod cloud_api;
 pub mod sandbox;
 
 pub use classify::{Classification, classify};
@@ -26,6 +27,8 @@ pub struct OutboundMessage {
     pub content: MessageContent,
     /// Provider-caused failures so far (0 on the first try).
     pub attempt: u32,
+    /// The instance's provider settings, as `Provider::check_config` kept them.
+    pub config: serde_json::Value,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -69,6 +72,15 @@ pub type StatusSink = tokio::sync::mpsc::UnboundedSender<StatusReport>;
 pub trait Provider: Send + Sync + 'static {
     /// The provider kind stored on instances (`sandbox`, `cloud_api`, …).
     fn kind(&self) -> &'static str;
+    /// Validates (and normalises) an instance's provider settings when the
+    /// instance is created; the error says which setting is wrong.
+    fn check_config(&self, config: &serde_json::Value) -> Result<serde_json::Value, String> {
+        match config.as_object() {
+            Some(o) if o.is_empty() => Ok(serde_json::json!({})),
+            None if config.is_null() => Ok(serde_json::json!({})),
+            _ => Err(format!("the {} provider takes no configuration", self.kind())),
+        }
+    }
     async fn send(&self, msg: &OutboundMessage) -> Result<SendAccepted, ProviderError>;
 }
 

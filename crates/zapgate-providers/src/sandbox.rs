@@ -223,6 +223,7 @@ mod tests {
             to: ChatId::parse(to).unwrap(),
             content: MessageContent::Text { text: Text { body: "hi".into(), preview_url: false } },
             attempt,
+            config: serde_json::json!({}),
         }
     }
 

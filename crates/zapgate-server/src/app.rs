@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use zapgate_backends::Backends;
 use zapgate_domain::Timestamp;
 use zapgate_providers::Providers;
+use zapgate_providers::cloud_api::CloudApi;
 use zapgate_providers::sandbox::{Sandbox, SandboxConfig};
 
 /// How long shutdown waits for in-flight sends before exiting anyway (what
@@ -41,7 +42,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         read_after: config.sandbox_read_after,
         receipts_file: config.sandbox_receipts_file.clone(),
     };
-    let providers = Providers::default().with(Arc::new(Sandbox::new(sandbox, status_tx).context("sandbox provider")?));
+    let egress = Egress::new(config.webhook_allow_private, config.webhook_timeout).context("egress HTTP client")?;
+    let providers = Providers::default()
+        .with(Arc::new(Sandbox::new(sandbox, status_tx).context("sandbox provider")?))
+        .with(Arc::new(CloudApi::new(egress.client().clone())));
 
     let signal = Arc::new(WorkSignal::default());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -63,7 +67,6 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         ack_timeout: config.ack_timeout,
     };
     tokio::spawn(janitor::run(janitor, stop_rx.clone()));
-    let egress = Egress::new(config.webhook_allow_private, config.webhook_timeout).context("egress HTTP client")?;
     let sender = Arc::new(WebhookSender {
         store: backends.webhooks.clone(),
         egress: egress.clone(),

@@ -36,6 +36,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0002_webhooks.sql"),
     include_str!("../../migrations/sqlite/0003_ack_timeout.sql"),
     include_str!("../../migrations/sqlite/0004_templates.sql"),
+    include_str!("../../migrations/sqlite/0005_provider_config.sql"),
 ];
 
 pub struct SqliteBackend {

@@ -13,7 +13,7 @@ pub const MESSAGE_COLUMNS: &str = "id, tenant_id, instance_id, recipient, wa_id,
     created_at, updated_at";
 
 pub const INSTANCE_COLUMNS: &str =
-    "id, tenant_id, name, provider, phone_number_id, waba_id, rate_per_sec, burst, created_at";
+    "id, tenant_id, name, provider, phone_number_id, waba_id, rate_per_sec, burst, provider_config, created_at";
 
 pub const EVENT_COLUMNS: &str =
     "seq, id, tenant_id, message_id, instance_id, type, status, chat_seq, detail, created_at";
@@ -65,6 +65,8 @@ pub fn instance(row: &Row<'_>) -> Result<InstanceRecord, StoreError> {
         waba_id: row.get("waba_id")?,
         rate_per_sec: row.get::<_, i64>("rate_per_sec")? as u32,
         burst: row.get::<_, i64>("burst")? as u32,
+        provider_config: serde_json::from_str(&row.get::<_, String>("provider_config")?)
+            .map_err(|e| corrupt("provider_config", e))?,
         created_at: Timestamp::from_millis(row.get("created_at")?),
     })
 }

@@ -117,6 +117,7 @@ impl Store for SqliteBackend {
             waba_id: new.waba_id,
             rate_per_sec: new.rate_per_sec,
             burst: new.burst,
+            provider_config: new.provider_config,
             created_at: now,
         };
         let r = rec.clone();
@@ -130,7 +131,7 @@ impl Store for SqliteBackend {
                 exec(
                     conn,
                     "INSERT INTO instances (id, tenant_id, name, provider, phone_number_id, waba_id, rate_per_sec, \
-                     burst, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     burst, provider_config, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     params![
                         r.id.as_str(),
                         r.tenant_id.as_str(),
@@ -140,6 +141,7 @@ impl Store for SqliteBackend {
                         r.waba_id,
                         r.rate_per_sec,
                         r.burst,
+                        r.provider_config.to_string(),
                         now.as_millis()
                     ],
                 )?;

@@ -16,13 +16,18 @@ use zapgate_domain::{InstanceId, Timestamp, ValidationError};
 pub struct CreateInstance {
     /// Display name, 1–100 characters.
     pub name: String,
-    /// Provider kind; only `sandbox` in this build.
+    /// Provider kind: `sandbox` (default) or `cloud_api`.
     #[serde(default = "sandbox")]
     pub provider: String,
     /// Messages per second (default `ZAPGATE_INSTANCE_RATE`, at most 100000).
     pub rate_limit_per_second: Option<u32>,
     /// Burst size (default: one second's worth).
     pub burst: Option<u32>,
+    /// Provider settings. `cloud_api`: `{"access_token", "phone_number_id",
+    /// "waba_id"?, "base_url"?, "api_version"?}`. Never shown again.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub config: serde_json::Value,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -92,13 +97,19 @@ pub async fn create(
     ApiJson(body): ApiJson<CreateInstance>,
 ) -> ApiResult<(StatusCode, Json<InstanceRecord>)> {
     let name = check_name(&body.name)?;
-    if s.providers.get(&body.provider).is_none() {
+    let Some(provider) = s.providers.get(&body.provider) else {
         return Err(ValidationError::new(
             "provider",
             format!("unknown provider {:?}; available: {}", body.provider, s.providers.kinds().join(", ")),
         )
         .into());
+    };
+    let config = provider.check_config(&body.config).map_err(|e| ValidationError::new("config", e))?;
+    if let Some(base) = config.get("base_url").and_then(|v| v.as_str()) {
+        s.egress.check_url(base).map_err(|e| ValidationError::new("config.base_url", e.to_string()))?;
     }
+    // Providers that own real numbers (Cloud API) bring their own ids.
+    let real_id = |k: &str| config.get(k).and_then(|v| v.as_str()).map(str::to_owned);
     let rate = check_rate("rate_limit_per_second", body.rate_limit_per_second.unwrap_or(s.config.instance_rate))?;
     let burst = check_rate("burst", body.burst.unwrap_or(rate))?;
     let new = NewInstance {
@@ -106,10 +117,11 @@ pub async fn create(
         tenant_id: tenant,
         name,
         provider: body.provider,
-        phone_number_id: numeric_id(),
-        waba_id: numeric_id(),
+        phone_number_id: real_id("phone_number_id").unwrap_or_else(numeric_id),
+        waba_id: real_id("waba_id").unwrap_or_else(numeric_id),
         rate_per_sec: rate,
         burst,
+        provider_config: config,
     };
     let rec = s.backends.store.create_instance(new).await?;
     s.work.mark(rec.id.clone());

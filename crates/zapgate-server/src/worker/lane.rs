@@ -180,6 +180,7 @@ async fn attempt(
         to: msg.to.clone(),
         content: msg.content.clone(),
         attempt: msg.attempts,
+        config: instance.provider_config.clone(),
     };
     let reply =
         tokio::time::timeout(ctx.send_timeout, provider.send(&out)).await.unwrap_or(Err(ProviderError::Timeout));

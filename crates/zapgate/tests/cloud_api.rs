@@ -1,0 +1,110 @@
+//! The Cloud API provider against `zapgate-sim` over real HTTP: request
+//! shape, success, and each error class (throttled, transient, permanent).
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use std::time::Duration;
+use zapgate_sim::Fault;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn setup(s: &Server, sim: std::net::SocketAddr) -> (String, String) {
+    let (_, token) = s.tenant("acme").await;
+    let ins = s
+        .instance(
+            &token,
+            json!({"name": "meta", "provider": "cloud_api", "config": {
+                "access_token": "EAAG-test-token", "phone_number_id": "106540352242922", "waba_id": "102290129340398",
+                "base_url": format!("http://{sim}"), "api_version": "v21.0"}}),
+        )
+        .await;
+    (token, ins)
+}
+
+fn fault(status: u16, code: i64) -> Fault {
+    Fault { status, code, message: None, retry_after: None }
+}
+
+#[tokio::test]
+async fn a_text_goes_out_in_the_cloud_api_shape_and_credentials_stay_private() {
+    let (sim_addr, sim) = zapgate_sim::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let s = Server::start(&[("ZAPGATE_WEBHOOK_ALLOW_PRIVATE", "true")]).await;
+    let (token, ins) = setup(&s, sim_addr).await;
+    let shown: Value = s.get(&token, &format!("/v1/instances/{ins}")).await.json().await.unwrap();
+    assert_eq!(shown["phone_number_id"], "106540352242922", "the real Meta id addresses it");
+    assert!(!shown.to_string().contains("EAAG-test-token"), "the access token is never shown");
+    let id = s.send_text(&token, &ins, "+5511999998888", "Olá").await;
+    let m = s.wait_status(&token, &id, &["sent"], WAIT).await;
+    assert!(m["provider_message_id"].as_str().unwrap().starts_with("wamid."));
+    let got = sim.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].phone_number_id, "106540352242922");
+    assert_eq!(got[0].version, "v21.0");
+    assert_eq!(got[0].token.as_deref(), Some("EAAG-test-token"));
+    assert_eq!(
+        got[0].body,
+        json!({"messaging_product": "whatsapp", "recipient_type": "individual", "to": "5511999998888",
+               "type": "text", "text": {"body": "Olá", "preview_url": false}})
+    );
+}
+
+#[tokio::test]
+async fn throttling_waits_without_spending_attempts_and_outages_retry() {
+    let (sim_addr, sim) = zapgate_sim::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let s = Server::start(&[
+        ("ZAPGATE_WEBHOOK_ALLOW_PRIVATE", "true"),
+        ("ZAPGATE_MESSAGE_RETRY_BASE", "50ms"),
+        ("ZAPGATE_MESSAGE_RETRY_LIMIT", "3"),
+    ])
+    .await;
+    let (token, ins) = setup(&s, sim_addr).await;
+    sim.push_faults([fault(400, 130429), fault(400, 130429), fault(500, 131000), fault(503, 0)]);
+    let id = s.send_text(&token, &ins, "+5511999998888", "eventually").await;
+    let m = s.wait_status(&token, &id, &["sent"], WAIT).await;
+    assert_eq!(m["attempts"], 2, "two outages spent attempts; two throttles did not");
+    let codes: Vec<String> = m["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["status"] == "retry_wait")
+        .map(|e| e["error_code"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(codes, ["130429", "130429", "131000", "0"]);
+    assert_eq!(sim.received().len(), 5);
+}
+
+#[tokio::test]
+async fn permanent_errors_fail_with_metas_code_and_bad_configs_are_refused() {
+    let (sim_addr, sim) = zapgate_sim::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let s = Server::start(&[("ZAPGATE_WEBHOOK_ALLOW_PRIVATE", "true")]).await;
+    let (token, ins) = setup(&s, sim_addr).await;
+    sim.push_faults([Fault {
+        status: 400,
+        code: 131026,
+        message: Some("Message undeliverable".into()),
+        retry_after: None,
+    }]);
+    let id = s.send_text(&token, &ins, "+5511999998888", "nope").await;
+    let m = s.wait_status(&token, &id, &["failed"], WAIT).await;
+    assert_eq!(m["error_code"], "131026");
+    assert_eq!(m["error_message"], "Message undeliverable");
+    // Groups cannot go through the Cloud API: refused at send, not retried.
+    let g = s.send_text(&token, &ins, "120363012345678901@g.us", "x").await;
+    let m = s.wait_status(&token, &g, &["failed"], WAIT).await;
+    assert_eq!(m["error_code"], "unsupported_recipient");
+
+    for (config, field) in [
+        (json!({"phone_number_id": "1"}), "config"),
+        (json!({"access_token": "t", "phone_number_id": "abc"}), "config"),
+        (json!({"access_token": "t", "phone_number_id": "1", "base_url": "ftp://graph.example.com"}), "config.base_url"),
+    ] {
+        let r = s.post(&token, "/v1/instances", &json!({"name": "x", "provider": "cloud_api", "config": config})).await;
+        assert_eq!(r.status(), 422, "{config}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["details"]["field"], field, "{v}");
+    }
+    let r = s.post(&token, "/v1/instances", &json!({"name": "x", "config": {"a": 1}})).await;
+    assert_eq!(r.status(), 422, "the sandbox takes no configuration");
+}
