@@ -98,7 +98,10 @@ async fn permanent_errors_fail_with_metas_code_and_bad_configs_are_refused() {
     for (config, field) in [
         (json!({"phone_number_id": "1"}), "config"),
         (json!({"access_token": "t", "phone_number_id": "abc"}), "config"),
-        (json!({"access_token": "t", "phone_number_id": "1", "base_url": "ftp://graph.example.com"}), "config.base_url"),
+        (
+            json!({"access_token": "t", "phone_number_id": "1", "base_url": "ftp://graph.example.com"}),
+            "config.base_url",
+        ),
     ] {
         let r = s.post(&token, "/v1/instances", &json!({"name": "x", "provider": "cloud_api", "config": config})).await;
         assert_eq!(r.status(), 422, "{config}");
