@@ -159,15 +159,6 @@ impl MessageRef {
             chat_seq: row.get("chat_seq")?,
         })
     }
-
-    pub fn of(m: &MessageRecord) -> Self {
-        Self {
-            id: m.id.to_string(),
-            tenant_id: m.tenant_id.to_string(),
-            instance_id: m.instance_id.to_string(),
-            chat_seq: m.chat_seq,
-        }
-    }
 }
 
 /// Appends the event of a state change. Call it in the same job (so the same

@@ -607,31 +607,60 @@ fn accept(conn: &Connection, msg: AcceptMessage) -> Result<Accepted, StoreError>
     Ok(Accepted::New { id: msg.id, status })
 }
 
+/// The `→ sending` compare-and-set for a whole claim round: one UPDATE and
+/// one multi-row event INSERT, instead of two statements per message (the
+/// writer's time is the embedded mode's budget).
 pub(super) fn begin_sending(
     conn: &Connection,
     claims: Vec<(MessageId, u32)>,
     now: Timestamp,
 ) -> Result<BeginSending, StoreError> {
+    let mut out = BeginSending { won: Vec::with_capacity(claims.len()), finished: Vec::new() };
+    if claims.is_empty() {
+        return Ok(out);
+    }
+    let wanted = serde_json::Value::Array(claims.iter().map(|(id, a)| serde_json::json!([id.as_str(), a])).collect());
     let sql = format!(
         "UPDATE messages SET status = 'sending', updated_at = ?1 \
-         WHERE id = ?2 AND attempts = ?3 AND status IN ('queued','scheduled','retry_wait') \
+         WHERE id IN (SELECT value ->> 0 FROM json_each(?2)) \
+           AND status IN ('queued','scheduled','retry_wait') \
+           AND attempts = (SELECT value ->> 1 FROM json_each(?2) WHERE value ->> 0 = messages.id) \
          RETURNING {MESSAGE_COLUMNS}"
     );
-    let mut out = BeginSending { won: Vec::with_capacity(claims.len()), finished: Vec::new() };
-    for (id, attempt) in claims {
-        match one(conn, &sql, params![now.as_millis(), id.as_str(), attempt], rows::message)? {
-            Some(m) => {
-                let detail = StatusDetail { attempts: Some(m.attempts), ..detail() };
-                insert_event(conn, &MessageRef::of(&m), MessageStatus::Sending, &detail, now)?;
-                out.won.push(m);
-            }
-            None => {
-                let status = one(conn, "SELECT status FROM messages WHERE id = ?", [id.as_str()], |r| {
-                    Ok(r.get::<_, String>(0)?)
-                })?;
-                if status.and_then(|s| s.parse::<MessageStatus>().ok()).is_none_or(|s| s.leaves_queue()) {
-                    out.finished.push(id);
-                }
+    out.won = all(conn, &sql, params![now.as_millis(), wanted.to_string()], rows::message)?;
+    let events: Vec<serde_json::Value> = out
+        .won
+        .iter()
+        .map(|m| {
+            let detail = StatusDetail { attempts: Some(m.attempts), ..detail() };
+            serde_json::json!([
+                zapgate_domain::EventId::generate().as_str(),
+                m.tenant_id.as_str(),
+                m.id.as_str(),
+                m.instance_id.as_str(),
+                m.chat_seq,
+                serde_json::to_string(&detail).expect("details serialise"),
+            ])
+        })
+        .collect();
+    exec(
+        conn,
+        "INSERT INTO events (id, tenant_id, message_id, instance_id, type, status, chat_seq, detail, created_at) \
+         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, 'message.status', 'sending', value ->> 4, \
+                value ->> 5, ?2 FROM json_each(?1)",
+        params![serde_json::Value::Array(events).to_string(), now.as_millis()],
+    )?;
+    // Keep claim order (RETURNING order is unspecified).
+    let rank: std::collections::HashMap<&MessageId, usize> =
+        claims.iter().enumerate().map(|(i, (id, _))| (id, i)).collect();
+    out.won.sort_by_key(|m| rank.get(&m.id).copied().unwrap_or(usize::MAX));
+    if out.won.len() < claims.len() {
+        let won: std::collections::HashSet<MessageId> = out.won.iter().map(|m| m.id.clone()).collect();
+        for (id, _) in claims.into_iter().filter(|(id, _)| !won.contains(id)) {
+            let status =
+                one(conn, "SELECT status FROM messages WHERE id = ?", [id.as_str()], |r| Ok(r.get::<_, String>(0)?))?;
+            if status.and_then(|s| s.parse::<MessageStatus>().ok()).is_none_or(|s| s.leaves_queue()) {
+                out.finished.push(id);
             }
         }
     }
@@ -639,6 +668,22 @@ pub(super) fn begin_sending(
 }
 
 fn record_outcome(conn: &Connection, o: SendOutcome) -> Result<OutcomeApplied, StoreError> {
+    // The common case in one statement: the compare-and-set is the WHERE.
+    if let SendResult::Sent { provider_message_id, wa_id } = &o.result {
+        let sent = one(
+            conn,
+            "UPDATE messages SET status = 'sent', status_rank = ?1, provider_message_id = ?2, \
+             wa_id = COALESCE(?3, wa_id), error_code = NULL, error_message = NULL, next_attempt_at = NULL, \
+             updated_at = ?4 WHERE id = ?5 AND status = 'sending' RETURNING id, tenant_id, instance_id, chat_seq",
+            params![SENT_RANK, provider_message_id, wa_id, o.now.as_millis(), o.message_id.as_str()],
+            MessageRef::from_row,
+        )?;
+        let Some(m) = sent else { return Ok(OutcomeApplied::Stale) };
+        let detail = StatusDetail { provider_message_id: Some(provider_message_id.clone()), ..detail() };
+        insert_event(conn, &m, MessageStatus::Sent, &detail, o.now)?;
+        apply_parked(conn, provider_message_id)?;
+        return Ok(OutcomeApplied::Done(MessageStatus::Sent));
+    }
     let current = one(
         conn,
         "SELECT id, tenant_id, instance_id, chat_seq, attempts FROM messages WHERE id = ? AND status = 'sending'",
@@ -648,19 +693,7 @@ fn record_outcome(conn: &Connection, o: SendOutcome) -> Result<OutcomeApplied, S
     let Some((m, attempts)) = current else { return Ok(OutcomeApplied::Stale) };
     let now = o.now.as_millis();
     let (status, code, message, attempts) = match o.result {
-        SendResult::Sent { provider_message_id, wa_id } => {
-            exec(
-                conn,
-                "UPDATE messages SET status = 'sent', status_rank = ?1, provider_message_id = ?2, \
-                 wa_id = COALESCE(?3, wa_id), error_code = NULL, error_message = NULL, next_attempt_at = NULL, \
-                 updated_at = ?4 WHERE id = ?5",
-                params![SENT_RANK, provider_message_id, wa_id, now, m.id],
-            )?;
-            let detail = StatusDetail { provider_message_id: Some(provider_message_id.clone()), ..detail() };
-            insert_event(conn, &m, MessageStatus::Sent, &detail, o.now)?;
-            apply_parked(conn, &provider_message_id)?;
-            return Ok(OutcomeApplied::Done(MessageStatus::Sent));
-        }
+        SendResult::Sent { .. } => unreachable!("handled above"),
         SendResult::Retry { retry_at, spend_attempt, code, message } => {
             let attempts = attempts + u32::from(spend_attempt);
             if attempts >= o.retry_limit {
