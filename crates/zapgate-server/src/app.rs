@@ -60,7 +60,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     });
     let dispatcher = tokio::spawn(dispatcher::run(ctx, stop_rx.clone()));
     tokio::spawn(statuses::run(backends.store.clone(), status_rx));
+    let queue_depth = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let janitor = janitor::Janitor {
+        depth: queue_depth.clone(),
         store: backends.store.clone(),
         queue: backends.queue.clone(),
         idempotency_ttl: config.idempotency_ttl,
@@ -83,6 +85,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tokens: Arc::new(TokenCache::new(Duration::from_secs(30))),
         work: signal,
         egress,
+        queue_depth,
         keys_in_flight: Arc::new(Mutex::new(Default::default())),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)

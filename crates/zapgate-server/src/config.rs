@@ -52,6 +52,8 @@ pub struct Config {
     pub instance_concurrency: u32,
     /// API requests per second per tenant (0 = unlimited); bursts of twice that.
     pub tenant_rate_limit: u32,
+    /// Refuse new sends (503 + Retry-After) while more messages than this wait in the queue.
+    pub max_queue_depth: u64,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
     /// How long an Idempotency-Key is remembered.
@@ -98,6 +100,7 @@ impl Default for Config {
             instance_rate: 80,
             instance_concurrency: 32,
             tenant_rate_limit: 1000,
+            max_queue_depth: 1_000_000,
             max_body_bytes: 1024 * 1024,
             idempotency_ttl: Duration::from_secs(24 * 3600),
             ack_timeout: Duration::from_secs(600),

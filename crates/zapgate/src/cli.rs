@@ -140,6 +140,10 @@ struct ServeArgs {
     #[arg(long, env = "ZAPGATE_TENANT_RATE_LIMIT", value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     tenant_rate_limit: Option<u32>,
+    /// Answer 503 + Retry-After to sends while this many messages wait [default: 1000000].
+    #[arg(long, env = "ZAPGATE_MAX_QUEUE_DEPTH", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_queue_depth: Option<u64>,
     /// Largest request body in bytes [default: 1048576].
     #[arg(long, env = "ZAPGATE_MAX_BODY_BYTES", value_name = "BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]

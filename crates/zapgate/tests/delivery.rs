@@ -193,6 +193,25 @@ async fn a_scheduled_message_can_be_cancelled_before_it_is_sent() {
 }
 
 #[tokio::test]
+async fn a_full_queue_answers_503_with_retry_after_instead_of_growing() {
+    let s = Server::start(&[("ZAPGATE_MAX_QUEUE_DEPTH", "5")]).await;
+    let (token, ins) = s.tenant_with_instance("acme", 1).await;
+    for n in 0..10 {
+        s.send_text(&token, &ins, &format!("+55119999{n:05}"), "slow lane").await;
+    }
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let r = s.post(&token, "/v1/messages", &text(&ins, "+5511999998888", "one more")).await;
+        if r.status() == 503 {
+            assert_eq!(r.headers()["retry-after"], "5");
+            assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "queue_full");
+            return;
+        }
+    }
+    panic!("the queue never reported full");
+}
+
+#[tokio::test]
 async fn a_message_never_acknowledged_raises_ack_timeout_once_without_failing_it() {
     let s = Server::start(&[("ZAPGATE_ACK_TIMEOUT", "400ms"), ("ZAPGATE_SANDBOX_DELIVERED_AFTER", "1h")]).await;
     let (token, ins) = s.tenant_with_instance("acme", 80).await;

@@ -161,6 +161,16 @@ pub async fn send(
     ApiJson(mut body): ApiJson<Map<String, Value>>,
 ) -> ApiResult<(StatusCode, Json<MessageAccepted>)> {
     let now = Timestamp::now();
+    let depth = s.queue_depth.load(std::sync::atomic::Ordering::Relaxed);
+    if depth > s.config.max_queue_depth {
+        // Back-pressure: refuse loudly rather than queue without bound.
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "queue_full",
+            format!("{depth} messages are waiting; try again shortly"),
+        )
+        .with_retry_after(std::time::Duration::from_secs(5)));
+    }
     let key = idempotency_key(&headers)?;
     super::templates::expand(&s, &tenant, &mut body).await?;
     let request = parse_send(body, now)?;

@@ -1,7 +1,9 @@
-//! Periodic jobs: the ack-timeout sweep, the queue-depth gauge and clean-up
+//! Periodic jobs: the ack-timeout sweep, the queue depth (gauge and
+//! back-pressure, every second) and clean-up
 //! of expired idempotency keys and stale parked statuses.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use zapgate_backends::{Queue, Store};
@@ -11,6 +13,8 @@ use zapgate_domain::Timestamp;
 const PARKED_TTL: Duration = Duration::from_secs(3600);
 
 pub struct Janitor {
+    /// Where the last measured queue depth is kept for the API's back-pressure.
+    pub depth: Arc<AtomicU64>,
     pub store: Arc<dyn Store>,
     pub queue: Arc<dyn Queue>,
     pub idempotency_ttl: Duration,
@@ -19,7 +23,7 @@ pub struct Janitor {
 
 pub async fn run(j: Janitor, mut shutdown: watch::Receiver<bool>) {
     // Sweep often enough that an ack timeout is raised close to its time.
-    let tick = (j.ack_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(10));
+    let tick = (j.ack_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
     let mut interval = tokio::time::interval(tick);
     let (mut gauged, mut purged) = (Instant::now() - Duration::from_secs(3600), Instant::now());
     loop {
@@ -37,9 +41,10 @@ pub async fn run(j: Janitor, mut shutdown: watch::Receiver<bool>) {
             }
             Err(e) => tracing::warn!(error = %e, "ack-timeout sweep failed"),
         }
-        if gauged.elapsed() >= Duration::from_secs(10) {
+        if gauged.elapsed() >= Duration::from_secs(1) {
             gauged = Instant::now();
             if let Ok(depth) = j.queue.depth().await {
+                j.depth.store(depth, Ordering::Relaxed);
                 metrics::gauge!("zapgate_queue_depth").set(depth as f64);
             }
         }
