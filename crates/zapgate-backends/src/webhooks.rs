@@ -174,6 +174,10 @@ pub trait WebhookStore: Send + Sync + 'static {
     /// or still pending.
     async fn replay_delivery(&self, tenant: &TenantId, id: &DeliveryId, now: Timestamp) -> Result<bool, StoreError>;
 
+    /// Deletes finished deliveries (succeeded or dead) last updated before
+    /// `before`, with their attempts; returns how many deliveries.
+    async fn purge_deliveries(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError>;
+
     /// Notified after every commit that may have written events.
     fn changes(&self) -> Arc<Notify>;
 }

@@ -280,3 +280,41 @@ async fn provider_statuses_move_forward_only_and_early_ones_are_parked() {
     assert_eq!((last.status, last.detail.applied), (MessageStatus::Failed, false), "kept in history, not applied");
     assert_eq!(f.b.store.get_message(&f.tenant, &id).await.unwrap().unwrap().status, MessageStatus::Read);
 }
+
+#[tokio::test]
+async fn finished_webhook_deliveries_are_purged_pending_ones_kept() {
+    use std::collections::BTreeMap;
+    use zapgate_domain::webhook::WebhookSecret;
+    let f = fixture().await;
+    f.b.webhooks
+        .create_endpoint(NewEndpoint {
+            id: EndpointId::generate(),
+            tenant_id: f.tenant.clone(),
+            url: "https://example.com/hook".into(),
+            description: String::new(),
+            event_types: vec![],
+            include_internal: true,
+            headers: BTreeMap::new(),
+            secret: WebhookSecret::generate(),
+        })
+        .await
+        .unwrap();
+    accept(&f, "+5511900000001", Priority::Normal).await;
+    accept(&f, "+5511900000002", Priority::Normal).await;
+    let now = Timestamp::now();
+    assert!(f.b.webhooks.fan_out(100, now).await.unwrap() >= 2);
+    let jobs = f.b.webhooks.claim_deliveries(now, 10, 60_000).await.unwrap();
+    assert_eq!(jobs.len(), 2, "one delivery per queued event");
+    let done = AttemptOutcome {
+        delivery: jobs[0].id.clone(),
+        attempt: 1,
+        at: now,
+        duration_ms: 1,
+        result: AttemptResult::Succeeded { status_code: 204 },
+    };
+    f.b.webhooks.record_attempt(done).await.unwrap();
+    let later = now.plus_millis(60_000);
+    assert_eq!(f.b.webhooks.purge_deliveries(later, 100).await.unwrap(), 1, "only the finished one");
+    assert!(f.b.webhooks.get_delivery(&f.tenant, &jobs[0].id).await.unwrap().is_none());
+    assert!(f.b.webhooks.get_delivery(&f.tenant, &jobs[1].id).await.unwrap().is_some());
+}

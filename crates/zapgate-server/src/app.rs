@@ -65,6 +65,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         depth: queue_depth.clone(),
         store: backends.store.clone(),
         queue: backends.queue.clone(),
+        webhooks: backends.webhooks.clone(),
+        webhook_retention: config.webhook_retention,
         idempotency_ttl: config.idempotency_ttl,
         ack_timeout: config.ack_timeout,
     };

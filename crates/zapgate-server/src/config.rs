@@ -69,6 +69,9 @@ pub struct Config {
     /// Time limit of one webhook delivery attempt.
     #[serde(with = "humantime_serde")]
     pub webhook_timeout: Duration,
+    /// How long finished webhook deliveries and their attempts are kept.
+    #[serde(with = "humantime_serde")]
+    pub webhook_retention: Duration,
     /// How long a rotated-out webhook secret keeps signing alongside the new one.
     #[serde(with = "humantime_serde")]
     pub webhook_secret_grace: Duration,
@@ -108,6 +111,7 @@ impl Default for Config {
             webhook_allow_private: false,
             webhook_timeout: Duration::from_secs(10),
             webhook_secret_grace: Duration::from_secs(24 * 3600),
+            webhook_retention: Duration::from_secs(30 * 24 * 3600),
             sandbox_delivered_after: Duration::from_secs(1),
             sandbox_read_after: Duration::from_secs(2),
             sandbox_receipts_file: None,

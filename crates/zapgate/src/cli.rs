@@ -168,6 +168,10 @@ struct ServeArgs {
     #[arg(long, env = "ZAPGATE_WEBHOOK_TIMEOUT", value_parser = parse_duration, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
     webhook_timeout: Option<Duration>,
+    /// How long finished webhook deliveries and attempts are kept [default: 30days].
+    #[arg(long, env = "ZAPGATE_WEBHOOK_RETENTION", value_parser = parse_duration, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    webhook_retention: Option<Duration>,
     /// How long a rotated-out webhook secret still signs [default: 24h].
     #[arg(long, env = "ZAPGATE_WEBHOOK_SECRET_GRACE", value_parser = parse_duration, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]

@@ -369,6 +369,24 @@ impl WebhookStore for SqliteBackend {
             .await
     }
 
+    async fn purge_deliveries(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError> {
+        self.writer
+            .write(Box::new(move |conn| {
+                let ids = all(
+                    conn,
+                    "DELETE FROM webhook_deliveries WHERE id IN (SELECT id FROM webhook_deliveries \
+                     WHERE status != 'pending' AND updated_at < ? LIMIT ?) RETURNING id",
+                    params![before.as_millis(), limit],
+                    |r| Ok(r.get::<_, String>(0)?),
+                )?;
+                for id in &ids {
+                    exec(conn, "DELETE FROM webhook_attempts WHERE delivery_id = ?", [id])?;
+                }
+                Ok(ids.len() as u64)
+            }))
+            .await
+    }
+
     fn changes(&self) -> Arc<Notify> {
         self.committed.clone()
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-use zapgate_backends::{Queue, Store};
+use zapgate_backends::{Queue, Store, WebhookStore};
 use zapgate_domain::Timestamp;
 
 /// Parked statuses whose message never got a provider id are dropped after this.
@@ -17,6 +17,9 @@ pub struct Janitor {
     pub depth: Arc<AtomicU64>,
     pub store: Arc<dyn Store>,
     pub queue: Arc<dyn Queue>,
+    pub webhooks: Arc<dyn WebhookStore>,
+    /// Finished webhook deliveries (and their attempts) are kept this long.
+    pub webhook_retention: Duration,
     pub idempotency_ttl: Duration,
     pub ack_timeout: Duration,
 }
@@ -56,6 +59,12 @@ pub async fn run(j: Janitor, mut shutdown: watch::Receiver<bool>) {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(rows = n, "purged expired idempotency keys and parked statuses"),
                 Err(e) => tracing::warn!(error = %e, "purge failed"),
+            }
+            let deliveries_before = now.plus_millis(-(j.webhook_retention.as_millis() as i64));
+            match j.webhooks.purge_deliveries(deliveries_before, 10_000).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(deliveries = n, "purged finished webhook deliveries"),
+                Err(e) => tracing::warn!(error = %e, "purging webhook deliveries failed"),
             }
         }
     }
