@@ -7,6 +7,7 @@
 
 pub mod classify;
 pub mod cloud_api;
+pub mod evolution;
 pub mod sandbox;
 
 pub use classify::{Classification, classify};

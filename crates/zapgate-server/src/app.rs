@@ -15,6 +15,7 @@ use zapgate_backends::Backends;
 use zapgate_domain::Timestamp;
 use zapgate_providers::Providers;
 use zapgate_providers::cloud_api::CloudApi;
+use zapgate_providers::evolution::Evolution;
 use zapgate_providers::sandbox::{Sandbox, SandboxConfig};
 
 /// How long shutdown waits for in-flight sends before exiting anyway (what
@@ -45,7 +46,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let egress = Egress::new(config.webhook_allow_private, config.webhook_timeout).context("egress HTTP client")?;
     let providers = Providers::default()
         .with(Arc::new(Sandbox::new(sandbox, status_tx).context("sandbox provider")?))
-        .with(Arc::new(CloudApi::new(egress.client().clone())));
+        .with(Arc::new(CloudApi::new(egress.client().clone())))
+        .with(Arc::new(Evolution::new(egress.client().clone())));
 
     let signal = Arc::new(WorkSignal::default());
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -1,9 +1,11 @@
 //! `zapgate-sim`: providers zapgate talks to, simulated over real HTTP, with
-//! fault injection. Today: the WhatsApp Cloud API send route.
+//! fault injection. Today: the WhatsApp Cloud API and Evolution API v2 send routes.
 //!
 //! - `POST /{version}/{phone_number_id}/messages` — answers like Meta
 //!   (`{"messaging_product","contacts":[{"input","wa_id"}],"messages":[{"id":"wamid.…"}]}`),
 //!   or with the next queued fault.
+//! - `POST /message/{sendText|sendMedia}/{instance}` — Evolution API v2 (`apikey` header),
+//!   answering `201` with a Baileys message (`key.id`).
 //! - `POST /_sim/faults` — queue answers for the next sends:
 //!   `[{"status":429,"code":130429,"retry_after":1}, {"status":400,"code":131026}]`.
 //! - `GET /_sim/received` — every send request received (path, token, body).
@@ -37,8 +39,10 @@ pub struct Fault {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Received {
-    pub phone_number_id: String,
-    pub version: String,
+    /// `cloud_api` or `evolution`.
+    pub provider: &'static str,
+    pub path: String,
+    /// The credential presented (Bearer token or `apikey`).
     pub token: Option<String>,
     pub body: Value,
 }
@@ -52,6 +56,7 @@ pub struct Sim {
 pub fn router(sim: Arc<Sim>) -> Router {
     Router::new()
         .route("/{version}/{phone_number_id}/messages", post(cloud_send))
+        .route("/message/{route}/{instance}", post(evolution_send))
         .route("/_sim/faults", post(add_faults))
         .route("/_sim/received", get(received))
         .with_state(sim)
@@ -70,6 +75,19 @@ pub async fn start(addr: SocketAddr) -> anyhow::Result<(SocketAddr, Arc<Sim>)> {
 }
 
 impl Sim {
+    fn record(&self, provider: &'static str, path: String, token: Option<String>, body: &Value) {
+        self.received.lock().unwrap_or_else(|p| p.into_inner()).push(Received {
+            provider,
+            path,
+            token,
+            body: body.clone(),
+        });
+    }
+
+    fn next_fault(&self) -> Option<Fault> {
+        self.faults.lock().unwrap_or_else(|p| p.into_inner()).pop_front()
+    }
+
     pub fn push_faults(&self, faults: impl IntoIterator<Item = Fault>) {
         self.faults.lock().unwrap_or_else(|p| p.into_inner()).extend(faults);
     }
@@ -103,16 +121,11 @@ async fn cloud_send(
     let Some(Json(body)) = body else {
         return graph_error(400, 100, "(#100) The parameter messaging_product is required.", None);
     };
-    sim.received.lock().unwrap_or_else(|p| p.into_inner()).push(Received {
-        phone_number_id,
-        version,
-        token: token.clone(),
-        body: body.clone(),
-    });
+    sim.record("cloud_api", format!("/{version}/{phone_number_id}/messages"), token.clone(), &body);
     if token.is_none() {
         return graph_error(401, 190, "Invalid OAuth access token - Cannot parse access token", None);
     }
-    if let Some(f) = sim.faults.lock().unwrap_or_else(|p| p.into_inner()).pop_front() {
+    if let Some(f) = sim.next_fault() {
         let message = f.message.unwrap_or_else(|| format!("simulated error {}", f.code));
         return graph_error(f.status, f.code, &message, f.retry_after);
     }
@@ -123,6 +136,45 @@ async fn cloud_send(
     let id = format!("wamid.{}", uuid::Uuid::new_v4().simple());
     Json(json!({"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": to}], "messages": [{"id": id}]}))
         .into_response()
+}
+
+fn evolution_error(status: u16, message: &str) -> Response {
+    let error = StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("Error");
+    let body = json!({"status": status, "error": error, "response": {"message": [message]}});
+    (StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST), Json(body)).into_response()
+}
+
+/// Evolution API v2 `sendText` / `sendMedia` (faults use `status`; `code` is ignored).
+async fn evolution_send(
+    State(sim): State<Arc<Sim>>,
+    Path((route, instance)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Option<Json<Value>>,
+) -> Response {
+    let key = headers.get("apikey").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let Some(Json(body)) = body else { return evolution_error(400, "body is required") };
+    sim.record("evolution", format!("/message/{route}/{instance}"), key.clone(), &body);
+    if key.is_none() {
+        let body = json!({"status": 401, "error": "Unauthorized", "response": {"message": "Unauthorized"}});
+        return (StatusCode::UNAUTHORIZED, Json(body)).into_response();
+    }
+    if let Some(f) = sim.next_fault() {
+        return evolution_error(f.status, &f.message.unwrap_or_else(|| "simulated error".into()));
+    }
+    let number = body["number"].as_str().unwrap_or_default().to_owned();
+    let (required, kind) = match route.as_str() {
+        "sendText" => ("text", "conversation"),
+        "sendMedia" => ("mediatype", "imageMessage"),
+        _ => return evolution_error(404, &format!("Cannot POST /message/{route}/{instance}")),
+    };
+    if number.is_empty() || body.get(required).is_none() {
+        return evolution_error(400, &format!("instance requires property \"{required}\""));
+    }
+    let jid = if number.contains('@') { number } else { format!("{number}@s.whatsapp.net") };
+    let id = format!("3EB0{}", uuid::Uuid::new_v4().simple().to_string()[..16].to_uppercase());
+    let sent = json!({"key": {"remoteJid": jid, "fromMe": true, "id": id}, "pushName": "Você", "status": "PENDING",
+        "messageType": kind, "messageTimestamp": 1717689097, "instanceId": uuid::Uuid::new_v4().to_string(), "source": "web"});
+    (StatusCode::CREATED, Json(sent)).into_response()
 }
 
 async fn add_faults(State(sim): State<Arc<Sim>>, Json(faults): Json<Vec<Fault>>) -> StatusCode {

@@ -40,8 +40,7 @@ async fn a_text_goes_out_in_the_cloud_api_shape_and_credentials_stay_private() {
     assert!(m["provider_message_id"].as_str().unwrap().starts_with("wamid."));
     let got = sim.received();
     assert_eq!(got.len(), 1);
-    assert_eq!(got[0].phone_number_id, "106540352242922");
-    assert_eq!(got[0].version, "v21.0");
+    assert_eq!(got[0].path, "/v21.0/106540352242922/messages");
     assert_eq!(got[0].token.as_deref(), Some("EAAG-test-token"));
     assert_eq!(
         got[0].body,

@@ -1,0 +1,184 @@
+//! Evolution API v2 adapter (Baileys-based; seed 004's provider):
+//! `POST {base_url}/message/sendText/{instance}` and `/message/sendMedia/{instance}`
+//! with the `apikey` header. Shapes from EvolutionAPI/evolution-api 2.3.6
+//! (`src/validate/message.schema.ts`, `message.router.ts`), see
+//! `../shared/notes/provider-shapes.md` §2 and `fixtures/evolution/`.
+//!
+//! Errors → classification: 401/403 (bad key) and 5xx/network are retried
+//! (spending attempts); 429 waits; 400 (e.g. the number is not on WhatsApp:
+//! `[{"exists":false,…}]`) and 404 (no such instance) fail the message.
+
+use crate::{OutboundMessage, Provider, ProviderError, SendAccepted};
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::time::Duration;
+use zapgate_domain::{ChatId, MessageContent};
+
+/// An instance's Evolution API settings (`config` of `POST /v1/instances`).
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvolutionConfig {
+    /// The Evolution server, e.g. `https://evo.example.com`.
+    pub base_url: String,
+    /// The instance token (the `hash` returned at create) or the global key.
+    pub api_key: String,
+    /// The instance's name on that server.
+    pub instance: String,
+}
+
+pub struct Evolution {
+    http: reqwest::Client,
+}
+
+impl Evolution {
+    /// `http` should be the egress client (internal addresses refused, no redirects).
+    pub fn new(http: reqwest::Client) -> Self {
+        Self { http }
+    }
+}
+
+/// The route and body Evolution expects for one message.
+pub fn request(msg: &OutboundMessage) -> Result<(&'static str, Value), ProviderError> {
+    // Evolution takes digits or a JID (groups, LIDs) in `number`.
+    let number = match &msg.to {
+        ChatId::Phone(d) => d.clone(),
+        other => other.key(),
+    };
+    let unsupported = |kind: &str| ProviderError::Rejected {
+        code: "unsupported_message".into(),
+        message: format!("the Evolution adapter does not send {kind} messages yet"),
+    };
+    Ok(match &msg.content {
+        MessageContent::Text { text } => {
+            ("sendText", json!({"number": number, "text": text.body, "linkPreview": text.preview_url}))
+        }
+        MessageContent::Image { image: m }
+        | MessageContent::Video { video: m }
+        | MessageContent::Audio { audio: m }
+        | MessageContent::Document { document: m } => {
+            let mut body = json!({"number": number, "mediatype": msg.content.kind(), "media": m.link});
+            if let Some(c) = &m.caption {
+                body["caption"] = json!(c);
+            }
+            if let Some(f) = &m.filename {
+                body["fileName"] = json!(f);
+            }
+            ("sendMedia", body)
+        }
+        other => return Err(unsupported(other.kind())),
+    })
+}
+
+#[derive(Deserialize)]
+struct Sent {
+    key: Key,
+}
+
+#[derive(Deserialize)]
+struct Key {
+    id: String,
+    #[serde(rename = "remoteJid")]
+    remote_jid: Option<String>,
+}
+
+pub fn classify_status(status: u16, message: String, retry_after: Option<Duration>) -> ProviderError {
+    let code = format!("evolution_{status}");
+    match status {
+        429 => ProviderError::Throttled { code, retry_after },
+        401 | 403 | 500.. => ProviderError::Unavailable { code, message, retry_after },
+        _ => ProviderError::Rejected { code, message },
+    }
+}
+
+#[async_trait]
+impl Provider for Evolution {
+    fn kind(&self) -> &'static str {
+        "evolution"
+    }
+
+    fn check_config(&self, config: &Value) -> Result<Value, String> {
+        let mut c: EvolutionConfig = serde_json::from_value(config.clone()).map_err(|e| format!("config: {e}"))?;
+        if c.api_key.trim().is_empty() || c.instance.trim().is_empty() {
+            return Err("config.api_key and config.instance are required".into());
+        }
+        c.base_url = c.base_url.trim_end_matches('/').to_owned();
+        Ok(serde_json::to_value(c).expect("serialisable"))
+    }
+
+    async fn send(&self, msg: &OutboundMessage) -> Result<SendAccepted, ProviderError> {
+        let cfg: EvolutionConfig = serde_json::from_value(msg.config.clone()).map_err(|e| ProviderError::Rejected {
+            code: "bad_config".into(),
+            message: format!("the instance's Evolution settings are invalid: {e}"),
+        })?;
+        let (route, body) = request(msg)?;
+        let url = format!("{}/message/{route}/{}", cfg.base_url, cfg.instance);
+        let network = |e: reqwest::Error| ProviderError::Unavailable {
+            code: if e.is_timeout() { "timeout".into() } else { "network".into() },
+            message: e.to_string(),
+            retry_after: None,
+        };
+        let res = self.http.post(url).header("apikey", &cfg.api_key).json(&body).send().await.map_err(network)?;
+        let status = res.status().as_u16();
+        let retry_after = res
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let bytes = res.bytes().await.map_err(network)?;
+        if (200..300).contains(&status) {
+            let sent: Sent = serde_json::from_slice(&bytes).map_err(|e| ProviderError::Unavailable {
+                code: "bad_response".into(),
+                message: format!("unexpected Evolution answer: {e}"),
+                retry_after: None,
+            })?;
+            let wa_id = sent.key.remote_jid.and_then(|j| j.strip_suffix("@s.whatsapp.net").map(str::to_owned));
+            return Ok(SendAccepted { provider_message_id: sent.key.id, wa_id });
+        }
+        // `{"status":400,"error":"Bad Request","response":{"message":[…]}}`
+        let detail = serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .map(|v| v["response"]["message"].to_string())
+            .unwrap_or_else(|| format!("HTTP {status}"));
+        Err(classify_status(status, detail, retry_after))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zapgate_domain::{InstanceId, MessageId};
+
+    fn outbound(content: Value, to: &str) -> OutboundMessage {
+        OutboundMessage {
+            message_id: MessageId::generate(),
+            instance_id: InstanceId::generate(),
+            phone_number_id: "1".into(),
+            to: ChatId::parse(to).unwrap(),
+            content: serde_json::from_value(content).unwrap(),
+            attempt: 0,
+            config: json!({}),
+        }
+    }
+
+    #[test]
+    fn requests_match_the_v2_schemas() {
+        let fixtures: Value = serde_json::from_str(include_str!("../fixtures/evolution/send_requests.json")).unwrap();
+        for case in fixtures["cases"].as_array().unwrap() {
+            let (route, body) = request(&outbound(case["content"].clone(), case["to"].as_str().unwrap())).unwrap();
+            assert_eq!(route, case["route"], "{}", case["name"]);
+            assert_eq!(body, case["expected"], "{}", case["name"]);
+        }
+        let loc = outbound(json!({"type":"location","location":{"latitude":1.0,"longitude":2.0}}), "+5511999998888");
+        assert!(matches!(request(&loc), Err(ProviderError::Rejected { .. })));
+    }
+
+    #[test]
+    fn statuses_are_classified() {
+        assert!(matches!(classify_status(400, "x".into(), None), ProviderError::Rejected { .. }));
+        assert!(matches!(classify_status(404, "x".into(), None), ProviderError::Rejected { .. }));
+        assert!(matches!(classify_status(401, "x".into(), None), ProviderError::Unavailable { .. }));
+        assert!(matches!(classify_status(502, "x".into(), None), ProviderError::Unavailable { .. }));
+        assert!(matches!(classify_status(429, "x".into(), None), ProviderError::Throttled { .. }));
+    }
+}
