@@ -9,6 +9,7 @@ pub mod classify;
 pub mod cloud_api;
 pub mod evolution;
 pub mod sandbox;
+pub mod waha;
 
 pub use classify::{Classification, classify};
 

@@ -17,6 +17,7 @@ use zapgate_providers::Providers;
 use zapgate_providers::cloud_api::CloudApi;
 use zapgate_providers::evolution::Evolution;
 use zapgate_providers::sandbox::{Sandbox, SandboxConfig};
+use zapgate_providers::waha::Waha;
 
 /// How long shutdown waits for in-flight sends before exiting anyway (what
 /// is left is resent after the next start).
@@ -47,7 +48,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let providers = Providers::default()
         .with(Arc::new(Sandbox::new(sandbox, status_tx).context("sandbox provider")?))
         .with(Arc::new(CloudApi::new(egress.client().clone())))
-        .with(Arc::new(Evolution::new(egress.client().clone())));
+        .with(Arc::new(Evolution::new(egress.client().clone())))
+        .with(Arc::new(Waha::new(egress.client().clone())));
 
     let signal = Arc::new(WorkSignal::default());
     let (stop_tx, stop_rx) = watch::channel(false);

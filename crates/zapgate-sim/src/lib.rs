@@ -1,11 +1,13 @@
 //! `zapgate-sim`: providers zapgate talks to, simulated over real HTTP, with
-//! fault injection. Today: the WhatsApp Cloud API and Evolution API v2 send routes.
+//! fault injection. Today: the send routes of the WhatsApp Cloud API, Evolution API v2 and WAHA.
 //!
 //! - `POST /{version}/{phone_number_id}/messages` — answers like Meta
 //!   (`{"messaging_product","contacts":[{"input","wa_id"}],"messages":[{"id":"wamid.…"}]}`),
 //!   or with the next queued fault.
 //! - `POST /message/{sendText|sendMedia}/{instance}` — Evolution API v2 (`apikey` header),
 //!   answering `201` with a Baileys message (`key.id`).
+//! - `POST /api/{sendText|sendImage|sendVideo|sendFile}` — WAHA (`X-Api-Key`), answering
+//!   `201` like the WEBJS engine (`id._serialized`).
 //! - `POST /_sim/faults` — queue answers for the next sends:
 //!   `[{"status":429,"code":130429,"retry_after":1}, {"status":400,"code":131026}]`.
 //! - `GET /_sim/received` — every send request received (path, token, body).
@@ -39,7 +41,7 @@ pub struct Fault {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Received {
-    /// `cloud_api` or `evolution`.
+    /// `cloud_api`, `evolution` or `waha`.
     pub provider: &'static str,
     pub path: String,
     /// The credential presented (Bearer token or `apikey`).
@@ -57,6 +59,7 @@ pub fn router(sim: Arc<Sim>) -> Router {
     Router::new()
         .route("/{version}/{phone_number_id}/messages", post(cloud_send))
         .route("/message/{route}/{instance}", post(evolution_send))
+        .route("/api/{route}", post(waha_send))
         .route("/_sim/faults", post(add_faults))
         .route("/_sim/received", get(received))
         .with_state(sim)
@@ -174,6 +177,34 @@ async fn evolution_send(
     let id = format!("3EB0{}", uuid::Uuid::new_v4().simple().to_string()[..16].to_uppercase());
     let sent = json!({"key": {"remoteJid": jid, "fromMe": true, "id": id}, "pushName": "Você", "status": "PENDING",
         "messageType": kind, "messageTimestamp": 1717689097, "instanceId": uuid::Uuid::new_v4().to_string(), "source": "web"});
+    (StatusCode::CREATED, Json(sent)).into_response()
+}
+
+/// WAHA `sendText` / `sendImage` / `sendVideo` / `sendFile`, answering like the WEBJS engine.
+async fn waha_send(
+    State(sim): State<Arc<Sim>>,
+    Path(route): Path<String>,
+    headers: HeaderMap,
+    body: Option<Json<Value>>,
+) -> Response {
+    let nest = |status: u16, message: &str| {
+        let body = json!({"statusCode": status, "message": message,
+            "error": StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("Error")});
+        (StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST), Json(body)).into_response()
+    };
+    let key = headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let Some(Json(body)) = body else { return nest(400, "body is required") };
+    sim.record("waha", format!("/api/{route}"), key, &body);
+    if let Some(f) = sim.next_fault() {
+        return nest(f.status, &f.message.unwrap_or_else(|| "simulated error".into()));
+    }
+    if !["sendText", "sendImage", "sendVideo", "sendFile"].contains(&route.as_str()) {
+        return nest(404, &format!("Cannot POST /api/{route}"));
+    }
+    let Some(chat) = body["chatId"].as_str().map(str::to_owned) else { return nest(400, "chatId must be a string") };
+    let id = format!("3EB0{}", uuid::Uuid::new_v4().simple().to_string()[..16].to_uppercase());
+    let sent = json!({"id": {"fromMe": true, "remote": chat, "id": id, "_serialized": format!("true_{chat}_{id}")},
+        "ack": 0, "hasMedia": route != "sendText", "body": body["text"]});
     (StatusCode::CREATED, Json(sent)).into_response()
 }
 

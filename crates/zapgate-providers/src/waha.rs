@@ -1,0 +1,216 @@
+//! WAHA adapter (WhatsApp HTTP API; seed 002's pools): `POST
+//! {base_url}/api/sendText` (and `sendImage`, `sendVideo`, `sendFile`) with
+//! the `X-Api-Key` header and the session in the body. Shapes from
+//! devlikeapro/waha-docs' OpenAPI (WAHA 2026.7.1), see
+//! `../shared/notes/provider-shapes.md` §3 and `fixtures/waha/`.
+//!
+//! The send answer depends on the engine (maintainer, waha#760): a WAMessage
+//! with a string `id`, a whatsapp-web.js message (`id._serialized`), or a
+//! Baileys message (`key.id`); all three are read. An empty 201 (seen in one
+//! WEBJS release) still means sent: the id is then `waha:<zapgate id>`.
+//!
+//! Errors: 422 (session not WORKING), 401 and 5xx are retried (spending
+//! attempts); 429 waits; 400 and 404 (no such session) fail the message.
+
+use crate::{OutboundMessage, Provider, ProviderError, SendAccepted};
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::time::Duration;
+use zapgate_domain::{ChatId, MessageContent};
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WahaConfig {
+    pub base_url: String,
+    #[serde(default)]
+    pub api_key: Option<String>,
+    /// The WAHA session name (e.g. `default`).
+    pub session: String,
+}
+
+pub struct Waha {
+    http: reqwest::Client,
+}
+
+impl Waha {
+    pub fn new(http: reqwest::Client) -> Self {
+        Self { http }
+    }
+}
+
+fn mimetype(link: &str, fallback: &str) -> String {
+    let ext = link.rsplit('.').next().unwrap_or_default().to_ascii_lowercase();
+    let known = match ext.split(['?', '#']).next().unwrap_or_default() {
+        "jpg" | "jpeg" => "image/jpeg",
+        "png" => "image/png",
+        "webp" => "image/webp",
+        "mp4" => "video/mp4",
+        "pdf" => "application/pdf",
+        "ogg" | "opus" => "audio/ogg",
+        "mp3" => "audio/mpeg",
+        _ => fallback,
+    };
+    known.to_owned()
+}
+
+/// The route and body WAHA expects for one message.
+pub fn request(session: &str, msg: &OutboundMessage) -> Result<(&'static str, Value), ProviderError> {
+    let chat_id = match &msg.to {
+        ChatId::Phone(d) => format!("{d}@c.us"),
+        other => other.key(),
+    };
+    let file = |link: &str, filename: &Option<String>, fallback: &str| {
+        let mut f = json!({"url": link, "mimetype": mimetype(link, fallback)});
+        if let Some(n) = filename {
+            f["filename"] = json!(n);
+        }
+        f
+    };
+    let with_caption = |mut body: Value, caption: &Option<String>| {
+        if let Some(c) = caption {
+            body["caption"] = json!(c);
+        }
+        body
+    };
+    Ok(match &msg.content {
+        MessageContent::Text { text } => (
+            "sendText",
+            json!({"session": session, "chatId": chat_id, "text": text.body, "linkPreview": text.preview_url}),
+        ),
+        MessageContent::Image { image: m } => (
+            "sendImage",
+            with_caption(
+                json!({"session": session, "chatId": chat_id, "file": file(&m.link, &m.filename, "image/jpeg")}),
+                &m.caption,
+            ),
+        ),
+        MessageContent::Video { video: m } => (
+            "sendVideo",
+            with_caption(
+                json!({"session": session, "chatId": chat_id, "file": file(&m.link, &m.filename, "video/mp4")}),
+                &m.caption,
+            ),
+        ),
+        MessageContent::Document { document: m } | MessageContent::Audio { audio: m } => (
+            "sendFile",
+            with_caption(
+                json!({"session": session, "chatId": chat_id, "file": file(&m.link, &m.filename, "application/octet-stream")}),
+                &m.caption,
+            ),
+        ),
+        other => {
+            return Err(ProviderError::Rejected {
+                code: "unsupported_message".into(),
+                message: format!("the WAHA adapter does not send {} messages yet", other.kind()),
+            });
+        }
+    })
+}
+
+/// The message id in any of the engines' answers.
+pub fn message_id(answer: &Value) -> Option<String> {
+    answer["id"]
+        .as_str()
+        .map(str::to_owned)
+        .or_else(|| answer["id"]["_serialized"].as_str().map(str::to_owned))
+        .or_else(|| answer["key"]["id"].as_str().map(str::to_owned))
+}
+
+pub fn classify_status(status: u16, message: String, retry_after: Option<Duration>) -> ProviderError {
+    let code = format!("waha_{status}");
+    match status {
+        429 => ProviderError::Throttled { code, retry_after },
+        401 | 422 | 500.. => ProviderError::Unavailable { code, message, retry_after },
+        _ => ProviderError::Rejected { code, message },
+    }
+}
+
+#[async_trait]
+impl Provider for Waha {
+    fn kind(&self) -> &'static str {
+        "waha"
+    }
+
+    fn check_config(&self, config: &Value) -> Result<Value, String> {
+        let mut c: WahaConfig = serde_json::from_value(config.clone()).map_err(|e| format!("config: {e}"))?;
+        if c.session.trim().is_empty() {
+            return Err("config.session is required".into());
+        }
+        c.base_url = c.base_url.trim_end_matches('/').to_owned();
+        Ok(serde_json::to_value(c).expect("serialisable"))
+    }
+
+    async fn send(&self, msg: &OutboundMessage) -> Result<SendAccepted, ProviderError> {
+        let cfg: WahaConfig = serde_json::from_value(msg.config.clone()).map_err(|e| ProviderError::Rejected {
+            code: "bad_config".into(),
+            message: format!("the instance's WAHA settings are invalid: {e}"),
+        })?;
+        let (route, body) = request(&cfg.session, msg)?;
+        let mut req = self.http.post(format!("{}/api/{route}", cfg.base_url)).json(&body);
+        if let Some(k) = &cfg.api_key {
+            req = req.header("X-Api-Key", k);
+        }
+        let network = |e: reqwest::Error| ProviderError::Unavailable {
+            code: if e.is_timeout() { "timeout".into() } else { "network".into() },
+            message: e.to_string(),
+            retry_after: None,
+        };
+        let res = req.send().await.map_err(network)?;
+        let status = res.status().as_u16();
+        let retry_after = res
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let bytes = res.bytes().await.map_err(network)?;
+        if (200..300).contains(&status) {
+            let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let id = message_id(&answer).unwrap_or_else(|| format!("waha:{}", msg.message_id));
+            let wa_id = msg.to.e164().map(|e| e[1..].to_owned());
+            return Ok(SendAccepted { provider_message_id: id, wa_id });
+        }
+        let detail = serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .and_then(|v| v.get("message").or_else(|| v.get("error")).map(|m| m.to_string()))
+            .unwrap_or_else(|| format!("HTTP {status}"));
+        Err(classify_status(status, detail, retry_after))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zapgate_domain::{InstanceId, MessageId};
+
+    fn outbound(content: Value, to: &str) -> OutboundMessage {
+        OutboundMessage {
+            message_id: MessageId::generate(),
+            instance_id: InstanceId::generate(),
+            phone_number_id: "1".into(),
+            to: ChatId::parse(to).unwrap(),
+            content: serde_json::from_value(content).unwrap(),
+            attempt: 0,
+            config: json!({}),
+        }
+    }
+
+    #[test]
+    fn requests_match_the_openapi_examples() {
+        let fixtures: Value = serde_json::from_str(include_str!("../fixtures/waha/send_requests.json")).unwrap();
+        for case in fixtures["cases"].as_array().unwrap() {
+            let (route, body) =
+                request("default", &outbound(case["content"].clone(), case["to"].as_str().unwrap())).unwrap();
+            assert_eq!(route, case["route"], "{}", case["name"]);
+            assert_eq!(body, case["expected"], "{}", case["name"]);
+        }
+    }
+
+    #[test]
+    fn ids_are_read_from_every_engines_answer() {
+        let fixtures: Value = serde_json::from_str(include_str!("../fixtures/waha/send_answers.json")).unwrap();
+        for case in fixtures["cases"].as_array().unwrap() {
+            assert_eq!(message_id(&case["answer"]).as_deref(), case["id"].as_str(), "{}", case["engine"]);
+        }
+    }
+}

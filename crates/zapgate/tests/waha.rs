@@ -1,0 +1,45 @@
+//! The WAHA provider against `zapgate-sim` over real HTTP.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::time::Duration;
+use zapgate_sim::Fault;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn sends_go_to_the_session_in_waha_shape_and_errors_are_classified() {
+    let (sim_addr, sim) = zapgate_sim::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let s = Server::start(&[("ZAPGATE_WEBHOOK_ALLOW_PRIVATE", "true"), ("ZAPGATE_MESSAGE_RETRY_BASE", "50ms")]).await;
+    let (_, token) = s.tenant("acme").await;
+    let ins = s
+        .instance(
+            &token,
+            json!({"name": "waha", "provider": "waha", "config": {
+                "base_url": format!("http://{sim_addr}"), "api_key": "waha-key", "session": "default"}}),
+        )
+        .await;
+    let id = s.send_text(&token, &ins, "+5511999998888", "Olá").await;
+    let m = s.wait_status(&token, &id, &["sent"], WAIT).await;
+    let pid = m["provider_message_id"].as_str().unwrap();
+    assert!(pid.starts_with("true_5511999998888@c.us_3EB0"), "{pid}");
+    let got = sim.received();
+    assert_eq!(got[0].path, "/api/sendText");
+    assert_eq!(got[0].token.as_deref(), Some("waha-key"));
+    assert_eq!(
+        got[0].body,
+        json!({"session": "default", "chatId": "5511999998888@c.us", "text": "Olá", "linkPreview": false})
+    );
+
+    // A session that is not WORKING (422) is retried; a 400 fails the message.
+    sim.push_faults([
+        Fault { status: 422, code: 0, message: Some("Session status is not as expected".into()), retry_after: None },
+        Fault { status: 400, code: 0, message: Some("chatId must be valid".into()), retry_after: None },
+    ]);
+    let bad = s.send_text(&token, &ins, "+5511999990000", "x").await;
+    let m = s.wait_status(&token, &bad, &["failed"], WAIT).await;
+    assert_eq!(m["attempts"], 1);
+    assert_eq!(m["error_code"], "waha_400");
+}
