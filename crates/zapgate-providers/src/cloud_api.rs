@@ -154,25 +154,9 @@ impl Provider for CloudApi {
             message: format!("the instance's Cloud API settings are invalid: {e}"),
         })?;
         let url = format!("{}/{}/{}/messages", cfg.base_url, cfg.api_version, cfg.phone_number_id);
-        let res =
-            self.http.post(url).bearer_auth(&cfg.access_token).json(&request_body(msg)?).send().await.map_err(|e| {
-                ProviderError::Unavailable {
-                    code: if e.is_timeout() { "timeout".into() } else { "network".into() },
-                    message: e.to_string(),
-                    retry_after: None,
-                }
-            })?;
-        let status = res.status().as_u16();
-        let retry_after = res
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let bytes = res.bytes().await.map_err(|e| ProviderError::Unavailable {
-            code: "network".into(),
-            message: e.to_string(),
-            retry_after: None,
-        })?;
+        let req = self.http.post(url).bearer_auth(&cfg.access_token).json(&request_body(msg)?);
+        let answer = crate::http::send(req).await?;
+        let (status, retry_after, bytes) = (answer.status, answer.retry_after, answer.body);
         if (200..300).contains(&status) {
             let ok: Accepted = serde_json::from_slice(&bytes).map_err(|e| ProviderError::Unavailable {
                 code: "bad_response".into(),

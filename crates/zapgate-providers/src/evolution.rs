@@ -83,12 +83,7 @@ struct Key {
 }
 
 pub fn classify_status(status: u16, message: String, retry_after: Option<Duration>) -> ProviderError {
-    let code = format!("evolution_{status}");
-    match status {
-        429 => ProviderError::Throttled { code, retry_after },
-        401 | 403 | 500.. => ProviderError::Unavailable { code, message, retry_after },
-        _ => ProviderError::Rejected { code, message },
-    }
+    crate::http::classify_status("evolution", status, message, retry_after, &[401, 403])
 }
 
 #[async_trait]
@@ -113,19 +108,8 @@ impl Provider for Evolution {
         })?;
         let (route, body) = request(msg)?;
         let url = format!("{}/message/{route}/{}", cfg.base_url, cfg.instance);
-        let network = |e: reqwest::Error| ProviderError::Unavailable {
-            code: if e.is_timeout() { "timeout".into() } else { "network".into() },
-            message: e.to_string(),
-            retry_after: None,
-        };
-        let res = self.http.post(url).header("apikey", &cfg.api_key).json(&body).send().await.map_err(network)?;
-        let status = res.status().as_u16();
-        let retry_after = res
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let bytes = res.bytes().await.map_err(network)?;
+        let answer = crate::http::send(self.http.post(url).header("apikey", &cfg.api_key).json(&body)).await?;
+        let (status, retry_after, bytes) = (answer.status, answer.retry_after, answer.body);
         if (200..300).contains(&status) {
             let sent: Sent = serde_json::from_slice(&bytes).map_err(|e| ProviderError::Unavailable {
                 code: "bad_response".into(),

@@ -8,7 +8,9 @@
 pub mod classify;
 pub mod cloud_api;
 pub mod evolution;
+pub mod http;
 pub mod sandbox;
+pub mod uazapi;
 pub mod waha;
 
 pub use classify::{Classification, classify};

@@ -118,12 +118,7 @@ pub fn message_id(answer: &Value) -> Option<String> {
 }
 
 pub fn classify_status(status: u16, message: String, retry_after: Option<Duration>) -> ProviderError {
-    let code = format!("waha_{status}");
-    match status {
-        429 => ProviderError::Throttled { code, retry_after },
-        401 | 422 | 500.. => ProviderError::Unavailable { code, message, retry_after },
-        _ => ProviderError::Rejected { code, message },
-    }
+    crate::http::classify_status("waha", status, message, retry_after, &[401, 422])
 }
 
 #[async_trait]
@@ -151,19 +146,8 @@ impl Provider for Waha {
         if let Some(k) = &cfg.api_key {
             req = req.header("X-Api-Key", k);
         }
-        let network = |e: reqwest::Error| ProviderError::Unavailable {
-            code: if e.is_timeout() { "timeout".into() } else { "network".into() },
-            message: e.to_string(),
-            retry_after: None,
-        };
-        let res = req.send().await.map_err(network)?;
-        let status = res.status().as_u16();
-        let retry_after = res
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        let bytes = res.bytes().await.map_err(network)?;
+        let answer = crate::http::send(req).await?;
+        let (status, retry_after, bytes) = (answer.status, answer.retry_after, answer.body);
         if (200..300).contains(&status) {
             let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             let id = message_id(&answer).unwrap_or_else(|| format!("waha:{}", msg.message_id));

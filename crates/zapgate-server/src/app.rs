@@ -17,6 +17,7 @@ use zapgate_providers::Providers;
 use zapgate_providers::cloud_api::CloudApi;
 use zapgate_providers::evolution::Evolution;
 use zapgate_providers::sandbox::{Sandbox, SandboxConfig};
+use zapgate_providers::uazapi::Uazapi;
 use zapgate_providers::waha::Waha;
 
 /// How long shutdown waits for in-flight sends before exiting anyway (what
@@ -49,7 +50,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .with(Arc::new(Sandbox::new(sandbox, status_tx).context("sandbox provider")?))
         .with(Arc::new(CloudApi::new(egress.client().clone())))
         .with(Arc::new(Evolution::new(egress.client().clone())))
-        .with(Arc::new(Waha::new(egress.client().clone())));
+        .with(Arc::new(Waha::new(egress.client().clone())))
+        .with(Arc::new(Uazapi::new(egress.client().clone())));
 
     let signal = Arc::new(WorkSignal::default());
     let (stop_tx, stop_rx) = watch::channel(false);

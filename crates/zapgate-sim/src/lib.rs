@@ -1,5 +1,6 @@
 //! `zapgate-sim`: providers zapgate talks to, simulated over real HTTP, with
-//! fault injection. Today: the send routes of the WhatsApp Cloud API, Evolution API v2 and WAHA.
+//! fault injection. Today: the send routes of the WhatsApp Cloud API, Evolution API v2, WAHA
+//! and UAZAPI.
 //!
 //! - `POST /{version}/{phone_number_id}/messages` — answers like Meta
 //!   (`{"messaging_product","contacts":[{"input","wa_id"}],"messages":[{"id":"wamid.…"}]}`),
@@ -8,6 +9,7 @@
 //!   answering `201` with a Baileys message (`key.id`).
 //! - `POST /api/{sendText|sendImage|sendVideo|sendFile}` — WAHA (`X-Api-Key`), answering
 //!   `201` like the WEBJS engine (`id._serialized`).
+//! - `POST /send/{text|media}` — UAZAPI (`token` header), answering with `messageid`.
 //! - `POST /_sim/faults` — queue answers for the next sends:
 //!   `[{"status":429,"code":130429,"retry_after":1}, {"status":400,"code":131026}]`.
 //! - `GET /_sim/received` — every send request received (path, token, body).
@@ -41,7 +43,7 @@ pub struct Fault {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Received {
-    /// `cloud_api`, `evolution` or `waha`.
+    /// `cloud_api`, `evolution`, `waha` or `uazapi`.
     pub provider: &'static str,
     pub path: String,
     /// The credential presented (Bearer token or `apikey`).
@@ -60,6 +62,7 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route("/{version}/{phone_number_id}/messages", post(cloud_send))
         .route("/message/{route}/{instance}", post(evolution_send))
         .route("/api/{route}", post(waha_send))
+        .route("/send/{route}", post(uazapi_send))
         .route("/_sim/faults", post(add_faults))
         .route("/_sim/received", get(received))
         .with_state(sim)
@@ -206,6 +209,35 @@ async fn waha_send(
     let sent = json!({"id": {"fromMe": true, "remote": chat, "id": id, "_serialized": format!("true_{chat}_{id}")},
         "ack": 0, "hasMedia": route != "sendText", "body": body["text"]});
     (StatusCode::CREATED, Json(sent)).into_response()
+}
+
+/// UAZAPI `send/text` / `send/media` (header `token`).
+async fn uazapi_send(
+    State(sim): State<Arc<Sim>>,
+    Path(route): Path<String>,
+    headers: HeaderMap,
+    body: Option<Json<Value>>,
+) -> Response {
+    let error = |status: u16, message: &str| {
+        (StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST), Json(json!({"error": message})))
+            .into_response()
+    };
+    let token = headers.get("token").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let Some(Json(body)) = body else { return error(400, "Missing number or text") };
+    sim.record("uazapi", format!("/send/{route}"), token.clone(), &body);
+    if token.is_none() {
+        return error(401, "missing token");
+    }
+    if let Some(f) = sim.next_fault() {
+        return error(f.status, &f.message.unwrap_or_else(|| "simulated error".into()));
+    }
+    let Some(number) = body["number"].as_str().map(str::to_owned) else { return error(400, "Missing number or text") };
+    let id = format!("3EB0{}", uuid::Uuid::new_v4().simple().to_string()[..16].to_uppercase());
+    let chat = if number.contains('@') { number } else { format!("{number}@s.whatsapp.net") };
+    let sent = json!({"id": format!("5581900000000:{id}"), "messageid": id, "chatid": chat, "fromMe": true,
+        "messageType": if route == "text" { "Conversation" } else { "ImageMessage" }, "messageTimestamp": 1769798428000u64,
+        "wasSentByApi": true, "response": {"status": "success", "message": "Message sent successfully"}});
+    Json(sent).into_response()
 }
 
 async fn add_faults(State(sim): State<Arc<Sim>>, Json(faults): Json<Vec<Fault>>) -> StatusCode {

@@ -16,7 +16,7 @@ use zapgate_domain::{InstanceId, Timestamp, ValidationError};
 pub struct CreateInstance {
     /// Display name, 1–100 characters.
     pub name: String,
-    /// Provider kind: `sandbox` (default), `cloud_api`, `evolution` or `waha`.
+    /// Provider kind: `sandbox` (default), `cloud_api`, `evolution`, `waha` or `uazapi`.
     #[serde(default = "sandbox")]
     pub provider: String,
     /// Messages per second (default `ZAPGATE_INSTANCE_RATE`, at most 100000).
@@ -25,7 +25,7 @@ pub struct CreateInstance {
     pub burst: Option<u32>,
     /// Provider settings. `cloud_api`: `{"access_token", "phone_number_id",
     /// "waba_id"?, "base_url"?, "api_version"?}`; `evolution`: `{"base_url",
-    /// "api_key", "instance"}`; `waha`: `{"base_url", "api_key"?, "session"}`.
+    /// "api_key", "instance"}`; `waha`: `{"base_url", "api_key"?, "session"}`; `uazapi`: `{"base_url", "token"}`.
     /// Never shown again.
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
