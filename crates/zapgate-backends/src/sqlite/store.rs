@@ -668,22 +668,20 @@ pub(super) fn begin_sending(
 }
 
 fn record_outcome(conn: &Connection, o: SendOutcome) -> Result<OutcomeApplied, StoreError> {
-    // The common case in one statement: the compare-and-set is the WHERE.
-    if let SendResult::Sent { provider_message_id, wa_id } = &o.result {
-        let sent = one(
-            conn,
-            "UPDATE messages SET status = 'sent', status_rank = ?1, provider_message_id = ?2, \
-             wa_id = COALESCE(?3, wa_id), error_code = NULL, error_message = NULL, next_attempt_at = NULL, \
-             updated_at = ?4 WHERE id = ?5 AND status = 'sending' RETURNING id, tenant_id, instance_id, chat_seq",
-            params![SENT_RANK, provider_message_id, wa_id, o.now.as_millis(), o.message_id.as_str()],
-            MessageRef::from_row,
-        )?;
-        let Some(m) = sent else { return Ok(OutcomeApplied::Stale) };
-        let detail = StatusDetail { provider_message_id: Some(provider_message_id.clone()), ..detail() };
-        insert_event(conn, &m, MessageStatus::Sent, &detail, o.now)?;
-        apply_parked(conn, provider_message_id)?;
-        return Ok(OutcomeApplied::Done(MessageStatus::Sent));
-    }
+    // Every other outcome needs the message's attempts first; `sent` does not.
+    let (status, code, message, spend, retry_at) = match o.result {
+        SendResult::Sent { provider_message_id, wa_id } => {
+            return record_sent(conn, &o.message_id, &provider_message_id, wa_id, o.now);
+        }
+        SendResult::Retry { retry_at, spend_attempt, code, message } => {
+            (MessageStatus::RetryWait, code, message, spend_attempt, Some(retry_at))
+        }
+        SendResult::Failed { code, message } => (MessageStatus::Failed, code, message, false, None),
+        SendResult::Cancelled { code, message } => (MessageStatus::Cancelled, code, message, false, None),
+        SendResult::Expired => {
+            (MessageStatus::Expired, "expired".to_owned(), "expires_at passed before sending".to_owned(), false, None)
+        }
+    };
     let current = one(
         conn,
         "SELECT id, tenant_id, instance_id, chat_seq, attempts FROM messages WHERE id = ? AND status = 'sending'",
@@ -691,37 +689,27 @@ fn record_outcome(conn: &Connection, o: SendOutcome) -> Result<OutcomeApplied, S
         |r| Ok((MessageRef::from_row(r)?, r.get::<_, i64>("attempts")? as u32)),
     )?;
     let Some((m, attempts)) = current else { return Ok(OutcomeApplied::Stale) };
+    let attempts = attempts + u32::from(spend);
     let now = o.now.as_millis();
-    let (status, code, message, attempts) = match o.result {
-        SendResult::Sent { .. } => unreachable!("handled above"),
-        SendResult::Retry { retry_at, spend_attempt, code, message } => {
-            let attempts = attempts + u32::from(spend_attempt);
-            if attempts >= o.retry_limit {
-                (MessageStatus::Dead, code, message, attempts)
-            } else {
-                exec(
-                    conn,
-                    "UPDATE messages SET status = 'retry_wait', attempts = ?1, next_attempt_at = ?2, error_code = ?3, \
-                     error_message = ?4, updated_at = ?5 WHERE id = ?6",
-                    params![attempts, retry_at.as_millis(), code, message, now, m.id],
-                )?;
-                let detail = StatusDetail {
-                    attempts: Some(attempts),
-                    error_code: Some(code),
-                    reason: Some(message),
-                    next_attempt_at: Some(retry_at),
-                    ..detail()
-                };
-                insert_event(conn, &m, MessageStatus::RetryWait, &detail, o.now)?;
-                return Ok(OutcomeApplied::RetryAt { at: retry_at, attempts });
-            }
-        }
-        SendResult::Failed { code, message } => (MessageStatus::Failed, code, message, attempts),
-        SendResult::Cancelled { code, message } => (MessageStatus::Cancelled, code, message, attempts),
-        SendResult::Expired => {
-            (MessageStatus::Expired, "expired".to_owned(), "expires_at passed before sending".to_owned(), attempts)
-        }
-    };
+    if let Some(retry_at) = retry_at.filter(|_| attempts < o.retry_limit) {
+        exec(
+            conn,
+            "UPDATE messages SET status = 'retry_wait', attempts = ?1, next_attempt_at = ?2, error_code = ?3, \
+             error_message = ?4, updated_at = ?5 WHERE id = ?6",
+            params![attempts, retry_at.as_millis(), code, message, now, m.id],
+        )?;
+        let detail = StatusDetail {
+            attempts: Some(attempts),
+            error_code: Some(code),
+            reason: Some(message),
+            next_attempt_at: Some(retry_at),
+            ..detail()
+        };
+        insert_event(conn, &m, MessageStatus::RetryWait, &detail, o.now)?;
+        return Ok(OutcomeApplied::RetryAt { at: retry_at, attempts });
+    }
+    // A retry with the attempts used up is a dead letter.
+    let status = if status == MessageStatus::RetryWait { MessageStatus::Dead } else { status };
     exec(
         conn,
         "UPDATE messages SET status = ?1, status_rank = ?2, attempts = ?3, error_code = ?4, error_message = ?5, \
@@ -731,6 +719,29 @@ fn record_outcome(conn: &Connection, o: SendOutcome) -> Result<OutcomeApplied, S
     let detail = StatusDetail { attempts: Some(attempts), error_code: Some(code), reason: Some(message), ..detail() };
     insert_event(conn, &m, status, &detail, o.now)?;
     Ok(OutcomeApplied::Done(status))
+}
+
+/// `sending → sent` in one statement: the compare-and-set is the WHERE.
+fn record_sent(
+    conn: &Connection,
+    id: &MessageId,
+    provider_message_id: &str,
+    wa_id: Option<String>,
+    at: Timestamp,
+) -> Result<OutcomeApplied, StoreError> {
+    let sent = one(
+        conn,
+        "UPDATE messages SET status = 'sent', status_rank = ?1, provider_message_id = ?2, \
+         wa_id = COALESCE(?3, wa_id), error_code = NULL, error_message = NULL, next_attempt_at = NULL, \
+         updated_at = ?4 WHERE id = ?5 AND status = 'sending' RETURNING id, tenant_id, instance_id, chat_seq",
+        params![SENT_RANK, provider_message_id, wa_id, at.as_millis(), id.as_str()],
+        MessageRef::from_row,
+    )?;
+    let Some(m) = sent else { return Ok(OutcomeApplied::Stale) };
+    let detail = StatusDetail { provider_message_id: Some(provider_message_id.to_owned()), ..detail() };
+    insert_event(conn, &m, MessageStatus::Sent, &detail, at)?;
+    apply_parked(conn, provider_message_id)?;
+    Ok(OutcomeApplied::Done(MessageStatus::Sent))
 }
 
 fn apply_status(conn: &Connection, r: ProviderStatusReport) -> Result<StatusApplied, StoreError> {
