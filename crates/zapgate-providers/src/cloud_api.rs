@@ -156,9 +156,9 @@ impl Provider for CloudApi {
         let url = format!("{}/{}/{}/messages", cfg.base_url, cfg.api_version, cfg.phone_number_id);
         let req = self.http.post(url).bearer_auth(&cfg.access_token).json(&request_body(msg)?);
         let answer = crate::http::send(req).await?;
-        let (status, retry_after, bytes) = (answer.status, answer.retry_after, answer.body);
-        if (200..300).contains(&status) {
-            let ok: Accepted = serde_json::from_slice(&bytes).map_err(|e| ProviderError::Unavailable {
+        let (status, retry_after) = (answer.status, answer.retry_after);
+        if answer.ok() {
+            let ok: Accepted = serde_json::from_slice(&answer.body).map_err(|e| ProviderError::Unavailable {
                 code: "bad_response".into(),
                 message: format!("unexpected Cloud API answer: {e}"),
                 retry_after: None,
@@ -173,7 +173,7 @@ impl Provider for CloudApi {
                 wa_id: ok.contacts.into_iter().next().and_then(|c| c.wa_id),
             });
         }
-        match serde_json::from_slice::<ErrorEnvelope>(&bytes) {
+        match serde_json::from_slice::<ErrorEnvelope>(&answer.body) {
             Ok(e) => {
                 let message = match e.error.error_subcode {
                     Some(sub) => format!("{} (subcode {sub})", e.error.message),
@@ -189,19 +189,6 @@ impl Provider for CloudApi {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use zapgate_domain::{InstanceId, MessageContent, MessageId};
-
-    fn outbound(content: Value, to: &str) -> OutboundMessage {
-        OutboundMessage {
-            message_id: MessageId::generate(),
-            instance_id: InstanceId::generate(),
-            phone_number_id: "1".into(),
-            to: ChatId::parse(to).unwrap(),
-            content: serde_json::from_value::<MessageContent>(content).unwrap(),
-            attempt: 0,
-            config: json!({}),
-        }
-    }
 
     /// Request examples from Meta's messages reference (fixtures/cloud_api/).
     #[test]
@@ -213,14 +200,15 @@ mod tests {
             for k in ["messaging_product", "recipient_type", "to"] {
                 content.as_object_mut().unwrap().remove(k);
             }
-            let body = request_body(&outbound(content, &to)).unwrap();
+            let body = request_body(&crate::test_message(content, &to)).unwrap();
             assert_eq!(body, case["expected"], "{}", case["name"]);
         }
     }
 
     #[test]
     fn groups_are_refused_and_errors_classified() {
-        let e = request_body(&outbound(json!({"type":"text","text":{"body":"x"}}), "120363012345678901@g.us"));
+        let e =
+            request_body(&crate::test_message(json!({"type":"text","text":{"body":"x"}}), "120363012345678901@g.us"));
         assert!(matches!(e, Err(ProviderError::Rejected { .. })));
         assert!(matches!(classify_error(400, 130429, "", None), ProviderError::Throttled { .. }));
         assert!(matches!(classify_error(400, 131056, "", None), ProviderError::Throttled { .. }));

@@ -109,9 +109,8 @@ impl Provider for Evolution {
         let (route, body) = request(msg)?;
         let url = format!("{}/message/{route}/{}", cfg.base_url, cfg.instance);
         let answer = crate::http::send(self.http.post(url).header("apikey", &cfg.api_key).json(&body)).await?;
-        let (status, retry_after, bytes) = (answer.status, answer.retry_after, answer.body);
-        if (200..300).contains(&status) {
-            let sent: Sent = serde_json::from_slice(&bytes).map_err(|e| ProviderError::Unavailable {
+        if answer.ok() {
+            let sent: Sent = serde_json::from_slice(&answer.body).map_err(|e| ProviderError::Unavailable {
                 code: "bad_response".into(),
                 message: format!("unexpected Evolution answer: {e}"),
                 retry_after: None,
@@ -120,40 +119,31 @@ impl Provider for Evolution {
             return Ok(SendAccepted { provider_message_id: sent.key.id, wa_id });
         }
         // `{"status":400,"error":"Bad Request","response":{"message":[…]}}`
-        let detail = serde_json::from_slice::<Value>(&bytes)
-            .ok()
-            .map(|v| v["response"]["message"].to_string())
-            .unwrap_or_else(|| format!("HTTP {status}"));
-        Err(classify_status(status, detail, retry_after))
+        let detail = match answer.json() {
+            Value::Null => format!("HTTP {}", answer.status),
+            v => v["response"]["message"].to_string(),
+        };
+        Err(classify_status(answer.status, detail, answer.retry_after))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use zapgate_domain::{InstanceId, MessageId};
-
-    fn outbound(content: Value, to: &str) -> OutboundMessage {
-        OutboundMessage {
-            message_id: MessageId::generate(),
-            instance_id: InstanceId::generate(),
-            phone_number_id: "1".into(),
-            to: ChatId::parse(to).unwrap(),
-            content: serde_json::from_value(content).unwrap(),
-            attempt: 0,
-            config: json!({}),
-        }
-    }
 
     #[test]
     fn requests_match_the_v2_schemas() {
         let fixtures: Value = serde_json::from_str(include_str!("../fixtures/evolution/send_requests.json")).unwrap();
         for case in fixtures["cases"].as_array().unwrap() {
-            let (route, body) = request(&outbound(case["content"].clone(), case["to"].as_str().unwrap())).unwrap();
+            let (route, body) =
+                request(&crate::test_message(case["content"].clone(), case["to"].as_str().unwrap())).unwrap();
             assert_eq!(route, case["route"], "{}", case["name"]);
             assert_eq!(body, case["expected"], "{}", case["name"]);
         }
-        let loc = outbound(json!({"type":"location","location":{"latitude":1.0,"longitude":2.0}}), "+5511999998888");
+        let loc = crate::test_message(
+            json!({"type":"location","location":{"latitude":1.0,"longitude":2.0}}),
+            "+5511999998888",
+        );
         assert!(matches!(request(&loc), Err(ProviderError::Rejected { .. })));
     }
 

@@ -21,6 +21,20 @@ use std::sync::Arc;
 use std::time::Duration;
 use zapgate_domain::{ChatId, InstanceId, MessageContent, MessageId, MessageStatus, Timestamp};
 
+/// A message to `to` for adapter unit tests, content in the Cloud API shape.
+#[cfg(test)]
+pub(crate) fn test_message(content: serde_json::Value, to: &str) -> OutboundMessage {
+    OutboundMessage {
+        message_id: MessageId::generate(),
+        instance_id: InstanceId::generate(),
+        phone_number_id: "1".into(),
+        to: ChatId::parse(to).expect("a valid test address"),
+        content: serde_json::from_value(content).expect("valid test content"),
+        attempt: 0,
+        config: serde_json::json!({}),
+    }
+}
+
 /// One message as handed to a provider.
 #[derive(Debug, Clone)]
 pub struct OutboundMessage {

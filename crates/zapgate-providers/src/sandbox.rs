@@ -212,18 +212,11 @@ impl Provider for Sandbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use zapgate_domain::message::Text;
-    use zapgate_domain::{InstanceId, MessageContent};
 
     fn msg(to: &str, attempt: u32) -> OutboundMessage {
         OutboundMessage {
-            message_id: MessageId::generate(),
-            instance_id: InstanceId::generate(),
-            phone_number_id: "1".into(),
-            to: ChatId::parse(to).unwrap(),
-            content: MessageContent::Text { text: Text { body: "hi".into(), preview_url: false } },
             attempt,
-            config: serde_json::json!({}),
+            ..crate::test_message(serde_json::json!({"type": "text", "text": {"body": "hi"}}), to)
         }
     }
 

@@ -106,21 +106,12 @@ impl Provider for Uazapi {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use zapgate_domain::{InstanceId, MessageId};
 
     #[test]
     fn requests_match_the_v2_spec() {
         let fixtures: Value = serde_json::from_str(include_str!("../fixtures/uazapi/send_requests.json")).unwrap();
         for case in fixtures["cases"].as_array().unwrap() {
-            let msg = OutboundMessage {
-                message_id: MessageId::generate(),
-                instance_id: InstanceId::generate(),
-                phone_number_id: "1".into(),
-                to: ChatId::parse(case["to"].as_str().unwrap()).unwrap(),
-                content: serde_json::from_value(case["content"].clone()).unwrap(),
-                attempt: 0,
-                config: json!({}),
-            };
+            let msg = crate::test_message(case["content"].clone(), case["to"].as_str().unwrap());
             let (route, body) = request(&msg).unwrap();
             assert_eq!(route, case["route"], "{}", case["name"]);
             assert_eq!(body, case["expected"], "{}", case["name"]);

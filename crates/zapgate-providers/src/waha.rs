@@ -147,44 +147,32 @@ impl Provider for Waha {
             req = req.header("X-Api-Key", k);
         }
         let answer = crate::http::send(req).await?;
-        let (status, retry_after, bytes) = (answer.status, answer.retry_after, answer.body);
-        if (200..300).contains(&status) {
-            let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            let id = message_id(&answer).unwrap_or_else(|| format!("waha:{}", msg.message_id));
+        let json = answer.json();
+        if answer.ok() {
+            let id = message_id(&json).unwrap_or_else(|| format!("waha:{}", msg.message_id));
             let wa_id = msg.to.e164().map(|e| e[1..].to_owned());
             return Ok(SendAccepted { provider_message_id: id, wa_id });
         }
-        let detail = serde_json::from_slice::<Value>(&bytes)
-            .ok()
-            .and_then(|v| v.get("message").or_else(|| v.get("error")).map(|m| m.to_string()))
-            .unwrap_or_else(|| format!("HTTP {status}"));
-        Err(classify_status(status, detail, retry_after))
+        let detail = json
+            .get("message")
+            .or_else(|| json.get("error"))
+            .map(|m| m.to_string())
+            .unwrap_or_else(|| format!("HTTP {}", answer.status));
+        Err(classify_status(answer.status, detail, answer.retry_after))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use zapgate_domain::{InstanceId, MessageId};
-
-    fn outbound(content: Value, to: &str) -> OutboundMessage {
-        OutboundMessage {
-            message_id: MessageId::generate(),
-            instance_id: InstanceId::generate(),
-            phone_number_id: "1".into(),
-            to: ChatId::parse(to).unwrap(),
-            content: serde_json::from_value(content).unwrap(),
-            attempt: 0,
-            config: json!({}),
-        }
-    }
 
     #[test]
     fn requests_match_the_openapi_examples() {
         let fixtures: Value = serde_json::from_str(include_str!("../fixtures/waha/send_requests.json")).unwrap();
         for case in fixtures["cases"].as_array().unwrap() {
             let (route, body) =
-                request("default", &outbound(case["content"].clone(), case["to"].as_str().unwrap())).unwrap();
+                request("default", &crate::test_message(case["content"].clone(), case["to"].as_str().unwrap()))
+                    .unwrap();
             assert_eq!(route, case["route"], "{}", case["name"]);
             assert_eq!(body, case["expected"], "{}", case["name"]);
         }

@@ -10,17 +10,12 @@ use zapgate_sim::Fault;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-async fn setup(s: &Server, sim: std::net::SocketAddr) -> (String, String) {
-    let (_, token) = s.tenant("acme").await;
-    let ins = s
-        .instance(
-            &token,
-            json!({"name": "meta", "provider": "cloud_api", "config": {
-                "access_token": "EAAG-test-token", "phone_number_id": "106540352242922", "waba_id": "102290129340398",
-                "base_url": format!("http://{sim}"), "api_version": "v21.0"}}),
-        )
-        .await;
-    (token, ins)
+async fn cloud(env: &[(&str, &str)]) -> SimProvider {
+    let config = |sim| {
+        json!({"access_token": "EAAG-test-token", "phone_number_id": "106540352242922", "waba_id": "102290129340398",
+               "base_url": format!("http://{sim}"), "api_version": "v21.0"})
+    };
+    sim_provider("cloud_api", config, env).await
 }
 
 fn fault(status: u16, code: i64) -> Fault {
@@ -29,14 +24,13 @@ fn fault(status: u16, code: i64) -> Fault {
 
 #[tokio::test]
 async fn a_text_goes_out_in_the_cloud_api_shape_and_credentials_stay_private() {
-    let (sim_addr, sim) = zapgate_sim::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let s = Server::start(&[("ZAPGATE_WEBHOOK_ALLOW_PRIVATE", "true")]).await;
-    let (token, ins) = setup(&s, sim_addr).await;
-    let shown: Value = s.get(&token, &format!("/v1/instances/{ins}")).await.json().await.unwrap();
+    let p = cloud(&[]).await;
+    let (s, sim, token, ins) = (&p.server, &p.sim, &p.token, &p.instance);
+    let shown: Value = s.get(token, &format!("/v1/instances/{ins}")).await.json().await.unwrap();
     assert_eq!(shown["phone_number_id"], "106540352242922", "the real Meta id addresses it");
     assert!(!shown.to_string().contains("EAAG-test-token"), "the access token is never shown");
-    let id = s.send_text(&token, &ins, "+5511999998888", "Olá").await;
-    let m = s.wait_status(&token, &id, &["sent"], WAIT).await;
+    let id = s.send_text(token, ins, "+5511999998888", "Olá").await;
+    let m = s.wait_status(token, &id, &["sent"], WAIT).await;
     assert!(m["provider_message_id"].as_str().unwrap().starts_with("wamid."));
     let got = sim.received();
     assert_eq!(got.len(), 1);
@@ -51,17 +45,11 @@ async fn a_text_goes_out_in_the_cloud_api_shape_and_credentials_stay_private() {
 
 #[tokio::test]
 async fn throttling_waits_without_spending_attempts_and_outages_retry() {
-    let (sim_addr, sim) = zapgate_sim::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let s = Server::start(&[
-        ("ZAPGATE_WEBHOOK_ALLOW_PRIVATE", "true"),
-        ("ZAPGATE_MESSAGE_RETRY_BASE", "50ms"),
-        ("ZAPGATE_MESSAGE_RETRY_LIMIT", "3"),
-    ])
-    .await;
-    let (token, ins) = setup(&s, sim_addr).await;
+    let p = cloud(&[("ZAPGATE_MESSAGE_RETRY_BASE", "50ms"), ("ZAPGATE_MESSAGE_RETRY_LIMIT", "3")]).await;
+    let (s, sim, token, ins) = (&p.server, &p.sim, &p.token, &p.instance);
     sim.push_faults([fault(400, 130429), fault(400, 130429), fault(500, 131000), fault(503, 0)]);
-    let id = s.send_text(&token, &ins, "+5511999998888", "eventually").await;
-    let m = s.wait_status(&token, &id, &["sent"], WAIT).await;
+    let id = s.send_text(token, ins, "+5511999998888", "eventually").await;
+    let m = s.wait_status(token, &id, &["sent"], WAIT).await;
     assert_eq!(m["attempts"], 2, "two outages spent attempts; two throttles did not");
     let codes: Vec<String> = m["history"]
         .as_array()
@@ -76,22 +64,21 @@ async fn throttling_waits_without_spending_attempts_and_outages_retry() {
 
 #[tokio::test]
 async fn permanent_errors_fail_with_metas_code_and_bad_configs_are_refused() {
-    let (sim_addr, sim) = zapgate_sim::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let s = Server::start(&[("ZAPGATE_WEBHOOK_ALLOW_PRIVATE", "true")]).await;
-    let (token, ins) = setup(&s, sim_addr).await;
+    let p = cloud(&[]).await;
+    let (s, sim, token, ins) = (&p.server, &p.sim, &p.token, &p.instance);
     sim.push_faults([Fault {
         status: 400,
         code: 131026,
         message: Some("Message undeliverable".into()),
         retry_after: None,
     }]);
-    let id = s.send_text(&token, &ins, "+5511999998888", "nope").await;
-    let m = s.wait_status(&token, &id, &["failed"], WAIT).await;
+    let id = s.send_text(token, ins, "+5511999998888", "nope").await;
+    let m = s.wait_status(token, &id, &["failed"], WAIT).await;
     assert_eq!(m["error_code"], "131026");
     assert_eq!(m["error_message"], "Message undeliverable");
     // Groups cannot go through the Cloud API: refused at send, not retried.
-    let g = s.send_text(&token, &ins, "120363012345678901@g.us", "x").await;
-    let m = s.wait_status(&token, &g, &["failed"], WAIT).await;
+    let g = s.send_text(token, ins, "120363012345678901@g.us", "x").await;
+    let m = s.wait_status(token, &g, &["failed"], WAIT).await;
     assert_eq!(m["error_code"], "unsupported_recipient");
 
     for (config, field) in [
@@ -102,11 +89,11 @@ async fn permanent_errors_fail_with_metas_code_and_bad_configs_are_refused() {
             "config.base_url",
         ),
     ] {
-        let r = s.post(&token, "/v1/instances", &json!({"name": "x", "provider": "cloud_api", "config": config})).await;
+        let r = s.post(token, "/v1/instances", &json!({"name": "x", "provider": "cloud_api", "config": config})).await;
         assert_eq!(r.status(), 422, "{config}");
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["error"]["details"]["field"], field, "{v}");
     }
-    let r = s.post(&token, "/v1/instances", &json!({"name": "x", "config": {"a": 1}})).await;
+    let r = s.post(token, "/v1/instances", &json!({"name": "x", "config": {"a": 1}})).await;
     assert_eq!(r.status(), 422, "the sandbox takes no configuration");
 }

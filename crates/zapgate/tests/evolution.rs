@@ -11,25 +11,22 @@ const WAIT: Duration = Duration::from_secs(20);
 
 #[tokio::test]
 async fn texts_and_media_go_out_in_evolution_v2_shape_and_errors_are_classified() {
-    let (sim_addr, sim) = zapgate_sim::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let s = Server::start(&[("ZAPGATE_WEBHOOK_ALLOW_PRIVATE", "true"), ("ZAPGATE_MESSAGE_RETRY_BASE", "50ms")]).await;
-    let (_, token) = s.tenant("acme").await;
-    let ins = s
-        .instance(
-            &token,
-            json!({"name": "evo", "provider": "evolution", "config": {
-                "base_url": format!("http://{sim_addr}/"), "api_key": "B6D711FCDE4D4FD5936544120E713976", "instance": "loja"}}),
-        )
-        .await;
-    let text = s.send_text(&token, &ins, "+5511999998888", "Olá").await;
-    let m = s.wait_status(&token, &text, &["sent"], WAIT).await;
+    let p = sim_provider(
+        "evolution",
+        |sim| json!({"base_url": format!("http://{sim}/"), "api_key": "B6D711FCDE4D4FD5936544120E713976", "instance": "loja"}),
+        &[("ZAPGATE_MESSAGE_RETRY_BASE", "50ms")],
+    )
+    .await;
+    let (s, sim, token, ins) = (&p.server, &p.sim, &p.token, &p.instance);
+    let text = s.send_text(token, ins, "+5511999998888", "Olá").await;
+    let m = s.wait_status(token, &text, &["sent"], WAIT).await;
     assert!(m["provider_message_id"].as_str().unwrap().starts_with("3EB0"));
     assert_eq!(m["wa_id"], "5511999998888");
     let image = json!({"instance_id": ins, "to": "+5511999998888", "type": "image",
         "image": {"link": "https://example.com/a.png", "caption": "c"}});
-    let r = s.post(&token, "/v1/messages", &image).await;
+    let r = s.post(token, "/v1/messages", &image).await;
     let img = r.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
-    s.wait_status(&token, &img, &["sent"], WAIT).await;
+    s.wait_status(token, &img, &["sent"], WAIT).await;
     let got = sim.received();
     assert_eq!(got[0].path, "/message/sendText/loja");
     assert_eq!(got[0].token.as_deref(), Some("B6D711FCDE4D4FD5936544120E713976"));
@@ -42,8 +39,8 @@ async fn texts_and_media_go_out_in_evolution_v2_shape_and_errors_are_classified(
         Fault { status: 502, code: 0, message: None, retry_after: None },
         Fault { status: 400, code: 0, message: Some("exists false".into()), retry_after: None },
     ]);
-    let bad = s.send_text(&token, &ins, "+5511999990000", "x").await;
-    let m = s.wait_status(&token, &bad, &["failed"], WAIT).await;
+    let bad = s.send_text(token, ins, "+5511999990000", "x").await;
+    let m = s.wait_status(token, &bad, &["failed"], WAIT).await;
     assert_eq!(m["attempts"], 1);
     assert_eq!(m["error_code"], "evolution_400");
     assert!(m["error_message"].as_str().unwrap().contains("exists false"));

@@ -11,17 +11,15 @@ const WAIT: Duration = Duration::from_secs(20);
 
 #[tokio::test]
 async fn sends_use_the_instance_token_and_messageid_and_errors_are_classified() {
-    let (sim_addr, sim) = zapgate_sim::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let s = Server::start(&[("ZAPGATE_WEBHOOK_ALLOW_PRIVATE", "true"), ("ZAPGATE_MESSAGE_RETRY_BASE", "50ms")]).await;
-    let (_, token) = s.tenant("acme").await;
-    let ins = s
-        .instance(
-            &token,
-            json!({"name": "uaz", "provider": "uazapi", "config": {"base_url": format!("http://{sim_addr}"), "token": "inst-tok"}}),
-        )
-        .await;
-    let id = s.send_text(&token, &ins, "+5511999998888", "Olá").await;
-    let m = s.wait_status(&token, &id, &["sent"], WAIT).await;
+    let p = sim_provider(
+        "uazapi",
+        |sim| json!({"base_url": format!("http://{sim}"), "token": "inst-tok"}),
+        &[("ZAPGATE_MESSAGE_RETRY_BASE", "50ms")],
+    )
+    .await;
+    let (s, sim, token, ins) = (&p.server, &p.sim, &p.token, &p.instance);
+    let id = s.send_text(token, ins, "+5511999998888", "Olá").await;
+    let m = s.wait_status(token, &id, &["sent"], WAIT).await;
     let pid = m["provider_message_id"].as_str().unwrap();
     assert!(pid.starts_with("3EB0") && !pid.contains(':'), "the messageid, not the owner-prefixed id: {pid}");
     assert_eq!(m["wa_id"], "5511999998888");
@@ -34,8 +32,8 @@ async fn sends_use_the_instance_token_and_messageid_and_errors_are_classified() 
         Fault { status: 500, code: 0, message: None, retry_after: None },
         Fault { status: 400, code: 0, message: Some("Missing number or text".into()), retry_after: None },
     ]);
-    let bad = s.send_text(&token, &ins, "+5511999990000", "x").await;
-    let m = s.wait_status(&token, &bad, &["failed"], WAIT).await;
+    let bad = s.send_text(token, ins, "+5511999990000", "x").await;
+    let m = s.wait_status(token, &bad, &["failed"], WAIT).await;
     assert_eq!(m["attempts"], 1);
     assert_eq!(m["error_code"], "uazapi_400");
     assert_eq!(m["error_message"], "Missing number or text");

@@ -11,18 +11,15 @@ const WAIT: Duration = Duration::from_secs(20);
 
 #[tokio::test]
 async fn sends_go_to_the_session_in_waha_shape_and_errors_are_classified() {
-    let (sim_addr, sim) = zapgate_sim::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let s = Server::start(&[("ZAPGATE_WEBHOOK_ALLOW_PRIVATE", "true"), ("ZAPGATE_MESSAGE_RETRY_BASE", "50ms")]).await;
-    let (_, token) = s.tenant("acme").await;
-    let ins = s
-        .instance(
-            &token,
-            json!({"name": "waha", "provider": "waha", "config": {
-                "base_url": format!("http://{sim_addr}"), "api_key": "waha-key", "session": "default"}}),
-        )
-        .await;
-    let id = s.send_text(&token, &ins, "+5511999998888", "Olá").await;
-    let m = s.wait_status(&token, &id, &["sent"], WAIT).await;
+    let p = sim_provider(
+        "waha",
+        |sim| json!({"base_url": format!("http://{sim}"), "api_key": "waha-key", "session": "default"}),
+        &[("ZAPGATE_MESSAGE_RETRY_BASE", "50ms")],
+    )
+    .await;
+    let (s, sim, token, ins) = (&p.server, &p.sim, &p.token, &p.instance);
+    let id = s.send_text(token, ins, "+5511999998888", "Olá").await;
+    let m = s.wait_status(token, &id, &["sent"], WAIT).await;
     let pid = m["provider_message_id"].as_str().unwrap();
     assert!(pid.starts_with("true_5511999998888@c.us_3EB0"), "{pid}");
     let got = sim.received();
@@ -38,8 +35,8 @@ async fn sends_go_to_the_session_in_waha_shape_and_errors_are_classified() {
         Fault { status: 422, code: 0, message: Some("Session status is not as expected".into()), retry_after: None },
         Fault { status: 400, code: 0, message: Some("chatId must be valid".into()), retry_after: None },
     ]);
-    let bad = s.send_text(&token, &ins, "+5511999990000", "x").await;
-    let m = s.wait_status(&token, &bad, &["failed"], WAIT).await;
+    let bad = s.send_text(token, ins, "+5511999990000", "x").await;
+    let m = s.wait_status(token, &bad, &["failed"], WAIT).await;
     assert_eq!(m["attempts"], 1);
     assert_eq!(m["error_code"], "waha_400");
 }

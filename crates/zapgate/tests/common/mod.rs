@@ -209,3 +209,28 @@ pub fn scaled(n: usize) -> usize {
     let f: f64 = std::env::var("ZAPGATE_TEST_SCALE").ok().and_then(|v| v.parse().ok()).unwrap_or(1.0);
     ((n as f64 * f).round() as usize).max(1)
 }
+
+/// A provider under test: `zapgate-sim` in this process, a server allowed
+/// to reach it (it is on loopback), one tenant and one instance of
+/// `provider` whose config `config` builds from the sim's address.
+pub struct SimProvider {
+    pub server: Server,
+    pub sim: std::sync::Arc<zapgate_sim::Sim>,
+    pub token: String,
+    pub instance: String,
+}
+
+pub async fn sim_provider(
+    provider: &str,
+    config: impl FnOnce(std::net::SocketAddr) -> Value,
+    env: &[(&str, &str)],
+) -> SimProvider {
+    let (addr, sim) = zapgate_sim::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let mut env = env.to_vec();
+    env.push(("ZAPGATE_WEBHOOK_ALLOW_PRIVATE", "true"));
+    let server = Server::start(&env).await;
+    let (_, token) = server.tenant("acme").await;
+    let instance =
+        server.instance(&token, json!({"name": provider, "provider": provider, "config": config(addr)})).await;
+    SimProvider { server, sim, token, instance }
+}
