@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine: installs what the tests
-# need, then runs formatting and lint checks and every test.
+# need, then runs formatting and lint checks and every test — once embedded
+# (SQLite), then the zapgate crate's tests again distributed, against the
+# PostgreSQL (and Redis, RabbitMQ) that scripts/services.sh installs and starts.
 #
 #   scripts/test.sh            # everything
 #   ZAPGATE_TEST_SCALE=0.1 scripts/test.sh   # scale tests at a tenth of their size
@@ -24,11 +26,26 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy -D warnings"
 cargo clippy "${FEATURES[@]}" -- -D warnings
-echo "==> tests"
+echo "==> tests (embedded)"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run "${FEATURES[@]}" --no-fail-fast
 else
   cargo test "${FEATURES[@]}" --no-fail-fast
+fi
+echo "==> services (PostgreSQL, Redis, RabbitMQ)"
+services_env=$(scripts/services.sh)
+eval "$services_env"
+echo "$services_env" | sed 's/^export /    /'
+echo "==> tests (distributed: PostgreSQL)"
+# The zapgate crate's tests (they start servers; the harness gives each a fresh
+# database through ZAPGATE_TEST_DATABASE_URL) and the backends' contract tests
+# (a fresh database each). Selected within the workspace-wide feature set so
+# nothing is rebuilt (`-p zapgate` alone unifies features differently and
+# recompiles sqlx and the crates); cargo test can only narrow to integration tests.
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run "${FEATURES[@]}" --no-fail-fast -E 'package(zapgate) | package(zapgate-backends)'
+else
+  cargo test --workspace --features zapgate/test-hooks --no-fail-fast --test '*'
 fi
 echo "==> zapgate-bench --quick (proves the benchmark runs; asserts no timing)"
 cargo build -q -p zapgate -p zapgate-bench --features zapgate/test-hooks

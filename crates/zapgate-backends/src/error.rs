@@ -10,6 +10,10 @@ pub enum StoreError {
     Locked(String),
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("database error: {0}")]
+    Postgres(#[from] sqlx::Error),
+    #[error("invalid backend configuration: {0}")]
+    Config(String),
     #[error("migration error: {0}")]
     Migrate(String),
     #[error("stored data is corrupt: {0}")]

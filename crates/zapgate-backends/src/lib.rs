@@ -7,8 +7,10 @@
 //! - [`Locks`]: short named locks with expiry (in process here; Redis in distributed mode).
 //! - [`MediaStore`]: media bytes (a local directory here; S3 in distributed mode).
 //!
-//! The embedded implementations share one SQLite file ([`sqlite::SqliteBackend`]):
-//! the queue table is the outbox, so "accepted" and "enqueued" commit together.
+//! The embedded implementations share one SQLite file ([`sqlite::SqliteBackend`]);
+//! the distributed ones one PostgreSQL database ([`postgres::PgBackend`]). In
+//! both the queue table is the outbox, so "accepted" and "enqueued" commit
+//! together.
 //! Callers get `Arc<dyn Trait>` handles from [`Backends::open`] and never name
 //! an implementation.
 
@@ -17,6 +19,7 @@ pub mod error;
 pub mod limits;
 pub mod locks;
 pub mod media;
+pub mod postgres;
 pub mod queue;
 pub mod sqlite;
 pub mod store;
@@ -50,6 +53,21 @@ impl Backends {
     /// file lock that keeps two `serve` processes off one database.
     pub async fn open_embedded(data_dir: &Path, exclusive: bool) -> Result<Self, StoreError> {
         let db = Arc::new(sqlite::SqliteBackend::open(data_dir, exclusive).await?);
+        Ok(Self {
+            store: db.clone(),
+            queue: db.clone(),
+            webhooks: db,
+            rate_limiter: Arc::new(InProcessRateLimiter::default()),
+            locks: Arc::new(InProcessLocks::default()),
+            media: Arc::new(LocalMediaStore::new(data_dir.join("media"))),
+        })
+    }
+
+    /// Opens the PostgreSQL backends (store, queue and webhooks in one
+    /// database, shared by any number of processes); migrates the schema.
+    /// Media stays under `data_dir` until an object store is configured.
+    pub async fn open_postgres(url: &str, max_connections: u32, data_dir: &Path) -> Result<Self, StoreError> {
+        let db = Arc::new(postgres::PgBackend::open(url, max_connections).await?);
         Ok(Self {
             store: db.clone(),
             queue: db.clone(),

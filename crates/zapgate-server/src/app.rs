@@ -24,13 +24,25 @@ use zapgate_providers::waha::Waha;
 /// is left is resent after the next start).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Opens the backends the configuration names: PostgreSQL when
+/// `database_url` is set, else the embedded SQLite file (`exclusive` takes
+/// its lock file, for processes that run workers).
+pub async fn open_backends(config: &Config, exclusive: bool) -> anyhow::Result<Backends> {
+    match &config.database_url {
+        Some(url) => Backends::open_postgres(url, config.database_pool_size, &config.data_dir)
+            .await
+            .context("opening the PostgreSQL store (ZAPGATE_DATABASE_URL)"),
+        None => Backends::open_embedded(&config.data_dir, exclusive)
+            .await
+            .with_context(|| format!("opening the embedded store in {}", config.data_dir.display())),
+    }
+}
+
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     crate::egress::install_tls_provider();
     crate::metrics::install();
     let config = Arc::new(config);
-    let backends = Backends::open_embedded(&config.data_dir, true)
-        .await
-        .with_context(|| format!("opening the embedded store in {}", config.data_dir.display()))?;
+    let backends = open_backends(&config, true).await?;
     let admin =
         crate::admin::resolve(config.admin_token.as_deref(), &config.data_dir).context("resolving the admin token")?;
     let recovered = backends.queue.recover(Timestamp::now()).await.context("recovering the queue")?;

@@ -27,8 +27,10 @@ pub struct Config {
     pub public_url: Option<String>,
     /// Where the embedded database, lock file, media and admin token live.
     pub data_dir: PathBuf,
-    /// PostgreSQL URL (distributed mode; not available yet).
+    /// PostgreSQL URL: store, queue and webhooks in Postgres instead of SQLite.
     pub database_url: Option<String>,
+    /// Connections each process opens to PostgreSQL at most.
+    pub database_pool_size: u32,
     /// RabbitMQ URL (distributed mode; not available yet).
     pub amqp_url: Option<String>,
     /// Redis URL (distributed mode; not available yet).
@@ -92,6 +94,7 @@ impl Default for Config {
             public_url: None,
             data_dir: PathBuf::from("./data"),
             database_url: None,
+            database_pool_size: 16,
             amqp_url: None,
             redis_url: None,
             admin_token: None,
@@ -158,11 +161,19 @@ impl Config {
         if self.amqp_url.is_some() && self.database_url.is_none() {
             return bad("ZAPGATE_AMQP_URL needs ZAPGATE_DATABASE_URL (RabbitMQ relays from the PostgreSQL outbox)");
         }
-        if self.database_url.is_some() || self.amqp_url.is_some() || self.redis_url.is_some() {
+        if self.amqp_url.is_some() || self.redis_url.is_some() {
             return bad(
-                "distributed mode (ZAPGATE_DATABASE_URL / ZAPGATE_AMQP_URL / ZAPGATE_REDIS_URL) is not available \
-                 in this build yet; unset them to run embedded",
+                "ZAPGATE_AMQP_URL / ZAPGATE_REDIS_URL are not available in this build yet; unset them (PostgreSQL \
+                 alone, ZAPGATE_DATABASE_URL, is)",
             );
+        }
+        if let Some(url) = &self.database_url
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            return bad("ZAPGATE_DATABASE_URL must be a postgres:// URL");
+        }
+        if self.database_pool_size < 2 {
+            return bad("ZAPGATE_DATABASE_POOL_SIZE must be at least 2");
         }
         if self.message_retry_limit == 0 {
             return bad("ZAPGATE_MESSAGE_RETRY_LIMIT must be at least 1");

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-use zapgate_backends::{Backends, Store};
+use zapgate_backends::Store;
 use zapgate_domain::TenantId;
 use zapgate_server::config::Config;
 
@@ -67,6 +67,15 @@ struct StoreArgs {
     #[arg(long, env = "ZAPGATE_DATA_DIR", value_name = "DIR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     data_dir: Option<PathBuf>,
+    /// PostgreSQL URL (postgres://user:pass@host/db): store, queue and webhooks in
+    /// Postgres, shared by any number of zapgate processes. Unset: embedded SQLite.
+    #[arg(long, env = "ZAPGATE_DATABASE_URL", value_name = "URL", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    database_url: Option<String>,
+    /// Most PostgreSQL connections per process [default: 16].
+    #[arg(long, env = "ZAPGATE_DATABASE_POOL_SIZE", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    database_pool_size: Option<u32>,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -92,10 +101,6 @@ struct ServeArgs {
     #[arg(long, env = "ZAPGATE_PUBLIC_URL", value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     public_url: Option<String>,
-    /// PostgreSQL URL (distributed mode; not in this build yet).
-    #[arg(long, env = "ZAPGATE_DATABASE_URL", value_name = "URL", hide_env_values = true)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    database_url: Option<String>,
     /// RabbitMQ URL (distributed mode; not in this build yet).
     #[arg(long, env = "ZAPGATE_AMQP_URL", value_name = "URL", hide_env_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -236,8 +241,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Migrate(store) => {
             let config = Config::load(store.config.as_deref(), &store)?;
-            Backends::open_embedded(&config.data_dir, false).await?;
-            println!("database in {} is up to date", config.data_dir.display());
+            zapgate_server::open_backends(&config, false).await?;
+            match &config.database_url {
+                Some(_) => println!("PostgreSQL database is up to date"),
+                None => println!("database in {} is up to date", config.data_dir.display()),
+            }
             Ok(())
         }
         Command::Tenant { command } => tenant(command).await,
@@ -246,7 +254,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn open_store(store: &StoreArgs) -> anyhow::Result<std::sync::Arc<dyn Store>> {
     let config = Config::load(store.config.as_deref(), store)?;
-    Ok(Backends::open_embedded(&config.data_dir, false).await?.store)
+    Ok(zapgate_server::open_backends(&config, false).await?.store)
 }
 
 async fn tenant(command: TenantCommand) -> anyhow::Result<()> {

@@ -11,9 +11,13 @@ use std::time::{Duration, Instant};
 #[tokio::test]
 async fn tenant_b_single_message_overtakes_tenant_a_backlog() {
     let n = scaled(20_000);
-    // B's wait is about two commit batches of the single writer, during which
-    // A's lane completes up to `concurrency` sends per batch — independent of
-    // the size of A's backlog, which is the property under test.
+    // B's wait is a few dispatcher rounds (embedded: about two commit batches
+    // of the single writer; PostgreSQL: a claim and the outcomes in flight),
+    // during which A's lane completes up to `concurrency` (16) sends per round —
+    // independent of the size of A's backlog, which is the property under test.
+    // How many rounds pass depends on the machine's load (the suite runs
+    // tests in parallel on 2 cores), so the bound is 10 lane-fulls: under 1 %
+    // of A's backlog, where a FIFO queue would put B behind all of it.
     let s = Server::start(&[
         ("ZAPGATE_TENANT_RATE_LIMIT", "0"),
         ("ZAPGATE_SANDBOX_DELIVERED_AFTER", "1h"),
@@ -70,5 +74,5 @@ async fn tenant_b_single_message_overtakes_tenant_a_backlog() {
     let a_before_b = index;
     eprintln!("B's message was receipt #{position} after its accept; A had {} of {n} sent by then", a_before_b);
     assert!(n - a_before_b > n / 4 || n < 1000, "A's backlog was mostly gone before B sent; the test proved nothing");
-    assert!(position < 48, "B waited behind {position} of A's messages");
+    assert!(position < 160, "B waited behind {position} of A's {n} messages (more than 10 lane-fulls)");
 }

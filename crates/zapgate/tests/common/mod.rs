@@ -1,6 +1,11 @@
 //! Test harness: runs the real `zapgate serve` binary on a random port with
 //! its own data directory, and talks HTTP to it (the zero2prod `spawn_app`
 //! idea, with a real process so tests can kill it).
+//!
+//! With `ZAPGATE_TEST_DATABASE_URL` set (`scripts/test.sh` sets it for its
+//! distributed pass, from `scripts/services.sh`), every server runs against
+//! PostgreSQL: each new data directory gets a fresh database, created through
+//! that URL, and restarts on the same directory reuse it.
 
 #![allow(dead_code)]
 
@@ -8,17 +13,113 @@ use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const ADMIN: &str = "test-admin-token-0123456789";
 
+/// A PostgreSQL URL whose role may create databases; set, it makes every
+/// test server distributed (see the module docs).
+pub const TEST_DATABASE_URL: &str = "ZAPGATE_TEST_DATABASE_URL";
+/// In a server's temp dir: the name of its database, so restarts reuse it.
+const DATABASE_NAME_FILE: &str = "postgres-database";
+
 pub struct Server {
     pub base: String,
     pub dir: Arc<tempfile::TempDir>,
     pub http: reqwest::Client,
+    /// The PostgreSQL database this server uses (distributed mode only).
+    pub database: Option<TestDatabase>,
     child: Child,
     logs: Arc<Mutex<Vec<String>>>,
+}
+
+#[derive(Clone, Debug)]
+pub struct TestDatabase {
+    pub name: String,
+    /// What the server gets as `ZAPGATE_DATABASE_URL`.
+    pub url: String,
+}
+
+/// True when the tests run against the distributed backends (PostgreSQL);
+/// for skipping a behaviour that only the embedded mode has.
+pub fn distributed() -> bool {
+    admin_database_url().is_some()
+}
+
+fn admin_database_url() -> Option<String> {
+    std::env::var(TEST_DATABASE_URL).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// The database of the data directory `dir`: created on first use, then
+/// remembered in the directory. None in embedded mode.
+async fn database_for(dir: &Path) -> Option<TestDatabase> {
+    let admin = admin_database_url()?;
+    let file = dir.join(DATABASE_NAME_FILE);
+    let name = match std::fs::read_to_string(&file) {
+        Ok(name) => name.trim().to_owned(),
+        Err(_) => {
+            let name = fresh_database_name();
+            if let Err(e) = pg_admin(&admin, format!("CREATE DATABASE \"{name}\""), Duration::from_secs(30)).await {
+                panic!(
+                    "{TEST_DATABASE_URL} is set, but creating database {name} through it failed: {e}\n\
+                     (is PostgreSQL up? scripts/services.sh starts it)"
+                );
+            }
+            std::fs::write(&file, &name).expect("write the database name file");
+            name
+        }
+    };
+    Some(TestDatabase { url: with_database(&admin, &name), name })
+}
+
+/// `zg_t_` and 16 random hex digits.
+fn fresh_database_name() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u64(SEQ.fetch_add(1, Ordering::Relaxed));
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    format!("zg_t_{:016x}", h.finish())
+}
+
+/// `url` with its database (the path) replaced by `name`; the query string stays.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let authority = base.find("://").map_or(0, |i| i + 3);
+    let path = base[authority..].find('/').map_or(base.len(), |i| authority + i);
+    match query {
+        Some(query) => format!("{}/{name}?{query}", &base[..path]),
+        None => format!("{}/{name}", &base[..path]),
+    }
+}
+
+/// Runs one statement on its own connection to `admin_url`.
+async fn pg_admin(admin_url: &str, sql: String, timeout: Duration) -> Result<(), String> {
+    use sqlx::Connection;
+    let work = async {
+        let mut conn = sqlx::PgConnection::connect(admin_url).await.map_err(|e| format!("connecting: {e}"))?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await.map_err(|e| e.to_string())?;
+        let _ = conn.close().await;
+        Ok(())
+    };
+    tokio::time::timeout(timeout, work).await.map_err(|_| format!("timed out after {timeout:?}"))?
+}
+
+/// Best effort, from synchronous code (`Drop`), inside or outside a runtime.
+fn drop_database(name: &str) {
+    let Some(admin) = admin_database_url() else { return };
+    let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+        rt.block_on(pg_admin(&admin, sql, Duration::from_secs(10))).ok()
+    })
+    .join();
 }
 
 /// Settings every test server gets; tests add or override per case.
@@ -44,11 +145,18 @@ impl Server {
         Self::start_in(Arc::new(tempfile::tempdir().expect("temp dir")), env).await
     }
 
+    /// Starts a server on `dir`; with the same `dir` again (a restart), on the same data.
     pub async fn start_in(dir: Arc<tempfile::TempDir>, env: &[(&str, &str)]) -> Server {
+        // A test that sets the database itself gets no fresh one.
+        let own_database = env.iter().any(|(k, _)| *k == "ZAPGATE_DATABASE_URL");
+        let database = if own_database { None } else { database_for(dir.path()).await };
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_zapgate"));
         cmd.arg("serve").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         for (k, v) in base_env(dir.path()) {
             cmd.env(k, v);
+        }
+        if let Some(db) = &database {
+            cmd.env("ZAPGATE_DATABASE_URL", &db.url);
         }
         for (k, v) in env {
             cmd.env(k, v);
@@ -76,10 +184,10 @@ impl Server {
         };
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
-        Server { base: format!("http://{addr}"), dir, http, child, logs }
+        Server { base: format!("http://{addr}"), dir, http, database, child, logs }
     }
 
-    /// Starts a fresh server process on the same data directory.
+    /// Starts a fresh server process on the same data directory (and database).
     pub async fn restart(mut self, env: &[(&str, &str)]) -> Server {
         self.kill();
         let dir = self.dir.clone();
@@ -193,6 +301,13 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The last holder of the data directory also drops its database
+        // (`restart` holds the directory across this drop).
+        if let Some(db) = &self.database
+            && Arc::strong_count(&self.dir) == 1
+        {
+            drop_database(&db.name);
+        }
     }
 }
 

@@ -1,20 +1,58 @@
-//! The embedded backend's contract, exercised directly on a real SQLite file.
+//! The backends' contract, exercised directly: on a real SQLite file, or,
+//! with `ZAPGATE_TEST_DATABASE_URL` set (the distributed pass of
+//! `scripts/test.sh`), on a fresh PostgreSQL database per test.
 
 use std::sync::Arc;
 use zapgate_backends::*;
 use zapgate_domain::message::Text;
 use zapgate_domain::*;
 
+/// Where a test's data lives; `open` stands in for a process starting.
+struct Db {
+    dir: tempfile::TempDir,
+    postgres: Option<String>,
+}
+
+impl Db {
+    async fn fresh() -> Db {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(admin) = std::env::var("ZAPGATE_TEST_DATABASE_URL").ok().filter(|u| !u.is_empty()) else {
+            return Db { dir, postgres: None };
+        };
+        use sqlx::Connection;
+        let name = format!("zg_c_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = sqlx::PgConnection::connect(&admin).await.expect("connect to ZAPGATE_TEST_DATABASE_URL");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.unwrap();
+        let base = admin.rsplit_once('/').expect("a database URL has a path").0;
+        Db { dir, postgres: Some(format!("{base}/{name}")) }
+    }
+
+    fn distributed(&self) -> bool {
+        self.postgres.is_some()
+    }
+
+    async fn open(&self) -> Backends {
+        match &self.postgres {
+            Some(url) => Backends::open_postgres(url, 8, self.dir.path()).await.unwrap(),
+            None => Backends::open_embedded(self.dir.path(), true).await.unwrap(),
+        }
+    }
+}
+
 struct Fixture {
-    _dir: tempfile::TempDir,
+    _db: Db,
     b: Backends,
     tenant: TenantId,
     instance: InstanceId,
 }
 
 async fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let b = Backends::open_embedded(dir.path(), true).await.unwrap();
+    fixture_on(Db::fresh().await).await
+}
+
+/// A tenant with one instance, in `db`.
+async fn fixture_on(db: Db) -> Fixture {
+    let b = db.open().await;
     let tenant = b.store.create_tenant(TenantId::generate(), "t".into(), new_token()).await.unwrap().0.id;
     let instance = InstanceId::generate();
     b.store
@@ -31,7 +69,7 @@ async fn fixture() -> Fixture {
         })
         .await
         .unwrap();
-    Fixture { _dir: dir, b, tenant, instance }
+    Fixture { _db: db, b, tenant, instance }
 }
 
 fn new_token() -> NewToken {
@@ -197,38 +235,20 @@ async fn a_retry_keeps_the_chat_blocked_until_it_is_due() {
 
 #[tokio::test]
 async fn recovery_requeues_in_flight_messages_without_spending_attempts() {
-    let dir = tempfile::tempdir().unwrap();
-    let (tenant, id) = {
-        let b = Backends::open_embedded(dir.path(), true).await.unwrap();
-        let f = Fixture {
-            _dir: tempfile::tempdir().unwrap(),
-            b: b.clone(),
-            tenant: TenantId::generate(),
-            instance: InstanceId::generate(),
-        };
-        let tenant = b.store.create_tenant(f.tenant.clone(), "t".into(), new_token()).await.unwrap().0.id;
-        b.store
-            .create_instance(NewInstance {
-                id: f.instance.clone(),
-                tenant_id: tenant.clone(),
-                name: "i".into(),
-                provider: "sandbox".into(),
-                phone_number_id: rand_digits().to_string(),
-                waba_id: "1".into(),
-                rate_per_sec: 80,
-                burst: 80,
-                provider_config: serde_json::json!({}),
-            })
-            .await
-            .unwrap();
-        let id = accept(&f, "+5511900000001", Priority::Normal).await;
-        assert_eq!(claim(&f, 10).await.len(), 1);
-        (tenant, id)
-        // The process "dies" here: the message is `sending`, its entry leased.
-    };
-    // The lock dies with the process; reopening stands in for a restart.
-    let b = Backends::open_embedded(dir.path(), true).await.unwrap();
-    assert_eq!(b.queue.recover(Timestamp::now()).await.unwrap(), 1);
+    let f = fixture().await;
+    let (tenant, id) = (f.tenant.clone(), accept(&f, "+5511900000001", Priority::Normal).await);
+    assert_eq!(claim(&f, 10).await.len(), 1);
+    // The process "dies" here: the message is `sending`, its entry leased.
+    // Its file lock (SQLite) or owner lock (PostgreSQL) goes with it.
+    let Fixture { _db: db, b, .. } = f;
+    drop(b);
+    let b = db.open().await;
+    // Postgres frees a dead session's locks once it sees the connection close.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while b.queue.recover(Timestamp::now()).await.unwrap() == 0 {
+        assert!(std::time::Instant::now() < deadline, "the dead process's lease was never returned");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let m = b.store.get_message(&tenant, &id).await.unwrap().unwrap();
     assert_eq!((m.status, m.attempts), (MessageStatus::Queued, 0));
     let again =
@@ -241,15 +261,56 @@ async fn recovery_requeues_in_flight_messages_without_spending_attempts() {
 
 #[tokio::test]
 async fn a_second_serve_cannot_open_the_same_data_dir() {
-    let dir = tempfile::tempdir().unwrap();
-    let _first = Backends::open_embedded(dir.path(), true).await.unwrap();
-    match Backends::open_embedded(dir.path(), true).await {
+    let db = Db::fresh().await;
+    if db.distributed() {
+        return two_processes_never_claim_the_same_entry(db).await;
+    }
+    let dir = db.dir.path();
+    let _first = Backends::open_embedded(dir, true).await.unwrap();
+    match Backends::open_embedded(dir, true).await {
         Err(StoreError::Locked(_)) => {}
         Err(e) => panic!("wrong error: {e}"),
         Ok(_) => panic!("two exclusive opens of one data dir"),
     }
     // Non-exclusive users (the CLI) may still open it.
-    Backends::open_embedded(dir.path(), false).await.unwrap();
+    Backends::open_embedded(dir, false).await.unwrap();
+}
+
+/// PostgreSQL is shared by design: several processes claim at once, and each
+/// entry goes to exactly one of them, and a live process's leases stay its own.
+async fn two_processes_never_claim_the_same_entry(db: Db) {
+    let f = fixture_on(db).await;
+    let other = f._db.open().await;
+    let mut ids = std::collections::HashSet::new();
+    for n in 0..200 {
+        ids.insert(accept(&f, &format!("+55119{n:08}"), Priority::Normal).await);
+    }
+    let claims = [Claim { instance_id: f.instance.clone(), max: 7 }];
+    let round = |b: Backends| {
+        let claims = claims.clone();
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let won = b.queue.claim_and_begin(&claims, Timestamp::now(), 60_000).await.unwrap().unwrap().won;
+                if won.is_empty() {
+                    return got;
+                }
+                got.extend(won.into_iter().map(|m| m.id));
+            }
+        })
+    };
+    let (a, b) = (round(f.b.clone()), round(other.clone()));
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+    assert!(!a.is_empty() && !b.is_empty(), "both processes claimed ({} / {})", a.len(), b.len());
+    let mut all: Vec<_> = a.iter().chain(&b).cloned().collect();
+    all.sort();
+    let n = all.len();
+    all.dedup();
+    assert_eq!(all.len(), n, "an entry was claimed twice");
+    assert_eq!(all.into_iter().collect::<std::collections::HashSet<_>>(), ids, "every entry claimed once");
+    // Both processes are alive: neither may take the other's leases.
+    assert_eq!(other.queue.recover(Timestamp::now()).await.unwrap(), 0);
+    assert_eq!(f.b.queue.recover(Timestamp::now()).await.unwrap(), 0);
 }
 
 #[tokio::test]

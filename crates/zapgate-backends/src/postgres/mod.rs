@@ -1,0 +1,108 @@
+//! The PostgreSQL backend (distributed mode): the store, the webhook store
+//! and a queue table, shared by any number of zapgate processes.
+//!
+//! Writes are ordinary transactions on a connection pool; several processes
+//! may claim from the queue at once (`FOR UPDATE SKIP LOCKED`). A claim
+//! leases entries to this process's *owner id*; the process holds a session
+//! advisory lock on that id for its whole life, so when it dies Postgres
+//! drops the lock and any other process can tell that the leases are
+//! orphaned and return them at once (see [`queue`]), instead of waiting for
+//! a lease timeout.
+
+mod queue;
+mod rows;
+mod store;
+mod webhooks;
+
+use crate::StoreError;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// Schema versions, applied in order; `schema_migrations` records each.
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/0001_init.sql")];
+
+/// Advisory lock key serialising migrations across processes.
+const MIGRATION_LOCK: i64 = 0x7a61_7067_6174_6531; // "zapgate1"
+
+pub struct PgBackend {
+    pool: PgPool,
+    /// This process's lease owner id (held as a session advisory lock).
+    owner: i64,
+    /// The connection holding the owner lock; dropping it frees the lock.
+    _owner_conn: tokio::sync::Mutex<PgConnection>,
+    /// Notified after writes that add events or deliveries in this process.
+    committed: Arc<Notify>,
+}
+
+impl PgBackend {
+    /// Connects, migrates and takes a lease owner id.
+    pub async fn open(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url).map_err(|e| StoreError::Config(format!("database URL: {e}")))?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(2))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.clone())
+            .await?;
+        migrate(&pool).await?;
+        let mut owner_conn = PgConnection::connect_with(&options).await?;
+        let owner = loop {
+            let candidate = rand::random::<i64>() & i64::MAX;
+            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(candidate)
+                .fetch_one(&mut owner_conn)
+                .await?;
+            if got {
+                break candidate;
+            }
+        };
+        Ok(Self { pool, owner, _owner_conn: tokio::sync::Mutex::new(owner_conn), committed: Arc::new(Notify::new()) })
+    }
+
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    fn wake(&self) {
+        self.committed.notify_one();
+    }
+}
+
+async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(MIGRATION_LOCK).execute(&mut *tx).await?;
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let current: i64 =
+        sqlx::query_scalar("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetch_one(&mut *tx).await?;
+    if current as usize > MIGRATIONS.len() {
+        return Err(StoreError::Migrate(format!(
+            "the database is at schema version {current}, newer than this zapgate ({}); upgrade zapgate",
+            MIGRATIONS.len()
+        )));
+    }
+    for (n, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        sqlx::raw_sql(AssertSqlSafe(*sql))
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| StoreError::Migrate(format!("migration {}: {e}", n + 1)))?;
+        sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
+            .bind((n + 1) as i64)
+            .bind(zapgate_domain::Timestamp::now().as_millis())
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// True when `e` is a unique-constraint violation.
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23505"))
+}

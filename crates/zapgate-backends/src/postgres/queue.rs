@@ -1,0 +1,223 @@
+//! `Queue` on PostgreSQL: the `queue_entries` table with the SQLite queue's
+//! `is_head` / `ready` / `visible_at` scheme, made safe for several
+//! processes: claims skip rows another process is claiming (`FOR UPDATE
+//! SKIP LOCKED`) and every lease names its owner.
+//!
+//! Leases of a dead process: each process holds a session advisory lock on
+//! its owner id ([`PgBackend::open`]). Whoever can take that lock knows the
+//! owner is gone, and returns its leases to the queue at once; messages it
+//! left in `sending` are sent again (at-least-once), with no attempt spent.
+
+use super::PgBackend;
+use super::rows::{self, MessageRef};
+use super::store::begin_sending;
+use crate::{BeginSending, Claim, Delivery, Queue, Settlement, StoreError, detail};
+use async_trait::async_trait;
+use sqlx::{PgConnection, Row};
+use zapgate_domain::event::StatusDetail;
+use zapgate_domain::{InstanceId, MessageId, MessageStatus, Priority, TenantId, Timestamp};
+
+/// How soon to look again for orphaned leases while another process holds some.
+const FOREIGN_LEASE_CHECK_MS: i64 = 1_000;
+
+#[async_trait]
+impl Queue for PgBackend {
+    async fn claim(&self, claims: &[Claim], now: Timestamp, lease_ms: i64) -> Result<Vec<Delivery>, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let out = claim(&mut tx, claims, now, lease_ms, self.owner).await?;
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn claim_and_begin(
+        &self,
+        claims: &[Claim],
+        now: Timestamp,
+        lease_ms: i64,
+    ) -> Result<Option<BeginSending>, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let deliveries = claim(&mut tx, claims, now, lease_ms, self.owner).await?;
+        let cas: Vec<_> = deliveries.into_iter().map(|d| (d.message_id, d.attempt)).collect();
+        let begun = begin_sending(&mut tx, &cas, now).await?;
+        tx.commit().await?;
+        if !begun.won.is_empty() {
+            self.wake();
+        }
+        Ok(Some(begun))
+    }
+
+    async fn settle(&self, settlements: Vec<(MessageId, Settlement)>) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let now = Timestamp::now();
+        for (id, s) in settlements {
+            match s {
+                Settlement::Done => rows::dequeue(&mut tx, id.as_str(), now).await?,
+                Settlement::RetryAt { at, attempt } => rows::reschedule(&mut tx, id.as_str(), at, attempt, now).await?,
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    fn settled_by_store(&self) -> bool {
+        true
+    }
+
+    async fn promote_due(&self, now: Timestamp) -> Result<Vec<InstanceId>, StoreError> {
+        let mut ids = self.reclaim_orphaned(now).await?.1;
+        let promoted: Vec<String> = sqlx::query_scalar(
+            "UPDATE queue_entries SET ready = TRUE, lease_owner = NULL \
+             WHERE is_head AND NOT ready AND visible_at <= $1 RETURNING instance_id",
+        )
+        .bind(now.as_millis())
+        .fetch_all(self.pool())
+        .await?;
+        ids.extend(promoted.into_iter().map(InstanceId::from_trusted));
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
+    }
+
+    async fn next_due(&self, now: Timestamp) -> Result<Option<Timestamp>, StoreError> {
+        let row = sqlx::query(
+            "SELECT (SELECT MIN(visible_at) FROM queue_entries WHERE is_head AND NOT ready) AS due, \
+                    EXISTS (SELECT 1 FROM queue_entries WHERE lease_owner IS NOT NULL AND lease_owner <> $1) AS foreign",
+        )
+        .bind(self.owner)
+        .fetch_one(self.pool())
+        .await?;
+        let due: Option<i64> = row.try_get("due")?;
+        // Another process's leases: look again soon in case it died.
+        let foreign = row.try_get::<bool, _>("foreign")?.then_some(now.as_millis() + FOREIGN_LEASE_CHECK_MS);
+        Ok(match (due, foreign) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+        .map(Timestamp::from_millis))
+    }
+
+    async fn depth(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM queue_entries").fetch_one(self.pool()).await?;
+        Ok(n as u64)
+    }
+
+    async fn recover(&self, now: Timestamp) -> Result<u64, StoreError> {
+        Ok(self.reclaim_orphaned(now).await?.0)
+    }
+}
+
+impl PgBackend {
+    /// Returns the leases of owners that no longer hold their advisory lock:
+    /// (messages requeued from `sending`, instances that got work back).
+    async fn reclaim_orphaned(&self, now: Timestamp) -> Result<(u64, Vec<InstanceId>), StoreError> {
+        let owners: Vec<i64> = sqlx::query_scalar(
+            "SELECT DISTINCT lease_owner FROM queue_entries WHERE lease_owner IS NOT NULL AND lease_owner <> $1",
+        )
+        .bind(self.owner)
+        .fetch_all(self.pool())
+        .await?;
+        let (mut requeued, mut instances) = (0, Vec::new());
+        for owner in owners {
+            let mut tx = self.pool().begin().await?;
+            // Conflicts with the owner's session lock while it lives; ends with this transaction.
+            let dead: bool =
+                sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)").bind(owner).fetch_one(&mut *tx).await?;
+            if !dead {
+                continue;
+            }
+            let (n, mut ids) = release_leases(&mut tx, owner, now).await?;
+            tx.commit().await?;
+            tracing::warn!(owner, messages = n, "returned the leases of a zapgate process that stopped");
+            requeued += n;
+            instances.append(&mut ids);
+        }
+        if requeued > 0 {
+            self.wake();
+        }
+        Ok((requeued, instances))
+    }
+}
+
+async fn release_leases(
+    conn: &mut PgConnection,
+    owner: i64,
+    now: Timestamp,
+) -> Result<(u64, Vec<InstanceId>), StoreError> {
+    // A message caught in `sending` may or may not have reached the provider:
+    // send it again (at-least-once). Not the provider's fault: no attempt spent.
+    let requeued = sqlx::query(
+        "UPDATE messages m SET status = 'queued', updated_at = $2 FROM queue_entries q \
+         WHERE q.lease_owner = $1 AND q.message_id = m.id AND m.status = 'sending' \
+         RETURNING m.id, m.tenant_id, m.instance_id, m.chat_seq",
+    )
+    .bind(owner)
+    .bind(now.as_millis())
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(MessageRef::from_row)
+    .collect::<Result<Vec<_>, _>>()?;
+    let d = StatusDetail { reason: Some("requeued: the process sending it stopped".into()), ..detail() };
+    let events: Vec<_> = requeued.iter().map(|m| (m, d.clone())).collect();
+    rows::insert_events(&mut *conn, &events, MessageStatus::Queued, now).await?;
+    let instances: Vec<String> = sqlx::query_scalar(
+        "UPDATE queue_entries SET lease_owner = NULL, visible_at = $2, ready = is_head \
+         WHERE lease_owner = $1 RETURNING instance_id",
+    )
+    .bind(owner)
+    .bind(now.as_millis())
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut ids: Vec<InstanceId> = instances.into_iter().map(InstanceId::from_trusted).collect();
+    ids.sort();
+    ids.dedup();
+    Ok((requeued.len() as u64, ids))
+}
+
+async fn claim(
+    conn: &mut PgConnection,
+    claims: &[Claim],
+    now: Timestamp,
+    lease_ms: i64,
+    owner: i64,
+) -> Result<Vec<Delivery>, StoreError> {
+    if claims.is_empty() {
+        return Ok(Vec::new());
+    }
+    let instances: Vec<String> = claims.iter().map(|c| c.instance_id.to_string()).collect();
+    let max: Vec<i64> = claims.iter().map(|c| i64::from(c.max)).collect();
+    let rows = sqlx::query(
+        "WITH c AS ( \
+           SELECT e.message_id FROM UNNEST($1::text[], $2::bigint[]) AS w(instance_id, max) \
+           CROSS JOIN LATERAL ( \
+             SELECT message_id FROM queue_entries q WHERE q.instance_id = w.instance_id AND q.ready \
+             ORDER BY q.priority, q.seq LIMIT w.max FOR UPDATE SKIP LOCKED) e) \
+         UPDATE queue_entries q SET ready = FALSE, visible_at = $3, lease_owner = $4 FROM c \
+         WHERE q.message_id = c.message_id \
+         RETURNING q.message_id, q.tenant_id, q.instance_id, q.attempt, q.priority, q.seq",
+    )
+    .bind(&instances)
+    .bind(&max)
+    .bind(now.as_millis() + lease_ms)
+    .bind(owner)
+    .fetch_all(conn)
+    .await?;
+    let mut out = rows
+        .iter()
+        .map(|r| {
+            Ok(Delivery {
+                message_id: MessageId::from_trusted(r.try_get("message_id")?),
+                tenant_id: TenantId::from_trusted(r.try_get("tenant_id")?),
+                instance_id: InstanceId::from_trusted(r.try_get("instance_id")?),
+                attempt: r.try_get::<i64, _>("attempt")? as u32,
+                priority: Priority::from_rank(r.try_get("priority")?),
+                seq: r.try_get("seq")?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    // RETURNING order is unspecified; hand work out per instance in queue order.
+    let position: std::collections::HashMap<&InstanceId, usize> =
+        claims.iter().enumerate().map(|(i, c)| (&c.instance_id, i)).collect();
+    out.sort_by_key(|d| (position.get(&d.instance_id).copied().unwrap_or(usize::MAX), d.priority, d.seq));
+    Ok(out)
+}
