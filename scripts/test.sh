@@ -26,6 +26,13 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy -D warnings"
 cargo clippy "${FEATURES[@]}" -- -D warnings
+echo "==> promtool: alert rules check + unit tests (deploy/prometheus)"
+if ! need promtool; then
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+promtool check rules deploy/prometheus/alerts.yml
+promtool test rules deploy/prometheus/alerts.test.yml
 echo "==> tests (embedded)"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run "${FEATURES[@]}" --no-fail-fast

@@ -4,7 +4,8 @@
 //! - [`Queue`]: due work for the dispatcher (claim with a lease, then settle).
 //! - [`WebhookStore`]: tenant webhook endpoints, deliveries and attempts.
 //! - [`RateLimiter`]: keyed rate limits (in process here; Redis in distributed mode).
-//! - [`Locks`]: short named locks with expiry (in process here; Redis in distributed mode).
+//! - [`Locks`]: short named locks with expiry (in process here; Redis in distributed mode,
+//!   [`RedisBackend`], which falls back to the in-process ones while Redis is down).
 //! - [`MediaStore`]: media bytes (a local directory here; S3 in distributed mode).
 //!
 //! The embedded implementations share one SQLite file ([`sqlite::SqliteBackend`]);
@@ -21,10 +22,12 @@ pub mod locks;
 pub mod media;
 pub mod postgres;
 pub mod queue;
+pub mod redis;
 pub mod sqlite;
 pub mod store;
 pub mod webhooks;
 
+pub use crate::redis::RedisBackend;
 pub use crash::crash_point;
 pub use error::StoreError;
 pub use limits::{InProcessRateLimiter, RateLimiter, Throttled};
@@ -46,6 +49,9 @@ pub struct Backends {
     pub rate_limiter: Arc<dyn RateLimiter>,
     pub locks: Arc<dyn Locks>,
     pub media: Arc<dyn MediaStore>,
+    /// Set when limits and locks live in Redis: its health is reported, not
+    /// required (it holds only soft state; see [`RedisBackend`]).
+    pub redis: Option<RedisBackend>,
 }
 
 impl Backends {
@@ -60,7 +66,17 @@ impl Backends {
             rate_limiter: Arc::new(InProcessRateLimiter::default()),
             locks: Arc::new(InProcessLocks::default()),
             media: Arc::new(LocalMediaStore::new(data_dir.join("media"))),
+            redis: None,
         })
+    }
+
+    /// Moves rate limits and locks to Redis, shared by every process (each
+    /// falls back to in-process limits and locks while Redis is down).
+    pub fn with_redis(mut self, redis: RedisBackend) -> Self {
+        self.rate_limiter = Arc::new(redis.clone());
+        self.locks = Arc::new(redis.clone());
+        self.redis = Some(redis);
+        self
     }
 
     /// Opens the PostgreSQL backends (store, queue and webhooks in one
@@ -75,6 +91,7 @@ impl Backends {
             rate_limiter: Arc::new(InProcessRateLimiter::default()),
             locks: Arc::new(InProcessLocks::default()),
             media: Arc::new(LocalMediaStore::new(data_dir.join("media"))),
+            redis: None,
         })
     }
 }

@@ -15,6 +15,19 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LockToken(u64);
 
+impl LockToken {
+    /// A token with this value; implementations choose values that cannot
+    /// collide with their own (the Redis locks use random values with the
+    /// top bit set, [`InProcessLocks`] counts up from zero).
+    pub(crate) const fn new(value: u64) -> Self {
+        Self(value)
+    }
+
+    pub(crate) const fn get(self) -> u64 {
+        self.0
+    }
+}
+
 #[async_trait]
 pub trait Locks: Send + Sync + 'static {
     /// Takes `key` for `ttl` unless a live holder has it.
@@ -27,6 +40,15 @@ pub trait Locks: Send + Sync + 'static {
 pub struct InProcessLocks {
     held: Mutex<HashMap<String, (LockToken, Instant)>>,
     next: AtomicU64,
+}
+
+impl InProcessLocks {
+    /// Whether a live holder has `key` (the Redis locks ask this of their
+    /// fallback, so a lock taken here during an outage still counts).
+    pub(crate) fn is_held(&self, key: &str) -> bool {
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.get(key).is_some_and(|(_, until)| *until > Instant::now())
+    }
 }
 
 #[async_trait]

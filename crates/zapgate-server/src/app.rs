@@ -1,4 +1,7 @@
-//! `zapgate serve`: every role in one process, on the embedded backends.
+//! One zapgate process: `serve` runs every role; with a shared database
+//! (PostgreSQL) the roles can also run apart — `api` (REST, back-pressure)
+//! and `worker` (dispatch, provider statuses, webhooks, periodic jobs) —
+//! any number of each.
 
 use crate::config::Config;
 use crate::egress::Egress;
@@ -28,6 +31,16 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// `database_url` is set, else the embedded SQLite file (`exclusive` takes
 /// its lock file, for processes that run workers).
 pub async fn open_backends(config: &Config, exclusive: bool) -> anyhow::Result<Backends> {
+    let backends = open_stores(config, exclusive).await?;
+    Ok(match &config.redis_url {
+        Some(url) => backends.with_redis(
+            zapgate_backends::RedisBackend::connect(url).await.context("connecting to Redis (ZAPGATE_REDIS_URL)")?,
+        ),
+        None => backends,
+    })
+}
+
+async fn open_stores(config: &Config, exclusive: bool) -> anyhow::Result<Backends> {
     match &config.database_url {
         Some(url) => Backends::open_postgres(url, config.database_pool_size, &config.data_dir)
             .await
@@ -38,16 +51,59 @@ pub async fn open_backends(config: &Config, exclusive: bool) -> anyhow::Result<B
     }
 }
 
+/// What one process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Every role (the embedded default).
+    All,
+    /// The REST API only; workers elsewhere send what it accepts.
+    Api,
+    /// Dispatch, provider statuses, webhook delivery and periodic jobs; its
+    /// listener serves only `/health/*` and `/metrics`.
+    Worker,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::All => "serve",
+            Role::Api => "api",
+            Role::Worker => "worker",
+        }
+    }
+
+    fn serves_api(self) -> bool {
+        matches!(self, Role::All | Role::Api)
+    }
+
+    fn runs_workers(self) -> bool {
+        matches!(self, Role::All | Role::Worker)
+    }
+}
+
+/// `zapgate serve`: every role in one process.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
+    run(config, Role::All).await
+}
+
+pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        role == Role::All || config.database_url.is_some(),
+        "`zapgate {}` runs one role against a shared database: set ZAPGATE_DATABASE_URL (embedded mode runs \
+         every role in `zapgate serve`)",
+        role.name()
+    );
     crate::egress::install_tls_provider();
     crate::metrics::install();
     let config = Arc::new(config);
     let backends = open_backends(&config, true).await?;
     let admin =
         crate::admin::resolve(config.admin_token.as_deref(), &config.data_dir).context("resolving the admin token")?;
-    let recovered = backends.queue.recover(Timestamp::now()).await.context("recovering the queue")?;
-    if recovered > 0 {
-        tracing::warn!(messages = recovered, "requeued messages that were being sent when zapgate last stopped");
+    if role.runs_workers() {
+        let recovered = backends.queue.recover(Timestamp::now()).await.context("recovering the queue")?;
+        if recovered > 0 {
+            tracing::warn!(messages = recovered, "requeued messages that were being sent when zapgate last stopped");
+        }
     }
 
     let (status_tx, status_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -76,11 +132,10 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         send_timeout: config.send_timeout,
         concurrency: config.instance_concurrency,
     });
-    let dispatcher = tokio::spawn(dispatcher::run(ctx, stop_rx.clone()));
-    tokio::spawn(statuses::run(backends.store.clone(), status_rx));
     let queue_depth = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let janitor = janitor::Janitor {
         depth: queue_depth.clone(),
+        sweeps: role.runs_workers(),
         store: backends.store.clone(),
         queue: backends.queue.clone(),
         webhooks: backends.webhooks.clone(),
@@ -89,13 +144,18 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         ack_timeout: config.ack_timeout,
     };
     tokio::spawn(janitor::run(janitor, stop_rx.clone()));
-    let sender = Arc::new(WebhookSender {
-        store: backends.webhooks.clone(),
-        egress: egress.clone(),
-        schedule: config.webhook_retry_delays().map_err(anyhow::Error::msg)?,
-        timeout: config.webhook_timeout,
-    });
-    let webhooks = tokio::spawn(webhooks::run(sender, stop_rx));
+    let mut drained = Vec::new();
+    if role.runs_workers() {
+        drained.push(tokio::spawn(dispatcher::run(ctx, stop_rx.clone())));
+        tokio::spawn(statuses::run(backends.store.clone(), status_rx));
+        let sender = Arc::new(WebhookSender {
+            store: backends.webhooks.clone(),
+            egress: egress.clone(),
+            schedule: config.webhook_retry_delays().map_err(anyhow::Error::msg)?,
+            timeout: config.webhook_timeout,
+        });
+        drained.push(tokio::spawn(webhooks::run(sender, stop_rx)));
+    }
 
     let state = AppState {
         backends,
@@ -112,15 +172,18 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the API listener to {}", config.listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, data_dir = %config.data_dir.display(), "zapgate listening on http://{addr} (docs at /docs)");
-    axum::serve(listener, http::router(state)).with_graceful_shutdown(shutdown_signal()).await?;
+    let role_name = role.name();
+    tracing::info!(%addr, role = role_name, "zapgate listening on http://{addr} (docs at /docs)");
+    let router = if role.serves_api() { http::router(state) } else { http::ops_router(state) };
+    axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await?;
 
     tracing::info!("stopped accepting requests; draining");
     let _ = stop_tx.send(true);
-    if tokio::time::timeout(DRAIN_TIMEOUT, dispatcher).await.is_err() {
-        tracing::warn!("in-flight sends did not finish in time; they will be resent after the next start");
+    for task in drained {
+        if tokio::time::timeout(DRAIN_TIMEOUT, task).await.is_err() {
+            tracing::warn!("in-flight work did not finish in time; it is resent after the next start");
+        }
     }
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, webhooks).await;
     tracing::info!("bye");
     Ok(())
 }

@@ -33,7 +33,7 @@ pub struct Config {
     pub database_pool_size: u32,
     /// RabbitMQ URL (distributed mode; not available yet).
     pub amqp_url: Option<String>,
-    /// Redis URL (distributed mode; not available yet).
+    /// Redis URL: rate limits and locks shared by every process (soft state).
     pub redis_url: Option<String>,
     /// Super-admin bearer token; generated and saved to `<data_dir>/admin_token` when unset.
     pub admin_token: Option<String>,
@@ -161,11 +161,13 @@ impl Config {
         if self.amqp_url.is_some() && self.database_url.is_none() {
             return bad("ZAPGATE_AMQP_URL needs ZAPGATE_DATABASE_URL (RabbitMQ relays from the PostgreSQL outbox)");
         }
-        if self.amqp_url.is_some() || self.redis_url.is_some() {
-            return bad(
-                "ZAPGATE_AMQP_URL / ZAPGATE_REDIS_URL are not available in this build yet; unset them (PostgreSQL \
-                 alone, ZAPGATE_DATABASE_URL, is)",
-            );
+        if self.amqp_url.is_some() {
+            return bad("ZAPGATE_AMQP_URL is not available in this build yet; unset it (ZAPGATE_DATABASE_URL and \
+                 ZAPGATE_REDIS_URL are)");
+        }
+        if self.redis_url.is_some() && self.database_url.is_none() {
+            return bad("ZAPGATE_REDIS_URL needs ZAPGATE_DATABASE_URL (Redis shares limits between processes; \
+                 embedded mode is one process)");
         }
         if let Some(url) = &self.database_url
             && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))

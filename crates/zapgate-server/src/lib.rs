@@ -10,5 +10,5 @@ pub mod logging;
 pub mod metrics;
 pub mod worker;
 
-pub use app::{open_backends, serve};
+pub use app::{Role, open_backends, run, serve};
 pub use config::Config;

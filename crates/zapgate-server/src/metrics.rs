@@ -8,13 +8,21 @@
 //! | `zapgate_http_request_seconds` | histogram | `route` |
 //! | `zapgate_messages_accepted_total` | counter | |
 //! | `zapgate_send_outcomes_total` | counter | `outcome` (sent, retry, failed, dead, expired, cancelled) |
-//! | `zapgate_provider_call_seconds` | histogram | `provider` |
+//! | `zapgate_provider_call_seconds` | histogram | `provider` (planned: not recorded yet) |
 //! | `zapgate_provider_statuses_total` | counter | `status`, `applied` (applied, ignored, parked) |
 //! | `zapgate_webhook_attempts_total` | counter | `result` (succeeded, retry, dead) |
 //! | `zapgate_webhook_attempt_seconds` | histogram | |
 //! | `zapgate_ack_timeouts_total` | counter | |
 //! | `zapgate_queue_depth` | gauge | |
+//! | `zapgate_queue_overdue_seconds` | gauge | |
+//! | `zapgate_webhook_overdue_seconds` | gauge | |
 //! | `zapgate_store_commit_seconds`, `zapgate_store_commit_jobs` | histogram | |
+//!
+//! The two `*_overdue_seconds` gauges (set by the janitor of worker
+//! processes) say how long the earliest waiting queue entry and the earliest
+//! pending webhook delivery have been due without being taken: near 0 while
+//! the dispatcher and the webhook sender keep up. The alert rules over these
+//! metrics are in `deploy/prometheus/alerts.yml`.
 
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
@@ -40,6 +48,20 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
+/// Creates at zero the counter series the alert rules take `increase()` of:
+/// a series that first appears at 1 would hide its first event (a first dead
+/// letter, say) from `increase()`.
+pub fn register_alert_series() {
+    for outcome in ["sent", "retry", "failed", "dead", "expired", "cancelled"] {
+        metrics::counter!("zapgate_send_outcomes_total", "outcome" => outcome).increment(0);
+    }
+    for result in ["succeeded", "retry", "dead"] {
+        metrics::counter!("zapgate_webhook_attempts_total", "result" => result).increment(0);
+    }
+    metrics::counter!("zapgate_messages_accepted_total").increment(0);
+    metrics::counter!("zapgate_ack_timeouts_total").increment(0);
+}
+
 pub async fn render() -> String {
     let handle = install();
     handle.run_upkeep();
@@ -59,4 +81,19 @@ pub async fn track_http(req: Request, next: Next) -> Response {
     metrics::counter!("zapgate_http_requests_total", "method" => method, "route" => route, "status" => status)
         .increment(1);
     res
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn alert_series_exist_at_zero_before_their_first_event() {
+        super::install();
+        super::register_alert_series();
+        let text = super::render().await;
+        for line in
+            ["zapgate_send_outcomes_total{outcome=\"dead\"} ", "zapgate_webhook_attempts_total{result=\"dead\"} "]
+        {
+            assert!(text.lines().any(|l| l.starts_with(line)), "{line} missing from:\n{text}");
+        }
+    }
 }

@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 use zapgate_backends::Store;
 use zapgate_domain::TenantId;
+use zapgate_server::Role;
 use zapgate_server::config::Config;
 
 #[derive(Parser)]
@@ -25,6 +26,11 @@ struct Cli {
 enum Command {
     /// Run every role in one process (embedded: SQLite under the data dir, sandbox provider).
     Serve(Box<ServeArgs>),
+    /// Run only the REST API (needs ZAPGATE_DATABASE_URL; workers send what it accepts).
+    Api(Box<ServeArgs>),
+    /// Run only the workers: dispatch to providers, statuses, webhooks, periodic jobs
+    /// (needs ZAPGATE_DATABASE_URL; its listener serves /health/* and /metrics).
+    Worker(Box<ServeArgs>),
     /// Create or upgrade the database schema, then exit.
     Migrate(StoreArgs),
     /// Manage tenants directly in the store (works while `serve` runs).
@@ -105,7 +111,7 @@ struct ServeArgs {
     #[arg(long, env = "ZAPGATE_AMQP_URL", value_name = "URL", hide_env_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     amqp_url: Option<String>,
-    /// Redis URL (distributed mode; not in this build yet).
+    /// Redis URL (redis://host:6379): rate limits and locks shared by every process; needs ZAPGATE_DATABASE_URL.
     #[arg(long, env = "ZAPGATE_REDIS_URL", value_name = "URL", hide_env_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     redis_url: Option<String>,
@@ -234,11 +240,9 @@ pub fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => {
-            let config = Config::load(args.store.config.as_deref(), &*args)?;
-            zapgate_server::logging::init(config.log_format);
-            zapgate_server::serve(config).await
-        }
+        Command::Serve(args) => run_role(&args, Role::All).await,
+        Command::Api(args) => run_role(&args, Role::Api).await,
+        Command::Worker(args) => run_role(&args, Role::Worker).await,
         Command::Migrate(store) => {
             let config = Config::load(store.config.as_deref(), &store)?;
             zapgate_server::open_backends(&config, false).await?;
@@ -250,6 +254,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Tenant { command } => tenant(command).await,
     }
+}
+
+async fn run_role(args: &ServeArgs, role: Role) -> anyhow::Result<()> {
+    let config = Config::load(args.store.config.as_deref(), args)?;
+    zapgate_server::logging::init(config.log_format);
+    zapgate_server::run(config, role).await
 }
 
 async fn open_store(store: &StoreArgs) -> anyhow::Result<std::sync::Arc<dyn Store>> {

@@ -19,6 +19,9 @@ use zapgate_domain::{InstanceId, MessageId, MessageStatus, Priority, TenantId, T
 
 /// How soon to look again for orphaned leases while another process holds some.
 const FOREIGN_LEASE_CHECK_MS: i64 = 1_000;
+/// Other processes (API replicas) enqueue without waking this one, so an
+/// idle dispatcher looks at the queue this often.
+const POLL_MS: i64 = 100;
 
 #[async_trait]
 impl Queue for PgBackend {
@@ -73,6 +76,20 @@ impl Queue for PgBackend {
         .fetch_all(self.pool())
         .await?;
         ids.extend(promoted.into_iter().map(InstanceId::from_trusted));
+        // Entries enqueued ready by other processes marked nothing here: name
+        // every instance with ready work (a loose index scan of `queue_ready`,
+        // one probe per instance however long its backlog).
+        let ready: Vec<String> = sqlx::query_scalar(
+            "WITH RECURSIVE r AS ( \
+               (SELECT instance_id FROM queue_entries WHERE ready ORDER BY instance_id LIMIT 1) \
+               UNION ALL \
+               SELECT (SELECT q.instance_id FROM queue_entries q WHERE q.ready AND q.instance_id > r.instance_id \
+                       ORDER BY q.instance_id LIMIT 1) FROM r WHERE r.instance_id IS NOT NULL) \
+             SELECT instance_id FROM r WHERE instance_id IS NOT NULL",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        ids.extend(ready.into_iter().map(InstanceId::from_trusted));
         ids.sort();
         ids.dedup();
         Ok(ids)
@@ -89,11 +106,8 @@ impl Queue for PgBackend {
         let due: Option<i64> = row.try_get("due")?;
         // Another process's leases: look again soon in case it died.
         let foreign = row.try_get::<bool, _>("foreign")?.then_some(now.as_millis() + FOREIGN_LEASE_CHECK_MS);
-        Ok(match (due, foreign) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-        .map(Timestamp::from_millis))
+        let poll = now.as_millis() + POLL_MS;
+        Ok(Some(Timestamp::from_millis([due, foreign].into_iter().flatten().fold(poll, i64::min))))
     }
 
     async fn depth(&self) -> Result<u64, StoreError> {

@@ -23,6 +23,8 @@ use zapgate_domain::event::StatusDetail;
 use zapgate_domain::webhook::WebhookSecret;
 use zapgate_domain::{DeliveryId, EndpointId, EventId, EventType, MessageEvent, TenantId, Timestamp};
 
+/// How often an idle webhook sender looks for other processes' new events.
+const FAN_OUT_POLL_MS: i64 = 200;
 const ENDPOINT_COLUMNS: &str =
     "id, tenant_id, url, description, event_types, include_internal, headers, enabled, created_at, updated_at";
 const DELIVERY_COLUMNS: &str = "id, endpoint_id, event_id, status, attempts, next_attempt_at, last_status_code, \
@@ -372,7 +374,9 @@ impl WebhookStore for PgBackend {
             sqlx::query_scalar("SELECT MIN(next_attempt_at) FROM webhook_deliveries WHERE status = 'pending'")
                 .fetch_one(self.pool())
                 .await?;
-        Ok(t.map(Timestamp::from_millis))
+        // Events committed by other processes wake nobody here: look again soon.
+        let poll = Timestamp::now().as_millis() + FAN_OUT_POLL_MS;
+        Ok(Some(Timestamp::from_millis(t.map_or(poll, |t| t.min(poll)))))
     }
 
     async fn list_deliveries(

@@ -10,12 +10,15 @@ pub struct Health {
     pub status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub store: Option<&'static str>,
+    /// `ok` or `down` (limits and locks then fall back to this process), when configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<&'static str>,
 }
 
 /// The process is up.
 #[utoipa::path(get, path = "/health/live", tag = "ops", responses((status = 200, body = Health)))]
 pub async fn live() -> Json<Health> {
-    Json(Health { status: "ok", store: None })
+    Json(Health { status: "ok", store: None, redis: None })
 }
 
 /// Every backend answers (the store, through its writer too).
@@ -23,8 +26,16 @@ pub async fn live() -> Json<Health> {
     responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub async fn ready(State(s): State<AppState>) -> (StatusCode, Json<Health>) {
     let ping = tokio::time::timeout(std::time::Duration::from_secs(2), s.backends.store.ping()).await;
+    let redis = match &s.backends.redis {
+        Some(r) => Some(if r.ping().await { "ok" } else { "down" }),
+        None => None,
+    };
     match ping {
-        Ok(Ok(())) => (StatusCode::OK, Json(Health { status: "ok", store: Some("ok") })),
-        _ => (StatusCode::SERVICE_UNAVAILABLE, Json(Health { status: "down", store: Some("down") })),
+        // Redis holds only soft state: without it this process still works, degraded.
+        Ok(Ok(())) => {
+            let status = if redis == Some("down") { "degraded" } else { "ok" };
+            (StatusCode::OK, Json(Health { status, store: Some("ok"), redis }))
+        }
+        _ => (StatusCode::SERVICE_UNAVAILABLE, Json(Health { status: "down", store: Some("down"), redis })),
     }
 }

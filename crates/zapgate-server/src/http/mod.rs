@@ -85,6 +85,17 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// What a worker-only process serves: health and metrics.
+pub fn ops_router(state: AppState) -> Router {
+    Router::new()
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .route("/metrics", get(crate::metrics::render))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn(crate::metrics::track_http))
+        .with_state(state)
+}
+
 /// Runs `work` to the end even if the client disconnects: what follows a
 /// commit (waking the dispatcher, retiring a lane) must not be skipped
 /// because axum dropped the handler.

@@ -25,6 +25,9 @@ const LEASE_MS: i64 = 3_600_000;
 const IDLE_CHECK: Duration = Duration::from_secs(30);
 /// While busy, promote due entries at least this often.
 const BUSY_PROMOTE: Duration = Duration::from_millis(100);
+/// How often lanes are checked against the stored instances: another process
+/// (an API replica) may have changed an instance's pace or deleted it.
+const INSTANCE_REFRESH: Duration = Duration::from_secs(2);
 
 pub async fn run(ctx: Arc<WorkerCtx>, mut shutdown: watch::Receiver<bool>) {
     let mut lanes: HashMap<InstanceId, Lane> = HashMap::new();
@@ -37,9 +40,14 @@ pub async fn run(ctx: Arc<WorkerCtx>, mut shutdown: watch::Receiver<bool>) {
         Err(e) => tracing::error!(error = %e, "dispatcher: could not load instances"),
     }
     let mut next_promote = Instant::now();
+    let mut next_refresh = Instant::now() + INSTANCE_REFRESH;
     loop {
         if *shutdown.borrow() {
             break;
+        }
+        if Instant::now() >= next_refresh {
+            next_refresh = Instant::now() + INSTANCE_REFRESH;
+            refresh_instances(&ctx, &lanes).await;
         }
         if Instant::now() >= next_promote {
             match ctx.backends.queue.promote_due(Timestamp::now()).await {
@@ -82,6 +90,29 @@ pub async fn run(ctx: Arc<WorkerCtx>, mut shutdown: watch::Receiver<bool>) {
     tracing::info!(lanes = lanes.len(), "dispatcher stopping; finishing in-flight sends");
     for lane in lanes.into_values() {
         lane.close().await;
+    }
+}
+
+/// Marks lanes whose instance changed or went away since the lane started
+/// (the same path as a change made through this process's API).
+async fn refresh_instances(ctx: &Arc<WorkerCtx>, lanes: &HashMap<InstanceId, Lane>) {
+    let stored: HashMap<InstanceId, _> = match ctx.backends.store.all_instances().await {
+        Ok(all) => all.into_iter().map(|i| (i.id.clone(), i)).collect(),
+        Err(e) => return tracing::warn!(error = %e, "dispatcher: could not refresh instances"),
+    };
+    for (id, lane) in lanes {
+        let same = stored.get(id).is_some_and(|i| {
+            (i.rate_per_sec, i.burst, &i.provider, &i.provider_config)
+                == (
+                    lane.instance.rate_per_sec,
+                    lane.instance.burst,
+                    &lane.instance.provider,
+                    &lane.instance.provider_config,
+                )
+        });
+        if !same {
+            ctx.signal.changed(id.clone());
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! Periodic jobs: the ack-timeout sweep, the queue depth (gauge and
-//! back-pressure, every second) and clean-up
+//! back-pressure, every second), the overdue gauges the alert rules watch
+//! (`deploy/prometheus/alerts.yml`) and clean-up
 //! of expired idempotency keys and stale parked statuses.
 
 use std::sync::Arc;
@@ -15,6 +16,9 @@ const PARKED_TTL: Duration = Duration::from_secs(3600);
 pub struct Janitor {
     /// Where the last measured queue depth is kept for the API's back-pressure.
     pub depth: Arc<AtomicU64>,
+    /// Run the sweeps and clean-ups too (worker roles); an API-only process
+    /// only measures the depth its back-pressure needs.
+    pub sweeps: bool,
     pub store: Arc<dyn Store>,
     pub queue: Arc<dyn Queue>,
     pub webhooks: Arc<dyn WebhookStore>,
@@ -29,10 +33,22 @@ pub async fn run(j: Janitor, mut shutdown: watch::Receiver<bool>) {
     let tick = (j.ack_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
     let mut interval = tokio::time::interval(tick);
     let (mut gauged, mut purged) = (Instant::now() - Duration::from_secs(3600), Instant::now());
+    let mut overdue_gauged = gauged;
+    crate::metrics::register_alert_series();
     loop {
         tokio::select! {
             _ = interval.tick() => {}
             _ = shutdown.changed() => return,
+        }
+        if gauged.elapsed() >= Duration::from_secs(1) {
+            gauged = Instant::now();
+            if let Ok(depth) = j.queue.depth().await {
+                j.depth.store(depth, Ordering::Relaxed);
+                metrics::gauge!("zapgate_queue_depth").set(depth as f64);
+            }
+        }
+        if !j.sweeps {
+            continue;
         }
         let now = Timestamp::now();
         let sent_before = now.plus_millis(-(j.ack_timeout.as_millis() as i64));
@@ -44,12 +60,9 @@ pub async fn run(j: Janitor, mut shutdown: watch::Receiver<bool>) {
             }
             Err(e) => tracing::warn!(error = %e, "ack-timeout sweep failed"),
         }
-        if gauged.elapsed() >= Duration::from_secs(1) {
-            gauged = Instant::now();
-            if let Ok(depth) = j.queue.depth().await {
-                j.depth.store(depth, Ordering::Relaxed);
-                metrics::gauge!("zapgate_queue_depth").set(depth as f64);
-            }
+        if overdue_gauged.elapsed() >= Duration::from_secs(1) {
+            overdue_gauged = Instant::now();
+            gauge_overdue(&j, now).await;
         }
         if purged.elapsed() >= Duration::from_secs(60) {
             purged = Instant::now();
@@ -67,5 +80,19 @@ pub async fn run(j: Janitor, mut shutdown: watch::Receiver<bool>) {
                 Err(e) => tracing::warn!(error = %e, "purging webhook deliveries failed"),
             }
         }
+    }
+}
+
+/// How long the most overdue waiting queue entry (retry, `send_at`, lease)
+/// and the most overdue pending webhook delivery have been due without being
+/// taken; 0 when nothing is overdue. Both stay near 0 while the dispatcher
+/// and the webhook sender keep up, so a growing value means one is stalled.
+async fn gauge_overdue(j: &Janitor, now: Timestamp) {
+    let overdue = |due: Option<Timestamp>| due.map_or(0, |t| (now.as_millis() - t.as_millis()).max(0)) as f64 / 1000.0;
+    if let Ok(due) = j.queue.next_due(now).await {
+        metrics::gauge!("zapgate_queue_overdue_seconds").set(overdue(due));
+    }
+    if let Ok(due) = j.webhooks.next_delivery_due().await {
+        metrics::gauge!("zapgate_webhook_overdue_seconds").set(overdue(due));
     }
 }

@@ -147,16 +147,26 @@ impl Server {
 
     /// Starts a server on `dir`; with the same `dir` again (a restart), on the same data.
     pub async fn start_in(dir: Arc<tempfile::TempDir>, env: &[(&str, &str)]) -> Server {
+        Self::start_role("serve", dir, env).await
+    }
+
+    /// Starts `zapgate <role>` (serve, api, worker) on `dir`: processes started
+    /// on one `dir` share its database (distributed mode) and receipts file.
+    pub async fn start_role(role: &str, dir: Arc<tempfile::TempDir>, env: &[(&str, &str)]) -> Server {
         // A test that sets the database itself gets no fresh one.
         let own_database = env.iter().any(|(k, _)| *k == "ZAPGATE_DATABASE_URL");
         let database = if own_database { None } else { database_for(dir.path()).await };
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_zapgate"));
-        cmd.arg("serve").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.arg(role).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         for (k, v) in base_env(dir.path()) {
             cmd.env(k, v);
         }
         if let Some(db) = &database {
             cmd.env("ZAPGATE_DATABASE_URL", &db.url);
+            // Distributed servers share limits and locks through Redis when the pass has one.
+            if let Some(redis) = std::env::var("ZAPGATE_TEST_REDIS_URL").ok().filter(|v| !v.is_empty()) {
+                cmd.env("ZAPGATE_REDIS_URL", redis);
+            }
         }
         for (k, v) in env {
             cmd.env(k, v);

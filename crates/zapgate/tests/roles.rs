@@ -1,0 +1,121 @@
+//! Roles apart: `zapgate api` and `zapgate worker` processes sharing one
+//! PostgreSQL database split the work; several of each never send a message
+//! twice. Embedded mode (one SQLite file) refuses to run roles apart.
+
+mod common;
+
+use common::*;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[tokio::test]
+async fn two_apis_and_two_workers_send_every_message_exactly_once() {
+    if !distributed() {
+        return roles_apart_are_refused_without_a_shared_database();
+    }
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let env = [("ZAPGATE_TENANT_RATE_LIMIT", "0"), ("ZAPGATE_SANDBOX_DELIVERED_AFTER", "100ms")];
+    let apis = [Server::start_role("api", dir.clone(), &env).await, Server::start_role("api", dir.clone(), &env).await];
+    let workers =
+        [Server::start_role("worker", dir.clone(), &env).await, Server::start_role("worker", dir.clone(), &env).await];
+    // Workers serve health and metrics, not the API.
+    let r = workers[0].get(ADMIN, "/v1/tenants").await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(workers[1].http.get(workers[1].url("/health/ready")).send().await.unwrap().status(), 200);
+
+    let per_tenant = scaled(1_500).max(30);
+    let mut tenants = Vec::new();
+    for name in ["a", "b", "c"] {
+        tenants.push(apis[0].tenant_with_instance(name, 5_000).await);
+    }
+    let apis = Arc::new(apis);
+    let mut tasks = Vec::new();
+    for (t, (token, ins)) in tenants.iter().enumerate() {
+        for lane in 0..4 {
+            let (apis, token, ins) = (apis.clone(), token.clone(), ins.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for n in (lane..per_tenant).step_by(4) {
+                    // Alternate API replicas. Each chat is written by one task, in
+                    // order, so its acceptance order is the order of `n`.
+                    let api = &apis[n % 2];
+                    let to = format!("+55{}1{:09}", 11 + t, lane * 3 + (n / 4) % 3);
+                    ids.push((api.send_text(&token, &ins, &to, &format!("m{n}")).await, to, n));
+                }
+                ids
+            }));
+        }
+    }
+    let mut sent: Vec<(String, String, usize)> = Vec::new();
+    for t in tasks {
+        sent.extend(t.await.unwrap());
+    }
+    let total = sent.len();
+    assert_eq!(total, per_tenant * 3);
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let receipts = apis[0].receipts();
+        if receipts.len() >= total {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {} of {total} messages reached the provider", receipts.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Give a duplicate time to show up, then count per message id.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let receipts = apis[0].receipts();
+    let mut count: HashMap<String, usize> = HashMap::new();
+    for r in &receipts {
+        *count.entry(r["message_id"].as_str().unwrap().to_owned()).or_default() += 1;
+    }
+    for (id, _, _) in &sent {
+        assert_eq!(count.get(id), Some(&1), "message {id} reached the provider {:?} times", count.get(id));
+    }
+    assert_eq!(receipts.len(), total, "no message beyond the accepted ones reached the provider");
+    // Both workers took a share (each counts its own sends in /metrics).
+    for w in &workers {
+        let metrics = w.http.get(w.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        let sent_here: f64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("zapgate_send_outcomes_total") && l.contains("outcome=\"sent\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert!(sent_here > 0.0, "a worker sent nothing:\n{metrics}");
+    }
+
+    // Per-chat order: within each chat the provider saw messages in acceptance order.
+    let position: HashMap<&str, usize> =
+        receipts.iter().enumerate().map(|(i, r)| (r["message_id"].as_str().unwrap(), i)).collect();
+    let mut by_chat: HashMap<&str, Vec<(usize, usize)>> = HashMap::new();
+    for (id, to, n) in &sent {
+        by_chat.entry(to.as_str()).or_default().push((*n, position[id.as_str()]));
+    }
+    for (chat, mut v) in by_chat {
+        v.sort();
+        assert!(v.windows(2).all(|w| w[0].1 < w[1].1), "chat {chat}: provider order differs from acceptance order");
+    }
+    // And every message ends delivered, whichever process reads it.
+    let (token, _) = &tenants[0];
+    let last = sent.iter().rev().find(|(_, to, _)| to.starts_with("+5511")).unwrap();
+    apis[1].wait_status(token, &last.0, &["delivered", "read"], Duration::from_secs(30)).await;
+}
+
+/// Embedded mode keeps everything in one process's SQLite file: `api` and
+/// `worker` refuse to start, saying what to set.
+fn roles_apart_are_refused_without_a_shared_database() {
+    let dir = tempfile::tempdir().unwrap();
+    for role in ["api", "worker"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_zapgate"))
+            .arg(role)
+            .env("ZAPGATE_DATA_DIR", dir.path())
+            .env("ZAPGATE_LISTEN", "127.0.0.1:0")
+            .env_remove("ZAPGATE_DATABASE_URL")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "zapgate {role} started without a shared database");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("ZAPGATE_DATABASE_URL"), "zapgate {role}: {err}");
+    }
+}
