@@ -70,4 +70,27 @@ pub trait Queue: Send + Sync + 'static {
     /// Returns every lease held by a dead process to the queue and
     /// reconciles entries with message state (embedded start-up only).
     async fn recover(&self, now: Timestamp) -> Result<u64, StoreError>;
+
+    /// One process paces an instance (its GCRA limit lives in that process's
+    /// memory), so where several worker processes share the queue each
+    /// instance is *owned* by one of them. The defaults suit a queue only one
+    /// process uses: every instance is its own.
+    ///
+    /// Announces this process as a worker, counted by [`Queue::fair_share`].
+    async fn register_worker(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Takes `instance` for this process unless another live process has it.
+    async fn try_own(&self, _instance: &InstanceId) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+    /// Lets another process take `instance` (after this one's sends for it ended).
+    async fn disown(&self, _instance: &InstanceId) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// How many instances this process should own at most, so that the live
+    /// workers share them evenly; `None`: no limit (the only worker).
+    async fn fair_share(&self) -> Result<Option<usize>, StoreError> {
+        Ok(None)
+    }
 }

@@ -28,12 +28,27 @@ const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/0001_init.
 /// Advisory lock key serialising migrations across processes.
 const MIGRATION_LOCK: i64 = 0x7a61_7067_6174_6531; // "zapgate1"
 
+/// Namespaces of the two-key advisory locks `(namespace, id)` a process holds
+/// on its owner connection for its whole life (or until it lets go).
+pub(crate) mod lock_ns {
+    /// `(OWNER, owner id)`: this process is alive; its leases are its own.
+    pub const OWNER: i32 = 0x7a67_0001;
+    /// `(WORKER, owner id)`: this process runs workers (counted for fair shares).
+    pub const WORKER: i32 = 0x7a67_0002;
+    /// `(INSTANCE, hashtext(instance id))`: this process paces that instance.
+    pub const INSTANCE: i32 = 0x7a67_0003;
+}
+
 pub struct PgBackend {
     pool: PgPool,
     /// This process's lease owner id (held as a session advisory lock).
     owner: i64,
-    /// The connection holding the owner lock; dropping it frees the lock.
-    _owner_conn: tokio::sync::Mutex<PgConnection>,
+    /// The connection holding this process's session locks (owner, worker,
+    /// instances); dropping it frees them all.
+    owner_conn: tokio::sync::Mutex<PgConnection>,
+    /// Instances whose lock this process holds (session locks stack, so each
+    /// is taken once and released once).
+    owned: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Notified after writes that add events or deliveries in this process.
     committed: Arc<Notify>,
 }
@@ -50,16 +65,23 @@ impl PgBackend {
         migrate(&pool).await?;
         let mut owner_conn = PgConnection::connect_with(&options).await?;
         let owner = loop {
-            let candidate = rand::random::<i64>() & i64::MAX;
-            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            let candidate = rand::random::<i32>() & i32::MAX;
+            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+                .bind(lock_ns::OWNER)
                 .bind(candidate)
                 .fetch_one(&mut owner_conn)
                 .await?;
             if got {
-                break candidate;
+                break i64::from(candidate);
             }
         };
-        Ok(Self { pool, owner, _owner_conn: tokio::sync::Mutex::new(owner_conn), committed: Arc::new(Notify::new()) })
+        Ok(Self {
+            pool,
+            owner,
+            owner_conn: tokio::sync::Mutex::new(owner_conn),
+            owned: Default::default(),
+            committed: Arc::new(Notify::new()),
+        })
     }
 
     pub(crate) fn pool(&self) -> &PgPool {

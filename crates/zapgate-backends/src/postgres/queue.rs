@@ -8,9 +8,9 @@
 //! owner is gone, and returns its leases to the queue at once; messages it
 //! left in `sending` are sent again (at-least-once), with no attempt spent.
 
-use super::PgBackend;
 use super::rows::{self, MessageRef};
 use super::store::begin_sending;
+use super::{PgBackend, lock_ns};
 use crate::{BeginSending, Claim, Delivery, Queue, Settlement, StoreError, detail};
 use async_trait::async_trait;
 use sqlx::{PgConnection, Row};
@@ -118,6 +118,59 @@ impl Queue for PgBackend {
     async fn recover(&self, now: Timestamp) -> Result<u64, StoreError> {
         Ok(self.reclaim_orphaned(now).await?.0)
     }
+
+    async fn register_worker(&self) -> Result<(), StoreError> {
+        let mut conn = self.owner_conn.lock().await;
+        sqlx::query("SELECT pg_advisory_lock($1, $2::int)")
+            .bind(lock_ns::WORKER)
+            .bind(self.owner)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn try_own(&self, instance: &InstanceId) -> Result<bool, StoreError> {
+        if self.owned.lock().unwrap_or_else(|p| p.into_inner()).contains(instance.as_str()) {
+            return Ok(true);
+        }
+        let mut conn = self.owner_conn.lock().await;
+        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2))")
+            .bind(lock_ns::INSTANCE)
+            .bind(instance.as_str())
+            .fetch_one(&mut *conn)
+            .await?;
+        if got {
+            self.owned.lock().unwrap_or_else(|p| p.into_inner()).insert(instance.to_string());
+        }
+        Ok(got)
+    }
+
+    async fn disown(&self, instance: &InstanceId) -> Result<(), StoreError> {
+        if !self.owned.lock().unwrap_or_else(|p| p.into_inner()).remove(instance.as_str()) {
+            return Ok(());
+        }
+        let mut conn = self.owner_conn.lock().await;
+        sqlx::query("SELECT pg_advisory_unlock($1, hashtext($2))")
+            .bind(lock_ns::INSTANCE)
+            .bind(instance.as_str())
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn fair_share(&self) -> Result<Option<usize>, StoreError> {
+        // Live instances, and live worker processes of this database (their session locks).
+        let (instances, workers): (i64, i64) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM instances WHERE deleted_at IS NULL), \
+                    (SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 \
+                       AND classid::bigint = $1 \
+                       AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
+        )
+        .bind(i64::from(lock_ns::WORKER))
+        .fetch_one(self.pool())
+        .await?;
+        Ok(Some((instances.max(0) as usize).div_ceil(workers.max(1) as usize)))
+    }
 }
 
 impl PgBackend {
@@ -134,8 +187,11 @@ impl PgBackend {
         for owner in owners {
             let mut tx = self.pool().begin().await?;
             // Conflicts with the owner's session lock while it lives; ends with this transaction.
-            let dead: bool =
-                sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)").bind(owner).fetch_one(&mut *tx).await?;
+            let dead: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, $2::int)")
+                .bind(lock_ns::OWNER)
+                .bind(owner)
+                .fetch_one(&mut *tx)
+                .await?;
             if !dead {
                 continue;
             }

@@ -9,11 +9,11 @@
 //! Idle, the dispatcher sleeps until a signal or the next due time.
 
 use super::lane::{Lane, WorkerCtx};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-use zapgate_backends::{Claim, Settlement, StoreError, crash_point};
+use zapgate_backends::{Claim, InstanceRecord, Settlement, StoreError, crash_point};
 use zapgate_domain::{InstanceId, Timestamp};
 
 /// Most entries claimed per instance per round.
@@ -29,12 +29,75 @@ const BUSY_PROMOTE: Duration = Duration::from_millis(100);
 /// (an API replica) may have changed an instance's pace or deleted it.
 const INSTANCE_REFRESH: Duration = Duration::from_secs(2);
 
+/// The lanes of the instances this process owns. Where several worker
+/// processes share the queue, each instance is owned (and paced) by one of
+/// them, and each owns about its fair share (`Queue::try_own`).
+struct Lanes {
+    by_instance: HashMap<InstanceId, Lane>,
+    /// Most instances this process should own (`None`: no limit); other
+    /// workers take the rest.
+    share: Option<usize>,
+    /// Instances another process owns: not asked for again until the next refresh.
+    declined: HashSet<InstanceId>,
+}
+
+impl Lanes {
+    /// Starts a lane for `instance` if this process may own it.
+    async fn adopt(&mut self, ctx: &Arc<WorkerCtx>, instance: InstanceRecord) {
+        let id = instance.id.clone();
+        if self.by_instance.contains_key(&id) || self.declined.contains(&id) {
+            return;
+        }
+        if self.full() {
+            // Instances may have been added since the share was computed.
+            self.share = ctx.backends.queue.fair_share().await.unwrap_or(self.share);
+            if self.full() {
+                return;
+            }
+        }
+        match ctx.backends.queue.try_own(&id).await {
+            Ok(true) => {
+                self.by_instance.insert(id, Lane::start(ctx.clone(), instance));
+            }
+            Ok(false) => {
+                self.declined.insert(id);
+            }
+            Err(e) => tracing::warn!(error = %e, instance_id = %id, "dispatcher: could not take the instance"),
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.share.is_some_and(|share| self.by_instance.len() >= share)
+    }
+
+    /// Stops the lane: it finishes (or, if `deleted`, cancels) what it holds,
+    /// then the instance is free for another process.
+    fn retire(&mut self, ctx: &Arc<WorkerCtx>, id: &InstanceId, deleted: bool) {
+        if let Some(lane) = self.by_instance.remove(id) {
+            if deleted {
+                lane.abandon();
+            }
+            let (queue, id) = (ctx.backends.queue.clone(), id.clone());
+            tokio::spawn(async move {
+                lane.close().await;
+                if let Err(e) = queue.disown(&id).await {
+                    tracing::warn!(error = %e, instance_id = %id, "dispatcher: could not release the instance");
+                }
+            });
+        }
+    }
+}
+
 pub async fn run(ctx: Arc<WorkerCtx>, mut shutdown: watch::Receiver<bool>) {
-    let mut lanes: HashMap<InstanceId, Lane> = HashMap::new();
+    if let Err(e) = ctx.backends.queue.register_worker().await {
+        tracing::error!(error = %e, "dispatcher: could not register as a worker");
+    }
+    let share = ctx.backends.queue.fair_share().await.unwrap_or(None);
+    let mut lanes = Lanes { by_instance: HashMap::new(), share, declined: HashSet::new() };
     match ctx.backends.store.all_instances().await {
         Ok(all) => {
             for i in all {
-                lanes.insert(i.id.clone(), Lane::start(ctx.clone(), i));
+                lanes.adopt(&ctx, i).await;
             }
         }
         Err(e) => tracing::error!(error = %e, "dispatcher: could not load instances"),
@@ -47,7 +110,7 @@ pub async fn run(ctx: Arc<WorkerCtx>, mut shutdown: watch::Receiver<bool>) {
         }
         if Instant::now() >= next_refresh {
             next_refresh = Instant::now() + INSTANCE_REFRESH;
-            refresh_instances(&ctx, &lanes).await;
+            refresh_instances(&ctx, &mut lanes).await;
         }
         if Instant::now() >= next_promote {
             match ctx.backends.queue.promote_due(Timestamp::now()).await {
@@ -57,7 +120,7 @@ pub async fn run(ctx: Arc<WorkerCtx>, mut shutdown: watch::Receiver<bool>) {
             next_promote = Instant::now() + BUSY_PROMOTE;
         }
         take_signals(&ctx, &mut lanes).await;
-        match round(&ctx, &mut lanes).await {
+        match round(&ctx, &mut lanes.by_instance).await {
             // Work was found: look again at once (taking new signals first,
             // so a newly marked instance joins the very next round).
             Ok(true) => continue,
@@ -87,20 +150,40 @@ pub async fn run(ctx: Arc<WorkerCtx>, mut shutdown: watch::Receiver<bool>) {
             _ = shutdown.changed() => {}
         }
     }
-    tracing::info!(lanes = lanes.len(), "dispatcher stopping; finishing in-flight sends");
-    for lane in lanes.into_values() {
+    tracing::info!(lanes = lanes.by_instance.len(), "dispatcher stopping; finishing in-flight sends");
+    for lane in lanes.by_instance.into_values() {
         lane.close().await;
     }
 }
 
 /// Marks lanes whose instance changed or went away since the lane started
-/// (the same path as a change made through this process's API).
-async fn refresh_instances(ctx: &Arc<WorkerCtx>, lanes: &HashMap<InstanceId, Lane>) {
+/// (the same path as a change made through this process's API), and gives
+/// up the instances beyond this process's fair share (a worker joined).
+async fn refresh_instances(ctx: &Arc<WorkerCtx>, lanes: &mut Lanes) {
     let stored: HashMap<InstanceId, _> = match ctx.backends.store.all_instances().await {
         Ok(all) => all.into_iter().map(|i| (i.id.clone(), i)).collect(),
         Err(e) => return tracing::warn!(error = %e, "dispatcher: could not refresh instances"),
     };
-    for (id, lane) in lanes {
+    lanes.declined.clear();
+    match ctx.backends.queue.fair_share().await {
+        Ok(share) => lanes.share = share,
+        Err(e) => tracing::warn!(error = %e, "dispatcher: could not count the workers"),
+    }
+    let extra: Vec<InstanceId> = lanes
+        .by_instance
+        .iter()
+        .filter(|(id, _)| stored.contains_key(*id))
+        .map(|(id, lane)| (lane.maybe_ready, id.clone()))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .map(|(_, id)| id)
+        .take(lanes.share.map_or(0, |share| lanes.by_instance.len().saturating_sub(share)))
+        .collect();
+    for id in extra {
+        tracing::info!(instance_id = %id, "dispatcher: handing the instance to another worker");
+        lanes.retire(ctx, &id, false);
+    }
+    for (id, lane) in &lanes.by_instance {
         let same = stored.get(id).is_some_and(|i| {
             (i.rate_per_sec, i.burst, &i.provider, &i.provider_config)
                 == (
@@ -116,24 +199,25 @@ async fn refresh_instances(ctx: &Arc<WorkerCtx>, lanes: &HashMap<InstanceId, Lan
     }
 }
 
-async fn take_signals(ctx: &Arc<WorkerCtx>, lanes: &mut HashMap<InstanceId, Lane>) {
+async fn take_signals(ctx: &Arc<WorkerCtx>, lanes: &mut Lanes) {
     for id in ctx.signal.take_changed() {
-        if let Some(old) = lanes.remove(&id) {
+        if let Some(old) = lanes.by_instance.remove(&id) {
             // The old lane finishes what it holds at its old pace, or cancels
             // it if the instance is gone; a new lane takes over from here.
             if matches!(ctx.backends.store.find_instance(&id).await, Ok(None)) {
-                old.abandon();
+                lanes.by_instance.insert(id.clone(), old);
+                lanes.retire(ctx, &id, true);
+            } else {
+                tokio::spawn(old.close());
             }
-            tokio::spawn(old.close());
         }
     }
     for id in ctx.signal.take() {
-        match lanes.get_mut(&id) {
+        match lanes.by_instance.get_mut(&id) {
             Some(lane) => lane.maybe_ready = true,
+            None if lanes.declined.contains(&id) => {}
             None => match ctx.backends.store.find_instance(&id).await {
-                Ok(Some(i)) => {
-                    lanes.insert(id, Lane::start(ctx.clone(), i));
-                }
+                Ok(Some(i)) => lanes.adopt(ctx, i).await,
                 Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "dispatcher: could not load instance"),
             },
