@@ -108,7 +108,7 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
 
     let (status_tx, status_rx) = tokio::sync::mpsc::unbounded_channel();
     let sandbox = SandboxConfig {
-        send_latency: Duration::ZERO,
+        send_latency: config.sandbox_send_latency,
         delivered_after: config.sandbox_delivered_after,
         read_after: config.sandbox_read_after,
         receipts_file: config.sandbox_receipts_file.clone(),

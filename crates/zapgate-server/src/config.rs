@@ -77,6 +77,9 @@ pub struct Config {
     /// How long a rotated-out webhook secret keeps signing alongside the new one.
     #[serde(with = "humantime_serde")]
     pub webhook_secret_grace: Duration,
+    /// Sandbox provider: how long each send call takes (a provider's latency).
+    #[serde(with = "humantime_serde")]
+    pub sandbox_send_latency: Duration,
     /// Sandbox provider: delay from sent to delivered.
     #[serde(with = "humantime_serde")]
     pub sandbox_delivered_after: Duration,
@@ -115,6 +118,7 @@ impl Default for Config {
             webhook_timeout: Duration::from_secs(10),
             webhook_secret_grace: Duration::from_secs(24 * 3600),
             webhook_retention: Duration::from_secs(30 * 24 * 3600),
+            sandbox_send_latency: Duration::ZERO,
             sandbox_delivered_after: Duration::from_secs(1),
             sandbox_read_after: Duration::from_secs(2),
             sandbox_receipts_file: None,

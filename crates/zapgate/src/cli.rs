@@ -187,6 +187,10 @@ struct ServeArgs {
     #[arg(long, env = "ZAPGATE_WEBHOOK_SECRET_GRACE", value_parser = parse_duration, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
     webhook_secret_grace: Option<Duration>,
+    /// Sandbox provider: how long each send call takes [default: 0s].
+    #[arg(long, env = "ZAPGATE_SANDBOX_SEND_LATENCY", value_parser = parse_duration, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    sandbox_send_latency: Option<Duration>,
     /// Sandbox provider: delay from sent to delivered [default: 1s].
     #[arg(long, env = "ZAPGATE_SANDBOX_DELIVERED_AFTER", value_parser = parse_duration, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]

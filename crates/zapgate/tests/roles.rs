@@ -151,3 +151,107 @@ async fn two_workers_keep_one_instances_pace() {
     let busiest = at.iter().map(|t| at.iter().filter(|u| **u >= *t && **u < t + 1000).count()).max().unwrap();
     assert!(busiest <= 12, "{busiest} sends within one second at a 10/s limit");
 }
+
+/// A worker killed mid-run (by `kill -9`, or at a named crash point of the
+/// send pipeline) loses nothing: the surviving worker takes over its
+/// instances and leases at once, every accepted message reaches the provider,
+/// none is failed or spends an attempt because of the kill, and duplicates are
+/// no more than the messages the dead worker had in flight.
+async fn worker_killed_mid_run(crash_at: Option<&str>) {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    // A provider that takes 20 ms per call keeps sends in flight when the victim dies.
+    let env = [
+        ("ZAPGATE_TENANT_RATE_LIMIT", "0"),
+        ("ZAPGATE_SANDBOX_DELIVERED_AFTER", "1h"),
+        ("ZAPGATE_SANDBOX_SEND_LATENCY", "20ms"),
+    ];
+    let api = Server::start_role("api", dir.clone(), &env).await;
+    let mut victim_env = env.to_vec();
+    if let Some(point) = crash_at {
+        victim_env.push(("ZAPGATE_CRASH_AT", point));
+    }
+    let mut victim = Server::start_role("worker", dir.clone(), &victim_env).await;
+    let survivor = Server::start_role("worker", dir.clone(), &env).await;
+    let per_tenant = scaled(400).max(60);
+    let mut tenants = Vec::new();
+    for name in ["a", "b", "c", "d"] {
+        tenants.push(api.tenant_with_instance(name, 400).await);
+    }
+    let api = Arc::new(api);
+    let mut tasks = Vec::new();
+    for (t, (token, ins)) in tenants.iter().enumerate() {
+        let (api, token, ins) = (api.clone(), token.clone(), ins.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for n in 0..per_tenant {
+                ids.push(api.send_text(&token, &ins, &format!("+55{}1{n:09}", 11 + t), "x").await);
+            }
+            ids
+        }));
+    }
+    let mut accepted: Vec<(String, String)> = Vec::new();
+    for (t, task) in tasks.into_iter().enumerate() {
+        accepted.extend(task.await.unwrap().into_iter().map(|id| (tenants[t].0.clone(), id)));
+    }
+    let total = accepted.len();
+    match crash_at {
+        None => {
+            while api.receipts().len() < total / 4 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            victim.kill();
+        }
+        Some(point) => {
+            let status = victim.wait_exit(Duration::from_secs(60));
+            assert!(status.is_some_and(|s| !s.success()), "the worker did not crash at {point}:\n{}", victim.logs());
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut requeued = 0;
+    for (token, id) in &accepted {
+        let m = loop {
+            let m = api.message(token, id).await;
+            if m["status"] == "sent" {
+                break m;
+            }
+            assert!(Instant::now() < deadline, "message {id} stuck after the worker died: {m:#}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let h = m["history"].as_array().unwrap();
+        assert!(
+            !h.iter().any(|e| ["failed", "dead", "retry_wait"].contains(&e["status"].as_str().unwrap())),
+            "the kill must not count as a failure: {m:#}"
+        );
+        assert_eq!(m["attempts"], 0, "the kill spent no attempt");
+        requeued += h.iter().filter(|e| e["reason"].as_str().is_some_and(|r| r.starts_with("requeued"))).count();
+    }
+    let mut per_message: HashMap<String, usize> = HashMap::new();
+    for r in api.receipts() {
+        *per_message.entry(r["message_id"].as_str().unwrap().to_owned()).or_default() += 1;
+    }
+    for (_, id) in &accepted {
+        assert!(per_message.contains_key(id), "accepted message {id} never reached the provider");
+    }
+    assert_eq!(per_message.len(), total, "only accepted messages reach the provider");
+    let duplicates: usize = per_message.values().map(|n| n - 1).sum();
+    assert!(duplicates <= requeued, "{duplicates} duplicates but only {requeued} messages were in flight at the kill");
+    assert!(requeued > 0, "the victim had sends in flight to requeue");
+    drop(survivor);
+    eprintln!("{crash_at:?}: {total} messages, {requeued} in flight at the kill, {duplicates} duplicates");
+}
+
+#[tokio::test]
+async fn a_worker_killed_by_sigkill_loses_nothing() {
+    if distributed() {
+        worker_killed_mid_run(None).await;
+    }
+}
+
+#[tokio::test]
+async fn a_worker_crashing_at_each_send_step_loses_nothing() {
+    if distributed() {
+        for point in ["after_begin_sending:5", "after_provider_call:40", "before_ack:60"] {
+            worker_killed_mid_run(Some(point)).await;
+        }
+    }
+}
