@@ -84,6 +84,11 @@ pub trait Queue: Send + Sync + 'static {
     async fn try_own(&self, _instance: &InstanceId) -> Result<bool, StoreError> {
         Ok(true)
     }
+    /// Whether this process still owns `instance` (it may lose it if its
+    /// database session dropped and another process took the instance).
+    fn owns(&self, _instance: &InstanceId) -> bool {
+        true
+    }
     /// Lets another process take `instance` (after this one's sends for it ended).
     async fn disown(&self, _instance: &InstanceId) -> Result<(), StoreError> {
         Ok(())

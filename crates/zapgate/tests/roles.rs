@@ -158,6 +158,28 @@ async fn two_workers_keep_one_instances_pace() {
 /// none is failed or spends an attempt because of the kill, and duplicates are
 /// no more than the messages the dead worker had in flight.
 async fn worker_killed_mid_run(crash_at: Option<&str>) {
+    fault_mid_run(match crash_at {
+        Some(point) => Fault::CrashAt(point),
+        None => Fault::Sigkill,
+    })
+    .await
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Fault<'a> {
+    /// The test kills a worker with SIGKILL.
+    Sigkill,
+    /// A worker kills itself at a named crash point of the send pipeline.
+    CrashAt(&'a str),
+    /// Every connection to the database is cut (twice), as by a restart.
+    DropDbConnections,
+}
+
+async fn fault_mid_run(fault: Fault<'_>) {
+    let crash_at = match fault {
+        Fault::CrashAt(point) => Some(point),
+        _ => None,
+    };
     let dir = Arc::new(tempfile::tempdir().unwrap());
     // A provider that takes 20 ms per call keeps sends in flight when the victim dies.
     let env = [
@@ -194,16 +216,26 @@ async fn worker_killed_mid_run(crash_at: Option<&str>) {
         accepted.extend(task.await.unwrap().into_iter().map(|id| (tenants[t].0.clone(), id)));
     }
     let total = accepted.len();
-    match crash_at {
-        None => {
+    match fault {
+        Fault::Sigkill => {
             while api.receipts().len() < total / 4 {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             victim.kill();
         }
-        Some(point) => {
+        Fault::CrashAt(point) => {
             let status = victim.wait_exit(Duration::from_secs(60));
             assert!(status.is_some_and(|s| !s.success()), "the worker did not crash at {point}:\n{}", victim.logs());
+        }
+        Fault::DropDbConnections => {
+            let db = api.database.clone().expect("distributed");
+            for share in [4, 2] {
+                while api.receipts().len() < total / share {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                let cut = terminate_connections(&db.url).await;
+                assert!(cut >= 4, "only {cut} connections were cut");
+            }
         }
     }
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -235,9 +267,39 @@ async fn worker_killed_mid_run(crash_at: Option<&str>) {
     assert_eq!(per_message.len(), total, "only accepted messages reach the provider");
     let duplicates: usize = per_message.values().map(|n| n - 1).sum();
     assert!(duplicates <= requeued, "{duplicates} duplicates but only {requeued} messages were in flight at the kill");
-    assert!(requeued > 0, "the victim had sends in flight to requeue");
+    if matches!(fault, Fault::DropDbConnections) {
+        for w in [&victim, &survivor] {
+            assert!(w.logs().contains("reconnected the PostgreSQL owner session"), "{}", w.logs());
+        }
+    } else {
+        assert!(requeued > 0, "the victim had sends in flight to requeue");
+    }
     drop(survivor);
-    eprintln!("{crash_at:?}: {total} messages, {requeued} in flight at the kill, {duplicates} duplicates");
+    eprintln!("{fault:?}: {total} messages, {requeued} in flight at the kill, {duplicates} duplicates");
+}
+
+/// Cuts every other connection to the database `url` names; returns how many.
+async fn terminate_connections(url: &str) -> i64 {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    let cut: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    cut
+}
+
+/// Every PostgreSQL connection of every process is cut mid-run (twice):
+/// pools reconnect, owner sessions take their locks back, nothing is lost or
+/// failed, and duplicates stay within what was requeued.
+#[tokio::test]
+async fn cut_database_connections_lose_nothing() {
+    if distributed() {
+        fault_mid_run(Fault::DropDbConnections).await;
+    }
 }
 
 #[tokio::test]

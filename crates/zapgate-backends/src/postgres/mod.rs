@@ -11,12 +11,13 @@
 
 mod queue;
 mod rows;
+mod session;
 mod store;
 mod webhooks;
 
 use crate::StoreError;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
+use sqlx::{AssertSqlSafe, PgPool};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,12 +44,8 @@ pub struct PgBackend {
     pool: PgPool,
     /// This process's lease owner id (held as a session advisory lock).
     owner: i64,
-    /// The connection holding this process's session locks (owner, worker,
-    /// instances); dropping it frees them all.
-    owner_conn: tokio::sync::Mutex<PgConnection>,
-    /// Instances whose lock this process holds (session locks stack, so each
-    /// is taken once and released once).
-    owned: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The connection holding this process's session locks.
+    session: session::OwnerSession,
     /// Notified after writes that add events or deliveries in this process.
     committed: Arc<Notify>,
 }
@@ -63,25 +60,8 @@ impl PgBackend {
             .connect_with(options.clone())
             .await?;
         migrate(&pool).await?;
-        let mut owner_conn = PgConnection::connect_with(&options).await?;
-        let owner = loop {
-            let candidate = rand::random::<i32>() & i32::MAX;
-            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
-                .bind(lock_ns::OWNER)
-                .bind(candidate)
-                .fetch_one(&mut owner_conn)
-                .await?;
-            if got {
-                break i64::from(candidate);
-            }
-        };
-        Ok(Self {
-            pool,
-            owner,
-            owner_conn: tokio::sync::Mutex::new(owner_conn),
-            owned: Default::default(),
-            committed: Arc::new(Notify::new()),
-        })
+        let session = session::OwnerSession::open(options).await?;
+        Ok(Self { pool, owner: session.owner, session, committed: Arc::new(Notify::new()) })
     }
 
     pub(crate) fn pool(&self) -> &PgPool {

@@ -67,6 +67,11 @@ impl Queue for PgBackend {
     }
 
     async fn promote_due(&self, now: Timestamp) -> Result<Vec<InstanceId>, StoreError> {
+        // Every dispatcher round passes here: keep the owner session (and so
+        // this process's leases and instances) alive.
+        if let Err(e) = self.session.check().await {
+            tracing::warn!(error = %e, "the PostgreSQL owner session is down; reconnecting");
+        }
         let mut ids = self.reclaim_orphaned(now).await?.1;
         let promoted: Vec<String> = sqlx::query_scalar(
             "UPDATE queue_entries SET ready = TRUE, lease_owner = NULL \
@@ -120,42 +125,19 @@ impl Queue for PgBackend {
     }
 
     async fn register_worker(&self) -> Result<(), StoreError> {
-        let mut conn = self.owner_conn.lock().await;
-        sqlx::query("SELECT pg_advisory_lock($1, $2::int)")
-            .bind(lock_ns::WORKER)
-            .bind(self.owner)
-            .execute(&mut *conn)
-            .await?;
-        Ok(())
+        self.session.register_worker().await
     }
 
     async fn try_own(&self, instance: &InstanceId) -> Result<bool, StoreError> {
-        if self.owned.lock().unwrap_or_else(|p| p.into_inner()).contains(instance.as_str()) {
-            return Ok(true);
-        }
-        let mut conn = self.owner_conn.lock().await;
-        let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2))")
-            .bind(lock_ns::INSTANCE)
-            .bind(instance.as_str())
-            .fetch_one(&mut *conn)
-            .await?;
-        if got {
-            self.owned.lock().unwrap_or_else(|p| p.into_inner()).insert(instance.to_string());
-        }
-        Ok(got)
+        self.session.try_own(instance.as_str()).await
+    }
+
+    fn owns(&self, instance: &InstanceId) -> bool {
+        self.session.owns(instance.as_str())
     }
 
     async fn disown(&self, instance: &InstanceId) -> Result<(), StoreError> {
-        if !self.owned.lock().unwrap_or_else(|p| p.into_inner()).remove(instance.as_str()) {
-            return Ok(());
-        }
-        let mut conn = self.owner_conn.lock().await;
-        sqlx::query("SELECT pg_advisory_unlock($1, hashtext($2))")
-            .bind(lock_ns::INSTANCE)
-            .bind(instance.as_str())
-            .execute(&mut *conn)
-            .await?;
-        Ok(())
+        self.session.disown(instance.as_str()).await
     }
 
     async fn fair_share(&self) -> Result<Option<usize>, StoreError> {

@@ -169,6 +169,11 @@ async fn refresh_instances(ctx: &Arc<WorkerCtx>, lanes: &mut Lanes) {
         Ok(share) => lanes.share = share,
         Err(e) => tracing::warn!(error = %e, "dispatcher: could not count the workers"),
     }
+    let lost: Vec<InstanceId> = lanes.by_instance.keys().filter(|id| !ctx.backends.queue.owns(id)).cloned().collect();
+    for id in lost {
+        tracing::warn!(instance_id = %id, "dispatcher: another worker took the instance while this one was cut off");
+        lanes.retire(ctx, &id, false);
+    }
     let extra: Vec<InstanceId> = lanes
         .by_instance
         .iter()
