@@ -43,6 +43,20 @@ echo "==> services (PostgreSQL, Redis, RabbitMQ)"
 services_env=$(scripts/services.sh)
 eval "$services_env"
 echo "$services_env" | sed 's/^export /    /'
+echo "==> moto_server (S3-compatible server for the S3 media tests)"
+if ! need moto_server; then
+  if [ ! -x target/moto/bin/moto_server ]; then
+    if ! { need python3 && python3 -m venv target/moto >/dev/null 2>&1; }; then
+      rm -rf target/moto
+      as_root apt-get update -qq
+      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+      python3 -m venv target/moto
+    fi
+    target/moto/bin/pip install -q 'moto[server]'
+  fi
+  export PATH="$PWD/target/moto/bin:$PATH"
+fi
+export ZAPGATE_TEST_S3=1
 echo "==> tests (distributed: PostgreSQL)"
 # The zapgate crate's tests (they start servers; the harness gives each a fresh
 # database through ZAPGATE_TEST_DATABASE_URL) and the backends' contract tests

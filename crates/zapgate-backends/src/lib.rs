@@ -15,6 +15,7 @@
 //! Callers get `Arc<dyn Trait>` handles from [`Backends::open`] and never name
 //! an implementation.
 
+pub mod amqp;
 pub mod crash;
 pub mod error;
 pub mod limits;
@@ -23,6 +24,7 @@ pub mod media;
 pub mod postgres;
 pub mod queue;
 pub mod redis;
+pub mod s3;
 pub mod sqlite;
 pub mod store;
 pub mod webhooks;
@@ -34,6 +36,7 @@ pub use limits::{InProcessRateLimiter, RateLimiter, Throttled};
 pub use locks::{InProcessLocks, LockToken, Locks};
 pub use media::{LocalMediaStore, MediaStore};
 pub use queue::{Claim, Delivery, Queue, Settlement};
+pub use s3::{S3Config, S3MediaStore};
 pub use store::*;
 pub use webhooks::*;
 
@@ -76,6 +79,12 @@ impl Backends {
         self.rate_limiter = Arc::new(redis.clone());
         self.locks = Arc::new(redis.clone());
         self.redis = Some(redis);
+        self
+    }
+
+    /// Moves media to an S3-compatible bucket, shared by every process.
+    pub fn with_s3(mut self, media: S3MediaStore) -> Self {
+        self.media = Arc::new(media);
         self
     }
 

@@ -67,6 +67,9 @@ pub trait Queue: Send + Sync + 'static {
     async fn next_due(&self, now: Timestamp) -> Result<Option<Timestamp>, StoreError>;
     /// Entries waiting or in flight, for the `zapgate_queue_depth` gauge.
     async fn depth(&self) -> Result<u64, StoreError>;
+    /// Tenants with more than `limit` entries waiting or in flight (per-tenant
+    /// back-pressure).
+    async fn tenants_over(&self, limit: u64) -> Result<Vec<TenantId>, StoreError>;
     /// Returns every lease held by a dead process to the queue and
     /// reconciles entries with message state (embedded start-up only).
     async fn recover(&self, now: Timestamp) -> Result<u64, StoreError>;

@@ -31,7 +31,18 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// `database_url` is set, else the embedded SQLite file (`exclusive` takes
 /// its lock file, for processes that run workers).
 pub async fn open_backends(config: &Config, exclusive: bool) -> anyhow::Result<Backends> {
-    let backends = open_stores(config, exclusive).await?;
+    let mut backends = open_stores(config, exclusive).await?;
+    if let Some(bucket) = &config.s3_bucket {
+        let s3 = zapgate_backends::S3Config {
+            bucket: bucket.clone(),
+            endpoint: config.s3_endpoint.clone(),
+            region: config.s3_region.clone(),
+            access_key_id: config.s3_access_key_id.clone().unwrap_or_default(),
+            secret_access_key: config.s3_secret_access_key.clone().unwrap_or_default(),
+            allow_http: config.s3_endpoint.as_deref().is_some_and(|e| e.starts_with("http://")),
+        };
+        backends = backends.with_s3(zapgate_backends::S3MediaStore::new(s3).context("S3 media (ZAPGATE_S3_*)")?);
+    }
     Ok(match &config.redis_url {
         Some(url) => backends.with_redis(
             zapgate_backends::RedisBackend::connect(url).await.context("connecting to Redis (ZAPGATE_REDIS_URL)")?,
@@ -132,9 +143,10 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
         send_timeout: config.send_timeout,
         concurrency: config.instance_concurrency,
     });
-    let queue_depth = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let queue_depth = Arc::new(janitor::Backlog::default());
     let janitor = janitor::Janitor {
         depth: queue_depth.clone(),
+        tenant_limit: config.max_tenant_queue_depth,
         sweeps: role.runs_workers(),
         store: backends.store.clone(),
         queue: backends.queue.clone(),

@@ -35,6 +35,13 @@ pub struct Config {
     pub amqp_url: Option<String>,
     /// Redis URL: rate limits and locks shared by every process (soft state).
     pub redis_url: Option<String>,
+    /// S3-compatible bucket for media (unset: `<data_dir>/media`).
+    pub s3_bucket: Option<String>,
+    /// S3 endpoint for MinIO and other S3-compatible servers (unset: AWS).
+    pub s3_endpoint: Option<String>,
+    pub s3_region: String,
+    pub s3_access_key_id: Option<String>,
+    pub s3_secret_access_key: Option<String>,
     /// Super-admin bearer token; generated and saved to `<data_dir>/admin_token` when unset.
     pub admin_token: Option<String>,
     pub log_format: LogFormat,
@@ -56,6 +63,8 @@ pub struct Config {
     pub tenant_rate_limit: u32,
     /// Refuse new sends (503 + Retry-After) while more messages than this wait in the queue.
     pub max_queue_depth: u64,
+    /// The same per tenant: one tenant's backlog cannot fill the whole queue (0 = off).
+    pub max_tenant_queue_depth: u64,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
     /// How long an Idempotency-Key is remembered.
@@ -100,6 +109,11 @@ impl Default for Config {
             database_pool_size: 16,
             amqp_url: None,
             redis_url: None,
+            s3_bucket: None,
+            s3_endpoint: None,
+            s3_region: "us-east-1".into(),
+            s3_access_key_id: None,
+            s3_secret_access_key: None,
             admin_token: None,
             log_format: LogFormat::Text,
             message_retry_limit: 5,
@@ -110,6 +124,7 @@ impl Default for Config {
             instance_concurrency: 32,
             tenant_rate_limit: 1000,
             max_queue_depth: 1_000_000,
+            max_tenant_queue_depth: 250_000,
             max_body_bytes: 1024 * 1024,
             idempotency_ttl: Duration::from_secs(24 * 3600),
             ack_timeout: Duration::from_secs(600),
@@ -168,6 +183,9 @@ impl Config {
         if self.amqp_url.is_some() {
             return bad("ZAPGATE_AMQP_URL is not available in this build yet; unset it (ZAPGATE_DATABASE_URL and \
                  ZAPGATE_REDIS_URL are)");
+        }
+        if self.s3_bucket.is_some() && (self.s3_access_key_id.is_none() || self.s3_secret_access_key.is_none()) {
+            return bad("ZAPGATE_S3_BUCKET needs ZAPGATE_S3_ACCESS_KEY_ID and ZAPGATE_S3_SECRET_ACCESS_KEY");
         }
         if self.redis_url.is_some() && self.database_url.is_none() {
             return bad("ZAPGATE_REDIS_URL needs ZAPGATE_DATABASE_URL (Redis shares limits between processes; \

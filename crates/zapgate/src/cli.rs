@@ -115,6 +115,26 @@ struct ServeArgs {
     #[arg(long, env = "ZAPGATE_REDIS_URL", value_name = "URL", hide_env_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     redis_url: Option<String>,
+    /// S3-compatible bucket for media, shared by every process (unset: <data_dir>/media).
+    #[arg(long, env = "ZAPGATE_S3_BUCKET", value_name = "BUCKET")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    s3_bucket: Option<String>,
+    /// S3 endpoint of MinIO or another S3-compatible server, e.g. http://minio:9000 (unset: AWS).
+    #[arg(long, env = "ZAPGATE_S3_ENDPOINT", value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    s3_endpoint: Option<String>,
+    /// S3 region [default: us-east-1].
+    #[arg(long, env = "ZAPGATE_S3_REGION", value_name = "REGION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    s3_region: Option<String>,
+    /// S3 access key id.
+    #[arg(long, env = "ZAPGATE_S3_ACCESS_KEY_ID", value_name = "ID", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    s3_access_key_id: Option<String>,
+    /// S3 secret access key.
+    #[arg(long, env = "ZAPGATE_S3_SECRET_ACCESS_KEY", value_name = "KEY", hide_env_values = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    s3_secret_access_key: Option<String>,
     /// Super-admin token (≥ 16 chars). Unset: generated once, saved to <data_dir>/admin_token.
     #[arg(long, env = "ZAPGATE_ADMIN_TOKEN", value_name = "TOKEN", hide_env_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -155,6 +175,11 @@ struct ServeArgs {
     #[arg(long, env = "ZAPGATE_MAX_QUEUE_DEPTH", value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     max_queue_depth: Option<u64>,
+    /// Answer 503 + Retry-After to a tenant's sends while this many of its messages wait; 0 = off
+    /// [default: 250000].
+    #[arg(long, env = "ZAPGATE_MAX_TENANT_QUEUE_DEPTH", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tenant_queue_depth: Option<u64>,
     /// Largest request body in bytes [default: 1048576].
     #[arg(long, env = "ZAPGATE_MAX_BODY_BYTES", value_name = "BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]

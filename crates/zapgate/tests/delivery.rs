@@ -212,6 +212,29 @@ async fn a_full_queue_answers_503_with_retry_after_instead_of_growing() {
 }
 
 #[tokio::test]
+async fn one_tenants_backlog_gets_503_while_other_tenants_still_send() {
+    let s = Server::start(&[("ZAPGATE_MAX_TENANT_QUEUE_DEPTH", "5")]).await;
+    let (busy, busy_ins) = s.tenant_with_instance("busy", 1).await;
+    let (calm, calm_ins) = s.tenant_with_instance("calm", 80).await;
+    for n in 0..10 {
+        s.send_text(&busy, &busy_ins, &format!("+55119999{n:05}"), "slow lane").await;
+    }
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let r = s.post(&busy, "/v1/messages", &text(&busy_ins, "+5511999998888", "one more")).await;
+        if r.status() == 503 {
+            assert_eq!(r.headers()["retry-after"], "5");
+            assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "tenant_queue_full");
+            // Only the tenant over its limit is refused.
+            let other = s.send_text(&calm, &calm_ins, "+5521999990000", "unaffected").await;
+            s.wait_status(&calm, &other, &["sent", "delivered", "read"], WAIT).await;
+            return;
+        }
+    }
+    panic!("the tenant's queue never reported full");
+}
+
+#[tokio::test]
 async fn a_message_never_acknowledged_raises_ack_timeout_once_without_failing_it() {
     let s = Server::start(&[("ZAPGATE_ACK_TIMEOUT", "400ms"), ("ZAPGATE_SANDBOX_DELIVERED_AFTER", "1h")]).await;
     let (token, ins) = s.tenant_with_instance("acme", 80).await;

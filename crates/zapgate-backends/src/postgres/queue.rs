@@ -120,6 +120,15 @@ impl Queue for PgBackend {
         Ok(n as u64)
     }
 
+    async fn tenants_over(&self, limit: u64) -> Result<Vec<TenantId>, StoreError> {
+        let over: Vec<String> =
+            sqlx::query_scalar("SELECT tenant_id FROM queue_entries GROUP BY tenant_id HAVING COUNT(*) > $1")
+                .bind(limit as i64)
+                .fetch_all(self.pool())
+                .await?;
+        Ok(over.into_iter().map(TenantId::from_trusted).collect())
+    }
+
     async fn recover(&self, now: Timestamp) -> Result<u64, StoreError> {
         Ok(self.reclaim_orphaned(now).await?.0)
     }

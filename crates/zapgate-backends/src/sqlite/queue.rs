@@ -84,6 +84,15 @@ impl Queue for SqliteBackend {
         self.read(|c| Ok(c.query_row("SELECT COUNT(*) FROM queue_entries", [], |r| r.get::<_, i64>(0))? as u64)).await
     }
 
+    async fn tenants_over(&self, limit: u64) -> Result<Vec<TenantId>, StoreError> {
+        self.read(move |c| {
+            all(c, "SELECT tenant_id FROM queue_entries GROUP BY tenant_id HAVING COUNT(*) > ?", [limit as i64], |r| {
+                Ok(TenantId::from_trusted(r.get(0)?))
+            })
+        })
+        .await
+    }
+
     async fn recover(&self, now: Timestamp) -> Result<u64, StoreError> {
         self.writer.write(Box::new(move |conn| recover(conn, now))).await
     }

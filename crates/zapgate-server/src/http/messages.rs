@@ -161,13 +161,21 @@ pub async fn send(
     ApiJson(mut body): ApiJson<Map<String, Value>>,
 ) -> ApiResult<(StatusCode, Json<MessageAccepted>)> {
     let now = Timestamp::now();
-    let depth = s.queue_depth.load(std::sync::atomic::Ordering::Relaxed);
+    let depth = s.queue_depth.total.load(std::sync::atomic::Ordering::Relaxed);
     if depth > s.config.max_queue_depth {
         // Back-pressure: refuse loudly rather than queue without bound.
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "queue_full",
             format!("{depth} messages are waiting; try again shortly"),
+        )
+        .with_retry_after(std::time::Duration::from_secs(5)));
+    }
+    if s.queue_depth.tenant_over(&tenant) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "tenant_queue_full",
+            format!("more than {} of your messages are waiting; try again shortly", s.config.max_tenant_queue_depth),
         )
         .with_retry_after(std::time::Duration::from_secs(5)));
     }

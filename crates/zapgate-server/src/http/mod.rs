@@ -39,7 +39,7 @@ pub struct AppState {
     pub work: Arc<WorkSignal>,
     pub egress: crate::egress::Egress,
     /// Messages waiting in the queue, as last measured (about every second).
-    pub queue_depth: Arc<std::sync::atomic::AtomicU64>,
+    pub queue_depth: Arc<crate::worker::janitor::Backlog>,
     /// Idempotency keys whose first request has not finished yet.
     pub keys_in_flight: Arc<Mutex<HashSet<(TenantId, String)>>>,
 }

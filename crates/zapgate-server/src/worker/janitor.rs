@@ -13,9 +13,26 @@ use zapgate_domain::Timestamp;
 /// Parked statuses whose message never got a provider id are dropped after this.
 const PARKED_TTL: Duration = Duration::from_secs(3600);
 
+/// What the queue holds, as last measured (about every second), for the
+/// API's back-pressure.
+#[derive(Default)]
+pub struct Backlog {
+    pub total: AtomicU64,
+    /// Tenants above `max_tenant_queue_depth`.
+    pub tenants_over: std::sync::RwLock<std::collections::HashSet<zapgate_domain::TenantId>>,
+}
+
+impl Backlog {
+    pub fn tenant_over(&self, tenant: &zapgate_domain::TenantId) -> bool {
+        self.tenants_over.read().unwrap_or_else(|p| p.into_inner()).contains(tenant)
+    }
+}
+
 pub struct Janitor {
     /// Where the last measured queue depth is kept for the API's back-pressure.
-    pub depth: Arc<AtomicU64>,
+    pub depth: Arc<Backlog>,
+    /// Per-tenant limit measured into `depth.tenants_over` (0 = off).
+    pub tenant_limit: u64,
     /// Run the sweeps and clean-ups too (worker roles); an API-only process
     /// only measures the depth its back-pressure needs.
     pub sweeps: bool,
@@ -43,8 +60,17 @@ pub async fn run(j: Janitor, mut shutdown: watch::Receiver<bool>) {
         if gauged.elapsed() >= Duration::from_secs(1) {
             gauged = Instant::now();
             if let Ok(depth) = j.queue.depth().await {
-                j.depth.store(depth, Ordering::Relaxed);
+                j.depth.total.store(depth, Ordering::Relaxed);
                 metrics::gauge!("zapgate_queue_depth").set(depth as f64);
+            }
+            // Only worth a scan once the queue could hold a tenant over its limit.
+            let over = match j.tenant_limit {
+                0 => Ok(Vec::new()),
+                limit if j.depth.total.load(Ordering::Relaxed) <= limit => Ok(Vec::new()),
+                limit => j.queue.tenants_over(limit).await,
+            };
+            if let Ok(over) = over {
+                *j.depth.tenants_over.write().unwrap_or_else(|p| p.into_inner()) = over.into_iter().collect();
             }
         }
         if !j.sweeps {
