@@ -8,7 +8,8 @@
 //! | `zapgate_http_request_seconds` | histogram | `route` |
 //! | `zapgate_messages_accepted_total` | counter | |
 //! | `zapgate_send_outcomes_total` | counter | `outcome` (sent, retry, failed, dead, expired, cancelled) |
-//! | `zapgate_provider_call_seconds` | histogram | `provider` (planned: not recorded yet) |
+//! | `zapgate_provider_call_seconds` | histogram | `provider` |
+//! | `zapgate_provider_calls_total` | counter | `provider`, `result` (ok, retry, throttled, permanent, timeout) |
 //! | `zapgate_provider_statuses_total` | counter | `status`, `applied` (applied, ignored, parked) |
 //! | `zapgate_webhook_attempts_total` | counter | `result` (succeeded, retry, dead) |
 //! | `zapgate_webhook_attempt_seconds` | histogram | |

@@ -415,6 +415,8 @@ async fn metrics_count_accepts_outcomes_and_requests_by_route() {
     assert!(text.contains("route=\"/v1/messages/{message_id}\""), "requests are labelled by route template, not path");
     assert!(!text.contains(&id), "no ids in labels");
     assert!(text.contains("zapgate_provider_statuses_total{status=\"read\",applied=\"applied\"} 1"));
+    assert!(text.contains("zapgate_provider_calls_total{provider=\"sandbox\",result=\"ok\"} 1"), "{text}");
+    assert!(text.contains("zapgate_provider_call_seconds_count{provider=\"sandbox\"} 1"), "{text}");
 }
 
 #[tokio::test]

@@ -182,9 +182,22 @@ async fn attempt(
         attempt: msg.attempts,
         config: instance.provider_config.clone(),
     };
+    let started = std::time::Instant::now();
     let reply =
         tokio::time::timeout(ctx.send_timeout, provider.send(&out)).await.unwrap_or(Err(ProviderError::Timeout));
     crash_point("after_provider_call");
+    let kind = provider.kind();
+    metrics::histogram!("zapgate_provider_call_seconds", "provider" => kind).record(started.elapsed().as_secs_f64());
+    let result = match &reply {
+        Ok(_) => "ok",
+        Err(ProviderError::Timeout) => "timeout",
+        Err(ProviderError::Throttled { .. }) => "throttled",
+        Err(e) => match classify(e) {
+            Classification::Retry { .. } => "retry",
+            Classification::Permanent { .. } => "permanent",
+        },
+    };
+    metrics::counter!("zapgate_provider_calls_total", "provider" => kind, "result" => result).increment(1);
     let err = match reply {
         Ok(ok) => {
             return SendResult::Sent { provider_message_id: ok.provider_message_id, wa_id: ok.wa_id };
