@@ -23,6 +23,7 @@ pub mod locks;
 pub mod media;
 pub mod postgres;
 pub mod queue;
+mod records;
 pub mod redis;
 pub mod s3;
 pub mod sqlite;

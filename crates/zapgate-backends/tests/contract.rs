@@ -195,6 +195,36 @@ async fn only_chat_heads_are_claimed_and_settling_promotes_the_next() {
     assert_eq!(next, [a2]);
 }
 
+/// Races the settling of a chat's head with the cancel of the message behind
+/// it (and with claims): the chat must never be left without a head, and the
+/// two must never deadlock. Each round checks that the third message of the
+/// chat is claimable once both are done.
+#[tokio::test]
+async fn cancels_racing_settles_and_claims_never_strand_a_chat() {
+    let f = Arc::new(fixture().await);
+    for round in 0..25 {
+        let chat = format!("+55119{round:08}");
+        let first = accept(&f, &chat, Priority::Normal).await;
+        let second = accept(&f, &chat, Priority::Normal).await;
+        let third = accept(&f, &chat, Priority::Normal).await;
+        assert_eq!(claim(&f, 10).await.into_iter().map(|m| m.id).collect::<Vec<_>>(), [first.clone()]);
+        let (a, b, c) = (f.clone(), f.clone(), f.clone());
+        let (tenant, second2) = (f.tenant.clone(), second.clone());
+        let settle = tokio::spawn(async move { sent(&a, &first, &format!("p-{round}")).await });
+        let cancel =
+            tokio::spawn(async move { b.b.store.cancel_message(&tenant, &second2, Timestamp::now()).await.unwrap() });
+        let claims = tokio::spawn(async move { claim(&c, 10).await });
+        settle.await.unwrap();
+        assert_eq!(cancel.await.unwrap(), Cancel::Cancelled);
+        let mut got: Vec<_> = claims.await.unwrap().into_iter().map(|m| m.id).collect();
+        if got.is_empty() {
+            got = claim(&f, 10).await.into_iter().map(|m| m.id).collect();
+        }
+        assert_eq!(got, [third.clone()], "round {round}: the chat's last message must be claimable");
+        sent(&f, &third, &format!("p3-{round}")).await;
+    }
+}
+
 #[tokio::test]
 async fn priority_orders_within_an_instance() {
     let f = fixture().await;

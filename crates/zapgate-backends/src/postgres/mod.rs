@@ -53,7 +53,12 @@ pub struct PgBackend {
 impl PgBackend {
     /// Connects, migrates and takes a lease owner id.
     pub async fn open(url: &str, max_connections: u32) -> Result<Self, StoreError> {
-        let options = PgConnectOptions::from_str(url).map_err(|e| StoreError::Config(format!("database URL: {e}")))?;
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Config(format!("database URL: {e}")))?
+            // The server notices a vanished client host within about a minute
+            // (default: two hours), so a dead worker's session locks — its
+            // instances and leases — are freed for the others.
+            .options([("tcp_keepalives_idle", "30"), ("tcp_keepalives_interval", "10"), ("tcp_keepalives_count", "3")]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(2))
             .acquire_timeout(Duration::from_secs(10))

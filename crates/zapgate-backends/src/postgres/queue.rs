@@ -74,8 +74,8 @@ impl Queue for PgBackend {
         }
         let mut ids = self.reclaim_orphaned(now).await?.1;
         let promoted: Vec<String> = sqlx::query_scalar(
-            "UPDATE queue_entries SET ready = TRUE, lease_owner = NULL \
-             WHERE is_head AND NOT ready AND visible_at <= $1 RETURNING instance_id",
+            "UPDATE queue_entries SET ready = TRUE \
+             WHERE is_head AND NOT ready AND visible_at <= $1 AND lease_owner IS NULL RETURNING instance_id",
         )
         .bind(now.as_millis())
         .fetch_all(self.pool())
@@ -102,7 +102,7 @@ impl Queue for PgBackend {
 
     async fn next_due(&self, now: Timestamp) -> Result<Option<Timestamp>, StoreError> {
         let row = sqlx::query(
-            "SELECT (SELECT MIN(visible_at) FROM queue_entries WHERE is_head AND NOT ready) AS due, \
+            "SELECT (SELECT MIN(visible_at) FROM queue_entries WHERE is_head AND NOT ready AND lease_owner IS NULL) AS due, \
                     EXISTS (SELECT 1 FROM queue_entries WHERE lease_owner IS NOT NULL AND lease_owner <> $1) AS foreign",
         )
         .bind(self.owner)

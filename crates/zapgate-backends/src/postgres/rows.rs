@@ -1,14 +1,12 @@
 //! Row ↔ record mapping and the SQL pieces shared by the Postgres store and
 //! queue (the same columns as the SQLite backend's `rows`).
 
-use crate::{InstanceRecord, MessageRecord, StoreError, TenantRecord, TokenRecord};
+use crate::StoreError;
+use crate::records::Columns;
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 use zapgate_domain::event::StatusDetail;
-use zapgate_domain::{
-    ChatId, EventId, EventType, InstanceId, MessageEvent, MessageId, MessageStatus, Priority, TenantId, Timestamp,
-    TokenId,
-};
+use zapgate_domain::{EventId, EventType, MessageStatus, Timestamp};
 
 pub const MESSAGE_COLUMNS: &str = "id, tenant_id, instance_id, recipient, wa_id, content, priority, status, \
     attempts, chat_seq, provider_message_id, error_code, error_message, send_at, expires_at, next_attempt_at, \
@@ -20,91 +18,25 @@ pub const INSTANCE_COLUMNS: &str =
 pub const EVENT_COLUMNS: &str =
     "seq, id, tenant_id, message_id, instance_id, type, status, chat_seq, detail, created_at";
 
-fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(format!("{what}: {e}"))
+impl Columns for PgRow {
+    fn text(&self, col: &str) -> Result<String, StoreError> {
+        Ok(self.try_get(col)?)
+    }
+    fn text_opt(&self, col: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.try_get(col)?)
+    }
+    fn int(&self, col: &str) -> Result<i64, StoreError> {
+        Ok(self.try_get(col)?)
+    }
+    fn int_opt(&self, col: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self.try_get(col)?)
+    }
+    fn flag(&self, col: &str) -> Result<bool, StoreError> {
+        Ok(self.try_get(col)?)
+    }
 }
 
-fn ts(v: Option<i64>) -> Option<Timestamp> {
-    v.map(Timestamp::from_millis)
-}
-
-pub fn message(row: &PgRow) -> Result<MessageRecord, StoreError> {
-    let recipient: String = row.try_get("recipient")?;
-    let content: String = row.try_get("content")?;
-    let status: String = row.try_get("status")?;
-    Ok(MessageRecord {
-        id: MessageId::from_trusted(row.try_get("id")?),
-        tenant_id: TenantId::from_trusted(row.try_get("tenant_id")?),
-        instance_id: InstanceId::from_trusted(row.try_get("instance_id")?),
-        to: ChatId::parse(&recipient).map_err(|e| corrupt("recipient", e))?,
-        wa_id: row.try_get("wa_id")?,
-        content: serde_json::from_str(&content).map_err(|e| corrupt("content", e))?,
-        priority: Priority::from_rank(row.try_get("priority")?),
-        status: status.parse().map_err(|e| corrupt("status", e))?,
-        attempts: row.try_get::<i64, _>("attempts")? as u32,
-        chat_seq: row.try_get("chat_seq")?,
-        provider_message_id: row.try_get("provider_message_id")?,
-        error_code: row.try_get("error_code")?,
-        error_message: row.try_get("error_message")?,
-        send_at: ts(row.try_get("send_at")?),
-        expires_at: ts(row.try_get("expires_at")?),
-        next_attempt_at: ts(row.try_get("next_attempt_at")?),
-        created_at: Timestamp::from_millis(row.try_get("created_at")?),
-        updated_at: Timestamp::from_millis(row.try_get("updated_at")?),
-    })
-}
-
-pub fn instance(row: &PgRow) -> Result<InstanceRecord, StoreError> {
-    Ok(InstanceRecord {
-        id: InstanceId::from_trusted(row.try_get("id")?),
-        tenant_id: TenantId::from_trusted(row.try_get("tenant_id")?),
-        name: row.try_get("name")?,
-        provider: row.try_get("provider")?,
-        phone_number_id: row.try_get("phone_number_id")?,
-        waba_id: row.try_get("waba_id")?,
-        rate_per_sec: row.try_get::<i64, _>("rate_per_sec")? as u32,
-        burst: row.try_get::<i64, _>("burst")? as u32,
-        provider_config: serde_json::from_str(&row.try_get::<String, _>("provider_config")?)
-            .map_err(|e| corrupt("provider_config", e))?,
-        created_at: Timestamp::from_millis(row.try_get("created_at")?),
-    })
-}
-
-pub fn tenant(row: &PgRow) -> Result<TenantRecord, StoreError> {
-    Ok(TenantRecord {
-        id: TenantId::from_trusted(row.try_get("id")?),
-        name: row.try_get("name")?,
-        created_at: Timestamp::from_millis(row.try_get("created_at")?),
-    })
-}
-
-pub fn token(row: &PgRow) -> Result<TokenRecord, StoreError> {
-    Ok(TokenRecord {
-        id: TokenId::from_trusted(row.try_get("id")?),
-        tenant_id: TenantId::from_trusted(row.try_get("tenant_id")?),
-        hint: row.try_get("hint")?,
-        created_at: Timestamp::from_millis(row.try_get("created_at")?),
-        revoked_at: ts(row.try_get("revoked_at")?),
-    })
-}
-
-pub fn event(row: &PgRow) -> Result<MessageEvent, StoreError> {
-    let status: String = row.try_get("status")?;
-    let detail: String = row.try_get("detail")?;
-    let kind: String = row.try_get("type")?;
-    Ok(MessageEvent {
-        id: EventId::from_trusted(row.try_get("id")?),
-        event_type: EventType::parse(&kind).ok_or_else(|| corrupt("event type", &kind))?,
-        tenant_id: TenantId::from_trusted(row.try_get("tenant_id")?),
-        message_id: MessageId::from_trusted(row.try_get("message_id")?),
-        instance_id: InstanceId::from_trusted(row.try_get("instance_id")?),
-        status: status.parse().map_err(|e| corrupt("event status", e))?,
-        chat_seq: row.try_get("chat_seq")?,
-        seq: row.try_get("seq")?,
-        at: Timestamp::from_millis(row.try_get("created_at")?),
-        detail: serde_json::from_str(&detail).map_err(|e| corrupt("event detail", e))?,
-    })
-}
+pub use crate::records::{delivery, endpoint, event, instance, message, template, tenant, token};
 
 /// Who a message belongs to, as events need it.
 pub struct MessageRef {
@@ -254,16 +186,38 @@ pub async fn enqueue(conn: &mut PgConnection, e: NewEntry<'_>, now: Timestamp) -
 
 /// Removes a message's queue entry; if it was its chat's head, the chat's
 /// next entry (lowest seq) becomes head (and ready, if due).
-pub async fn dequeue(conn: &mut PgConnection, message_id: &str, now: Timestamp) -> Result<(), StoreError> {
-    let removed = sqlx::query("DELETE FROM queue_entries WHERE message_id = $1 RETURNING instance_id, chat, is_head")
+/// Takes the chat lock of a message's queue entry, if it has one.
+pub async fn lock_chat_of(conn: &mut PgConnection, message_id: &str) -> Result<(), StoreError> {
+    let entry = sqlx::query("SELECT instance_id, chat FROM queue_entries WHERE message_id = $1")
         .bind(message_id)
         .fetch_optional(&mut *conn)
         .await?;
-    if let Some(r) = removed
-        && r.try_get::<bool, _>("is_head")?
-    {
+    if let Some(r) = entry {
         let (instance, chat): (String, String) = (r.try_get("instance_id")?, r.try_get("chat")?);
-        lock_chat(&mut *conn, &instance, &chat).await?;
+        lock_chat(conn, &instance, &chat).await?;
+    }
+    Ok(())
+}
+
+pub async fn dequeue(conn: &mut PgConnection, message_id: &str, now: Timestamp) -> Result<(), StoreError> {
+    // Every removal takes the chat lock first, head or not: a non-head removed
+    // unlocked could be the very row a concurrent head removal promotes, and
+    // the chat would be left with no head.
+    let Some(r) = sqlx::query("SELECT instance_id, chat FROM queue_entries WHERE message_id = $1")
+        .bind(message_id)
+        .fetch_optional(&mut *conn)
+        .await?
+    else {
+        return Ok(());
+    };
+    let (instance, chat): (String, String) = (r.try_get("instance_id")?, r.try_get("chat")?);
+    lock_chat(&mut *conn, &instance, &chat).await?;
+    let was_head: Option<bool> =
+        sqlx::query_scalar("DELETE FROM queue_entries WHERE message_id = $1 RETURNING is_head")
+            .bind(message_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    if was_head == Some(true) {
         sqlx::query(
             "UPDATE queue_entries SET is_head = TRUE, ready = (visible_at <= $3) WHERE message_id = \
              (SELECT message_id FROM queue_entries WHERE instance_id = $1 AND chat = $2 ORDER BY seq LIMIT 1)",

@@ -20,6 +20,8 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub struct OwnerSession {
     options: PgConnectOptions,
     /// This process's lease owner id.
@@ -60,6 +62,13 @@ impl OwnerSession {
     /// Makes sure the session is alive and holds its locks, reconnecting if
     /// it dropped. Cheap when healthy (one `SELECT 1`).
     pub async fn check(&self) -> Result<(), StoreError> {
+        // Bounded: a half-open socket must not stall the dispatcher.
+        tokio::time::timeout(CHECK_TIMEOUT, self.check_inner())
+            .await
+            .map_err(|_| StoreError::Commit("the owner session did not answer in time".into()))?
+    }
+
+    async fn check_inner(&self) -> Result<(), StoreError> {
         let mut guard = self.conn.lock().await;
         if let Some(conn) = guard.as_mut()
             && sqlx::query("SELECT 1").execute(&mut *conn).await.is_ok()

@@ -1,11 +1,11 @@
 //! `Store` on PostgreSQL: the SQLite store's statements, each write in one
 //! transaction on the pool.
 
+use super::rows::template;
 use super::rows::{self, EVENT_COLUMNS, INSTANCE_COLUMNS, MESSAGE_COLUMNS, MessageRef, NewEntry, insert_event};
 use super::{PgBackend, is_unique_violation};
 use crate::*;
 use async_trait::async_trait;
-use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, PgConnection, Row};
 use zapgate_domain::event::StatusDetail;
 use zapgate_domain::status::{FAILED_RANK, SENT_RANK};
@@ -194,6 +194,11 @@ impl Store for PgBackend {
         if n == 0 {
             return Ok(false);
         }
+        // Queue entries before messages, the order claims take them in (no deadlock).
+        sqlx::query("SELECT 1 FROM queue_entries WHERE instance_id = $1 ORDER BY message_id FOR UPDATE")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
         // Messages not yet handed to the provider will never be sent now.
         let cancelled = sqlx::query(
             "UPDATE messages SET status = 'cancelled', updated_at = $1, error_code = 'instance_deleted', \
@@ -280,11 +285,22 @@ impl Store for PgBackend {
     async fn record_outcome(&self, outcome: SendOutcome) -> Result<OutcomeApplied, StoreError> {
         let mut tx = self.pool().begin().await?;
         let (id, now) = (outcome.message_id.clone(), outcome.now);
-        let applied = record_outcome(&mut tx, outcome).await?;
+        let applied = record_outcome(&mut tx, outcome, self.owner).await?;
         // The queue lives in this database: settle it in the same transaction
         // (see `Queue::settled_by_store`).
         match &applied {
-            OutcomeApplied::Done(_) | OutcomeApplied::Stale => rows::dequeue(&mut tx, id.as_str(), now).await?,
+            OutcomeApplied::Done(_) => rows::dequeue(&mut tx, id.as_str(), now).await?,
+            // Not ours to settle any more (a repeated commit, or a lease another
+            // process reclaimed): the entry goes only if the message is finished.
+            OutcomeApplied::Stale => {
+                let status: Option<String> = sqlx::query_scalar("SELECT status FROM messages WHERE id = $1")
+                    .bind(id.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if status.and_then(|s| s.parse::<MessageStatus>().ok()).is_none_or(|s| s.leaves_queue()) {
+                    rows::dequeue(&mut tx, id.as_str(), now).await?
+                }
+            }
             OutcomeApplied::RetryAt { at, attempts } => {
                 rows::reschedule(&mut tx, id.as_str(), *at, *attempts, now).await?
             }
@@ -304,6 +320,12 @@ impl Store for PgBackend {
 
     async fn cancel_message(&self, tenant: &TenantId, id: &MessageId, now: Timestamp) -> Result<Cancel, StoreError> {
         let mut tx = self.pool().begin().await?;
+        // Lock order: chat, queue entry, message (as claims and settles take them).
+        rows::lock_chat_of(&mut tx, id.as_str()).await?;
+        sqlx::query("SELECT 1 FROM queue_entries WHERE message_id = $1 FOR UPDATE")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
         let cancelled = sqlx::query(
             "UPDATE messages SET status = 'cancelled', updated_at = $1, next_attempt_at = NULL \
              WHERE id = $2 AND tenant_id = $3 AND status IN ('scheduled','queued','retry_wait') \
@@ -340,7 +362,7 @@ impl Store for PgBackend {
             "UPDATE messages SET status = 'queued', status_rank = 0, attempts = 0, error_code = NULL, \
              error_message = NULL, next_attempt_at = NULL, updated_at = $1 \
              WHERE id = $2 AND tenant_id = $3 AND status = 'dead' \
-               AND instance_id IN (SELECT id FROM instances WHERE deleted_at IS NULL) \
+               AND instance_id IN (SELECT id FROM instances WHERE deleted_at IS NULL FOR SHARE) \
              RETURNING id, tenant_id, instance_id, chat_seq, recipient, priority, seq",
         )
         .bind(now.as_millis())
@@ -470,20 +492,6 @@ impl Store for PgBackend {
     }
 }
 
-fn template(r: &PgRow) -> Result<TemplateRecord, StoreError> {
-    let body: String = r.try_get("body")?;
-    let parsed =
-        zapgate_domain::template::TextTemplate::parse(&body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    Ok(TemplateRecord {
-        id: TemplateId::from_trusted(r.try_get("id")?),
-        tenant_id: TenantId::from_trusted(r.try_get("tenant_id")?),
-        name: r.try_get("name")?,
-        variables: parsed.variables(),
-        body,
-        created_at: Timestamp::from_millis(r.try_get("created_at")?),
-    })
-}
-
 fn token_record(tenant: &TenantId, t: &NewToken, now: Timestamp) -> TokenRecord {
     TokenRecord { id: t.id.clone(), tenant_id: tenant.clone(), hint: t.hint.clone(), created_at: now, revoked_at: None }
 }
@@ -507,11 +515,15 @@ async fn insert_token(
 
 async fn accept(conn: &mut PgConnection, msg: AcceptMessage) -> Result<Accepted, StoreError> {
     let req = &msg.request;
-    let known = sqlx::query("SELECT 1 FROM instances WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL")
-        .bind(req.instance_id.as_str())
-        .bind(msg.tenant_id.as_str())
-        .fetch_optional(&mut *conn)
-        .await?;
+    // FOR SHARE: a concurrent delete_instance either commits first (and this
+    // sees the instance gone) or waits until this accept is committed (and
+    // then cancels the message with the instance's others).
+    let known =
+        sqlx::query("SELECT 1 FROM instances WHERE id = $1 AND tenant_id = $2 AND deleted_at IS NULL FOR SHARE")
+            .bind(req.instance_id.as_str())
+            .bind(msg.tenant_id.as_str())
+            .fetch_optional(&mut *conn)
+            .await?;
     if known.is_none() {
         return Ok(Accepted::UnknownInstance);
     }
@@ -664,11 +676,16 @@ pub(super) async fn begin_sending(
     Ok(out)
 }
 
-async fn record_outcome(conn: &mut PgConnection, o: SendOutcome) -> Result<OutcomeApplied, StoreError> {
+/// The compare-and-set part of every outcome: the message is `sending` and
+/// this process still holds its lease (another may have reclaimed it).
+const SENDING_BY_ME: &str = "status = 'sending' AND EXISTS (SELECT 1 FROM queue_entries q \
+     WHERE q.message_id = messages.id AND q.lease_owner = $owner)";
+
+async fn record_outcome(conn: &mut PgConnection, o: SendOutcome, owner: i64) -> Result<OutcomeApplied, StoreError> {
     // Every other outcome needs the message's attempts first; `sent` does not.
     let (status, code, message, spend, retry_at) = match o.result {
         SendResult::Sent { provider_message_id, wa_id } => {
-            return record_sent(conn, &o.message_id, &provider_message_id, wa_id, o.now).await;
+            return record_sent(conn, &o.message_id, &provider_message_id, wa_id, o.now, owner).await;
         }
         SendResult::Retry { retry_at, spend_attempt, code, message } => {
             (MessageStatus::RetryWait, code, message, spend_attempt, Some(retry_at))
@@ -679,13 +696,12 @@ async fn record_outcome(conn: &mut PgConnection, o: SendOutcome) -> Result<Outco
             (MessageStatus::Expired, "expired".to_owned(), "expires_at passed before sending".to_owned(), false, None)
         }
     };
-    let current = sqlx::query(
-        "SELECT id, tenant_id, instance_id, chat_seq, attempts FROM messages WHERE id = $1 AND status = 'sending' \
-         FOR UPDATE",
-    )
-    .bind(o.message_id.as_str())
-    .fetch_optional(&mut *conn)
-    .await?;
+    let sql = format!(
+        "SELECT id, tenant_id, instance_id, chat_seq, attempts FROM messages WHERE id = $1 AND {} FOR UPDATE",
+        SENDING_BY_ME.replace("$owner", "$2")
+    );
+    let current =
+        sqlx::query(AssertSqlSafe(sql)).bind(o.message_id.as_str()).bind(owner).fetch_optional(&mut *conn).await?;
     let Some(row) = current else { return Ok(OutcomeApplied::Stale) };
     let m = MessageRef::from_row(&row)?;
     let attempts = row.try_get::<i64, _>("attempts")? as u32 + u32::from(spend);
@@ -740,19 +756,23 @@ async fn record_sent(
     provider_message_id: &str,
     wa_id: Option<String>,
     at: Timestamp,
+    owner: i64,
 ) -> Result<OutcomeApplied, StoreError> {
-    let sent = sqlx::query(
+    let sql = format!(
         "UPDATE messages SET status = 'sent', status_rank = $1, provider_message_id = $2, \
          wa_id = COALESCE($3, wa_id), error_code = NULL, error_message = NULL, next_attempt_at = NULL, \
-         updated_at = $4 WHERE id = $5 AND status = 'sending' RETURNING id, tenant_id, instance_id, chat_seq",
-    )
-    .bind(SENT_RANK)
-    .bind(provider_message_id)
-    .bind(wa_id)
-    .bind(at.as_millis())
-    .bind(id.as_str())
-    .fetch_optional(&mut *conn)
-    .await?;
+         updated_at = $4 WHERE id = $5 AND {} RETURNING id, tenant_id, instance_id, chat_seq",
+        SENDING_BY_ME.replace("$owner", "$6")
+    );
+    let sent = sqlx::query(AssertSqlSafe(sql))
+        .bind(SENT_RANK)
+        .bind(provider_message_id)
+        .bind(wa_id)
+        .bind(at.as_millis())
+        .bind(id.as_str())
+        .bind(owner)
+        .fetch_optional(&mut *conn)
+        .await?;
     let Some(row) = sent else { return Ok(OutcomeApplied::Stale) };
     let m = MessageRef::from_row(&row)?;
     let detail = StatusDetail { provider_message_id: Some(provider_message_id.to_owned()), ..detail() };

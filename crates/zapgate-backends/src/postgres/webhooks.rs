@@ -11,6 +11,7 @@
 
 use super::PgBackend;
 use super::rows::{self, EVENT_COLUMNS};
+use super::rows::{delivery, endpoint};
 use crate::StoreError;
 use crate::webhooks::*;
 use async_trait::async_trait;
@@ -29,49 +30,6 @@ const ENDPOINT_COLUMNS: &str =
     "id, tenant_id, url, description, event_types, include_internal, headers, enabled, created_at, updated_at";
 const DELIVERY_COLUMNS: &str = "id, endpoint_id, event_id, status, attempts, next_attempt_at, last_status_code, \
     last_error, created_at, updated_at";
-
-fn endpoint(row: &PgRow) -> Result<EndpointRecord, StoreError> {
-    let json = |col: &str| -> Result<String, StoreError> { Ok(row.try_get::<String, _>(col)?) };
-    let corrupt = |e: serde_json::Error| StoreError::Corrupt(format!("webhook endpoint: {e}"));
-    Ok(EndpointRecord {
-        id: EndpointId::from_trusted(row.try_get("id")?),
-        tenant_id: TenantId::from_trusted(row.try_get("tenant_id")?),
-        url: row.try_get("url")?,
-        description: row.try_get("description")?,
-        event_types: serde_json::from_str(&json("event_types")?).map_err(corrupt)?,
-        include_internal: row.try_get("include_internal")?,
-        headers: serde_json::from_str(&json("headers")?).map_err(corrupt)?,
-        enabled: row.try_get("enabled")?,
-        created_at: Timestamp::from_millis(row.try_get("created_at")?),
-        updated_at: Timestamp::from_millis(row.try_get("updated_at")?),
-    })
-}
-
-fn delivery(row: &PgRow) -> Result<DeliveryRecord, StoreError> {
-    let status = match row.try_get::<String, _>("status")?.as_str() {
-        "pending" => DeliveryStatus::Pending,
-        "succeeded" => DeliveryStatus::Succeeded,
-        "dead" => DeliveryStatus::Dead,
-        other => return Err(StoreError::Corrupt(format!("delivery status {other:?}"))),
-    };
-    Ok(DeliveryRecord {
-        id: DeliveryId::from_trusted(row.try_get("id")?),
-        endpoint_id: EndpointId::from_trusted(row.try_get("endpoint_id")?),
-        event_id: EventId::from_trusted(row.try_get("event_id")?),
-        status,
-        attempts: row.try_get::<i64, _>("attempts")? as u32,
-        // While pending it is the due time; shown only then.
-        next_attempt_at: if status == DeliveryStatus::Pending {
-            row.try_get::<Option<i64>, _>("next_attempt_at")?.map(Timestamp::from_millis)
-        } else {
-            None
-        },
-        last_status_code: row.try_get::<Option<i64>, _>("last_status_code")?.map(|c| c as u16),
-        last_error: row.try_get("last_error")?,
-        created_at: Timestamp::from_millis(row.try_get("created_at")?),
-        updated_at: Timestamp::from_millis(row.try_get("updated_at")?),
-    })
-}
 
 fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("serialisable")

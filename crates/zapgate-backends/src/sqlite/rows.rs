@@ -1,12 +1,11 @@
 //! Row ↔ record mapping and the SQL pieces shared by the store and queue.
 
-use crate::{InstanceRecord, MessageRecord, StoreError, TenantRecord, TokenRecord};
+use crate::records::{self, Columns};
+use crate::webhooks::{DeliveryRecord, EndpointRecord};
+use crate::{InstanceRecord, MessageRecord, StoreError, TemplateRecord, TenantRecord, TokenRecord};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use zapgate_domain::event::StatusDetail;
-use zapgate_domain::{
-    ChatId, EventId, EventType, InstanceId, MessageEvent, MessageId, MessageStatus, Priority, TenantId, Timestamp,
-    TokenId,
-};
+use zapgate_domain::{EventId, EventType, MessageEvent, MessageStatus, Timestamp};
 
 pub const MESSAGE_COLUMNS: &str = "id, tenant_id, instance_id, recipient, wa_id, content, priority, status, \
     attempts, chat_seq, provider_message_id, error_code, error_message, send_at, expires_at, next_attempt_at, \
@@ -21,90 +20,49 @@ pub const EVENT_COLUMNS: &str =
 /// Statuses that still have a queue entry.
 pub const PENDING_STATUSES: &str = "('scheduled','queued','sending','retry_wait')";
 
-fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(format!("{what}: {e}"))
+impl Columns for Row<'_> {
+    fn text(&self, col: &str) -> Result<String, StoreError> {
+        Ok(self.get(col)?)
+    }
+    fn text_opt(&self, col: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.get(col)?)
+    }
+    fn int(&self, col: &str) -> Result<i64, StoreError> {
+        Ok(self.get(col)?)
+    }
+    fn int_opt(&self, col: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self.get(col)?)
+    }
+    fn flag(&self, col: &str) -> Result<bool, StoreError> {
+        Ok(self.get(col)?)
+    }
 }
 
-fn ts(v: Option<i64>) -> Option<Timestamp> {
-    v.map(Timestamp::from_millis)
-}
-
+// The shared mappers, as plain functions of this backend's row type (so they
+// can be passed where a `Fn(&Row<'_>)` is expected).
 pub fn message(row: &Row<'_>) -> Result<MessageRecord, StoreError> {
-    let recipient: String = row.get("recipient")?;
-    let content: String = row.get("content")?;
-    let status: String = row.get("status")?;
-    Ok(MessageRecord {
-        id: MessageId::from_trusted(row.get("id")?),
-        tenant_id: TenantId::from_trusted(row.get("tenant_id")?),
-        instance_id: InstanceId::from_trusted(row.get("instance_id")?),
-        to: ChatId::parse(&recipient).map_err(|e| corrupt("recipient", e))?,
-        wa_id: row.get("wa_id")?,
-        content: serde_json::from_str(&content).map_err(|e| corrupt("content", e))?,
-        priority: Priority::from_rank(row.get("priority")?),
-        status: status.parse().map_err(|e| corrupt("status", e))?,
-        attempts: row.get::<_, i64>("attempts")? as u32,
-        chat_seq: row.get("chat_seq")?,
-        provider_message_id: row.get("provider_message_id")?,
-        error_code: row.get("error_code")?,
-        error_message: row.get("error_message")?,
-        send_at: ts(row.get("send_at")?),
-        expires_at: ts(row.get("expires_at")?),
-        next_attempt_at: ts(row.get("next_attempt_at")?),
-        created_at: Timestamp::from_millis(row.get("created_at")?),
-        updated_at: Timestamp::from_millis(row.get("updated_at")?),
-    })
+    records::message(row)
 }
-
 pub fn instance(row: &Row<'_>) -> Result<InstanceRecord, StoreError> {
-    Ok(InstanceRecord {
-        id: InstanceId::from_trusted(row.get("id")?),
-        tenant_id: TenantId::from_trusted(row.get("tenant_id")?),
-        name: row.get("name")?,
-        provider: row.get("provider")?,
-        phone_number_id: row.get("phone_number_id")?,
-        waba_id: row.get("waba_id")?,
-        rate_per_sec: row.get::<_, i64>("rate_per_sec")? as u32,
-        burst: row.get::<_, i64>("burst")? as u32,
-        provider_config: serde_json::from_str(&row.get::<_, String>("provider_config")?)
-            .map_err(|e| corrupt("provider_config", e))?,
-        created_at: Timestamp::from_millis(row.get("created_at")?),
-    })
+    records::instance(row)
 }
-
 pub fn tenant(row: &Row<'_>) -> Result<TenantRecord, StoreError> {
-    Ok(TenantRecord {
-        id: TenantId::from_trusted(row.get("id")?),
-        name: row.get("name")?,
-        created_at: Timestamp::from_millis(row.get("created_at")?),
-    })
+    records::tenant(row)
 }
-
 pub fn token(row: &Row<'_>) -> Result<TokenRecord, StoreError> {
-    Ok(TokenRecord {
-        id: TokenId::from_trusted(row.get("id")?),
-        tenant_id: TenantId::from_trusted(row.get("tenant_id")?),
-        hint: row.get("hint")?,
-        created_at: Timestamp::from_millis(row.get("created_at")?),
-        revoked_at: ts(row.get("revoked_at")?),
-    })
+    records::token(row)
 }
-
 pub fn event(row: &Row<'_>) -> Result<MessageEvent, StoreError> {
-    let status: String = row.get("status")?;
-    let detail: String = row.get("detail")?;
-    let kind: String = row.get("type")?;
-    Ok(MessageEvent {
-        id: EventId::from_trusted(row.get("id")?),
-        event_type: EventType::parse(&kind).ok_or_else(|| corrupt("event type", &kind))?,
-        tenant_id: TenantId::from_trusted(row.get("tenant_id")?),
-        message_id: MessageId::from_trusted(row.get("message_id")?),
-        instance_id: InstanceId::from_trusted(row.get("instance_id")?),
-        status: status.parse().map_err(|e| corrupt("event status", e))?,
-        chat_seq: row.get("chat_seq")?,
-        seq: row.get("seq")?,
-        at: Timestamp::from_millis(row.get("created_at")?),
-        detail: serde_json::from_str(&detail).map_err(|e| corrupt("event detail", e))?,
-    })
+    records::event(row)
+}
+pub fn template(row: &Row<'_>) -> Result<TemplateRecord, StoreError> {
+    records::template(row)
+}
+pub fn endpoint(row: &Row<'_>) -> Result<EndpointRecord, StoreError> {
+    records::endpoint(row)
+}
+pub fn delivery(row: &Row<'_>) -> Result<DeliveryRecord, StoreError> {
+    records::delivery(row)
 }
 
 /// Runs a query and maps every row.

@@ -2,6 +2,7 @@
 //! reads go to the read-only connections.
 
 use super::SqliteBackend;
+use super::rows::template;
 use super::rows::{
     self, EVENT_COLUMNS, INSTANCE_COLUMNS, MESSAGE_COLUMNS, MessageRef, NewEntry, all, exec, insert_event, one,
 };
@@ -484,20 +485,6 @@ impl Store for SqliteBackend {
             }))
             .await
     }
-}
-
-fn template(r: &rusqlite::Row<'_>) -> Result<TemplateRecord, StoreError> {
-    let body: String = r.get("body")?;
-    let parsed =
-        zapgate_domain::template::TextTemplate::parse(&body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    Ok(TemplateRecord {
-        id: TemplateId::from_trusted(r.get("id")?),
-        tenant_id: TenantId::from_trusted(r.get("tenant_id")?),
-        name: r.get("name")?,
-        variables: parsed.variables(),
-        body,
-        created_at: Timestamp::from_millis(r.get("created_at")?),
-    })
 }
 
 fn token_record(tenant: &TenantId, t: &NewToken, now: Timestamp) -> TokenRecord {

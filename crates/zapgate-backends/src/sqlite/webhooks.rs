@@ -2,10 +2,11 @@
 
 use super::SqliteBackend;
 use super::rows::{self, EVENT_COLUMNS, all, exec, one};
+use super::rows::{delivery, endpoint};
 use crate::StoreError;
 use crate::webhooks::*;
 use async_trait::async_trait;
-use rusqlite::{Connection, Row, params};
+use rusqlite::{Connection, params};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::Notify;
@@ -18,49 +19,6 @@ const ENDPOINT_COLUMNS: &str =
 const DELIVERY_COLUMNS: &str = "id, endpoint_id, event_id, status, attempts, next_attempt_at, last_status_code, \
     last_error, created_at, updated_at";
 const FANOUT_CURSOR: &str = "webhook_fanout";
-
-fn endpoint(row: &Row<'_>) -> Result<EndpointRecord, StoreError> {
-    let json = |col: &str| -> Result<String, StoreError> { Ok(row.get::<_, String>(col)?) };
-    let corrupt = |e: serde_json::Error| StoreError::Corrupt(format!("webhook endpoint: {e}"));
-    Ok(EndpointRecord {
-        id: EndpointId::from_trusted(row.get("id")?),
-        tenant_id: TenantId::from_trusted(row.get("tenant_id")?),
-        url: row.get("url")?,
-        description: row.get("description")?,
-        event_types: serde_json::from_str(&json("event_types")?).map_err(corrupt)?,
-        include_internal: row.get("include_internal")?,
-        headers: serde_json::from_str(&json("headers")?).map_err(corrupt)?,
-        enabled: row.get("enabled")?,
-        created_at: Timestamp::from_millis(row.get("created_at")?),
-        updated_at: Timestamp::from_millis(row.get("updated_at")?),
-    })
-}
-
-fn delivery(row: &Row<'_>) -> Result<DeliveryRecord, StoreError> {
-    let status = match row.get::<_, String>("status")?.as_str() {
-        "pending" => DeliveryStatus::Pending,
-        "succeeded" => DeliveryStatus::Succeeded,
-        "dead" => DeliveryStatus::Dead,
-        other => return Err(StoreError::Corrupt(format!("delivery status {other:?}"))),
-    };
-    Ok(DeliveryRecord {
-        id: DeliveryId::from_trusted(row.get("id")?),
-        endpoint_id: EndpointId::from_trusted(row.get("endpoint_id")?),
-        event_id: EventId::from_trusted(row.get("event_id")?),
-        status,
-        attempts: row.get::<_, i64>("attempts")? as u32,
-        // While pending it is the due time; shown only then.
-        next_attempt_at: if status == DeliveryStatus::Pending {
-            row.get::<_, Option<i64>>("next_attempt_at")?.map(Timestamp::from_millis)
-        } else {
-            None
-        },
-        last_status_code: row.get::<_, Option<i64>>("last_status_code")?.map(|c| c as u16),
-        last_error: row.get("last_error")?,
-        created_at: Timestamp::from_millis(row.get("created_at")?),
-        updated_at: Timestamp::from_millis(row.get("updated_at")?),
-    })
-}
 
 fn to_json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("serialisable")

@@ -37,21 +37,31 @@ struct Lanes {
     /// Most instances this process should own (`None`: no limit); other
     /// workers take the rest.
     share: Option<usize>,
-    /// Instances another process owns: not asked for again until the next refresh.
+    /// Instances another process owns (or this one has no room for): not
+    /// asked for again until the next refresh.
     declined: HashSet<InstanceId>,
+    /// Instances whose old lane is still draining before being handed over:
+    /// no new lane may start for them until it has (two lanes would pace one
+    /// instance twice).
+    retiring: Arc<std::sync::Mutex<HashSet<InstanceId>>>,
 }
 
 impl Lanes {
     /// Starts a lane for `instance` if this process may own it.
     async fn adopt(&mut self, ctx: &Arc<WorkerCtx>, instance: InstanceRecord) {
         let id = instance.id.clone();
-        if self.by_instance.contains_key(&id) || self.declined.contains(&id) {
+        let retiring = self.retiring.lock().unwrap_or_else(|p| p.into_inner()).contains(&id);
+        if self.by_instance.contains_key(&id) || self.declined.contains(&id) || retiring {
             return;
         }
-        if self.full() {
+        // An instance this process already holds (its lane was just rebuilt
+        // after a change) is kept whatever the share: dropping it would leave
+        // it locked with no lane.
+        if self.full() && !ctx.backends.queue.owns(&id) {
             // Instances may have been added since the share was computed.
             self.share = ctx.backends.queue.fair_share().await.unwrap_or(self.share);
             if self.full() {
+                self.declined.insert(id);
                 return;
             }
         }
@@ -77,12 +87,14 @@ impl Lanes {
             if deleted {
                 lane.abandon();
             }
-            let (queue, id) = (ctx.backends.queue.clone(), id.clone());
+            self.retiring.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone());
+            let (queue, id, retiring) = (ctx.backends.queue.clone(), id.clone(), self.retiring.clone());
             tokio::spawn(async move {
                 lane.close().await;
                 if let Err(e) = queue.disown(&id).await {
                     tracing::warn!(error = %e, instance_id = %id, "dispatcher: could not release the instance");
                 }
+                retiring.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
             });
         }
     }
@@ -93,7 +105,8 @@ pub async fn run(ctx: Arc<WorkerCtx>, mut shutdown: watch::Receiver<bool>) {
         tracing::error!(error = %e, "dispatcher: could not register as a worker");
     }
     let share = ctx.backends.queue.fair_share().await.unwrap_or(None);
-    let mut lanes = Lanes { by_instance: HashMap::new(), share, declined: HashSet::new() };
+    let mut lanes =
+        Lanes { by_instance: HashMap::new(), share, declined: HashSet::new(), retiring: Default::default() };
     match ctx.backends.store.all_instances().await {
         Ok(all) => {
             for i in all {

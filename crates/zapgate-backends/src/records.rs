@@ -1,0 +1,158 @@
+//! Rows → records, written once for both SQL backends. Both stores keep the
+//! same columns (times as Unix milliseconds, JSON as text), so a mapper only
+//! needs to read a named column as text, integer or flag: [`Columns`], which
+//! `sqlite::rows` and `postgres::rows` implement for their row types.
+
+use crate::webhooks::{DeliveryRecord, DeliveryStatus, EndpointRecord};
+use crate::{InstanceRecord, MessageRecord, StoreError, TemplateRecord, TenantRecord, TokenRecord};
+use zapgate_domain::{
+    ChatId, DeliveryId, EndpointId, EventId, EventType, InstanceId, MessageEvent, MessageId, Priority, TemplateId,
+    TenantId, Timestamp, TokenId,
+};
+
+/// Reads one column of the current row by name.
+pub trait Columns {
+    fn text(&self, col: &str) -> Result<String, StoreError>;
+    fn text_opt(&self, col: &str) -> Result<Option<String>, StoreError>;
+    fn int(&self, col: &str) -> Result<i64, StoreError>;
+    fn int_opt(&self, col: &str) -> Result<Option<i64>, StoreError>;
+    fn flag(&self, col: &str) -> Result<bool, StoreError>;
+
+    fn time(&self, col: &str) -> Result<Timestamp, StoreError> {
+        Ok(Timestamp::from_millis(self.int(col)?))
+    }
+    fn time_opt(&self, col: &str) -> Result<Option<Timestamp>, StoreError> {
+        Ok(self.int_opt(col)?.map(Timestamp::from_millis))
+    }
+    /// A JSON text column, parsed.
+    fn json<T: serde::de::DeserializeOwned>(&self, col: &str) -> Result<T, StoreError> {
+        serde_json::from_str(&self.text(col)?).map_err(|e| corrupt(col, e))
+    }
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+pub fn message(row: &(impl Columns + ?Sized)) -> Result<MessageRecord, StoreError> {
+    Ok(MessageRecord {
+        id: MessageId::from_trusted(row.text("id")?),
+        tenant_id: TenantId::from_trusted(row.text("tenant_id")?),
+        instance_id: InstanceId::from_trusted(row.text("instance_id")?),
+        to: ChatId::parse(&row.text("recipient")?).map_err(|e| corrupt("recipient", e))?,
+        wa_id: row.text_opt("wa_id")?,
+        content: row.json("content")?,
+        priority: Priority::from_rank(row.int("priority")?),
+        status: row.text("status")?.parse().map_err(|e| corrupt("status", e))?,
+        attempts: row.int("attempts")? as u32,
+        chat_seq: row.int("chat_seq")?,
+        provider_message_id: row.text_opt("provider_message_id")?,
+        error_code: row.text_opt("error_code")?,
+        error_message: row.text_opt("error_message")?,
+        send_at: row.time_opt("send_at")?,
+        expires_at: row.time_opt("expires_at")?,
+        next_attempt_at: row.time_opt("next_attempt_at")?,
+        created_at: row.time("created_at")?,
+        updated_at: row.time("updated_at")?,
+    })
+}
+
+pub fn instance(row: &(impl Columns + ?Sized)) -> Result<InstanceRecord, StoreError> {
+    Ok(InstanceRecord {
+        id: InstanceId::from_trusted(row.text("id")?),
+        tenant_id: TenantId::from_trusted(row.text("tenant_id")?),
+        name: row.text("name")?,
+        provider: row.text("provider")?,
+        phone_number_id: row.text("phone_number_id")?,
+        waba_id: row.text("waba_id")?,
+        rate_per_sec: row.int("rate_per_sec")? as u32,
+        burst: row.int("burst")? as u32,
+        provider_config: row.json("provider_config")?,
+        created_at: row.time("created_at")?,
+    })
+}
+
+pub fn tenant(row: &(impl Columns + ?Sized)) -> Result<TenantRecord, StoreError> {
+    Ok(TenantRecord {
+        id: TenantId::from_trusted(row.text("id")?),
+        name: row.text("name")?,
+        created_at: row.time("created_at")?,
+    })
+}
+
+pub fn token(row: &(impl Columns + ?Sized)) -> Result<TokenRecord, StoreError> {
+    Ok(TokenRecord {
+        id: TokenId::from_trusted(row.text("id")?),
+        tenant_id: TenantId::from_trusted(row.text("tenant_id")?),
+        hint: row.text("hint")?,
+        created_at: row.time("created_at")?,
+        revoked_at: row.time_opt("revoked_at")?,
+    })
+}
+
+pub fn event(row: &(impl Columns + ?Sized)) -> Result<MessageEvent, StoreError> {
+    let kind = row.text("type")?;
+    Ok(MessageEvent {
+        id: EventId::from_trusted(row.text("id")?),
+        event_type: EventType::parse(&kind).ok_or_else(|| corrupt("event type", &kind))?,
+        tenant_id: TenantId::from_trusted(row.text("tenant_id")?),
+        message_id: MessageId::from_trusted(row.text("message_id")?),
+        instance_id: InstanceId::from_trusted(row.text("instance_id")?),
+        status: row.text("status")?.parse().map_err(|e| corrupt("event status", e))?,
+        chat_seq: row.int("chat_seq")?,
+        seq: row.int("seq")?,
+        at: row.time("created_at")?,
+        detail: row.json("detail")?,
+    })
+}
+
+pub fn template(row: &(impl Columns + ?Sized)) -> Result<TemplateRecord, StoreError> {
+    let body = row.text("body")?;
+    let parsed =
+        zapgate_domain::template::TextTemplate::parse(&body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(TemplateRecord {
+        id: TemplateId::from_trusted(row.text("id")?),
+        tenant_id: TenantId::from_trusted(row.text("tenant_id")?),
+        name: row.text("name")?,
+        variables: parsed.variables(),
+        body,
+        created_at: row.time("created_at")?,
+    })
+}
+
+pub fn endpoint(row: &(impl Columns + ?Sized)) -> Result<EndpointRecord, StoreError> {
+    Ok(EndpointRecord {
+        id: EndpointId::from_trusted(row.text("id")?),
+        tenant_id: TenantId::from_trusted(row.text("tenant_id")?),
+        url: row.text("url")?,
+        description: row.text("description")?,
+        event_types: row.json("event_types")?,
+        include_internal: row.flag("include_internal")?,
+        headers: row.json("headers")?,
+        enabled: row.flag("enabled")?,
+        created_at: row.time("created_at")?,
+        updated_at: row.time("updated_at")?,
+    })
+}
+
+pub fn delivery(row: &(impl Columns + ?Sized)) -> Result<DeliveryRecord, StoreError> {
+    let status = match row.text("status")?.as_str() {
+        "pending" => DeliveryStatus::Pending,
+        "succeeded" => DeliveryStatus::Succeeded,
+        "dead" => DeliveryStatus::Dead,
+        other => return Err(StoreError::Corrupt(format!("delivery status {other:?}"))),
+    };
+    Ok(DeliveryRecord {
+        id: DeliveryId::from_trusted(row.text("id")?),
+        endpoint_id: EndpointId::from_trusted(row.text("endpoint_id")?),
+        event_id: EventId::from_trusted(row.text("event_id")?),
+        status,
+        attempts: row.int("attempts")? as u32,
+        // While pending it is the due time; shown only then.
+        next_attempt_at: if status == DeliveryStatus::Pending { row.time_opt("next_attempt_at")? } else { None },
+        last_status_code: row.int_opt("last_status_code")?.map(|c| c as u16),
+        last_error: row.text_opt("last_error")?,
+        created_at: row.time("created_at")?,
+        updated_at: row.time("updated_at")?,
+    })
+}
