@@ -207,7 +207,7 @@ async fn cancels_racing_settles_and_claims_never_strand_a_chat() {
         let first = accept(&f, &chat, Priority::Normal).await;
         let second = accept(&f, &chat, Priority::Normal).await;
         let third = accept(&f, &chat, Priority::Normal).await;
-        assert_eq!(claim(&f, 10).await.into_iter().map(|m| m.id).collect::<Vec<_>>(), [first.clone()]);
+        assert_eq!(claim(&f, 10).await.into_iter().map(|m| m.id).collect::<Vec<_>>(), std::slice::from_ref(&first));
         let (a, b, c) = (f.clone(), f.clone(), f.clone());
         let (tenant, second2) = (f.tenant.clone(), second.clone());
         let settle = tokio::spawn(async move { sent(&a, &first, &format!("p-{round}")).await });
@@ -220,7 +220,7 @@ async fn cancels_racing_settles_and_claims_never_strand_a_chat() {
         if got.is_empty() {
             got = claim(&f, 10).await.into_iter().map(|m| m.id).collect();
         }
-        assert_eq!(got, [third.clone()], "round {round}: the chat's last message must be claimable");
+        assert_eq!(got, std::slice::from_ref(&third), "round {round}: the chat's last message must be claimable");
         sent(&f, &third, &format!("p3-{round}")).await;
     }
 }
