@@ -109,6 +109,30 @@ async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Whether to run a whole transaction again after `result`: yes (up to 3
+/// times, after a short random pause) when PostgreSQL aborted it as a
+/// deadlock victim or a serialization failure — it rolled back whole, so
+/// running it again is safe, and the caller never sees a 5xx for what two
+/// concurrent writers did to each other.
+///
+/// ```ignore
+/// let mut tries = 0;
+/// loop {
+///     let r = self.work_once().await;
+///     if !again(&r, &mut tries).await { return r; }
+/// }
+/// ```
+pub(crate) async fn again<T>(result: &Result<T, StoreError>, tries: &mut u64) -> bool {
+    let Err(StoreError::Postgres(sqlx::Error::Database(d))) = result else { return false };
+    if *tries >= 3 || !matches!(d.code().as_deref(), Some("40P01" | "40001")) {
+        return false;
+    }
+    *tries += 1;
+    tracing::debug!(code = ?d.code(), tries = *tries, "transaction aborted by a concurrent one; running it again");
+    tokio::time::sleep(Duration::from_millis(rand::random_range(1..10 * *tries))).await;
+    true
+}
+
 /// True when `e` is a unique-constraint violation.
 pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23505"))

@@ -3,7 +3,7 @@
 
 use super::rows::template;
 use super::rows::{self, EVENT_COLUMNS, INSTANCE_COLUMNS, MESSAGE_COLUMNS, MessageRef, NewEntry, insert_event};
-use super::{PgBackend, is_unique_violation};
+use super::{PgBackend, again, is_unique_violation};
 use crate::*;
 use async_trait::async_trait;
 use sqlx::{AssertSqlSafe, PgConnection, Row};
@@ -181,56 +181,20 @@ impl Store for PgBackend {
         row.as_ref().map(rows::instance).transpose()
     }
 
-    async fn delete_instance(&self, tenant: &TenantId, id: &InstanceId, now: Timestamp) -> Result<bool, StoreError> {
-        let mut tx = self.pool().begin().await?;
-        let n =
-            sqlx::query("UPDATE instances SET deleted_at = $1 WHERE id = $2 AND tenant_id = $3 AND deleted_at IS NULL")
-                .bind(now.as_millis())
-                .bind(id.as_str())
-                .bind(tenant.as_str())
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-        if n == 0 {
-            return Ok(false);
-        }
-        // Queue entries before messages, the order claims take them in (no deadlock).
-        sqlx::query("SELECT 1 FROM queue_entries WHERE instance_id = $1 ORDER BY message_id FOR UPDATE")
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await?;
-        // Messages not yet handed to the provider will never be sent now.
-        let cancelled = sqlx::query(
-            "UPDATE messages SET status = 'cancelled', updated_at = $1, error_code = 'instance_deleted', \
-             error_message = 'the instance was deleted before the message was sent' \
-             WHERE instance_id = $2 AND status IN ('scheduled','queued','retry_wait') \
-             RETURNING id, tenant_id, instance_id, chat_seq",
-        )
-        .bind(now.as_millis())
-        .bind(id.as_str())
-        .fetch_all(&mut *tx)
-        .await?
-        .iter()
-        .map(MessageRef::from_row)
-        .collect::<Result<Vec<_>, _>>()?;
-        let detail = StatusDetail { reason: Some("instance deleted".into()), ..detail() };
-        let events: Vec<_> = cancelled.iter().map(|m| (m, detail.clone())).collect();
-        rows::insert_events(&mut tx, &events, MessageStatus::Cancelled, now).await?;
-        // The instance is gone: its whole queue goes with it (no heads to promote).
-        sqlx::query("DELETE FROM queue_entries WHERE instance_id = $1 AND message_id = ANY($2)")
-            .bind(id.as_str())
-            .bind(cancelled.iter().map(|m| m.id.clone()).collect::<Vec<_>>())
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        self.wake();
-        Ok(true)
-    }
-
     async fn accept(&self, msg: AcceptMessage) -> Result<Accepted, StoreError> {
-        let mut tx = self.pool().begin().await?;
-        let accepted = accept(&mut tx, msg).await?;
-        tx.commit().await?;
+        let mut tries = 0;
+        let accepted = loop {
+            let r = async {
+                let mut tx = self.pool().begin().await?;
+                let accepted = accept(&mut tx, msg.clone()).await?;
+                tx.commit().await?;
+                Ok(accepted)
+            }
+            .await;
+            if !again(&r, &mut tries).await {
+                break r?;
+            }
+        };
         crash_point("after_commit");
         if matches!(accepted, Accepted::New { .. }) {
             self.wake();
@@ -319,40 +283,22 @@ impl Store for PgBackend {
     }
 
     async fn cancel_message(&self, tenant: &TenantId, id: &MessageId, now: Timestamp) -> Result<Cancel, StoreError> {
-        let mut tx = self.pool().begin().await?;
-        // Lock order: chat, queue entry, message (as claims and settles take them).
-        rows::lock_chat_of(&mut tx, id.as_str()).await?;
-        sqlx::query("SELECT 1 FROM queue_entries WHERE message_id = $1 FOR UPDATE")
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await?;
-        let cancelled = sqlx::query(
-            "UPDATE messages SET status = 'cancelled', updated_at = $1, next_attempt_at = NULL \
-             WHERE id = $2 AND tenant_id = $3 AND status IN ('scheduled','queued','retry_wait') \
-             RETURNING id, tenant_id, instance_id, chat_seq",
-        )
-        .bind(now.as_millis())
-        .bind(id.as_str())
-        .bind(tenant.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(row) = cancelled {
-            let m = MessageRef::from_row(&row)?;
-            let detail = StatusDetail { reason: Some("cancelled by the tenant".into()), ..detail() };
-            insert_event(&mut tx, &m, MessageStatus::Cancelled, &detail, now).await?;
-            rows::dequeue(&mut tx, &m.id, now).await?;
-            tx.commit().await?;
-            self.wake();
-            return Ok(Cancel::Cancelled);
+        let mut tries = 0;
+        loop {
+            let r = self.cancel_once(tenant, id, now).await;
+            if !again(&r, &mut tries).await {
+                return r;
+            }
         }
-        let status: Option<String> = sqlx::query_scalar("SELECT status FROM messages WHERE id = $1 AND tenant_id = $2")
-            .bind(id.as_str())
-            .bind(tenant.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-        match status {
-            None => Ok(Cancel::NotFound),
-            Some(s) => Ok(Cancel::TooLate(s.parse().map_err(StoreError::Corrupt)?)),
+    }
+
+    async fn delete_instance(&self, tenant: &TenantId, id: &InstanceId, now: Timestamp) -> Result<bool, StoreError> {
+        let mut tries = 0;
+        loop {
+            let r = self.delete_instance_once(tenant, id, now).await;
+            if !again(&r, &mut tries).await {
+                return r;
+            }
         }
     }
 
@@ -489,6 +435,97 @@ impl Store for PgBackend {
             .await?
             .rows_affected();
         Ok(a + b)
+    }
+}
+
+impl PgBackend {
+    async fn delete_instance_once(
+        &self,
+        tenant: &TenantId,
+        id: &InstanceId,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let n =
+            sqlx::query("UPDATE instances SET deleted_at = $1 WHERE id = $2 AND tenant_id = $3 AND deleted_at IS NULL")
+                .bind(now.as_millis())
+                .bind(id.as_str())
+                .bind(tenant.as_str())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        if n == 0 {
+            return Ok(false);
+        }
+        // Queue entries before messages, the order claims take them in (no deadlock).
+        sqlx::query("SELECT 1 FROM queue_entries WHERE instance_id = $1 ORDER BY message_id FOR UPDATE")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        // Messages not yet handed to the provider will never be sent now.
+        let cancelled = sqlx::query(
+            "UPDATE messages SET status = 'cancelled', updated_at = $1, error_code = 'instance_deleted', \
+             error_message = 'the instance was deleted before the message was sent' \
+             WHERE instance_id = $2 AND status IN ('scheduled','queued','retry_wait') \
+             RETURNING id, tenant_id, instance_id, chat_seq",
+        )
+        .bind(now.as_millis())
+        .bind(id.as_str())
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(MessageRef::from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+        let detail = StatusDetail { reason: Some("instance deleted".into()), ..detail() };
+        let events: Vec<_> = cancelled.iter().map(|m| (m, detail.clone())).collect();
+        rows::insert_events(&mut tx, &events, MessageStatus::Cancelled, now).await?;
+        // The instance is gone: its whole queue goes with it (no heads to promote).
+        sqlx::query("DELETE FROM queue_entries WHERE instance_id = $1 AND message_id = ANY($2)")
+            .bind(id.as_str())
+            .bind(cancelled.iter().map(|m| m.id.clone()).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.wake();
+        Ok(true)
+    }
+
+    async fn cancel_once(&self, tenant: &TenantId, id: &MessageId, now: Timestamp) -> Result<Cancel, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        // Lock order: chat, queue entry, message (as claims and settles take them).
+        rows::lock_chat_of(&mut tx, id.as_str()).await?;
+        sqlx::query("SELECT 1 FROM queue_entries WHERE message_id = $1 FOR UPDATE")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        let cancelled = sqlx::query(
+            "UPDATE messages SET status = 'cancelled', updated_at = $1, next_attempt_at = NULL \
+             WHERE id = $2 AND tenant_id = $3 AND status IN ('scheduled','queued','retry_wait') \
+             RETURNING id, tenant_id, instance_id, chat_seq",
+        )
+        .bind(now.as_millis())
+        .bind(id.as_str())
+        .bind(tenant.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = cancelled {
+            let m = MessageRef::from_row(&row)?;
+            let detail = StatusDetail { reason: Some("cancelled by the tenant".into()), ..detail() };
+            insert_event(&mut tx, &m, MessageStatus::Cancelled, &detail, now).await?;
+            rows::dequeue(&mut tx, &m.id, now).await?;
+            tx.commit().await?;
+            self.wake();
+            return Ok(Cancel::Cancelled);
+        }
+        let status: Option<String> = sqlx::query_scalar("SELECT status FROM messages WHERE id = $1 AND tenant_id = $2")
+            .bind(id.as_str())
+            .bind(tenant.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        match status {
+            None => Ok(Cancel::NotFound),
+            Some(s) => Ok(Cancel::TooLate(s.parse().map_err(StoreError::Corrupt)?)),
+        }
     }
 }
 
