@@ -107,6 +107,13 @@ if [ -z "$cluster" ]; then
 fi
 read -r pg_major _ pg_port pg_status _ <<<"$cluster"
 [ "$pg_port" = 5432 ] || log "warning: PostgreSQL $pg_major/main listens on port $pg_port, not 5432"
+# The multi-process tests run several zapgate processes per test, two tests
+# at a time: more than the default 100 connections. Applies at the next start.
+pg_conf="/etc/postgresql/$pg_major/main/conf.d/zapgate-tests.conf"
+if [ -d "$(dirname "$pg_conf")" ] && [ ! -f "$pg_conf" ]; then
+  echo "max_connections = 500" | "${ROOT[@]}" tee "$pg_conf" >/dev/null
+  [[ "$pg_status" != online* ]] || log "warning: PostgreSQL was already running; max_connections = 500 applies after its restart"
+fi
 if [[ "$pg_status" != online* ]]; then
   log "starting PostgreSQL $pg_major/main"
   quiet 120 "pg_ctlcluster $pg_major main start (see /var/log/postgresql/)" \

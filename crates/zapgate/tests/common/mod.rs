@@ -163,6 +163,8 @@ impl Server {
         }
         if let Some(db) = &database {
             cmd.env("ZAPGATE_DATABASE_URL", &db.url);
+            // Tests run several processes at once against one server: few connections each.
+            cmd.env("ZAPGATE_DATABASE_POOL_SIZE", "4");
             // Distributed servers share limits and locks through Redis when the pass has one.
             if let Some(redis) = std::env::var("ZAPGATE_TEST_REDIS_URL").ok().filter(|v| !v.is_empty()) {
                 cmd.env("ZAPGATE_REDIS_URL", redis);
