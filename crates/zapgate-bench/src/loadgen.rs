@@ -197,3 +197,66 @@ pub fn proc_cpu_seconds(pid: &str) -> f64 {
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     (ticks(11) + ticks(12)) / 100.0
 }
+
+/// CPU seconds of every process whose name (`/proc/PID/comm`) is `comm`,
+/// including children they reaped (so backends that exited still count).
+pub fn comm_cpu_seconds(comm: &str) -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return 0.0 };
+    let mut total = 0.0;
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().filter(|p| p.bytes().all(|b| b.is_ascii_digit())) else { continue };
+        if std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm) {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+            let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            total += (ticks(11) + ticks(12) + ticks(13) + ticks(14)) / 100.0;
+        }
+    }
+    total
+}
+
+/// Busy CPU seconds of the whole machine so far (`/proc/stat`: all but idle and iowait).
+pub fn machine_busy_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(cpu) = stat.lines().find(|l| l.starts_with("cpu ")) else { return 0.0 };
+    let f: Vec<f64> = cpu.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user)
+    let busy: f64 = f.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).sum();
+    busy / 100.0
+}
+
+/// CPU used over a phase, per process group, in cores.
+pub struct CpuMeter {
+    start: std::time::Instant,
+    machine: f64,
+    postgres: f64,
+    redis: f64,
+}
+
+impl CpuMeter {
+    pub fn start() -> Self {
+        Self {
+            start: Instant::now(),
+            machine: machine_busy_seconds(),
+            postgres: comm_cpu_seconds("postgres"),
+            redis: comm_cpu_seconds("redis-server"),
+        }
+    }
+
+    /// "machine 1.95 of 2 cores busy; PostgreSQL 0.80 cores; Redis 0.05 cores"
+    pub fn describe(&self, services: bool) -> String {
+        let secs = self.start.elapsed().as_secs_f64().max(1e-3);
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let mut out = format!("machine {:.2} of {cores} cores busy", (machine_busy_seconds() - self.machine) / secs);
+        if services {
+            out += &format!(
+                "; PostgreSQL (all backends) {:.2} cores; Redis {:.2} cores",
+                (comm_cpu_seconds("postgres") - self.postgres) / secs,
+                (comm_cpu_seconds("redis-server") - self.redis) / secs
+            );
+        }
+        out
+    }
+}

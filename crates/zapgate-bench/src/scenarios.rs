@@ -1,8 +1,9 @@
 //! The scenarios and how each figure is derived.
 
-use crate::loadgen::{self, LoadResult, MakeRequest, request};
+use crate::loadgen::{self, CpuMeter, LoadResult, MakeRequest, request};
 use crate::report::Figure;
-use crate::server::{self, ADMIN};
+use crate::server::{self, ADMIN, Deployment, Layout};
+use crate::{kv, pg};
 use anyhow::Context;
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -18,121 +19,491 @@ pub struct Settings {
     pub connections: usize,
     pub bench_exe: PathBuf,
     pub zapgate: PathBuf,
+    /// Extra environment for every zapgate process (`--env KEY=VALUE`), applied last.
+    pub env: Vec<(String, String)>,
+}
+
+/// What the distributed mode runs against.
+pub struct DistributedSettings {
+    /// A PostgreSQL URL whose role may `CREATE DATABASE`.
+    pub database_url: String,
+    pub redis_url: Option<String>,
+    /// Connections of the PostgreSQL and Redis ceilings.
+    pub service_connections: usize,
+    /// Rows per transaction (PostgreSQL) and commands per pipeline (Redis) of the batched ceilings.
+    pub batch: usize,
+    /// Workers of the roles-apart configuration (1 api + this many workers); 0 skips it.
+    pub workers: usize,
+    /// Leave the scenarios' databases in place at the end.
+    pub keep_databases: bool,
 }
 
 /// Instances per run: enough that per-instance pacing is not the limit.
 const INSTANCES: usize = 4;
 
+/// The ceilings zapgate's figures are compared with.
+struct Ceilings {
+    hello: Figure,
+    pg_commit: Option<Figure>,
+}
+
+/// The shared services of a distributed run.
+struct Services {
+    admin: pg::Admin,
+    redis: Option<String>,
+}
+
+/// One way of running zapgate.
+struct Config<'a> {
+    /// Names the configuration in RSS figures ("embedded", "distributed serve", …).
+    label: String,
+    /// Appended to the other figures' names ("" for the configuration of record).
+    suffix: String,
+    /// Names its data directories and databases.
+    slug: &'static str,
+    layout: Layout,
+    services: Option<&'a Services>,
+}
+
+/// A started configuration: its processes and (distributed) its database's name.
+struct Running {
+    dep: Deployment,
+    database: Option<String>,
+}
+
+impl Config<'_> {
+    /// Starts the configuration on a fresh data directory and (distributed) a fresh database.
+    async fn start(&self, s: &Settings, work: &Path, scenario: &str, env: &[(&str, &str)]) -> anyhow::Result<Running> {
+        let mut all: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut database = None;
+        if let Some(services) = self.services {
+            settle(s).await;
+            let (name, url) = services.admin.create_database(&format!("{}_{scenario}", self.slug)).await?;
+            all.push(("ZAPGATE_DATABASE_URL".into(), url));
+            if let Some(redis) = &services.redis {
+                all.push(("ZAPGATE_REDIS_URL".into(), redis.clone()));
+                // Every request then runs the Redis GCRA script, as in production, but is never limited.
+                all.push(("ZAPGATE_TENANT_RATE_LIMIT".into(), TENANT_LIMIT_WITH_REDIS.into()));
+            }
+            database = Some(name);
+        }
+        all.extend(s.env.iter().cloned());
+        let dir = work.join(format!("{}-{scenario}", self.slug));
+        let dep = Deployment::start(&s.zapgate, self.layout, &dir, &all)?;
+        Ok(Running { dep, database })
+    }
+
+    /// Stops the processes and (distributed) drops the database at once, so
+    /// neither autovacuum nor anything else of this scenario runs into the next.
+    async fn finish(&self, run: Running) {
+        drop(run.dep);
+        if let (Some(services), Some(db)) = (self.services, run.database)
+            && !services.admin.keep()
+        {
+            services.admin.drop_database(&db).await;
+        }
+    }
+
+    fn name(&self, base: &str) -> String {
+        format!("{base}{}", self.suffix)
+    }
+}
+
+/// Waits until the machine is quiet (under a quarter of a core busy, and Redis
+/// under 2 % of one, over half a second), so what one phase left running
+/// (expiring keys, WAL writes, a previous process's exit) is not counted
+/// against the next; gives up after 15 s.
+async fn settle(s: &Settings) {
+    let started = Instant::now();
+    let end = started + if s.quick { Duration::from_secs(2) } else { Duration::from_secs(15) };
+    loop {
+        let (machine, redis) = (loadgen::machine_busy_seconds(), loadgen::comm_cpu_seconds("redis-server"));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let busy = (loadgen::machine_busy_seconds() - machine) / 0.5;
+        let redis = (loadgen::comm_cpu_seconds("redis-server") - redis) / 0.5;
+        if busy < 0.25 && redis < 0.02 {
+            return;
+        }
+        if Instant::now() > end {
+            eprintln!(
+                "warning: the machine is still busy ({busy:.2} cores, Redis {redis:.2}) after {:.0} s of waiting \
+                 before the next phase; going on",
+                started.elapsed().as_secs_f64()
+            );
+            return;
+        }
+    }
+}
+
+/// The per-tenant API limit with Redis: high enough never to limit the benchmark.
+pub const TENANT_LIMIT_WITH_REDIS: &str = "1000000";
+
+fn work_path() -> PathBuf {
+    std::env::temp_dir().join(format!("zapgate-bench-{}", std::process::id()))
+}
+
+/// A fresh, empty work directory for this run's data directories.
+fn work_dir() -> PathBuf {
+    let work = work_path();
+    let _ = std::fs::remove_dir_all(&work);
+    work
+}
+
 pub async fn run_embedded(s: &Settings) -> anyhow::Result<Vec<Figure>> {
     let mut figs = Vec::new();
-    let work = std::env::temp_dir().join(format!("zapgate-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&work);
-
-    // 1. Ceiling: a bare axum handler, same generator, same connections.
+    let work = work_dir();
     let hello = server::hello(&s.bench_exe)?;
-    let addr = hello.addr;
+    let ceilings = Ceilings { hello: hello_world(s, hello.addr, &mut figs).await?, pg_commit: None };
+    let cfg = Config {
+        label: "embedded".into(),
+        suffix: String::new(),
+        slug: "embedded",
+        layout: Layout::Serve,
+        services: None,
+    };
+    send_only(s, &cfg, &ceilings, &work, &mut figs).await?;
+    full_loop(s, &cfg, &work, &mut figs).await?;
+    webhooks(s, &cfg, &ceilings, hello.addr, &work, &mut figs).await?;
+    drop(hello);
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(figs)
+}
+
+/// The distributed mode: PostgreSQL and Redis ceilings, then zapgate on them
+/// (`serve`, then 1 `api` + N `worker`s). Every database it creates is dropped
+/// at the end, also on failure or Ctrl-C.
+pub async fn run_distributed(
+    s: &Settings,
+    d: &DistributedSettings,
+    versions: &mut serde_json::Map<String, Value>,
+) -> anyhow::Result<Vec<Figure>> {
+    let admin = pg::Admin::connect(&d.database_url, d.keep_databases).await.with_context(|| {
+        format!("PostgreSQL at {} (is it up? scripts/services.sh starts it)", pg::redact(&d.database_url))
+    })?;
+    let services = Services { admin, redis: d.redis_url.clone() };
+    let result = tokio::select! {
+        r = distributed(s, d, &services, versions) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    services.admin.drop_all().await;
+    let _ = std::fs::remove_dir_all(work_path());
+    result
+}
+
+async fn distributed(
+    s: &Settings,
+    d: &DistributedSettings,
+    services: &Services,
+    versions: &mut serde_json::Map<String, Value>,
+) -> anyhow::Result<Vec<Figure>> {
+    let mut figs = Vec::new();
+    let work = work_dir();
+    let admin = &services.admin;
+    versions.insert("postgresql".into(), admin.version().await?.into());
+    if let Some(redis) = &services.redis {
+        versions
+            .insert("redis".into(), kv::version(redis).await.context("Redis (scripts/services.sh starts it)")?.into());
+    }
+
+    // 1. Ceilings: HTTP, PostgreSQL commits, Redis commands.
+    let hello = server::hello(&s.bench_exe)?;
+    let hello_fig = hello_world(s, hello.addr, &mut figs).await?;
+    let conns = d.service_connections;
+    let (_, url) = admin.create_database("ceilings").await?;
+    let cpu = CpuMeter::start();
+    let single = pg::commit_ceiling(&url, conns, 1, s.phase).await?;
+    eprintln!("postgres single-row commits: {:.0}/s", single.rate());
+    let pg_commit =
+        Figure::new(format!("PostgreSQL single-row INSERT + COMMIT, {conns} connections"), single.rate(), "commits/s")
+            .note(format!("{}; {}", ceiling_note(&single), cpu.describe(true)));
+    figs.push(pg_commit.clone());
+    let cpu = CpuMeter::start();
+    let batched = pg::commit_ceiling(&url, conns, d.batch, s.phase).await?;
+    eprintln!("postgres {}-row commits: {:.0} rows/s", d.batch, batched.rate());
+    figs.push(
+        Figure::new(
+            format!("PostgreSQL {}-row INSERT (UNNEST) per COMMIT, {conns} connections", d.batch),
+            batched.rate(),
+            "rows/s",
+        )
+        .note(format!(
+            "{:.0} commits/s; {}; {}",
+            batched.round_trip_rate(),
+            ceiling_note(&batched),
+            cpu.describe(true)
+        )),
+    );
+    if let Some(redis) = &services.redis {
+        for pipeline in [1, d.batch] {
+            let cpu = CpuMeter::start();
+            let r = kv::set_nx_ceiling(redis, conns, pipeline, s.phase).await?;
+            eprintln!("redis SET NX PX, pipeline {pipeline}: {:.0}/s", r.rate());
+            let name = if pipeline == 1 {
+                format!("Redis SET NX PX, one command per round trip, {conns} connections")
+            } else {
+                format!("Redis SET NX PX, pipelined {pipeline} per round trip, {conns} connections")
+            };
+            figs.push(Figure::new(name, r.rate(), "commands/s").note(format!(
+                "{}; {}",
+                ceiling_note(&r),
+                cpu.describe(true)
+            )));
+        }
+    } else {
+        eprintln!(
+            "warning: no Redis URL (--redis-url, ZAPGATE_BENCH_REDIS_URL, ZAPGATE_TEST_REDIS_URL): Redis ceilings skipped, zapgate runs with in-process limits"
+        );
+    }
+    // The ceiling tables are large; drop them before zapgate runs (settled first: see `settle`).
+    admin.drop_database(&format!("{}_ceilings", admin.run())).await;
+    let ceilings = Ceilings { hello: hello_fig, pg_commit: Some(pg_commit) };
+
+    // 2. zapgate serve on PostgreSQL: every scenario of the embedded mode.
+    let serve = Config {
+        label: "distributed serve".into(),
+        suffix: String::new(),
+        slug: "serve",
+        layout: Layout::Serve,
+        services: Some(services),
+    };
+    send_only(s, &serve, &ceilings, &work, &mut figs).await?;
+    full_loop(s, &serve, &work, &mut figs).await?;
+    webhooks(s, &serve, &ceilings, hello.addr, &work, &mut figs).await?;
+
+    // 3. Roles apart: one API process and N workers on the same database.
+    if d.workers > 0 {
+        let apart = Config {
+            label: format!("distributed, {}, summed", apart_name(d.workers)),
+            suffix: format!(" [{}]", apart_name(d.workers)),
+            slug: "apart",
+            layout: Layout::Apart { workers: d.workers },
+            services: Some(services),
+        };
+        send_only(s, &apart, &ceilings, &work, &mut figs).await?;
+        full_loop(s, &apart, &work, &mut figs).await?;
+        webhooks(s, &apart, &ceilings, hello.addr, &work, &mut figs).await?;
+    }
+    drop(hello);
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(figs)
+}
+
+/// "1 api + 2 workers".
+pub fn apart_name(workers: usize) -> String {
+    format!("1 api + {workers} worker{}", if workers == 1 { "" } else { "s" })
+}
+
+fn ceiling_note(c: &pg::Ceiling) -> String {
+    format!(
+        "per round trip p50 {:.2} ms, p99 {:.2} ms; {} errors; client used {:.2} cores",
+        c.quantile_ms(0.5),
+        c.quantile_ms(0.99),
+        c.errors,
+        c.client_cores()
+    )
+}
+
+/// The HTTP ceiling: a bare axum handler, same generator, same connections.
+async fn hello_world(s: &Settings, addr: SocketAddr, figs: &mut Vec<Figure>) -> anyhow::Result<Figure> {
     let make: MakeRequest = Arc::new(move |_| request(Method::GET, addr, "/", None, None));
     let r = loadgen::closed_loop(addr, s.connections, s.phase, StatusCode::OK, make).await?;
     let ceiling = Figure::new("HTTP hello-world (axum), closed loop", r.rate(), "req/s").note(latency_note(&r));
     eprintln!("hello-world: {:.0} req/s", r.rate());
     figs.push(ceiling.clone());
+    Ok(ceiling)
+}
 
-    // 2. Send-only: provider callbacks off, so every write is the send path's own.
-    let send_only = &[("ZAPGATE_SANDBOX_DELIVERED_AFTER", "24h"), ("ZAPGATE_SANDBOX_READ_AFTER", "24h")];
-    let z = server::zapgate(&s.zapgate, &work.join("send-only"), send_only)?;
+/// Send-only (provider callbacks off, so every write is the send path's own):
+/// accept rate and latency, then end-to-end saturating, then at a light load.
+async fn send_only(
+    s: &Settings,
+    cfg: &Config<'_>,
+    ceilings: &Ceilings,
+    work: &Path,
+    figs: &mut Vec<Figure>,
+) -> anyhow::Result<()> {
+    let env = &[("ZAPGATE_SANDBOX_DELIVERED_AFTER", "24h"), ("ZAPGATE_SANDBOX_READ_AFTER", "24h")];
+    let run = cfg.start(s, work, "send_only", env).await?;
+    let z = &run.dep;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (idle_rss, _) = z.proc.rss_kib();
-    figs.push(Figure::new("zapgate idle RSS (embedded, after start-up)", idle_rss as f64 / 1024.0, "MiB"));
-    let target = Target::setup(z.proc.addr).await?;
+    let (idle_rss, _) = z.rss_kib();
+    figs.push(Figure::new(
+        format!("zapgate idle RSS ({}, after start-up)", cfg.label),
+        idle_rss as f64 / 1024.0,
+        "MiB",
+    ));
+    let target = Target::setup(z.addr()).await?;
     let mut receipts = Receipts::new(&z.receipts);
 
-    let cpu0 = z.proc.cpu_seconds();
-    let accept =
-        loadgen::closed_loop(z.proc.addr, s.connections, s.phase, StatusCode::ACCEPTED, target.sender(0)).await?;
-    let server_cores = (z.proc.cpu_seconds() - cpu0) / accept.elapsed.as_secs_f64();
-    eprintln!("accept: {:.0} msg/s", accept.rate());
-    figs.push(
-        Figure::new("API accept (202 after durable write), closed loop", accept.rate(), "msg/s")
-            .against(&ceiling)
-            .note(format!("{}; zapgate used {server_cores:.2} cores", latency_note(&accept))),
-    );
+    let services = cfg.services.zip(run.database.as_deref());
+    let counters0 = match services {
+        Some((svc, _)) => Some(svc.admin.counters().await?),
+        None => None,
+    };
+    let sampler = match services {
+        Some((svc, db)) => Some(pg::WaitSampler::start(svc.admin.url(), db).await?),
+        None => None,
+    };
+    let cpu = CpuMeter::start();
+    let cpu0 = z.cpu_seconds();
+    let accept = loadgen::closed_loop(z.addr(), s.connections, s.phase, StatusCode::ACCEPTED, target.sender(0)).await?;
+    let server_cores = (z.cpu_seconds() - cpu0) / accept.elapsed.as_secs_f64();
+    let machine = cpu.describe(cfg.services.is_some());
+    let waits = match sampler {
+        Some(sampler) => Some(sampler.finish().await?),
+        None => None,
+    };
+    eprintln!("accept{}: {:.0} msg/s", cfg.suffix, accept.rate());
+    let mut fig = Figure::new(cfg.name("API accept (202 after durable write), closed loop"), accept.rate(), "msg/s")
+        .against(&ceilings.hello)
+        .note(format!("{}; zapgate used {server_cores:.2} cores; {machine}", latency_note(&accept)));
+    if let Some(pg_commit) = &ceilings.pg_commit {
+        fig = fig.against(pg_commit);
+    }
+    figs.push(fig);
     for (q, name) in [(0.5, "p50"), (0.99, "p99"), (0.999, "p99.9")] {
-        figs.push(Figure::new(format!("API accept latency {name}"), accept.quantile_ms(q), "ms"));
+        figs.push(Figure::new(cfg.name(&format!("API accept latency {name}")), accept.quantile_ms(q), "ms"));
     }
     let drained = receipts.wait_for(accept.ok, drain_timeout(s)).await?;
     let sat = receipts.summary(0..drained);
-    figs.push(Figure::new("end-to-end accepted → provider, saturating, send-only", sat.rate, "msg/s").note(format!(
-        "{} messages; latency p50 {:.0} ms, p99 {:.0} ms (backlog included)",
-        sat.count, sat.p50, sat.p99
-    )));
+    eprintln!("end-to-end send-only{}: {:.0} msg/s", cfg.suffix, sat.rate);
+    figs.push(Figure::new(cfg.name("end-to-end accepted → provider, saturating, send-only"), sat.rate, "msg/s").note(
+        format!("{} messages; latency p50 {:.0} ms, p99 {:.0} ms (backlog included)", sat.count, sat.p50, sat.p99),
+    ));
+    if let (Some((svc, _)), Some(before)) = (services, counters0) {
+        let d = svc.admin.counters().await?.since(before);
+        let n = drained.max(1) as f64;
+        figs.push(
+            Figure::new(
+                cfg.name("PostgreSQL write transactions per message, accept → provider, send-only"),
+                d.xids as f64 / n,
+                "tx",
+            )
+            .note(format!("{} transaction ids for {drained} messages (cluster-wide counter)", d.xids)),
+        );
+        figs.push(
+            Figure::new(
+                cfg.name("PostgreSQL WAL per message, accept → provider, send-only"),
+                d.wal_bytes as f64 / n,
+                "bytes",
+            )
+            .note("cluster-wide WAL position"),
+        );
+    }
+    if let Some(w) = waits {
+        figs.push(
+            Figure::new(cfg.name("PostgreSQL backends busy during accept (mean)"), w.busy(), "backends")
+                .note(w.describe()),
+        );
+    }
 
     // Light load: a fixed rate well under capacity; latency is the pipeline's own.
     let light_rate = if s.quick { 50.0 } else { 500.0 };
     let start = receipts.len();
     let light =
-        loadgen::open_loop(z.proc.addr, light_rate, 8, s.phase, StatusCode::ACCEPTED, target.sender(1 << 30)).await?;
+        loadgen::open_loop(z.addr(), light_rate, 8, s.phase, StatusCode::ACCEPTED, target.sender(1 << 30)).await?;
     let end = receipts.wait_for(start as u64 + light.ok, drain_timeout(s)).await?;
     let l = receipts.summary(start..end);
-    figs.push(Figure::new(format!("end-to-end latency p50 at {light_rate:.0} msg/s"), l.p50, "ms"));
-    figs.push(Figure::new(format!("end-to-end latency p99 at {light_rate:.0} msg/s"), l.p99, "ms"));
-    let (_, peak) = z.proc.rss_kib();
-    figs.push(Figure::new("zapgate peak RSS (embedded, send-only run)", peak as f64 / 1024.0, "MiB"));
-    drop(z);
+    figs.push(Figure::new(cfg.name(&format!("end-to-end latency p50 at {light_rate:.0} msg/s")), l.p50, "ms"));
+    figs.push(Figure::new(cfg.name(&format!("end-to-end latency p99 at {light_rate:.0} msg/s")), l.p99, "ms"));
+    let (_, peak) = z.rss_kib();
+    figs.push(Figure::new(format!("zapgate peak RSS ({}, send-only run)", cfg.label), peak as f64 / 1024.0, "MiB"));
+    cfg.finish(run).await;
+    Ok(())
+}
 
-    // 3. Full loop: the sandbox reports delivered and read, which zapgate stores.
-    let full = &[("ZAPGATE_SANDBOX_DELIVERED_AFTER", "50ms"), ("ZAPGATE_SANDBOX_READ_AFTER", "50ms")];
-    let z = server::zapgate(&s.zapgate, &work.join("full"), full)?;
-    let target = Target::setup(z.proc.addr).await?;
+/// Full loop: the sandbox reports delivered and read, which zapgate stores.
+async fn full_loop(s: &Settings, cfg: &Config<'_>, work: &Path, figs: &mut Vec<Figure>) -> anyhow::Result<()> {
+    let env = &[("ZAPGATE_SANDBOX_DELIVERED_AFTER", "50ms"), ("ZAPGATE_SANDBOX_READ_AFTER", "50ms")];
+    let run = cfg.start(s, work, "full", env).await?;
+    let z = &run.dep;
+    let target = Target::setup(z.addr()).await?;
     let mut receipts = Receipts::new(&z.receipts);
-    let loaded =
-        loadgen::closed_loop(z.proc.addr, s.connections, s.phase, StatusCode::ACCEPTED, target.sender(0)).await?;
+    let loaded = loadgen::closed_loop(z.addr(), s.connections, s.phase, StatusCode::ACCEPTED, target.sender(0)).await?;
     let drained = receipts.wait_for(loaded.ok, drain_timeout(s)).await?;
     let f = receipts.summary(0..drained);
+    eprintln!("end-to-end full loop{}: {:.0} msg/s", cfg.suffix, f.rate);
     figs.push(
-        Figure::new("end-to-end accepted → provider, saturating, full loop", f.rate, "msg/s")
+        Figure::new(cfg.name("end-to-end accepted → provider, saturating, full loop"), f.rate, "msg/s")
             .note(format!("accept {:.0} msg/s while statuses flow; no tenant webhooks yet", loaded.rate())),
     );
-    let (_, peak) = z.proc.rss_kib();
-    figs.push(Figure::new("zapgate peak RSS (embedded, full loop)", peak as f64 / 1024.0, "MiB"));
-    drop(z);
+    let (_, peak) = z.rss_kib();
+    figs.push(Figure::new(format!("zapgate peak RSS ({}, full loop)", cfg.label), peak as f64 / 1024.0, "MiB"));
+    cfg.finish(run).await;
+    Ok(())
+}
 
-    // 4. Full loop with a tenant webhook: every sent/delivered/read status is
-    //    delivered, signed, to a local receiver (the hello-world process).
-    let with_hooks = &[
+/// Full loop with a tenant webhook: every sent/delivered/read status is
+/// delivered, signed, to a local receiver (the hello-world process at `hooks`).
+async fn webhooks(
+    s: &Settings,
+    cfg: &Config<'_>,
+    ceilings: &Ceilings,
+    hooks: SocketAddr,
+    work: &Path,
+    figs: &mut Vec<Figure>,
+) -> anyhow::Result<()> {
+    let env = &[
         ("ZAPGATE_SANDBOX_DELIVERED_AFTER", "50ms"),
         ("ZAPGATE_SANDBOX_READ_AFTER", "50ms"),
         ("ZAPGATE_WEBHOOK_ALLOW_PRIVATE", "true"),
     ];
-    let z = server::zapgate(&s.zapgate, &work.join("webhooks"), with_hooks)?;
-    let target = Target::setup(z.proc.addr).await?;
-    target.webhook(&format!("http://{}/hook", hello.addr)).await?;
-    let hooks_before = hook_count(hello.addr).await?;
+    let run = cfg.start(s, work, "webhooks", env).await?;
+    let z = &run.dep;
+    let target = Target::setup(z.addr()).await?;
+    target.webhook(&format!("http://{hooks}/hook")).await?;
+    let hooks_before = hook_count(hooks).await?;
     let started = Instant::now();
-    let loaded =
-        loadgen::closed_loop(z.proc.addr, s.connections, s.phase, StatusCode::ACCEPTED, target.sender(0)).await?;
-    let expected = loaded.ok * 3;
+    let loaded = loadgen::closed_loop(z.addr(), s.connections, s.phase, StatusCode::ACCEPTED, target.sender(0)).await?;
+    let sent = loaded.ok * 3;
+    // Distributed: statuses of one message may be stored out of order (read
+    // before delivered); the overtaken one is recorded as not applied, and
+    // gets no webhook, by design. Ask the database how many there were.
+    let database = match (cfg.services, run.database.as_deref()) {
+        (Some(svc), Some(db)) => Some(pg::with_database(svc.admin.url(), db)),
+        _ => None,
+    };
+    let mut not_applied = 0;
+    let mut expected = sent;
     let deadline = Instant::now() + drain_timeout(s);
     let mut delivered = 0;
+    let mut polls = 0u64;
     while Instant::now() < deadline {
-        delivered = hook_count(hello.addr).await? - hooks_before;
+        if let Some(url) = &database
+            && polls.is_multiple_of(10)
+        {
+            not_applied = pg::not_applied_statuses(url).await.unwrap_or(0);
+            expected = sent.saturating_sub(not_applied);
+        }
+        polls += 1;
+        delivered = hook_count(hooks).await? - hooks_before;
         if delivered >= expected {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    if delivered < expected {
+        eprintln!("warning: only {delivered} of {expected} webhook events arrived in {:?}", drain_timeout(s));
+    }
     let elapsed = started.elapsed().as_secs_f64();
+    eprintln!("webhooks{}: {:.0} events/s", cfg.suffix, delivered as f64 / elapsed);
+    let overtaken = if database.is_some() {
+        format!(
+            " ({not_applied} of {sent} statuses were overtaken by a later status of their message: not applied, no webhook)"
+        )
+    } else {
+        String::new()
+    };
     figs.push(
-        Figure::new("signed webhook delivery, full loop (3 statuses per message)", delivered as f64 / elapsed, "events/s")
-            .against(&ceiling)
+        Figure::new(cfg.name("signed webhook delivery, full loop (3 statuses per message)"), delivered as f64 / elapsed, "events/s")
+            .against(&ceilings.hello)
             .note(format!(
-                "{delivered} of {expected} events delivered; accept {:.0} msg/s while sending, receiving statuses and delivering webhooks",
+                "{delivered} of {expected} events delivered{overtaken}; accept {:.0} msg/s while sending, receiving statuses and delivering webhooks",
                 loaded.rate()
             )),
     );
-    drop(z);
-    drop(hello);
-    let _ = std::fs::remove_dir_all(&work);
-    Ok(figs)
+    cfg.finish(run).await;
+    Ok(())
 }
 
 async fn hook_count(addr: SocketAddr) -> anyhow::Result<u64> {

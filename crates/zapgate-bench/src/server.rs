@@ -1,5 +1,6 @@
-//! Processes under test: the hello-world ceiling server and `zapgate serve`,
-//! each started as its own process, as they would run in production.
+//! Processes under test: the hello-world ceiling server and zapgate (`serve`,
+//! or `api` + `worker`s apart), each started as its own process, as they would
+//! run in production.
 
 use anyhow::{Context, bail};
 use std::io::{BufRead, BufReader};
@@ -74,28 +75,69 @@ pub fn hello(bench_exe: &Path) -> anyhow::Result<Proc> {
     start(cmd)
 }
 
-pub struct Zapgate {
-    pub proc: Proc,
-    pub receipts: PathBuf,
-}
-
 pub const ADMIN: &str = "bench-admin-token-0123456789";
 
-/// `zapgate serve` on a fresh data directory under `dir`.
-pub fn zapgate(exe: &Path, dir: &Path, env: &[(&str, &str)]) -> anyhow::Result<Zapgate> {
-    let receipts = dir.join("receipts.jsonl");
+/// Settings every zapgate process of a run gets; a deployment adds its own.
+fn zapgate_command(exe: &Path, role: &str, dir: &Path, receipts: &Path) -> Command {
     let mut cmd = Command::new(exe);
-    cmd.arg("serve")
+    cmd.arg(role)
         .env("ZAPGATE_LISTEN", "127.0.0.1:0")
         .env("ZAPGATE_DATA_DIR", dir.join("data"))
         .env("ZAPGATE_ADMIN_TOKEN", ADMIN)
         .env("ZAPGATE_TENANT_RATE_LIMIT", "0")
-        .env("ZAPGATE_SANDBOX_RECEIPTS_FILE", &receipts)
+        .env("ZAPGATE_SANDBOX_RECEIPTS_FILE", receipts)
         .env("RUST_LOG", "warn,zapgate_server::app=info");
-    for (k, v) in env {
-        cmd.env(k, v);
+    cmd
+}
+
+/// Which zapgate processes a deployment runs.
+#[derive(Clone, Copy, Debug)]
+pub enum Layout {
+    /// One `zapgate serve`: every role in one process.
+    Serve,
+    /// One `zapgate api` and this many `zapgate worker` processes (PostgreSQL only).
+    Apart { workers: usize },
+}
+
+/// The zapgate processes of one scenario, sharing a data directory, a receipts
+/// file and (distributed) a database. The first process serves the API.
+pub struct Deployment {
+    pub procs: Vec<Proc>,
+    pub receipts: PathBuf,
+}
+
+impl Deployment {
+    /// Starts `layout` on a fresh data directory `dir`; `env` goes to every process.
+    pub fn start(exe: &Path, layout: Layout, dir: &Path, env: &[(String, String)]) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let receipts = dir.join("receipts.jsonl");
+        let roles: Vec<&str> = match layout {
+            Layout::Serve => vec!["serve"],
+            Layout::Apart { workers } => std::iter::once("api").chain(std::iter::repeat_n("worker", workers)).collect(),
+        };
+        let mut procs = Vec::new();
+        for role in roles {
+            let mut cmd = zapgate_command(exe, role, dir, &receipts);
+            cmd.envs(env.iter().map(|(k, v)| (k, v)));
+            procs.push(start(cmd)?);
+        }
+        Ok(Self { procs, receipts })
     }
-    Ok(Zapgate { proc: start(cmd)?, receipts })
+
+    /// Address of the API.
+    pub fn addr(&self) -> SocketAddr {
+        self.procs[0].addr
+    }
+
+    /// CPU seconds used by all its processes.
+    pub fn cpu_seconds(&self) -> f64 {
+        self.procs.iter().map(Proc::cpu_seconds).sum()
+    }
+
+    /// (current RSS, peak RSS) in KiB, summed over its processes.
+    pub fn rss_kib(&self) -> (u64, u64) {
+        self.procs.iter().map(Proc::rss_kib).fold((0, 0), |(a, b), (c, d)| (a + c, b + d))
+    }
 }
 
 /// The hello-world server: a bare axum handler, the HTTP ceiling. It also
