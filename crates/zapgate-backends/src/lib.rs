@@ -62,8 +62,13 @@ impl Backends {
     /// Opens the embedded backends under `data_dir`. `exclusive` takes the
     /// file lock that keeps two `serve` processes off one database.
     pub async fn open_embedded(data_dir: &Path, exclusive: bool) -> Result<Self, StoreError> {
-        let db = Arc::new(sqlite::SqliteBackend::open(data_dir, exclusive).await?);
-        Ok(Self {
+        Ok(Self::on_one_database(Arc::new(sqlite::SqliteBackend::open(data_dir, exclusive).await?), data_dir))
+    }
+
+    /// Store, queue and webhooks in `db`; limits and locks in process; media
+    /// under `data_dir` (the `with_*` methods move them elsewhere).
+    fn on_one_database<D: Store + Queue + WebhookStore>(db: Arc<D>, data_dir: &Path) -> Self {
+        Self {
             store: db.clone(),
             queue: db.clone(),
             webhooks: db,
@@ -71,7 +76,7 @@ impl Backends {
             locks: Arc::new(InProcessLocks::default()),
             media: Arc::new(LocalMediaStore::new(data_dir.join("media"))),
             redis: None,
-        })
+        }
     }
 
     /// Moves rate limits and locks to Redis, shared by every process (each
@@ -93,15 +98,6 @@ impl Backends {
     /// database, shared by any number of processes); migrates the schema.
     /// Media stays under `data_dir` until an object store is configured.
     pub async fn open_postgres(url: &str, max_connections: u32, data_dir: &Path) -> Result<Self, StoreError> {
-        let db = Arc::new(postgres::PgBackend::open(url, max_connections).await?);
-        Ok(Self {
-            store: db.clone(),
-            queue: db.clone(),
-            webhooks: db,
-            rate_limiter: Arc::new(InProcessRateLimiter::default()),
-            locks: Arc::new(InProcessLocks::default()),
-            media: Arc::new(LocalMediaStore::new(data_dir.join("media"))),
-            redis: None,
-        })
+        Ok(Self::on_one_database(Arc::new(postgres::PgBackend::open(url, max_connections).await?), data_dir))
     }
 }
