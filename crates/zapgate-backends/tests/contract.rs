@@ -215,8 +215,19 @@ async fn cancels_racing_settles_and_claims_never_strand_a_chat() {
             tokio::spawn(async move { b.b.store.cancel_message(&tenant, &second2, Timestamp::now()).await.unwrap() });
         let claims = tokio::spawn(async move { claim(&c, 10).await });
         settle.await.unwrap();
-        assert_eq!(cancel.await.unwrap(), Cancel::Cancelled);
+        let cancelled = cancel.await.unwrap();
         let mut got: Vec<_> = claims.await.unwrap().into_iter().map(|m| m.id).collect();
+        match cancelled {
+            Cancel::Cancelled => {}
+            // The settle promoted `second` and the claim took it before the
+            // cancel ran: too late to cancel, so it is sent, then the chat moves on.
+            Cancel::TooLate(MessageStatus::Sending) => {
+                assert_eq!(got, std::slice::from_ref(&second), "round {round}: only a claimed message is too late");
+                sent(&f, &second, &format!("p2-{round}")).await;
+                got.clear();
+            }
+            other => panic!("round {round}: cancel answered {other:?}"),
+        }
         if got.is_empty() {
             got = claim(&f, 10).await.into_iter().map(|m| m.id).collect();
         }
