@@ -42,8 +42,6 @@ pub(crate) mod lock_ns {
 
 pub struct PgBackend {
     pool: PgPool,
-    /// This process's lease owner id (held as a session advisory lock).
-    owner: i64,
     /// The connection holding this process's session locks.
     session: session::OwnerSession,
     /// Notified after writes that add events or deliveries in this process.
@@ -66,7 +64,12 @@ impl PgBackend {
             .await?;
         migrate(&pool).await?;
         let session = session::OwnerSession::open(options).await?;
-        Ok(Self { pool, owner: session.owner, session, committed: Arc::new(Notify::new()) })
+        Ok(Self { pool, session, committed: Arc::new(Notify::new()) })
+    }
+
+    /// This process's lease owner id (held by the owner session's lock).
+    fn owner(&self) -> i64 {
+        self.session.owner
     }
 
     pub(crate) fn pool(&self) -> &PgPool {

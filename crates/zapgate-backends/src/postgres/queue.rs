@@ -27,7 +27,7 @@ const POLL_MS: i64 = 100;
 impl Queue for PgBackend {
     async fn claim(&self, claims: &[Claim], now: Timestamp, lease_ms: i64) -> Result<Vec<Delivery>, StoreError> {
         let mut tx = self.pool().begin().await?;
-        let out = claim(&mut tx, claims, now, lease_ms, self.owner).await?;
+        let out = claim(&mut tx, claims, now, lease_ms, self.owner()).await?;
         tx.commit().await?;
         Ok(out)
     }
@@ -39,7 +39,7 @@ impl Queue for PgBackend {
         lease_ms: i64,
     ) -> Result<Option<BeginSending>, StoreError> {
         let mut tx = self.pool().begin().await?;
-        let deliveries = claim(&mut tx, claims, now, lease_ms, self.owner).await?;
+        let deliveries = claim(&mut tx, claims, now, lease_ms, self.owner()).await?;
         let cas: Vec<_> = deliveries.into_iter().map(|d| (d.message_id, d.attempt)).collect();
         let begun = begin_sending(&mut tx, &cas, now).await?;
         tx.commit().await?;
@@ -105,7 +105,7 @@ impl Queue for PgBackend {
             "SELECT (SELECT MIN(visible_at) FROM queue_entries WHERE is_head AND NOT ready AND lease_owner IS NULL) AS due, \
                     EXISTS (SELECT 1 FROM queue_entries WHERE lease_owner IS NOT NULL AND lease_owner <> $1) AS foreign",
         )
-        .bind(self.owner)
+        .bind(self.owner())
         .fetch_one(self.pool())
         .await?;
         let due: Option<i64> = row.try_get("due")?;
@@ -171,7 +171,7 @@ impl PgBackend {
         let owners: Vec<i64> = sqlx::query_scalar(
             "SELECT DISTINCT lease_owner FROM queue_entries WHERE lease_owner IS NOT NULL AND lease_owner <> $1",
         )
-        .bind(self.owner)
+        .bind(self.owner())
         .fetch_all(self.pool())
         .await?;
         let (mut requeued, mut instances) = (0, Vec::new());

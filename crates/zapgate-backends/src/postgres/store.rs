@@ -249,7 +249,7 @@ impl Store for PgBackend {
     async fn record_outcome(&self, outcome: SendOutcome) -> Result<OutcomeApplied, StoreError> {
         let mut tx = self.pool().begin().await?;
         let (id, now) = (outcome.message_id.clone(), outcome.now);
-        let applied = record_outcome(&mut tx, outcome, self.owner).await?;
+        let applied = record_outcome(&mut tx, outcome, self.owner()).await?;
         // The queue lives in this database: settle it in the same transaction
         // (see `Queue::settled_by_store`).
         match &applied {
