@@ -21,6 +21,7 @@ pub mod error;
 pub mod limits;
 pub mod locks;
 pub mod media;
+pub mod outbox;
 pub mod postgres;
 pub mod queue;
 mod records;
@@ -36,6 +37,7 @@ pub use error::StoreError;
 pub use limits::{InProcessRateLimiter, RateLimiter, Throttled};
 pub use locks::{InProcessLocks, LockToken, Locks};
 pub use media::{LocalMediaStore, MediaStore};
+pub use outbox::{Outbox, OutboxEntry, RelayLimits};
 pub use queue::{Claim, Delivery, Queue, Settlement};
 pub use s3::{S3Config, S3MediaStore};
 pub use store::*;
@@ -56,6 +58,11 @@ pub struct Backends {
     /// Set when limits and locks live in Redis: its health is reported, not
     /// required (it holds only soft state; see [`RedisBackend`]).
     pub redis: Option<RedisBackend>,
+    /// The queue table as an outbox for RabbitMQ (PostgreSQL only).
+    pub outbox: Option<Arc<dyn Outbox>>,
+    /// Set when work flows through RabbitMQ: relays publish the outbox to it
+    /// and workers consume it instead of claiming from the queue table.
+    pub broker: Option<amqp::Broker>,
 }
 
 impl Backends {
@@ -76,6 +83,8 @@ impl Backends {
             locks: Arc::new(InProcessLocks::default()),
             media: Arc::new(LocalMediaStore::new(data_dir.join("media"))),
             redis: None,
+            outbox: None,
+            broker: None,
         }
     }
 
@@ -85,6 +94,12 @@ impl Backends {
         self.rate_limiter = Arc::new(redis.clone());
         self.locks = Arc::new(redis.clone());
         self.redis = Some(redis);
+        self
+    }
+
+    /// Routes work through RabbitMQ (needs an outbox: PostgreSQL).
+    pub fn with_broker(mut self, broker: amqp::Broker) -> Self {
+        self.broker = Some(broker);
         self
     }
 
@@ -98,6 +113,7 @@ impl Backends {
     /// database, shared by any number of processes); migrates the schema.
     /// Media stays under `data_dir` until an object store is configured.
     pub async fn open_postgres(url: &str, max_connections: u32, data_dir: &Path) -> Result<Self, StoreError> {
-        Ok(Self::on_one_database(Arc::new(postgres::PgBackend::open(url, max_connections).await?), data_dir))
+        let db = Arc::new(postgres::PgBackend::open(url, max_connections).await?);
+        Ok(Self { outbox: Some(db.clone()), ..Self::on_one_database(db, data_dir) })
     }
 }

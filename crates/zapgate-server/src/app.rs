@@ -1,15 +1,16 @@
 //! One zapgate process: `serve` runs every role; with a shared database
-//! (PostgreSQL) the roles can also run apart — `api` (REST, back-pressure)
-//! and `worker` (dispatch, provider statuses, webhooks, periodic jobs) —
-//! any number of each.
+//! (PostgreSQL) the roles can also run apart — `api` (REST, back-pressure),
+//! `worker` (dispatch, provider statuses, webhooks, periodic jobs) and, with
+//! RabbitMQ, `relay` (outbox → broker) — any number of each.
 
 use crate::config::Config;
 use crate::egress::Egress;
 use crate::http::{self, AppState, extract::TokenCache};
+use crate::relay::{self, Relay};
 use crate::worker::lane::WorkerCtx;
 use crate::worker::retry::RetryPolicy;
 use crate::worker::webhooks::{self, WebhookSender};
-use crate::worker::{WorkSignal, dispatcher, janitor, statuses};
+use crate::worker::{WorkSignal, consumer, dispatcher, janitor, statuses};
 use anyhow::Context;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -72,6 +73,9 @@ pub enum Role {
     /// Dispatch, provider statuses, webhook delivery and periodic jobs; its
     /// listener serves only `/health/*` and `/metrics`.
     Worker,
+    /// Moves the outbox to RabbitMQ; its listener serves only `/health/*`
+    /// and `/metrics`.
+    Relay,
 }
 
 impl Role {
@@ -80,6 +84,7 @@ impl Role {
             Role::All => "serve",
             Role::Api => "api",
             Role::Worker => "worker",
+            Role::Relay => "relay",
         }
     }
 
@@ -89,6 +94,11 @@ impl Role {
 
     fn runs_workers(self) -> bool {
         matches!(self, Role::All | Role::Worker)
+    }
+
+    /// Relays the outbox when RabbitMQ is configured.
+    fn runs_relay(self) -> bool {
+        matches!(self, Role::All | Role::Relay)
     }
 }
 
@@ -104,13 +114,20 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
          every role in `zapgate serve`)",
         role.name()
     );
+    anyhow::ensure!(
+        role != Role::Relay || config.amqp_url.is_some(),
+        "`zapgate relay` moves the PostgreSQL outbox to RabbitMQ: set ZAPGATE_AMQP_URL"
+    );
     crate::egress::install_tls_provider();
     crate::metrics::install();
     let config = Arc::new(config);
-    let backends = open_backends(&config, true).await?;
+    let mut backends = open_backends(&config, true).await?;
+    if let Some(url) = config.amqp_url.as_deref().filter(|_| role != Role::Api) {
+        backends = backends.with_broker(connect_broker(&config, url, role).await?);
+    }
     let admin =
         crate::admin::resolve(config.admin_token.as_deref(), &config.data_dir).context("resolving the admin token")?;
-    if role.runs_workers() {
+    if role.runs_workers() || role.runs_relay() {
         let recovered = backends.queue.recover(Timestamp::now()).await.context("recovering the queue")?;
         if recovered > 0 {
             tracing::warn!(messages = recovered, "requeued messages that were being sent when zapgate last stopped");
@@ -157,8 +174,34 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     };
     tokio::spawn(janitor::run(janitor, stop_rx.clone()));
     let mut drained = Vec::new();
+    if let (true, Some(broker), Some(outbox)) = (role.runs_relay(), &backends.broker, &backends.outbox) {
+        let relay = Relay {
+            outbox: outbox.clone(),
+            queue: backends.queue.clone(),
+            broker: broker.clone(),
+            limits: zapgate_backends::RelayLimits {
+                batch: config.relay_batch,
+                tenant_cap: config.relay_tenant_cap,
+                lookahead_ms: config.relay_lookahead.as_millis().min(u128::from(u32::MAX)) as u32,
+                ..Default::default()
+            },
+            signal: signal.clone(),
+        };
+        drained.push(tokio::spawn(relay::run(relay, stop_rx.clone())));
+    }
     if role.runs_workers() {
-        drained.push(tokio::spawn(dispatcher::run(ctx, stop_rx.clone())));
+        match (&backends.broker, &backends.outbox) {
+            (Some(broker), Some(outbox)) => {
+                let consumers = consumer::Consumers {
+                    ctx,
+                    outbox: outbox.clone(),
+                    broker: broker.clone(),
+                    prefetch: config.amqp_prefetch,
+                };
+                drained.push(tokio::spawn(consumer::run(consumers, stop_rx.clone())));
+            }
+            _ => drained.push(tokio::spawn(dispatcher::run(ctx, stop_rx.clone()))),
+        }
         tokio::spawn(statuses::run(backends.store.clone(), status_rx));
         let sender = Arc::new(WebhookSender {
             store: backends.webhooks.clone(),
@@ -198,6 +241,21 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     }
     tracing::info!("bye");
     Ok(())
+}
+
+/// Connects to RabbitMQ and declares the topology; an unreachable broker is
+/// retried in the background (messages wait in the outbox meanwhile).
+async fn connect_broker(config: &Config, url: &str, role: Role) -> anyhow::Result<zapgate_backends::amqp::Broker> {
+    use zapgate_backends::amqp::{Broker, BrokerOptions, TopologyConfig};
+    let topology =
+        TopologyConfig { prefix: config.amqp_prefix.clone(), shards: config.amqp_shards, ..Default::default() };
+    let options = BrokerOptions { connection_name: format!("zapgate-{}", role.name()), ..Default::default() };
+    let broker =
+        Broker::connect_with(url, topology, options).await.context("connecting to RabbitMQ (ZAPGATE_AMQP_URL)")?;
+    if !broker.healthy() {
+        tracing::warn!("RabbitMQ is not reachable yet; accepted messages wait in the outbox until it is");
+    }
+    Ok(broker)
 }
 
 async fn shutdown_signal() {

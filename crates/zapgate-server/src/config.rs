@@ -31,8 +31,23 @@ pub struct Config {
     pub database_url: Option<String>,
     /// Connections each process opens to PostgreSQL at most.
     pub database_pool_size: u32,
-    /// RabbitMQ URL (distributed mode; not available yet).
+    /// RabbitMQ URL: relays publish the PostgreSQL outbox to it and workers
+    /// consume it (unset: workers claim from the queue table).
     pub amqp_url: Option<String>,
+    /// Prefix of every RabbitMQ exchange and queue name.
+    pub amqp_prefix: String,
+    /// Work shards (quorum queues); every process of a deployment must agree.
+    pub amqp_shards: u16,
+    /// Unacked deliveries per work shard a worker holds at most.
+    pub amqp_prefetch: u16,
+    /// Most outbox entries a relay takes and publishes per round.
+    pub relay_batch: u32,
+    /// Most messages of one tenant in RabbitMQ or being sent at once; the
+    /// rest waits in PostgreSQL, behind nobody else's messages.
+    pub relay_tenant_cap: u32,
+    /// Per instance, about this much of its pace goes to RabbitMQ ahead.
+    #[serde(with = "humantime_serde")]
+    pub relay_lookahead: Duration,
     /// Redis URL: rate limits and locks shared by every process (soft state).
     pub redis_url: Option<String>,
     /// S3-compatible bucket for media (unset: `<data_dir>/media`).
@@ -108,6 +123,12 @@ impl Default for Config {
             database_url: None,
             database_pool_size: 16,
             amqp_url: None,
+            amqp_prefix: "zapgate".into(),
+            amqp_shards: 16,
+            amqp_prefetch: 512,
+            relay_batch: 512,
+            relay_tenant_cap: 5_000,
+            relay_lookahead: Duration::from_secs(2),
             redis_url: None,
             s3_bucket: None,
             s3_endpoint: None,
@@ -180,9 +201,11 @@ impl Config {
         if self.amqp_url.is_some() && self.database_url.is_none() {
             return bad("ZAPGATE_AMQP_URL needs ZAPGATE_DATABASE_URL (RabbitMQ relays from the PostgreSQL outbox)");
         }
-        if self.amqp_url.is_some() {
-            return bad("ZAPGATE_AMQP_URL is not available in this build yet; unset it (ZAPGATE_DATABASE_URL and \
-                 ZAPGATE_REDIS_URL are)");
+        if self.amqp_shards == 0 || self.amqp_prefetch == 0 {
+            return bad("ZAPGATE_AMQP_SHARDS and ZAPGATE_AMQP_PREFETCH must be at least 1");
+        }
+        if self.relay_batch == 0 || self.relay_tenant_cap == 0 || self.relay_lookahead.is_zero() {
+            return bad("ZAPGATE_RELAY_BATCH, ZAPGATE_RELAY_TENANT_CAP and ZAPGATE_RELAY_LOOKAHEAD must be above 0");
         }
         if self.s3_bucket.is_some() && (self.s3_access_key_id.is_none() || self.s3_secret_access_key.is_none()) {
             return bad("ZAPGATE_S3_BUCKET needs ZAPGATE_S3_ACCESS_KEY_ID and ZAPGATE_S3_SECRET_ACCESS_KEY");

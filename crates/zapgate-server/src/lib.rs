@@ -8,6 +8,7 @@ pub mod egress;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod relay;
 pub mod worker;
 
 pub use app::{Role, open_backends, run, serve};

@@ -1,4 +1,4 @@
-//! Command line: `serve`, `migrate`, `tenant create|list|token`.
+//! Command line: `serve`, `api`, `worker`, `relay`, `migrate`, `tenant create|list|token`.
 //!
 //! Every configuration option is a flag with a `ZAPGATE_*` environment
 //! variable; `--config <file.toml>` supplies the same keys from a file
@@ -31,6 +31,9 @@ enum Command {
     /// Run only the workers: dispatch to providers, statuses, webhooks, periodic jobs
     /// (needs ZAPGATE_DATABASE_URL; its listener serves /health/* and /metrics).
     Worker(Box<ServeArgs>),
+    /// Run only the relay: moves the PostgreSQL outbox to RabbitMQ (needs ZAPGATE_DATABASE_URL and
+    /// ZAPGATE_AMQP_URL; any number may run; its listener serves /health/* and /metrics).
+    Relay(Box<ServeArgs>),
     /// Create or upgrade the database schema, then exit.
     Migrate(StoreArgs),
     /// Manage tenants directly in the store (works while `serve` runs).
@@ -107,10 +110,36 @@ struct ServeArgs {
     #[arg(long, env = "ZAPGATE_PUBLIC_URL", value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     public_url: Option<String>,
-    /// RabbitMQ URL (distributed mode; not in this build yet).
+    /// RabbitMQ URL (amqp://user:pass@host:5672/vhost): relays publish the outbox to it, workers
+    /// consume it; needs ZAPGATE_DATABASE_URL.
     #[arg(long, env = "ZAPGATE_AMQP_URL", value_name = "URL", hide_env_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     amqp_url: Option<String>,
+    /// Prefix of RabbitMQ exchange and queue names [default: zapgate].
+    #[arg(long, env = "ZAPGATE_AMQP_PREFIX", value_name = "PREFIX")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    amqp_prefix: Option<String>,
+    /// Work shards (quorum queues); the same in every process [default: 16].
+    #[arg(long, env = "ZAPGATE_AMQP_SHARDS", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    amqp_shards: Option<u16>,
+    /// Unacked deliveries per work shard a worker holds [default: 512].
+    #[arg(long, env = "ZAPGATE_AMQP_PREFETCH", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    amqp_prefetch: Option<u16>,
+    /// Outbox entries a relay publishes per round [default: 512].
+    #[arg(long, env = "ZAPGATE_RELAY_BATCH", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    relay_batch: Option<u32>,
+    /// Messages of one tenant in RabbitMQ or being sent at most; the rest waits in PostgreSQL
+    /// [default: 5000].
+    #[arg(long, env = "ZAPGATE_RELAY_TENANT_CAP", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    relay_tenant_cap: Option<u32>,
+    /// Per instance, this much of its pace is relayed ahead [default: 2s].
+    #[arg(long, env = "ZAPGATE_RELAY_LOOKAHEAD", value_parser = parse_duration, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    relay_lookahead: Option<Duration>,
     /// Redis URL (redis://host:6379): rate limits and locks shared by every process; needs ZAPGATE_DATABASE_URL.
     #[arg(long, env = "ZAPGATE_REDIS_URL", value_name = "URL", hide_env_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -272,6 +301,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => run_role(&args, Role::All).await,
         Command::Api(args) => run_role(&args, Role::Api).await,
         Command::Worker(args) => run_role(&args, Role::Worker).await,
+        Command::Relay(args) => run_role(&args, Role::Relay).await,
         Command::Migrate(store) => {
             let config = Config::load(store.config.as_deref(), &store)?;
             zapgate_server::open_backends(&config, false).await?;

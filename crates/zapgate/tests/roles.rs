@@ -301,7 +301,10 @@ async fn terminate_connections(url: &str) -> usize {
     use sqlx::Connection;
     let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
     let pids: Vec<i32> = sqlx::query_scalar(
-        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        // Client backends only: an autovacuum worker on the database is a
+        // superuser process that this role may not terminate.
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() \
+         AND backend_type = 'client backend'",
     )
     .fetch_all(&mut conn)
     .await

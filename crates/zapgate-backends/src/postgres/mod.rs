@@ -9,6 +9,7 @@
 //! orphaned and return them at once (see [`queue`]), instead of waiting for
 //! a lease timeout.
 
+mod outbox;
 mod queue;
 mod rows;
 mod session;
@@ -38,6 +39,26 @@ pub(crate) mod lock_ns {
     pub const WORKER: i32 = 0x7a67_0002;
     /// `(INSTANCE, hashtext(instance id))`: this process paces that instance.
     pub const INSTANCE: i32 = 0x7a67_0003;
+}
+
+/// Who holds a queue entry: `queue_entries.lease_owner`. Owner ids are
+/// positive (`OwnerSession`), so one column tells every state apart.
+pub(crate) mod lease {
+    // NULL: the entry waits in the table (ready when it is a due chat head).
+
+    /// RabbitMQ holds it: the relay published it and got the confirm.
+    pub const IN_BROKER: i64 = 0;
+
+    /// Process `owner` is sending it (claimed from the table, or delivered
+    /// by the broker and won the compare-and-set).
+    pub fn sending(owner: i64) -> i64 {
+        owner
+    }
+
+    /// Process `owner` is relaying it: taken, published, confirm not yet seen.
+    pub fn relaying(owner: i64) -> i64 {
+        -owner
+    }
 }
 
 pub struct PgBackend {

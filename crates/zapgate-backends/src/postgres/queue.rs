@@ -9,8 +9,8 @@
 //! left in `sending` are sent again (at-least-once), with no attempt spent.
 
 use super::rows::{self, MessageRef};
-use super::store::begin_sending;
-use super::{PgBackend, lock_ns};
+use super::store::{Claimed, begin_sending};
+use super::{PgBackend, lease, lock_ns};
 use crate::{BeginSending, Claim, Delivery, Queue, Settlement, StoreError, detail};
 use async_trait::async_trait;
 use sqlx::{PgConnection, Row};
@@ -41,7 +41,7 @@ impl Queue for PgBackend {
         let mut tx = self.pool().begin().await?;
         let deliveries = claim(&mut tx, claims, now, lease_ms, self.owner()).await?;
         let cas: Vec<_> = deliveries.into_iter().map(|d| (d.message_id, d.attempt)).collect();
-        let begun = begin_sending(&mut tx, &cas, now).await?;
+        let begun = begin_sending(&mut tx, &cas, now, Claimed::FromTable).await?;
         tx.commit().await?;
         if !begun.won.is_empty() {
             self.wake();
@@ -103,9 +103,11 @@ impl Queue for PgBackend {
     async fn next_due(&self, now: Timestamp) -> Result<Option<Timestamp>, StoreError> {
         let row = sqlx::query(
             "SELECT (SELECT MIN(visible_at) FROM queue_entries WHERE is_head AND NOT ready AND lease_owner IS NULL) AS due, \
-                    EXISTS (SELECT 1 FROM queue_entries WHERE lease_owner IS NOT NULL AND lease_owner <> $1) AS foreign",
+                    EXISTS (SELECT 1 FROM queue_entries WHERE lease_owner IS NOT NULL AND lease_owner <> $2 \
+                              AND abs(lease_owner) <> $1) AS foreign",
         )
         .bind(self.owner())
+        .bind(lease::IN_BROKER)
         .fetch_one(self.pool())
         .await?;
         let due: Option<i64> = row.try_get("due")?;
@@ -150,28 +152,36 @@ impl Queue for PgBackend {
     }
 
     async fn fair_share(&self) -> Result<Option<usize>, StoreError> {
-        // Live instances, and live worker processes of this database (their session locks).
-        let (instances, workers): (i64, i64) = sqlx::query_as(
-            "SELECT (SELECT COUNT(*) FROM instances WHERE deleted_at IS NULL), \
-                    (SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 \
-                       AND classid::bigint = $1 \
-                       AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))",
-        )
-        .bind(i64::from(lock_ns::WORKER))
-        .fetch_one(self.pool())
-        .await?;
-        Ok(Some((instances.max(0) as usize).div_ceil(workers.max(1) as usize)))
+        let instances: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM instances WHERE deleted_at IS NULL")
+            .fetch_one(self.pool())
+            .await?;
+        Ok(Some((instances.max(0) as usize).div_ceil(self.live_workers_count().await?)))
     }
 }
 
 impl PgBackend {
+    /// Live worker processes of this database (their session locks), at least 1.
+    pub(super) async fn live_workers_count(&self) -> Result<usize, StoreError> {
+        let workers: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 \
+               AND classid::bigint = $1 \
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        .bind(i64::from(lock_ns::WORKER))
+        .fetch_one(self.pool())
+        .await?;
+        Ok(workers.max(1) as usize)
+    }
+
     /// Returns the leases of owners that no longer hold their advisory lock:
     /// (messages requeued from `sending`, instances that got work back).
     async fn reclaim_orphaned(&self, now: Timestamp) -> Result<(u64, Vec<InstanceId>), StoreError> {
         let owners: Vec<i64> = sqlx::query_scalar(
-            "SELECT DISTINCT lease_owner FROM queue_entries WHERE lease_owner IS NOT NULL AND lease_owner <> $1",
+            "SELECT DISTINCT abs(lease_owner) FROM queue_entries \
+             WHERE lease_owner IS NOT NULL AND lease_owner <> $2 AND abs(lease_owner) <> $1",
         )
         .bind(self.owner())
+        .bind(lease::IN_BROKER)
         .fetch_all(self.pool())
         .await?;
         let (mut requeued, mut instances) = (0, Vec::new());
@@ -223,10 +233,11 @@ async fn release_leases(
     rows::insert_events(&mut *conn, &events, MessageStatus::Queued, now).await?;
     let instances: Vec<String> = sqlx::query_scalar(
         "UPDATE queue_entries SET lease_owner = NULL, visible_at = $2, ready = is_head \
-         WHERE lease_owner = $1 RETURNING instance_id",
+         WHERE lease_owner IN ($1, $3) RETURNING instance_id",
     )
-    .bind(owner)
+    .bind(lease::sending(owner))
     .bind(now.as_millis())
+    .bind(lease::relaying(owner))
     .fetch_all(&mut *conn)
     .await?;
     let mut ids: Vec<InstanceId> = instances.into_iter().map(InstanceId::from_trusted).collect();

@@ -37,8 +37,9 @@ impl OwnerSession {
     pub async fn open(options: PgConnectOptions) -> Result<Self, StoreError> {
         let mut conn = PgConnection::connect_with(&options).await?;
         let owner = loop {
+            // Positive: 0 and negative values mean other things (`lease`).
             let candidate = rand::random::<i32>() & i32::MAX;
-            if try_lock(&mut conn, lock_ns::OWNER, candidate).await? {
+            if candidate > 0 && try_lock(&mut conn, lock_ns::OWNER, candidate).await? {
                 break i64::from(candidate);
             }
         };

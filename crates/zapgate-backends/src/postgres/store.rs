@@ -241,7 +241,7 @@ impl Store for PgBackend {
 
     async fn begin_sending(&self, claims: &[(MessageId, u32)], now: Timestamp) -> Result<BeginSending, StoreError> {
         let mut tx = self.pool().begin().await?;
-        let out = begin_sending(&mut tx, claims, now).await?;
+        let out = begin_sending(&mut tx, claims, now, Claimed::FromTable).await?;
         tx.commit().await?;
         Ok(out)
     }
@@ -660,10 +660,22 @@ async fn accept(conn: &mut PgConnection, msg: AcceptMessage) -> Result<Accepted,
 
 /// The `→ sending` compare-and-set for a whole claim round: one UPDATE and
 /// one multi-row event INSERT.
+/// Which messages of a compare-and-set may move to `sending`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Claimed {
+    /// Claimed from the queue table (the claim already checked the entry).
+    FromTable,
+    /// Delivered by the broker: only while the entry is published (in the
+    /// broker or being relayed), so a stale copy of a message that went back
+    /// to the table, or that waits for a retry, is dropped.
+    FromBroker,
+}
+
 pub(super) async fn begin_sending(
     conn: &mut PgConnection,
     claims: &[(MessageId, u32)],
     now: Timestamp,
+    claimed: Claimed,
 ) -> Result<BeginSending, StoreError> {
     let mut out = BeginSending { won: Vec::with_capacity(claims.len()), finished: Vec::new() };
     if claims.is_empty() {
@@ -674,8 +686,13 @@ pub(super) async fn begin_sending(
     let sql = format!(
         "UPDATE messages m SET status = 'sending', updated_at = $1 \
          FROM UNNEST($2::text[], $3::bigint[]) AS c(id, attempt) \
-         WHERE m.id = c.id AND m.attempts = c.attempt AND m.status IN ('queued','scheduled','retry_wait') \
+         WHERE m.id = c.id AND m.attempts = c.attempt AND m.status IN ('queued','scheduled','retry_wait') {} \
          RETURNING {}",
+        match claimed {
+            Claimed::FromTable => "",
+            Claimed::FromBroker =>
+                "AND EXISTS (SELECT 1 FROM queue_entries q WHERE q.message_id = m.id AND q.lease_owner <= 0)",
+        },
         MESSAGE_COLUMNS.split(", ").map(|c| format!("m.{c}")).collect::<Vec<_>>().join(", ")
     );
     let rows =

@@ -13,12 +13,16 @@ pub struct Health {
     /// `ok` or `down` (limits and locks then fall back to this process), when configured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis: Option<&'static str>,
+    /// `ok` or `down` (RabbitMQ is reconnecting; accepted messages wait in the
+    /// outbox meanwhile), when configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rabbitmq: Option<&'static str>,
 }
 
 /// The process is up.
 #[utoipa::path(get, path = "/health/live", tag = "ops", responses((status = 200, body = Health)))]
 pub async fn live() -> Json<Health> {
-    Json(Health { status: "ok", store: None, redis: None })
+    Json(Health { status: "ok", store: None, redis: None, rabbitmq: None })
 }
 
 /// Every backend answers (the store, through its writer too).
@@ -30,12 +34,14 @@ pub async fn ready(State(s): State<AppState>) -> (StatusCode, Json<Health>) {
         Some(r) => Some(if r.ping().await { "ok" } else { "down" }),
         None => None,
     };
+    let rabbitmq = s.backends.broker.as_ref().map(|b| if b.healthy() { "ok" } else { "down" });
     match ping {
-        // Redis holds only soft state: without it this process still works, degraded.
+        // Redis holds only soft state, and while RabbitMQ is away accepts still
+        // land in the outbox: without either this process still works, degraded.
         Ok(Ok(())) => {
-            let status = if redis == Some("down") { "degraded" } else { "ok" };
-            (StatusCode::OK, Json(Health { status, store: Some("ok"), redis }))
+            let status = if redis == Some("down") || rabbitmq == Some("down") { "degraded" } else { "ok" };
+            (StatusCode::OK, Json(Health { status, store: Some("ok"), redis, rabbitmq }))
         }
-        _ => (StatusCode::SERVICE_UNAVAILABLE, Json(Health { status: "down", store: Some("down"), redis })),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, Json(Health { status: "down", store: Some("down"), redis, rabbitmq })),
     }
 }

@@ -202,16 +202,7 @@ async fn refresh_instances(ctx: &Arc<WorkerCtx>, lanes: &mut Lanes) {
         lanes.retire(ctx, &id, false);
     }
     for (id, lane) in &lanes.by_instance {
-        let same = stored.get(id).is_some_and(|i| {
-            (i.rate_per_sec, i.burst, &i.provider, &i.provider_config)
-                == (
-                    lane.instance.rate_per_sec,
-                    lane.instance.burst,
-                    &lane.instance.provider,
-                    &lane.instance.provider_config,
-                )
-        });
-        if !same {
+        if !stored.get(id).is_some_and(|i| lane.runs(i)) {
             ctx.signal.changed(id.clone());
         }
     }

@@ -29,9 +29,13 @@ pub struct WorkerCtx {
     pub concurrency: u32,
 }
 
+/// Called once a message's outcome is stored (a broker consumer acks the
+/// delivery that brought it).
+pub type OnStored = Box<dyn FnOnce() + Send>;
+
 pub struct Lane {
     pub instance: InstanceRecord,
-    tx: mpsc::UnboundedSender<MessageRecord>,
+    tx: mpsc::UnboundedSender<(MessageRecord, Option<OnStored>)>,
     pending: Arc<AtomicUsize>,
     capacity: usize,
     /// The queue may hold due work for this instance.
@@ -56,14 +60,27 @@ impl Lane {
         Self { instance, tx, pending, capacity, maybe_ready: true, abandoned, task }
     }
 
+    /// Whether this lane still runs `stored` as it is now (same pace,
+    /// provider and provider settings); if not, it must be rebuilt.
+    pub fn runs(&self, stored: &InstanceRecord) -> bool {
+        let i = &self.instance;
+        (i.rate_per_sec, i.burst, &i.provider, &i.provider_config)
+            == (stored.rate_per_sec, stored.burst, &stored.provider, &stored.provider_config)
+    }
+
     /// How many more messages this lane will take now.
     pub fn free(&self) -> usize {
         self.capacity.saturating_sub(self.pending.load(Ordering::Acquire))
     }
 
     pub fn push(&self, m: MessageRecord) {
+        self.push_then(m, None);
+    }
+
+    /// Like [`Lane::push`], and calls `on_stored` after the outcome is stored.
+    pub fn push_then(&self, m: MessageRecord, on_stored: Option<OnStored>) {
         self.pending.fetch_add(1, Ordering::AcqRel);
-        if self.tx.send(m).is_err() {
+        if self.tx.send((m, on_stored)).is_err() {
             self.pending.fetch_sub(1, Ordering::AcqRel);
         }
     }
@@ -84,7 +101,7 @@ impl Lane {
 async fn run(
     ctx: Arc<WorkerCtx>,
     instance: InstanceRecord,
-    mut rx: mpsc::UnboundedReceiver<MessageRecord>,
+    mut rx: mpsc::UnboundedReceiver<(MessageRecord, Option<OnStored>)>,
     pending: Arc<AtomicUsize>,
     limiter: DefaultDirectRateLimiter,
     abandoned: Arc<AtomicBool>,
@@ -92,18 +109,22 @@ async fn run(
     let provider = ctx.providers.get(&instance.provider);
     let slots = Arc::new(Semaphore::new(ctx.concurrency as usize));
     let mut sends = JoinSet::new();
-    while let Some(msg) = rx.recv().await {
+    while let Some((msg, on_stored)) = rx.recv().await {
         if abandoned.load(Ordering::Acquire) {
             let cancelled = SendResult::Cancelled {
                 code: "instance_deleted".into(),
                 message: "the instance was deleted before the message was sent".into(),
             };
-            finish(&ctx, &instance, &msg, cancelled, &pending).await;
+            if finish(&ctx, &instance, &msg, cancelled, &pending).await
+                && let Some(f) = on_stored
+            {
+                f();
+            }
             continue;
         }
         limiter.until_ready().await;
         let permit = slots.clone().acquire_owned().await.expect("the semaphore is never closed");
-        sends.spawn(send_one(ctx.clone(), instance.clone(), provider.clone(), msg, permit, pending.clone()));
+        sends.spawn(send_one(ctx.clone(), instance.clone(), provider.clone(), msg, permit, pending.clone(), on_stored));
         while sends.try_join_next().is_some() {}
     }
     while sends.join_next().await.is_some() {}
@@ -116,19 +137,25 @@ async fn send_one(
     msg: MessageRecord,
     _slot: OwnedSemaphorePermit,
     pending: Arc<AtomicUsize>,
+    on_stored: Option<OnStored>,
 ) {
     let result = attempt(&ctx, &instance, provider.as_deref(), &msg).await;
-    finish(&ctx, &instance, &msg, result, &pending).await;
+    if finish(&ctx, &instance, &msg, result, &pending).await
+        && let Some(f) = on_stored
+    {
+        f();
+    }
 }
 
-/// Stores the outcome, then settles the queue entry to match.
+/// Stores the outcome, then settles the queue entry to match. False when
+/// the store closed first (the message is sent again after the next start).
 async fn finish(
     ctx: &WorkerCtx,
     instance: &InstanceRecord,
     msg: &MessageRecord,
     result: SendResult,
     pending: &AtomicUsize,
-) {
+) -> bool {
     let label = match &result {
         SendResult::Sent { .. } => "sent",
         SendResult::Retry { .. } => "retry",
@@ -139,6 +166,7 @@ async fn finish(
     let outcome =
         SendOutcome { message_id: msg.id.clone(), result, retry_limit: ctx.retry_limit, now: Timestamp::now() };
     let applied = persist(|| ctx.backends.store.record_outcome(outcome.clone())).await;
+    let stored = applied.is_some();
     let label = match &applied {
         Some(OutcomeApplied::Done(zapgate_domain::MessageStatus::Dead)) => "dead",
         _ => label,
@@ -154,6 +182,7 @@ async fn finish(
     }
     pending.fetch_sub(1, Ordering::AcqRel);
     ctx.signal.mark(instance.id.clone());
+    stored
 }
 
 /// Calls the provider (unless the message expired) and classifies the result.

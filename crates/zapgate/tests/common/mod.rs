@@ -5,7 +5,8 @@
 //! With `ZAPGATE_TEST_DATABASE_URL` set (`scripts/test.sh` sets it for its
 //! distributed pass, from `scripts/services.sh`), every server runs against
 //! PostgreSQL: each new data directory gets a fresh database, created through
-//! that URL, and restarts on the same directory reuse it.
+//! that URL, and restarts on the same directory reuse it. With
+//! `ZAPGATE_TEST_BROKER=1` as well, work goes through RabbitMQ (see [`brokered`]).
 
 #![allow(dead_code)]
 
@@ -46,6 +47,25 @@ pub struct TestDatabase {
 /// for skipping a behaviour that only the embedded mode has.
 pub fn distributed() -> bool {
     admin_database_url().is_some()
+}
+
+/// With `ZAPGATE_TEST_BROKER=1` (and a database), servers route work
+/// through the RabbitMQ at `ZAPGATE_TEST_AMQP_URL`: relay → shards → workers.
+pub fn brokered() -> bool {
+    broker_url().is_some()
+}
+
+fn broker_url() -> Option<String> {
+    admin_database_url()?;
+    if std::env::var("ZAPGATE_TEST_BROKER").ok().as_deref() != Some("1") {
+        return None;
+    }
+    Some(
+        std::env::var("ZAPGATE_TEST_AMQP_URL")
+            .ok()
+            .filter(|v| !v.is_empty())
+            .expect("ZAPGATE_TEST_BROKER=1 needs ZAPGATE_TEST_AMQP_URL (scripts/services.sh exports it)"),
+    )
 }
 
 fn admin_database_url() -> Option<String> {
@@ -168,6 +188,13 @@ impl Server {
             // Distributed servers share limits and locks through Redis when the pass has one.
             if let Some(redis) = std::env::var("ZAPGATE_TEST_REDIS_URL").ok().filter(|v| !v.is_empty()) {
                 cmd.env("ZAPGATE_REDIS_URL", redis);
+            }
+            // The broker pass: work flows through RabbitMQ, under a topology of
+            // this database's own (processes on one `dir` share it).
+            if let Some(amqp) = broker_url() {
+                cmd.env("ZAPGATE_AMQP_URL", amqp);
+                cmd.env("ZAPGATE_AMQP_PREFIX", &db.name);
+                cmd.env("ZAPGATE_AMQP_SHARDS", "2");
             }
         }
         for (k, v) in env {
