@@ -174,6 +174,24 @@ if ! port_open "$AMQP_PORT"; then
 else
   await_rabbit 20
 fi
+# An open port is not enough: a wedged node accepts TCP connections and never
+# answers the AMQP handshake, and every test would hang on it. Probe the
+# handshake (protocol header → Connection.Start frame); if it stays silent,
+# this is a test broker: stop it, empty its data directory, start it again.
+amqp_answers() {
+  [ -n "$(timeout 10 bash -c "exec 3<>/dev/tcp/127.0.0.1/$AMQP_PORT && printf 'AMQP\\x00\\x00\\x09\\x01' >&3 && head -c 7 <&3 | od -An -tx1" 2>/dev/null)" ]
+}
+if ! amqp_answers; then
+  log "RabbitMQ accepts connections but does not answer the AMQP handshake: restarting it with an empty data directory"
+  timeout 60 "${ROOT[@]}" rabbitmqctl -q stop >/dev/null 2>&1 || true
+  for pid in $(pgrep -f 'beam.smp.*-s rabbit boot' || true); do "${ROOT[@]}" kill -9 "$pid" 2>/dev/null || true; done
+  "${ROOT[@]}" rm -rf /var/lib/rabbitmq/mnesia
+  quiet 60 "rabbitmq-server -detached" "${ROOT[@]}" rabbitmq-server -detached
+  wait_for "RabbitMQ (node registering with epmd; see /var/log/rabbitmq/)" rabbit_registered
+  await_rabbit "$TIMEOUT"
+  wait_for "RabbitMQ (AMQP port $AMQP_PORT)" port_open "$AMQP_PORT"
+  amqp_answers || die "RabbitMQ does not answer the AMQP handshake on port $AMQP_PORT; see /var/log/rabbitmq/"
+fi
 
 # --- result ------------------------------------------------------------------
 log "PostgreSQL $pg_major, Redis and RabbitMQ are up"

@@ -64,7 +64,8 @@ impl Drop for Cleanup {
         let (url, topology) = (self.url.clone(), self.topology.clone());
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            rt.block_on(async {
+            // Bounded: a broker that stopped answering must not hang the test.
+            let _ = rt.block_on(tokio::time::timeout(Duration::from_secs(20), async {
                 let Ok(conn) = lapin::Connection::connect(&url, Default::default()).await else { return };
                 let Ok(ch) = conn.create_channel().await else { return };
                 let mut queues: Vec<String> = (0..topology.shards).map(|s| topology.work_queue(s)).collect();
@@ -76,7 +77,7 @@ impl Drop for Cleanup {
                     let _ = ch.exchange_delete(e.into(), ExchangeDeleteOptions::default()).await;
                 }
                 let _ = conn.close(200, "cleanup".into()).await;
-            });
+            }));
         })
         .join();
     }
@@ -91,6 +92,10 @@ struct Fx {
 
 async fn fixture(test: &str, tweak: impl FnOnce(&mut TopologyConfig)) -> Option<Fx> {
     let url = amqp_url(test)?;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let mut topology = test_topology();
     tweak(&mut topology);
     let cleanup = Cleanup { url: url.clone(), topology: topology.clone() };
