@@ -55,6 +55,9 @@ pub fn brokered() -> bool {
     broker_url().is_some()
 }
 
+/// Work shards per test topology in the broker pass (few: each is a quorum queue).
+const BROKER_SHARDS: u16 = 2;
+
 fn broker_url() -> Option<String> {
     admin_database_url()?;
     if std::env::var("ZAPGATE_TEST_BROKER").ok().as_deref() != Some("1") {
@@ -142,6 +145,42 @@ fn drop_database(name: &str) {
     .join();
 }
 
+/// The broker pass's topology of one test (prefix = its database): quorum
+/// queues left behind by hundreds of tests weigh on a 2-core RabbitMQ. Best
+/// effort and bounded, from `Drop`.
+fn drop_broker_topology(prefix: &str) {
+    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+    let Some(url) = broker_url() else { return };
+    let topology = zapgate_backends::amqp::TopologyConfig {
+        prefix: prefix.to_owned(),
+        shards: BROKER_SHARDS,
+        ..Default::default()
+    };
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+        // The timer is made inside block_on: it needs the runtime.
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), async {
+                let conn = lapin::Connection::connect(&url, Default::default()).await.ok()?;
+                let ch = conn.create_channel().await.ok()?;
+                let mut queues: Vec<String> = (0..topology.shards).map(|s| topology.work_queue(s)).collect();
+                queues.extend(topology.tiers.iter().map(|t| topology.wait_queue(t)));
+                for q in queues {
+                    let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+                }
+                for e in [topology.work_exchange(), topology.wait_exchange()] {
+                    let _ = ch.exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default()).await;
+                }
+                conn.close(200, "test cleanup".into()).await.ok()
+            })
+            .await
+            .ok()
+            .flatten()
+        })
+    })
+    .join();
+}
+
 /// Settings every test server gets; tests add or override per case.
 fn base_env(dir: &Path) -> Vec<(String, String)> {
     [
@@ -194,7 +233,7 @@ impl Server {
             if let Some(amqp) = broker_url() {
                 cmd.env("ZAPGATE_AMQP_URL", amqp);
                 cmd.env("ZAPGATE_AMQP_PREFIX", &db.name);
-                cmd.env("ZAPGATE_AMQP_SHARDS", "2");
+                cmd.env("ZAPGATE_AMQP_SHARDS", BROKER_SHARDS.to_string());
             }
         }
         for (k, v) in env {
@@ -346,6 +385,7 @@ impl Drop for Server {
             && Arc::strong_count(&self.dir) == 1
         {
             drop_database(&db.name);
+            drop_broker_topology(&db.name);
         }
     }
 }
