@@ -162,15 +162,19 @@ await_rabbit() { # await_rabbit SECONDS
   quiet $(($1 + 30)) "rabbitmqctl await_startup (RabbitMQ did not finish booting; see /var/log/rabbitmq/)" \
     rabbitmqctl -q await_startup --timeout "$1"
 }
-if ! port_open "$AMQP_PORT"; then
-  if ! rabbit_registered; then
-    log "starting RabbitMQ"
-    quiet 60 "rabbitmq-server -detached" "${ROOT[@]}" rabbitmq-server -detached
-    wait_for "RabbitMQ (node registering with epmd; see /var/log/rabbitmq/)" rabbit_registered
-  fi
+start_rabbit() {
+  log "starting RabbitMQ"
+  quiet 60 "rabbitmq-server -detached" "${ROOT[@]}" rabbitmq-server -detached
+  wait_for "RabbitMQ (node registering with epmd; see /var/log/rabbitmq/)" rabbit_registered
+}
+await_rabbit_port() {
   log "waiting for RabbitMQ to finish booting"
   await_rabbit "$TIMEOUT"
   wait_for "RabbitMQ (AMQP port $AMQP_PORT)" port_open "$AMQP_PORT"
+}
+if ! port_open "$AMQP_PORT"; then
+  rabbit_registered || start_rabbit
+  await_rabbit_port
 else
   await_rabbit 20
 fi
@@ -186,10 +190,8 @@ if ! amqp_answers; then
   timeout 60 "${ROOT[@]}" rabbitmqctl -q stop >/dev/null 2>&1 || true
   for pid in $(pgrep -f 'beam.smp.*-s rabbit boot' || true); do "${ROOT[@]}" kill -9 "$pid" 2>/dev/null || true; done
   "${ROOT[@]}" rm -rf /var/lib/rabbitmq/mnesia
-  quiet 60 "rabbitmq-server -detached" "${ROOT[@]}" rabbitmq-server -detached
-  wait_for "RabbitMQ (node registering with epmd; see /var/log/rabbitmq/)" rabbit_registered
-  await_rabbit "$TIMEOUT"
-  wait_for "RabbitMQ (AMQP port $AMQP_PORT)" port_open "$AMQP_PORT"
+  start_rabbit
+  await_rabbit_port
   amqp_answers || die "RabbitMQ does not answer the AMQP handshake on port $AMQP_PORT; see /var/log/rabbitmq/"
 fi
 

@@ -10,7 +10,7 @@
 //! `rabbitmqctl` cannot reach the node).
 
 use futures::StreamExt;
-use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use std::collections::{BTreeSet, HashSet};
 use std::net::SocketAddr;
@@ -66,23 +66,7 @@ impl Drop for Cleanup {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             // Bounded: a broker that stopped answering must not hang the test.
             // (The timer is made inside block_on: it needs the runtime.)
-            rt.block_on(async {
-                tokio::time::timeout(Duration::from_secs(20), async {
-                    let Ok(conn) = lapin::Connection::connect(&url, Default::default()).await else { return };
-                    let Ok(ch) = conn.create_channel().await else { return };
-                    let mut queues: Vec<String> = (0..topology.shards).map(|s| topology.work_queue(s)).collect();
-                    queues.extend(topology.tiers.iter().map(|t| topology.wait_queue(t)));
-                    for q in queues {
-                        let _ = ch.queue_delete(q.into(), QueueDeleteOptions::default()).await;
-                    }
-                    for e in [topology.work_exchange(), topology.wait_exchange()] {
-                        let _ = ch.exchange_delete(e.into(), ExchangeDeleteOptions::default()).await;
-                    }
-                    let _ = conn.close(200, "cleanup".into()).await;
-                })
-                .await
-                .ok()
-            });
+            rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), topology.delete(&url)).await.ok() });
         })
         .join();
     }

@@ -3,9 +3,11 @@
 //! See the module doc of [`crate::amqp`] for the picture.
 
 use super::BrokerError;
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Channel, Connection, ExchangeKind};
 use std::time::Duration;
 
 /// Default number of work shards.
@@ -202,6 +204,23 @@ impl TopologyConfig {
         args.insert("x-overflow".into(), long_str("reject-publish"));
         args.insert("x-max-length".into(), AMQPValue::LongLongInt(i64::from(self.wait_max_length)));
         args
+    }
+
+    /// Deletes every queue (messages included) and exchange that
+    /// [`declare`](Self::declare) makes, on a connection of its own to `url`:
+    /// for tearing down a retired prefix, or a test's topology.
+    pub async fn delete(&self, url: &str) -> Result<(), BrokerError> {
+        let conn = Connection::connect(url, Default::default()).await?;
+        let channel = conn.create_channel().await?;
+        let queues = (0..self.shards).map(|s| self.work_queue(s)).chain(self.tiers.iter().map(|t| self.wait_queue(t)));
+        for queue in queues {
+            channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await?;
+        }
+        for exchange in [self.work_exchange(), self.wait_exchange()] {
+            channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await?;
+        }
+        conn.close(200, "topology deleted".into()).await?;
+        Ok(())
     }
 
     /// Declares everything on `channel`. Idempotent: declaring an existing

@@ -149,7 +149,6 @@ fn drop_database(name: &str) {
 /// queues left behind by hundreds of tests weigh on a 2-core RabbitMQ. Best
 /// effort and bounded, from `Drop`.
 fn drop_broker_topology(prefix: &str) {
-    use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
     let Some(url) = broker_url() else { return };
     let topology = zapgate_backends::amqp::TopologyConfig {
         prefix: prefix.to_owned(),
@@ -159,24 +158,7 @@ fn drop_broker_topology(prefix: &str) {
     let _ = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
         // The timer is made inside block_on: it needs the runtime.
-        rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(10), async {
-                let conn = lapin::Connection::connect(&url, Default::default()).await.ok()?;
-                let ch = conn.create_channel().await.ok()?;
-                let mut queues: Vec<String> = (0..topology.shards).map(|s| topology.work_queue(s)).collect();
-                queues.extend(topology.tiers.iter().map(|t| topology.wait_queue(t)));
-                for q in queues {
-                    let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
-                }
-                for e in [topology.work_exchange(), topology.wait_exchange()] {
-                    let _ = ch.exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default()).await;
-                }
-                conn.close(200, "test cleanup".into()).await.ok()
-            })
-            .await
-            .ok()
-            .flatten()
-        })
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), topology.delete(&url)).await.ok() })
     })
     .join();
 }
