@@ -164,6 +164,17 @@ await_rabbit() { # await_rabbit SECONDS
 }
 start_rabbit() {
   log "starting RabbitMQ"
+  # Every connection and every quorum queue takes file handles from the
+  # node's file_handle_cache, sized from the fd limit: at the default 1024,
+  # a few hundred queues exhaust it and new connections wait forever in the
+  # handshake (the node looks up but never answers). RabbitMQ asks for 65536;
+  # the start script runs the node through `su rabbitmq`, so pam_limits sets
+  # it, capped by this machine's hard limit (a higher one fails the su).
+  local nofile
+  nofile=$(ulimit -Hn)
+  if [ "$nofile" = unlimited ] || [ "$nofile" -gt 65536 ]; then nofile=65536; fi
+  printf 'rabbitmq soft nofile %s\nrabbitmq hard nofile %s\n' "$nofile" "$nofile" |
+    "${ROOT[@]}" tee /etc/security/limits.d/zapgate-rabbitmq.conf >/dev/null
   quiet 60 "rabbitmq-server -detached" "${ROOT[@]}" rabbitmq-server -detached
   wait_for "RabbitMQ (node registering with epmd; see /var/log/rabbitmq/)" rabbit_registered
 }
@@ -185,8 +196,14 @@ fi
 amqp_answers() {
   [ -n "$(timeout 10 bash -c "exec 3<>/dev/tcp/127.0.0.1/$AMQP_PORT && printf 'AMQP\\x00\\x00\\x09\\x01' >&3 && head -c 7 <&3 | od -An -tx1" 2>/dev/null)" ]
 }
-if ! amqp_answers; then
-  log "RabbitMQ accepts connections but does not answer the AMQP handshake: restarting it with an empty data directory"
+# A node started elsewhere with the default fd limit wedges that way later (see start_rabbit).
+rabbit_fd_limit() {
+  local pid
+  pid=$(pgrep -f 'beam.smp.*-s rabbit boot' | head -n 1)
+  [ -n "$pid" ] && awk '/^Max open files/ {print $4}' "/proc/$pid/limits" 2>/dev/null
+}
+if ! amqp_answers || [ "$(rabbit_fd_limit || echo 0)" -lt 10000 ]; then
+  log "RabbitMQ does not answer the AMQP handshake or has too few file descriptors: restarting it with an empty data directory"
   timeout 60 "${ROOT[@]}" rabbitmqctl -q stop >/dev/null 2>&1 || true
   for pid in $(pgrep -f 'beam.smp.*-s rabbit boot' || true); do "${ROOT[@]}" kill -9 "$pid" 2>/dev/null || true; done
   "${ROOT[@]}" rm -rf /var/lib/rabbitmq/mnesia

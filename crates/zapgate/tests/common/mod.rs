@@ -361,6 +361,10 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A failing test shows what the server said (nextest prints it with the failure).
+        if std::thread::panicking() {
+            eprintln!("--- zapgate {} stderr ---\n{}", self.base, self.logs());
+        }
         // The last holder of the data directory also drops its database
         // (`restart` holds the directory across this drop).
         if let Some(db) = &self.database
