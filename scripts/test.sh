@@ -2,7 +2,8 @@
 # The whole test suite, from a fresh Debian machine: installs what the tests
 # need, then runs formatting and lint checks and every test — once embedded
 # (SQLite), then the zapgate crate's tests again distributed, against the
-# PostgreSQL (and Redis, RabbitMQ) that scripts/services.sh installs and starts.
+# PostgreSQL (and Redis, RabbitMQ) that scripts/services.sh installs and starts,
+# once with work queued in PostgreSQL and once routed through RabbitMQ.
 #
 #   scripts/test.sh            # everything
 #   ZAPGATE_TEST_SCALE=0.1 scripts/test.sh   # scale tests at a tenth of their size
@@ -67,6 +68,14 @@ if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run "${FEATURES[@]}" --no-fail-fast -E 'package(zapgate) | package(zapgate-backends)'
 else
   cargo test --workspace --features zapgate/test-hooks --no-fail-fast --test '*'
+fi
+echo "==> tests (distributed through RabbitMQ: relay → work shards → workers)"
+# The zapgate crate's tests once more, with work routed through the broker
+# (each test server under a topology of its own, deleted when it stops).
+if cargo nextest --version >/dev/null 2>&1; then
+  ZAPGATE_TEST_BROKER=1 cargo nextest run "${FEATURES[@]}" --no-fail-fast -E 'package(zapgate)'
+else
+  ZAPGATE_TEST_BROKER=1 cargo test --workspace --features zapgate/test-hooks --no-fail-fast -p zapgate --test '*'
 fi
 echo "==> zapgate-bench --quick (proves the benchmark runs; asserts no timing)"
 cargo build -q -p zapgate -p zapgate-bench --features zapgate/test-hooks

@@ -19,15 +19,27 @@ async fn two_apis_and_two_workers_send_every_message_exactly_once() {
     let apis = [Server::start_role("api", dir.clone(), &env).await, Server::start_role("api", dir.clone(), &env).await];
     let workers =
         [Server::start_role("worker", dir.clone(), &env).await, Server::start_role("worker", dir.clone(), &env).await];
+    let _relays = Server::start_relays(2, dir.clone(), &env).await;
     // Workers serve health and metrics, not the API.
     let r = workers[0].get(ADMIN, "/v1/tenants").await;
     assert_eq!(r.status(), 404);
     assert_eq!(workers[1].http.get(workers[1].url("/health/ready")).send().await.unwrap().status(), 200);
 
     let per_tenant = scaled(1_500).max(30);
-    let mut tenants = Vec::new();
-    for name in ["a", "b", "c"] {
-        tenants.push(apis[0].tenant_with_instance(name, 5_000).await);
+    let mut tenants: Vec<(String, String)> = Vec::new();
+    for k in 0.. {
+        if tenants.len() == 3 {
+            break;
+        }
+        let (token, ins) = apis[0].tenant_with_instance(&format!("t{k}"), 5_000).await;
+        // Through RabbitMQ each worker consumes its own shards: instances on
+        // one shard would leave the other worker nothing to send.
+        let shards: std::collections::HashSet<_> =
+            tenants.iter().map(|(_, i)| i).chain([&ins]).map(|i| broker_shard(i)).collect();
+        if tenants.len() == 2 && shards.len() == 1 && broker_shard(&ins).is_some() {
+            continue;
+        }
+        tenants.push((token, ins));
     }
     let apis = Arc::new(apis);
     let mut tasks = Vec::new();
@@ -132,6 +144,7 @@ async fn two_workers_keep_one_instances_pace() {
     let api = Server::start_role("api", dir.clone(), &env).await;
     let _workers =
         [Server::start_role("worker", dir.clone(), &env).await, Server::start_role("worker", dir.clone(), &env).await];
+    let _relays = Server::start_relays(1, dir.clone(), &env).await;
     let (_, token) = api.tenant("paced").await;
     let ins =
         api.instance(&token, serde_json::json!({ "name": "slow", "rate_limit_per_second": 10, "burst": 1 })).await;
@@ -194,6 +207,7 @@ async fn fault_mid_run(fault: Fault<'_>) {
     }
     let mut victim = Server::start_role("worker", dir.clone(), &victim_env).await;
     let survivor = Server::start_role("worker", dir.clone(), &env).await;
+    let _relays = Server::start_relays(1, dir.clone(), &env).await;
     let per_tenant = scaled(400).max(60);
     let mut tenants = Vec::new();
     for name in ["a", "b", "c", "d"] {
@@ -374,6 +388,7 @@ async fn a_full_queue_refuses_then_drains_when_a_worker_starts() {
     }
     assert!(accepted.len() > 40, "refused only past the limit ({} accepted)", accepted.len());
     let _worker = Server::start_role("worker", dir.clone(), &env).await;
+    let _relays = Server::start_relays(1, dir.clone(), &env).await;
     for id in &accepted {
         api.wait_status(&token, id, &["sent", "delivered", "read"], Duration::from_secs(60)).await;
     }

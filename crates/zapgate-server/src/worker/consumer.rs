@@ -253,6 +253,7 @@ async fn dispatch(c: &Consumers, lanes: &mut HashMap<InstanceId, Lane>, batch: V
     let Some(began) = persist(|| c.outbox.begin_delivered(&pairs, Timestamp::now(), LEASE_MS)).await else {
         return;
     };
+    zapgate_backends::crash_point("after_begin_sending");
     let mut acks: HashMap<String, Vec<AckHandle>> = HashMap::new();
     for i in batch {
         acks.entry(i.item.id).or_default().push(i.ack);
@@ -304,30 +305,28 @@ async fn cancel_orphan(c: &Consumers, id: MessageId, on_stored: Option<OnStored>
     }
 }
 
-/// Rebuilds lanes whose instance changed (pace, provider) and stops those of
-/// deleted instances; the next delivery starts a fresh lane.
+/// Retunes lanes whose instance changed (pace, provider) and stops those of
+/// deleted instances, cancelling what they hold.
 async fn refresh_lanes(ctx: &Arc<WorkerCtx>, lanes: &mut HashMap<InstanceId, Lane>) {
     ctx.signal.take();
-    let mut changed: Vec<InstanceId> = ctx.signal.take_changed().into_iter().collect();
-    if !lanes.is_empty() {
-        match ctx.backends.store.all_instances().await {
-            Ok(all) => {
-                let stored: HashMap<_, _> = all.into_iter().map(|i| (i.id.clone(), i)).collect();
-                for (id, lane) in lanes.iter() {
-                    if !stored.get(id).is_some_and(|i| lane.runs(i)) {
-                        changed.push(id.clone());
-                    }
-                }
-                for id in changed {
-                    if let Some(lane) = lanes.remove(&id) {
-                        if !stored.contains_key(&id) {
-                            lane.abandon();
-                        }
-                        tokio::spawn(lane.close());
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "consumers: could not refresh instances"),
+    ctx.signal.take_changed();
+    if lanes.is_empty() {
+        return;
+    }
+    let stored: HashMap<_, _> = match ctx.backends.store.all_instances().await {
+        Ok(all) => all.into_iter().map(|i| (i.id.clone(), i)).collect(),
+        Err(e) => return tracing::warn!(error = %e, "consumers: could not refresh instances"),
+    };
+    let deleted: Vec<InstanceId> = lanes.keys().filter(|id| !stored.contains_key(*id)).cloned().collect();
+    for id in deleted {
+        let lane = lanes.remove(&id).expect("listed above");
+        lane.abandon();
+        tokio::spawn(lane.close());
+    }
+    for (id, lane) in lanes.iter_mut() {
+        let instance = &stored[id];
+        if !lane.runs(instance) {
+            lane.retune(instance.clone());
         }
     }
 }

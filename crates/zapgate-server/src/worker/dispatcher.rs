@@ -210,14 +210,13 @@ async fn refresh_instances(ctx: &Arc<WorkerCtx>, lanes: &mut Lanes) {
 
 async fn take_signals(ctx: &Arc<WorkerCtx>, lanes: &mut Lanes) {
     for id in ctx.signal.take_changed() {
-        if let Some(old) = lanes.by_instance.remove(&id) {
-            // The old lane finishes what it holds at its old pace, or cancels
-            // it if the instance is gone; a new lane takes over from here.
-            if matches!(ctx.backends.store.find_instance(&id).await, Ok(None)) {
-                lanes.by_instance.insert(id.clone(), old);
-                lanes.retire(ctx, &id, true);
-            } else {
-                tokio::spawn(old.close());
+        if lanes.by_instance.contains_key(&id) {
+            // A changed instance's lane sends what it holds under the new
+            // settings; a deleted one's cancels it.
+            match ctx.backends.store.find_instance(&id).await {
+                Ok(Some(instance)) => lanes.by_instance.get_mut(&id).expect("checked").retune(instance),
+                Ok(None) => lanes.retire(ctx, &id, true),
+                Err(e) => tracing::warn!(error = %e, instance_id = %id, "dispatcher: could not reload the instance"),
             }
         }
     }

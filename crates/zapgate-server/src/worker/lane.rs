@@ -9,7 +9,7 @@ use governor::{DefaultDirectRateLimiter, RateLimiter};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use zapgate_backends::limits::quota;
 use zapgate_backends::{
@@ -43,21 +43,36 @@ pub struct Lane {
     /// Set when the instance is deleted: what the lane still holds is
     /// cancelled instead of sent.
     abandoned: Arc<AtomicBool>,
+    /// The instance as the lane task paces and sends it (see [`Lane::retune`]).
+    config: watch::Sender<InstanceRecord>,
     task: JoinHandle<()>,
+}
+
+/// Claim about half a second of work ahead: enough to keep the pipe full,
+/// little enough that claimed-but-unsent work (status `sending`) stays small
+/// and short-lived.
+fn capacity(instance: &InstanceRecord) -> usize {
+    ((instance.rate_per_sec / 2) as usize).clamp(2, 256)
 }
 
 impl Lane {
     pub fn start(ctx: Arc<WorkerCtx>, instance: InstanceRecord) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let pending = Arc::new(AtomicUsize::new(0));
-        // Claim about half a second of work ahead: enough to keep the pipe
-        // full, little enough that claimed-but-unsent work (status `sending`)
-        // stays small and short-lived.
-        let capacity = ((instance.rate_per_sec / 2) as usize).clamp(2, 256);
-        let limiter = RateLimiter::direct(quota(instance.rate_per_sec, instance.burst));
         let abandoned = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn(run(ctx, instance.clone(), rx, pending.clone(), limiter, abandoned.clone()));
-        Self { instance, tx, pending, capacity, maybe_ready: true, abandoned, task }
+        let (config, configured) = watch::channel(instance.clone());
+        let task = tokio::spawn(run(ctx, configured, rx, pending.clone(), abandoned.clone()));
+        Self { capacity: capacity(&instance), instance, tx, pending, maybe_ready: true, abandoned, config, task }
+    }
+
+    /// The instance changed (pace, provider or its settings): everything the
+    /// lane holds and has not started goes out under the new settings. (A
+    /// lane rebuilt instead would send its backlog at the old pace — up to a
+    /// whole prefetch window of it when work comes from RabbitMQ.)
+    pub fn retune(&mut self, stored: InstanceRecord) {
+        self.capacity = capacity(&stored);
+        self.instance = stored.clone();
+        self.config.send_replace(stored);
     }
 
     /// Whether this lane still runs `stored` as it is now (same pace,
@@ -98,15 +113,29 @@ impl Lane {
     }
 }
 
+/// What a lane sends with; rebuilt when the lane is retuned.
+struct Tuned {
+    instance: InstanceRecord,
+    provider: Option<Arc<dyn Provider>>,
+    limiter: DefaultDirectRateLimiter,
+}
+
+impl Tuned {
+    fn new(ctx: &WorkerCtx, instance: InstanceRecord) -> Self {
+        let provider = ctx.providers.get(&instance.provider);
+        let limiter = RateLimiter::direct(quota(instance.rate_per_sec, instance.burst));
+        Self { instance, provider, limiter }
+    }
+}
+
 async fn run(
     ctx: Arc<WorkerCtx>,
-    instance: InstanceRecord,
+    mut config: watch::Receiver<InstanceRecord>,
     mut rx: mpsc::UnboundedReceiver<(MessageRecord, Option<OnStored>)>,
     pending: Arc<AtomicUsize>,
-    limiter: DefaultDirectRateLimiter,
     abandoned: Arc<AtomicBool>,
 ) {
-    let provider = ctx.providers.get(&instance.provider);
+    let mut tuned = Tuned::new(&ctx, config.borrow_and_update().clone());
     let slots = Arc::new(Semaphore::new(ctx.concurrency as usize));
     let mut sends = JoinSet::new();
     while let Some((msg, on_stored)) = rx.recv().await {
@@ -115,16 +144,28 @@ async fn run(
                 code: "instance_deleted".into(),
                 message: "the instance was deleted before the message was sent".into(),
             };
-            if finish(&ctx, &instance, &msg, cancelled, &pending).await
+            if finish(&ctx, &tuned.instance, &msg, cancelled, &pending).await
                 && let Some(f) = on_stored
             {
                 f();
             }
             continue;
         }
-        limiter.until_ready().await;
+        // A retune applies to the next message, and at once to one waiting
+        // for the old pace.
+        if config.has_changed().unwrap_or(false) {
+            tuned = Tuned::new(&ctx, config.borrow_and_update().clone());
+        }
+        loop {
+            tokio::select! {
+                _ = tuned.limiter.until_ready() => break,
+                Ok(()) = config.changed() => {}
+            }
+            tuned = Tuned::new(&ctx, config.borrow_and_update().clone());
+        }
         let permit = slots.clone().acquire_owned().await.expect("the semaphore is never closed");
-        sends.spawn(send_one(ctx.clone(), instance.clone(), provider.clone(), msg, permit, pending.clone(), on_stored));
+        let (instance, provider) = (tuned.instance.clone(), tuned.provider.clone());
+        sends.spawn(send_one(ctx.clone(), instance, provider, msg, permit, pending.clone(), on_stored));
         while sends.try_join_next().is_some() {}
     }
     while sends.join_next().await.is_some() {}

@@ -58,6 +58,13 @@ pub fn brokered() -> bool {
 /// Work shards per test topology in the broker pass (few: each is a quorum queue).
 const BROKER_SHARDS: u16 = 2;
 
+/// The broker pass's work shard of an instance (None outside it): each
+/// shard is consumed by one worker, so a test that needs every worker busy
+/// spreads its instances over the shards.
+pub fn broker_shard(instance: &str) -> Option<u16> {
+    brokered().then(|| zapgate_backends::amqp::shard_of(instance, BROKER_SHARDS))
+}
+
 fn broker_url() -> Option<String> {
     admin_database_url()?;
     if std::env::var("ZAPGATE_TEST_BROKER").ok().as_deref() != Some("1") {
@@ -174,7 +181,8 @@ fn base_env(dir: &Path) -> Vec<(String, String)> {
         ("ZAPGATE_SANDBOX_READ_AFTER", "50ms".to_owned()),
         ("ZAPGATE_MESSAGE_RETRY_BASE", "50ms".to_owned()),
         ("ZAPGATE_MESSAGE_RETRY_MAX", "200ms".to_owned()),
-        ("RUST_LOG", "warn,zapgate_server::app=info".to_owned()),
+        // ZAPGATE_TEST_LOG=debug,… shows more of a failing test's server.
+        ("RUST_LOG", std::env::var("ZAPGATE_TEST_LOG").unwrap_or_else(|_| "warn,zapgate_server::app=info".to_owned())),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -245,6 +253,18 @@ impl Server {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
         Server { base: format!("http://{addr}"), dir, http, database, child, logs }
+    }
+
+    /// In the broker pass, `n` `zapgate relay` processes on `dir` (work reaches
+    /// workers only through a relay); none otherwise.
+    pub async fn start_relays(n: usize, dir: Arc<tempfile::TempDir>, env: &[(&str, &str)]) -> Vec<Server> {
+        let mut relays = Vec::new();
+        if brokered() {
+            for _ in 0..n {
+                relays.push(Server::start_role("relay", dir.clone(), env).await);
+            }
+        }
+        relays
     }
 
     /// Starts a fresh server process on the same data directory (and database).
