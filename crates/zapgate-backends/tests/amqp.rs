@@ -13,15 +13,12 @@ use futures::StreamExt;
 use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use std::collections::{BTreeSet, HashSet};
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::AbortHandle;
 use zapgate_backends::amqp::{
     AckWindow, Broker, BrokerError, BrokerOptions, Consumer, Delivery, Outgoing, PublishResult, Tier, TopologyConfig,
     shard_of, tier_for,
 };
+use zapgate_sim::tcp::FaultProxy;
 
 fn amqp_url(test: &str) -> Option<String> {
     match std::env::var("ZAPGATE_TEST_AMQP_URL") {
@@ -498,90 +495,13 @@ fn host_port(url: &str) -> Option<(String, u16)> {
     Some((uri.authority.host, uri.authority.port))
 }
 
-/// A TCP proxy in front of RabbitMQ whose connections the test can cut.
-struct Proxy {
-    port: u16,
-    upstream: SocketAddr,
-    accept: Option<AbortHandle>,
-    pipes: Arc<Mutex<Vec<AbortHandle>>>,
-    /// While true, no byte moves in either direction (the sockets stay open).
-    stalled: tokio::sync::watch::Sender<bool>,
+/// `url` through `proxy`.
+fn via(proxy: &FaultProxy, url: &str) -> String {
+    let (host, port) = host_port(url).unwrap();
+    proxy.url(url, &format!("{host}:{port}"))
 }
 
-impl Proxy {
-    async fn start(upstream: SocketAddr, port: u16) -> Proxy {
-        let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("proxy port");
-        let port = listener.local_addr().unwrap().port();
-        let pipes: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
-        let stalled = tokio::sync::watch::Sender::new(false);
-        let (p, stall) = (pipes.clone(), stalled.clone());
-        let accept = tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let Ok(server) = TcpStream::connect(upstream).await else { continue };
-                let (client_rx, client_tx) = client.into_split();
-                let (server_rx, server_tx) = server.into_split();
-                let up = tokio::spawn(pipe(client_rx, server_tx, stall.subscribe()));
-                let down = tokio::spawn(pipe(server_rx, client_tx, stall.subscribe()));
-                p.lock().unwrap().extend([up.abort_handle(), down.abort_handle()]);
-            }
-        })
-        .abort_handle();
-        Proxy { port, upstream, accept: Some(accept), pipes, stalled }
-    }
-
-    fn stall(&self, on: bool) {
-        self.stalled.send_replace(on);
-    }
-
-    fn url(&self, url: &str) -> String {
-        let (host, port) = host_port(url).unwrap();
-        url.replacen(&format!("{host}:{port}"), &format!("127.0.0.1:{}", self.port), 1)
-    }
-
-    /// Drops every proxied connection (both sides see the socket close).
-    fn cut(&self) {
-        for pipe in self.pipes.lock().unwrap().drain(..) {
-            pipe.abort();
-        }
-    }
-
-    /// Stops accepting and cuts; `start(upstream, port)` again to resume.
-    fn stop(&mut self) {
-        if let Some(a) = self.accept.take() {
-            a.abort();
-        }
-        self.cut();
-    }
-}
-
-async fn pipe(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    mut stalled: tokio::sync::watch::Receiver<bool>,
-) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        if stalled.wait_for(|s| !*s).await.is_err() {
-            return;
-        }
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        if stalled.wait_for(|s| !*s).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
-            return;
-        }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-async fn proxied(test: &str) -> Option<(String, Proxy)> {
+async fn proxied(test: &str) -> Option<(String, FaultProxy)> {
     let url = amqp_url(test)?;
     let (host, port) = host_port(&url)?;
     if !url.contains(&format!("{host}:{port}")) {
@@ -589,7 +509,7 @@ async fn proxied(test: &str) -> Option<(String, Proxy)> {
         return None;
     }
     let upstream = tokio::net::lookup_host((host.as_str(), port)).await.ok()?.next()?;
-    Some((url, Proxy::start(upstream, 0).await))
+    Some((url, FaultProxy::start(upstream, 0).await.expect("proxy port")))
 }
 
 async fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
@@ -605,7 +525,7 @@ async fn reconnects_redeclares_and_resumes_after_connection_loss() {
     let Some((url, proxy)) = proxied("reconnects_redeclares_and_resumes_after_connection_loss").await else { return };
     let topology = test_topology();
     let _cleanup = Cleanup { url: url.clone(), topology: topology.clone() };
-    let broker = Broker::connect_with(&proxy.url(&url), topology.clone(), test_options(&topology)).await.unwrap();
+    let broker = Broker::connect_with(&via(&proxy, &url), topology.clone(), test_options(&topology)).await.unwrap();
     assert!(broker.healthy());
     publish_all_confirmed(&broker, batch(0, 5, "pre")).await;
     let mut c = broker.consume(0, 10).await.unwrap();
@@ -651,7 +571,7 @@ async fn topology_is_redeclared_on_reconnect() {
     let Some((url, proxy)) = proxied("topology_is_redeclared_on_reconnect").await else { return };
     let topology = test_topology();
     let _cleanup = Cleanup { url: url.clone(), topology: topology.clone() };
-    let broker = Broker::connect_with(&proxy.url(&url), topology.clone(), test_options(&topology)).await.unwrap();
+    let broker = Broker::connect_with(&via(&proxy, &url), topology.clone(), test_options(&topology)).await.unwrap();
     // Someone deletes a shard queue; after the next reconnect it is back.
     let (conn, ch) = raw_channel(&url).await;
     ch.queue_delete(topology.work_queue(1).into(), QueueDeleteOptions::default()).await.unwrap();
@@ -672,7 +592,7 @@ async fn starts_while_rabbitmq_is_unreachable() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     let topology = test_topology();
     let _cleanup = Cleanup { url: url.clone(), topology: topology.clone() };
-    let broker = Broker::connect_with(&proxy.url(&url), topology.clone(), test_options(&topology))
+    let broker = Broker::connect_with(&via(&proxy, &url), topology.clone(), test_options(&topology))
         .await
         .expect("an unreachable RabbitMQ is not an error at start");
     assert!(!broker.healthy());
@@ -686,7 +606,7 @@ async fn starts_while_rabbitmq_is_unreachable() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!pending.is_finished());
 
-    let _proxy = Proxy::start(proxy.upstream, proxy.port).await; // RabbitMQ "comes up"
+    proxy.resume().await.unwrap(); // RabbitMQ "comes up"
     assert!(broker.wait_connected(Duration::from_secs(10)).await, "connected in the background");
     let mut c = tokio::time::timeout(Duration::from_secs(10), pending).await.unwrap().unwrap().unwrap();
     publish_all_confirmed(&broker, batch(0, 1, "up")).await;
@@ -702,7 +622,7 @@ async fn connection_lost_mid_batch_reports_unconfirmed() {
     let Some((url, proxy)) = proxied("connection_lost_mid_batch_reports_unconfirmed").await else { return };
     let topology = TopologyConfig { shards: 1, ..test_topology() };
     let _cleanup = Cleanup { url: url.clone(), topology: topology.clone() };
-    let broker = Broker::connect_with(&proxy.url(&url), topology.clone(), test_options(&topology)).await.unwrap();
+    let broker = Broker::connect_with(&via(&proxy, &url), topology.clone(), test_options(&topology)).await.unwrap();
     let msgs: Vec<_> = (0..5000).map(|i| Outgoing::work(0, format!("b-{i}"), vec![b'x'; 512])).collect();
     let publishing = tokio::spawn({
         let (broker, msgs) = (broker.clone(), msgs.clone());
@@ -740,7 +660,7 @@ async fn publish_gives_up_after_the_confirm_timeout() {
     let topology = test_topology();
     let _cleanup = Cleanup { url: url.clone(), topology: topology.clone() };
     let options = BrokerOptions { confirm_timeout: Duration::from_millis(400), ..test_options(&topology) };
-    let broker = Broker::connect_with(&proxy.url(&url), topology.clone(), options).await.unwrap();
+    let broker = Broker::connect_with(&via(&proxy, &url), topology.clone(), options).await.unwrap();
     publish_all_confirmed(&broker, batch(0, 3, "before")).await;
 
     // RabbitMQ stops answering (the connection stays open): the batch comes

@@ -16,6 +16,8 @@
 //!
 //! Used in-process by tests (`start`) and as a binary by hand or by the bench.
 
+pub mod tcp;
+
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};

@@ -370,22 +370,7 @@ async fn a_full_queue_refuses_then_drains_when_a_worker_starts() {
     let env = [("ZAPGATE_TENANT_RATE_LIMIT", "0"), ("ZAPGATE_MAX_QUEUE_DEPTH", "40")];
     let api = Server::start_role("api", dir.clone(), &env).await;
     let (token, ins) = api.tenant_with_instance("flood", 1000).await;
-    let mut accepted = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let r = api.post(&token, "/v1/messages", &text(&ins, "+5511999990000", "flood")).await;
-        match r.status().as_u16() {
-            202 => accepted.push(r.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_owned()),
-            503 => {
-                assert_eq!(r.headers()["retry-after"], "5");
-                break;
-            }
-            other => panic!("unexpected {other}: {}", r.text().await.unwrap()),
-        }
-        assert!(Instant::now() < deadline, "the queue never reported full ({} accepted)", accepted.len());
-        // The depth is measured about every second.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let accepted = api.flood_until_503(&token, &ins).await;
     assert!(accepted.len() > 40, "refused only past the limit ({} accepted)", accepted.len());
     let _worker = Server::start_role("worker", dir.clone(), &env).await;
     let _relays = Server::start_relays(1, dir.clone(), &env).await;

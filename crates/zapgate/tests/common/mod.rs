@@ -78,6 +78,21 @@ fn broker_url() -> Option<String> {
     )
 }
 
+/// The RabbitMQ of the broker pass (None outside it).
+pub fn test_amqp_url() -> Option<String> {
+    broker_url()
+}
+
+/// The `host:port` an AMQP URL names, and the address it resolves to (for
+/// putting a proxy in between).
+pub async fn amqp_upstream(url: &str) -> (String, std::net::SocketAddr) {
+    let rest = url.split_once("://").expect("scheme").1;
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let authority = rest.split('/').next().unwrap().to_owned();
+    let addr = tokio::net::lookup_host(authority.as_str()).await.expect("resolvable").next().expect("an address");
+    (authority, addr)
+}
+
 fn admin_database_url() -> Option<String> {
     std::env::var(TEST_DATABASE_URL).ok().filter(|v| !v.trim().is_empty())
 }
@@ -265,6 +280,27 @@ impl Server {
             }
         }
         relays
+    }
+
+    /// Posts messages to one chat until the API refuses with 503 (its queue
+    /// is full), checking the refusal's `Retry-After`; the accepted ids.
+    pub async fn flood_until_503(&self, token: &str, instance: &str) -> Vec<String> {
+        let mut accepted = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = self.post(token, "/v1/messages", &text(instance, "+5511999990000", "flood")).await;
+            match r.status().as_u16() {
+                202 => accepted.push(r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()),
+                503 => {
+                    assert_eq!(r.headers()["retry-after"], "5");
+                    return accepted;
+                }
+                other => panic!("unexpected {other}: {}", r.text().await.unwrap()),
+            }
+            assert!(Instant::now() < deadline, "the queue never reported full ({} accepted)", accepted.len());
+            // The depth is measured about every second.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Starts a fresh server process on the same data directory (and database).
