@@ -70,6 +70,12 @@ pub trait Queue: Send + Sync + 'static {
     /// Tenants with more than `limit` entries waiting or in flight (per-tenant
     /// back-pressure).
     async fn tenants_over(&self, limit: u64) -> Result<Vec<TenantId>, StoreError>;
+    /// Since when the oldest entry that could be taken now (due, chat head,
+    /// not leased) has been due: the outbox lag, for its gauge.
+    async fn oldest_ready(&self) -> Result<Option<Timestamp>, StoreError>;
+    /// Tenants with an entry that could be taken and has been due since
+    /// before `due_before` (per-tenant back-pressure on lag).
+    async fn tenants_lagging(&self, due_before: Timestamp) -> Result<Vec<TenantId>, StoreError>;
     /// Returns every lease held by a dead process to the queue and
     /// reconciles entries with message state (embedded start-up only).
     async fn recover(&self, now: Timestamp) -> Result<u64, StoreError>;

@@ -164,6 +164,7 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     let janitor = janitor::Janitor {
         depth: queue_depth.clone(),
         tenant_limit: config.max_tenant_queue_depth,
+        tenant_lag_limit: config.max_tenant_queue_lag,
         sweeps: role.runs_workers(),
         store: backends.store.clone(),
         queue: backends.queue.clone(),

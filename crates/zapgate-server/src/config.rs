@@ -80,6 +80,10 @@ pub struct Config {
     pub max_queue_depth: u64,
     /// The same per tenant: one tenant's backlog cannot fill the whole queue (0 = off).
     pub max_tenant_queue_depth: u64,
+    /// Refuse a tenant's sends while its oldest due message has waited longer
+    /// than this to be taken (0 = off).
+    #[serde(with = "humantime_serde")]
+    pub max_tenant_queue_lag: Duration,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
     /// How long an Idempotency-Key is remembered.
@@ -146,6 +150,7 @@ impl Default for Config {
             tenant_rate_limit: 1000,
             max_queue_depth: 1_000_000,
             max_tenant_queue_depth: 250_000,
+            max_tenant_queue_lag: Duration::ZERO,
             max_body_bytes: 1024 * 1024,
             idempotency_ttl: Duration::from_secs(24 * 3600),
             ack_timeout: Duration::from_secs(600),

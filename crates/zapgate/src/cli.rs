@@ -209,6 +209,11 @@ struct ServeArgs {
     #[arg(long, env = "ZAPGATE_MAX_TENANT_QUEUE_DEPTH", value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     max_tenant_queue_depth: Option<u64>,
+    /// Answer 503 + Retry-After to a tenant's sends while its oldest due message has waited
+    /// longer than this to be taken (outbox lag); 0 = off [default: 0].
+    #[arg(long, env = "ZAPGATE_MAX_TENANT_QUEUE_LAG", value_parser = parse_duration, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    max_tenant_queue_lag: Option<Duration>,
     /// Largest request body in bytes [default: 1048576].
     #[arg(long, env = "ZAPGATE_MAX_BODY_BYTES", value_name = "BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]

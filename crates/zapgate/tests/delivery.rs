@@ -234,6 +234,38 @@ async fn one_tenants_backlog_gets_503_while_other_tenants_still_send() {
     panic!("the tenant's queue never reported full");
 }
 
+/// Outbox lag: a tenant whose oldest due message has waited past
+/// `ZAPGATE_MAX_TENANT_QUEUE_LAG` to be taken gets 503 + Retry-After (its
+/// backlog is not growing faster than it drains), others still send; the lag
+/// is the `zapgate_queue_oldest_due_seconds` gauge.
+#[tokio::test]
+async fn a_tenant_whose_oldest_message_waits_too_long_gets_503() {
+    let s = Server::start(&[("ZAPGATE_MAX_TENANT_QUEUE_LAG", "1s")]).await;
+    let (slow, slow_ins) = s.tenant_with_instance("slow", 1).await;
+    let (calm, calm_ins) = s.tenant_with_instance("calm", 80).await;
+    // More than the relay takes ahead for a 1/s instance (32), so some wait
+    // in the outbox in the broker pass too.
+    for n in 0..60 {
+        s.send_text(&slow, &slow_ins, &format!("+55119999{n:05}"), "slow lane").await;
+    }
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let r = s.post(&slow, "/v1/messages", &text(&slow_ins, "+5511999998888", "one more")).await;
+        if r.status() == 503 {
+            assert_eq!(r.headers()["retry-after"], "5");
+            assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "tenant_queue_lagging");
+            let lag = s.metric("zapgate_queue_oldest_due_seconds", "").await;
+            assert!(lag >= 1.0, "the lag gauge says {lag} s");
+            // Only the lagging tenant is refused.
+            let other = s.send_text(&calm, &calm_ins, "+5521999990000", "unaffected").await;
+            s.wait_status(&calm, &other, &["sent", "delivered", "read"], WAIT).await;
+            return;
+        }
+        assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    }
+    panic!("the tenant's lag never refused a send");
+}
+
 #[tokio::test]
 async fn a_message_never_acknowledged_raises_ack_timeout_once_without_failing_it() {
     let s = Server::start(&[("ZAPGATE_ACK_TIMEOUT", "400ms"), ("ZAPGATE_SANDBOX_DELIVERED_AFTER", "1h")]).await;

@@ -88,13 +88,8 @@ async fn two_apis_and_two_workers_send_every_message_exactly_once() {
     assert_eq!(receipts.len(), total, "no message beyond the accepted ones reached the provider");
     // Both workers took a share (each counts its own sends in /metrics).
     for w in &workers {
-        let metrics = w.http.get(w.url("/metrics")).send().await.unwrap().text().await.unwrap();
-        let sent_here: f64 = metrics
-            .lines()
-            .filter(|l| l.starts_with("zapgate_send_outcomes_total") && l.contains("outcome=\"sent\""))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
-        assert!(sent_here > 0.0, "a worker sent nothing:\n{metrics}");
+        let sent_here = w.metric("zapgate_send_outcomes_total", "outcome=\"sent\"").await;
+        assert!(sent_here > 0.0, "a worker sent nothing:\n{}", w.logs());
     }
 
     // Per-chat order: within each chat the provider saw messages in acceptance order.
@@ -234,7 +229,7 @@ async fn fault_mid_run(fault: Fault<'_>) {
         Fault::Sigkill => {
             // Kill it while it is busy sending (it has sends in flight then).
             let deadline = Instant::now() + Duration::from_secs(60);
-            while provider_calls(&victim).await < 20.0 {
+            while victim.metric("zapgate_provider_calls_total", "").await < 20.0 {
                 assert!(Instant::now() < deadline, "the victim never sent (does it own no instance?)");
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
@@ -298,16 +293,6 @@ async fn fault_mid_run(fault: Fault<'_>) {
     }
     drop(survivor);
     eprintln!("{fault:?}: {total} messages, {requeued} in flight at the kill, {duplicates} duplicates");
-}
-
-/// Provider calls a worker made, from its /metrics.
-async fn provider_calls(worker: &Server) -> f64 {
-    let Ok(r) = worker.http.get(worker.url("/metrics")).send().await else { return 0.0 };
-    let text = r.text().await.unwrap_or_default();
-    text.lines()
-        .filter(|l| l.starts_with("zapgate_provider_calls_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// Cuts every other connection to the database `url` names; returns how many.

@@ -131,6 +131,21 @@ impl Queue for PgBackend {
         Ok(over.into_iter().map(TenantId::from_trusted).collect())
     }
 
+    async fn oldest_ready(&self) -> Result<Option<Timestamp>, StoreError> {
+        let due: Option<i64> =
+            sqlx::query_scalar("SELECT MIN(visible_at) FROM queue_entries WHERE ready").fetch_one(self.pool()).await?;
+        Ok(due.map(Timestamp::from_millis))
+    }
+
+    async fn tenants_lagging(&self, due_before: Timestamp) -> Result<Vec<TenantId>, StoreError> {
+        let lagging: Vec<String> =
+            sqlx::query_scalar("SELECT DISTINCT tenant_id FROM queue_entries WHERE ready AND visible_at < $1")
+                .bind(due_before.as_millis())
+                .fetch_all(self.pool())
+                .await?;
+        Ok(lagging.into_iter().map(TenantId::from_trusted).collect())
+    }
+
     async fn recover(&self, now: Timestamp) -> Result<u64, StoreError> {
         Ok(self.reclaim_orphaned(now).await?.0)
     }

@@ -93,6 +93,27 @@ impl Queue for SqliteBackend {
         .await
     }
 
+    async fn oldest_ready(&self) -> Result<Option<Timestamp>, StoreError> {
+        self.read(|c| {
+            let due: Option<i64> =
+                c.query_row("SELECT MIN(visible_at) FROM queue_entries WHERE ready = 1", [], |r| r.get(0))?;
+            Ok(due.map(Timestamp::from_millis))
+        })
+        .await
+    }
+
+    async fn tenants_lagging(&self, due_before: Timestamp) -> Result<Vec<TenantId>, StoreError> {
+        self.read(move |c| {
+            all(
+                c,
+                "SELECT DISTINCT tenant_id FROM queue_entries WHERE ready = 1 AND visible_at < ?",
+                [due_before.as_millis()],
+                |r| Ok(TenantId::from_trusted(r.get(0)?)),
+            )
+        })
+        .await
+    }
+
     async fn recover(&self, now: Timestamp) -> Result<u64, StoreError> {
         self.writer.write(Box::new(move |conn| recover(conn, now))).await
     }

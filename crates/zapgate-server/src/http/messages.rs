@@ -171,11 +171,22 @@ pub async fn send(
         )
         .with_retry_after(std::time::Duration::from_secs(5)));
     }
-    if s.queue_depth.tenant_over(&tenant) {
+    if s.queue_depth.tenants_over.contains(&tenant) {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "tenant_queue_full",
             format!("more than {} of your messages are waiting; try again shortly", s.config.max_tenant_queue_depth),
+        )
+        .with_retry_after(std::time::Duration::from_secs(5)));
+    }
+    if s.queue_depth.tenants_lagging.contains(&tenant) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "tenant_queue_lagging",
+            format!(
+                "your oldest waiting message has waited more than {}; try again shortly",
+                humantime::format_duration(s.config.max_tenant_queue_lag)
+            ),
         )
         .with_retry_after(std::time::Duration::from_secs(5)));
     }

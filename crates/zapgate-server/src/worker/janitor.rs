@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use zapgate_backends::{Queue, Store, WebhookStore};
-use zapgate_domain::Timestamp;
+use zapgate_domain::{TenantId, Timestamp};
 
 /// Parked statuses whose message never got a provider id are dropped after this.
 const PARKED_TTL: Duration = Duration::from_secs(3600);
@@ -19,12 +19,21 @@ const PARKED_TTL: Duration = Duration::from_secs(3600);
 pub struct Backlog {
     pub total: AtomicU64,
     /// Tenants above `max_tenant_queue_depth`.
-    pub tenants_over: std::sync::RwLock<std::collections::HashSet<zapgate_domain::TenantId>>,
+    pub tenants_over: TenantSet,
+    /// Tenants whose oldest due message has waited past `max_tenant_queue_lag`.
+    pub tenants_lagging: TenantSet,
 }
 
-impl Backlog {
-    pub fn tenant_over(&self, tenant: &zapgate_domain::TenantId) -> bool {
-        self.tenants_over.read().unwrap_or_else(|p| p.into_inner()).contains(tenant)
+#[derive(Default)]
+pub struct TenantSet(std::sync::RwLock<std::collections::HashSet<TenantId>>);
+
+impl TenantSet {
+    pub fn contains(&self, tenant: &TenantId) -> bool {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).contains(tenant)
+    }
+
+    fn replace(&self, tenants: Vec<TenantId>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = tenants.into_iter().collect();
     }
 }
 
@@ -33,6 +42,8 @@ pub struct Janitor {
     pub depth: Arc<Backlog>,
     /// Per-tenant limit measured into `depth.tenants_over` (0 = off).
     pub tenant_limit: u64,
+    /// Per-tenant lag limit measured into `depth.tenants_lagging` (0 = off).
+    pub tenant_lag_limit: Duration,
     /// Run the sweeps and clean-ups too (worker roles); an API-only process
     /// only measures the depth its back-pressure needs.
     pub sweeps: bool,
@@ -70,8 +81,9 @@ pub async fn run(j: Janitor, mut shutdown: watch::Receiver<bool>) {
                 limit => j.queue.tenants_over(limit).await,
             };
             if let Ok(over) = over {
-                *j.depth.tenants_over.write().unwrap_or_else(|p| p.into_inner()) = over.into_iter().collect();
+                j.depth.tenants_over.replace(over);
             }
+            gauge_lag(&j).await;
         }
         if !j.sweeps {
             continue;
@@ -106,6 +118,29 @@ pub async fn run(j: Janitor, mut shutdown: watch::Receiver<bool>) {
                 Err(e) => tracing::warn!(error = %e, "purging webhook deliveries failed"),
             }
         }
+    }
+}
+
+/// The outbox lag (how long the oldest message that could be taken has
+/// been due) as a gauge, and the tenants past their lag limit.
+async fn gauge_lag(j: &Janitor) {
+    let now = Timestamp::now();
+    let lag = j.queue.oldest_ready().await.ok().map(|oldest| {
+        let lag = Duration::from_millis(oldest.map_or(0, |t| (now.as_millis() - t.as_millis()).max(0)) as u64);
+        metrics::gauge!("zapgate_queue_oldest_due_seconds").set(lag.as_secs_f64());
+        lag
+    });
+    let limit = j.tenant_lag_limit;
+    if limit.is_zero() {
+        return;
+    }
+    // Only worth a scan once some tenant could be over the limit.
+    let lagging = match lag {
+        Some(lag) if lag <= limit => Ok(Vec::new()),
+        _ => j.queue.tenants_lagging(now.plus_millis(-(limit.as_millis() as i64))).await,
+    };
+    if let Ok(lagging) = lagging {
+        j.depth.tenants_lagging.replace(lagging);
     }
 }
 

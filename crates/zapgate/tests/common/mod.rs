@@ -349,6 +349,17 @@ impl Server {
         }
     }
 
+    /// The sum of a metric's series in `/metrics` whose labels contain
+    /// `labels` (e.g. `outcome="sent"`); 0 when it has none (or no answer).
+    pub async fn metric(&self, name: &str, labels: &str) -> f64 {
+        let Ok(r) = self.http.get(self.url("/metrics")).send().await else { return 0.0 };
+        let text = r.text().await.unwrap_or_default();
+        text.lines()
+            .filter(|l| l.split(['{', ' ']).next() == Some(name) && l.contains(labels))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
