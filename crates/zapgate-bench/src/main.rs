@@ -12,10 +12,13 @@
 //! command ceilings as well, then the same scenarios with zapgate on
 //! PostgreSQL (+ Redis), as `zapgate serve` and as 1 `api` + N `worker`s,
 //! each on a fresh database created for the run and dropped at its end.
-//! RabbitMQ is not measured yet (zapgate does not use it yet).
+//! With a RabbitMQ URL, its publish-with-confirms and consume-with-ack
+//! ceilings too, then `zapgate serve` with work routed through RabbitMQ
+//! (outbox → relay → work shards → workers), under a topology of its own.
 
 mod kv;
 mod loadgen;
+mod mq;
 mod pg;
 mod report;
 mod scenarios;
@@ -59,7 +62,14 @@ struct Cli {
     /// without one, Redis is skipped].
     #[arg(long)]
     redis_url: Option<String>,
-    /// Distributed mode: connections of the PostgreSQL and Redis ceilings.
+    /// Distributed mode: a RabbitMQ URL [default: $ZAPGATE_BENCH_AMQP_URL, else $ZAPGATE_TEST_AMQP_URL;
+    /// without one, RabbitMQ is skipped].
+    #[arg(long)]
+    amqp_url: Option<String>,
+    /// Distributed mode: work shards (quorum queues) of the RabbitMQ configuration.
+    #[arg(long, default_value_t = 16)]
+    amqp_shards: u16,
+    /// Distributed mode: connections of the PostgreSQL, Redis and RabbitMQ ceilings.
     #[arg(long, default_value_t = 32)]
     service_connections: usize,
     /// Distributed mode: rows per transaction and commands per pipeline of the batched ceilings.
@@ -137,6 +147,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(scenarios::DistributedSettings {
             database_url,
             redis_url: setting(cli.redis_url.clone(), &["ZAPGATE_BENCH_REDIS_URL", "ZAPGATE_TEST_REDIS_URL"]),
+            amqp_url: setting(cli.amqp_url.clone(), &["ZAPGATE_BENCH_AMQP_URL", "ZAPGATE_TEST_AMQP_URL"]),
+            amqp_shards: cli.amqp_shards.max(1),
             service_connections: cli.service_connections.max(1),
             batch: cli.batch.max(2),
             workers: cli.workers,
@@ -172,13 +184,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let extra = serde_json::json!({
             "database_url": pg::redact(&d.database_url),
             "redis_url": d.redis_url.as_deref().map(pg::redact),
+            "amqp_url": d.amqp_url.as_deref().map(pg::redact),
+            "amqp_shards": d.amqp_url.as_ref().map(|_| d.amqp_shards),
             "service_connections": d.service_connections,
             "batch": d.batch,
-            "configurations": if d.workers > 0 {
-                vec!["serve".to_owned(), scenarios::apart_name(d.workers)]
-            } else {
-                vec!["serve".to_owned()]
-            },
+            "configurations": scenarios::configurations(&d),
             "zapgate_database_pool_size": pool.unwrap_or_else(|| "16 (zapgate default)".into()),
             "zapgate_tenant_rate_limit": if d.redis_url.is_some() {
                 format!("{} (through Redis, never limits)", scenarios::TENANT_LIMIT_WITH_REDIS)

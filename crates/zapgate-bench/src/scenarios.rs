@@ -3,7 +3,7 @@
 use crate::loadgen::{self, CpuMeter, LoadResult, MakeRequest, request};
 use crate::report::Figure;
 use crate::server::{self, ADMIN, Deployment, Layout};
-use crate::{kv, pg};
+use crate::{kv, mq, pg};
 use anyhow::Context;
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -28,7 +28,10 @@ pub struct DistributedSettings {
     /// A PostgreSQL URL whose role may `CREATE DATABASE`.
     pub database_url: String,
     pub redis_url: Option<String>,
-    /// Connections of the PostgreSQL and Redis ceilings.
+    pub amqp_url: Option<String>,
+    /// Work shards of the RabbitMQ configuration.
+    pub amqp_shards: u16,
+    /// Connections of the PostgreSQL, Redis and RabbitMQ ceilings.
     pub service_connections: usize,
     /// Rows per transaction (PostgreSQL) and commands per pipeline (Redis) of the batched ceilings.
     pub batch: usize,
@@ -51,6 +54,8 @@ struct Ceilings {
 struct Services {
     admin: pg::Admin,
     redis: Option<String>,
+    amqp: Option<String>,
+    amqp_shards: u16,
 }
 
 /// One way of running zapgate.
@@ -63,19 +68,23 @@ struct Config<'a> {
     slug: &'static str,
     layout: Layout,
     services: Option<&'a Services>,
+    /// Route work through the services' RabbitMQ.
+    broker: bool,
 }
 
-/// A started configuration: its processes and (distributed) its database's name.
+/// A started configuration: its processes, (distributed) its database's
+/// name and (through RabbitMQ) its topology.
 struct Running {
     dep: Deployment,
     database: Option<String>,
+    topology: Option<(String, zapgate_backends::amqp::TopologyConfig)>,
 }
 
 impl Config<'_> {
     /// Starts the configuration on a fresh data directory and (distributed) a fresh database.
     async fn start(&self, s: &Settings, work: &Path, scenario: &str, env: &[(&str, &str)]) -> anyhow::Result<Running> {
         let mut all: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut database = None;
+        let (mut database, mut topology) = (None, None);
         if let Some(services) = self.services {
             settle(s).await;
             let (name, url) = services.admin.create_database(&format!("{}_{scenario}", self.slug)).await?;
@@ -85,18 +94,35 @@ impl Config<'_> {
                 // Every request then runs the Redis GCRA script, as in production, but is never limited.
                 all.push(("ZAPGATE_TENANT_RATE_LIMIT".into(), TENANT_LIMIT_WITH_REDIS.into()));
             }
+            if let (true, Some(amqp)) = (self.broker, &services.amqp) {
+                let prefix = format!("{}_{}_{scenario}", services.admin.run(), self.slug);
+                all.push(("ZAPGATE_AMQP_URL".into(), amqp.clone()));
+                all.push(("ZAPGATE_AMQP_PREFIX".into(), prefix.clone()));
+                all.push(("ZAPGATE_AMQP_SHARDS".into(), services.amqp_shards.to_string()));
+                let config = zapgate_backends::amqp::TopologyConfig {
+                    prefix,
+                    shards: services.amqp_shards,
+                    ..Default::default()
+                };
+                topology = Some((amqp.clone(), config));
+            }
             database = Some(name);
         }
         all.extend(s.env.iter().cloned());
         let dir = work.join(format!("{}-{scenario}", self.slug));
         let dep = Deployment::start(&s.zapgate, self.layout, &dir, &all)?;
-        Ok(Running { dep, database })
+        Ok(Running { dep, database, topology })
     }
 
     /// Stops the processes and (distributed) drops the database at once, so
     /// neither autovacuum nor anything else of this scenario runs into the next.
     async fn finish(&self, run: Running) {
         drop(run.dep);
+        if let Some((url, topology)) = run.topology
+            && let Err(e) = topology.delete(&url).await
+        {
+            eprintln!("warning: could not delete the RabbitMQ topology {}: {e}", topology.prefix);
+        }
         if let (Some(services), Some(db)) = (self.services, run.database)
             && !services.admin.keep()
         {
@@ -160,6 +186,7 @@ pub async fn run_embedded(s: &Settings) -> anyhow::Result<Vec<Figure>> {
         slug: "embedded",
         layout: Layout::Serve,
         services: None,
+        broker: false,
     };
     send_only(s, &cfg, &ceilings, &work, &mut figs).await?;
     full_loop(s, &cfg, &work, &mut figs).await?;
@@ -180,7 +207,7 @@ pub async fn run_distributed(
     let admin = pg::Admin::connect(&d.database_url, d.keep_databases).await.with_context(|| {
         format!("PostgreSQL at {} (is it up? scripts/services.sh starts it)", pg::redact(&d.database_url))
     })?;
-    let services = Services { admin, redis: d.redis_url.clone() };
+    let services = Services { admin, redis: d.redis_url.clone(), amqp: d.amqp_url.clone(), amqp_shards: d.amqp_shards };
     let result = tokio::select! {
         r = distributed(s, d, &services, versions) => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
@@ -254,6 +281,39 @@ async fn distributed(
             "warning: no Redis URL (--redis-url, ZAPGATE_BENCH_REDIS_URL, ZAPGATE_TEST_REDIS_URL): Redis ceilings skipped, zapgate runs with in-process limits"
         );
     }
+    if let Some(amqp) = &services.amqp {
+        versions.insert(
+            "rabbitmq".into(),
+            mq::version(amqp).await.context("RabbitMQ (scripts/services.sh starts it)")?.into(),
+        );
+        let cpu = CpuMeter::start();
+        let mq = mq::ceilings(amqp, conns, d.batch, s.phase).await?;
+        eprintln!("rabbitmq publish+confirm: {:.0}/s, consume+ack: {:.0}/s", mq.publish.rate(), mq.consume.rate());
+        figs.push(
+            Figure::new(
+                format!("RabbitMQ publish with confirms, quorum queue, {conns} connections × {} in flight", d.batch),
+                mq.publish.rate(),
+                "msg/s",
+            )
+            .note(format!("{}; {}", ceiling_note(&mq.publish), cpu.describe(true))),
+        );
+        figs.push(
+            Figure::new(
+                format!("RabbitMQ consume + ack (multiple, every {}), quorum queue, 1 consumer", d.batch),
+                mq.consume.rate(),
+                "msg/s",
+            )
+            .note(format!(
+                "{} messages; client used {:.2} cores",
+                mq.consume.ops,
+                mq.consume.client_cores()
+            )),
+        );
+    } else {
+        eprintln!(
+            "warning: no RabbitMQ URL (--amqp-url, ZAPGATE_BENCH_AMQP_URL, ZAPGATE_TEST_AMQP_URL): RabbitMQ ceilings and the broker configuration skipped"
+        );
+    }
     // The ceiling tables are large; drop them before zapgate runs (settled first: see `settle`).
     admin.drop_database(&format!("{}_ceilings", admin.run())).await;
     let ceilings = Ceilings { hello: hello_fig, pg_commit: Some(pg_commit) };
@@ -265,12 +325,27 @@ async fn distributed(
         slug: "serve",
         layout: Layout::Serve,
         services: Some(services),
+        broker: false,
     };
     send_only(s, &serve, &ceilings, &work, &mut figs).await?;
     full_loop(s, &serve, &work, &mut figs).await?;
     webhooks(s, &serve, &ceilings, hello.addr, &work, &mut figs).await?;
 
-    // 3. Roles apart: one API process and N workers on the same database.
+    // 3. zapgate serve with work through RabbitMQ: outbox → relay → shards → workers.
+    if services.amqp.is_some() {
+        let brokered = Config {
+            label: "distributed serve, RabbitMQ".into(),
+            suffix: " [serve, RabbitMQ]".into(),
+            slug: "mq",
+            layout: Layout::Serve,
+            services: Some(services),
+            broker: true,
+        };
+        send_only(s, &brokered, &ceilings, &work, &mut figs).await?;
+        full_loop(s, &brokered, &work, &mut figs).await?;
+    }
+
+    // 4. Roles apart: one API process and N workers on the same database.
     if d.workers > 0 {
         let apart = Config {
             label: format!("distributed, {}, summed", apart_name(d.workers)),
@@ -278,6 +353,7 @@ async fn distributed(
             slug: "apart",
             layout: Layout::Apart { workers: d.workers },
             services: Some(services),
+            broker: false,
         };
         send_only(s, &apart, &ceilings, &work, &mut figs).await?;
         full_loop(s, &apart, &work, &mut figs).await?;
@@ -286,6 +362,18 @@ async fn distributed(
     drop(hello);
     let _ = std::fs::remove_dir_all(&work);
     Ok(figs)
+}
+
+/// The configurations a distributed run measures, by name.
+pub fn configurations(d: &DistributedSettings) -> Vec<String> {
+    let mut names = vec!["serve".to_owned()];
+    if d.amqp_url.is_some() {
+        names.push("serve, RabbitMQ".to_owned());
+    }
+    if d.workers > 0 {
+        names.push(apart_name(d.workers));
+    }
+    names
 }
 
 /// "1 api + 2 workers".
