@@ -56,6 +56,11 @@ pub trait Outbox: Send + Sync + 'static {
     /// These were not confirmed (nacked, returned, connection lost): back to
     /// the table, taken again from `retry_at`.
     async fn unpublished(&self, ids: &[MessageId], retry_at: Timestamp) -> Result<(), StoreError>;
+    /// Entries published (confirmed in the broker) since before `before` that
+    /// no worker has taken go back to the table to be published again: their
+    /// copy may be lost (a purged or deleted queue). A copy that turns up
+    /// late loses the compare-and-set. Returns how many.
+    async fn republish_stale(&self, before: Timestamp, now: Timestamp) -> Result<u64, StoreError>;
     /// A worker got these `(message, attempt)` pairs from the broker: moves
     /// each message `queued → sending` (compare-and-set on its attempt) and
     /// leases its entry to this process, in one transaction. Duplicates and

@@ -186,6 +186,7 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
                 lookahead_ms: config.relay_lookahead.as_millis().min(u128::from(u32::MAX)) as u32,
                 ..Default::default()
             },
+            republish_after: config.relay_republish_after,
             signal: signal.clone(),
         };
         drained.push(tokio::spawn(relay::run(relay, stop_rx.clone())));

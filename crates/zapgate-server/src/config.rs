@@ -48,6 +48,10 @@ pub struct Config {
     /// Per instance, about this much of its pace goes to RabbitMQ ahead.
     #[serde(with = "humantime_serde")]
     pub relay_lookahead: Duration,
+    /// A message RabbitMQ has held this long without a worker taking it is
+    /// published again (its copy may be lost: a purged or deleted queue).
+    #[serde(with = "humantime_serde")]
+    pub relay_republish_after: Duration,
     /// Redis URL: rate limits and locks shared by every process (soft state).
     pub redis_url: Option<String>,
     /// S3-compatible bucket for media (unset: `<data_dir>/media`).
@@ -133,6 +137,7 @@ impl Default for Config {
             relay_batch: 512,
             relay_tenant_cap: 5_000,
             relay_lookahead: Duration::from_secs(2),
+            relay_republish_after: Duration::from_secs(900),
             redis_url: None,
             s3_bucket: None,
             s3_endpoint: None,
@@ -209,7 +214,11 @@ impl Config {
         if self.amqp_shards == 0 || self.amqp_prefetch == 0 {
             return bad("ZAPGATE_AMQP_SHARDS and ZAPGATE_AMQP_PREFETCH must be at least 1");
         }
-        if self.relay_batch == 0 || self.relay_tenant_cap == 0 || self.relay_lookahead.is_zero() {
+        if self.relay_batch == 0
+            || self.relay_tenant_cap == 0
+            || self.relay_lookahead.is_zero()
+            || self.relay_republish_after.is_zero()
+        {
             return bad("ZAPGATE_RELAY_BATCH, ZAPGATE_RELAY_TENANT_CAP and ZAPGATE_RELAY_LOOKAHEAD must be above 0");
         }
         if self.s3_bucket.is_some() && (self.s3_access_key_id.is_none() || self.s3_secret_access_key.is_none()) {

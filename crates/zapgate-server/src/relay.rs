@@ -25,6 +25,8 @@ use zapgate_domain::Timestamp;
 const POLL: Duration = Duration::from_millis(20);
 /// Due retries and dead processes' leases are looked at this often.
 const PROMOTE_EVERY: Duration = Duration::from_millis(100);
+/// Published entries no worker took are looked for this often.
+const STALE_EVERY: Duration = Duration::from_secs(10);
 /// Unconfirmed entries (queue full, connection lost) wait this long.
 const REPUBLISH_AFTER_MS: i64 = 1_000;
 
@@ -41,12 +43,15 @@ pub struct Relay {
     pub queue: Arc<dyn Queue>,
     pub broker: Broker,
     pub limits: RelayLimits,
+    /// See `Outbox::republish_stale`.
+    pub republish_after: Duration,
     pub signal: Arc<WorkSignal>,
 }
 
 pub async fn run(relay: Relay, mut shutdown: watch::Receiver<bool>) {
     let shards = relay.broker.topology().shards;
     let mut next_promote = Instant::now();
+    let mut next_stale = Instant::now() + STALE_EVERY.min(relay.republish_after);
     loop {
         if *shutdown.borrow() {
             break;
@@ -58,6 +63,10 @@ pub async fn run(relay: Relay, mut shutdown: watch::Receiver<bool>) {
             relay.signal.take();
             next_promote = Instant::now() + PROMOTE_EVERY;
         }
+        if Instant::now() >= next_stale {
+            republish_stale(&relay).await;
+            next_stale = Instant::now() + STALE_EVERY.min(relay.republish_after);
+        }
         let pause = if relay.broker.healthy() { round(&relay, shards).await } else { Some(Duration::from_millis(200)) };
         if let Some(pause) = pause {
             tokio::select! {
@@ -68,6 +77,23 @@ pub async fn run(relay: Relay, mut shutdown: watch::Receiver<bool>) {
         }
     }
     tracing::info!("relay stopped");
+}
+
+async fn republish_stale(relay: &Relay) {
+    let now = Timestamp::now();
+    let before = now.plus_millis(-(relay.republish_after.as_millis() as i64));
+    match relay.outbox.republish_stale(before, now).await {
+        Ok(0) => {}
+        Ok(n) => {
+            metrics::counter!("zapgate_relay_republished_total").increment(n);
+            tracing::warn!(
+                messages = n,
+                after = %humantime::format_duration(relay.republish_after),
+                "relay: RabbitMQ held messages that long without a worker taking them; publishing them again"
+            );
+        }
+        Err(e) => tracing::warn!(error = %e, "relay: looking for stale published entries failed"),
+    }
 }
 
 /// One take → publish → record round. Returns how long to pause (`None`:

@@ -140,6 +140,11 @@ struct ServeArgs {
     #[arg(long, env = "ZAPGATE_RELAY_LOOKAHEAD", value_parser = parse_duration, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
     relay_lookahead: Option<Duration>,
+    /// A message RabbitMQ has held this long without a worker taking it is published again
+    /// (its copy may have been lost to a purged queue; a late copy is dropped) [default: 15m].
+    #[arg(long, env = "ZAPGATE_RELAY_REPUBLISH_AFTER", value_parser = parse_duration, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    relay_republish_after: Option<Duration>,
     /// Redis URL (redis://host:6379): rate limits and locks shared by every process; needs ZAPGATE_DATABASE_URL.
     #[arg(long, env = "ZAPGATE_REDIS_URL", value_name = "URL", hide_env_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -176,3 +176,44 @@ async fn stopped_relays_fill_the_outbox_to_503_then_resume() {
     let _relays = Server::start_relays(1, dir.clone(), &env).await;
     assert_each_sent_once(&api, &accepted).await;
 }
+
+/// A copy lost in RabbitMQ (here: the work queues purged while no worker
+/// runs) is published again after `ZAPGATE_RELAY_REPUBLISH_AFTER`, so the
+/// message is still sent, once.
+#[tokio::test]
+async fn messages_whose_broker_copy_was_lost_are_published_again() {
+    if !brokered() {
+        return;
+    }
+    let env = [("ZAPGATE_TENANT_RATE_LIMIT", "0"), ("ZAPGATE_RELAY_REPUBLISH_AFTER", "1s")];
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let api = Arc::new(Server::start_role("api", dir.clone(), &env).await);
+    let relays = Server::start_relays(1, dir.clone(), &env).await;
+    let tenants = vec![api.tenant_with_instance("lost", 100).await];
+    let accepted = accept_all(&api, &tenants, 20).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while relays[0].metric("zapgate_relay_published_total", "result=\"confirmed\"").await < 20.0 {
+        assert!(Instant::now() < deadline, "the relay never published the messages");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The harness names the topology after the database.
+    let prefix = api.database.as_ref().expect("distributed").name.clone();
+    for shard in 0..2 {
+        let queue = format!("{prefix}.work.{shard}");
+        let Some(out) = rabbitmqctl(&["purge_queue", &queue]) else {
+            return println!("skipped: rabbitmqctl cannot reach the node");
+        };
+        assert!(out.status.success(), "purging {queue}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let _worker = Server::start_role("worker", dir.clone(), &env).await;
+    assert_each_sent_once(&api, &accepted).await;
+    assert!(relays[0].metric("zapgate_relay_republished_total", "").await >= 20.0, "{}", relays[0].logs());
+}
+
+/// `rabbitmqctl ARGS` with a time limit; None when it cannot run at all.
+fn rabbitmqctl(args: &[&str]) -> Option<std::process::Output> {
+    let out =
+        std::process::Command::new("timeout").args(["-k", "5", "30", "rabbitmqctl", "-q"]).args(args).output().ok()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    (!stderr.contains("unable to perform an operation") && out.status.code() != Some(127)).then_some(out)
+}

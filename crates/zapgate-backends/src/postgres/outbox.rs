@@ -95,6 +95,21 @@ impl Outbox for PgBackend {
         Ok(())
     }
 
+    async fn republish_stale(&self, before: Timestamp, now: Timestamp) -> Result<u64, StoreError> {
+        // visible_at of a published entry is when the relay took it.
+        let n = sqlx::query(
+            "UPDATE queue_entries SET lease_owner = NULL, visible_at = $1, ready = is_head \
+             WHERE lease_owner = $2 AND visible_at < $3",
+        )
+        .bind(now.as_millis())
+        .bind(lease::IN_BROKER)
+        .bind(before.as_millis())
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        Ok(n)
+    }
+
     async fn begin_delivered(
         &self,
         deliveries: &[(MessageId, u32)],
