@@ -11,7 +11,6 @@
 mod common;
 
 use common::*;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use zapgate_sim::tcp::FaultProxy;
@@ -40,27 +39,7 @@ async fn accept_all(api: &Arc<Server>, tenants: &[(String, String)], per_tenant:
 /// provider exactly once (a broker fault never costs a duplicate: a copy
 /// RabbitMQ redelivers loses the worker's compare-and-set).
 async fn assert_each_sent_once(api: &Server, accepted: &[(String, String)]) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    for (token, id) in accepted {
-        let m = loop {
-            let m = api.message(token, id).await;
-            if ["sent", "delivered", "read"].contains(&m["status"].as_str().unwrap()) {
-                break m;
-            }
-            assert!(Instant::now() < deadline, "message {id} stuck: {m:#}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        let history = m["history"].as_array().unwrap();
-        assert!(
-            !history.iter().any(|e| ["failed", "dead", "retry_wait"].contains(&e["status"].as_str().unwrap())),
-            "a broker fault must not count as a failure: {m:#}"
-        );
-        assert_eq!(m["attempts"], 0, "a broker fault spends no attempt");
-    }
-    let mut per_message: HashMap<String, usize> = HashMap::new();
-    for r in api.receipts() {
-        *per_message.entry(r["message_id"].as_str().unwrap().to_owned()).or_default() += 1;
-    }
+    let (_, per_message) = api.settled_after_fault(accepted, "a broker fault").await;
     for (_, id) in accepted {
         assert_eq!(per_message.get(id), Some(&1), "message {id} reached the provider {:?} times", per_message.get(id));
     }

@@ -252,29 +252,7 @@ async fn fault_mid_run(fault: Fault<'_>) {
             assert!(cut >= 2, "only {cut} connections were cut the second time");
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut requeued = 0;
-    for (token, id) in &accepted {
-        let m = loop {
-            let m = api.message(token, id).await;
-            if m["status"] == "sent" {
-                break m;
-            }
-            assert!(Instant::now() < deadline, "message {id} stuck after the worker died: {m:#}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        let h = m["history"].as_array().unwrap();
-        assert!(
-            !h.iter().any(|e| ["failed", "dead", "retry_wait"].contains(&e["status"].as_str().unwrap())),
-            "the kill must not count as a failure: {m:#}"
-        );
-        assert_eq!(m["attempts"], 0, "the kill spent no attempt");
-        requeued += h.iter().filter(|e| e["reason"].as_str().is_some_and(|r| r.starts_with("requeued"))).count();
-    }
-    let mut per_message: HashMap<String, usize> = HashMap::new();
-    for r in api.receipts() {
-        *per_message.entry(r["message_id"].as_str().unwrap().to_owned()).or_default() += 1;
-    }
+    let (requeued, per_message) = api.settled_after_fault(&accepted, "the worker's death").await;
     for (_, id) in &accepted {
         assert!(per_message.contains_key(id), "accepted message {id} never reached the provider");
     }

@@ -303,6 +303,41 @@ impl Server {
         }
     }
 
+    /// After a fault: waits until every accepted `(token, message id)` is
+    /// sent (or later), asserting that the fault failed, dead-lettered or
+    /// delayed none and spent no attempt. Returns how many were requeued (in
+    /// flight at the fault) and how often the provider saw each message id.
+    pub async fn settled_after_fault(
+        &self,
+        accepted: &[(String, String)],
+        fault: &str,
+    ) -> (usize, std::collections::HashMap<String, usize>) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut requeued = 0;
+        for (token, id) in accepted {
+            let m = loop {
+                let m = self.message(token, id).await;
+                if ["sent", "delivered", "read"].contains(&m["status"].as_str().unwrap()) {
+                    break m;
+                }
+                assert!(Instant::now() < deadline, "message {id} stuck after {fault}: {m:#}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            let h = m["history"].as_array().unwrap();
+            assert!(
+                !h.iter().any(|e| ["failed", "dead", "retry_wait"].contains(&e["status"].as_str().unwrap())),
+                "{fault} must not count as a failure: {m:#}"
+            );
+            assert_eq!(m["attempts"], 0, "{fault} spent no attempt");
+            requeued += h.iter().filter(|e| e["reason"].as_str().is_some_and(|r| r.starts_with("requeued"))).count();
+        }
+        let mut per_message = std::collections::HashMap::new();
+        for r in self.receipts() {
+            *per_message.entry(r["message_id"].as_str().unwrap().to_owned()).or_default() += 1;
+        }
+        (requeued, per_message)
+    }
+
     /// Starts a fresh server process on the same data directory (and database).
     pub async fn restart(mut self, env: &[(&str, &str)]) -> Server {
         self.kill();
@@ -344,7 +379,14 @@ impl Server {
     /// Every send the sandbox accepted, in order (across restarts).
     pub fn receipts(&self) -> Vec<Value> {
         match std::fs::read_to_string(self.receipts_path()) {
-            Ok(s) => s.lines().filter(|l| !l.is_empty()).map(|l| serde_json::from_str(l).unwrap()).collect(),
+            // Only whole lines: a line another process is still appending
+            // may be read in part.
+            Ok(s) => s
+                .split_inclusive('\n')
+                .filter_map(|l| l.strip_suffix('\n'))
+                .filter(|l| !l.is_empty())
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect(),
             Err(_) => Vec::new(),
         }
     }
