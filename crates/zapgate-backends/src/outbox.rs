@@ -56,6 +56,12 @@ pub trait Outbox: Send + Sync + 'static {
     /// These were not confirmed (nacked, returned, connection lost): back to
     /// the table, taken again from `retry_at`.
     async fn unpublished(&self, ids: &[MessageId], retry_at: Timestamp) -> Result<(), StoreError>;
+    /// A retry of `id` at `attempt` was published to a wait queue: its entry,
+    /// rescheduled in the table by the outcome, is marked published so no
+    /// relay takes it again. False when the entry has moved on meanwhile (a
+    /// relay took it: then the copy in the wait queue loses the
+    /// compare-and-set, or wins it and the relay's copy loses).
+    async fn parked(&self, id: &MessageId, attempt: u32) -> Result<bool, StoreError>;
     /// Entries published (confirmed in the broker) since before `before` that
     /// no worker has taken go back to the table to be published again: their
     /// copy may be lost (a purged or deleted queue). A copy that turns up

@@ -159,6 +159,12 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
         retry_limit: config.message_retry_limit,
         send_timeout: config.send_timeout,
         concurrency: config.instance_concurrency,
+        parking: match (&backends.broker, &backends.outbox) {
+            (Some(broker), Some(outbox)) => {
+                Some(crate::worker::parking::Parking { broker: broker.clone(), outbox: outbox.clone() })
+            }
+            _ => None,
+        },
     });
     let queue_depth = Arc::new(janitor::Backlog::default());
     let janitor = janitor::Janitor {
@@ -249,8 +255,12 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
 /// retried in the background (messages wait in the outbox meanwhile).
 async fn connect_broker(config: &Config, url: &str, role: Role) -> anyhow::Result<zapgate_backends::amqp::Broker> {
     use zapgate_backends::amqp::{Broker, BrokerOptions, TopologyConfig};
-    let topology =
-        TopologyConfig { prefix: config.amqp_prefix.clone(), shards: config.amqp_shards, ..Default::default() };
+    let topology = TopologyConfig {
+        prefix: config.amqp_prefix.clone(),
+        shards: config.amqp_shards,
+        tiers: config.amqp_tiers().map_err(anyhow::Error::msg)?,
+        ..Default::default()
+    };
     let options = BrokerOptions { connection_name: format!("zapgate-{}", role.name()), ..Default::default() };
     let broker =
         Broker::connect_with(url, topology, options).await.context("connecting to RabbitMQ (ZAPGATE_AMQP_URL)")?;

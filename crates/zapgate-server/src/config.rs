@@ -40,6 +40,9 @@ pub struct Config {
     pub amqp_shards: u16,
     /// Unacked deliveries per work shard a worker holds at most.
     pub amqp_prefetch: u16,
+    /// Delays of the RabbitMQ wait queues (one quorum queue each) that retries
+    /// wait in; the same in every process.
+    pub amqp_wait_tiers: String,
     /// Most outbox entries a relay takes and publishes per round.
     pub relay_batch: u32,
     /// Most messages of one tenant in RabbitMQ or being sent at once; the
@@ -134,6 +137,7 @@ impl Default for Config {
             amqp_prefix: "zapgate".into(),
             amqp_shards: 16,
             amqp_prefetch: 512,
+            amqp_wait_tiers: "5s,30s,2m,10m,1h,6h".into(),
             relay_batch: 512,
             relay_tenant_cap: 5_000,
             relay_lookahead: Duration::from_secs(2),
@@ -205,6 +209,23 @@ impl Config {
         }
     }
 
+    /// The RabbitMQ wait tiers, each named by its delay as written (`5s` →
+    /// queue `{prefix}.wait.5s`).
+    pub fn amqp_tiers(&self) -> Result<Vec<zapgate_backends::amqp::Tier>, String> {
+        let tiers: Result<Vec<_>, _> = self
+            .amqp_wait_tiers
+            .split(',')
+            .map(str::trim)
+            .map(|name| parse_duration(name).map(|ttl| zapgate_backends::amqp::Tier::new(name, ttl)))
+            .collect();
+        match tiers {
+            Ok(t) if !t.is_empty() && t.len() <= 20 && t.iter().all(|t| !t.ttl.is_zero()) => Ok(t),
+            _ => {
+                Err("ZAPGATE_AMQP_WAIT_TIERS must be 1 to 20 comma-separated durations above 0, e.g. 5s,30s,2m".into())
+            }
+        }
+    }
+
     /// Refuses mixes that cannot work, with a message saying what to change.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
@@ -245,7 +266,7 @@ impl Config {
         if self.max_body_bytes < 1024 {
             return bad("ZAPGATE_MAX_BODY_BYTES must be at least 1024");
         }
-        if let Err(e) = self.webhook_retry_delays() {
+        if let Err(e) = self.webhook_retry_delays().and(self.amqp_tiers()) {
             return bad(&e);
         }
         if let Some(t) = &self.admin_token

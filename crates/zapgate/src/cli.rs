@@ -127,6 +127,11 @@ struct ServeArgs {
     #[arg(long, env = "ZAPGATE_AMQP_PREFETCH", value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     amqp_prefetch: Option<u16>,
+    /// Delays of the RabbitMQ wait queues retries wait in; the same in every process
+    /// [default: 5s,30s,2m,10m,1h,6h].
+    #[arg(long, env = "ZAPGATE_AMQP_WAIT_TIERS", value_name = "DURATIONS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    amqp_wait_tiers: Option<String>,
     /// Outbox entries a relay publishes per round [default: 512].
     #[arg(long, env = "ZAPGATE_RELAY_BATCH", value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]

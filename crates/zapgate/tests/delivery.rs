@@ -29,7 +29,16 @@ async fn retryable_failures_are_retried_with_backoff_then_succeed() {
     };
     assert!((50..=100).contains(&gap(waits[0])), "first backoff {}ms", gap(waits[0]));
     assert!((100..=200).contains(&gap(waits[1])), "second backoff {}ms", gap(waits[1]));
+    // Never early: each retry's attempt starts at or after its next_attempt_at.
+    for (i, e) in events.iter().enumerate().filter(|(_, e)| e["status"] == "retry_wait") {
+        let retried = &events[i + 1];
+        assert!(millis(retried["at"].as_str().unwrap()) >= millis(e["next_attempt_at"].as_str().unwrap()), "{m:#}");
+    }
     assert_eq!(s.receipts().len(), 1, "only the successful call reached the provider's log");
+    if brokered() {
+        // Through RabbitMQ both waits were spent in a wait queue, not the table.
+        assert_eq!(s.metric("zapgate_retries_parked_total", "").await, 2.0, "{}", s.logs());
+    }
 }
 
 fn millis(rfc3339: &str) -> i64 {

@@ -95,6 +95,20 @@ impl Outbox for PgBackend {
         Ok(())
     }
 
+    async fn parked(&self, id: &MessageId, attempt: u32) -> Result<bool, StoreError> {
+        let n = sqlx::query(
+            "UPDATE queue_entries SET lease_owner = $1, ready = FALSE \
+             WHERE message_id = $2 AND attempt = $3 AND lease_owner IS NULL",
+        )
+        .bind(lease::IN_BROKER)
+        .bind(id.as_str())
+        .bind(i64::from(attempt))
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
     async fn republish_stale(&self, before: Timestamp, now: Timestamp) -> Result<u64, StoreError> {
         // visible_at of a published entry is when the relay took it.
         let n = sqlx::query(

@@ -27,6 +27,8 @@ pub struct WorkerCtx {
     pub retry_limit: u32,
     pub send_timeout: Duration,
     pub concurrency: u32,
+    /// With RabbitMQ: retries wait in its wait queues.
+    pub parking: Option<super::parking::Parking>,
 }
 
 /// Called once a message's outcome is stored (a broker consumer acks the
@@ -214,6 +216,9 @@ async fn finish(
     };
     metrics::counter!("zapgate_send_outcomes_total", "outcome" => label).increment(1);
     crash_point("before_ack");
+    if let (Some(OutcomeApplied::RetryAt { at, attempts }), Some(parking)) = (&applied, &ctx.parking) {
+        parking.park(&msg.id, &instance.id, *attempts, *at).await;
+    }
     if let Some(applied) = applied.filter(|_| !ctx.backends.queue.settled_by_store()) {
         let settlement = match applied {
             OutcomeApplied::RetryAt { at, attempts } => Settlement::RetryAt { at, attempt: attempts },

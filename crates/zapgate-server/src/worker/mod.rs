@@ -8,6 +8,7 @@ pub mod consumer;
 pub mod dispatcher;
 pub mod janitor;
 pub mod lane;
+pub mod parking;
 pub mod retry;
 pub mod signal;
 pub mod statuses;

@@ -57,6 +57,9 @@ pub fn brokered() -> bool {
 
 /// Work shards per test topology in the broker pass (few: each is a quorum queue).
 const BROKER_SHARDS: u16 = 2;
+/// Wait tiers of the broker pass: short, so retries through them keep the
+/// tests quick (`ZAPGATE_AMQP_WAIT_TIERS`, and deleted with the topology).
+const BROKER_TIERS: [(&str, u64); 3] = [("250ms", 250), ("1s", 1_000), ("5s", 5_000)];
 
 /// The broker pass's work shard of an instance (None outside it): each
 /// shard is consumed by one worker, so a test that needs every worker busy
@@ -175,6 +178,10 @@ fn drop_broker_topology(prefix: &str) {
     let topology = zapgate_backends::amqp::TopologyConfig {
         prefix: prefix.to_owned(),
         shards: BROKER_SHARDS,
+        tiers: BROKER_TIERS
+            .iter()
+            .map(|(name, ms)| zapgate_backends::amqp::Tier::new(*name, Duration::from_millis(*ms)))
+            .collect(),
         ..Default::default()
     };
     let _ = std::thread::spawn(move || {
@@ -239,6 +246,8 @@ impl Server {
                 cmd.env("ZAPGATE_AMQP_URL", amqp);
                 cmd.env("ZAPGATE_AMQP_PREFIX", &db.name);
                 cmd.env("ZAPGATE_AMQP_SHARDS", BROKER_SHARDS.to_string());
+                let tiers: Vec<&str> = BROKER_TIERS.iter().map(|(name, _)| *name).collect();
+                cmd.env("ZAPGATE_AMQP_WAIT_TIERS", tiers.join(","));
             }
         }
         for (k, v) in env {
