@@ -159,6 +159,77 @@ async fn concurrent_accepts_with_one_key_store_one_message_and_never_fail_the_ba
     assert!(replayed.windows(2).all(|w| w[0] == w[1]), "every replay names the same message");
 }
 
+/// Concurrent accepts commit together (PostgreSQL: one batch transaction;
+/// SQLite: one writer batch): new messages, a conflicting key and unknown
+/// instances mixed in one burst each get their own answer, and the chat
+/// sequence numbers of each chat come out gap-free and unique.
+#[tokio::test]
+async fn a_burst_mixing_new_conflicting_and_unknown_accepts_answers_each() {
+    let f = Arc::new(fixture().await);
+    let keyed = |f: &Fixture, body: &str| {
+        let req = request(f, "+5511999997777", body, Priority::Normal);
+        let fingerprint = req.fingerprint();
+        AcceptMessage {
+            id: MessageId::generate(),
+            tenant_id: f.tenant.clone(),
+            request: req,
+            idempotency: Some(IdempotencyKey { key: "used".into(), fingerprint }),
+            now: Timestamp::now(),
+        }
+    };
+    assert!(matches!(f.b.store.accept(keyed(&f, "first")).await.unwrap(), Accepted::New { .. }));
+    let mut tasks = Vec::new();
+    for n in 0..60 {
+        let f = f.clone();
+        tasks.push(tokio::spawn(async move {
+            let m = match n % 5 {
+                0 => {
+                    let mut req = request(&f, "+5511999990001", "nowhere", Priority::Normal);
+                    req.instance_id = InstanceId::generate();
+                    AcceptMessage {
+                        id: MessageId::generate(),
+                        tenant_id: f.tenant.clone(),
+                        request: req,
+                        idempotency: None,
+                        now: Timestamp::now(),
+                    }
+                }
+                1 => keyed(&f, "different"),
+                _ => AcceptMessage {
+                    id: MessageId::generate(),
+                    tenant_id: f.tenant.clone(),
+                    request: request(&f, &format!("+551199999000{}", n % 3), "burst", Priority::Normal),
+                    idempotency: None,
+                    now: Timestamp::now(),
+                },
+            };
+            (n, f.b.store.accept(m).await.unwrap())
+        }));
+    }
+    let mut new = Vec::new();
+    for t in tasks {
+        match t.await.unwrap() {
+            (n, Accepted::UnknownInstance) => assert_eq!(n % 5, 0),
+            (n, Accepted::KeyReused) => assert_eq!(n % 5, 1),
+            (n, Accepted::New { id, .. }) => {
+                assert!(n % 5 >= 2, "{n} accepted");
+                new.push(id);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(new.len(), 36);
+    let mut per_chat: std::collections::HashMap<String, Vec<i64>> = Default::default();
+    for id in &new {
+        let m = f.b.store.get_message(&f.tenant, id).await.unwrap().unwrap();
+        per_chat.entry(m.to.key()).or_default().push(m.chat_seq);
+    }
+    for (chat, mut seqs) in per_chat {
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>(), "chat {chat}");
+    }
+}
+
 #[tokio::test]
 async fn a_failing_job_does_not_fail_others_in_its_batch() {
     let f = Arc::new(fixture().await);

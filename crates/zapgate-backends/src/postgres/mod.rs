@@ -9,6 +9,7 @@
 //! orphaned and return them at once (see [`queue`]), instead of waiting for
 //! a lease timeout.
 
+mod accepts;
 mod outbox;
 mod queue;
 mod rows;
@@ -63,6 +64,7 @@ pub(crate) mod lease {
 
 pub struct PgBackend {
     pool: PgPool,
+    accepts: accepts::Accepts,
     /// The connection holding this process's session locks.
     session: session::OwnerSession,
     /// Notified after writes that add events or deliveries in this process.
@@ -85,7 +87,8 @@ impl PgBackend {
             .await?;
         migrate(&pool).await?;
         let session = session::OwnerSession::open(options).await?;
-        Ok(Self { pool, session, committed: Arc::new(Notify::new()) })
+        let accepts = accepts::Accepts::start(pool.clone());
+        Ok(Self { pool, accepts, session, committed: Arc::new(Notify::new()) })
     }
 
     /// This process's lease owner id (held by the owner session's lock).

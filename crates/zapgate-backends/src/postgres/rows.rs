@@ -103,24 +103,38 @@ pub async fn insert_events(
     status: MessageStatus,
     at: Timestamp,
 ) -> Result<(), StoreError> {
-    if msgs.is_empty() {
+    let rows: Vec<_> = msgs.iter().map(|(m, d)| (*m, status, d, at)).collect();
+    insert_status_events(conn, &rows).await
+}
+
+/// Appends one `message.status` event per row (each its own status and
+/// time), in one statement.
+pub async fn insert_status_events(
+    conn: &mut PgConnection,
+    rows: &[(&MessageRef, MessageStatus, &StatusDetail, Timestamp)],
+) -> Result<(), StoreError> {
+    if rows.is_empty() {
         return Ok(());
     }
-    let mut ids = Vec::with_capacity(msgs.len());
+    let mut ids = Vec::with_capacity(rows.len());
     let (mut tenants, mut messages, mut instances, mut seqs, mut details) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for (m, d) in msgs {
+    let (mut statuses, mut ats) = (Vec::new(), Vec::new());
+    for (m, status, d, at) in rows {
         ids.push(EventId::generate().to_string());
         tenants.push(m.tenant_id.clone());
         messages.push(m.id.clone());
         instances.push(m.instance_id.clone());
         seqs.push(m.chat_seq);
         details.push(serde_json::to_string(d).expect("details serialise"));
+        statuses.push(status.as_str());
+        ats.push(at.as_millis());
     }
     sqlx::query(
         "WITH e AS (INSERT INTO events (id, tenant_id, message_id, instance_id, type, status, chat_seq, detail, \
-         created_at) SELECT i, t, m, n, 'message.status', $6, c, d, $7 \
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $8::text[]) AS u(i, t, m, n, c, d) \
+         created_at) SELECT i, t, m, n, 'message.status', s, c, d, a \
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::bigint[], \
+                     $8::text[]) AS u(i, t, m, n, c, s, a, d) \
          RETURNING seq) INSERT INTO events_unfanned (event_seq) SELECT seq FROM e",
     )
     .bind(ids)
@@ -128,8 +142,8 @@ pub async fn insert_events(
     .bind(messages)
     .bind(instances)
     .bind(seqs)
-    .bind(status.as_str())
-    .bind(at.as_millis())
+    .bind(statuses)
+    .bind(ats)
     .bind(details)
     .execute(conn)
     .await?;

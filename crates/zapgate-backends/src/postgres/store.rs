@@ -182,19 +182,8 @@ impl Store for PgBackend {
     }
 
     async fn accept(&self, msg: AcceptMessage) -> Result<Accepted, StoreError> {
-        let mut tries = 0;
-        let accepted = loop {
-            let r = async {
-                let mut tx = self.pool().begin().await?;
-                let accepted = accept(&mut tx, msg.clone()).await?;
-                tx.commit().await?;
-                Ok(accepted)
-            }
-            .await;
-            if !again(&r, &mut tries).await {
-                break r?;
-            }
-        };
+        // Group commit: see `accepts.rs`.
+        let accepted = self.accepts.accept(msg).await?;
         crash_point("after_commit");
         if matches!(accepted, Accepted::New { .. }) {
             self.wake();
@@ -548,6 +537,23 @@ async fn insert_token(
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// One accept in a transaction of its own: what a batch falls back to.
+pub(super) async fn accept_alone(pool: &sqlx::PgPool, msg: AcceptMessage) -> Result<Accepted, StoreError> {
+    let mut tries = 0;
+    loop {
+        let r = async {
+            let mut tx = pool.begin().await?;
+            let accepted = accept(&mut tx, msg.clone()).await?;
+            tx.commit().await?;
+            Ok(accepted)
+        }
+        .await;
+        if !again(&r, &mut tries).await {
+            return r;
+        }
+    }
 }
 
 async fn accept(conn: &mut PgConnection, msg: AcceptMessage) -> Result<Accepted, StoreError> {

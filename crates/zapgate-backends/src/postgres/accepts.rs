@@ -1,0 +1,349 @@
+//! Group commit of accepts: concurrent `Store::accept` calls are gathered
+//! into one transaction of multi-row statements (instances checked, keys,
+//! chat sequences, messages, events, queue entries: about eight round trips
+//! for the whole batch instead of about nine per message). While up to
+//! [`IN_FLIGHT`] batches commit, the next one grows, so batches are as large
+//! as the load makes them and a lone request waits for nobody.
+//!
+//! "202 means durable" holds: every caller is answered after its batch's
+//! COMMIT. One message never fails the others: a batch whose transaction
+//! fails is run again message by message (each its own transaction, as
+//! without batching), and the rare cases the batch does not handle — an
+//! Idempotency-Key seen before, or twice in one batch — go that way too.
+
+use super::again;
+use super::rows::{self, MessageRef};
+use crate::*;
+use sqlx::{PgConnection, PgPool, Row};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use zapgate_domain::event::StatusDetail;
+use zapgate_domain::{MessageStatus, Timestamp};
+
+/// Most accepts in one transaction.
+const MAX_BATCH: usize = 256;
+/// Batches committing at once (each holds one connection).
+const IN_FLIGHT: usize = 4;
+
+type Reply = oneshot::Sender<Result<Accepted, StoreError>>;
+
+/// The handle `Store::accept` submits to; a task of its own gathers batches.
+pub struct Accepts {
+    tx: mpsc::UnboundedSender<(AcceptMessage, Reply)>,
+}
+
+impl Accepts {
+    pub fn start(pool: PgPool) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(gather(pool, rx));
+        Self { tx }
+    }
+
+    pub async fn accept(&self, msg: AcceptMessage) -> Result<Accepted, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send((msg, reply)).map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+async fn gather(pool: PgPool, mut rx: mpsc::UnboundedReceiver<(AcceptMessage, Reply)>) {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        let slot = slots.clone().acquire_owned().await.expect("never closed");
+        // Everything that queued up while the slot was busy joins this batch.
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH
+            && let Ok(more) = rx.try_recv()
+        {
+            batch.push(more);
+        }
+        metrics::histogram!("zapgate_accept_batch_size").record(batch.len() as f64);
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            commit(&pool, batch).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Commits a batch and answers each caller.
+async fn commit(pool: &PgPool, batch: Vec<(AcceptMessage, Reply)>) {
+    let (msgs, replies): (Vec<AcceptMessage>, Vec<Reply>) = batch.into_iter().unzip();
+    let mut tries = 0;
+    let outcome = loop {
+        let r = async {
+            let mut tx = pool.begin().await?;
+            let out = accept_batch(&mut tx, &msgs).await?;
+            tx.commit().await?;
+            Ok(out)
+        }
+        .await;
+        if !again(&r, &mut tries).await {
+            break r;
+        }
+    };
+    let answers = match outcome {
+        Ok(answers) => answers,
+        Err(e) => {
+            tracing::debug!(error = %e, messages = msgs.len(), "batched accept failed; accepting one by one");
+            vec![None; msgs.len()]
+        }
+    };
+    for ((msg, reply), answer) in msgs.into_iter().zip(replies).zip(answers) {
+        let answer = match answer {
+            Some(a) => Ok(a),
+            None => super::store::accept_alone(pool, msg).await,
+        };
+        let _ = reply.send(answer);
+    }
+}
+
+/// The batch's statements; `None` for a message left to the one-by-one path.
+async fn accept_batch(conn: &mut PgConnection, msgs: &[AcceptMessage]) -> Result<Vec<Option<Accepted>>, StoreError> {
+    let mut out: Vec<Option<Accepted>> = vec![None; msgs.len()];
+    let mut live = known_instances(conn, msgs).await?;
+    for (i, answer) in out.iter_mut().enumerate() {
+        if !live.contains(&i) {
+            *answer = Some(Accepted::UnknownInstance);
+        }
+    }
+    claim_keys(conn, msgs, &mut live).await?;
+    // What is left is new: chat sequences, then the rows.
+    let new: Vec<usize> = {
+        let mut v: Vec<usize> = live.into_iter().collect();
+        v.sort_unstable();
+        v
+    };
+    if new.is_empty() {
+        return Ok(out);
+    }
+    let chat_seqs = next_chat_seqs(conn, msgs, &new).await?;
+    let seqs = insert_messages(conn, msgs, &new, &chat_seqs).await?;
+    let refs: Vec<MessageRef> = new
+        .iter()
+        .zip(&chat_seqs)
+        .map(|(&i, &chat_seq)| MessageRef {
+            id: msgs[i].id.to_string(),
+            tenant_id: msgs[i].tenant_id.to_string(),
+            instance_id: msgs[i].request.instance_id.to_string(),
+            chat_seq,
+        })
+        .collect();
+    let details: Vec<StatusDetail> =
+        new.iter().map(|&i| StatusDetail { next_attempt_at: scheduled(&msgs[i]), ..detail() }).collect();
+    let events: Vec<_> =
+        new.iter().zip(&refs).zip(&details).map(|((&i, r), d)| (r, status_of(&msgs[i]), d, msgs[i].now)).collect();
+    rows::insert_status_events(&mut *conn, &events).await?;
+    enqueue(conn, msgs, &new, &seqs).await?;
+    for &i in &new {
+        out[i] = Some(Accepted::New { id: msgs[i].id.clone(), status: status_of(&msgs[i]) });
+    }
+    Ok(out)
+}
+
+fn scheduled(m: &AcceptMessage) -> Option<Timestamp> {
+    m.request.send_at.filter(|t| *t > m.now)
+}
+
+fn status_of(m: &AcceptMessage) -> MessageStatus {
+    if scheduled(m).is_some() { MessageStatus::Scheduled } else { MessageStatus::Queued }
+}
+
+/// Indexes of the messages whose instance exists for their tenant; those
+/// instances are locked `FOR SHARE` (a concurrent delete waits for this
+/// batch, then cancels its messages with the instance's others).
+async fn known_instances(conn: &mut PgConnection, msgs: &[AcceptMessage]) -> Result<HashSet<usize>, StoreError> {
+    let ids: Vec<&str> = msgs.iter().map(|m| m.request.instance_id.as_str()).collect();
+    let tenants: Vec<&str> = msgs.iter().map(|m| m.tenant_id.as_str()).collect();
+    let rows = sqlx::query(
+        "SELECT i.id, i.tenant_id FROM instances i \
+         WHERE (i.id, i.tenant_id) IN (SELECT * FROM UNNEST($1::text[], $2::text[])) AND i.deleted_at IS NULL \
+         ORDER BY i.id FOR SHARE",
+    )
+    .bind(&ids)
+    .bind(&tenants)
+    .fetch_all(&mut *conn)
+    .await?;
+    let known: HashSet<(String, String)> =
+        rows.iter().map(|r| Ok((r.try_get("id")?, r.try_get("tenant_id")?))).collect::<Result<_, StoreError>>()?;
+    Ok((0..msgs.len()).filter(|&i| known.contains(&(ids[i].to_owned(), tenants[i].to_owned()))).collect())
+}
+
+/// Inserts the Idempotency-Keys of `live` messages; a key that was there
+/// already, or comes twice in the batch, leaves its message to the
+/// one-by-one path (which answers the replay or the conflict).
+async fn claim_keys(
+    conn: &mut PgConnection,
+    msgs: &[AcceptMessage],
+    live: &mut HashSet<usize>,
+) -> Result<(), StoreError> {
+    let mut seen = HashSet::new();
+    let mut keyed = Vec::new();
+    let mut sorted: Vec<usize> = live.iter().copied().collect();
+    sorted.sort_unstable();
+    for i in sorted {
+        if let Some(k) = &msgs[i].idempotency {
+            if seen.insert((msgs[i].tenant_id.as_str(), k.key.as_str())) {
+                keyed.push(i);
+            } else {
+                live.remove(&i);
+            }
+        }
+    }
+    if keyed.is_empty() {
+        return Ok(());
+    }
+    let key = |i: &usize| msgs[*i].idempotency.as_ref().expect("keyed");
+    let inserted = sqlx::query(
+        "INSERT INTO idempotency_keys (tenant_id, key, fingerprint, message_id, created_at) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::text[], $5::bigint[]) \
+         ON CONFLICT (tenant_id, key) DO NOTHING RETURNING message_id",
+    )
+    .bind(keyed.iter().map(|i| msgs[*i].tenant_id.as_str()).collect::<Vec<_>>())
+    .bind(keyed.iter().map(|i| key(i).key.as_str()).collect::<Vec<_>>())
+    .bind(keyed.iter().map(|i| key(i).fingerprint.to_vec()).collect::<Vec<_>>())
+    .bind(keyed.iter().map(|i| msgs[*i].id.as_str()).collect::<Vec<_>>())
+    .bind(keyed.iter().map(|i| msgs[*i].now.as_millis()).collect::<Vec<_>>())
+    .fetch_all(&mut *conn)
+    .await?;
+    let fresh: HashSet<String> = inserted.iter().map(|r| r.try_get("message_id")).collect::<Result<_, _>>()?;
+    for i in keyed {
+        if !fresh.contains(msgs[i].id.as_str()) {
+            live.remove(&i);
+        }
+    }
+    Ok(())
+}
+
+/// The next chat sequence number of each new message, in batch order within
+/// each chat (one upsert per chat, taken in a fixed order so concurrent
+/// batches do not deadlock).
+async fn next_chat_seqs(
+    conn: &mut PgConnection,
+    msgs: &[AcceptMessage],
+    new: &[usize],
+) -> Result<Vec<i64>, StoreError> {
+    let mut per_chat: HashMap<(&str, String), i64> = HashMap::new();
+    for &i in new {
+        *per_chat.entry((msgs[i].request.instance_id.as_str(), msgs[i].request.to.key())).or_default() += 1;
+    }
+    let mut chats: Vec<(&(&str, String), &i64)> = per_chat.iter().collect();
+    chats.sort();
+    let rows = sqlx::query(
+        "INSERT INTO chats (instance_id, chat, last_seq) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[]) \
+         ON CONFLICT (instance_id, chat) DO UPDATE SET last_seq = chats.last_seq + EXCLUDED.last_seq \
+         RETURNING instance_id, chat, last_seq",
+    )
+    .bind(chats.iter().map(|((i, _), _)| *i).collect::<Vec<_>>())
+    .bind(chats.iter().map(|((_, c), _)| c.as_str()).collect::<Vec<_>>())
+    .bind(chats.iter().map(|(_, n)| **n).collect::<Vec<_>>())
+    .fetch_all(&mut *conn)
+    .await?;
+    // The first of the batch's messages in a chat gets last - n + 1, and so on.
+    let mut next: HashMap<(String, String), i64> = HashMap::new();
+    for r in &rows {
+        let (instance, chat): (String, String) = (r.try_get("instance_id")?, r.try_get("chat")?);
+        let last: i64 = r.try_get("last_seq")?;
+        let n = per_chat[&(instance.as_str(), chat.clone())];
+        next.insert((instance, chat), last - n + 1);
+    }
+    Ok(new
+        .iter()
+        .map(|&i| {
+            let seq = next
+                .get_mut(&(msgs[i].request.instance_id.to_string(), msgs[i].request.to.key()))
+                .expect("every chat upserted");
+            *seq += 1;
+            *seq - 1
+        })
+        .collect())
+}
+
+/// Inserts the message rows; their `seq` (queue order) in `new` order.
+async fn insert_messages(
+    conn: &mut PgConnection,
+    msgs: &[AcceptMessage],
+    new: &[usize],
+    chat_seqs: &[i64],
+) -> Result<Vec<i64>, StoreError> {
+    let m = |i: &usize| &msgs[*i];
+    let rows = sqlx::query(
+        "INSERT INTO messages (id, tenant_id, instance_id, recipient, content, priority, status, chat_seq, \
+         send_at, expires_at, created_at, updated_at) \
+         SELECT id, t, i, r, c, p, s, cs, sa, ea, ca, ca FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], \
+           $5::text[], $6::bigint[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[]) \
+           WITH ORDINALITY AS u(id, t, i, r, c, p, s, cs, sa, ea, ca, n) ORDER BY n \
+         RETURNING id, seq",
+    )
+    .bind(new.iter().map(|i| m(i).id.as_str()).collect::<Vec<_>>())
+    .bind(new.iter().map(|i| m(i).tenant_id.as_str()).collect::<Vec<_>>())
+    .bind(new.iter().map(|i| m(i).request.instance_id.as_str()).collect::<Vec<_>>())
+    .bind(new.iter().map(|i| m(i).request.to.key()).collect::<Vec<_>>())
+    .bind(
+        new.iter()
+            .map(|i| serde_json::to_string(&m(i).request.content).expect("content serialises"))
+            .collect::<Vec<_>>(),
+    )
+    .bind(new.iter().map(|i| m(i).request.priority.rank()).collect::<Vec<_>>())
+    .bind(new.iter().map(|i| status_of(m(i)).as_str()).collect::<Vec<_>>())
+    .bind(chat_seqs)
+    .bind(new.iter().map(|i| m(i).request.send_at.map(Timestamp::as_millis)).collect::<Vec<_>>())
+    .bind(new.iter().map(|i| m(i).request.expires_at.map(Timestamp::as_millis)).collect::<Vec<_>>())
+    .bind(new.iter().map(|i| m(i).now.as_millis()).collect::<Vec<_>>())
+    .fetch_all(&mut *conn)
+    .await?;
+    let by_id: HashMap<String, i64> =
+        rows.iter().map(|r| Ok((r.try_get("id")?, r.try_get("seq")?))).collect::<Result<_, StoreError>>()?;
+    Ok(new.iter().map(|i| by_id[m(i).id.as_str()]).collect())
+}
+
+/// The queue entries: each chat's first entry of the batch is its head when
+/// the chat has no entry yet (under the chat locks, taken in a fixed order).
+async fn enqueue(
+    conn: &mut PgConnection,
+    msgs: &[AcceptMessage],
+    new: &[usize],
+    seqs: &[i64],
+) -> Result<(), StoreError> {
+    let m = |i: &usize| &msgs[*i];
+    // A scheduled message has a chat lane of its own (see `store::accept`).
+    let chats: Vec<String> = new
+        .iter()
+        .map(|i| match scheduled(m(i)) {
+            Some(_) => format!("{}#{}", m(i).request.to.key(), m(i).id),
+            None => m(i).request.to.key(),
+        })
+        .collect();
+    let instances: Vec<&str> = new.iter().map(|i| m(i).request.instance_id.as_str()).collect();
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtextextended(i || '/' || c, 0)) \
+         FROM (SELECT DISTINCT i, c FROM UNNEST($1::text[], $2::text[]) AS u(i, c) ORDER BY i, c) x",
+    )
+    .bind(&instances)
+    .bind(&chats)
+    .execute(&mut *conn)
+    .await?;
+    let now = msgs.iter().map(|m| m.now).max().unwrap_or_else(Timestamp::now);
+    sqlx::query(
+        "INSERT INTO queue_entries (message_id, tenant_id, instance_id, chat, priority, seq, attempt, visible_at, \
+                                    is_head, ready) \
+         SELECT id, t, i, c, p, s, 0, v, h, h AND v <= $8 FROM ( \
+           SELECT u.*, (row_number() OVER (PARTITION BY u.i, u.c ORDER BY u.s) = 1 \
+                        AND NOT EXISTS (SELECT 1 FROM queue_entries q WHERE q.instance_id = u.i AND q.chat = u.c)) AS h \
+           FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[]) \
+             AS u(id, t, i, c, p, s, v)) x",
+    )
+    .bind(new.iter().map(|i| m(i).id.as_str()).collect::<Vec<_>>())
+    .bind(new.iter().map(|i| m(i).tenant_id.as_str()).collect::<Vec<_>>())
+    .bind(&instances)
+    .bind(&chats)
+    .bind(new.iter().map(|i| m(i).request.priority.rank()).collect::<Vec<_>>())
+    .bind(seqs)
+    .bind(new.iter().map(|i| scheduled(m(i)).unwrap_or(m(i).now).as_millis()).collect::<Vec<_>>())
+    .bind(now.as_millis())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
