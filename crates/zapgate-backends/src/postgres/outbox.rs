@@ -13,7 +13,8 @@ impl Outbox for PgBackend {
     async fn take(&self, limits: &RelayLimits, now: Timestamp) -> Result<Vec<OutboxEntry>, StoreError> {
         // Instances with ready work (a loose index scan of `queue_ready`);
         // what each tenant and instance already has in flight (leased rows,
-        // the `queue_leased` index); per instance its next entries up to its
+        // the `queue_leased` index, but not retries parked in a wait queue:
+        // published with a due time still ahead); per instance its next entries up to its
         // cap; then round-robin over tenants (each tenant's 1st entry, then
         // each one's 2nd, …) within the tenant cap and the batch.
         let rows = sqlx::query(
@@ -23,7 +24,8 @@ impl Outbox for PgBackend {
                SELECT (SELECT q.instance_id FROM queue_entries q WHERE q.ready AND q.instance_id > r.instance_id \
                        ORDER BY q.instance_id LIMIT 1) FROM r WHERE r.instance_id IS NOT NULL), \
              busy AS (SELECT instance_id, tenant_id, COUNT(*) AS n FROM queue_entries \
-                      WHERE lease_owner IS NOT NULL GROUP BY instance_id, tenant_id), \
+                      WHERE lease_owner IS NOT NULL AND NOT (lease_owner = $7 AND visible_at > $6) \
+                      GROUP BY instance_id, tenant_id), \
              cand AS ( \
                SELECT e.message_id, e.tenant_id, e.priority, e.seq FROM r \
                JOIN instances i ON i.id = r.instance_id \
@@ -49,6 +51,7 @@ impl Outbox for PgBackend {
         .bind(i64::from(limits.batch))
         .bind(lease::relaying(self.owner()))
         .bind(now.as_millis())
+        .bind(lease::IN_BROKER)
         .fetch_all(self.pool())
         .await?;
         rows.iter()
