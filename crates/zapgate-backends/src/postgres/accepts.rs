@@ -14,7 +14,7 @@
 use super::again;
 use super::rows::{self, MessageRef};
 use crate::*;
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -142,12 +142,23 @@ async fn accept_batch(conn: &mut PgConnection, msgs: &[AcceptMessage]) -> Result
     Ok(out)
 }
 
-fn scheduled(m: &AcceptMessage) -> Option<Timestamp> {
+/// When an accepted message is to be sent, if later than now.
+pub(super) fn scheduled(m: &AcceptMessage) -> Option<Timestamp> {
     m.request.send_at.filter(|t| *t > m.now)
 }
 
-fn status_of(m: &AcceptMessage) -> MessageStatus {
+pub(super) fn status_of(m: &AcceptMessage) -> MessageStatus {
     if scheduled(m).is_some() { MessageStatus::Scheduled } else { MessageStatus::Queued }
+}
+
+/// The queue chat of an accepted message. A scheduled message is ordered by
+/// its send time, not by acceptance, so it gets a chat lane of its own and
+/// never holds back the chat.
+pub(super) fn queue_chat(m: &AcceptMessage) -> String {
+    match scheduled(m) {
+        Some(_) => format!("{}#{}", m.request.to.key(), m.id),
+        None => m.request.to.key(),
+    }
 }
 
 /// Indexes of the messages whose instance exists for their tenant; those
@@ -308,19 +319,12 @@ async fn enqueue(
     seqs: &[i64],
 ) -> Result<(), StoreError> {
     let m = |i: &usize| &msgs[*i];
-    // A scheduled message has a chat lane of its own (see `store::accept`).
-    let chats: Vec<String> = new
-        .iter()
-        .map(|i| match scheduled(m(i)) {
-            Some(_) => format!("{}#{}", m(i).request.to.key(), m(i).id),
-            None => m(i).request.to.key(),
-        })
-        .collect();
+    let chats: Vec<String> = new.iter().map(|i| queue_chat(m(i))).collect();
     let instances: Vec<&str> = new.iter().map(|i| m(i).request.instance_id.as_str()).collect();
-    sqlx::query(
-        "SELECT pg_advisory_xact_lock(hashtextextended(i || '/' || c, 0)) \
-         FROM (SELECT DISTINCT i, c FROM UNNEST($1::text[], $2::text[]) AS u(i, c) ORDER BY i, c) x",
-    )
+    sqlx::query(AssertSqlSafe(format!(
+        "SELECT {} FROM (SELECT DISTINCT i, c FROM UNNEST($1::text[], $2::text[]) AS u(i, c) ORDER BY i, c) x",
+        rows::lock_chat_sql("i", "c")
+    )))
     .bind(&instances)
     .bind(&chats)
     .execute(&mut *conn)

@@ -4,7 +4,7 @@
 use crate::StoreError;
 use crate::records::Columns;
 use sqlx::postgres::PgRow;
-use sqlx::{PgConnection, Row};
+use sqlx::{AssertSqlSafe, PgConnection, Row};
 use zapgate_domain::event::StatusDetail;
 use zapgate_domain::{EventId, EventType, MessageStatus, Timestamp};
 
@@ -162,11 +162,17 @@ pub struct NewEntry<'a> {
     pub visible_at: i64,
 }
 
+/// The SQL that takes the chat lock of `instance` and `chat` (two SQL
+/// expressions): one key derivation for every place that locks a chat.
+pub fn lock_chat_sql(instance: &str, chat: &str) -> String {
+    format!("pg_advisory_xact_lock(hashtextextended({instance} || '/' || {chat}, 0))")
+}
+
 /// Serialises head changes of one queue chat until the transaction ends:
 /// without it, an enqueue and the dequeue of the chat's head could each miss
 /// the other's uncommitted row and leave the chat with no head at all.
 async fn lock_chat(conn: &mut PgConnection, instance: &str, chat: &str) -> Result<(), StoreError> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0))")
+    sqlx::query(AssertSqlSafe(format!("SELECT {}", lock_chat_sql("$1", "$2"))))
         .bind(instance)
         .bind(chat)
         .execute(conn)

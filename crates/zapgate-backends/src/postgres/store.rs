@@ -3,7 +3,7 @@
 
 use super::rows::template;
 use super::rows::{self, EVENT_COLUMNS, INSTANCE_COLUMNS, MESSAGE_COLUMNS, MessageRef, NewEntry, insert_event};
-use super::{PgBackend, again, is_unique_violation};
+use super::{PgBackend, accepts, again, is_unique_violation};
 use crate::*;
 use async_trait::async_trait;
 use sqlx::{AssertSqlSafe, PgConnection, Row};
@@ -616,8 +616,7 @@ async fn accept(conn: &mut PgConnection, msg: AcceptMessage) -> Result<Accepted,
     .bind(&chat)
     .fetch_one(&mut *conn)
     .await?;
-    let scheduled = req.send_at.filter(|t| *t > msg.now);
-    let status = if scheduled.is_some() { MessageStatus::Scheduled } else { MessageStatus::Queued };
+    let (scheduled, status) = (accepts::scheduled(&msg), accepts::status_of(&msg));
     let seq: i64 = sqlx::query_scalar(
         "INSERT INTO messages (id, tenant_id, instance_id, recipient, content, priority, status, chat_seq, \
          send_at, expires_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11) \
@@ -644,12 +643,7 @@ async fn accept(conn: &mut PgConnection, msg: AcceptMessage) -> Result<Accepted,
     };
     let detail = StatusDetail { next_attempt_at: scheduled, ..detail() };
     insert_event(&mut *conn, &m, status, &detail, msg.now).await?;
-    // A scheduled message is ordered by its send time, not by acceptance, so
-    // it gets a chat lane of its own and never holds back the chat.
-    let queue_chat = match scheduled {
-        Some(_) => format!("{chat}#{}", msg.id),
-        None => chat,
-    };
+    let queue_chat = accepts::queue_chat(&msg);
     let entry = NewEntry {
         message_id: &m.id,
         tenant_id: &m.tenant_id,
