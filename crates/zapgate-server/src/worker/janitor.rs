@@ -126,7 +126,7 @@ pub async fn run(j: Janitor, mut shutdown: watch::Receiver<bool>) {
 async fn gauge_lag(j: &Janitor) {
     let now = Timestamp::now();
     let lag = j.queue.oldest_ready().await.ok().map(|oldest| {
-        let lag = Duration::from_millis(oldest.map_or(0, |t| (now.as_millis() - t.as_millis()).max(0)) as u64);
+        let lag = since(oldest, now);
         metrics::gauge!("zapgate_queue_oldest_due_seconds").set(lag.as_secs_f64());
         lag
     });
@@ -149,11 +149,16 @@ async fn gauge_lag(j: &Janitor) {
 /// taken; 0 when nothing is overdue. Both stay near 0 while the dispatcher
 /// and the webhook sender keep up, so a growing value means one is stalled.
 async fn gauge_overdue(j: &Janitor, now: Timestamp) {
-    let overdue = |due: Option<Timestamp>| due.map_or(0, |t| (now.as_millis() - t.as_millis()).max(0)) as f64 / 1000.0;
+    let overdue = |due: Option<Timestamp>| since(due, now).as_secs_f64();
     if let Ok(due) = j.queue.next_due(now).await {
         metrics::gauge!("zapgate_queue_overdue_seconds").set(overdue(due));
     }
     if let Ok(due) = j.webhooks.next_delivery_due().await {
         metrics::gauge!("zapgate_webhook_overdue_seconds").set(overdue(due));
     }
+}
+
+/// How long ago `t` was (0 when there is none, or it is still ahead).
+fn since(t: Option<Timestamp>, now: Timestamp) -> Duration {
+    Duration::from_millis(t.map_or(0, |t| (now.as_millis() - t.as_millis()).max(0)) as u64)
 }
