@@ -239,7 +239,7 @@ async fn round(ctx: &WorkerCtx, lanes: &mut HashMap<InstanceId, Lane>) -> Result
     let claims: Vec<Claim> = lanes
         .values()
         .filter(|l| l.maybe_ready && l.free() > 0)
-        .map(|l| Claim { instance_id: l.instance.id.clone(), max: l.free().min(MAX_CLAIM) as u32 })
+        .map(|l| Claim { instance_id: l.instance().id.clone(), max: l.free().min(MAX_CLAIM) as u32 })
         .collect();
     if claims.is_empty() {
         return Ok(false);

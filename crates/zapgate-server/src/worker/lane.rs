@@ -36,10 +36,8 @@ pub struct WorkerCtx {
 pub type OnStored = Box<dyn FnOnce() + Send>;
 
 pub struct Lane {
-    pub instance: InstanceRecord,
     tx: mpsc::UnboundedSender<(MessageRecord, Option<OnStored>)>,
     pending: Arc<AtomicUsize>,
-    capacity: usize,
     /// The queue may hold due work for this instance.
     pub maybe_ready: bool,
     /// Set when the instance is deleted: what the lane still holds is
@@ -62,9 +60,14 @@ impl Lane {
         let (tx, rx) = mpsc::unbounded_channel();
         let pending = Arc::new(AtomicUsize::new(0));
         let abandoned = Arc::new(AtomicBool::new(false));
-        let (config, configured) = watch::channel(instance.clone());
+        let (config, configured) = watch::channel(instance);
         let task = tokio::spawn(run(ctx, configured, rx, pending.clone(), abandoned.clone()));
-        Self { capacity: capacity(&instance), instance, tx, pending, maybe_ready: true, abandoned, config, task }
+        Self { tx, pending, maybe_ready: true, abandoned, config, task }
+    }
+
+    /// The instance as this lane runs it.
+    pub fn instance(&self) -> watch::Ref<'_, InstanceRecord> {
+        self.config.borrow()
     }
 
     /// The instance changed (pace, provider or its settings): everything the
@@ -72,22 +75,20 @@ impl Lane {
     /// lane rebuilt instead would send its backlog at the old pace — up to a
     /// whole prefetch window of it when work comes from RabbitMQ.)
     pub fn retune(&mut self, stored: InstanceRecord) {
-        self.capacity = capacity(&stored);
-        self.instance = stored.clone();
         self.config.send_replace(stored);
     }
 
     /// Whether this lane still runs `stored` as it is now (same pace,
-    /// provider and provider settings); if not, it must be rebuilt.
+    /// provider and provider settings); if not, it must be retuned.
     pub fn runs(&self, stored: &InstanceRecord) -> bool {
-        let i = &self.instance;
+        let i = self.instance();
         (i.rate_per_sec, i.burst, &i.provider, &i.provider_config)
             == (stored.rate_per_sec, stored.burst, &stored.provider, &stored.provider_config)
     }
 
     /// How many more messages this lane will take now.
     pub fn free(&self) -> usize {
-        self.capacity.saturating_sub(self.pending.load(Ordering::Acquire))
+        capacity(&self.instance()).saturating_sub(self.pending.load(Ordering::Acquire))
     }
 
     pub fn push(&self, m: MessageRecord) {
