@@ -143,6 +143,13 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
     }
 }
 
+/// Back-pressure: 503 + Retry-After, refusing loudly rather than queueing
+/// without bound.
+fn backlogged(code: &'static str, why: String) -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, format!("{why}; try again shortly"))
+        .with_retry_after(std::time::Duration::from_secs(5))
+}
+
 /// Accepts a message for sending. Answers 202 only once the message, its
 /// first event and its queue entry are committed together.
 #[utoipa::path(post, path = "/v1/messages", tag = "messages", security(("tenant" = [])),
@@ -163,32 +170,18 @@ pub async fn send(
     let now = Timestamp::now();
     let depth = s.queue_depth.total.load(std::sync::atomic::Ordering::Relaxed);
     if depth > s.config.max_queue_depth {
-        // Back-pressure: refuse loudly rather than queue without bound.
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "queue_full",
-            format!("{depth} messages are waiting; try again shortly"),
-        )
-        .with_retry_after(std::time::Duration::from_secs(5)));
+        return Err(backlogged("queue_full", format!("{depth} messages are waiting")));
     }
     if s.queue_depth.tenants_over.contains(&tenant) {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "tenant_queue_full",
-            format!("more than {} of your messages are waiting; try again shortly", s.config.max_tenant_queue_depth),
-        )
-        .with_retry_after(std::time::Duration::from_secs(5)));
+        let limit = s.config.max_tenant_queue_depth;
+        return Err(backlogged("tenant_queue_full", format!("more than {limit} of your messages are waiting")));
     }
     if s.queue_depth.tenants_lagging.contains(&tenant) {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
+        let lag = humantime::format_duration(s.config.max_tenant_queue_lag);
+        return Err(backlogged(
             "tenant_queue_lagging",
-            format!(
-                "your oldest waiting message has waited more than {}; try again shortly",
-                humantime::format_duration(s.config.max_tenant_queue_lag)
-            ),
-        )
-        .with_retry_after(std::time::Duration::from_secs(5)));
+            format!("your oldest waiting message has waited more than {lag}"),
+        ));
     }
     let key = idempotency_key(&headers)?;
     super::templates::expand(&s, &tenant, &mut body).await?;
