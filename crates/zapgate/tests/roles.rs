@@ -189,11 +189,15 @@ async fn fault_mid_run(fault: Fault<'_>) {
         _ => None,
     };
     let dir = Arc::new(tempfile::tempdir().unwrap());
-    // A provider that takes 20 ms per call keeps sends in flight when the victim dies.
+    // A provider that takes 100 ms per call keeps sends in flight when the
+    // victim dies: the senders below accept more slowly than the instances'
+    // pace, so sends go out as they arrive and what is in flight is arrival
+    // rate × call time — at 20 ms a crash point landed with none in flight
+    // twice in CI.
     let env = [
         ("ZAPGATE_TENANT_RATE_LIMIT", "0"),
         ("ZAPGATE_SANDBOX_DELIVERED_AFTER", "1h"),
-        ("ZAPGATE_SANDBOX_SEND_LATENCY", "20ms"),
+        ("ZAPGATE_SANDBOX_SEND_LATENCY", "100ms"),
     ];
     let api = Server::start_role("api", dir.clone(), &env).await;
     let mut victim_env = env.to_vec();
