@@ -77,6 +77,14 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   ZAPGATE_TEST_BROKER=1 cargo test --workspace --features zapgate/test-hooks --no-fail-fast -p zapgate --test '*'
 fi
+echo "==> RabbitMQ restarted under a running gateway (alone: every other test would see it)"
+if cargo nextest --version >/dev/null 2>&1; then
+  ZAPGATE_TEST_BROKER=1 ZAPGATE_TEST_RABBITMQ_RESTART=1 cargo nextest run "${FEATURES[@]}" --no-fail-fast \
+    -E 'package(zapgate) & test(=rabbitmq_restarting_mid_run_loses_nothing)'
+else
+  ZAPGATE_TEST_BROKER=1 ZAPGATE_TEST_RABBITMQ_RESTART=1 cargo test --workspace --features zapgate/test-hooks \
+    -p zapgate --test broker -- --exact rabbitmq_restarting_mid_run_loses_nothing
+fi
 echo "==> zapgate-bench --quick (proves the benchmark runs; asserts no timing)"
 cargo build -q -p zapgate -p zapgate-bench --features zapgate/test-hooks
 cargo run -q -p zapgate-bench -- --quick --seconds 1

@@ -5,9 +5,9 @@
 //! recovery test also starts its own throwaway `redis-server` on a free port.
 
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use zapgate_backends::{Locks, RateLimiter, RedisBackend};
+use zapgate_sim::redis_server::RedisServer;
 
 fn redis_url(test: &str) -> Option<String> {
     match std::env::var("ZAPGATE_TEST_REDIS_URL") {
@@ -181,58 +181,6 @@ async fn a_redis_that_never_answers_times_out_into_the_fallback() {
     drop(silent);
 }
 
-/// A `redis-server` of this test's own, killed on drop.
-struct Server {
-    port: u16,
-    child: Child,
-}
-
-impl Server {
-    fn start(port: u16) -> Self {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .args(["--daemonize", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
-        Self { port, child }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    async fn wait_until_up(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(client) = redis::Client::open(self.url())
-                && let Ok(mut conn) = client.get_multiplexed_async_connection().await
-                && redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok()
-            {
-                return;
-            }
-            assert!(Instant::now() < deadline, "redis-server on port {} did not come up", self.port);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn stop(mut self) {
-        self.kill();
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 async fn exists(url: &str, key: &str) -> bool {
     redis::cmd("EXISTS").arg(key).query_async::<i64>(&mut raw(url).await).await.unwrap() == 1
 }
@@ -240,12 +188,12 @@ async fn exists(url: &str, key: &str) -> bool {
 #[tokio::test]
 async fn falls_back_while_redis_is_down_and_recovers_when_it_returns() {
     let Some(_) = redis_url("falls_back_while_redis_is_down_and_recovers_when_it_returns") else { return };
-    if Command::new("redis-server").arg("--version").output().is_err() {
+    if !RedisServer::available() {
         println!("skipped the outage part: no redis-server binary on PATH");
         return;
     }
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let server = Server::start(port);
+    let port = RedisServer::free_port();
+    let mut server = RedisServer::start(port).unwrap();
     server.wait_until_up().await;
     let url = server.url();
 
@@ -257,7 +205,7 @@ async fn falls_back_while_redis_is_down_and_recovers_when_it_returns() {
     let redis_lock = l.try_acquire(&key, Duration::from_secs(60)).await.expect("Redis lock");
 
     // Redis goes away: calls answer quickly from this process.
-    server.stop();
+    server.kill();
     let t = Instant::now();
     l.check(&key, 1, 3).await.expect("the fallback starts with a fresh quota");
     assert!(t.elapsed() < Duration::from_secs(1), "the call that finds Redis gone: {:?}", t.elapsed());
@@ -275,7 +223,7 @@ async fn falls_back_while_redis_is_down_and_recovers_when_it_returns() {
     assert!(!l.ping().await);
 
     // Redis comes back (empty) on the same port: the next calls find it.
-    let server = Server::start(port);
+    let server = RedisServer::start(port).unwrap();
     server.wait_until_up().await;
     let deadline = Instant::now() + Duration::from_secs(10);
     let probe_key = unique("probe");

@@ -16,6 +16,7 @@
 //!
 //! Used in-process by tests (`start`) and as a binary by hand or by the bench.
 
+pub mod redis_server;
 pub mod tcp;
 
 use axum::extract::{Path, State};

@@ -15,51 +15,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use zapgate_sim::tcp::FaultProxy;
 
-/// Accepts `per_tenant` messages for each of `tenants` concurrently; their ids.
-async fn accept_all(api: &Arc<Server>, tenants: &[(String, String)], per_tenant: usize) -> Vec<(String, String)> {
-    let mut tasks = Vec::new();
-    for (t, (token, ins)) in tenants.iter().enumerate() {
-        let (api, token, ins) = (api.clone(), token.clone(), ins.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut ids = Vec::new();
-            for n in 0..per_tenant {
-                ids.push((token.clone(), api.send_text(&token, &ins, &format!("+55{}1{n:09}", 11 + t), "x").await));
-            }
-            ids
-        }));
-    }
-    let mut accepted = Vec::new();
-    for task in tasks {
-        accepted.extend(task.await.unwrap());
-    }
-    accepted
-}
-
-/// Every accepted message ends sent (or later) with no attempt spent, and reached the
-/// provider exactly once (a broker fault never costs a duplicate: a copy
-/// RabbitMQ redelivers loses the worker's compare-and-set).
-async fn assert_each_sent_once(api: &Server, accepted: &[(String, String)]) {
-    let (_, per_message) = api.settled_after_fault(accepted, "a broker fault").await;
-    for (_, id) in accepted {
-        assert_eq!(per_message.get(id), Some(&1), "message {id} reached the provider {:?} times", per_message.get(id));
-    }
-    assert_eq!(per_message.len(), accepted.len(), "only accepted messages reach the provider");
-}
-
-async fn wait_receipts(api: &Server, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while api.receipts().len() < n {
-        assert!(Instant::now() < deadline, "only {} of {n} sends happened", api.receipts().len());
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-async fn ready_rabbitmq(server: &Server) -> String {
-    let r = server.http.get(server.url("/health/ready")).send().await.unwrap();
-    let v: serde_json::Value = r.json().await.unwrap();
-    format!("{}/{}", v["status"].as_str().unwrap_or("?"), v["rabbitmq"].as_str().unwrap_or("none"))
-}
-
 #[tokio::test]
 async fn rabbitmq_going_away_mid_run_loses_nothing() {
     let Some(amqp) = test_amqp_url() else { return };
@@ -94,8 +49,12 @@ async fn rabbitmq_going_away_mid_run_loses_nothing() {
     wait_receipts(&api, total / 3).await;
     proxy.stop();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while ready_rabbitmq(&relay).await != "degraded/down" {
-        assert!(Instant::now() < deadline, "the relay never reported RabbitMQ down: {}", ready_rabbitmq(&relay).await);
+    while relay.readiness("rabbitmq").await != "degraded/down" {
+        assert!(
+            Instant::now() < deadline,
+            "the relay never reported RabbitMQ down: {}",
+            relay.readiness("rabbitmq").await
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let during = api.receipts().len();
@@ -106,7 +65,7 @@ async fn rabbitmq_going_away_mid_run_loses_nothing() {
     assert_eq!(accepted.len(), total, "the API accepted every message while RabbitMQ was away");
     assert_each_sent_once(&api, &accepted).await;
     assert!(during < total, "the outage came before the end of the run ({during} of {total} sent)");
-    assert_eq!(ready_rabbitmq(&relay).await, "ok/ok", "reconnected");
+    assert_eq!(relay.readiness("rabbitmq").await, "ok/ok", "reconnected");
 }
 
 #[tokio::test]
@@ -195,4 +154,75 @@ fn rabbitmqctl(args: &[&str]) -> Option<std::process::Output> {
         std::process::Command::new("timeout").args(["-k", "5", "30", "rabbitmqctl", "-q"]).args(args).output().ok()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     (!stderr.contains("unable to perform an operation") && out.status.code() != Some(127)).then_some(out)
+}
+
+/// A real restart of the shared RabbitMQ node's application (`rabbitmqctl
+/// stop_app`, then `start_app`): listeners close, every connection drops, the
+/// quorum queues stop and recover from their logs. Every other test would see
+/// it, so it runs only in a pass of its own (`ZAPGATE_TEST_RABBITMQ_RESTART=1`,
+/// after the broker pass in `scripts/test.sh`).
+#[tokio::test]
+async fn rabbitmq_restarting_mid_run_loses_nothing() {
+    if !brokered() || std::env::var("ZAPGATE_TEST_RABBITMQ_RESTART").ok().as_deref() != Some("1") {
+        return;
+    }
+    let env = [
+        ("ZAPGATE_TENANT_RATE_LIMIT", "0"),
+        ("ZAPGATE_SANDBOX_DELIVERED_AFTER", "1h"),
+        ("ZAPGATE_SANDBOX_SEND_LATENCY", "5ms"),
+    ];
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let api = Arc::new(Server::start_role("api", dir.clone(), &env).await);
+    let worker = Server::start_role("worker", dir.clone(), &env).await;
+    let relays = Server::start_relays(1, dir.clone(), &env).await;
+    let mut tenants = Vec::new();
+    for name in ["a", "b", "c"] {
+        tenants.push(api.tenant_with_instance(name, 200).await);
+    }
+    let per_tenant = scaled(300).max(60);
+    let total = per_tenant * tenants.len();
+    let sending = tokio::spawn({
+        let (api, tenants) = (api.clone(), tenants.clone());
+        async move { accept_all(&api, &tenants, per_tenant).await }
+    });
+
+    wait_receipts(&api, total / 5).await;
+    let stop = rabbitmqctl(&["stop_app"]).expect("rabbitmqctl reaches the node");
+    assert!(stop.status.success(), "stop_app: {}", String::from_utf8_lossy(&stop.stderr));
+    let restarted = scopeguard(|| {
+        let _ = rabbitmqctl(&["start_app"]);
+    });
+    for server in [&relays[0], &worker] {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while server.readiness("rabbitmq").await != "degraded/down" {
+            assert!(Instant::now() < deadline, "RabbitMQ never reported down: {}", server.readiness("rabbitmq").await);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let during = api.receipts().len();
+    drop(restarted);
+    let up = rabbitmqctl(&["await_startup"]).expect("rabbitmqctl reaches the node");
+    assert!(up.status.success(), "start_app: {}", String::from_utf8_lossy(&up.stderr));
+
+    let accepted = sending.await.unwrap();
+    assert_eq!(accepted.len(), total, "the API accepted every message while RabbitMQ was away");
+    assert_each_sent_once(&api, &accepted).await;
+    assert!(during < total, "the restart came before the end of the run ({during} of {total} sent)");
+    for server in [&relays[0], &worker] {
+        assert_eq!(server.readiness("rabbitmq").await, "ok/ok", "reconnected");
+    }
+}
+
+/// Runs `f` when dropped, also when an assertion fails first: a node left
+/// stopped would fail every later test.
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }

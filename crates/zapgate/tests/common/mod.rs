@@ -411,6 +411,14 @@ impl Server {
             .sum()
     }
 
+    /// `/health/ready` as `status/<backend>` (e.g. `degraded/down`); `?`
+    /// for a field it lacks and `none` for a backend it does not use.
+    pub async fn readiness(&self, backend: &str) -> String {
+        let r = self.http.get(self.url("/health/ready")).send().await.unwrap();
+        let v: Value = r.json().await.unwrap();
+        format!("{}/{}", v["status"].as_str().unwrap_or("?"), v[backend].as_str().unwrap_or("none"))
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
@@ -531,4 +539,43 @@ pub async fn sim_provider(
     let instance =
         server.instance(&token, json!({"name": provider, "provider": provider, "config": config(addr)})).await;
     SimProvider { server, sim, token, instance }
+}
+
+/// Accepts `per_tenant` messages for each of `tenants` concurrently; their ids.
+pub async fn accept_all(api: &Arc<Server>, tenants: &[(String, String)], per_tenant: usize) -> Vec<(String, String)> {
+    let mut tasks = Vec::new();
+    for (t, (token, ins)) in tenants.iter().enumerate() {
+        let (api, token, ins) = (api.clone(), token.clone(), ins.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for n in 0..per_tenant {
+                ids.push((token.clone(), api.send_text(&token, &ins, &format!("+55{}1{n:09}", 11 + t), "x").await));
+            }
+            ids
+        }));
+    }
+    let mut accepted = Vec::new();
+    for task in tasks {
+        accepted.extend(task.await.unwrap());
+    }
+    accepted
+}
+
+/// Every accepted message ends sent (or later) with no attempt spent, and reached the
+/// provider exactly once (a fault of RabbitMQ or Redis never costs a
+/// duplicate: a copy RabbitMQ redelivers loses the worker's compare-and-set).
+pub async fn assert_each_sent_once(api: &Server, accepted: &[(String, String)]) {
+    let (_, per_message) = api.settled_after_fault(accepted, "the fault").await;
+    for (_, id) in accepted {
+        assert_eq!(per_message.get(id), Some(&1), "message {id} reached the provider {:?} times", per_message.get(id));
+    }
+    assert_eq!(per_message.len(), accepted.len(), "only accepted messages reach the provider");
+}
+
+pub async fn wait_receipts(api: &Server, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while api.receipts().len() < n {
+        assert!(Instant::now() < deadline, "only {} of {n} sends happened", api.receipts().len());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
