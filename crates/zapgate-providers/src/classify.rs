@@ -6,6 +6,10 @@
 //! | `Unavailable` (5xx, network)| retry    | yes               |
 //! | `Timeout`                  | retry     | yes               |
 //! | `Rejected` (4xx by policy) | permanent | —                 |
+//!
+//! An outage failure (`Unavailable`, `Timeout`) spends no attempt either when
+//! the endpoint's circuit is open after it (`circuit.rs`): the endpoint is
+//! down, not the message.
 
 use crate::ProviderError;
 use std::time::Duration;

@@ -5,6 +5,7 @@
 //! or not)" or "permanent". The built-in [`sandbox::Sandbox`] answers like
 //! WhatsApp without any network.
 
+pub mod circuit;
 pub mod classify;
 pub mod cloud_api;
 pub mod evolution;
@@ -13,6 +14,7 @@ pub mod sandbox;
 pub mod uazapi;
 pub mod waha;
 
+pub use circuit::{Circuit, CircuitConfig, CircuitState, Circuits, Observed};
 pub use classify::{Classification, classify};
 
 use async_trait::async_trait;
@@ -100,6 +102,20 @@ pub trait Provider: Send + Sync + 'static {
         }
     }
     async fn send(&self, msg: &OutboundMessage) -> Result<SendAccepted, ProviderError>;
+    /// The server an instance with this `config` sends through, as its
+    /// circuit breaker's key: the kind and the `base_url`'s origin (never
+    /// its credentials). None: no circuit (the sandbox cannot have an outage).
+    fn endpoint(&self, config: &serde_json::Value) -> Option<String> {
+        let origin = config
+            .get("base_url")
+            .and_then(|v| v.as_str())
+            .and_then(|b| reqwest::Url::parse(b).ok())
+            .map(|u| u.origin().ascii_serialization());
+        Some(match origin {
+            Some(origin) => format!("{} {origin}", self.kind()),
+            None => self.kind().to_owned(),
+        })
+    }
 }
 
 /// The providers this process can use, by kind.

@@ -170,6 +170,11 @@ impl Provider for Sandbox {
         "sandbox"
     }
 
+    /// Its failures are per message (magic numbers), never an outage.
+    fn endpoint(&self, _config: &serde_json::Value) -> Option<String> {
+        None
+    }
+
     async fn send(&self, msg: &OutboundMessage) -> Result<SendAccepted, ProviderError> {
         if !self.cfg.send_latency.is_zero() {
             tokio::time::sleep(self.cfg.send_latency).await;

@@ -77,6 +77,13 @@ pub struct Config {
     /// How long one provider call may take before it counts as a failed attempt.
     #[serde(with = "humantime_serde")]
     pub send_timeout: Duration,
+    /// Outage failures in a row (from at least two messages) that open a
+    /// provider endpoint's circuit; 0 = off. Capped at `message_retry_limit`,
+    /// so an outage cannot dead-letter a message before the circuit opens.
+    pub provider_circuit_failures: u32,
+    /// How long an open circuit waits before a probe (doubling per failed probe, up to 8×).
+    #[serde(with = "humantime_serde")]
+    pub provider_circuit_cooldown: Duration,
     /// Default pace of a new instance, messages per second.
     pub instance_rate: u32,
     /// Sends in flight at once per instance.
@@ -154,6 +161,8 @@ impl Default for Config {
             message_retry_base: Duration::from_secs(2),
             message_retry_max: Duration::from_secs(600),
             send_timeout: Duration::from_secs(30),
+            provider_circuit_failures: 5,
+            provider_circuit_cooldown: Duration::from_secs(30),
             instance_rate: 80,
             instance_concurrency: 32,
             tenant_rate_limit: 1000,
@@ -259,6 +268,11 @@ impl Config {
         }
         if self.message_retry_limit == 0 {
             return bad("ZAPGATE_MESSAGE_RETRY_LIMIT must be at least 1");
+        }
+        if self.provider_circuit_failures > 0 && self.provider_circuit_cooldown.is_zero() {
+            return bad(
+                "ZAPGATE_PROVIDER_CIRCUIT_COOLDOWN must be more than 0 (ZAPGATE_PROVIDER_CIRCUIT_FAILURES=0 turns the circuit off)",
+            );
         }
         if self.instance_rate == 0 || self.instance_concurrency == 0 {
             return bad("ZAPGATE_INSTANCE_RATE and ZAPGATE_INSTANCE_CONCURRENCY must be at least 1");

@@ -10,6 +10,8 @@
 //! | `zapgate_send_outcomes_total` | counter | `outcome` (sent, retry, failed, dead, expired, cancelled) |
 //! | `zapgate_provider_call_seconds` | histogram | `provider` |
 //! | `zapgate_provider_calls_total` | counter | `provider`, `result` (ok, retry, throttled, permanent, timeout) |
+//! | `zapgate_provider_circuits_open` | gauge | `provider` (endpoints of that kind whose circuit is open or half-open) |
+//! | `zapgate_provider_circuit_opened_total` | counter | `provider` |
 //! | `zapgate_provider_statuses_total` | counter | `status`, `applied` (applied, ignored, parked) |
 //! | `zapgate_webhook_attempts_total` | counter | `result` (succeeded, retry, dead) |
 //! | `zapgate_webhook_attempt_seconds` | histogram | |

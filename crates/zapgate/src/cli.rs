@@ -198,6 +198,15 @@ struct ServeArgs {
     #[arg(long, env = "ZAPGATE_SEND_TIMEOUT", value_parser = parse_duration, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
     send_timeout: Option<Duration>,
+    /// Outage failures in a row, from two or more messages, that open a provider
+    /// endpoint's circuit (sends then wait without spending attempts); 0 = off [default: 5].
+    #[arg(long, env = "ZAPGATE_PROVIDER_CIRCUIT_FAILURES", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    provider_circuit_failures: Option<u32>,
+    /// How long an open circuit waits before one probe send; doubles per failed probe up to 8× [default: 30s].
+    #[arg(long, env = "ZAPGATE_PROVIDER_CIRCUIT_COOLDOWN", value_parser = parse_duration, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    provider_circuit_cooldown: Option<Duration>,
     /// Default pace of new instances, messages/second [default: 80].
     #[arg(long, env = "ZAPGATE_INSTANCE_RATE", value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]

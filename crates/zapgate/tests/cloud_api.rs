@@ -97,3 +97,42 @@ async fn permanent_errors_fail_with_metas_code_and_bad_configs_are_refused() {
     let r = s.post(token, "/v1/instances", &json!({"name": "x", "config": {"a": 1}})).await;
     assert_eq!(r.status(), 422, "the sandbox takes no configuration");
 }
+
+/// Twelve outage answers across four messages with a retry limit of 2: spent
+/// one by one they would dead-letter at least two messages. The circuit
+/// opens after two failures from two messages, the rest wait without
+/// spending attempts while one probe at a time tests the endpoint, and all
+/// four go out once it answers.
+#[tokio::test]
+async fn an_outage_opens_the_circuit_and_messages_wait_without_dying() {
+    let p = cloud(&[
+        ("ZAPGATE_MESSAGE_RETRY_BASE", "50ms"),
+        ("ZAPGATE_MESSAGE_RETRY_LIMIT", "2"),
+        ("ZAPGATE_PROVIDER_CIRCUIT_COOLDOWN", "100ms"),
+    ])
+    .await;
+    let (s, sim, token, ins) = (&p.server, &p.sim, &p.token, &p.instance);
+    let faults = 12;
+    sim.push_faults((0..faults).map(|_| fault(503, 0)));
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        ids.push(s.send_text(token, ins, &format!("+551199999000{n}"), "through an outage").await);
+    }
+    let mut waited_for_the_circuit = 0;
+    for id in &ids {
+        let m = s.wait_status(token, id, &["sent"], WAIT).await;
+        let history = m["history"].as_array().unwrap();
+        assert!(!history.iter().any(|e| ["failed", "dead"].contains(&e["status"].as_str().unwrap())), "{m:#}");
+        assert!(m["attempts"].as_u64().unwrap() <= 1, "at most the failure before the circuit opened: {m:#}");
+        waited_for_the_circuit += history.iter().filter(|e| e["error_code"] == "circuit_open").count();
+    }
+    assert!(waited_for_the_circuit > 0, "messages waited for the open circuit");
+    // Each fault answered one call, each message then went out once: no call was wasted.
+    assert_eq!(sim.received().len(), faults + ids.len());
+    assert!(s.metric("zapgate_provider_circuit_opened_total", "").await >= 1.0);
+    assert_eq!(
+        s.metric("zapgate_provider_circuit_state", "endpoint=\"cloud_api http://127.0.0.1").await,
+        0.0,
+        "closed"
+    );
+}

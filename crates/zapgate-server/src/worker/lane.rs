@@ -16,7 +16,9 @@ use zapgate_backends::{
     Backends, InstanceRecord, MessageRecord, OutcomeApplied, SendOutcome, SendResult, Settlement, crash_point,
 };
 use zapgate_domain::Timestamp;
-use zapgate_providers::{Classification, OutboundMessage, Provider, ProviderError, Providers, classify};
+use zapgate_providers::{
+    Circuits, Classification, Observed, OutboundMessage, Provider, ProviderError, Providers, classify,
+};
 
 /// What every lane shares.
 pub struct WorkerCtx {
@@ -27,6 +29,8 @@ pub struct WorkerCtx {
     pub retry_limit: u32,
     pub send_timeout: Duration,
     pub concurrency: u32,
+    /// One circuit breaker per provider endpoint, shared by every lane.
+    pub circuits: Circuits,
     /// With RabbitMQ: retries wait in its wait queues.
     pub parking: Option<super::parking::Parking>,
 }
@@ -258,10 +262,22 @@ async fn attempt(
         attempt: msg.attempts,
         config: instance.provider_config.clone(),
     };
+    let circuit = provider.endpoint(&instance.provider_config).map(|e| ctx.circuits.get(provider.kind(), &e));
+    let pass = match &circuit {
+        Some(circuit) => match circuit.admit().await {
+            Ok(pass) => Some(pass),
+            Err(wait) => return circuit_open(circuit.kind(), wait),
+        },
+        None => None,
+    };
     let started = std::time::Instant::now();
     let reply =
         tokio::time::timeout(ctx.send_timeout, provider.send(&out)).await.unwrap_or(Err(ProviderError::Timeout));
     crash_point("after_provider_call");
+    let outage = matches!(reply, Err(ProviderError::Unavailable { .. } | ProviderError::Timeout));
+    let open_for = pass.and_then(|pass| {
+        pass.observe(if outage { Observed::Failed { message: msg.id.as_str() } } else { Observed::Answered })
+    });
     let kind = provider.kind();
     metrics::histogram!("zapgate_provider_call_seconds", "provider" => kind).record(started.elapsed().as_secs_f64());
     let result = match &reply {
@@ -281,6 +297,10 @@ async fn attempt(
         Err(e) => e,
     };
     tracing::debug!(message_id = %msg.id, error = %err, "send attempt failed");
+    if let (true, Some(wait), Some(circuit)) = (outage, open_for, &circuit) {
+        // The endpoint is down, not this message: no attempt spent.
+        return circuit_open(circuit.kind(), wait);
+    }
     match classify(&err) {
         Classification::Retry { spend_attempt, retry_after, code, message } => {
             let delay = if spend_attempt {
@@ -292,5 +312,15 @@ async fn attempt(
             SendResult::Retry { retry_at, spend_attempt, code, message }
         }
         Classification::Permanent { code, message } => SendResult::Failed { code, message },
+    }
+}
+
+/// Waits for an open circuit without spending an attempt.
+fn circuit_open(provider: &str, wait: Duration) -> SendResult {
+    SendResult::Retry {
+        retry_at: Timestamp::now().plus_millis(wait.as_millis().max(1) as i64),
+        spend_attempt: false,
+        code: "circuit_open".into(),
+        message: format!("the {provider} provider's server is failing; sends wait until it answers again"),
     }
 }
