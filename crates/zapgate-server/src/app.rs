@@ -12,7 +12,7 @@ use crate::worker::retry::RetryPolicy;
 use crate::worker::webhooks::{self, WebhookSender};
 use crate::worker::{WorkSignal, consumer, dispatcher, janitor, statuses};
 use anyhow::Context;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use zapgate_backends::Backends;
@@ -233,7 +233,6 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
         work: signal,
         egress,
         queue_depth,
-        keys_in_flight: Arc::new(Mutex::new(Default::default())),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -141,6 +141,36 @@ async fn idempotency_key_still_in_flight_is_409_with_retry_after() {
     assert_eq!(first.await.unwrap(), 202);
 }
 
+/// Distributed: the key is claimed in Redis, so a second API process
+/// answers 409 while the first still runs the request, and the first's
+/// answer is what a retry then gets.
+#[tokio::test]
+async fn idempotency_key_in_flight_on_another_api_process_is_409() {
+    if !distributed() || std::env::var("ZAPGATE_TEST_REDIS_URL").map_or(true, |v| v.is_empty()) {
+        return println!("skipped: needs the distributed pass's Redis (ZAPGATE_TEST_REDIS_URL)");
+    }
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let slow = Server::start_role("api", dir.clone(), &[("ZAPGATE_TEST_ACCEPT_DELAY_MS", "800")]).await;
+    let other = Server::start_role("api", dir.clone(), &[]).await;
+    let (token, ins) = slow.tenant_with_instance("acme", 80).await;
+    let body = text(&ins, "+5511999998888", "slow");
+    let send =
+        |s: &Server| s.http.post(s.url("/v1/messages")).bearer_auth(&token).header("Idempotency-Key", "k").json(&body);
+    let first = {
+        let req = send(&slow);
+        tokio::spawn(async move { req.send().await.unwrap().json::<Value>().await.unwrap() })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = send(&other).send().await.unwrap();
+    assert_eq!(r.status(), 409);
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "idempotency_key_in_flight");
+    let first = first.await.unwrap();
+    let r = send(&other).send().await.unwrap();
+    assert_eq!(r.status(), 202, "released when the first request ended");
+    assert_eq!(r.json::<Value>().await.unwrap()["id"], first["id"], "the retry gets the first request's message");
+}
+
 #[tokio::test]
 async fn auth_is_required_and_tenants_are_isolated() {
     let s = Server::start(&[]).await;

@@ -8,9 +8,10 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
-use zapgate_backends::{AcceptMessage, Accepted, Cancel, IdempotencyKey, MessageFilter, MessageRecord};
+use std::sync::Arc;
+use zapgate_backends::{
+    AcceptMessage, Accepted, Cancel, IdempotencyKey, LockToken, Locks, MessageFilter, MessageRecord,
+};
 use zapgate_domain::{
     ChatId, InstanceId, MessageContent, MessageEvent, MessageId, MessageStatus, Priority, SendRequest, TenantId,
     Timestamp, ValidationError,
@@ -110,22 +111,42 @@ pub fn parse_send(mut body: Map<String, Value>, now: Timestamp) -> Result<SendRe
     Ok(SendRequest { instance_id, to, content, priority, send_at, expires_at })
 }
 
-/// Removes an in-flight idempotency key when its request ends, however it ends.
-struct InFlight {
-    set: Arc<Mutex<HashSet<(TenantId, String)>>>,
-    key: (TenantId, String),
+/// How long an Idempotency-Key stays claimed when its request never ends
+/// (its API process died): retries then wait at most this long.
+const KEY_CLAIM_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// An Idempotency-Key claimed while its first request runs, in every API
+/// process (a Redis lock in distributed mode): a concurrent request with the
+/// same key is answered 409 instead of racing it. Correctness does not rest
+/// on it (the store's unique key does): it is the fast pre-check.
+struct KeyClaim {
+    locks: Arc<dyn Locks>,
+    name: String,
+    token: Option<LockToken>,
 }
 
-impl InFlight {
-    fn enter(set: &Arc<Mutex<HashSet<(TenantId, String)>>>, key: (TenantId, String)) -> Option<Self> {
-        let mut s = set.lock().unwrap_or_else(|p| p.into_inner());
-        s.insert(key.clone()).then(|| InFlight { set: set.clone(), key })
+impl KeyClaim {
+    async fn take(locks: &Arc<dyn Locks>, tenant: &TenantId, key: &str) -> Option<KeyClaim> {
+        let name = format!("idem:{tenant}:{key}");
+        let token = locks.try_acquire(&name, KEY_CLAIM_TTL).await?;
+        Some(KeyClaim { locks: locks.clone(), name, token: Some(token) })
+    }
+
+    /// Released before the answer goes out, so a retry right after it finds the key free.
+    async fn release(mut self) {
+        if let Some(token) = self.token.take() {
+            self.locks.release(&self.name, token).await;
+        }
     }
 }
 
-impl Drop for InFlight {
+impl Drop for KeyClaim {
+    /// A request dropped midway (the client went away) releases in the background.
     fn drop(&mut self) {
-        self.set.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+        if let Some(token) = self.token.take() {
+            let (locks, name) = (self.locks.clone(), std::mem::take(&mut self.name));
+            tokio::spawn(async move { locks.release(&name, token).await });
+        }
     }
 }
 
@@ -186,8 +207,8 @@ pub async fn send(
     let key = idempotency_key(&headers)?;
     super::templates::expand(&s, &tenant, &mut body).await?;
     let request = parse_send(body, now)?;
-    let _in_flight = match &key {
-        Some(k) => Some(InFlight::enter(&s.keys_in_flight, (tenant.clone(), k.clone())).ok_or_else(|| {
+    let claim = match &key {
+        Some(k) => Some(KeyClaim::take(&s.backends.locks, &tenant, k).await.ok_or_else(|| {
             ApiError::new(
                 StatusCode::CONFLICT,
                 "idempotency_key_in_flight",
@@ -210,8 +231,11 @@ pub async fn send(
         }
         accepted
     })
-    .await??;
-    match accepted {
+    .await;
+    if let Some(claim) = claim {
+        claim.release().await;
+    }
+    match accepted?? {
         Accepted::New { id, status } => Ok((StatusCode::ACCEPTED, Json(MessageAccepted { id, status }))),
         Accepted::Replayed { id, status } => Ok((StatusCode::ACCEPTED, Json(MessageAccepted { id, status }))),
         Accepted::KeyReused => Err(ApiError::new(

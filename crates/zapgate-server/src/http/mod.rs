@@ -21,12 +21,11 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use error::ApiError;
 use extract::TokenCache;
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 use zapgate_backends::Backends;
-use zapgate_domain::{TenantId, TokenHash};
+use zapgate_domain::TokenHash;
 use zapgate_providers::Providers;
 
 #[derive(Clone)]
@@ -40,8 +39,6 @@ pub struct AppState {
     pub egress: crate::egress::Egress,
     /// Messages waiting in the queue, as last measured (about every second).
     pub queue_depth: Arc<crate::worker::janitor::Backlog>,
-    /// Idempotency keys whose first request has not finished yet.
-    pub keys_in_flight: Arc<Mutex<HashSet<(TenantId, String)>>>,
 }
 
 pub fn router(state: AppState) -> Router {
