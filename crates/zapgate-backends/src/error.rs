@@ -6,6 +6,9 @@ pub enum StoreError {
     NotFound,
     #[error("conflict: {0}")]
     Conflict(String),
+    /// No provider pool can take a new instance.
+    #[error("no provider capacity: {0}")]
+    NoCapacity(String),
     #[error("the data directory is in use by another zapgate process ({0})")]
     Locked(String),
     #[error("database error: {0}")]

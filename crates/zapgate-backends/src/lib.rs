@@ -22,6 +22,7 @@ pub mod limits;
 pub mod locks;
 pub mod media;
 pub mod outbox;
+pub mod pools;
 pub mod postgres;
 pub mod queue;
 mod records;
@@ -38,6 +39,7 @@ pub use limits::{InProcessRateLimiter, RateLimiter, Throttled};
 pub use locks::{InProcessLocks, LockToken, Locks};
 pub use media::{LocalMediaStore, MediaStore};
 pub use outbox::{Outbox, OutboxEntry, RelayLimits};
+pub use pools::{NewProvider, Placement, ProviderChange, ProviderPools, ProviderRecord};
 pub use queue::{Claim, Delivery, Queue, Settlement};
 pub use s3::{S3Config, S3MediaStore};
 pub use store::*;
@@ -52,6 +54,7 @@ pub struct Backends {
     pub store: Arc<dyn Store>,
     pub queue: Arc<dyn Queue>,
     pub webhooks: Arc<dyn WebhookStore>,
+    pub pools: Arc<dyn ProviderPools>,
     pub rate_limiter: Arc<dyn RateLimiter>,
     pub locks: Arc<dyn Locks>,
     pub media: Arc<dyn MediaStore>,
@@ -74,11 +77,12 @@ impl Backends {
 
     /// Store, queue and webhooks in `db`; limits and locks in process; media
     /// under `data_dir` (the `with_*` methods move them elsewhere).
-    fn on_one_database<D: Store + Queue + WebhookStore>(db: Arc<D>, data_dir: &Path) -> Self {
+    fn on_one_database<D: Store + Queue + WebhookStore + ProviderPools>(db: Arc<D>, data_dir: &Path) -> Self {
         Self {
             store: db.clone(),
             queue: db.clone(),
-            webhooks: db,
+            webhooks: db.clone(),
+            pools: db,
             rate_limiter: Arc::new(InProcessRateLimiter::default()),
             locks: Arc::new(InProcessLocks::default()),
             media: Arc::new(LocalMediaStore::new(data_dir.join("media"))),

@@ -3,11 +3,12 @@
 //! needs to read a named column as text, integer or flag: [`Columns`], which
 //! `sqlite::rows` and `postgres::rows` implement for their row types.
 
+use crate::pools::ProviderRecord;
 use crate::webhooks::{DeliveryRecord, DeliveryStatus, EndpointRecord};
 use crate::{InstanceRecord, MessageRecord, StoreError, TemplateRecord, TenantRecord, TokenRecord};
 use zapgate_domain::{
-    ChatId, DeliveryId, EndpointId, EventId, EventType, InstanceId, MessageEvent, MessageId, Priority, TemplateId,
-    TenantId, Timestamp, TokenId,
+    ChatId, DeliveryId, EndpointId, EventId, EventType, InstanceId, MessageEvent, MessageId, Priority, ProviderId,
+    TemplateId, TenantId, Timestamp, TokenId,
 };
 
 /// Reads one column of the current row by name.
@@ -63,6 +64,7 @@ pub fn instance(row: &(impl Columns + ?Sized)) -> Result<InstanceRecord, StoreEr
         tenant_id: TenantId::from_trusted(row.text("tenant_id")?),
         name: row.text("name")?,
         provider: row.text("provider")?,
+        provider_id: row.text_opt("provider_id")?.map(ProviderId::from_trusted),
         phone_number_id: row.text("phone_number_id")?,
         waba_id: row.text("waba_id")?,
         rate_per_sec: row.int("rate_per_sec")? as u32,
@@ -154,5 +156,18 @@ pub fn delivery(row: &(impl Columns + ?Sized)) -> Result<DeliveryRecord, StoreEr
         last_error: row.text_opt("last_error")?,
         created_at: row.time("created_at")?,
         updated_at: row.time("updated_at")?,
+    })
+}
+
+pub fn provider(row: &(impl Columns + ?Sized)) -> Result<ProviderRecord, StoreError> {
+    Ok(ProviderRecord {
+        id: ProviderId::from_trusted(row.text("id")?),
+        kind: row.text("kind")?,
+        name: row.text("name")?,
+        settings: row.json("settings")?,
+        capacity: row.int("capacity")? as u32,
+        enabled: row.flag("enabled")?,
+        instances: row.int("instances")? as u32,
+        created_at: row.time("created_at")?,
     })
 }

@@ -5,8 +5,8 @@ use async_trait::async_trait;
 use serde::Serialize;
 use zapgate_domain::event::StatusDetail;
 use zapgate_domain::{
-    ChatId, InstanceId, MessageContent, MessageEvent, MessageId, MessageStatus, Priority, SendRequest, TemplateId,
-    TenantId, Timestamp, TokenHash, TokenId,
+    ChatId, InstanceId, MessageContent, MessageEvent, MessageId, MessageStatus, Priority, ProviderId, SendRequest,
+    TemplateId, TenantId, Timestamp, TokenHash, TokenId,
 };
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -76,6 +76,9 @@ pub struct InstanceRecord {
     pub tenant_id: TenantId,
     pub name: String,
     pub provider: String,
+    /// The shared provider server it was placed on (None: its own settings).
+    #[schema(value_type = Option<String>)]
+    pub provider_id: Option<ProviderId>,
     /// Numeric id the Cloud API facade addresses this instance by.
     pub phone_number_id: String,
     pub waba_id: String,

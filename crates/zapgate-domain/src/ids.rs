@@ -55,6 +55,10 @@ id_type!(
     /// One WhatsApp number (a session at a provider) owned by a tenant.
     InstanceId, "ins_");
 id_type!(
+    /// A provider server shared by many instances (a WAHA, Evolution API or
+    /// UAZAPI deployment): a pool new instances are placed on.
+    ProviderId, "prv_");
+id_type!(
     /// A message accepted by `POST /v1/messages`, minted at accept time and
     /// reused in every status and event about it.
     MessageId, "msg_");

@@ -92,6 +92,11 @@ impl Provider for Evolution {
         "evolution"
     }
 
+    /// On a pool server the instance is named by its zapgate id.
+    fn placed_config(&self, id: &zapgate_domain::InstanceId) -> Option<Value> {
+        Some(serde_json::json!({ "instance": id.as_str() }))
+    }
+
     fn check_config(&self, config: &Value) -> Result<Value, String> {
         let mut c: EvolutionConfig = serde_json::from_value(config.clone()).map_err(|e| format!("config: {e}"))?;
         if c.api_key.trim().is_empty() || c.instance.trim().is_empty() {

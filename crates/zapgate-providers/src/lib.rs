@@ -102,6 +102,12 @@ pub trait Provider: Send + Sync + 'static {
         }
     }
     async fn send(&self, msg: &OutboundMessage) -> Result<SendAccepted, ProviderError>;
+    /// For kinds that run on shared servers (pools): the settings that name
+    /// instance `id` on such a server, to which the pool adds its base URL
+    /// and credentials. None: instances of this kind are never placed.
+    fn placed_config(&self, _id: &InstanceId) -> Option<serde_json::Value> {
+        None
+    }
     /// The server an instance with this `config` sends through, as its
     /// circuit breaker's key: the kind and the `base_url`'s origin (never
     /// its credentials). None: no circuit (the sandbox cannot have an outage).

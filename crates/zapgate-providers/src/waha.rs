@@ -127,6 +127,11 @@ impl Provider for Waha {
         "waha"
     }
 
+    /// On a pool server the instance is named by its zapgate id.
+    fn placed_config(&self, id: &zapgate_domain::InstanceId) -> Option<Value> {
+        Some(serde_json::json!({ "session": id.as_str() }))
+    }
+
     fn check_config(&self, config: &Value) -> Result<Value, String> {
         let mut c: WahaConfig = serde_json::from_value(config.clone()).map_err(|e| format!("config: {e}"))?;
         if c.session.trim().is_empty() {

@@ -11,6 +11,7 @@
 
 mod accepts;
 mod outbox;
+mod pools;
 mod queue;
 mod rows;
 mod session;
@@ -26,7 +27,10 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 /// Schema versions, applied in order; `schema_migrations` records each.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/postgres/0001_init.sql"),
+    include_str!("../../migrations/postgres/0002_providers.sql"),
+];
 
 /// Advisory lock key serialising migrations across processes.
 const MIGRATION_LOCK: i64 = 0x7a61_7067_6174_6531; // "zapgate1"

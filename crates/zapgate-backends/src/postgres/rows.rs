@@ -12,8 +12,8 @@ pub const MESSAGE_COLUMNS: &str = "id, tenant_id, instance_id, recipient, wa_id,
     attempts, chat_seq, provider_message_id, error_code, error_message, send_at, expires_at, next_attempt_at, \
     created_at, updated_at";
 
-pub const INSTANCE_COLUMNS: &str =
-    "id, tenant_id, name, provider, phone_number_id, waba_id, rate_per_sec, burst, provider_config, created_at";
+pub const INSTANCE_COLUMNS: &str = "id, tenant_id, name, provider, provider_id, phone_number_id, waba_id, rate_per_sec, burst, provider_config, \
+     created_at";
 
 pub const EVENT_COLUMNS: &str =
     "seq, id, tenant_id, message_id, instance_id, type, status, chat_seq, detail, created_at";
@@ -36,7 +36,7 @@ impl Columns for PgRow {
     }
 }
 
-pub use crate::records::{delivery, endpoint, event, instance, message, template, tenant, token};
+pub use crate::records::{delivery, endpoint, event, instance, message, provider, template, tenant, token};
 
 /// Who a message belongs to, as events need it.
 pub struct MessageRef {

@@ -100,40 +100,9 @@ impl Store for PgBackend {
     }
 
     async fn create_instance(&self, new: NewInstance) -> Result<InstanceRecord, StoreError> {
-        let now = Timestamp::now();
-        let r = InstanceRecord {
-            id: new.id,
-            tenant_id: new.tenant_id,
-            name: new.name,
-            provider: new.provider,
-            phone_number_id: new.phone_number_id,
-            waba_id: new.waba_id,
-            rate_per_sec: new.rate_per_sec,
-            burst: new.burst,
-            provider_config: new.provider_config,
-            created_at: now,
-        };
-        let inserted = sqlx::query(
-            "INSERT INTO instances (id, tenant_id, name, provider, phone_number_id, waba_id, rate_per_sec, burst, \
-             provider_config, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(r.id.as_str())
-        .bind(r.tenant_id.as_str())
-        .bind(&r.name)
-        .bind(&r.provider)
-        .bind(&r.phone_number_id)
-        .bind(&r.waba_id)
-        .bind(i64::from(r.rate_per_sec))
-        .bind(i64::from(r.burst))
-        .bind(r.provider_config.to_string())
-        .bind(now.as_millis())
-        .execute(self.pool())
-        .await;
-        match inserted {
-            Ok(_) => Ok(r),
-            Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict("phone_number_id is already used".into())),
-            Err(e) => Err(e.into()),
-        }
+        let r = new_instance_record(new, None);
+        insert_instance(&mut *self.pool().acquire().await?, &r).await?;
+        Ok(r)
     }
 
     async fn list_instances(&self, tenant: &TenantId) -> Result<Vec<InstanceRecord>, StoreError> {
@@ -927,4 +896,46 @@ async fn apply_parked(conn: &mut PgConnection, provider_message_id: &str) -> Res
         Box::pin(apply_status(&mut *conn, r)).await?;
     }
     Ok(())
+}
+
+/// The record a new instance is stored as (`provider_id`: the pool it was placed on).
+pub(super) fn new_instance_record(new: NewInstance, provider_id: Option<zapgate_domain::ProviderId>) -> InstanceRecord {
+    InstanceRecord {
+        id: new.id,
+        tenant_id: new.tenant_id,
+        name: new.name,
+        provider: new.provider,
+        provider_id,
+        phone_number_id: new.phone_number_id,
+        waba_id: new.waba_id,
+        rate_per_sec: new.rate_per_sec,
+        burst: new.burst,
+        provider_config: new.provider_config,
+        created_at: Timestamp::now(),
+    }
+}
+
+pub(super) async fn insert_instance(conn: &mut sqlx::PgConnection, r: &InstanceRecord) -> Result<(), StoreError> {
+    let inserted = sqlx::query(
+        "INSERT INTO instances (id, tenant_id, name, provider, provider_id, phone_number_id, waba_id, rate_per_sec, \
+         burst, provider_config, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+    )
+    .bind(r.id.as_str())
+    .bind(r.tenant_id.as_str())
+    .bind(&r.name)
+    .bind(&r.provider)
+    .bind(r.provider_id.as_ref().map(|p| p.as_str()))
+    .bind(&r.phone_number_id)
+    .bind(&r.waba_id)
+    .bind(i64::from(r.rate_per_sec))
+    .bind(i64::from(r.burst))
+    .bind(r.provider_config.to_string())
+    .bind(r.created_at.as_millis())
+    .execute(conn)
+    .await;
+    match inserted {
+        Ok(_) => Ok(()),
+        Err(e) if is_unique_violation(&e) => Err(StoreError::Conflict("phone_number_id is already used".into())),
+        Err(e) => Err(e.into()),
+    }
 }

@@ -13,6 +13,7 @@
 //! job is one hand-off to the writer thread and its statements run inline
 //! from a prepared-statement cache.
 
+mod pools;
 mod queue;
 mod rows;
 mod store;
@@ -37,6 +38,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0003_ack_timeout.sql"),
     include_str!("../../migrations/sqlite/0004_templates.sql"),
     include_str!("../../migrations/sqlite/0005_provider_config.sql"),
+    include_str!("../../migrations/sqlite/0006_providers.sql"),
 ];
 
 pub struct SqliteBackend {

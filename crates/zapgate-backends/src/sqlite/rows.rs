@@ -11,8 +11,8 @@ pub const MESSAGE_COLUMNS: &str = "id, tenant_id, instance_id, recipient, wa_id,
     attempts, chat_seq, provider_message_id, error_code, error_message, send_at, expires_at, next_attempt_at, \
     created_at, updated_at";
 
-pub const INSTANCE_COLUMNS: &str =
-    "id, tenant_id, name, provider, phone_number_id, waba_id, rate_per_sec, burst, provider_config, created_at";
+pub const INSTANCE_COLUMNS: &str = "id, tenant_id, name, provider, provider_id, phone_number_id, waba_id, rate_per_sec, burst, provider_config, \
+     created_at";
 
 pub const EVENT_COLUMNS: &str =
     "seq, id, tenant_id, message_id, instance_id, type, status, chat_seq, detail, created_at";
@@ -54,6 +54,9 @@ pub fn token(row: &Row<'_>) -> Result<TokenRecord, StoreError> {
 }
 pub fn event(row: &Row<'_>) -> Result<MessageEvent, StoreError> {
     records::event(row)
+}
+pub fn provider(row: &Row<'_>) -> Result<crate::ProviderRecord, StoreError> {
+    records::provider(row)
 }
 pub fn template(row: &Row<'_>) -> Result<TemplateRecord, StoreError> {
     records::template(row)

@@ -108,47 +108,9 @@ impl Store for SqliteBackend {
     }
 
     async fn create_instance(&self, new: NewInstance) -> Result<InstanceRecord, StoreError> {
-        let now = Timestamp::now();
-        let rec = InstanceRecord {
-            id: new.id,
-            tenant_id: new.tenant_id,
-            name: new.name,
-            provider: new.provider,
-            phone_number_id: new.phone_number_id,
-            waba_id: new.waba_id,
-            rate_per_sec: new.rate_per_sec,
-            burst: new.burst,
-            provider_config: new.provider_config,
-            created_at: now,
-        };
+        let rec = new_instance_record(new, None);
         let r = rec.clone();
-        self.writer
-            .write(Box::new(move |conn| {
-                if one(conn, "SELECT 1 FROM instances WHERE phone_number_id = ?", [&r.phone_number_id], |_| Ok(()))?
-                    .is_some()
-                {
-                    return Err(StoreError::Conflict("phone_number_id is already used".into()));
-                }
-                exec(
-                    conn,
-                    "INSERT INTO instances (id, tenant_id, name, provider, phone_number_id, waba_id, rate_per_sec, \
-                     burst, provider_config, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    params![
-                        r.id.as_str(),
-                        r.tenant_id.as_str(),
-                        r.name,
-                        r.provider,
-                        r.phone_number_id,
-                        r.waba_id,
-                        r.rate_per_sec,
-                        r.burst,
-                        r.provider_config.to_string(),
-                        now.as_millis()
-                    ],
-                )?;
-                Ok(())
-            }))
-            .await?;
+        self.writer.write(Box::new(move |conn| insert_instance(conn, &r))).await?;
         Ok(rec)
     }
 
@@ -808,5 +770,47 @@ fn apply_parked(conn: &Connection, provider_message_id: &str) -> Result<(), Stor
     for (_, r) in parked {
         apply_status(conn, r)?;
     }
+    Ok(())
+}
+
+/// The record a new instance is stored as (`provider_id`: the pool it was placed on).
+pub(super) fn new_instance_record(new: NewInstance, provider_id: Option<zapgate_domain::ProviderId>) -> InstanceRecord {
+    InstanceRecord {
+        id: new.id,
+        tenant_id: new.tenant_id,
+        name: new.name,
+        provider: new.provider,
+        provider_id,
+        phone_number_id: new.phone_number_id,
+        waba_id: new.waba_id,
+        rate_per_sec: new.rate_per_sec,
+        burst: new.burst,
+        provider_config: new.provider_config,
+        created_at: Timestamp::now(),
+    }
+}
+
+pub(super) fn insert_instance(conn: &Connection, r: &InstanceRecord) -> Result<(), StoreError> {
+    if one(conn, "SELECT 1 FROM instances WHERE phone_number_id = ?", [&r.phone_number_id], |_| Ok(()))?.is_some() {
+        return Err(StoreError::Conflict("phone_number_id is already used".into()));
+    }
+    exec(
+        conn,
+        "INSERT INTO instances (id, tenant_id, name, provider, provider_id, phone_number_id, waba_id, rate_per_sec, \
+         burst, provider_config, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        params![
+            r.id.as_str(),
+            r.tenant_id.as_str(),
+            r.name,
+            r.provider,
+            r.provider_id.as_ref().map(|p| p.as_str()),
+            r.phone_number_id,
+            r.waba_id,
+            r.rate_per_sec,
+            r.burst,
+            r.provider_config.to_string(),
+            r.created_at.as_millis()
+        ],
+    )?;
     Ok(())
 }

@@ -13,6 +13,8 @@ use utoipa::{Modify, OpenApi};
         super::health::live, super::health::ready,
         super::tenants::create, super::tenants::list, super::tenants::create_token, super::tenants::list_tokens,
         super::tenants::revoke_token,
+        super::providers::create, super::providers::list, super::providers::get, super::providers::update,
+        super::providers::delete,
         super::instances::create, super::instances::list, super::instances::get, super::instances::update, super::instances::delete,
         super::messages::send, super::messages::get, super::messages::cancel, super::messages::list,
         super::dead_letters::list, super::dead_letters::replay,

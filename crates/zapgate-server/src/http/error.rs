@@ -79,6 +79,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound => Self::not_found("resource"),
             StoreError::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
+            StoreError::NoCapacity(m) => Self::new(StatusCode::CONFLICT, "no_provider_capacity", m),
             StoreError::Closed => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "zapgate is shutting down")
                     .with_retry_after(Duration::from_secs(5))

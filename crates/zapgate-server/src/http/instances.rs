@@ -8,8 +8,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
-use zapgate_backends::{InstanceChange, InstanceRecord, NewInstance};
-use zapgate_domain::{InstanceId, Timestamp, ValidationError};
+use zapgate_backends::{InstanceChange, InstanceRecord, NewInstance, Placement};
+use zapgate_domain::{InstanceId, ProviderId, Timestamp, ValidationError};
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -23,7 +23,12 @@ pub struct CreateInstance {
     pub rate_limit_per_second: Option<u32>,
     /// Burst size (default: one second's worth).
     pub burst: Option<u32>,
-    /// Provider settings. `cloud_api`: `{"access_token", "phone_number_id",
+    /// Place it on this provider server (`GET /v1/providers`; its kind must be
+    /// `provider`). Without it and without `config`, an `evolution` or `waha`
+    /// instance is placed on the enabled server of its kind with the fewest
+    /// instances that has room (409 `no_provider_capacity` when none has).
+    pub provider_id: Option<String>,
+    /// Provider settings (an instance on its own server; none when placed). `cloud_api`: `{"access_token", "phone_number_id",
     /// "waba_id"?, "base_url"?, "api_version"?}`; `evolution`: `{"base_url",
     /// "api_key", "instance"}`; `waha`: `{"base_url", "api_key"?, "session"}`; `uazapi`: `{"base_url", "token"}`.
     /// Never shown again.
@@ -106,6 +111,44 @@ pub async fn create(
         )
         .into());
     };
+    let id = InstanceId::generate();
+    let no_config = body.config.is_null() || body.config.as_object().is_some_and(|o| o.is_empty());
+    let placed = provider.placed_config(&id).filter(|_| no_config || body.provider_id.is_some());
+    if let Some(own) = placed {
+        if !no_config {
+            return Err(ValidationError::new(
+                "config",
+                "an instance placed on a provider server takes its settings from it",
+            )
+            .into());
+        }
+        let provider_id = body
+            .provider_id
+            .map(|raw| ProviderId::parse(&raw).ok_or_else(|| ValidationError::new("provider_id", "no such provider")))
+            .transpose()?;
+        let rate = check_rate("rate_limit_per_second", body.rate_limit_per_second.unwrap_or(s.config.instance_rate))?;
+        let new = NewInstance {
+            id,
+            tenant_id: tenant,
+            name,
+            provider: body.provider.clone(),
+            phone_number_id: numeric_id(),
+            waba_id: numeric_id(),
+            rate_per_sec: rate,
+            burst: check_rate("burst", body.burst.unwrap_or(rate))?,
+            provider_config: own,
+        };
+        let rec = s.backends.pools.place_instance(new, Placement { kind: body.provider, provider_id }).await?;
+        s.work.mark(rec.id.clone());
+        return Ok((StatusCode::CREATED, Json(rec)));
+    }
+    if body.provider_id.is_some() {
+        return Err(ValidationError::new(
+            "provider_id",
+            format!("{} instances are not placed on provider servers", body.provider),
+        )
+        .into());
+    }
     let config = provider.check_config(&body.config).map_err(|e| ValidationError::new("config", e))?;
     if let Some(base) = config.get("base_url").and_then(|v| v.as_str()) {
         s.egress.check_url(base).map_err(|e| ValidationError::new("config.base_url", e.to_string()))?;
@@ -115,7 +158,7 @@ pub async fn create(
     let rate = check_rate("rate_limit_per_second", body.rate_limit_per_second.unwrap_or(s.config.instance_rate))?;
     let burst = check_rate("burst", body.burst.unwrap_or(rate))?;
     let new = NewInstance {
-        id: InstanceId::generate(),
+        id,
         tenant_id: tenant,
         name,
         provider: body.provider,

@@ -9,6 +9,7 @@ pub mod extract;
 pub mod health;
 pub mod instances;
 pub mod messages;
+pub mod providers;
 pub mod templates;
 pub mod tenants;
 pub mod webhooks;
@@ -52,6 +53,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tenants", post(tenants::create).get(tenants::list))
         .route("/v1/tenants/{tenant_id}/tokens", post(tenants::create_token).get(tenants::list_tokens))
         .route("/v1/tenants/{tenant_id}/tokens/{token_id}", axum::routing::delete(tenants::revoke_token))
+        .route("/v1/providers", post(providers::create).get(providers::list))
+        .route("/v1/providers/{provider_id}", get(providers::get).patch(providers::update).delete(providers::delete))
         .route("/v1/instances", post(instances::create).get(instances::list))
         .route("/v1/instances/{instance_id}", get(instances::get).patch(instances::update).delete(instances::delete))
         .route("/v1/messages", post(messages::send).get(messages::list))

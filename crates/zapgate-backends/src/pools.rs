@@ -1,0 +1,118 @@
+//! Provider servers shared by many instances (seed 002's provider manager):
+//! a WAHA, Evolution API or UAZAPI deployment is a pool with a capacity, and
+//! a new instance of that kind is placed on the enabled pool with the fewest
+//! live instances that still has room. (Cloud API numbers bring their own
+//! credentials: they are never placed.)
+//!
+//! A placed instance carries a copy of its pool's `settings` (base URL,
+//! credentials) in its `provider_config`, so workers send through it as
+//! through any instance; changing the pool's settings rewrites every copy in
+//! the same transaction, and workers pick the change up with the instance.
+
+use crate::{InstanceRecord, NewInstance, StoreError};
+use async_trait::async_trait;
+use serde::Serialize;
+use zapgate_domain::{ProviderId, Timestamp};
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ProviderRecord {
+    pub id: ProviderId,
+    /// `evolution`, `waha` or `uazapi`.
+    pub kind: String,
+    pub name: String,
+    /// Base URL and credentials: copied into placed instances, never shown.
+    #[serde(skip)]
+    pub settings: serde_json::Value,
+    /// Most live instances placed on it.
+    pub capacity: u32,
+    /// A disabled pool keeps its instances but gets no new ones.
+    pub enabled: bool,
+    /// Live instances placed on it now.
+    pub instances: u32,
+    pub created_at: Timestamp,
+}
+
+/// What creating a pool needs; the id is minted by the caller.
+#[derive(Debug, Clone)]
+pub struct NewProvider {
+    pub id: ProviderId,
+    pub kind: String,
+    pub name: String,
+    pub settings: serde_json::Value,
+    pub capacity: u32,
+    pub enabled: bool,
+}
+
+/// Fields of a pool that may change; `None` keeps the current value.
+#[derive(Debug, Clone, Default)]
+pub struct ProviderChange {
+    pub name: Option<String>,
+    /// Merged over the current settings (and over every placed instance's copy).
+    pub settings: Option<serde_json::Value>,
+    pub capacity: Option<u32>,
+    pub enabled: Option<bool>,
+}
+
+/// Where to place a new instance.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    pub kind: String,
+    /// This pool only (it must be of `kind`, enabled and have room).
+    pub provider_id: Option<ProviderId>,
+}
+
+#[async_trait]
+pub trait ProviderPools: Send + Sync + 'static {
+    async fn create_provider(&self, new: NewProvider) -> Result<ProviderRecord, StoreError>;
+    async fn list_providers(&self) -> Result<Vec<ProviderRecord>, StoreError>;
+    async fn get_provider(&self, id: &ProviderId) -> Result<Option<ProviderRecord>, StoreError>;
+    /// `None` if it does not exist.
+    async fn update_provider(
+        &self,
+        id: &ProviderId,
+        change: ProviderChange,
+    ) -> Result<Option<ProviderRecord>, StoreError>;
+    /// False if it does not exist; `Conflict` while live instances are placed on it.
+    async fn delete_provider(&self, id: &ProviderId, now: Timestamp) -> Result<bool, StoreError>;
+    /// Creates `new` on the least-loaded enabled pool of the placement's kind
+    /// that has room (or on the one asked for), with the pool's settings
+    /// merged over `new.provider_config`. The choice and the insert are one
+    /// transaction, so concurrent placements never exceed a capacity.
+    /// `NoCapacity` when no pool can take it.
+    async fn place_instance(&self, new: NewInstance, placement: Placement) -> Result<InstanceRecord, StoreError>;
+}
+
+/// `base` with every top-level key of `over` set over it.
+pub fn merged(base: &serde_json::Value, over: &serde_json::Value) -> serde_json::Value {
+    let mut out = base.as_object().cloned().unwrap_or_default();
+    if let Some(over) = over.as_object() {
+        for (k, v) in over {
+            out.insert(k.clone(), v.clone());
+        }
+    }
+    serde_json::Value::Object(out)
+}
+
+/// Why no pool could take an instance, for the error message.
+pub fn no_capacity(placement: &Placement) -> StoreError {
+    StoreError::NoCapacity(match &placement.provider_id {
+        Some(id) => {
+            format!("provider {id} does not exist, is not a {} provider, is disabled or is full", placement.kind)
+        }
+        None => format!("every enabled {} provider is full (or none is configured)", placement.kind),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn merging_sets_the_pool_keys_over_the_instance_keys() {
+        let m =
+            merged(&json!({"session": "ins_1", "base_url": "old"}), &json!({"base_url": "http://w", "api_key": "k"}));
+        assert_eq!(m, json!({"session": "ins_1", "base_url": "http://w", "api_key": "k"}));
+        assert_eq!(merged(&json!(null), &json!({"a": 1})), json!({"a": 1}));
+    }
+}

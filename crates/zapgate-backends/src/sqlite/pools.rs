@@ -1,0 +1,124 @@
+//! `ProviderPools` on SQLite: placement is one writer job, and the single
+//! writer serialises placements, so a count read in the job stays true.
+
+use super::SqliteBackend;
+use super::rows::{all, exec, one, provider};
+use super::store::{insert_instance, new_instance_record};
+use crate::pools::*;
+use crate::{InstanceRecord, NewInstance, StoreError};
+use async_trait::async_trait;
+use rusqlite::{Connection, params};
+use zapgate_domain::{ProviderId, Timestamp};
+
+const PROVIDER_COLUMNS: &str = "id, kind, name, settings, capacity, enabled, created_at, \
+    (SELECT COUNT(*) FROM instances i WHERE i.provider_id = providers.id AND i.deleted_at IS NULL) AS instances";
+
+fn find(conn: &Connection, id: &str) -> Result<Option<ProviderRecord>, StoreError> {
+    let sql = format!("SELECT {PROVIDER_COLUMNS} FROM providers WHERE id = ? AND deleted_at IS NULL");
+    one(conn, &sql, [id], provider)
+}
+
+#[async_trait]
+impl ProviderPools for SqliteBackend {
+    async fn create_provider(&self, new: NewProvider) -> Result<ProviderRecord, StoreError> {
+        self.writer
+            .write(Box::new(move |conn| {
+                exec(
+                    conn,
+                    "INSERT INTO providers (id, kind, name, settings, capacity, enabled, created_at) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    params![
+                        new.id.as_str(),
+                        new.kind,
+                        new.name,
+                        new.settings.to_string(),
+                        new.capacity,
+                        new.enabled,
+                        Timestamp::now().as_millis()
+                    ],
+                )?;
+                find(conn, new.id.as_str())?.ok_or(StoreError::NotFound)
+            }))
+            .await
+    }
+
+    async fn list_providers(&self) -> Result<Vec<ProviderRecord>, StoreError> {
+        self.read(|c| {
+            let sql = format!("SELECT {PROVIDER_COLUMNS} FROM providers WHERE deleted_at IS NULL ORDER BY id");
+            all(c, &sql, [], provider)
+        })
+        .await
+    }
+
+    async fn get_provider(&self, id: &ProviderId) -> Result<Option<ProviderRecord>, StoreError> {
+        let id = id.to_string();
+        self.read(move |c| find(c, &id)).await
+    }
+
+    async fn update_provider(
+        &self,
+        id: &ProviderId,
+        change: ProviderChange,
+    ) -> Result<Option<ProviderRecord>, StoreError> {
+        let id = id.to_string();
+        self.writer
+            .write(Box::new(move |conn| {
+                let Some(current) = find(conn, &id)? else { return Ok(None) };
+                let settings = change.settings.as_ref().map(|s| merged(&current.settings, s));
+                exec(
+                    conn,
+                    "UPDATE providers SET name = COALESCE(?1, name), settings = COALESCE(?2, settings), \
+                     capacity = COALESCE(?3, capacity), enabled = COALESCE(?4, enabled) WHERE id = ?5",
+                    params![change.name, settings.as_ref().map(|s| s.to_string()), change.capacity, change.enabled, id],
+                )?;
+                if let Some(settings) = &settings {
+                    exec(
+                        conn,
+                        "UPDATE instances SET provider_config = json_patch(provider_config, ?1) \
+                         WHERE provider_id = ?2 AND deleted_at IS NULL",
+                        params![settings.to_string(), id],
+                    )?;
+                }
+                find(conn, &id)
+            }))
+            .await
+    }
+
+    async fn delete_provider(&self, id: &ProviderId, now: Timestamp) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        self.writer
+            .write(Box::new(move |conn| {
+                let Some(current) = find(conn, &id)? else { return Ok(false) };
+                if current.instances > 0 {
+                    return Err(StoreError::Conflict(format!(
+                        "{} live instances are placed on this provider; delete or move them first",
+                        current.instances
+                    )));
+                }
+                exec(conn, "UPDATE providers SET deleted_at = ? WHERE id = ?", params![now.as_millis(), id])?;
+                Ok(true)
+            }))
+            .await
+    }
+
+    async fn place_instance(&self, new: NewInstance, placement: Placement) -> Result<InstanceRecord, StoreError> {
+        self.writer
+            .write(Box::new(move |conn| {
+                let sql = format!(
+                    "SELECT {PROVIDER_COLUMNS} FROM providers WHERE kind = ? AND enabled AND deleted_at IS NULL \
+                     ORDER BY instances, id"
+                );
+                let pools = all(conn, &sql, [&placement.kind], provider)?;
+                let chosen = pools
+                    .into_iter()
+                    .filter(|p| placement.provider_id.as_ref().is_none_or(|id| id == &p.id))
+                    .find(|p| p.instances < p.capacity)
+                    .ok_or_else(|| no_capacity(&placement))?;
+                let mut rec = new_instance_record(new, Some(chosen.id));
+                rec.provider_config = merged(&rec.provider_config, &chosen.settings);
+                insert_instance(conn, &rec)?;
+                Ok(rec)
+            }))
+            .await
+    }
+}

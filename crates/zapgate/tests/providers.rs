@@ -1,0 +1,186 @@
+//! Provider servers shared by many instances (seed 002's provider manager):
+//! pools managed by the super-admin, placement of new instances on the
+//! least-loaded enabled server with room, settings that reach placed
+//! instances at once — against two `zapgate-sim` WAHA servers over HTTP.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn pool(s: &Server, body: Value) -> Value {
+    let r = s.post(ADMIN, "/v1/providers", &body).await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    r.json().await.unwrap()
+}
+
+async fn place(s: &Server, token: &str, body: Value) -> reqwest::Response {
+    s.post(token, "/v1/instances", &body).await
+}
+
+#[tokio::test]
+async fn instances_go_to_the_least_loaded_server_with_room_and_follow_its_settings() {
+    let (sim_a_addr, sim_a) = zapgate_sim::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let (sim_b_addr, sim_b) = zapgate_sim::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let s = Server::start(&[("ZAPGATE_WEBHOOK_ALLOW_PRIVATE", "true")]).await;
+    let a = pool(
+        &s,
+        json!({"kind": "waha", "name": "waha-a", "base_url": format!("http://{sim_a_addr}/"),
+                            "api_key": "key-a", "capacity": 2}),
+    )
+    .await;
+    let b = pool(
+        &s,
+        json!({"kind": "waha", "name": "waha-b", "base_url": format!("http://{sim_b_addr}"),
+                            "api_key": "key-b", "capacity": 1}),
+    )
+    .await;
+    assert_eq!(a["instances"], 0);
+    assert_eq!(b["enabled"], true);
+    let listed = s.get(ADMIN, "/v1/providers").await.text().await.unwrap();
+    assert!(!listed.contains("key-a") && !listed.contains("key-b"), "credentials are never shown: {listed}");
+
+    let (_, token) = s.tenant("acme").await;
+    let mut placed = Vec::new();
+    for n in 0..3 {
+        let r = place(&s, &token, json!({"name": format!("n{n}"), "provider": "waha"})).await;
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+        let v: Value = r.json().await.unwrap();
+        assert!(!v.to_string().contains("key-"), "nor through the instance: {v}");
+        placed.push(v);
+    }
+    // Ties go to the older server: a (0 → 1), b (0 → 1), a (1 → 2).
+    let on: Vec<&Value> = placed.iter().map(|i| &i["provider_id"]).collect();
+    assert_eq!(on, [&a["id"], &b["id"], &a["id"]]);
+    let full = place(&s, &token, json!({"name": "n3", "provider": "waha"})).await;
+    assert_eq!(full.status(), 409);
+    let v: Value = full.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "no_provider_capacity", "{v}");
+    let counts: Value = s.get(ADMIN, "/v1/providers").await.json().await.unwrap();
+    let instances: Vec<&Value> = counts["data"].as_array().unwrap().iter().map(|p| &p["instances"]).collect();
+    assert_eq!(instances, [&json!(2), &json!(1)]);
+
+    // A send goes to the instance's server, under its session, with the server's key.
+    let on_b = placed[1]["id"].as_str().unwrap();
+    let id = s.send_text(&token, on_b, "+5511999998888", "Olá").await;
+    s.wait_status(&token, &id, &["sent"], WAIT).await;
+    let got = sim_b.received();
+    assert_eq!(got.len(), 1, "only server b saw it");
+    assert!(sim_a.received().is_empty());
+    assert_eq!(got[0].token.as_deref(), Some("key-b"));
+    assert_eq!(got[0].body["session"], on_b, "the session is named by the instance id");
+
+    // A new key reaches the placed instance without touching it.
+    let r = s
+        .http
+        .patch(s.url(&format!("/v1/providers/{}", b["id"].as_str().unwrap())))
+        .bearer_auth(ADMIN)
+        .json(&json!({"api_key": "key-b2", "capacity": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!((v["capacity"].clone(), v["instances"].clone()), (json!(2), json!(1)));
+    // Workers re-read instances every 2 s.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let id = s.send_text(&token, on_b, "+5511999998888", "again").await;
+    s.wait_status(&token, &id, &["sent"], WAIT).await;
+    assert_eq!(sim_b.received().last().unwrap().token.as_deref(), Some("key-b2"));
+
+    // A disabled server gets no new instance; one asked for by id must fit.
+    let a_path = format!("/v1/providers/{}", a["id"].as_str().unwrap());
+    let r = s.http.patch(s.url(&a_path)).bearer_auth(ADMIN).json(&json!({"enabled": false})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = place(&s, &token, json!({"name": "n4", "provider": "waha", "provider_id": a["id"]})).await;
+    assert_eq!(r.status(), 409, "a disabled server takes none");
+    let r = place(&s, &token, json!({"name": "n4", "provider": "waha"})).await;
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.json::<Value>().await.unwrap()["provider_id"], b["id"]);
+
+    // A server with instances cannot go; once they are deleted it can.
+    let r = s.http.delete(s.url(&a_path)).bearer_auth(ADMIN).send().await.unwrap();
+    assert_eq!(r.status(), 409);
+    for i in [&placed[0], &placed[2]] {
+        let r = s.http.delete(s.url(&format!("/v1/instances/{}", i["id"].as_str().unwrap()))).bearer_auth(&token);
+        assert_eq!(r.send().await.unwrap().status(), 204);
+    }
+    let r = s.http.delete(s.url(&a_path)).bearer_auth(ADMIN).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(s.get(ADMIN, &a_path).await.status(), 404);
+}
+
+#[tokio::test]
+async fn bad_pools_and_placements_get_clear_errors() {
+    let s = Server::start(&[("ZAPGATE_WEBHOOK_ALLOW_PRIVATE", "true")]).await;
+    let (_, token) = s.tenant("acme").await;
+    assert_eq!(s.get(&token, "/v1/providers").await.status(), 401, "super-admin only");
+    for (body, field) in [
+        (json!({"kind": "cloud_api", "name": "x", "base_url": "http://127.0.0.1:1"}), "kind"),
+        (json!({"kind": "sandbox", "name": "x", "base_url": "http://127.0.0.1:1"}), "kind"),
+        (json!({"kind": "evolution", "name": "x", "base_url": "http://127.0.0.1:1"}), "settings"),
+        (json!({"kind": "waha", "name": "x", "base_url": "ftp://127.0.0.1:1"}), "base_url"),
+        (json!({"kind": "waha", "name": "", "base_url": "http://127.0.0.1:1"}), "name"),
+        (json!({"kind": "waha", "name": "x", "base_url": "http://127.0.0.1:1", "capacity": 0}), "capacity"),
+    ] {
+        let r = s.post(ADMIN, "/v1/providers", &body).await;
+        assert_eq!(r.status(), 422, "{body}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["details"]["field"], field, "{body}: {v}");
+    }
+    // No evolution server yet: placing one is a clear 409.
+    let r = place(&s, &token, json!({"name": "x", "provider": "evolution"})).await;
+    assert_eq!(r.status(), 409);
+    assert!(r.text().await.unwrap().contains("every enabled evolution provider is full"));
+    let waha = pool(&s, json!({"kind": "waha", "name": "w", "base_url": "http://127.0.0.1:1"})).await;
+    for (body, status) in [
+        // A server of another kind, a malformed id, a kind that is never placed.
+        (json!({"name": "x", "provider": "evolution", "provider_id": waha["id"]}), 409),
+        (json!({"name": "x", "provider": "waha", "provider_id": "prv_nope"}), 422),
+        (json!({"name": "x", "provider": "sandbox", "provider_id": waha["id"]}), 422),
+        // Settings come from the server, not the request.
+        (json!({"name": "x", "provider": "waha", "provider_id": waha["id"], "config": {"session": "s"}}), 422),
+    ] {
+        let r = place(&s, &token, body.clone()).await;
+        assert_eq!(r.status(), status, "{body}: {}", r.text().await.unwrap());
+    }
+}
+
+/// Concurrent placements, through two API processes in distributed mode,
+/// never put more instances on a server than its capacity.
+#[tokio::test]
+async fn concurrent_placements_never_exceed_a_capacity() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let env = [("ZAPGATE_WEBHOOK_ALLOW_PRIVATE", "true"), ("ZAPGATE_TENANT_RATE_LIMIT", "0")];
+    let first = Arc::new(Server::start_role(if distributed() { "api" } else { "serve" }, dir.clone(), &env).await);
+    let apis = if distributed() {
+        vec![first.clone(), Arc::new(Server::start_role("api", dir.clone(), &env).await)]
+    } else {
+        vec![first.clone()]
+    };
+    for name in ["p1", "p2"] {
+        pool(&first, json!({"kind": "waha", "name": name, "base_url": "http://127.0.0.1:1", "capacity": 5})).await;
+    }
+    let (_, token) = first.tenant("acme").await;
+    let mut tasks = Vec::new();
+    for n in 0..30 {
+        let (api, token) = (apis[n % apis.len()].clone(), token.clone());
+        tasks.push(tokio::spawn(async move {
+            place(&api, &token, json!({"name": format!("i{n}"), "provider": "waha"})).await.status().as_u16()
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 10, "{statuses:?}");
+    assert!(statuses.iter().all(|s| [201, 409].contains(s)), "{statuses:?}");
+    let v: Value = first.get(ADMIN, "/v1/providers").await.json().await.unwrap();
+    for p in v["data"].as_array().unwrap() {
+        assert_eq!(p["instances"], 5, "{p}");
+    }
+}
