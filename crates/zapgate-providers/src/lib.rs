@@ -85,6 +85,35 @@ pub struct StatusReport {
     pub error_message: Option<String>,
 }
 
+/// An instance's WhatsApp connection, as its provider reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionState {
+    /// Starting up.
+    Connecting,
+    /// Waiting for its QR code to be scanned (`GET /v1/instances/{id}/qr`).
+    WaitingForQr,
+    Connected,
+    /// Stopped or logged out: it needs a new scan.
+    Disconnected,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct Connection {
+    pub state: ConnectionState,
+    /// The connected number (digits), when the provider says.
+    pub phone: Option<String>,
+}
+
+/// A QR code to link a phone to an instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Qr {
+    /// The string the QR code encodes (`2@…`).
+    pub raw: String,
+    pub png: Vec<u8>,
+}
+
 /// Where providers push status reports; the event processor drains it.
 pub type StatusSink = tokio::sync::mpsc::UnboundedSender<StatusReport>;
 
@@ -107,6 +136,32 @@ pub trait Provider: Send + Sync + 'static {
     /// and credentials. None: instances of this kind are never placed.
     fn placed_config(&self, _id: &InstanceId) -> Option<serde_json::Value> {
         None
+    }
+    /// Creates the instance's session on its server (pooled kinds); an
+    /// existing session is not an error.
+    async fn create_session(&self, _config: &serde_json::Value) -> Result<(), ProviderError> {
+        Ok(())
+    }
+    /// The connection as the provider reports it; None when this kind does
+    /// not report one (the Cloud API: numbers are managed in Meta's tools).
+    async fn connection(&self, _config: &serde_json::Value) -> Result<Option<Connection>, ProviderError> {
+        Ok(None)
+    }
+    /// The QR code to scan; `Rejected` with code `not_waiting_for_qr` when the
+    /// session is not waiting for one, `no_qr` when this kind has none.
+    async fn qr(&self, _config: &serde_json::Value) -> Result<Qr, ProviderError> {
+        Err(ProviderError::Rejected {
+            code: "no_qr".into(),
+            message: format!("{} instances have no QR code", self.kind()),
+        })
+    }
+    /// Logs the number out; it needs a new scan to send again.
+    async fn logout(&self, _config: &serde_json::Value) -> Result<(), ProviderError> {
+        Ok(())
+    }
+    /// Removes the instance's session from its server; a missing one is not an error.
+    async fn delete_session(&self, _config: &serde_json::Value) -> Result<(), ProviderError> {
+        Ok(())
     }
     /// The server an instance with this `config` sends through, as its
     /// circuit breaker's key: the kind and the `base_url`'s origin (never

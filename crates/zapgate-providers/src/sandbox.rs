@@ -170,6 +170,11 @@ impl Provider for Sandbox {
         "sandbox"
     }
 
+    /// Always connected: there is no phone to link.
+    async fn connection(&self, _config: &serde_json::Value) -> Result<Option<crate::Connection>, ProviderError> {
+        Ok(Some(crate::Connection { state: crate::ConnectionState::Connected, phone: None }))
+    }
+
     /// Its failures are per message (magic numbers), never an outage.
     fn endpoint(&self, _config: &serde_json::Value) -> Option<String> {
         None

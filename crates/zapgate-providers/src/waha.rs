@@ -12,8 +12,9 @@
 //! Errors: 422 (session not WORKING), 401 and 5xx are retried (spending
 //! attempts); 429 waits; 400 and 404 (no such session) fail the message.
 
-use crate::{OutboundMessage, Provider, ProviderError, SendAccepted};
+use crate::{Connection, ConnectionState, OutboundMessage, Provider, ProviderError, Qr, SendAccepted};
 use async_trait::async_trait;
+use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -36,6 +37,59 @@ pub struct Waha {
 impl Waha {
     pub fn new(http: reqwest::Client) -> Self {
         Self { http }
+    }
+
+    /// A request to `{base_url}/{segments…}` (each segment escaped) with the key.
+    fn request(&self, cfg: &WahaConfig, method: reqwest::Method, segments: &[&str]) -> reqwest::RequestBuilder {
+        self.request_with_query(cfg, method, segments, &[])
+    }
+
+    fn request_with_query(
+        &self,
+        cfg: &WahaConfig,
+        method: reqwest::Method,
+        segments: &[&str],
+        query: &[(&str, &str)],
+    ) -> reqwest::RequestBuilder {
+        let mut url = reqwest::Url::parse(&cfg.base_url).expect("checked when the instance was created");
+        url.path_segments_mut().expect("an http(s) URL").pop_if_empty().extend(segments);
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        let req = self.http.request(method, url);
+        match &cfg.api_key {
+            Some(k) => req.header("X-Api-Key", k),
+            None => req,
+        }
+    }
+}
+
+fn settings(config: &Value) -> Result<WahaConfig, ProviderError> {
+    serde_json::from_value(config.clone()).map_err(|e| ProviderError::Rejected {
+        code: "bad_config".into(),
+        message: format!("the instance's WAHA settings are invalid: {e}"),
+    })
+}
+
+/// The error an unsuccessful answer means.
+fn failure(answer: &crate::http::Answer) -> ProviderError {
+    let json = answer.json();
+    let detail = json
+        .get("message")
+        .or_else(|| json.get("error"))
+        .map(|m| m.as_str().map_or_else(|| m.to_string(), str::to_owned))
+        .unwrap_or_else(|| format!("HTTP {}", answer.status));
+    classify_status(answer.status, detail, answer.retry_after)
+}
+
+/// WAHA's session status as a connection state.
+pub fn connection_state(status: &str) -> ConnectionState {
+    match status {
+        "WORKING" => ConnectionState::Connected,
+        "SCAN_QR_CODE" => ConnectionState::WaitingForQr,
+        "STARTING" => ConnectionState::Connecting,
+        "FAILED" => ConnectionState::Failed,
+        _ => ConnectionState::Disconnected,
     }
 }
 
@@ -142,28 +196,74 @@ impl Provider for Waha {
     }
 
     async fn send(&self, msg: &OutboundMessage) -> Result<SendAccepted, ProviderError> {
-        let cfg: WahaConfig = serde_json::from_value(msg.config.clone()).map_err(|e| ProviderError::Rejected {
-            code: "bad_config".into(),
-            message: format!("the instance's WAHA settings are invalid: {e}"),
-        })?;
+        let cfg = settings(&msg.config)?;
         let (route, body) = request(&cfg.session, msg)?;
-        let mut req = self.http.post(format!("{}/api/{route}", cfg.base_url)).json(&body);
-        if let Some(k) = &cfg.api_key {
-            req = req.header("X-Api-Key", k);
-        }
-        let answer = crate::http::send(req).await?;
-        let json = answer.json();
+        let answer = crate::http::send(self.request(&cfg, Method::POST, &["api", route]).json(&body)).await?;
         if answer.ok() {
-            let id = message_id(&json).unwrap_or_else(|| format!("waha:{}", msg.message_id));
+            let id = message_id(&answer.json()).unwrap_or_else(|| format!("waha:{}", msg.message_id));
             let wa_id = msg.to.e164().map(|e| e[1..].to_owned());
             return Ok(SendAccepted { provider_message_id: id, wa_id });
         }
-        let detail = json
-            .get("message")
-            .or_else(|| json.get("error"))
-            .map(|m| m.to_string())
-            .unwrap_or_else(|| format!("HTTP {}", answer.status));
-        Err(classify_status(answer.status, detail, answer.retry_after))
+        Err(failure(&answer))
+    }
+
+    async fn create_session(&self, config: &Value) -> Result<(), ProviderError> {
+        let cfg = settings(config)?;
+        let body = json!({"name": cfg.session, "start": true});
+        let answer = crate::http::send(self.request(&cfg, Method::POST, &["api", "sessions"]).json(&body)).await?;
+        let exists = answer.status == 422 && failure(&answer).to_string().contains("already exists");
+        if answer.ok() || exists { Ok(()) } else { Err(failure(&answer)) }
+    }
+
+    async fn connection(&self, config: &Value) -> Result<Option<Connection>, ProviderError> {
+        let cfg = settings(config)?;
+        let answer = crate::http::send(self.request(&cfg, Method::GET, &["api", "sessions", &cfg.session])).await?;
+        if !answer.ok() {
+            return Err(failure(&answer));
+        }
+        let json = answer.json();
+        let phone = json["me"]["id"].as_str().and_then(|id| id.split('@').next()).map(str::to_owned);
+        Ok(Some(Connection { state: connection_state(json["status"].as_str().unwrap_or_default()), phone }))
+    }
+
+    async fn qr(&self, config: &Value) -> Result<Qr, ProviderError> {
+        let cfg = settings(config)?;
+        let path = ["api", cfg.session.as_str(), "auth", "qr"];
+        let raw = crate::http::send(self.request_with_query(&cfg, Method::GET, &path, &[("format", "raw")])).await?;
+        if raw.status == 422 {
+            return Err(ProviderError::Rejected {
+                code: "not_waiting_for_qr".into(),
+                message: failure(&raw).to_string(),
+            });
+        }
+        if !raw.ok() {
+            return Err(failure(&raw));
+        }
+        let raw = raw.json()["value"].as_str().map(str::to_owned).ok_or_else(|| ProviderError::Unavailable {
+            code: "waha_bad_answer".into(),
+            message: "the QR answer has no value".into(),
+            retry_after: None,
+        })?;
+        let image =
+            self.request_with_query(&cfg, Method::GET, &path, &[("format", "image")]).header("Accept", "image/png");
+        let png = crate::http::send(image).await?;
+        if !png.ok() {
+            return Err(failure(&png));
+        }
+        Ok(Qr { raw, png: png.body })
+    }
+
+    async fn logout(&self, config: &Value) -> Result<(), ProviderError> {
+        let cfg = settings(config)?;
+        let req = self.request(&cfg, Method::POST, &["api", "sessions", &cfg.session, "logout"]);
+        let answer = crate::http::send(req).await?;
+        if answer.ok() { Ok(()) } else { Err(failure(&answer)) }
+    }
+
+    async fn delete_session(&self, config: &Value) -> Result<(), ProviderError> {
+        let cfg = settings(config)?;
+        let answer = crate::http::send(self.request(&cfg, Method::DELETE, &["api", "sessions", &cfg.session])).await?;
+        if answer.ok() || answer.status == 404 { Ok(()) } else { Err(failure(&answer)) }
     }
 }
 

@@ -7,8 +7,8 @@
 //!   or with the next queued fault.
 //! - `POST /message/{sendText|sendMedia}/{instance}` — Evolution API v2 (`apikey` header),
 //!   answering `201` with a Baileys message (`key.id`).
-//! - `POST /api/{sendText|sendImage|sendVideo|sendFile}` — WAHA (`X-Api-Key`), answering
-//!   `201` like the WEBJS engine (`id._serialized`).
+//! - WAHA (`X-Api-Key`): sessions with a QR flow and the send routes, answering `201`
+//!   like the WEBJS engine (`id._serialized`) — see [`waha`].
 //! - `POST /send/{text|media}` — UAZAPI (`token` header), answering with `messageid`.
 //! - `POST /_sim/faults` — queue answers for the next sends:
 //!   `[{"status":429,"code":130429,"retry_after":1}, {"status":400,"code":131026}]`.
@@ -18,6 +18,7 @@
 
 pub mod redis_server;
 pub mod tcp;
+pub mod waha;
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -54,21 +55,42 @@ pub struct Received {
     pub body: Value,
 }
 
-#[derive(Default)]
 pub struct Sim {
     faults: Mutex<VecDeque<Fault>>,
     received: Mutex<Vec<Received>>,
+    waha_sessions: Mutex<std::collections::HashMap<String, waha::Session>>,
+    /// How long after its QR is first fetched a session counts as scanned.
+    qr_scan_after: Mutex<std::time::Duration>,
+}
+
+impl Default for Sim {
+    fn default() -> Self {
+        Sim {
+            faults: Mutex::default(),
+            received: Mutex::default(),
+            waha_sessions: Mutex::new(waha::default_sessions()),
+            qr_scan_after: Mutex::new(std::time::Duration::from_millis(300)),
+        }
+    }
 }
 
 pub fn router(sim: Arc<Sim>) -> Router {
     Router::new()
         .route("/{version}/{phone_number_id}/messages", post(cloud_send))
         .route("/message/{route}/{instance}", post(evolution_send))
-        .route("/api/{route}", post(waha_send))
         .route("/send/{route}", post(uazapi_send))
         .route("/_sim/faults", post(add_faults))
         .route("/_sim/received", get(received))
+        .merge(waha::routes())
         .with_state(sim)
+}
+
+/// `res` with a `Retry-After` header when `secs` is given.
+fn with_retry_after(mut res: Response, secs: Option<u64>) -> Response {
+    if let Some(s) = secs {
+        res.headers_mut().insert("retry-after", s.into());
+    }
+    res
 }
 
 /// Serves the simulator on `addr` (port 0 for any) in this process.
@@ -99,6 +121,26 @@ impl Sim {
 
     pub fn push_faults(&self, faults: impl IntoIterator<Item = Fault>) {
         self.faults.lock().unwrap_or_else(|p| p.into_inner()).extend(faults);
+    }
+
+    /// How long after its QR is first fetched a session is "scanned" (default 300 ms).
+    pub fn set_qr_scan_after(&self, after: std::time::Duration) {
+        *self.qr_scan_after.lock().unwrap_or_else(|p| p.into_inner()) = after;
+    }
+
+    fn qr_scan_after(&self) -> std::time::Duration {
+        *self.qr_scan_after.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn waha_sessions(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, waha::Session>> {
+        self.waha_sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The WAHA sessions that exist now (name → status).
+    pub fn waha_session_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.waha_sessions().keys().cloned().collect();
+        names.sort();
+        names
     }
 
     pub fn received(&self) -> Vec<Received> {
@@ -183,34 +225,6 @@ async fn evolution_send(
     let id = format!("3EB0{}", uuid::Uuid::new_v4().simple().to_string()[..16].to_uppercase());
     let sent = json!({"key": {"remoteJid": jid, "fromMe": true, "id": id}, "pushName": "Você", "status": "PENDING",
         "messageType": kind, "messageTimestamp": 1717689097, "instanceId": uuid::Uuid::new_v4().to_string(), "source": "web"});
-    (StatusCode::CREATED, Json(sent)).into_response()
-}
-
-/// WAHA `sendText` / `sendImage` / `sendVideo` / `sendFile`, answering like the WEBJS engine.
-async fn waha_send(
-    State(sim): State<Arc<Sim>>,
-    Path(route): Path<String>,
-    headers: HeaderMap,
-    body: Option<Json<Value>>,
-) -> Response {
-    let nest = |status: u16, message: &str| {
-        let body = json!({"statusCode": status, "message": message,
-            "error": StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("Error")});
-        (StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST), Json(body)).into_response()
-    };
-    let key = headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let Some(Json(body)) = body else { return nest(400, "body is required") };
-    sim.record("waha", format!("/api/{route}"), key, &body);
-    if let Some(f) = sim.next_fault() {
-        return nest(f.status, &f.message.unwrap_or_else(|| "simulated error".into()));
-    }
-    if !["sendText", "sendImage", "sendVideo", "sendFile"].contains(&route.as_str()) {
-        return nest(404, &format!("Cannot POST /api/{route}"));
-    }
-    let Some(chat) = body["chatId"].as_str().map(str::to_owned) else { return nest(400, "chatId must be a string") };
-    let id = format!("3EB0{}", uuid::Uuid::new_v4().simple().to_string()[..16].to_uppercase());
-    let sent = json!({"id": {"fromMe": true, "remote": chat, "id": id, "_serialized": format!("true_{chat}_{id}")},
-        "ack": 0, "hasMedia": route != "sendText", "body": body["text"]});
     (StatusCode::CREATED, Json(sent)).into_response()
 }
 

@@ -22,6 +22,27 @@ async fn place(s: &Server, token: &str, body: Value) -> reqwest::Response {
     s.post(token, "/v1/instances", &body).await
 }
 
+async fn connection(s: &Server, token: &str, instance: &str) -> Value {
+    let v: Value = s.get(token, &format!("/v1/instances/{instance}")).await.json().await.unwrap();
+    v["connection"].clone()
+}
+
+/// Fetches the instance's QR code (the simulator "scans" it a moment later)
+/// and waits until the instance is connected.
+async fn link_by_qr(s: &Server, token: &str, instance: &str) {
+    assert_eq!(connection(s, token, instance).await["state"], "waiting_for_qr");
+    let r = s.get(token, &format!("/v1/instances/{instance}/qr")).await;
+    assert_eq!(r.status(), 200);
+    let qr: Value = r.json().await.unwrap();
+    assert!(qr["qr"].as_str().unwrap().starts_with("2@"), "{qr}");
+    assert!(qr["image"].as_str().unwrap().starts_with("data:image/png;base64,"), "{qr}");
+    let deadline = std::time::Instant::now() + WAIT;
+    while connection(s, token, instance).await["state"] != "connected" {
+        assert!(std::time::Instant::now() < deadline, "never connected: {}", connection(s, token, instance).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn instances_go_to_the_least_loaded_server_with_room_and_follow_its_settings() {
     let (sim_a_addr, sim_a) = zapgate_sim::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
@@ -64,13 +85,17 @@ async fn instances_go_to_the_least_loaded_server_with_room_and_follow_its_settin
     let instances: Vec<&Value> = counts["data"].as_array().unwrap().iter().map(|p| &p["instances"]).collect();
     assert_eq!(instances, [&json!(2), &json!(1)]);
 
-    // A send goes to the instance's server, under its session, with the server's key.
+    // Each got its session on its server; the one on b is linked by its QR.
+    assert_eq!(sim_a.waha_session_names().len(), 3, "default + 2: {:?}", sim_a.waha_session_names());
     let on_b = placed[1]["id"].as_str().unwrap();
+    assert!(sim_b.waha_session_names().contains(&on_b.to_owned()));
+    link_by_qr(&s, &token, on_b).await;
+    // A send goes to the instance's server, under its session, with the server's key.
     let id = s.send_text(&token, on_b, "+5511999998888", "Olá").await;
     s.wait_status(&token, &id, &["sent"], WAIT).await;
-    let got = sim_b.received();
+    let got: Vec<_> = sim_b.received().into_iter().filter(|r| r.path == "/api/sendText").collect();
     assert_eq!(got.len(), 1, "only server b saw it");
-    assert!(sim_a.received().is_empty());
+    assert!(!sim_a.received().iter().any(|r| r.path == "/api/sendText"));
     assert_eq!(got[0].token.as_deref(), Some("key-b"));
     assert_eq!(got[0].body["session"], on_b, "the session is named by the instance id");
 
@@ -156,6 +181,7 @@ async fn bad_pools_and_placements_get_clear_errors() {
 async fn concurrent_placements_never_exceed_a_capacity() {
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let env = [("ZAPGATE_WEBHOOK_ALLOW_PRIVATE", "true"), ("ZAPGATE_TENANT_RATE_LIMIT", "0")];
+    let (sim, _sim) = zapgate_sim::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let first = Arc::new(Server::start_role(if distributed() { "api" } else { "serve" }, dir.clone(), &env).await);
     let apis = if distributed() {
         vec![first.clone(), Arc::new(Server::start_role("api", dir.clone(), &env).await)]
@@ -163,7 +189,7 @@ async fn concurrent_placements_never_exceed_a_capacity() {
         vec![first.clone()]
     };
     for name in ["p1", "p2"] {
-        pool(&first, json!({"kind": "waha", "name": name, "base_url": "http://127.0.0.1:1", "capacity": 5})).await;
+        pool(&first, json!({"kind": "waha", "name": name, "base_url": format!("http://{sim}"), "capacity": 5})).await;
     }
     let (_, token) = first.tenant("acme").await;
     let mut tasks = Vec::new();
@@ -183,4 +209,64 @@ async fn concurrent_placements_never_exceed_a_capacity() {
     for p in v["data"].as_array().unwrap() {
         assert_eq!(p["instances"], 5, "{p}");
     }
+}
+
+/// zapgate owns the session of a placed instance: made on the server at
+/// create, linked by QR, logged out and removed there with the instance.
+#[tokio::test]
+async fn a_placed_session_is_created_linked_logged_out_and_removed_at_its_server() {
+    let (addr, sim) = zapgate_sim::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let s = Server::start(&[("ZAPGATE_WEBHOOK_ALLOW_PRIVATE", "true")]).await;
+    pool(&s, json!({"kind": "waha", "name": "w", "base_url": format!("http://{addr}"), "api_key": "k"})).await;
+    let (_, token) = s.tenant("acme").await;
+    let r = place(&s, &token, json!({"name": "loja", "provider": "waha"})).await;
+    assert_eq!(r.status(), 201);
+    let ins = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let create = sim.received().into_iter().find(|r| r.path == "/api/sessions").expect("the session was created");
+    assert_eq!(create.body, json!({"name": ins, "start": true}));
+    assert_eq!(create.token.as_deref(), Some("k"));
+
+    let png = s.http.get(s.url(&format!("/v1/instances/{ins}/qr"))).bearer_auth(&token).header("Accept", "image/png");
+    let png = png.send().await.unwrap();
+    assert_eq!(png.headers()["content-type"], "image/png");
+    assert!(png.bytes().await.unwrap().starts_with(b"\x89PNG"), "a PNG");
+    link_by_qr(&s, &token, &ins).await;
+    let c = connection(&s, &token, &ins).await;
+    assert_eq!(c["phone"], "5511900000000", "{c}");
+    let r = s.get(&token, &format!("/v1/instances/{ins}/qr")).await;
+    assert_eq!(r.status(), 409);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "not_waiting_for_qr");
+    let id = s.send_text(&token, &ins, "+5511999998888", "linked").await;
+    s.wait_status(&token, &id, &["sent"], WAIT).await;
+
+    let r = s.post(&token, &format!("/v1/instances/{ins}/logout"), &json!({})).await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(connection(&s, &token, &ins).await["state"], "disconnected");
+
+    // The server failing to remove it keeps the instance, unless forced.
+    sim.push_faults(vec![zapgate_sim::Fault { status: 500, code: 0, message: None, retry_after: None }; 2]);
+    let path = format!("/v1/instances/{ins}");
+    assert_eq!(s.http.delete(s.url(&path)).bearer_auth(&token).send().await.unwrap().status(), 502);
+    assert_eq!(s.get(&token, &path).await.status(), 200, "still there");
+    let forced = s.http.delete(s.url(&format!("{path}?force=true"))).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(forced.status(), 204);
+    assert_eq!(s.get(&token, &path).await.status(), 404);
+
+    // Removed at the server when it can be.
+    let r = place(&s, &token, json!({"name": "two", "provider": "waha"})).await;
+    let two = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    assert!(sim.waha_session_names().contains(&two));
+    assert_eq!(
+        s.http.delete(s.url(&format!("/v1/instances/{two}"))).bearer_auth(&token).send().await.unwrap().status(),
+        204
+    );
+    assert!(!sim.waha_session_names().contains(&two), "{:?}", sim.waha_session_names());
+
+    // A server that cannot create the session: 502, and nothing stays placed on it.
+    sim.push_faults([zapgate_sim::Fault { status: 503, code: 0, message: None, retry_after: None }]);
+    let r = place(&s, &token, json!({"name": "three", "provider": "waha"})).await;
+    assert_eq!(r.status(), 502);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "provider_unavailable");
+    let v: Value = s.get(ADMIN, "/v1/providers").await.json().await.unwrap();
+    assert_eq!(v["data"][0]["instances"], 0, "{v}");
 }

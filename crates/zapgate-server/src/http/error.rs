@@ -74,6 +74,27 @@ impl From<ValidationError> for ApiError {
     }
 }
 
+/// A provider's answer to an instance call (create, QR, logout, …): its
+/// refusals are 409 with its code, its outages 502.
+impl From<zapgate_providers::ProviderError> for ApiError {
+    fn from(e: zapgate_providers::ProviderError) -> Self {
+        use zapgate_providers::ProviderError as P;
+        match e {
+            P::Rejected { code, message } => {
+                let api_code = match code.as_str() {
+                    "not_waiting_for_qr" => "not_waiting_for_qr",
+                    "no_qr" => "no_qr",
+                    _ => "provider_rejected",
+                };
+                Self::new(StatusCode::CONFLICT, api_code, message)
+                    .with_details(serde_json::json!({ "provider_code": code }))
+            }
+            other => Self::new(StatusCode::BAD_GATEWAY, "provider_unavailable", other.to_string())
+                .with_retry_after(Duration::from_secs(5)),
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {

@@ -2,7 +2,7 @@
 
 use super::AppState;
 use super::error::{ApiError, ApiResult};
-use super::extract::{ApiJson, TenantAuth};
+use super::extract::{ApiJson, ApiQuery, TenantAuth};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -139,6 +139,11 @@ pub async fn create(
             provider_config: own,
         };
         let rec = s.backends.pools.place_instance(new, Placement { kind: body.provider, provider_id }).await?;
+        // zapgate owns the session on a pool server: it is made there now.
+        if let Err(e) = super::sessions::call(provider.create_session(&rec.provider_config)).await {
+            s.backends.store.delete_instance(&rec.tenant_id, &rec.id, Timestamp::now()).await?;
+            return Err(e.into());
+        }
         s.work.mark(rec.id.clone());
         return Ok((StatusCode::CREATED, Json(rec)));
     }
@@ -189,30 +194,60 @@ fn instance_id(raw: &str) -> ApiResult<InstanceId> {
     InstanceId::parse(raw).ok_or_else(|| ApiError::not_found("instance"))
 }
 
-/// Gets one instance.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct InstanceDetail {
+    #[serde(flatten)]
+    pub instance: InstanceRecord,
+    /// The WhatsApp connection as the provider reports it now (absent for
+    /// the Cloud API, whose numbers are managed in Meta's tools).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connection: Option<super::sessions::ConnectionView>,
+}
+
+/// Gets one instance, with its connection state at the provider.
 #[utoipa::path(get, path = "/v1/instances/{instance_id}", tag = "instances", security(("tenant" = [])),
     params(("instance_id" = String, Path)),
-    responses((status = 200, body = InstanceRecord), (status = 404, body = super::error::ErrorBody)))]
+    responses((status = 200, body = InstanceDetail), (status = 404, body = super::error::ErrorBody)))]
 pub async fn get(
     TenantAuth(tenant): TenantAuth,
     State(s): State<AppState>,
     Path(id): Path<String>,
-) -> ApiResult<Json<InstanceRecord>> {
-    let id = instance_id(&id)?;
-    let rec = s.backends.store.get_instance(&tenant, &id).await?.ok_or_else(|| ApiError::not_found("instance"))?;
-    Ok(Json(rec))
+) -> ApiResult<Json<InstanceDetail>> {
+    let (instance, provider) = super::sessions::instance_and_provider(&s, &tenant, &id).await?;
+    let connection = super::sessions::connection(provider.as_ref(), &instance).await;
+    Ok(Json(InstanceDetail { instance, connection }))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteParams {
+    /// Delete here even if the provider server cannot remove the session.
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// Deletes an instance. Its messages not yet sent become `cancelled`.
 #[utoipa::path(delete, path = "/v1/instances/{instance_id}", tag = "instances", security(("tenant" = [])),
-    params(("instance_id" = String, Path)),
-    responses((status = 204), (status = 404, body = super::error::ErrorBody)))]
+    params(("instance_id" = String, Path), DeleteParams),
+    responses((status = 204), (status = 404, body = super::error::ErrorBody),
+              (status = 502, body = super::error::ErrorBody)))]
 pub async fn delete(
     TenantAuth(tenant): TenantAuth,
     State(s): State<AppState>,
     Path(id): Path<String>,
+    ApiQuery(params): ApiQuery<DeleteParams>,
 ) -> ApiResult<StatusCode> {
     let id = instance_id(&id)?;
+    // A session zapgate made on a pool server is removed there first, so none
+    // is left behind (unless `force`: the server may be gone for good).
+    if let Some(rec) = s.backends.store.get_instance(&tenant, &id).await?
+        && rec.provider_id.is_some()
+        && let Some(provider) = s.providers.get(&rec.provider)
+        && let Err(e) = super::sessions::call(provider.delete_session(&rec.provider_config)).await
+        && !params.force
+    {
+        return Err(e.into());
+    }
     let (store, work) = (s.backends.store.clone(), s.work.clone());
     let deleted = super::detached(async move {
         let deleted = store.delete_instance(&tenant, &id, Timestamp::now()).await;

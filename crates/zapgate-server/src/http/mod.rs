@@ -10,6 +10,7 @@ pub mod health;
 pub mod instances;
 pub mod messages;
 pub mod providers;
+pub mod sessions;
 pub mod templates;
 pub mod tenants;
 pub mod webhooks;
@@ -57,6 +58,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/providers/{provider_id}", get(providers::get).patch(providers::update).delete(providers::delete))
         .route("/v1/instances", post(instances::create).get(instances::list))
         .route("/v1/instances/{instance_id}", get(instances::get).patch(instances::update).delete(instances::delete))
+        .route("/v1/instances/{instance_id}/qr", get(sessions::qr))
+        .route("/v1/instances/{instance_id}/logout", post(sessions::logout))
         .route("/v1/messages", post(messages::send).get(messages::list))
         .route("/v1/messages/{message_id}", get(messages::get).delete(messages::cancel))
         .route("/v1/templates", post(templates::create).get(templates::list))

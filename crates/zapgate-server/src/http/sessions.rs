@@ -1,0 +1,108 @@
+//! An instance's session at its provider: its connection state, the QR code
+//! to link a phone, logout. Each is one call to the provider, bounded by
+//! [`PROVIDER_CALL_TIMEOUT`]; its refusals answer 409, its outages 502.
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use super::extract::TenantAuth;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::Duration;
+use zapgate_backends::InstanceRecord;
+use zapgate_domain::{InstanceId, TenantId};
+use zapgate_providers::{Connection, Provider, ProviderError};
+
+/// Longest an API request waits on a provider.
+pub const PROVIDER_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs one provider call within [`PROVIDER_CALL_TIMEOUT`].
+pub async fn call<T>(f: impl Future<Output = Result<T, ProviderError>>) -> Result<T, ProviderError> {
+    tokio::time::timeout(PROVIDER_CALL_TIMEOUT, f).await.unwrap_or(Err(ProviderError::Timeout))
+}
+
+/// The tenant's instance and its provider, or 404.
+pub async fn instance_and_provider(
+    s: &AppState,
+    tenant: &TenantId,
+    raw_id: &str,
+) -> ApiResult<(InstanceRecord, Arc<dyn Provider>)> {
+    let id = InstanceId::parse(raw_id).ok_or_else(|| ApiError::not_found("instance"))?;
+    let rec = s.backends.store.get_instance(tenant, &id).await?.ok_or_else(|| ApiError::not_found("instance"))?;
+    let provider = s.providers.get(&rec.provider).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "unknown_provider",
+            format!("this process has no provider {:?}", rec.provider),
+        )
+    })?;
+    Ok((rec, provider))
+}
+
+/// `connection` of `GET /v1/instances/{id}`: what the provider says now.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum ConnectionView {
+    Known(Connection),
+    /// The provider could not be asked (`state: "unknown"`, with why).
+    Unknown {
+        state: &'static str,
+        error: String,
+    },
+}
+
+pub async fn connection(provider: &dyn Provider, rec: &InstanceRecord) -> Option<ConnectionView> {
+    match call(provider.connection(&rec.provider_config)).await {
+        Ok(known) => known.map(ConnectionView::Known),
+        Err(e) => Some(ConnectionView::Unknown { state: "unknown", error: e.to_string() }),
+    }
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct QrCode {
+    /// The string the QR code encodes.
+    pub qr: String,
+    /// The QR code as a PNG data URL.
+    pub image: String,
+}
+
+/// The QR code to link a phone to the instance: JSON, or the PNG itself
+/// with `Accept: image/png`. 409 `not_waiting_for_qr` once it is linked.
+#[utoipa::path(get, path = "/v1/instances/{instance_id}/qr", tag = "instances", security(("tenant" = [])),
+    params(("instance_id" = String, Path)),
+    responses((status = 200, body = QrCode), (status = 404, body = super::error::ErrorBody),
+              (status = 409, body = super::error::ErrorBody), (status = 502, body = super::error::ErrorBody)))]
+pub async fn qr(
+    TenantAuth(tenant): TenantAuth,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let (rec, provider) = instance_and_provider(&s, &tenant, &id).await?;
+    let qr = call(provider.qr(&rec.provider_config)).await?;
+    let wants_png = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("image/png"));
+    if wants_png {
+        return Ok(([(header::CONTENT_TYPE, "image/png")], qr.png).into_response());
+    }
+    let image = format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(&qr.png));
+    Ok(Json(QrCode { qr: qr.raw, image }).into_response())
+}
+
+/// Logs the number out at the provider; a new QR scan links it again.
+#[utoipa::path(post, path = "/v1/instances/{instance_id}/logout", tag = "instances", security(("tenant" = [])),
+    params(("instance_id" = String, Path)),
+    responses((status = 204), (status = 404, body = super::error::ErrorBody),
+              (status = 409, body = super::error::ErrorBody), (status = 502, body = super::error::ErrorBody)))]
+pub async fn logout(
+    TenantAuth(tenant): TenantAuth,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let (rec, provider) = instance_and_provider(&s, &tenant, &id).await?;
+    call(provider.logout(&rec.provider_config)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
