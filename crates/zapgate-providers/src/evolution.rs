@@ -6,10 +6,17 @@
 //!
 //! Errors → classification: 401/403 (bad key) and 5xx/network are retried
 //! (spending attempts); 429 waits; 400 (e.g. the number is not on WhatsApp:
-//! `[{"exists":false,…}]`) and 404 (no such instance) fail the message.
+//! `[{"exists":false,…}]`) and 404 (no such instance) fail the message; a 400
+//! `Error: Connection Closed` (the phone is not linked) is retried.
+//!
+//! Instances on a pool server are zapgate's: `POST /instance/create`,
+//! `GET /instance/connectionState/{i}`, `GET /instance/connect/{i}` (QR),
+//! `DELETE /instance/logout/{i}`, `DELETE /instance/delete/{i}`.
 
-use crate::{OutboundMessage, Provider, ProviderError, SendAccepted};
+use crate::{Connection, ConnectionState, OutboundMessage, Provider, ProviderError, Qr, SendAccepted};
 use async_trait::async_trait;
+use base64::Engine;
+use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -107,13 +114,10 @@ impl Provider for Evolution {
     }
 
     async fn send(&self, msg: &OutboundMessage) -> Result<SendAccepted, ProviderError> {
-        let cfg: EvolutionConfig = serde_json::from_value(msg.config.clone()).map_err(|e| ProviderError::Rejected {
-            code: "bad_config".into(),
-            message: format!("the instance's Evolution settings are invalid: {e}"),
-        })?;
+        let cfg = settings(&msg.config)?;
         let (route, body) = request(msg)?;
-        let url = format!("{}/message/{route}/{}", cfg.base_url, cfg.instance);
-        let answer = crate::http::send(self.http.post(url).header("apikey", &cfg.api_key).json(&body)).await?;
+        let req = self.request(&cfg, Method::POST, &["message", route, &cfg.instance])?;
+        let answer = crate::http::send(req.json(&body)).await?;
         if answer.ok() {
             let sent: Sent = serde_json::from_slice(&answer.body).map_err(|e| ProviderError::Unavailable {
                 code: "bad_response".into(),
@@ -123,13 +127,106 @@ impl Provider for Evolution {
             let wa_id = sent.key.remote_jid.and_then(|j| j.strip_suffix("@s.whatsapp.net").map(str::to_owned));
             return Ok(SendAccepted { provider_message_id: sent.key.id, wa_id });
         }
-        // `{"status":400,"error":"Bad Request","response":{"message":[…]}}`
-        let detail = match answer.json() {
-            Value::Null => format!("HTTP {}", answer.status),
-            v => v["response"]["message"].to_string(),
-        };
-        Err(classify_status(answer.status, detail, answer.retry_after))
+        Err(failure(&answer))
     }
+
+    async fn create_session(&self, config: &Value) -> Result<(), ProviderError> {
+        let cfg = settings(config)?;
+        let body = json!({"instanceName": cfg.instance, "integration": "WHATSAPP-BAILEYS", "qrcode": true});
+        let answer = crate::http::send(self.request(&cfg, Method::POST, &["instance", "create"])?.json(&body)).await?;
+        // 403: the name is taken — by this instance, made before.
+        if answer.ok() || answer.status == 403 { Ok(()) } else { Err(failure(&answer)) }
+    }
+
+    async fn connection(&self, config: &Value) -> Result<Option<Connection>, ProviderError> {
+        let cfg = settings(config)?;
+        let req = self.request(&cfg, Method::GET, &["instance", "connectionState", &cfg.instance])?;
+        let answer = crate::http::send(req).await?;
+        if !answer.ok() {
+            return Err(failure(&answer));
+        }
+        let state = match answer.json()["instance"]["state"].as_str() {
+            Some("open") => ConnectionState::Connected,
+            Some("connecting") => ConnectionState::WaitingForQr,
+            _ => ConnectionState::Disconnected,
+        };
+        Ok(Some(Connection { state, phone: None }))
+    }
+
+    async fn qr(&self, config: &Value) -> Result<Qr, ProviderError> {
+        let cfg = settings(config)?;
+        let answer =
+            crate::http::send(self.request(&cfg, Method::GET, &["instance", "connect", &cfg.instance])?).await?;
+        if !answer.ok() {
+            return Err(failure(&answer));
+        }
+        let json = answer.json();
+        let (Some(raw), Some(image)) = (json["code"].as_str(), json["base64"].as_str()) else {
+            return Err(ProviderError::Rejected {
+                code: "not_waiting_for_qr".into(),
+                message: format!(
+                    "the instance is {}",
+                    json["instance"]["state"].as_str().unwrap_or("not waiting for a QR code")
+                ),
+            });
+        };
+        let data = image.split_once("base64,").map_or(image, |(_, d)| d);
+        let png = base64::engine::general_purpose::STANDARD.decode(data).map_err(|e| ProviderError::Unavailable {
+            code: "bad_response".into(),
+            message: format!("the QR image is not base64: {e}"),
+            retry_after: None,
+        })?;
+        Ok(Qr { raw: raw.to_owned(), png })
+    }
+
+    async fn logout(&self, config: &Value) -> Result<(), ProviderError> {
+        let cfg = settings(config)?;
+        let answer =
+            crate::http::send(self.request(&cfg, Method::DELETE, &["instance", "logout", &cfg.instance])?).await?;
+        if answer.ok() { Ok(()) } else { Err(failure(&answer)) }
+    }
+
+    async fn delete_session(&self, config: &Value) -> Result<(), ProviderError> {
+        let cfg = settings(config)?;
+        let answer =
+            crate::http::send(self.request(&cfg, Method::DELETE, &["instance", "delete", &cfg.instance])?).await?;
+        if answer.ok() || answer.status == 404 { Ok(()) } else { Err(failure(&answer)) }
+    }
+}
+
+impl Evolution {
+    /// A request to `{base_url}/{segments…}` with the `apikey` header.
+    fn request(
+        &self,
+        cfg: &EvolutionConfig,
+        method: Method,
+        segments: &[&str],
+    ) -> Result<reqwest::RequestBuilder, ProviderError> {
+        Ok(self.http.request(method, crate::http::url(&cfg.base_url, segments, &[])?).header("apikey", &cfg.api_key))
+    }
+}
+
+fn settings(config: &Value) -> Result<EvolutionConfig, ProviderError> {
+    serde_json::from_value(config.clone()).map_err(|e| ProviderError::Rejected {
+        code: "bad_config".into(),
+        message: format!("the instance's Evolution settings are invalid: {e}"),
+    })
+}
+
+/// The error an unsuccessful answer means; Evolution's errors read
+/// `{"status":400,"error":"Bad Request","response":{"message":[…]}}`.
+/// A send on an instance whose phone is not linked (`Error: Connection
+/// Closed`) waits for it to be linked again: retried, not failed.
+fn failure(answer: &crate::http::Answer) -> ProviderError {
+    let detail = match answer.json() {
+        Value::Null => format!("HTTP {}", answer.status),
+        v => v["response"]["message"].to_string(),
+    };
+    if answer.status == 400 && detail.contains("Connection Closed") {
+        let code = "evolution_connection_closed".into();
+        return ProviderError::Unavailable { code, message: detail, retry_after: answer.retry_after };
+    }
+    classify_status(answer.status, detail, answer.retry_after)
 }
 
 #[cfg(test)]
@@ -150,6 +247,18 @@ mod tests {
             "+5511999998888",
         );
         assert!(matches!(request(&loc), Err(ProviderError::Rejected { .. })));
+    }
+
+    #[test]
+    fn a_closed_connection_is_retried_not_failed() {
+        let body = br#"{"status":400,"error":"Bad Request","response":{"message":["Error: Connection Closed"]}}"#;
+        let answer = crate::http::Answer { status: 400, retry_after: None, body: body.to_vec() };
+        assert!(
+            matches!(failure(&answer), ProviderError::Unavailable { code, .. } if code == "evolution_connection_closed")
+        );
+        let body = br#"{"status":400,"error":"Bad Request","response":{"message":[{"exists":false}]}}"#;
+        let answer = crate::http::Answer { status: 400, retry_after: None, body: body.to_vec() };
+        assert!(matches!(failure(&answer), ProviderError::Rejected { .. }));
     }
 
     #[test]

@@ -53,3 +53,15 @@ pub fn classify_status(
         _ => ProviderError::Rejected { code, message },
     }
 }
+
+/// `{base}/{segments…}?{query}`, each segment escaped (a base with a path
+/// prefix keeps it). `base` was checked as an http(s) URL when stored.
+pub fn url(base: &str, segments: &[&str], query: &[(&str, &str)]) -> Result<reqwest::Url, ProviderError> {
+    let bad = || ProviderError::Rejected { code: "bad_config".into(), message: format!("bad base_url {base:?}") };
+    let mut url = reqwest::Url::parse(base).map_err(|_| bad())?;
+    url.path_segments_mut().map_err(|_| bad())?.pop_if_empty().extend(segments);
+    if !query.is_empty() {
+        url.query_pairs_mut().extend_pairs(query);
+    }
+    Ok(url)
+}

@@ -39,28 +39,19 @@ impl Waha {
         Self { http }
     }
 
-    /// A request to `{base_url}/{segments…}` (each segment escaped) with the key.
-    fn request(&self, cfg: &WahaConfig, method: reqwest::Method, segments: &[&str]) -> reqwest::RequestBuilder {
-        self.request_with_query(cfg, method, segments, &[])
-    }
-
-    fn request_with_query(
+    /// A request to `{base_url}/{segments…}?{query}` with the key.
+    fn request(
         &self,
         cfg: &WahaConfig,
         method: reqwest::Method,
         segments: &[&str],
         query: &[(&str, &str)],
-    ) -> reqwest::RequestBuilder {
-        let mut url = reqwest::Url::parse(&cfg.base_url).expect("checked when the instance was created");
-        url.path_segments_mut().expect("an http(s) URL").pop_if_empty().extend(segments);
-        if !query.is_empty() {
-            url.query_pairs_mut().extend_pairs(query);
-        }
-        let req = self.http.request(method, url);
-        match &cfg.api_key {
+    ) -> Result<reqwest::RequestBuilder, ProviderError> {
+        let req = self.http.request(method, crate::http::url(&cfg.base_url, segments, query)?);
+        Ok(match &cfg.api_key {
             Some(k) => req.header("X-Api-Key", k),
             None => req,
-        }
+        })
     }
 }
 
@@ -198,7 +189,7 @@ impl Provider for Waha {
     async fn send(&self, msg: &OutboundMessage) -> Result<SendAccepted, ProviderError> {
         let cfg = settings(&msg.config)?;
         let (route, body) = request(&cfg.session, msg)?;
-        let answer = crate::http::send(self.request(&cfg, Method::POST, &["api", route]).json(&body)).await?;
+        let answer = crate::http::send(self.request(&cfg, Method::POST, &["api", route], &[])?.json(&body)).await?;
         if answer.ok() {
             let id = message_id(&answer.json()).unwrap_or_else(|| format!("waha:{}", msg.message_id));
             let wa_id = msg.to.e164().map(|e| e[1..].to_owned());
@@ -210,14 +201,16 @@ impl Provider for Waha {
     async fn create_session(&self, config: &Value) -> Result<(), ProviderError> {
         let cfg = settings(config)?;
         let body = json!({"name": cfg.session, "start": true});
-        let answer = crate::http::send(self.request(&cfg, Method::POST, &["api", "sessions"]).json(&body)).await?;
+        let answer =
+            crate::http::send(self.request(&cfg, Method::POST, &["api", "sessions"], &[])?.json(&body)).await?;
         let exists = answer.status == 422 && failure(&answer).to_string().contains("already exists");
         if answer.ok() || exists { Ok(()) } else { Err(failure(&answer)) }
     }
 
     async fn connection(&self, config: &Value) -> Result<Option<Connection>, ProviderError> {
         let cfg = settings(config)?;
-        let answer = crate::http::send(self.request(&cfg, Method::GET, &["api", "sessions", &cfg.session])).await?;
+        let answer =
+            crate::http::send(self.request(&cfg, Method::GET, &["api", "sessions", &cfg.session], &[])?).await?;
         if !answer.ok() {
             return Err(failure(&answer));
         }
@@ -229,7 +222,7 @@ impl Provider for Waha {
     async fn qr(&self, config: &Value) -> Result<Qr, ProviderError> {
         let cfg = settings(config)?;
         let path = ["api", cfg.session.as_str(), "auth", "qr"];
-        let raw = crate::http::send(self.request_with_query(&cfg, Method::GET, &path, &[("format", "raw")])).await?;
+        let raw = crate::http::send(self.request(&cfg, Method::GET, &path, &[("format", "raw")])?).await?;
         if raw.status == 422 {
             return Err(ProviderError::Rejected {
                 code: "not_waiting_for_qr".into(),
@@ -244,8 +237,7 @@ impl Provider for Waha {
             message: "the QR answer has no value".into(),
             retry_after: None,
         })?;
-        let image =
-            self.request_with_query(&cfg, Method::GET, &path, &[("format", "image")]).header("Accept", "image/png");
+        let image = self.request(&cfg, Method::GET, &path, &[("format", "image")])?.header("Accept", "image/png");
         let png = crate::http::send(image).await?;
         if !png.ok() {
             return Err(failure(&png));
@@ -255,14 +247,15 @@ impl Provider for Waha {
 
     async fn logout(&self, config: &Value) -> Result<(), ProviderError> {
         let cfg = settings(config)?;
-        let req = self.request(&cfg, Method::POST, &["api", "sessions", &cfg.session, "logout"]);
+        let req = self.request(&cfg, Method::POST, &["api", "sessions", &cfg.session, "logout"], &[])?;
         let answer = crate::http::send(req).await?;
         if answer.ok() { Ok(()) } else { Err(failure(&answer)) }
     }
 
     async fn delete_session(&self, config: &Value) -> Result<(), ProviderError> {
         let cfg = settings(config)?;
-        let answer = crate::http::send(self.request(&cfg, Method::DELETE, &["api", "sessions", &cfg.session])).await?;
+        let answer =
+            crate::http::send(self.request(&cfg, Method::DELETE, &["api", "sessions", &cfg.session], &[])?).await?;
         if answer.ok() || answer.status == 404 { Ok(()) } else { Err(failure(&answer)) }
     }
 }

@@ -5,8 +5,8 @@
 //! - `POST /{version}/{phone_number_id}/messages` — answers like Meta
 //!   (`{"messaging_product","contacts":[{"input","wa_id"}],"messages":[{"id":"wamid.…"}]}`),
 //!   or with the next queued fault.
-//! - `POST /message/{sendText|sendMedia}/{instance}` — Evolution API v2 (`apikey` header),
-//!   answering `201` with a Baileys message (`key.id`).
+//! - Evolution API v2 (`apikey` header): instances with a QR flow and the send routes,
+//!   answering `201` with a Baileys message (`key.id`) — see [`evolution`].
 //! - WAHA (`X-Api-Key`): sessions with a QR flow and the send routes, answering `201`
 //!   like the WEBJS engine (`id._serialized`) — see [`waha`].
 //! - `POST /send/{text|media}` — UAZAPI (`token` header), answering with `messageid`.
@@ -16,6 +16,7 @@
 //!
 //! Used in-process by tests (`start`) and as a binary by hand or by the bench.
 
+pub mod evolution;
 pub mod redis_server;
 pub mod tcp;
 pub mod waha;
@@ -59,6 +60,7 @@ pub struct Sim {
     faults: Mutex<VecDeque<Fault>>,
     received: Mutex<Vec<Received>>,
     waha_sessions: Mutex<std::collections::HashMap<String, waha::Session>>,
+    evolution_instances: Mutex<std::collections::HashMap<String, evolution::Instance>>,
     /// How long after its QR is first fetched a session counts as scanned.
     qr_scan_after: Mutex<std::time::Duration>,
 }
@@ -69,6 +71,7 @@ impl Default for Sim {
             faults: Mutex::default(),
             received: Mutex::default(),
             waha_sessions: Mutex::new(waha::default_sessions()),
+            evolution_instances: Mutex::default(),
             qr_scan_after: Mutex::new(std::time::Duration::from_millis(300)),
         }
     }
@@ -77,11 +80,11 @@ impl Default for Sim {
 pub fn router(sim: Arc<Sim>) -> Router {
     Router::new()
         .route("/{version}/{phone_number_id}/messages", post(cloud_send))
-        .route("/message/{route}/{instance}", post(evolution_send))
         .route("/send/{route}", post(uazapi_send))
         .route("/_sim/faults", post(add_faults))
         .route("/_sim/received", get(received))
         .merge(waha::routes())
+        .merge(evolution::routes())
         .with_state(sim)
 }
 
@@ -136,7 +139,24 @@ impl Sim {
         self.waha_sessions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The WAHA sessions that exist now (name → status).
+    fn evolution_instances(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, evolution::Instance>> {
+        self.evolution_instances.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An Evolution instance that exists already, connected (one a tenant
+    /// made on its own server).
+    pub fn add_evolution_instance(&self, name: &str) {
+        self.evolution_instances().insert(name.to_owned(), evolution::Instance::open());
+    }
+
+    /// The Evolution instances that exist now.
+    pub fn evolution_instance_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.evolution_instances().keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// The WAHA sessions that exist now.
     pub fn waha_session_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.waha_sessions().keys().cloned().collect();
         names.sort();
@@ -187,45 +207,6 @@ async fn cloud_send(
     let id = format!("wamid.{}", uuid::Uuid::new_v4().simple());
     Json(json!({"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": to}], "messages": [{"id": id}]}))
         .into_response()
-}
-
-fn evolution_error(status: u16, message: &str) -> Response {
-    let error = StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("Error");
-    let body = json!({"status": status, "error": error, "response": {"message": [message]}});
-    (StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST), Json(body)).into_response()
-}
-
-/// Evolution API v2 `sendText` / `sendMedia` (faults use `status`; `code` is ignored).
-async fn evolution_send(
-    State(sim): State<Arc<Sim>>,
-    Path((route, instance)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Option<Json<Value>>,
-) -> Response {
-    let key = headers.get("apikey").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let Some(Json(body)) = body else { return evolution_error(400, "body is required") };
-    sim.record("evolution", format!("/message/{route}/{instance}"), key.clone(), &body);
-    if key.is_none() {
-        let body = json!({"status": 401, "error": "Unauthorized", "response": {"message": "Unauthorized"}});
-        return (StatusCode::UNAUTHORIZED, Json(body)).into_response();
-    }
-    if let Some(f) = sim.next_fault() {
-        return evolution_error(f.status, &f.message.unwrap_or_else(|| "simulated error".into()));
-    }
-    let number = body["number"].as_str().unwrap_or_default().to_owned();
-    let (required, kind) = match route.as_str() {
-        "sendText" => ("text", "conversation"),
-        "sendMedia" => ("mediatype", "imageMessage"),
-        _ => return evolution_error(404, &format!("Cannot POST /message/{route}/{instance}")),
-    };
-    if number.is_empty() || body.get(required).is_none() {
-        return evolution_error(400, &format!("instance requires property \"{required}\""));
-    }
-    let jid = if number.contains('@') { number } else { format!("{number}@s.whatsapp.net") };
-    let id = format!("3EB0{}", uuid::Uuid::new_v4().simple().to_string()[..16].to_uppercase());
-    let sent = json!({"key": {"remoteJid": jid, "fromMe": true, "id": id}, "pushName": "Você", "status": "PENDING",
-        "messageType": kind, "messageTimestamp": 1717689097, "instanceId": uuid::Uuid::new_v4().to_string(), "source": "web"});
-    (StatusCode::CREATED, Json(sent)).into_response()
 }
 
 /// UAZAPI `send/text` / `send/media` (header `token`).

@@ -18,6 +18,7 @@ async fn texts_and_media_go_out_in_evolution_v2_shape_and_errors_are_classified(
     )
     .await;
     let (s, sim, token, ins) = (&p.server, &p.sim, &p.token, &p.instance);
+    sim.add_evolution_instance("loja");
     let text = s.send_text(token, ins, "+5511999998888", "Olá").await;
     let m = s.wait_status(token, &text, &["sent"], WAIT).await;
     assert!(m["provider_message_id"].as_str().unwrap().starts_with("3EB0"));
