@@ -29,7 +29,19 @@ pub struct ProviderRecord {
     pub enabled: bool,
     /// Live instances placed on it now.
     pub instances: u32,
+    /// What the last health check found; only healthy servers get new instances.
+    pub health: ProviderHealth,
     pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct ProviderHealth {
+    pub healthy: bool,
+    /// Why the last check failed.
+    pub error: Option<String>,
+    pub checked_at: Option<Timestamp>,
+    /// Since when it has failed its checks.
+    pub unhealthy_since: Option<Timestamp>,
 }
 
 /// What creating a pool needs; the id is minted by the caller.
@@ -74,7 +86,9 @@ pub trait ProviderPools: Send + Sync + 'static {
     ) -> Result<Option<ProviderRecord>, StoreError>;
     /// False if it does not exist; `Conflict` while live instances are placed on it.
     async fn delete_provider(&self, id: &ProviderId, now: Timestamp) -> Result<bool, StoreError>;
-    /// Creates `new` on the least-loaded enabled pool of the placement's kind
+    /// Stores a health check's result (`error`: why it failed, None: healthy).
+    async fn record_health(&self, id: &ProviderId, error: Option<String>, now: Timestamp) -> Result<(), StoreError>;
+    /// Creates `new` on the least-loaded healthy, enabled pool of the placement's kind
     /// that has room (or on the one asked for), with the pool's settings
     /// merged over `new.provider_config`. The choice and the insert are one
     /// transaction, so concurrent placements never exceed a capacity.
@@ -82,37 +96,14 @@ pub trait ProviderPools: Send + Sync + 'static {
     async fn place_instance(&self, new: NewInstance, placement: Placement) -> Result<InstanceRecord, StoreError>;
 }
 
-/// `base` with every top-level key of `over` set over it.
-pub fn merged(base: &serde_json::Value, over: &serde_json::Value) -> serde_json::Value {
-    let mut out = base.as_object().cloned().unwrap_or_default();
-    if let Some(over) = over.as_object() {
-        for (k, v) in over {
-            out.insert(k.clone(), v.clone());
-        }
-    }
-    serde_json::Value::Object(out)
-}
+pub use zapgate_domain::json::merged;
 
 /// Why no pool could take an instance, for the error message.
 pub fn no_capacity(placement: &Placement) -> StoreError {
     StoreError::NoCapacity(match &placement.provider_id {
         Some(id) => {
-            format!("provider {id} does not exist, is not a {} provider, is disabled or is full", placement.kind)
+            format!("provider {id} does not exist, is not a {} provider, or is disabled, down or full", placement.kind)
         }
-        None => format!("every enabled {} provider is full (or none is configured)", placement.kind),
+        None => format!("every enabled, healthy {} provider is full or down (or none is configured)", placement.kind),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn merging_sets_the_pool_keys_over_the_instance_keys() {
-        let m =
-            merged(&json!({"session": "ins_1", "base_url": "old"}), &json!({"base_url": "http://w", "api_key": "k"}));
-        assert_eq!(m, json!({"session": "ins_1", "base_url": "http://w", "api_key": "k"}));
-        assert_eq!(merged(&json!(null), &json!({"a": 1})), json!({"a": 1}));
-    }
 }

@@ -168,6 +168,12 @@ pub fn provider(row: &(impl Columns + ?Sized)) -> Result<ProviderRecord, StoreEr
         capacity: row.int("capacity")? as u32,
         enabled: row.flag("enabled")?,
         instances: row.int("instances")? as u32,
+        health: crate::pools::ProviderHealth {
+            healthy: row.flag("healthy")?,
+            error: row.text_opt("health_error")?,
+            checked_at: row.time_opt("health_checked_at")?,
+            unhealthy_since: row.time_opt("unhealthy_since")?,
+        },
         created_at: row.time("created_at")?,
     })
 }

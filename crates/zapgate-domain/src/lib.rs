@@ -9,6 +9,7 @@ pub mod chat;
 pub mod error;
 pub mod event;
 pub mod ids;
+pub mod json;
 pub mod message;
 pub mod priority;
 pub mod status;

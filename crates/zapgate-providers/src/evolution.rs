@@ -130,6 +130,13 @@ impl Provider for Evolution {
         Err(failure(&answer))
     }
 
+    /// The instance list answers for any server and global key (`GET /instance/fetchInstances`).
+    async fn check_server(&self, settings: &Value) -> Result<(), ProviderError> {
+        let cfg = self::settings(&zapgate_domain::json::merged(&json!({"instance": ""}), settings))?;
+        let answer = crate::http::send(self.request(&cfg, Method::GET, &["instance", "fetchInstances"])?).await?;
+        if answer.ok() { Ok(()) } else { Err(failure(&answer)) }
+    }
+
     async fn create_session(&self, config: &Value) -> Result<(), ProviderError> {
         let cfg = settings(config)?;
         let body = json!({"instanceName": cfg.instance, "integration": "WHATSAPP-BAILEYS", "qrcode": true});

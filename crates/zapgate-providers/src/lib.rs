@@ -137,6 +137,11 @@ pub trait Provider: Send + Sync + 'static {
     fn placed_config(&self, _id: &InstanceId) -> Option<serde_json::Value> {
         None
     }
+    /// Whether a pool server with these `settings` (base URL, key) answers
+    /// and accepts the key (pooled kinds; the periodic health check).
+    async fn check_server(&self, _settings: &serde_json::Value) -> Result<(), ProviderError> {
+        Ok(())
+    }
     /// Creates the instance's session on its server (pooled kinds); an
     /// existing session is not an error.
     async fn create_session(&self, _config: &serde_json::Value) -> Result<(), ProviderError> {

@@ -55,6 +55,11 @@ impl Waha {
     }
 }
 
+/// A pool's settings (no session) read as an instance's.
+fn settings_with_session(pool: &Value) -> Result<WahaConfig, ProviderError> {
+    settings(&zapgate_domain::json::merged(&json!({"session": ""}), pool))
+}
+
 fn settings(config: &Value) -> Result<WahaConfig, ProviderError> {
     serde_json::from_value(config.clone()).map_err(|e| ProviderError::Rejected {
         code: "bad_config".into(),
@@ -196,6 +201,13 @@ impl Provider for Waha {
             return Ok(SendAccepted { provider_message_id: id, wa_id });
         }
         Err(failure(&answer))
+    }
+
+    /// The session list answers for any server and key (`GET /api/sessions`).
+    async fn check_server(&self, settings: &Value) -> Result<(), ProviderError> {
+        let cfg = settings_with_session(settings)?;
+        let answer = crate::http::send(self.request(&cfg, Method::GET, &["api", "sessions"], &[])?).await?;
+        if answer.ok() { Ok(()) } else { Err(failure(&answer)) }
     }
 
     async fn create_session(&self, config: &Value) -> Result<(), ProviderError> {

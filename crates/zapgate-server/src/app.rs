@@ -215,6 +215,13 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
             _ => drained.push(tokio::spawn(dispatcher::run(ctx, stop_rx.clone()))),
         }
         tokio::spawn(statuses::run(backends.store.clone(), status_rx));
+        let checks = crate::worker::health::HealthChecks {
+            pools: backends.pools.clone(),
+            providers: providers.clone(),
+            locks: backends.locks.clone(),
+            interval: config.provider_health_interval,
+        };
+        tokio::spawn(crate::worker::health::run(checks, stop_rx.clone()));
         let sender = Arc::new(WebhookSender {
             store: backends.webhooks.clone(),
             egress: egress.clone(),

@@ -84,6 +84,9 @@ pub struct Config {
     /// How long an open circuit waits before a probe (doubling per failed probe, up to 8×).
     #[serde(with = "humantime_serde")]
     pub provider_circuit_cooldown: Duration,
+    /// How often each provider server (pool) is checked.
+    #[serde(with = "humantime_serde")]
+    pub provider_health_interval: Duration,
     /// Default pace of a new instance, messages per second.
     pub instance_rate: u32,
     /// Sends in flight at once per instance.
@@ -163,6 +166,7 @@ impl Default for Config {
             send_timeout: Duration::from_secs(30),
             provider_circuit_failures: 5,
             provider_circuit_cooldown: Duration::from_secs(30),
+            provider_health_interval: Duration::from_secs(30),
             instance_rate: 80,
             instance_concurrency: 32,
             tenant_rate_limit: 1000,
@@ -273,6 +277,9 @@ impl Config {
             return bad(
                 "ZAPGATE_PROVIDER_CIRCUIT_COOLDOWN must be more than 0 (ZAPGATE_PROVIDER_CIRCUIT_FAILURES=0 turns the circuit off)",
             );
+        }
+        if self.provider_health_interval < Duration::from_millis(100) {
+            return bad("ZAPGATE_PROVIDER_HEALTH_INTERVAL must be at least 100ms");
         }
         if self.instance_rate == 0 || self.instance_concurrency == 0 {
             return bad("ZAPGATE_INSTANCE_RATE and ZAPGATE_INSTANCE_CONCURRENCY must be at least 1");

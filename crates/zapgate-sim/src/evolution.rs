@@ -5,6 +5,7 @@
 //! - `POST /instance/create` `{"instanceName","integration","qrcode"?}` → 201
 //!   `{"instance":{…,"status":"connecting"},"hash","qrcode":{…}}`; a taken name → 403;
 //!   an unknown `integration` → 400.
+//! - `GET /instance/fetchInstances` → every instance (takes queued faults: a failing health check).
 //! - `GET /instance/connect/{i}` → `{"pairingCode","code":"2@…","base64":"data:image/png;base64,…","count"}`
 //!   while connecting (the QR is "scanned" [`Sim::set_qr_scan_after`] after it is first
 //!   fetched); `{"instance":{"instanceName","state":"open"}}` once open.
@@ -48,6 +49,7 @@ pub(crate) fn routes() -> Router<Arc<Sim>> {
     use axum::routing::{delete, get, post};
     Router::new()
         .route("/instance/create", post(create))
+        .route("/instance/fetchInstances", get(list))
         .route("/instance/connect/{instance}", get(connect))
         .route("/instance/connectionState/{instance}", get(state))
         .route("/instance/logout/{instance}", delete(logout))
@@ -109,6 +111,20 @@ async fn create(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Option<Js
         "qrcode": {"pairingCode": null, "code": null, "base64": null, "count": 0},
     });
     (StatusCode::CREATED, Json(created)).into_response()
+}
+
+/// The instance list (zapgate's health check of the server); takes queued faults.
+async fn list(State(sim): State<Arc<Sim>>, headers: HeaderMap) -> Response {
+    sim.record("evolution", "/instance/fetchInstances".into(), key(&headers), &Value::Null);
+    if key(&headers).is_none() {
+        return unauthorized();
+    }
+    if let Some(res) = fault(&sim) {
+        return res;
+    }
+    let all: Vec<Value> =
+        sim.evolution_instances().iter().map(|(name, i)| json!({"name": name, "connectionStatus": i.state})).collect();
+    Json(all).into_response()
 }
 
 async fn connect(State(sim): State<Arc<Sim>>, headers: HeaderMap, Path(name): Path<String>) -> Response {

@@ -2,6 +2,7 @@
 //! Shapes from WAHA 2026.7.1's OpenAPI (see `../shared/notes/provider-shapes.md` §3).
 //!
 //! - `POST /api/sessions` `{"name","start"?}` → 201 SessionDTO; an existing name → 422.
+//! - `GET /api/sessions` → every session (takes queued faults: a health check that fails).
 //! - `GET /api/sessions/{s}` → `{"name","status","config","me"}`; unknown → 404.
 //!   A started session waits in `SCAN_QR_CODE`; once its QR has been fetched it
 //!   is "scanned" after [`Sim::set_qr_scan_after`] and becomes `WORKING`.
@@ -63,7 +64,7 @@ pub(crate) fn default_sessions() -> HashMap<String, Session> {
 pub(crate) fn routes() -> Router<Arc<Sim>> {
     use axum::routing::{get, post};
     Router::new()
-        .route("/api/sessions", post(create))
+        .route("/api/sessions", post(create).get(list))
         .route("/api/sessions/{session}", get(status).delete(delete))
         .route("/api/sessions/{session}/logout", post(logout))
         .route("/api/{session}/auth/qr", get(qr))
@@ -100,6 +101,18 @@ async fn create(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Option<Js
     let status = if start { "SCAN_QR_CODE" } else { "STOPPED" };
     sessions.insert(name.clone(), Session { status, qr_shown: None });
     (StatusCode::CREATED, Json(dto(&name, status))).into_response()
+}
+
+/// The session list (zapgate's health check of the server); takes queued faults.
+async fn list(State(sim): State<Arc<Sim>>, headers: HeaderMap) -> Response {
+    sim.record("waha", "GET /api/sessions".into(), key(&headers), &Value::Null);
+    if let Some(f) = sim.next_fault() {
+        return with_retry_after(nest(f.status, &f.message.unwrap_or_else(|| "simulated error".into())), f.retry_after);
+    }
+    let scan_after = sim.qr_scan_after();
+    let mut sessions = sim.waha_sessions();
+    let all: Vec<Value> = sessions.iter_mut().map(|(name, s)| dto(name, s.tick(scan_after))).collect();
+    Json(all).into_response()
 }
 
 async fn status(State(sim): State<Arc<Sim>>, Path(name): Path<String>) -> Response {

@@ -207,6 +207,10 @@ struct ServeArgs {
     #[arg(long, env = "ZAPGATE_PROVIDER_CIRCUIT_COOLDOWN", value_parser = parse_duration, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
     provider_circuit_cooldown: Option<Duration>,
+    /// How often each provider server (pool) is health-checked; unhealthy ones get no new instances [default: 30s].
+    #[arg(long, env = "ZAPGATE_PROVIDER_HEALTH_INTERVAL", value_parser = parse_duration, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    provider_health_interval: Option<Duration>,
     /// Default pace of new instances, messages/second [default: 80].
     #[arg(long, env = "ZAPGATE_INSTANCE_RATE", value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -160,7 +160,7 @@ async fn bad_pools_and_placements_get_clear_errors() {
     // No evolution server yet: placing one is a clear 409.
     let r = place(&s, &token, json!({"name": "x", "provider": "evolution"})).await;
     assert_eq!(r.status(), 409);
-    assert!(r.text().await.unwrap().contains("every enabled evolution provider is full"));
+    assert!(r.text().await.unwrap().contains("every enabled, healthy evolution provider is full or down"));
     let waha = pool(&s, json!({"kind": "waha", "name": "w", "base_url": "http://127.0.0.1:1"})).await;
     for (body, status) in [
         // A server of another kind, a malformed id, a kind that is never placed.
@@ -304,4 +304,60 @@ async fn session_lifecycle(p: Pooled) {
     assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "provider_unavailable");
     let v: Value = s.get(ADMIN, "/v1/providers").await.json().await.unwrap();
     assert_eq!(v["data"][0]["instances"], 0, "{v}");
+}
+
+async fn health_of(s: &Server, id: &Value) -> Value {
+    let v: Value = s.get(ADMIN, &format!("/v1/providers/{}", id.as_str().unwrap())).await.json().await.unwrap();
+    v["health"].clone()
+}
+
+async fn wait_health(s: &Server, id: &Value, healthy: bool) -> Value {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let h = health_of(s, id).await;
+        if h["healthy"] == healthy && !h["checked_at"].is_null() {
+            return h;
+        }
+        assert!(std::time::Instant::now() < deadline, "never healthy={healthy}: {h}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Servers are checked every interval; one that fails its checks gets no
+/// new instance (even with fewer instances), and gets them again once it
+/// answers.
+#[tokio::test]
+async fn unhealthy_servers_get_no_new_instances_until_they_recover() {
+    let (addr, sim) = zapgate_sim::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let s = Server::start(&[("ZAPGATE_WEBHOOK_ALLOW_PRIVATE", "true"), ("ZAPGATE_PROVIDER_HEALTH_INTERVAL", "200ms")])
+        .await;
+    // The older server would win ties, but nothing listens there.
+    let down = pool(&s, json!({"kind": "waha", "name": "down", "base_url": "http://127.0.0.1:1"})).await;
+    let up =
+        pool(&s, json!({"kind": "waha", "name": "up", "base_url": format!("http://{addr}"), "api_key": "k"})).await;
+    let h = wait_health(&s, &down["id"], false).await;
+    assert!(!h["error"].is_null() && !h["unhealthy_since"].is_null(), "{h}");
+    wait_health(&s, &up["id"], true).await;
+    assert!(sim.received().iter().any(|r| r.path == "GET /api/sessions" && r.token.as_deref() == Some("k")));
+    let labels = format!("server=\"{}\"", down["id"].as_str().unwrap());
+    assert_eq!(s.metric("zapgate_provider_server_up", &labels).await, 0.0);
+
+    let (_, token) = s.tenant("acme").await;
+    for n in 0..2 {
+        let r = place(&s, &token, json!({"name": format!("n{n}"), "provider": "waha"})).await;
+        assert_eq!(r.status(), 201);
+        assert_eq!(r.json::<Value>().await.unwrap()["provider_id"], up["id"], "never the server that is down");
+    }
+
+    // The healthy one fails its checks for a while: nowhere to place.
+    sim.push_faults(vec![zapgate_sim::Fault { status: 500, code: 0, message: None, retry_after: None }; 10]);
+    wait_health(&s, &up["id"], false).await;
+    let r = place(&s, &token, json!({"name": "n2", "provider": "waha"})).await;
+    assert_eq!(r.status(), 409);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "no_provider_capacity");
+    // It answers again: placements resume.
+    let h = wait_health(&s, &up["id"], true).await;
+    assert!(h["error"].is_null() && h["unhealthy_since"].is_null(), "{h}");
+    let r = place(&s, &token, json!({"name": "n2", "provider": "waha"})).await;
+    assert_eq!(r.status(), 201);
 }

@@ -30,6 +30,7 @@ use tokio::sync::Notify;
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0001_init.sql"),
     include_str!("../../migrations/postgres/0002_providers.sql"),
+    include_str!("../../migrations/postgres/0003_provider_health.sql"),
 ];
 
 /// Advisory lock key serialising migrations across processes.

@@ -12,7 +12,8 @@ use async_trait::async_trait;
 use sqlx::{AssertSqlSafe, PgConnection};
 use zapgate_domain::{ProviderId, Timestamp};
 
-const PROVIDER_COLUMNS: &str = "id, kind, name, settings, capacity, enabled, created_at, \
+const PROVIDER_COLUMNS: &str = "id, kind, name, settings, capacity, enabled, created_at, healthy, health_error, \
+    health_checked_at, unhealthy_since, \
     (SELECT COUNT(*) FROM instances i WHERE i.provider_id = providers.id AND i.deleted_at IS NULL) AS instances";
 
 async fn find(conn: &mut PgConnection, id: &str) -> Result<Option<ProviderRecord>, StoreError> {
@@ -118,6 +119,20 @@ impl ProviderPools for PgBackend {
         Ok(true)
     }
 
+    async fn record_health(&self, id: &ProviderId, error: Option<String>, now: Timestamp) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE providers SET healthy = $1::text IS NULL, health_error = $1, health_checked_at = $2, \
+             unhealthy_since = CASE WHEN $1::text IS NULL THEN NULL ELSE COALESCE(unhealthy_since, $2) END \
+             WHERE id = $3",
+        )
+        .bind(error)
+        .bind(now.as_millis())
+        .bind(id.as_str())
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
     async fn place_instance(&self, new: NewInstance, placement: Placement) -> Result<InstanceRecord, StoreError> {
         let mut tx = self.pool().begin().await?;
         sqlx::query(
@@ -127,7 +142,7 @@ impl ProviderPools for PgBackend {
         .fetch_all(&mut *tx)
         .await?;
         let sql = format!(
-            "SELECT {PROVIDER_COLUMNS} FROM providers WHERE kind = $1 AND enabled AND deleted_at IS NULL \
+            "SELECT {PROVIDER_COLUMNS} FROM providers WHERE kind = $1 AND enabled AND healthy AND deleted_at IS NULL \
              ORDER BY instances, id"
         );
         let rows = sqlx::query(AssertSqlSafe(sql)).bind(&placement.kind).fetch_all(&mut *tx).await?;

@@ -39,6 +39,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0004_templates.sql"),
     include_str!("../../migrations/sqlite/0005_provider_config.sql"),
     include_str!("../../migrations/sqlite/0006_providers.sql"),
+    include_str!("../../migrations/sqlite/0007_provider_health.sql"),
 ];
 
 pub struct SqliteBackend {

@@ -10,7 +10,8 @@ use async_trait::async_trait;
 use rusqlite::{Connection, params};
 use zapgate_domain::{ProviderId, Timestamp};
 
-const PROVIDER_COLUMNS: &str = "id, kind, name, settings, capacity, enabled, created_at, \
+const PROVIDER_COLUMNS: &str = "id, kind, name, settings, capacity, enabled, created_at, healthy, health_error, \
+    health_checked_at, unhealthy_since, \
     (SELECT COUNT(*) FROM instances i WHERE i.provider_id = providers.id AND i.deleted_at IS NULL) AS instances";
 
 fn find(conn: &Connection, id: &str) -> Result<Option<ProviderRecord>, StoreError> {
@@ -101,11 +102,27 @@ impl ProviderPools for SqliteBackend {
             .await
     }
 
+    async fn record_health(&self, id: &ProviderId, error: Option<String>, now: Timestamp) -> Result<(), StoreError> {
+        let id = id.to_string();
+        self.writer
+            .write(Box::new(move |conn| {
+                exec(
+                    conn,
+                    "UPDATE providers SET healthy = ?1 IS NULL, health_error = ?1, health_checked_at = ?2, \
+                     unhealthy_since = CASE WHEN ?1 IS NULL THEN NULL ELSE COALESCE(unhealthy_since, ?2) END \
+                     WHERE id = ?3",
+                    params![error, now.as_millis(), id],
+                )?;
+                Ok(())
+            }))
+            .await
+    }
+
     async fn place_instance(&self, new: NewInstance, placement: Placement) -> Result<InstanceRecord, StoreError> {
         self.writer
             .write(Box::new(move |conn| {
                 let sql = format!(
-                    "SELECT {PROVIDER_COLUMNS} FROM providers WHERE kind = ? AND enabled AND deleted_at IS NULL \
+                    "SELECT {PROVIDER_COLUMNS} FROM providers WHERE kind = ? AND enabled AND healthy AND deleted_at IS NULL \
                      ORDER BY instances, id"
                 );
                 let pools = all(conn, &sql, [&placement.kind], provider)?;

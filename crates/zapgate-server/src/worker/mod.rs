@@ -6,6 +6,7 @@
 
 pub mod consumer;
 pub mod dispatcher;
+pub mod health;
 pub mod janitor;
 pub mod lane;
 pub mod parking;
