@@ -130,6 +130,11 @@ impl Provider for CloudApi {
         "cloud_api"
     }
 
+    /// One message per 6 s to one user, with bursts (Meta's pair rate limit).
+    fn pair_limited(&self) -> bool {
+        true
+    }
+
     fn check_config(&self, config: &Value) -> Result<Value, String> {
         let c: CloudApiConfig = serde_json::from_value(config.clone()).map_err(|e| format!("config: {e}"))?;
         if c.access_token.trim().is_empty() {

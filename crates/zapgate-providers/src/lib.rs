@@ -131,6 +131,12 @@ pub trait Provider: Send + Sync + 'static {
         }
     }
     async fn send(&self, msg: &OutboundMessage) -> Result<SendAccepted, ProviderError>;
+    /// Whether the provider limits messages per recipient (Meta's pair rate
+    /// limit, 131056): lanes then pace each recipient with
+    /// `ZAPGATE_PAIR_RATE_PER_MINUTE` / `ZAPGATE_PAIR_BURST`.
+    fn pair_limited(&self) -> bool {
+        false
+    }
     /// For kinds that run on shared servers (pools): the settings that name
     /// instance `id` on such a server, to which the pool adds its base URL
     /// and credentials. None: instances of this kind are never placed.

@@ -159,6 +159,7 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
         retry_limit: config.message_retry_limit,
         send_timeout: config.send_timeout,
         concurrency: config.instance_concurrency,
+        pair_quota: config.pair_quota(),
         circuits: zapgate_providers::Circuits::new(zapgate_providers::CircuitConfig {
             failures: config.provider_circuit_failures.min(config.message_retry_limit),
             cooldown: config.provider_circuit_cooldown,

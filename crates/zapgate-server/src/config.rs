@@ -87,6 +87,11 @@ pub struct Config {
     /// How often each provider server (pool) is checked.
     #[serde(with = "humantime_serde")]
     pub provider_health_interval: Duration,
+    /// Messages per minute to one recipient through a pair-limited provider
+    /// (the Cloud API: about one per 6 s); 0 = off.
+    pub pair_rate_per_minute: u32,
+    /// How many messages one recipient may get at once before that pace applies.
+    pub pair_burst: u32,
     /// Default pace of a new instance, messages per second.
     pub instance_rate: u32,
     /// Sends in flight at once per instance.
@@ -167,6 +172,8 @@ impl Default for Config {
             provider_circuit_failures: 5,
             provider_circuit_cooldown: Duration::from_secs(30),
             provider_health_interval: Duration::from_secs(30),
+            pair_rate_per_minute: 10,
+            pair_burst: 45,
             instance_rate: 80,
             instance_concurrency: 32,
             tenant_rate_limit: 1000,
@@ -213,6 +220,13 @@ impl Config {
     }
 
     /// `ZAPGATE_WEBHOOK_RETRY_SCHEDULE` parsed: the delay before each retry.
+    /// The per-recipient quota of pair-limited providers (None: off).
+    pub fn pair_quota(&self) -> Option<governor::Quota> {
+        let per_minute = std::num::NonZeroU32::new(self.pair_rate_per_minute)?;
+        let burst = std::num::NonZeroU32::new(self.pair_burst)?;
+        Some(governor::Quota::per_minute(per_minute).allow_burst(burst))
+    }
+
     pub fn webhook_retry_delays(&self) -> Result<Vec<Duration>, String> {
         let delays: Result<Vec<Duration>, _> =
             self.webhook_retry_schedule.split(',').map(|d| parse_duration(d.trim())).collect();
@@ -276,6 +290,11 @@ impl Config {
         if self.provider_circuit_failures > 0 && self.provider_circuit_cooldown.is_zero() {
             return bad(
                 "ZAPGATE_PROVIDER_CIRCUIT_COOLDOWN must be more than 0 (ZAPGATE_PROVIDER_CIRCUIT_FAILURES=0 turns the circuit off)",
+            );
+        }
+        if self.pair_rate_per_minute > 0 && self.pair_burst == 0 {
+            return bad(
+                "ZAPGATE_PAIR_BURST must be at least 1 (ZAPGATE_PAIR_RATE_PER_MINUTE=0 turns the pair limit off)",
             );
         }
         if self.provider_health_interval < Duration::from_millis(100) {

@@ -211,6 +211,14 @@ struct ServeArgs {
     #[arg(long, env = "ZAPGATE_PROVIDER_HEALTH_INTERVAL", value_parser = parse_duration, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
     provider_health_interval: Option<Duration>,
+    /// Messages per minute to one recipient on the Cloud API (Meta's pair rate limit); 0 = off [default: 10].
+    #[arg(long, env = "ZAPGATE_PAIR_RATE_PER_MINUTE", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pair_rate_per_minute: Option<u32>,
+    /// Messages one recipient may get at once before that pace applies [default: 45].
+    #[arg(long, env = "ZAPGATE_PAIR_BURST", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pair_burst: Option<u32>,
     /// Default pace of new instances, messages/second [default: 80].
     #[arg(long, env = "ZAPGATE_INSTANCE_RATE", value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -136,3 +136,49 @@ async fn an_outage_opens_the_circuit_and_messages_wait_without_dying() {
         "closed"
     );
 }
+
+/// A 429 with `Retry-After: 1` is retried no sooner than a second later,
+/// without spending an attempt.
+#[tokio::test]
+async fn a_429_waits_at_least_its_retry_after() {
+    let p = cloud(&[("ZAPGATE_MESSAGE_RETRY_BASE", "10ms")]).await;
+    let (s, sim, token, ins) = (&p.server, &p.sim, &p.token, &p.instance);
+    sim.push_faults([Fault { status: 429, code: 130429, message: None, retry_after: Some(1) }]);
+    let id = s.send_text(token, ins, "+5511999998888", "later").await;
+    let m = s.wait_status(token, &id, &["sent"], WAIT).await;
+    assert_eq!(m["attempts"], 0, "throttling spends no attempt");
+    // The first try was before the 429, so the gap between the tries is at least the wait.
+    let waited = at(&m, "sending", 1) - at(&m, "sending", 0);
+    assert!(waited >= time::Duration::seconds(1), "retried after {waited}, before Retry-After: {m:#}");
+}
+
+fn at(m: &Value, status: &str, nth: usize) -> time::OffsetDateTime {
+    let history = m["history"].as_array().unwrap();
+    let e = history.iter().filter(|e| e["status"] == status).nth(nth).unwrap_or_else(|| panic!("{m:#}"));
+    time::OffsetDateTime::parse(e["at"].as_str().unwrap(), &time::format_description::well_known::Rfc3339).unwrap()
+}
+
+/// Meta's pair rate limit, at 1/s with no burst here: the second message to
+/// one recipient waits its turn without spending an attempt; another
+/// recipient is not held up.
+#[tokio::test]
+async fn one_recipient_is_paced_by_the_pair_limit_and_others_are_not() {
+    let p = cloud(&[("ZAPGATE_PAIR_RATE_PER_MINUTE", "60"), ("ZAPGATE_PAIR_BURST", "1")]).await;
+    let (s, sim, token, ins) = (&p.server, &p.sim, &p.token, &p.instance);
+    let first = s.send_text(token, ins, "+5511999998888", "one").await;
+    let second = s.send_text(token, ins, "+5511999998888", "two").await;
+    let other = s.send_text(token, ins, "+5511999997777", "other").await;
+    let first = s.wait_status(token, &first, &["sent"], WAIT).await;
+    let second = s.wait_status(token, &second, &["sent"], WAIT).await;
+    let other = s.wait_status(token, &other, &["sent"], WAIT).await;
+    let codes = |m: &Value| -> Vec<String> {
+        m["history"].as_array().unwrap().iter().filter_map(|e| e["error_code"].as_str().map(str::to_owned)).collect()
+    };
+    assert!(codes(&second).contains(&"pair_rate_limit".to_owned()), "{second:#}");
+    assert_eq!(second["attempts"], 0, "the pair limit spends no attempt");
+    let last_try = second["history"].as_array().unwrap().iter().filter(|e| e["status"] == "sending").count() - 1;
+    let gap = at(&second, "sending", last_try) - at(&first, "sending", 0);
+    assert!(gap >= time::Duration::seconds(1), "the second went out {gap} after the first");
+    assert!(codes(&other).is_empty(), "another recipient is not paced: {other:#}");
+    assert_eq!(sim.received().len(), 3, "each went out once");
+}

@@ -31,6 +31,8 @@ pub struct WorkerCtx {
     pub concurrency: u32,
     /// One circuit breaker per provider endpoint, shared by every lane.
     pub circuits: Circuits,
+    /// Messages per recipient for pair-limited providers (None: off).
+    pub pair_quota: Option<governor::Quota>,
     /// With RabbitMQ: retries wait in its wait queues.
     pub parking: Option<super::parking::Parking>,
 }
@@ -125,13 +127,21 @@ struct Tuned {
     instance: InstanceRecord,
     provider: Option<Arc<dyn Provider>>,
     limiter: DefaultDirectRateLimiter,
+    /// Per-recipient pacing, for pair-limited providers.
+    pairs: Option<Arc<PairLimiter>>,
 }
+
+type PairLimiter = governor::DefaultKeyedRateLimiter<String>;
 
 impl Tuned {
     fn new(ctx: &WorkerCtx, instance: InstanceRecord) -> Self {
         let provider = ctx.providers.get(&instance.provider);
         let limiter = RateLimiter::direct(quota(instance.rate_per_sec, instance.burst));
-        Self { instance, provider, limiter }
+        let pairs = match (&provider, ctx.pair_quota) {
+            (Some(p), Some(q)) if p.pair_limited() => Some(Arc::new(RateLimiter::keyed(q))),
+            _ => None,
+        };
+        Self { instance, provider, limiter, pairs }
     }
 }
 
@@ -172,22 +182,33 @@ async fn run(
         }
         let permit = slots.clone().acquire_owned().await.expect("the semaphore is never closed");
         let (instance, provider) = (tuned.instance.clone(), tuned.provider.clone());
-        sends.spawn(send_one(ctx.clone(), instance, provider, msg, permit, pending.clone(), on_stored));
+        let pairs = tuned.pairs.clone();
+        sends.spawn(send_one(ctx.clone(), instance, provider, pairs, msg, permit, pending.clone(), on_stored));
         while sends.try_join_next().is_some() {}
     }
     while sends.join_next().await.is_some() {}
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn send_one(
     ctx: Arc<WorkerCtx>,
     instance: InstanceRecord,
     provider: Option<Arc<dyn Provider>>,
+    pairs: Option<Arc<PairLimiter>>,
     msg: MessageRecord,
     _slot: OwnedSemaphorePermit,
     pending: Arc<AtomicUsize>,
     on_stored: Option<OnStored>,
 ) {
-    let result = attempt(&ctx, &instance, provider.as_deref(), &msg).await;
+    let result = match pairs.as_deref().and_then(|p| pair_wait(p, &msg)) {
+        Some(wait) => SendResult::Retry {
+            retry_at: Timestamp::now().plus_millis(wait.as_millis().max(1) as i64),
+            spend_attempt: false,
+            code: "pair_rate_limit".into(),
+            message: "this recipient got its share of messages for now (the provider's pair rate limit)".into(),
+        },
+        None => attempt(&ctx, &instance, provider.as_deref(), &msg).await,
+    };
     if finish(&ctx, &instance, &msg, result, &pending).await
         && let Some(f) = on_stored
     {
@@ -313,6 +334,15 @@ async fn attempt(
         }
         Classification::Permanent { code, message } => SendResult::Failed { code, message },
     }
+}
+
+/// How long `msg`'s recipient must wait for its next message; None: now.
+fn pair_wait(pairs: &PairLimiter, msg: &MessageRecord) -> Option<Duration> {
+    use governor::clock::{Clock, DefaultClock};
+    if pairs.len() > 100_000 {
+        pairs.retain_recent();
+    }
+    pairs.check_key(&msg.to.key()).err().map(|n| n.wait_time_from(DefaultClock::default().now()))
 }
 
 /// Waits for an open circuit without spending an attempt.
