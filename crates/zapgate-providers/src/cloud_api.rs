@@ -130,6 +130,11 @@ impl Provider for CloudApi {
         "cloud_api"
     }
 
+    /// Meta's default throughput (up to 1000 msg/s once Meta raises it).
+    fn pace(&self) -> Option<crate::Pace> {
+        Some(crate::Pace { rate_per_sec: 80, burst: 80, max_rate_per_sec: 1000 })
+    }
+
     /// One message per 6 s to one user, with bursts (Meta's pair rate limit).
     fn pair_limited(&self) -> bool {
         true

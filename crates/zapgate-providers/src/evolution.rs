@@ -99,6 +99,10 @@ impl Provider for Evolution {
         "evolution"
     }
 
+    fn pace(&self) -> Option<crate::Pace> {
+        Some(crate::BAILEYS_PACE)
+    }
+
     /// On a pool server the instance is named by its zapgate id.
     fn placed_config(&self, id: &zapgate_domain::InstanceId) -> Option<Value> {
         Some(serde_json::json!({ "instance": id.as_str() }))

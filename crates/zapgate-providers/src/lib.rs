@@ -106,6 +106,18 @@ pub struct Connection {
     pub phone: Option<String>,
 }
 
+/// How fast an instance of a kind sends unless told otherwise, and the most it may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pace {
+    pub rate_per_sec: u32,
+    pub burst: u32,
+    pub max_rate_per_sec: u32,
+}
+
+/// Baileys-based servers (Evolution, WAHA, UAZAPI): 50 msg/s in bursts of
+/// 100, as seed 004 runs them; faster risks the number.
+pub const BAILEYS_PACE: Pace = Pace { rate_per_sec: 50, burst: 100, max_rate_per_sec: 1000 };
+
 /// A QR code to link a phone to an instance.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Qr {
@@ -131,6 +143,11 @@ pub trait Provider: Send + Sync + 'static {
         }
     }
     async fn send(&self, msg: &OutboundMessage) -> Result<SendAccepted, ProviderError>;
+    /// The default (and the highest) pace of its instances; None: the
+    /// process default (`ZAPGATE_INSTANCE_RATE`).
+    fn pace(&self) -> Option<Pace> {
+        None
+    }
     /// Whether the provider limits messages per recipient (Meta's pair rate
     /// limit, 131056): lanes then pace each recipient with
     /// `ZAPGATE_PAIR_RATE_PER_MINUTE` / `ZAPGATE_PAIR_BURST`.

@@ -71,6 +71,10 @@ impl Provider for Uazapi {
         "uazapi"
     }
 
+    fn pace(&self) -> Option<crate::Pace> {
+        Some(crate::BAILEYS_PACE)
+    }
+
     fn check_config(&self, config: &Value) -> Result<Value, String> {
         let mut c: UazapiConfig = serde_json::from_value(config.clone()).map_err(|e| format!("config: {e}"))?;
         if c.token.trim().is_empty() {

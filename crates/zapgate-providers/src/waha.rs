@@ -177,6 +177,10 @@ impl Provider for Waha {
         "waha"
     }
 
+    fn pace(&self) -> Option<crate::Pace> {
+        Some(crate::BAILEYS_PACE)
+    }
+
     /// On a pool server the instance is named by its zapgate id.
     fn placed_config(&self, id: &zapgate_domain::InstanceId) -> Option<Value> {
         Some(serde_json::json!({ "session": id.as_str() }))

@@ -361,3 +361,37 @@ async fn unhealthy_servers_get_no_new_instances_until_they_recover() {
     let r = place(&s, &token, json!({"name": "n2", "provider": "waha"})).await;
     assert_eq!(r.status(), 201);
 }
+
+/// New instances pace as their provider allows unless told otherwise: Cloud
+/// API 80/s (up to 1000), Baileys-based servers 50/s in bursts of 100.
+#[tokio::test]
+async fn each_kind_has_its_default_pace_and_ceiling() {
+    let s = Server::start(&[("ZAPGATE_WEBHOOK_ALLOW_PRIVATE", "true"), ("ZAPGATE_INSTANCE_RATE", "500")]).await;
+    let (_, token) = s.tenant("acme").await;
+    let cloud = json!({"access_token": "t", "phone_number_id": "106540352242922", "base_url": "http://127.0.0.1:1"});
+    let waha = json!({"base_url": "http://127.0.0.1:1", "session": "default"});
+    for (body, pace) in [
+        (json!({"name": "c", "provider": "cloud_api", "config": cloud}), (80, 80)),
+        (json!({"name": "w", "provider": "waha", "config": waha}), (50, 100)),
+        (json!({"name": "s"}), (500, 500)),
+        (json!({"name": "w2", "provider": "waha", "config": waha, "rate_limit_per_second": 20}), (20, 20)),
+    ] {
+        let r = place(&s, &token, body.clone()).await;
+        assert_eq!(r.status(), 201, "{body}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!((v["rate_per_sec"].as_u64().unwrap(), v["burst"].as_u64().unwrap()), pace, "{body}");
+    }
+    let cloud2 = json!({"access_token": "t", "phone_number_id": "106540352242923", "base_url": "http://127.0.0.1:1"});
+    let too_fast = json!({"name": "c2", "provider": "cloud_api", "config": cloud2, "rate_limit_per_second": 1001});
+    let r = place(&s, &token, too_fast).await;
+    assert_eq!(r.status(), 422);
+    assert!(r.text().await.unwrap().contains("at most 1000/s"));
+    let list: Value = s.get(&token, "/v1/instances").await.json().await.unwrap();
+    let cloud_id =
+        list["data"].as_array().unwrap().iter().find(|i| i["provider"] == "cloud_api").unwrap()["id"].clone();
+    let path = format!("/v1/instances/{}", cloud_id.as_str().unwrap());
+    let r = s.http.patch(s.url(&path)).bearer_auth(&token).json(&json!({"rate_limit_per_second": 2000})).send().await;
+    assert_eq!(r.unwrap().status(), 422, "nor faster later");
+    let r = s.http.patch(s.url(&path)).bearer_auth(&token).json(&json!({"rate_limit_per_second": 1000})).send().await;
+    assert_eq!(r.unwrap().status(), 200);
+}

@@ -10,6 +10,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use zapgate_backends::{InstanceChange, InstanceRecord, NewInstance, Placement};
 use zapgate_domain::{InstanceId, ProviderId, Timestamp, ValidationError};
+use zapgate_providers::Provider;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -19,7 +20,9 @@ pub struct CreateInstance {
     /// Provider kind: `sandbox` (default), `cloud_api`, `evolution`, `waha` or `uazapi`.
     #[serde(default = "sandbox")]
     pub provider: String,
-    /// Messages per second (default `ZAPGATE_INSTANCE_RATE`, at most 100000).
+    /// Messages per second (default: Cloud API 80; Evolution, WAHA, UAZAPI 50
+    /// in bursts of 100; the sandbox `ZAPGATE_INSTANCE_RATE`); at most 1000
+    /// for real providers, 100000 for the sandbox.
     pub rate_limit_per_second: Option<u32>,
     /// Burst size (default: one second's worth).
     pub burst: Option<u32>,
@@ -74,9 +77,16 @@ pub async fn update(
     ApiJson(body): ApiJson<UpdateInstance>,
 ) -> ApiResult<Json<InstanceRecord>> {
     let id = instance_id(&id)?;
+    let rate = body.rate_limit_per_second.map(|v| check_rate("rate_limit_per_second", v)).transpose()?;
+    if let Some(rate) = rate {
+        let rec = s.backends.store.get_instance(&tenant, &id).await?.ok_or_else(|| ApiError::not_found("instance"))?;
+        if let Some(provider) = s.providers.get(&rec.provider) {
+            check_max_rate(provider.as_ref(), rate)?;
+        }
+    }
     let change = InstanceChange {
         name: body.name.as_deref().map(check_name).transpose()?,
-        rate_per_sec: body.rate_limit_per_second.map(|v| check_rate("rate_limit_per_second", v)).transpose()?,
+        rate_per_sec: rate,
         burst: body.burst.map(|v| check_rate("burst", v)).transpose()?,
     };
     let rec =
@@ -126,7 +136,7 @@ pub async fn create(
             .provider_id
             .map(|raw| ProviderId::parse(&raw).ok_or_else(|| ValidationError::new("provider_id", "no such provider")))
             .transpose()?;
-        let rate = check_rate("rate_limit_per_second", body.rate_limit_per_second.unwrap_or(s.config.instance_rate))?;
+        let (rate, burst) = pace(&s, provider.as_ref(), body.rate_limit_per_second, body.burst)?;
         let new = NewInstance {
             id,
             tenant_id: tenant,
@@ -135,7 +145,7 @@ pub async fn create(
             phone_number_id: numeric_id(),
             waba_id: numeric_id(),
             rate_per_sec: rate,
-            burst: check_rate("burst", body.burst.unwrap_or(rate))?,
+            burst,
             provider_config: own,
         };
         let rec = s.backends.pools.place_instance(new, Placement { kind: body.provider, provider_id }).await?;
@@ -160,8 +170,7 @@ pub async fn create(
     }
     // Providers that own real numbers (Cloud API) bring their own ids.
     let real_id = |k: &str| config.get(k).and_then(|v| v.as_str()).map(str::to_owned);
-    let rate = check_rate("rate_limit_per_second", body.rate_limit_per_second.unwrap_or(s.config.instance_rate))?;
-    let burst = check_rate("burst", body.burst.unwrap_or(rate))?;
+    let (rate, burst) = pace(&s, provider.as_ref(), body.rate_limit_per_second, body.burst)?;
     let new = NewInstance {
         id,
         tenant_id: tenant,
@@ -176,6 +185,29 @@ pub async fn create(
     let rec = s.backends.store.create_instance(new).await?;
     s.work.mark(rec.id.clone());
     Ok((StatusCode::CREATED, Json(rec)))
+}
+
+/// A new instance's pace: as asked, else its provider's default (Cloud API
+/// 80/s; Baileys-based servers 50/s in bursts of 100), else
+/// `ZAPGATE_INSTANCE_RATE`; never above the provider's highest.
+fn pace(s: &AppState, provider: &dyn Provider, rate: Option<u32>, burst: Option<u32>) -> ApiResult<(u32, u32)> {
+    let own = provider.pace();
+    let default = own.map_or((s.config.instance_rate, s.config.instance_rate), |p| (p.rate_per_sec, p.burst));
+    let rate_asked = rate.is_some();
+    let rate = check_rate("rate_limit_per_second", rate.unwrap_or(default.0))?;
+    check_max_rate(provider, rate)?;
+    let burst = check_rate("burst", burst.unwrap_or(if rate_asked { rate } else { default.1 }))?;
+    Ok((rate, burst))
+}
+
+fn check_max_rate(provider: &dyn Provider, rate: u32) -> ApiResult<()> {
+    match provider.pace().map(|p| p.max_rate_per_sec) {
+        Some(max) if rate > max => {
+            let kind = provider.kind();
+            Err(ValidationError::new("rate_limit_per_second", format!("{kind} instances send at most {max}/s")).into())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// A 15-digit id in the style of Meta's phone number and WABA ids.
