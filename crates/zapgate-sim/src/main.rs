@@ -1,21 +1,48 @@
-//! `zapgate-sim [--listen ADDR]`: the simulated providers as a process.
+//! `zapgate-sim`: the simulated providers as a process.
+
+use clap::Parser;
+use std::time::Duration;
+
+/// Simulated WhatsApp providers over real HTTP, for trying zapgate (and
+/// testing it) without a phone: the WhatsApp Cloud API, Evolution API v2,
+/// WAHA and UAZAPI on one port.
+///
+/// Routes:
+///   POST /{version}/{phone_number_id}/messages      Cloud API send (Bearer token)
+///   POST /instance/create, GET /instance/connect/{i}, GET /instance/connectionState/{i},
+///   DELETE /instance/logout/{i}, DELETE /instance/delete/{i}, GET /instance/fetchInstances,
+///   POST /message/{sendText|sendMedia}/{i}           Evolution API v2 (apikey header)
+///   POST /api/sessions, GET /api/sessions[/{s}], DELETE /api/sessions/{s},
+///   POST /api/sessions/{s}/logout, GET /api/{s}/auth/qr,
+///   POST /api/{sendText|sendImage|sendVideo|sendFile}   WAHA (X-Api-Key)
+///   POST /send/{text|media}                         UAZAPI (token header)
+///   POST /_sim/faults    queue answers for the next calls, e.g.
+///                        [{"status":429,"code":130429,"retry_after":1},{"status":500,"code":0}]
+///   GET  /_sim/received  every call received (path, token, body)
+///
+/// New WAHA sessions and Evolution instances wait for a QR scan; the scan
+/// "happens" --qr-scan-after the QR code is first fetched. The WAHA session
+/// `default` exists from the start, connected.
+///
+/// Point zapgate at it with the instance's `base_url` (and
+/// ZAPGATE_WEBHOOK_ALLOW_PRIVATE=true, since it listens on loopback).
+#[derive(Parser)]
+#[command(name = "zapgate-sim", version, verbatim_doc_comment)]
+struct Cli {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:9099")]
+    listen: std::net::SocketAddr,
+    /// How long after its QR code is first fetched a session counts as scanned.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    qr_scan_after: Duration,
+}
 
 fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let mut listen = "127.0.0.1:9099".to_owned();
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--listen" => listen = args.next().ok_or_else(|| anyhow::anyhow!("--listen needs an address"))?,
-            "-h" | "--help" => {
-                println!("zapgate-sim [--listen ADDR]   simulated WhatsApp providers (Cloud API); see the crate docs");
-                return Ok(());
-            }
-            other => anyhow::bail!("unknown argument {other:?} (try --help)"),
-        }
-    }
+    let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
-        let (addr, _sim) = zapgate_sim::start(listen.parse()?).await?;
+        let (addr, sim) = zapgate_sim::start(cli.listen).await?;
+        sim.set_qr_scan_after(cli.qr_scan_after);
         eprintln!("zapgate-sim listening on http://{addr}");
         std::future::pending::<()>().await;
         Ok(())
