@@ -281,6 +281,9 @@ pub trait Store: Send + Sync + 'static {
         id: &InstanceId,
         change: InstanceChange,
     ) -> Result<Option<InstanceRecord>, StoreError>;
+    /// Replaces an instance's provider settings (e.g. with the token its
+    /// server handed out when its session was made there).
+    async fn set_provider_config(&self, id: &InstanceId, config: serde_json::Value) -> Result<(), StoreError>;
     /// Deletes the instance; its pending messages become `cancelled`.
     async fn delete_instance(&self, tenant: &TenantId, id: &InstanceId, now: Timestamp) -> Result<bool, StoreError>;
 

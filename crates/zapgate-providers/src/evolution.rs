@@ -141,12 +141,12 @@ impl Provider for Evolution {
         if answer.ok() { Ok(()) } else { Err(failure(&answer)) }
     }
 
-    async fn create_session(&self, config: &Value) -> Result<(), ProviderError> {
+    async fn create_session(&self, config: &Value) -> Result<Option<Value>, ProviderError> {
         let cfg = settings(config)?;
         let body = json!({"instanceName": cfg.instance, "integration": "WHATSAPP-BAILEYS", "qrcode": true});
         let answer = crate::http::send(self.request(&cfg, Method::POST, &["instance", "create"])?.json(&body)).await?;
         // 403: the name is taken — by this instance, made before.
-        if answer.ok() || answer.status == 403 { Ok(()) } else { Err(failure(&answer)) }
+        if answer.ok() || answer.status == 403 { Ok(None) } else { Err(failure(&answer)) }
     }
 
     async fn connection(&self, config: &Value) -> Result<Option<Connection>, ProviderError> {
@@ -187,7 +187,7 @@ impl Provider for Evolution {
             message: format!("the QR image is not base64: {e}"),
             retry_after: None,
         })?;
-        Ok(Qr { raw: raw.to_owned(), png })
+        Ok(Qr { raw: Some(raw.to_owned()), png })
     }
 
     async fn logout(&self, config: &Value) -> Result<(), ProviderError> {

@@ -121,8 +121,8 @@ pub const BAILEYS_PACE: Pace = Pace { rate_per_sec: 50, burst: 100, max_rate_per
 /// A QR code to link a phone to an instance.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Qr {
-    /// The string the QR code encodes (`2@…`).
-    pub raw: String,
+    /// The string the QR code encodes (`2@…`), when the provider gives it.
+    pub raw: Option<String>,
     pub png: Vec<u8>,
 }
 
@@ -166,9 +166,10 @@ pub trait Provider: Send + Sync + 'static {
         Ok(())
     }
     /// Creates the instance's session on its server (pooled kinds); an
-    /// existing session is not an error.
-    async fn create_session(&self, _config: &serde_json::Value) -> Result<(), ProviderError> {
-        Ok(())
+    /// existing session is not an error. Returns settings the server handed
+    /// out for the instance (e.g. UAZAPI's instance token), to keep in its config.
+    async fn create_session(&self, _config: &serde_json::Value) -> Result<Option<serde_json::Value>, ProviderError> {
+        Ok(None)
     }
     /// The connection as the provider reports it; None when this kind does
     /// not report one (the Cloud API: numbers are managed in Meta's tools).

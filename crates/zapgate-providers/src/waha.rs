@@ -214,13 +214,13 @@ impl Provider for Waha {
         if answer.ok() { Ok(()) } else { Err(failure(&answer)) }
     }
 
-    async fn create_session(&self, config: &Value) -> Result<(), ProviderError> {
+    async fn create_session(&self, config: &Value) -> Result<Option<Value>, ProviderError> {
         let cfg = settings(config)?;
         let body = json!({"name": cfg.session, "start": true});
         let answer =
             crate::http::send(self.request(&cfg, Method::POST, &["api", "sessions"], &[])?.json(&body)).await?;
         let exists = answer.status == 422 && failure(&answer).to_string().contains("already exists");
-        if answer.ok() || exists { Ok(()) } else { Err(failure(&answer)) }
+        if answer.ok() || exists { Ok(None) } else { Err(failure(&answer)) }
     }
 
     async fn connection(&self, config: &Value) -> Result<Option<Connection>, ProviderError> {
@@ -258,7 +258,7 @@ impl Provider for Waha {
         if !png.ok() {
             return Err(failure(&png));
         }
-        Ok(Qr { raw, png: png.body })
+        Ok(Qr { raw: Some(raw), png: png.body })
     }
 
     async fn logout(&self, config: &Value) -> Result<(), ProviderError> {

@@ -9,7 +9,8 @@
 //!   answering `201` with a Baileys message (`key.id`) — see [`evolution`].
 //! - WAHA (`X-Api-Key`): sessions with a QR flow and the send routes, answering `201`
 //!   like the WEBJS engine (`id._serialized`) — see [`waha`].
-//! - `POST /send/{text|media}` — UAZAPI (`token` header), answering with `messageid`.
+//! - UAZAPI (`admintoken` / `token` headers): instances with a QR flow and the send
+//!   routes, answering with `messageid` — see [`uazapi`].
 //! - `POST /_sim/faults` — queue answers for the next sends:
 //!   `[{"status":429,"code":130429,"retry_after":1}, {"status":400,"code":131026}]`.
 //! - `GET /_sim/received` — every send request received (path, token, body).
@@ -19,6 +20,7 @@
 pub mod evolution;
 pub mod redis_server;
 pub mod tcp;
+pub mod uazapi;
 pub mod waha;
 
 use axum::extract::{Path, State};
@@ -61,6 +63,8 @@ pub struct Sim {
     received: Mutex<Vec<Received>>,
     waha_sessions: Mutex<std::collections::HashMap<String, waha::Session>>,
     evolution_instances: Mutex<std::collections::HashMap<String, evolution::Instance>>,
+    /// By instance token.
+    uazapi_instances: Mutex<std::collections::HashMap<String, uazapi::Instance>>,
     /// How long after its QR is first fetched a session counts as scanned.
     qr_scan_after: Mutex<std::time::Duration>,
 }
@@ -72,6 +76,7 @@ impl Default for Sim {
             received: Mutex::default(),
             waha_sessions: Mutex::new(waha::default_sessions()),
             evolution_instances: Mutex::default(),
+            uazapi_instances: Mutex::default(),
             qr_scan_after: Mutex::new(std::time::Duration::from_millis(300)),
         }
     }
@@ -80,11 +85,11 @@ impl Default for Sim {
 pub fn router(sim: Arc<Sim>) -> Router {
     Router::new()
         .route("/{version}/{phone_number_id}/messages", post(cloud_send))
-        .route("/send/{route}", post(uazapi_send))
         .route("/_sim/faults", post(add_faults))
         .route("/_sim/received", get(received))
         .merge(waha::routes())
         .merge(evolution::routes())
+        .merge(uazapi::routes())
         .with_state(sim)
 }
 
@@ -156,6 +161,22 @@ impl Sim {
         names
     }
 
+    fn uazapi_instances(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, uazapi::Instance>> {
+        self.uazapi_instances.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A UAZAPI instance that exists already, connected, with this token.
+    pub fn add_uazapi_instance(&self, token: &str) {
+        self.uazapi_instances().insert(token.to_owned(), uazapi::Instance::connected("existing"));
+    }
+
+    /// The names of the UAZAPI instances that exist now.
+    pub fn uazapi_instance_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.uazapi_instances().values().map(|i| i.name().to_owned()).collect();
+        names.sort();
+        names
+    }
+
     /// The WAHA sessions that exist now.
     pub fn waha_session_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.waha_sessions().keys().cloned().collect();
@@ -207,35 +228,6 @@ async fn cloud_send(
     let id = format!("wamid.{}", uuid::Uuid::new_v4().simple());
     Json(json!({"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": to}], "messages": [{"id": id}]}))
         .into_response()
-}
-
-/// UAZAPI `send/text` / `send/media` (header `token`).
-async fn uazapi_send(
-    State(sim): State<Arc<Sim>>,
-    Path(route): Path<String>,
-    headers: HeaderMap,
-    body: Option<Json<Value>>,
-) -> Response {
-    let error = |status: u16, message: &str| {
-        (StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST), Json(json!({"error": message})))
-            .into_response()
-    };
-    let token = headers.get("token").and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let Some(Json(body)) = body else { return error(400, "Missing number or text") };
-    sim.record("uazapi", format!("/send/{route}"), token.clone(), &body);
-    if token.is_none() {
-        return error(401, "missing token");
-    }
-    if let Some(f) = sim.next_fault() {
-        return error(f.status, &f.message.unwrap_or_else(|| "simulated error".into()));
-    }
-    let Some(number) = body["number"].as_str().map(str::to_owned) else { return error(400, "Missing number or text") };
-    let id = format!("3EB0{}", uuid::Uuid::new_v4().simple().to_string()[..16].to_uppercase());
-    let chat = if number.contains('@') { number } else { format!("{number}@s.whatsapp.net") };
-    let sent = json!({"id": format!("5581900000000:{id}"), "messageid": id, "chatid": chat, "fromMe": true,
-        "messageType": if route == "text" { "Conversation" } else { "ImageMessage" }, "messageTimestamp": 1769798428000u64,
-        "wasSentByApi": true, "response": {"status": "success", "message": "Message sent successfully"}});
-    Json(sent).into_response()
 }
 
 async fn add_faults(State(sim): State<Arc<Sim>>, Json(faults): Json<Vec<Fault>>) -> StatusCode {

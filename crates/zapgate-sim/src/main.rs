@@ -15,12 +15,14 @@ use std::time::Duration;
 ///   POST /api/sessions, GET /api/sessions[/{s}], DELETE /api/sessions/{s},
 ///   POST /api/sessions/{s}/logout, GET /api/{s}/auth/qr,
 ///   POST /api/{sendText|sendImage|sendVideo|sendFile}   WAHA (X-Api-Key)
+///   POST /instance/init, GET /instance/all (admintoken header), POST /instance/connect,
+///   GET /instance/status, POST /instance/disconnect, DELETE /instance,
 ///   POST /send/{text|media}                         UAZAPI (token header)
 ///   POST /_sim/faults    queue answers for the next calls, e.g.
 ///                        [{"status":429,"code":130429,"retry_after":1},{"status":500,"code":0}]
 ///   GET  /_sim/received  every call received (path, token, body)
 ///
-/// New WAHA sessions and Evolution instances wait for a QR scan; the scan
+/// New WAHA sessions, Evolution and UAZAPI instances wait for a QR scan; the scan
 /// "happens" --qr-scan-after the QR code is first fetched. The WAHA session
 /// `default` exists from the start, connected.
 ///

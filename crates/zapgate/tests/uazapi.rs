@@ -18,6 +18,7 @@ async fn sends_use_the_instance_token_and_messageid_and_errors_are_classified() 
     )
     .await;
     let (s, sim, token, ins) = (&p.server, &p.sim, &p.token, &p.instance);
+    sim.add_uazapi_instance("inst-tok");
     let id = s.send_text(token, ins, "+5511999998888", "Olá").await;
     let m = s.wait_status(token, &id, &["sent"], WAIT).await;
     let pid = m["provider_message_id"].as_str().unwrap();

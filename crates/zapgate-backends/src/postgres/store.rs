@@ -150,6 +150,15 @@ impl Store for PgBackend {
         row.as_ref().map(rows::instance).transpose()
     }
 
+    async fn set_provider_config(&self, id: &InstanceId, config: serde_json::Value) -> Result<(), StoreError> {
+        sqlx::query("UPDATE instances SET provider_config = $1 WHERE id = $2")
+            .bind(config.to_string())
+            .bind(id.as_str())
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
     async fn accept(&self, msg: AcceptMessage) -> Result<Accepted, StoreError> {
         // Group commit: see `accepts.rs`.
         let accepted = self.accepts.accept(msg).await?;

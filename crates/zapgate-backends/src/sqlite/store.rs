@@ -165,6 +165,16 @@ impl Store for SqliteBackend {
             .await
     }
 
+    async fn set_provider_config(&self, id: &InstanceId, config: serde_json::Value) -> Result<(), StoreError> {
+        let id = id.to_string();
+        self.writer
+            .write(Box::new(move |conn| {
+                exec(conn, "UPDATE instances SET provider_config = ? WHERE id = ?", params![config.to_string(), id])?;
+                Ok(())
+            }))
+            .await
+    }
+
     async fn delete_instance(&self, tenant: &TenantId, id: &InstanceId, now: Timestamp) -> Result<bool, StoreError> {
         let (tenant, id) = (tenant.to_string(), id.to_string());
         self.writer

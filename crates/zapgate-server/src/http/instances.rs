@@ -150,9 +150,17 @@ pub async fn create(
         };
         let rec = s.backends.pools.place_instance(new, Placement { kind: body.provider, provider_id }).await?;
         // zapgate owns the session on a pool server: it is made there now.
-        if let Err(e) = super::sessions::call(provider.create_session(&rec.provider_config)).await {
-            s.backends.store.delete_instance(&rec.tenant_id, &rec.id, Timestamp::now()).await?;
-            return Err(e.into());
+        let mut rec = rec;
+        match super::sessions::call(provider.create_session(&rec.provider_config)).await {
+            Ok(None) => {}
+            Ok(Some(handed_out)) => {
+                rec.provider_config = zapgate_domain::json::merged(&rec.provider_config, &handed_out);
+                s.backends.store.set_provider_config(&rec.id, rec.provider_config.clone()).await?;
+            }
+            Err(e) => {
+                s.backends.store.delete_instance(&rec.tenant_id, &rec.id, Timestamp::now()).await?;
+                return Err(e.into());
+            }
         }
         s.work.mark(rec.id.clone());
         return Ok((StatusCode::CREATED, Json(rec)));

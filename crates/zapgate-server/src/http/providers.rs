@@ -18,13 +18,14 @@ const DEFAULT_CAPACITY: u32 = 100;
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateProvider {
-    /// `evolution` or `waha`.
+    /// `evolution`, `uazapi` or `waha`.
     pub kind: String,
     /// Display name, 1–100 characters.
     pub name: String,
     /// The server, e.g. `https://waha.example.com`.
     pub base_url: String,
-    /// Its API key (Evolution: the global `apikey`; WAHA: `X-Api-Key`, if set). Never shown again.
+    /// Its key (Evolution: the global `apikey`; WAHA: `X-Api-Key`, if set;
+    /// UAZAPI: the `admintoken`, required). Never shown again.
     pub api_key: Option<String>,
     /// Most instances placed on it (default 100).
     pub capacity: Option<u32>,
@@ -70,9 +71,11 @@ fn check_capacity(v: u32) -> ApiResult<u32> {
 fn check_settings(s: &AppState, kind: &str, settings: &Value) -> ApiResult<Value> {
     let provider = s.providers.get(kind).filter(|p| p.placed_config(&InstanceId::generate()).is_some());
     let Some(provider) = provider else {
-        return Err(
-            ValidationError::new("kind", format!("{kind:?} cannot be pooled; pooled kinds: evolution, waha")).into()
-        );
+        return Err(ValidationError::new(
+            "kind",
+            format!("{kind:?} cannot be pooled; pooled kinds: evolution, uazapi, waha"),
+        )
+        .into());
     };
     let sample =
         zapgate_backends::pools::merged(&provider.placed_config(&InstanceId::generate()).unwrap_or_default(), settings);

@@ -64,8 +64,8 @@ pub async fn connection(provider: &dyn Provider, rec: &InstanceRecord) -> Option
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct QrCode {
-    /// The string the QR code encodes.
-    pub qr: String,
+    /// The string the QR code encodes (null when the provider gives only the image).
+    pub qr: Option<String>,
     /// The QR code as a PNG data URL.
     pub image: String,
 }
