@@ -98,6 +98,23 @@ pub trait ProviderPools: Send + Sync + 'static {
 
 pub use zapgate_domain::json::merged;
 
+/// The pool `placement` goes to among `pools` (healthy and enabled, least
+/// loaded first), and the instance record with that pool's settings.
+pub fn placed(
+    new: NewInstance,
+    pools: Vec<ProviderRecord>,
+    placement: &Placement,
+) -> Result<InstanceRecord, StoreError> {
+    let chosen = pools
+        .into_iter()
+        .filter(|p| placement.provider_id.as_ref().is_none_or(|id| id == &p.id))
+        .find(|p| p.instances < p.capacity)
+        .ok_or_else(|| no_capacity(placement))?;
+    let mut rec = new.into_record(Some(chosen.id));
+    rec.provider_config = merged(&rec.provider_config, &chosen.settings);
+    Ok(rec)
+}
+
 /// Why no pool could take an instance, for the error message.
 pub fn no_capacity(placement: &Placement) -> StoreError {
     StoreError::NoCapacity(match &placement.provider_id {

@@ -62,6 +62,25 @@ pub struct NewInstance {
     pub provider_config: serde_json::Value,
 }
 
+impl NewInstance {
+    /// The record it is stored as (`provider_id`: the pool it was placed on).
+    pub fn into_record(self, provider_id: Option<ProviderId>) -> InstanceRecord {
+        InstanceRecord {
+            id: self.id,
+            tenant_id: self.tenant_id,
+            name: self.name,
+            provider: self.provider,
+            provider_id,
+            phone_number_id: self.phone_number_id,
+            waba_id: self.waba_id,
+            rate_per_sec: self.rate_per_sec,
+            burst: self.burst,
+            provider_config: self.provider_config,
+            created_at: Timestamp::now(),
+        }
+    }
+}
+
 /// Fields of an instance that may change; `None` keeps the current value.
 #[derive(Debug, Clone, Default)]
 pub struct InstanceChange {

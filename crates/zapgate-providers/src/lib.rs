@@ -126,6 +126,28 @@ pub struct Qr {
     pub png: Vec<u8>,
 }
 
+impl Qr {
+    /// From a PNG data URL (`data:image/png;base64,…`) as providers answer.
+    pub(crate) fn from_data_url(raw: Option<String>, image: &str) -> Result<Qr, ProviderError> {
+        use base64::Engine;
+        let data = image.split_once("base64,").map_or(image, |(_, d)| d);
+        let png = base64::engine::general_purpose::STANDARD.decode(data).map_err(|e| ProviderError::Unavailable {
+            code: "bad_response".into(),
+            message: format!("the QR image is not base64: {e}"),
+            retry_after: None,
+        })?;
+        Ok(Qr { raw, png })
+    }
+
+    /// The refusal when the session is not waiting for a scan (`state`: as the provider says).
+    pub(crate) fn not_waiting(state: Option<&str>) -> ProviderError {
+        ProviderError::Rejected {
+            code: "not_waiting_for_qr".into(),
+            message: format!("the instance is {}", state.unwrap_or("not waiting for a QR code")),
+        }
+    }
+}
+
 /// Where providers push status reports; the event processor drains it.
 pub type StatusSink = tokio::sync::mpsc::UnboundedSender<StatusReport>;
 

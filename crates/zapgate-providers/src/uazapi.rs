@@ -14,7 +14,6 @@
 
 use crate::{Connection, ConnectionState, OutboundMessage, Provider, ProviderError, Qr, SendAccepted};
 use async_trait::async_trait;
-use base64::Engine;
 use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -212,21 +211,9 @@ impl Provider for Uazapi {
         }
         let json = answer.json();
         let Some(image) = json["instance"]["qrcode"].as_str().filter(|q| !q.is_empty()) else {
-            return Err(ProviderError::Rejected {
-                code: "not_waiting_for_qr".into(),
-                message: format!(
-                    "the instance is {}",
-                    json["instance"]["status"].as_str().unwrap_or("not waiting for a QR code")
-                ),
-            });
+            return Err(Qr::not_waiting(json["instance"]["status"].as_str()));
         };
-        let data = image.split_once("base64,").map_or(image, |(_, d)| d);
-        let png = base64::engine::general_purpose::STANDARD.decode(data).map_err(|e| ProviderError::Unavailable {
-            code: "bad_response".into(),
-            message: format!("the QR image is not base64: {e}"),
-            retry_after: None,
-        })?;
-        Ok(Qr { raw: None, png })
+        Qr::from_data_url(None, image)
     }
 
     async fn logout(&self, config: &Value) -> Result<(), ProviderError> {

@@ -5,7 +5,7 @@
 
 use super::PgBackend;
 use super::rows::provider;
-use super::store::{insert_instance, new_instance_record};
+use super::store::insert_instance;
 use crate::pools::*;
 use crate::{InstanceRecord, NewInstance, StoreError};
 use async_trait::async_trait;
@@ -147,13 +147,7 @@ impl ProviderPools for PgBackend {
         );
         let rows = sqlx::query(AssertSqlSafe(sql)).bind(&placement.kind).fetch_all(&mut *tx).await?;
         let pools = rows.iter().map(provider).collect::<Result<Vec<_>, _>>()?;
-        let chosen = pools
-            .into_iter()
-            .filter(|p| placement.provider_id.as_ref().is_none_or(|id| id == &p.id))
-            .find(|p| p.instances < p.capacity)
-            .ok_or_else(|| no_capacity(&placement))?;
-        let mut rec = new_instance_record(new, Some(chosen.id));
-        rec.provider_config = merged(&rec.provider_config, &chosen.settings);
+        let rec = placed(new, pools, &placement)?;
         insert_instance(&mut tx, &rec).await?;
         tx.commit().await?;
         Ok(rec)

@@ -100,7 +100,7 @@ impl Store for PgBackend {
     }
 
     async fn create_instance(&self, new: NewInstance) -> Result<InstanceRecord, StoreError> {
-        let r = new_instance_record(new, None);
+        let r = new.into_record(None);
         insert_instance(&mut *self.pool().acquire().await?, &r).await?;
         Ok(r)
     }
@@ -905,23 +905,6 @@ async fn apply_parked(conn: &mut PgConnection, provider_message_id: &str) -> Res
         Box::pin(apply_status(&mut *conn, r)).await?;
     }
     Ok(())
-}
-
-/// The record a new instance is stored as (`provider_id`: the pool it was placed on).
-pub(super) fn new_instance_record(new: NewInstance, provider_id: Option<zapgate_domain::ProviderId>) -> InstanceRecord {
-    InstanceRecord {
-        id: new.id,
-        tenant_id: new.tenant_id,
-        name: new.name,
-        provider: new.provider,
-        provider_id,
-        phone_number_id: new.phone_number_id,
-        waba_id: new.waba_id,
-        rate_per_sec: new.rate_per_sec,
-        burst: new.burst,
-        provider_config: new.provider_config,
-        created_at: Timestamp::now(),
-    }
 }
 
 pub(super) async fn insert_instance(conn: &mut sqlx::PgConnection, r: &InstanceRecord) -> Result<(), StoreError> {

@@ -3,7 +3,7 @@
 
 use super::SqliteBackend;
 use super::rows::{all, exec, one, provider};
-use super::store::{insert_instance, new_instance_record};
+use super::store::insert_instance;
 use crate::pools::*;
 use crate::{InstanceRecord, NewInstance, StoreError};
 use async_trait::async_trait;
@@ -126,13 +126,7 @@ impl ProviderPools for SqliteBackend {
                      ORDER BY instances, id"
                 );
                 let pools = all(conn, &sql, [&placement.kind], provider)?;
-                let chosen = pools
-                    .into_iter()
-                    .filter(|p| placement.provider_id.as_ref().is_none_or(|id| id == &p.id))
-                    .find(|p| p.instances < p.capacity)
-                    .ok_or_else(|| no_capacity(&placement))?;
-                let mut rec = new_instance_record(new, Some(chosen.id));
-                rec.provider_config = merged(&rec.provider_config, &chosen.settings);
+                let rec = placed(new, pools, &placement)?;
                 insert_instance(conn, &rec)?;
                 Ok(rec)
             }))

@@ -108,7 +108,7 @@ impl Store for SqliteBackend {
     }
 
     async fn create_instance(&self, new: NewInstance) -> Result<InstanceRecord, StoreError> {
-        let rec = new_instance_record(new, None);
+        let rec = new.into_record(None);
         let r = rec.clone();
         self.writer.write(Box::new(move |conn| insert_instance(conn, &r))).await?;
         Ok(rec)
@@ -781,23 +781,6 @@ fn apply_parked(conn: &Connection, provider_message_id: &str) -> Result<(), Stor
         apply_status(conn, r)?;
     }
     Ok(())
-}
-
-/// The record a new instance is stored as (`provider_id`: the pool it was placed on).
-pub(super) fn new_instance_record(new: NewInstance, provider_id: Option<zapgate_domain::ProviderId>) -> InstanceRecord {
-    InstanceRecord {
-        id: new.id,
-        tenant_id: new.tenant_id,
-        name: new.name,
-        provider: new.provider,
-        provider_id,
-        phone_number_id: new.phone_number_id,
-        waba_id: new.waba_id,
-        rate_per_sec: new.rate_per_sec,
-        burst: new.burst,
-        provider_config: new.provider_config,
-        created_at: Timestamp::now(),
-    }
 }
 
 pub(super) fn insert_instance(conn: &Connection, r: &InstanceRecord) -> Result<(), StoreError> {
