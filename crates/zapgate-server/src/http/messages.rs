@@ -141,11 +141,12 @@ impl KeyClaim {
 }
 
 impl Drop for KeyClaim {
-    /// A request dropped midway (the client went away) releases in the background.
+    /// A request dropped midway (the client went away) releases in the
+    /// background; with no runtime left (shutdown) the lock's TTL does it.
     fn drop(&mut self) {
-        if let Some(token) = self.token.take() {
+        if let (Some(token), Ok(rt)) = (self.token.take(), tokio::runtime::Handle::try_current()) {
             let (locks, name) = (self.locks.clone(), std::mem::take(&mut self.name));
-            tokio::spawn(async move { locks.release(&name, token).await });
+            rt.spawn(async move { locks.release(&name, token).await });
         }
     }
 }
