@@ -31,16 +31,7 @@ async fn rabbitmq_going_away_mid_run_loses_nothing() {
     let api = Arc::new(Server::start_role("api", dir.clone(), &env).await);
     let _worker = Server::start_role("worker", dir.clone(), &env).await;
     let relay = Server::start_role("relay", dir.clone(), &env).await;
-    let mut tenants = Vec::new();
-    for name in ["a", "b", "c"] {
-        tenants.push(api.tenant_with_instance(name, 200).await);
-    }
-    let per_tenant = scaled(300).max(60);
-    let total = per_tenant * tenants.len();
-    let sending = tokio::spawn({
-        let (api, tenants) = (api.clone(), tenants.clone());
-        async move { accept_all(&api, &tenants, per_tenant).await }
-    });
+    let (sending, total) = send_in_background(&api, &["a", "b", "c"], 200, scaled(300).max(60)).await;
 
     // A restart, as the clients see it: every connection drops at once.
     wait_receipts(&api, total / 5).await;
@@ -48,15 +39,7 @@ async fn rabbitmq_going_away_mid_run_loses_nothing() {
     // Down for a while: the API still accepts (into the outbox), the relay says so.
     wait_receipts(&api, total / 3).await;
     proxy.stop();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while relay.readiness("rabbitmq").await != "degraded/down" {
-        assert!(
-            Instant::now() < deadline,
-            "the relay never reported RabbitMQ down: {}",
-            relay.readiness("rabbitmq").await
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_readiness(&[&relay], "rabbitmq", "degraded/down").await;
     let during = api.receipts().len();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     proxy.resume().await.unwrap();
@@ -78,16 +61,7 @@ async fn a_relay_killed_by_sigkill_loses_nothing() {
     let api = Arc::new(Server::start_role("api", dir.clone(), &env).await);
     let _worker = Server::start_role("worker", dir.clone(), &env).await;
     let mut relays = Server::start_relays(2, dir.clone(), &env).await;
-    let mut tenants = Vec::new();
-    for name in ["a", "b", "c", "d"] {
-        tenants.push(api.tenant_with_instance(name, 300).await);
-    }
-    let per_tenant = scaled(400).max(60);
-    let total = per_tenant * tenants.len();
-    let sending = tokio::spawn({
-        let (api, tenants) = (api.clone(), tenants.clone());
-        async move { accept_all(&api, &tenants, per_tenant).await }
-    });
+    let (sending, total) = send_in_background(&api, &["a", "b", "c", "d"], 300, scaled(400).max(60)).await;
     wait_receipts(&api, total / 4).await;
     relays[0].kill();
     let accepted = sending.await.unwrap();
@@ -175,16 +149,7 @@ async fn rabbitmq_restarting_mid_run_loses_nothing() {
     let api = Arc::new(Server::start_role("api", dir.clone(), &env).await);
     let worker = Server::start_role("worker", dir.clone(), &env).await;
     let relays = Server::start_relays(1, dir.clone(), &env).await;
-    let mut tenants = Vec::new();
-    for name in ["a", "b", "c"] {
-        tenants.push(api.tenant_with_instance(name, 200).await);
-    }
-    let per_tenant = scaled(300).max(60);
-    let total = per_tenant * tenants.len();
-    let sending = tokio::spawn({
-        let (api, tenants) = (api.clone(), tenants.clone());
-        async move { accept_all(&api, &tenants, per_tenant).await }
-    });
+    let (sending, total) = send_in_background(&api, &["a", "b", "c"], 200, scaled(300).max(60)).await;
 
     wait_receipts(&api, total / 5).await;
     let stop = rabbitmqctl(&["stop_app"]).expect("rabbitmqctl reaches the node");
@@ -192,13 +157,7 @@ async fn rabbitmq_restarting_mid_run_loses_nothing() {
     let restarted = scopeguard(|| {
         let _ = rabbitmqctl(&["start_app"]);
     });
-    for server in [&relays[0], &worker] {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while server.readiness("rabbitmq").await != "degraded/down" {
-            assert!(Instant::now() < deadline, "RabbitMQ never reported down: {}", server.readiness("rabbitmq").await);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+    wait_readiness(&[&relays[0], &worker], "rabbitmq", "degraded/down").await;
     let during = api.receipts().len();
     drop(restarted);
     let up = rabbitmqctl(&["await_startup"]).expect("rabbitmqctl reaches the node");

@@ -11,7 +11,7 @@ mod common;
 
 use common::*;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use zapgate_sim::redis_server::RedisServer;
 
 /// A Redis of the test's own, or None (with the reason printed) when the
@@ -29,16 +29,6 @@ async fn own_redis(test: &str) -> Option<RedisServer> {
     Some(redis)
 }
 
-async fn wait_readiness(servers: &[&Server], want: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    for server in servers {
-        while server.readiness("redis").await != want {
-            assert!(Instant::now() < deadline, "readiness never became {want}: {}", server.readiness("redis").await);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
 #[tokio::test]
 async fn redis_restarting_mid_run_loses_nothing() {
     let Some(mut redis) = own_redis("redis_restarting_mid_run_loses_nothing").await else { return };
@@ -54,28 +44,19 @@ async fn redis_restarting_mid_run_loses_nothing() {
     let workers =
         [Server::start_role("worker", dir.clone(), &env).await, Server::start_role("worker", dir.clone(), &env).await];
     let _relays = Server::start_relays(1, dir.clone(), &env).await;
-    wait_readiness(&[&api, &workers[0], &workers[1]], "ok/ok").await;
-    let mut tenants = Vec::new();
-    for name in ["a", "b", "c"] {
-        tenants.push(api.tenant_with_instance(name, 300).await);
-    }
-    let per_tenant = scaled(300).max(60);
-    let total = per_tenant * tenants.len();
-    let sending = tokio::spawn({
-        let (api, tenants) = (api.clone(), tenants.clone());
-        async move { accept_all(&api, &tenants, per_tenant).await }
-    });
+    wait_readiness(&[&api, &workers[0], &workers[1]], "redis", "ok/ok").await;
+    let (sending, total) = send_in_background(&api, &["a", "b", "c"], 300, scaled(300).max(60)).await;
 
     wait_receipts(&api, total / 5).await;
     redis.kill();
-    wait_readiness(&[&api, &workers[0], &workers[1]], "degraded/down").await;
+    wait_readiness(&[&api, &workers[0], &workers[1]], "redis", "degraded/down").await;
     // Sends go on without Redis (the pacing and the locks fall back).
     let during = api.receipts().len();
     wait_receipts(&api, during + total / 10).await;
 
     let redis = RedisServer::start(redis.port()).expect("redis-server starts again");
     redis.wait_until_up().await;
-    wait_readiness(&[&api, &workers[0], &workers[1]], "ok/ok").await;
+    wait_readiness(&[&api, &workers[0], &workers[1]], "redis", "ok/ok").await;
 
     let accepted = sending.await.unwrap();
     assert_eq!(accepted.len(), total, "the API accepted every message while Redis was away");
@@ -121,7 +102,7 @@ async fn tenant_limits_hold_through_a_redis_restart() {
     assert_eq!(accepted_until_429(&b, &token, &ins).await, 0, "the other process shares the spent quota");
 
     redis.kill();
-    wait_readiness(&[&a, &b], "degraded/down").await;
+    wait_readiness(&[&a, &b], "redis", "degraded/down").await;
     // Each process now limits on its own, from a fresh quota: still refused past it.
     for api in [&a, &b] {
         let n = accepted_until_429(api, &token, &ins).await;
@@ -130,7 +111,7 @@ async fn tenant_limits_hold_through_a_redis_restart() {
 
     let redis = RedisServer::start(redis.port()).expect("redis-server starts again");
     redis.wait_until_up().await;
-    wait_readiness(&[&a, &b], "ok/ok").await;
+    wait_readiness(&[&a, &b], "redis", "ok/ok").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let on_a = accepted_until_429(&a, &token, &ins).await;
     assert!((1..=2).contains(&on_a), "a fresh quota in the empty Redis: {on_a}");

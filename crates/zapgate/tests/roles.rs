@@ -213,21 +213,7 @@ async fn fault_mid_run(fault: Fault<'_>) {
         tenants.push(api.tenant_with_instance(name, 400).await);
     }
     let api = Arc::new(api);
-    let mut tasks = Vec::new();
-    for (t, (token, ins)) in tenants.iter().enumerate() {
-        let (api, token, ins) = (api.clone(), token.clone(), ins.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut ids = Vec::new();
-            for n in 0..per_tenant {
-                ids.push(api.send_text(&token, &ins, &format!("+55{}1{n:09}", 11 + t), "x").await);
-            }
-            ids
-        }));
-    }
-    let mut accepted: Vec<(String, String)> = Vec::new();
-    for (t, task) in tasks.into_iter().enumerate() {
-        accepted.extend(task.await.unwrap().into_iter().map(|id| (tenants[t].0.clone(), id)));
-    }
+    let accepted = accept_all(&api, &tenants, per_tenant).await;
     let total = accepted.len();
     match fault {
         Fault::Sigkill => {

@@ -541,6 +541,40 @@ pub async fn sim_provider(
     SimProvider { server, sim, token, instance }
 }
 
+/// Waits (up to 20 s) until each of `servers` reads `want` (e.g.
+/// `degraded/down`) in `/health/ready` for `backend`.
+pub async fn wait_readiness(servers: &[&Server], backend: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for server in servers {
+        while server.readiness(backend).await != want {
+            assert!(
+                Instant::now() < deadline,
+                "{backend} readiness never became {want}: {}",
+                server.readiness(backend).await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// A tenant with an instance paced at `rate` for each of `names`, and a task
+/// accepting `per_tenant` messages for each of them concurrently (see
+/// [`accept_all`]); the task and how many messages it sends in all.
+pub async fn send_in_background(
+    api: &Arc<Server>,
+    names: &[&str],
+    rate: u32,
+    per_tenant: usize,
+) -> (tokio::task::JoinHandle<Vec<(String, String)>>, usize) {
+    let mut tenants = Vec::new();
+    for name in names {
+        tenants.push(api.tenant_with_instance(name, rate).await);
+    }
+    let total = per_tenant * tenants.len();
+    let api = api.clone();
+    (tokio::spawn(async move { accept_all(&api, &tenants, per_tenant).await }), total)
+}
+
 /// Accepts `per_tenant` messages for each of `tenants` concurrently; their ids.
 pub async fn accept_all(api: &Arc<Server>, tenants: &[(String, String)], per_tenant: usize) -> Vec<(String, String)> {
     let mut tasks = Vec::new();
