@@ -124,58 +124,38 @@ pub async fn create(
     let id = InstanceId::generate();
     let no_config = body.config.is_null() || body.config.as_object().is_some_and(|o| o.is_empty());
     let placed = provider.placed_config(&id).filter(|_| no_config || body.provider_id.is_some());
-    if let Some(own) = placed {
-        if !no_config {
-            return Err(ValidationError::new(
-                "config",
-                "an instance placed on a provider server takes its settings from it",
-            )
-            .into());
-        }
-        let provider_id = body
-            .provider_id
-            .map(|raw| ProviderId::parse(&raw).ok_or_else(|| ValidationError::new("provider_id", "no such provider")))
-            .transpose()?;
-        let (rate, burst) = pace(&s, provider.as_ref(), body.rate_limit_per_second, body.burst)?;
-        let new = NewInstance {
-            id,
-            tenant_id: tenant,
-            name,
-            provider: body.provider.clone(),
-            phone_number_id: numeric_id(),
-            waba_id: numeric_id(),
-            rate_per_sec: rate,
-            burst,
-            provider_config: own,
-        };
-        let rec = s.backends.pools.place_instance(new, Placement { kind: body.provider, provider_id }).await?;
-        // zapgate owns the session on a pool server: it is made there now.
-        let mut rec = rec;
-        match super::sessions::call(provider.create_session(&rec.provider_config)).await {
-            Ok(None) => {}
-            Ok(Some(handed_out)) => {
-                rec.provider_config = zapgate_domain::json::merged(&rec.provider_config, &handed_out);
-                s.backends.store.set_provider_config(&rec.id, rec.provider_config.clone()).await?;
+    let (config, placement) = match placed {
+        Some(own) => {
+            if !no_config {
+                return Err(ValidationError::new(
+                    "config",
+                    "an instance placed on a provider server takes its settings from it",
+                )
+                .into());
             }
-            Err(e) => {
-                s.backends.store.delete_instance(&rec.tenant_id, &rec.id, Timestamp::now()).await?;
-                return Err(e.into());
-            }
+            let provider_id = body
+                .provider_id
+                .map(|raw| {
+                    ProviderId::parse(&raw).ok_or_else(|| ValidationError::new("provider_id", "no such provider"))
+                })
+                .transpose()?;
+            (own, Some(Placement { kind: body.provider.clone(), provider_id }))
         }
-        s.work.mark(rec.id.clone());
-        return Ok((StatusCode::CREATED, Json(rec)));
-    }
-    if body.provider_id.is_some() {
-        return Err(ValidationError::new(
-            "provider_id",
-            format!("{} instances are not placed on provider servers", body.provider),
-        )
-        .into());
-    }
-    let config = provider.check_config(&body.config).map_err(|e| ValidationError::new("config", e))?;
-    if let Some(base) = config.get("base_url").and_then(|v| v.as_str()) {
-        s.egress.check_url(base).map_err(|e| ValidationError::new("config.base_url", e.to_string()))?;
-    }
+        None => {
+            if body.provider_id.is_some() {
+                return Err(ValidationError::new(
+                    "provider_id",
+                    format!("{} instances are not placed on provider servers", body.provider),
+                )
+                .into());
+            }
+            let config = provider.check_config(&body.config).map_err(|e| ValidationError::new("config", e))?;
+            if let Some(base) = config.get("base_url").and_then(|v| v.as_str()) {
+                s.egress.check_url(base).map_err(|e| ValidationError::new("config.base_url", e.to_string()))?;
+            }
+            (config, None)
+        }
+    };
     // Providers that own real numbers (Cloud API) bring their own ids.
     let real_id = |k: &str| config.get(k).and_then(|v| v.as_str()).map(str::to_owned);
     let (rate, burst) = pace(&s, provider.as_ref(), body.rate_limit_per_second, body.burst)?;
@@ -190,9 +170,36 @@ pub async fn create(
         burst,
         provider_config: config,
     };
-    let rec = s.backends.store.create_instance(new).await?;
+    let rec = match placement {
+        Some(placement) => create_on_pool(&s, provider.as_ref(), new, placement).await?,
+        None => s.backends.store.create_instance(new).await?,
+    };
     s.work.mark(rec.id.clone());
     Ok((StatusCode::CREATED, Json(rec)))
+}
+
+/// Places `new` on a pool server and makes its session there: zapgate owns
+/// it. Settings the server hands out (UAZAPI's token) are kept; if the
+/// server cannot make it, the instance is deleted again.
+async fn create_on_pool(
+    s: &AppState,
+    provider: &dyn Provider,
+    new: NewInstance,
+    placement: Placement,
+) -> ApiResult<InstanceRecord> {
+    let mut rec = s.backends.pools.place_instance(new, placement).await?;
+    match super::sessions::call(provider.create_session(&rec.provider_config)).await {
+        Ok(None) => {}
+        Ok(Some(handed_out)) => {
+            rec.provider_config = zapgate_domain::json::merged(&rec.provider_config, &handed_out);
+            s.backends.store.set_provider_config(&rec.id, rec.provider_config.clone()).await?;
+        }
+        Err(e) => {
+            s.backends.store.delete_instance(&rec.tenant_id, &rec.id, Timestamp::now()).await?;
+            return Err(e.into());
+        }
+    }
+    Ok(rec)
 }
 
 /// A new instance's pace: as asked, else its provider's default (Cloud API

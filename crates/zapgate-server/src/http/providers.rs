@@ -69,16 +69,15 @@ fn check_capacity(v: u32) -> ApiResult<u32> {
 /// The pool settings, checked the way an instance placed on it would be:
 /// by its provider's `check_config`, and the URL by the egress rules.
 fn check_settings(s: &AppState, kind: &str, settings: &Value) -> ApiResult<Value> {
-    let provider = s.providers.get(kind).filter(|p| p.placed_config(&InstanceId::generate()).is_some());
-    let Some(provider) = provider else {
+    let pooled = s.providers.get(kind).and_then(|p| Some((p.placed_config(&InstanceId::generate())?, p)));
+    let Some((instance_settings, provider)) = pooled else {
         return Err(ValidationError::new(
             "kind",
             format!("{kind:?} cannot be pooled; pooled kinds: evolution, uazapi, waha"),
         )
         .into());
     };
-    let sample =
-        zapgate_backends::pools::merged(&provider.placed_config(&InstanceId::generate()).unwrap_or_default(), settings);
+    let sample = zapgate_backends::pools::merged(&instance_settings, settings);
     let checked = provider.check_config(&sample).map_err(|e| ValidationError::new("settings", e))?;
     let base = checked.get("base_url").and_then(Value::as_str).unwrap_or_default();
     s.egress.check_url(base).map_err(|e| ValidationError::new("base_url", e.to_string()))?;
