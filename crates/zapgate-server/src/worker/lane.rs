@@ -124,9 +124,16 @@ impl Lane {
 
 /// What a lane sends with; rebuilt when the lane is retuned.
 struct Tuned {
+    target: Target,
+    limiter: DefaultDirectRateLimiter,
+}
+
+/// What each send goes to (a copy per send: a retune does not touch sends
+/// already under way).
+#[derive(Clone)]
+struct Target {
     instance: InstanceRecord,
     provider: Option<Arc<dyn Provider>>,
-    limiter: DefaultDirectRateLimiter,
     /// Per-recipient pacing, for pair-limited providers.
     pairs: Option<Arc<PairLimiter>>,
 }
@@ -141,7 +148,7 @@ impl Tuned {
             (Some(p), Some(q)) if p.pair_limited() => Some(Arc::new(RateLimiter::keyed(q))),
             _ => None,
         };
-        Self { instance, provider, limiter, pairs }
+        Self { target: Target { instance, provider, pairs }, limiter }
     }
 }
 
@@ -161,7 +168,7 @@ async fn run(
                 code: "instance_deleted".into(),
                 message: "the instance was deleted before the message was sent".into(),
             };
-            if finish(&ctx, &tuned.instance, &msg, cancelled, &pending).await
+            if finish(&ctx, &tuned.target.instance, &msg, cancelled, &pending).await
                 && let Some(f) = on_stored
             {
                 f();
@@ -181,35 +188,22 @@ async fn run(
             tuned = Tuned::new(&ctx, config.borrow_and_update().clone());
         }
         let permit = slots.clone().acquire_owned().await.expect("the semaphore is never closed");
-        let (instance, provider) = (tuned.instance.clone(), tuned.provider.clone());
-        let pairs = tuned.pairs.clone();
-        sends.spawn(send_one(ctx.clone(), instance, provider, pairs, msg, permit, pending.clone(), on_stored));
+        sends.spawn(send_one(ctx.clone(), tuned.target.clone(), msg, permit, pending.clone(), on_stored));
         while sends.try_join_next().is_some() {}
     }
     while sends.join_next().await.is_some() {}
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn send_one(
     ctx: Arc<WorkerCtx>,
-    instance: InstanceRecord,
-    provider: Option<Arc<dyn Provider>>,
-    pairs: Option<Arc<PairLimiter>>,
+    target: Target,
     msg: MessageRecord,
     _slot: OwnedSemaphorePermit,
     pending: Arc<AtomicUsize>,
     on_stored: Option<OnStored>,
 ) {
-    let result = match pairs.as_deref().and_then(|p| pair_wait(p, &msg)) {
-        Some(wait) => SendResult::Retry {
-            retry_at: Timestamp::now().plus_millis(wait.as_millis().max(1) as i64),
-            spend_attempt: false,
-            code: "pair_rate_limit".into(),
-            message: "this recipient got its share of messages for now (the provider's pair rate limit)".into(),
-        },
-        None => attempt(&ctx, &instance, provider.as_deref(), &msg).await,
-    };
-    if finish(&ctx, &instance, &msg, result, &pending).await
+    let result = attempt(&ctx, &target, &msg).await;
+    if finish(&ctx, &target.instance, &msg, result, &pending).await
         && let Some(f) = on_stored
     {
         f();
@@ -257,13 +251,14 @@ async fn finish(
     stored
 }
 
-/// Calls the provider (unless the message expired) and classifies the result.
-async fn attempt(
-    ctx: &WorkerCtx,
-    instance: &InstanceRecord,
-    provider: Option<&dyn Provider>,
-    msg: &MessageRecord,
-) -> SendResult {
+/// Calls the provider (unless the recipient must wait its turn, the message
+/// expired or the circuit is open) and classifies the result.
+async fn attempt(ctx: &WorkerCtx, target: &Target, msg: &MessageRecord) -> SendResult {
+    if let Some(wait) = target.pairs.as_deref().and_then(|p| pair_wait(p, msg)) {
+        let message = "this recipient got its share of messages for now (the provider's pair rate limit)";
+        return wait_unspent(wait, "pair_rate_limit", message.into());
+    }
+    let (instance, provider) = (&target.instance, target.provider.as_deref());
     let now = Timestamp::now();
     if msg.expires_at.is_some_and(|e| e <= now) {
         return SendResult::Expired;
@@ -347,10 +342,17 @@ fn pair_wait(pairs: &PairLimiter, msg: &MessageRecord) -> Option<Duration> {
 
 /// Waits for an open circuit without spending an attempt.
 fn circuit_open(provider: &str, wait: Duration) -> SendResult {
+    let message = format!("the {provider} provider's server is failing; sends wait until it answers again");
+    wait_unspent(wait, "circuit_open", message)
+}
+
+/// A retry `wait` from now that spends no attempt: the message is fine, the
+/// moment is not.
+fn wait_unspent(wait: Duration, code: &str, message: String) -> SendResult {
     SendResult::Retry {
         retry_at: Timestamp::now().plus_millis(wait.as_millis().max(1) as i64),
         spend_attempt: false,
-        code: "circuit_open".into(),
-        message: format!("the {provider} provider's server is failing; sends wait until it answers again"),
+        code: code.into(),
+        message,
     }
 }
