@@ -10,12 +10,14 @@ pub mod classify;
 pub mod cloud_api;
 pub mod evolution;
 pub mod http;
+pub mod inbound;
 pub mod sandbox;
 pub mod uazapi;
 pub mod waha;
 
 pub use circuit::{Circuit, CircuitConfig, CircuitState, Circuits, Observed};
 pub use classify::{Classification, classify};
+pub use inbound::{InboundMessage, ProviderEvent, ProviderEventKind, WebhookAuth, WebhookError, WebhookRequest};
 
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -213,6 +215,22 @@ pub trait Provider: Send + Sync + 'static {
     /// Removes the instance's session from its server; a missing one is not an error.
     async fn delete_session(&self, _config: &serde_json::Value) -> Result<(), ProviderError> {
         Ok(())
+    }
+    /// How this kind's webhooks prove where they came from; None: it sends
+    /// none (the sandbox reports in process).
+    fn webhook_auth(&self) -> Option<WebhookAuth> {
+        None
+    }
+    /// The events in one webhook body. Event types zapgate does not use are
+    /// skipped; a body that is not the provider's webhook shape is `Malformed`.
+    fn parse_webhook(&self, _body: &[u8]) -> Result<Vec<ProviderEvent>, WebhookError> {
+        Err(WebhookError::Malformed(format!("{} sends no webhooks", self.kind())))
+    }
+    /// How the provider names the instance with this `config` in its
+    /// webhooks (`ProviderEvent::instance`): the Cloud API's phone number
+    /// id, WAHA's session, Evolution's instance name, UAZAPI's token.
+    fn webhook_instance(&self, _config: &serde_json::Value) -> Option<String> {
+        None
     }
     /// The server an instance with this `config` sends through, as its
     /// circuit breaker's key: the kind and the `base_url`'s origin (never
