@@ -18,6 +18,7 @@
 //! Used in-process by tests (`start`) and as a binary by hand or by the bench.
 
 pub mod evolution;
+pub mod hooks;
 pub mod redis_server;
 pub mod tcp;
 pub mod uazapi;
