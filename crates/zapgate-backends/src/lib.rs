@@ -18,6 +18,7 @@
 pub mod amqp;
 pub mod crash;
 pub mod error;
+pub mod inbox;
 pub mod limits;
 pub mod locks;
 pub mod media;
@@ -35,6 +36,7 @@ pub mod webhooks;
 pub use crate::redis::RedisBackend;
 pub use crash::crash_point;
 pub use error::StoreError;
+pub use inbox::{AccountInstance, InboundEvent, InboundFilter, InboundItem, InboundOutcome, InboundRecord, Inbox, IngestAccount, NewInbound};
 pub use limits::{InProcessRateLimiter, RateLimiter, Throttled};
 pub use locks::{InProcessLocks, LockToken, Locks};
 pub use media::{LocalMediaStore, MediaStore};
@@ -55,6 +57,7 @@ pub struct Backends {
     pub queue: Arc<dyn Queue>,
     pub webhooks: Arc<dyn WebhookStore>,
     pub pools: Arc<dyn ProviderPools>,
+    pub inbox: Arc<dyn Inbox>,
     pub rate_limiter: Arc<dyn RateLimiter>,
     pub locks: Arc<dyn Locks>,
     pub media: Arc<dyn MediaStore>,
@@ -77,12 +80,13 @@ impl Backends {
 
     /// Store, queue and webhooks in `db`; limits and locks in process; media
     /// under `data_dir` (the `with_*` methods move them elsewhere).
-    fn on_one_database<D: Store + Queue + WebhookStore + ProviderPools>(db: Arc<D>, data_dir: &Path) -> Self {
+    fn on_one_database<D: Store + Queue + WebhookStore + ProviderPools + Inbox>(db: Arc<D>, data_dir: &Path) -> Self {
         Self {
             store: db.clone(),
             queue: db.clone(),
             webhooks: db.clone(),
-            pools: db,
+            pools: db.clone(),
+            inbox: db,
             rate_limiter: Arc::new(InProcessRateLimiter::default()),
             locks: Arc::new(InProcessLocks::default()),
             media: Arc::new(LocalMediaStore::new(data_dir.join("media"))),

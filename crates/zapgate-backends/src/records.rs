@@ -177,3 +177,36 @@ pub fn provider(row: &(impl Columns + ?Sized)) -> Result<ProviderRecord, StoreEr
         created_at: row.time("created_at")?,
     })
 }
+
+pub fn inbound(row: &(impl Columns + ?Sized)) -> Result<crate::InboundRecord, StoreError> {
+    Ok(crate::InboundRecord {
+        id: MessageId::from_trusted(row.text("id")?),
+        tenant_id: TenantId::from_trusted(row.text("tenant_id")?),
+        instance_id: InstanceId::from_trusted(row.text("instance_id")?),
+        chat_seq: row.int("chat_seq")?,
+        message: zapgate_domain::ReceivedMessage {
+            wa_message_id: row.text("wa_message_id")?,
+            chat: row.text("chat")?,
+            sender: row.text_opt("sender")?,
+            sender_name: row.text_opt("sender_name")?,
+            from_me: row.flag("from_me")?,
+            content: row.json("content")?,
+            context_id: row.text_opt("context_id")?,
+            sent_at: row.time("sent_at")?,
+        },
+        received_at: row.time("created_at")?,
+    })
+}
+
+/// The columns `inbound` reads.
+pub const INBOUND_COLUMNS: &str = "id, tenant_id, instance_id, chat_seq, wa_message_id, chat, sender, sender_name, \
+    from_me, content, context_id, sent_at, created_at";
+
+/// An instance as a webhook account lists it (`id, tenant_id, provider_config`).
+pub fn account_instance(row: &(impl Columns + ?Sized)) -> Result<crate::AccountInstance, StoreError> {
+    Ok(crate::AccountInstance {
+        tenant_id: TenantId::from_trusted(row.text("tenant_id")?),
+        instance_id: InstanceId::from_trusted(row.text("id")?),
+        config: row.json("provider_config")?,
+    })
+}

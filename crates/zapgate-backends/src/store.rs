@@ -241,6 +241,9 @@ pub enum OutcomeApplied {
 #[derive(Debug, Clone)]
 pub struct ProviderStatusReport {
     pub provider_message_id: String,
+    /// When set, only a message of this instance matches (provider webhooks:
+    /// an account reports only on its own instances).
+    pub instance_id: Option<InstanceId>,
     pub status: MessageStatus,
     pub at: Timestamp,
     pub error_code: Option<String>,

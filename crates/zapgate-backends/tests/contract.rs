@@ -431,6 +431,7 @@ async fn provider_statuses_move_forward_only_and_early_ones_are_parked() {
     let id = accept(&f, "+5511900000001", Priority::Normal).await;
     claim(&f, 1).await;
     let report = |status| ProviderStatusReport {
+        instance_id: None,
         provider_message_id: "p1".into(),
         status,
         at: Timestamp::now(),

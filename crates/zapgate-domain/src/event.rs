@@ -14,6 +14,10 @@ pub enum EventType {
     /// (the phone may be offline); a later `delivered` still applies.
     #[serde(rename = "message.ack_timeout")]
     MessageAckTimeout,
+    /// A message arrived in one of the tenant's chats (`status: received`;
+    /// `message` holds it). `from_me` ones were sent from the instance's phone.
+    #[serde(rename = "message.received")]
+    MessageReceived,
     /// A webhook delivery used up its retry schedule (the seeds'
     /// `STATUS_FAILED_WEBHOOK_URL`: subscribe an endpoint to this type).
     #[serde(rename = "webhook.delivery_failed")]
@@ -21,13 +25,18 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 3] =
-        [EventType::MessageStatus, EventType::MessageAckTimeout, EventType::WebhookDeliveryFailed];
+    pub const ALL: [EventType; 4] = [
+        EventType::MessageStatus,
+        EventType::MessageAckTimeout,
+        EventType::MessageReceived,
+        EventType::WebhookDeliveryFailed,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             EventType::MessageStatus => "message.status",
             EventType::MessageAckTimeout => "message.ack_timeout",
+            EventType::MessageReceived => "message.received",
             EventType::WebhookDeliveryFailed => "webhook.delivery_failed",
         }
     }
@@ -62,10 +71,38 @@ pub struct StatusDetail {
     pub failed_event_id: Option<EventId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_code: Option<u16>,
+    /// For `message.received`: the message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<ReceivedMessage>,
     /// False when a provider report was recorded but did not change the
     /// status (e.g. `delivered` arriving after `read`).
     #[serde(default = "yes", skip_serializing_if = "is_true")]
     pub applied: bool,
+}
+
+/// An inbound message as events and the API show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ReceivedMessage {
+    /// WhatsApp's id of the message (what replies and reactions refer to).
+    pub wa_message_id: String,
+    /// The chat: the contact's number (digits), a group (`…@g.us`) or a LID.
+    pub chat: String,
+    /// Who wrote it, when not the chat itself (a group participant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender: Option<String>,
+    /// The sender's WhatsApp profile name, when the provider gave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender_name: Option<String>,
+    /// Sent from the instance's own phone, not by a contact.
+    pub from_me: bool,
+    /// The content in the Cloud API's shape (`{"type":"text","text":{"body":…}}`).
+    #[schema(value_type = Object)]
+    pub content: serde_json::Value,
+    /// WhatsApp's id of the message this one replies to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_id: Option<String>,
+    /// When WhatsApp says it was sent.
+    pub sent_at: Timestamp,
 }
 
 fn yes() -> bool {

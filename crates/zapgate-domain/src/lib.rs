@@ -20,7 +20,7 @@ pub mod webhook;
 
 pub use chat::ChatId;
 pub use error::ValidationError;
-pub use event::{EventType, MessageEvent};
+pub use event::{EventType, MessageEvent, ReceivedMessage};
 pub use ids::{DeliveryId, EndpointId, EventId, InstanceId, MessageId, ProviderId, TemplateId, TenantId, TokenId};
 pub use message::{MessageContent, SendRequest};
 pub use priority::Priority;

@@ -25,6 +25,8 @@ pub enum MessageStatus {
     Read,
     Played,
     Failed,
+    /// An inbound message (from a contact, or sent from the instance's phone).
+    Received,
 }
 
 /// Rank of `failed`; it may only replace a status of rank <= [`SENT_RANK`].
@@ -32,7 +34,7 @@ pub const FAILED_RANK: i64 = 5;
 pub const SENT_RANK: i64 = 1;
 
 impl MessageStatus {
-    pub const ALL: [MessageStatus; 12] = [
+    pub const ALL: [MessageStatus; 13] = [
         Self::Scheduled,
         Self::Queued,
         Self::Sending,
@@ -45,6 +47,7 @@ impl MessageStatus {
         Self::Read,
         Self::Played,
         Self::Failed,
+        Self::Received,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -61,6 +64,7 @@ impl MessageStatus {
             Self::Read => "read",
             Self::Played => "played",
             Self::Failed => "failed",
+            Self::Received => "received",
         }
     }
 

@@ -12,6 +12,14 @@ use std::fmt;
 
 pub const TOKEN_PREFIX: &str = "zg_live_";
 
+/// `bytes` random bytes as URL-safe base64: secrets that travel in URLs
+/// (the token of a provider webhook URL).
+pub fn random_url_secret(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut buf);
+    URL_SAFE_NO_PAD.encode(buf)
+}
+
 /// A token secret as the caller holds it. Shown once, never stored or logged.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ApiToken(String);

@@ -76,6 +76,9 @@ pub enum Role {
     /// Moves the outbox to RabbitMQ; its listener serves only `/health/*`
     /// and `/metrics`.
     Relay,
+    /// Provider webhooks only (`/providers/{kind}/{account}/webhook`), on
+    /// `ZAPGATE_INGEST_LISTEN` (else `ZAPGATE_LISTEN`).
+    Ingest,
 }
 
 impl Role {
@@ -85,11 +88,8 @@ impl Role {
             Role::Api => "api",
             Role::Worker => "worker",
             Role::Relay => "relay",
+            Role::Ingest => "ingest",
         }
-    }
-
-    fn serves_api(self) -> bool {
-        matches!(self, Role::All | Role::Api)
     }
 
     fn runs_workers(self) -> bool {
@@ -122,7 +122,7 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     crate::metrics::install();
     let config = Arc::new(config);
     let mut backends = open_backends(&config, true).await?;
-    if let Some(url) = config.amqp_url.as_deref().filter(|_| role != Role::Api) {
+    if let Some(url) = config.amqp_url.as_deref().filter(|_| !matches!(role, Role::Api | Role::Ingest)) {
         backends = backends.with_broker(connect_broker(&config, url, role).await?);
     }
     let admin =
@@ -183,6 +183,8 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
         webhook_retention: config.webhook_retention,
         idempotency_ttl: config.idempotency_ttl,
         ack_timeout: config.ack_timeout,
+        inbox: backends.inbox.clone(),
+        ingest_dedupe_window: config.ingest_dedupe_window,
     };
     tokio::spawn(janitor::run(janitor, stop_rx.clone()));
     let mut drained = Vec::new();
@@ -232,6 +234,21 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
         drained.push(tokio::spawn(webhooks::run(sender, stop_rx)));
     }
 
+    let role_name = role.name();
+    let listener = bind(match role {
+        Role::Ingest => config.ingest_listen.unwrap_or(config.listen),
+        _ => config.listen,
+    }, role_name)
+    .await?;
+    let addr = listener.local_addr()?;
+    let own_ingest = match config.ingest_listen.filter(|_| role == Role::All) {
+        Some(at) => Some(bind(at, "ingest").await?),
+        None => None,
+    };
+    let ingest_addr = match &own_ingest {
+        Some(l) => l.local_addr()?,
+        None => addr,
+    };
     let state = AppState {
         backends,
         providers,
@@ -241,14 +258,20 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
         work: signal,
         egress,
         queue_depth,
+        ingest: Arc::new(http::ingest::IngestAccounts::new(ingest_base_url(&config, ingest_addr))),
     };
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding the API listener to {}", config.listen))?;
-    let addr = listener.local_addr()?;
-    let role_name = role.name();
+    if let Some(listener) = own_ingest {
+        let at = listener.local_addr()?;
+        tracing::info!(addr = %at, "provider webhooks on http://{at}/providers/{{kind}}/{{account}}/webhook");
+        let router = http::ingest_router(state.clone());
+        tokio::spawn(async move { axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await });
+    }
+    let router = match role {
+        Role::All | Role::Api => http::router(state, role == Role::All && config.ingest_listen.is_none()),
+        Role::Ingest => http::ingest_router(state),
+        Role::Worker | Role::Relay => http::ops_router(state),
+    };
     tracing::info!(%addr, role = role_name, "zapgate listening on http://{addr} (docs at /docs)");
-    let router = if role.serves_api() { http::router(state) } else { http::ops_router(state) };
     axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await?;
 
     tracing::info!("stopped accepting requests; draining");
@@ -260,6 +283,21 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     }
     tracing::info!("bye");
     Ok(())
+}
+
+/// Where providers are told to post their webhooks: `ZAPGATE_PUBLIC_URL`,
+/// else the ingest listener's own address (right when provider and zapgate
+/// share a host or network, as in tests and single-host setups).
+fn ingest_base_url(config: &Config, ingest: std::net::SocketAddr) -> String {
+    match &config.public_url {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None if ingest.ip().is_unspecified() => format!("http://127.0.0.1:{}", ingest.port()),
+        None => format!("http://{ingest}"),
+    }
+}
+
+async fn bind(at: std::net::SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(at).await.with_context(|| format!("binding the {what} listener to {at}"))
 }
 
 /// Connects to RabbitMQ and declares the topology; an unreachable broker is

@@ -23,7 +23,11 @@ pub enum LogFormat {
 pub struct Config {
     /// Address of the REST API.
     pub listen: SocketAddr,
-    /// Externally visible base URL (links to media, docs).
+    /// Address of the provider webhook routes (`zapgate ingest`'s listener;
+    /// in `serve` a listener of their own). None: the API listener.
+    pub ingest_listen: Option<SocketAddr>,
+    /// Externally visible base URL (links to media, docs; providers post
+    /// their webhooks under it).
     pub public_url: Option<String>,
     /// Where the embedded database, lock file, media and admin token live.
     pub data_dir: PathBuf,
@@ -114,6 +118,10 @@ pub struct Config {
     /// A message still `sent` this long raises `message.ack_timeout` (once; not a failure).
     #[serde(with = "humantime_serde")]
     pub ack_timeout: Duration,
+    /// How long a provider webhook event's dedupe key is kept: a re-send
+    /// within it is a duplicate (Meta retries for up to 7 days).
+    #[serde(with = "humantime_serde")]
+    pub ingest_dedupe_window: Duration,
     /// Delays between webhook delivery attempts; after the last, the delivery is dead.
     pub webhook_retry_schedule: String,
     /// Allow webhooks (and other egress) to loopback/private/link-local addresses.
@@ -144,6 +152,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".parse().expect("valid default address"),
+            ingest_listen: None,
             public_url: None,
             data_dir: PathBuf::from("./data"),
             database_url: None,
@@ -182,6 +191,7 @@ impl Default for Config {
             max_tenant_queue_lag: Duration::ZERO,
             max_body_bytes: 1024 * 1024,
             idempotency_ttl: Duration::from_secs(24 * 3600),
+            ingest_dedupe_window: Duration::from_secs(7 * 24 * 3600),
             ack_timeout: Duration::from_secs(600),
             webhook_retry_schedule: "5s,30s,2m,10m,1h,6h".into(),
             webhook_allow_private: false,

@@ -34,6 +34,9 @@ enum Command {
     /// Run only the relay: moves the PostgreSQL outbox to RabbitMQ (needs ZAPGATE_DATABASE_URL and
     /// ZAPGATE_AMQP_URL; any number may run; its listener serves /health/* and /metrics).
     Relay(Box<ServeArgs>),
+    /// Run only provider webhook ingest: POST /providers/{kind}/{account}/webhook, plus /health/*
+    /// and /metrics, on ZAPGATE_INGEST_LISTEN (else ZAPGATE_LISTEN); needs ZAPGATE_DATABASE_URL.
+    Ingest(Box<ServeArgs>),
     /// Create or upgrade the database schema, then exit.
     Migrate(StoreArgs),
     /// Manage tenants directly in the store (works while `serve` runs).
@@ -106,7 +109,13 @@ struct ServeArgs {
     #[arg(long, env = "ZAPGATE_LISTEN", value_name = "ADDR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     listen: Option<SocketAddr>,
-    /// Externally visible base URL, e.g. https://zapgate.example.com.
+    /// Address of the provider webhook routes: `serve` then serves them there instead of on the
+    /// API listener; `zapgate ingest` listens here [default: the API listener].
+    #[arg(long, env = "ZAPGATE_INGEST_LISTEN", value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ingest_listen: Option<SocketAddr>,
+    /// Externally visible base URL, e.g. https://zapgate.example.com (providers are told to post
+    /// their webhooks under it).
     #[arg(long, env = "ZAPGATE_PUBLIC_URL", value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     public_url: Option<String>,
@@ -257,6 +266,10 @@ struct ServeArgs {
     #[arg(long, env = "ZAPGATE_ACK_TIMEOUT", value_parser = parse_duration, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
     ack_timeout: Option<Duration>,
+    /// A provider webhook event re-sent within this long is a duplicate [default: 7d].
+    #[arg(long, env = "ZAPGATE_INGEST_DEDUPE_WINDOW", value_parser = parse_duration, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    ingest_dedupe_window: Option<Duration>,
     /// Delays between webhook delivery attempts, comma-separated [default: 5s,30s,2m,10m,1h,6h].
     #[arg(long, env = "ZAPGATE_WEBHOOK_RETRY_SCHEDULE", value_name = "DURATIONS")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -338,6 +351,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Api(args) => run_role(&args, Role::Api).await,
         Command::Worker(args) => run_role(&args, Role::Worker).await,
         Command::Relay(args) => run_role(&args, Role::Relay).await,
+        Command::Ingest(args) => run_role(&args, Role::Ingest).await,
         Command::Migrate(store) => {
             let config = Config::load(store.config.as_deref(), &store)?;
             zapgate_server::open_backends(&config, false).await?;

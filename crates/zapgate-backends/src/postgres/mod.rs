@@ -10,6 +10,7 @@
 //! a lease timeout.
 
 mod accepts;
+mod inbox;
 mod outbox;
 mod pools;
 mod queue;
@@ -31,6 +32,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0001_init.sql"),
     include_str!("../../migrations/postgres/0002_providers.sql"),
     include_str!("../../migrations/postgres/0003_provider_health.sql"),
+    include_str!("../../migrations/postgres/0004_inbound.sql"),
 ];
 
 /// Advisory lock key serialising migrations across processes.

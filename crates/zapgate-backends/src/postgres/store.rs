@@ -825,12 +825,16 @@ async fn lock_provider_id(conn: &mut PgConnection, provider_message_id: &str) ->
     Ok(())
 }
 
-async fn apply_status(conn: &mut PgConnection, r: ProviderStatusReport) -> Result<StatusApplied, StoreError> {
+pub(super) async fn apply_status(conn: &mut PgConnection, r: ProviderStatusReport) -> Result<StatusApplied, StoreError> {
     lock_provider_id(&mut *conn, &r.provider_message_id).await?;
-    let found = sqlx::query("SELECT id, tenant_id, instance_id, chat_seq FROM messages WHERE provider_message_id = $1")
-        .bind(&r.provider_message_id)
-        .fetch_optional(&mut *conn)
-        .await?;
+    let found = sqlx::query(
+        "SELECT id, tenant_id, instance_id, chat_seq FROM messages \
+         WHERE provider_message_id = $1 AND ($2::text IS NULL OR instance_id = $2)",
+    )
+    .bind(&r.provider_message_id)
+    .bind(r.instance_id.as_ref().map(|i| i.as_str()))
+    .fetch_optional(&mut *conn)
+    .await?;
     let Some(row) = found else {
         sqlx::query(
             "INSERT INTO parked_statuses (provider_message_id, status, at, error_code, error_message, received_at) \
@@ -892,6 +896,7 @@ async fn apply_parked(conn: &mut PgConnection, provider_message_id: &str) -> Res
         parked.push((
             r.try_get::<i64, _>("id")?,
             ProviderStatusReport {
+                instance_id: None,
                 provider_message_id: provider_message_id.to_owned(),
                 status: status.parse().map_err(StoreError::Corrupt)?,
                 at: Timestamp::from_millis(r.try_get("at")?),

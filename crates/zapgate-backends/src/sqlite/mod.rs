@@ -13,6 +13,7 @@
 //! job is one hand-off to the writer thread and its statements run inline
 //! from a prepared-statement cache.
 
+mod inbox;
 mod pools;
 mod queue;
 mod rows;
@@ -40,6 +41,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0005_provider_config.sql"),
     include_str!("../../migrations/sqlite/0006_providers.sql"),
     include_str!("../../migrations/sqlite/0007_provider_health.sql"),
+    include_str!("../../migrations/sqlite/0008_inbound.sql"),
 ];
 
 pub struct SqliteBackend {

@@ -64,6 +64,9 @@ pub fn template(row: &Row<'_>) -> Result<TemplateRecord, StoreError> {
 pub fn endpoint(row: &Row<'_>) -> Result<EndpointRecord, StoreError> {
     records::endpoint(row)
 }
+pub fn inbound(row: &Row<'_>) -> Result<crate::InboundRecord, StoreError> {
+    records::inbound(row)
+}
 pub fn delivery(row: &Row<'_>) -> Result<DeliveryRecord, StoreError> {
     records::delivery(row)
 }

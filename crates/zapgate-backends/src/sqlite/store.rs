@@ -703,11 +703,12 @@ fn record_sent(
     Ok(OutcomeApplied::Done(MessageStatus::Sent))
 }
 
-fn apply_status(conn: &Connection, r: ProviderStatusReport) -> Result<StatusApplied, StoreError> {
+pub(super) fn apply_status(conn: &Connection, r: ProviderStatusReport) -> Result<StatusApplied, StoreError> {
     let found = one(
         conn,
-        "SELECT id, tenant_id, instance_id, chat_seq FROM messages WHERE provider_message_id = ?",
-        [&r.provider_message_id],
+        "SELECT id, tenant_id, instance_id, chat_seq FROM messages \
+         WHERE provider_message_id = ?1 AND (?2 IS NULL OR instance_id = ?2)",
+        params![r.provider_message_id, r.instance_id.as_ref().map(|i| i.as_str())],
         MessageRef::from_row,
     )?;
     let Some(m) = found else {
@@ -767,6 +768,7 @@ fn apply_parked(conn: &Connection, provider_message_id: &str) -> Result<(), Stor
             Ok((
                 r.get::<_, i64>("id")?,
                 ProviderStatusReport {
+                    instance_id: None,
                     provider_message_id: provider_message_id.to_owned(),
                     status: status.parse().map_err(StoreError::Corrupt)?,
                     at: Timestamp::from_millis(r.get("at")?),

@@ -23,6 +23,8 @@ use utoipa::{Modify, OpenApi};
         super::webhooks::create, super::webhooks::list, super::webhooks::get, super::webhooks::update,
         super::webhooks::delete, super::webhooks::secret, super::webhooks::rotate_secret, super::webhooks::deliveries,
         super::webhooks::delivery, super::webhooks::replay,
+        super::inbound::list, super::inbound::get,
+        super::ingest::receive, super::ingest::handshake,
     ),
     modifiers(&BearerAuth),
     tags((name = "messages", description = "Send messages and follow their status"))

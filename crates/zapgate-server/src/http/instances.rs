@@ -188,7 +188,15 @@ async fn create_on_pool(
     placement: Placement,
 ) -> ApiResult<InstanceRecord> {
     let mut rec = s.backends.pools.place_instance(new, placement).await?;
-    match super::sessions::call(provider.create_session(&rec.provider_config)).await {
+    let pool = rec.provider_id.as_ref().map(|p| p.to_string()).unwrap_or_default();
+    let session_config = match s.ingest.target(s, provider.kind(), &pool).await? {
+        Some(hook) => zapgate_domain::json::merged(
+            &rec.provider_config,
+            &serde_json::json!({"webhook": {"url": hook.base, "secret": hook.secret}}),
+        ),
+        None => rec.provider_config.clone(),
+    };
+    match super::sessions::call(provider.create_session(&session_config)).await {
         Ok(None) => {}
         Ok(Some(handed_out)) => {
             rec.provider_config = zapgate_domain::json::merged(&rec.provider_config, &handed_out);
@@ -249,6 +257,10 @@ pub struct InstanceDetail {
     /// the Cloud API, whose numbers are managed in Meta's tools).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connection: Option<super::sessions::ConnectionView>,
+    /// Where to point the provider's webhooks, for an instance with its own
+    /// settings (zapgate registers it itself for instances on its provider servers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<super::ingest::WebhookTarget>,
 }
 
 /// Gets one instance, with its connection state at the provider.
@@ -262,7 +274,11 @@ pub async fn get(
 ) -> ApiResult<Json<InstanceDetail>> {
     let (instance, provider) = super::sessions::instance_and_provider(&s, &tenant, &id).await?;
     let connection = super::sessions::connection(provider.as_ref(), &instance).await;
-    Ok(Json(InstanceDetail { instance, connection }))
+    let webhook = match instance.provider_id {
+        None => s.ingest.target(&s, &instance.provider, instance.id.as_str()).await?,
+        Some(_) => None,
+    };
+    Ok(Json(InstanceDetail { instance, connection, webhook }))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

@@ -7,6 +7,8 @@ pub mod docs;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod inbound;
+pub mod ingest;
 pub mod instances;
 pub mod messages;
 pub mod providers;
@@ -41,11 +43,15 @@ pub struct AppState {
     pub egress: crate::egress::Egress,
     /// Messages waiting in the queue, as last measured (about every second).
     pub queue_depth: Arc<crate::worker::janitor::Backlog>,
+    /// Provider webhook accounts, briefly cached.
+    pub ingest: Arc<ingest::IngestAccounts>,
 }
 
-pub fn router(state: AppState) -> Router {
+/// The REST API; with `ingest`, the provider webhook routes too (`serve`
+/// without a listener of their own).
+pub fn router(state: AppState, ingest: bool) -> Router {
     let max_body = state.config.max_body_bytes;
-    Router::new()
+    let api = Router::new()
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
         .route("/metrics", get(crate::metrics::render))
@@ -73,6 +79,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/deliveries/{delivery_id}/replay", post(webhooks::replay))
         .route("/v1/dead-letters", get(dead_letters::list))
         .route("/v1/dead-letters/{message_id}/replay", post(dead_letters::replay))
+        .route("/v1/inbound-messages", get(inbound::list))
+        .route("/v1/inbound-messages/{message_id}", get(inbound::get));
+    let api = if ingest { api.merge(ingest_routes()) } else { api };
+    api
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
@@ -85,6 +95,28 @@ pub fn router(state: AppState) -> Router {
         }))
         .layer(axum::middleware::from_fn(crate::metrics::track_http))
         .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// The provider webhook routes, served by `serve` with the API (or on
+/// `ZAPGATE_INGEST_LISTEN`) and by `zapgate ingest`.
+fn ingest_routes() -> Router<AppState> {
+    Router::new().route("/providers/{kind}/{account}/webhook", post(ingest::receive).get(ingest::handshake))
+}
+
+/// What `zapgate ingest` (or `serve`'s own ingest listener) serves: provider
+/// webhooks, health and metrics, with only the layers they need.
+pub fn ingest_router(state: AppState) -> Router {
+    let max_body = state.config.max_body_bytes;
+    Router::new()
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .route("/metrics", get(crate::metrics::render))
+        .merge(ingest_routes())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn(crate::metrics::track_http))
         .with_state(state)
 }
 

@@ -12,7 +12,7 @@ use zapgate_backends::{AttemptRecord, DeliveryRecord, EndpointChange, EndpointRe
 use zapgate_domain::webhook::WebhookSecret;
 use zapgate_domain::{DeliveryId, EndpointId, EventType, Timestamp, ValidationError};
 
-const EVENT_TYPES: [EventType; 3] = EventType::ALL;
+const EVENT_TYPES: [EventType; EventType::ALL.len()] = EventType::ALL;
 const MAX_ENDPOINTS: usize = 20;
 
 #[derive(Deserialize, utoipa::ToSchema)]

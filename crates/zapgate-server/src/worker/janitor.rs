@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-use zapgate_backends::{Queue, Store, WebhookStore};
+use zapgate_backends::{Inbox, Queue, Store, WebhookStore};
 use zapgate_domain::{TenantId, Timestamp};
 
 /// Parked statuses whose message never got a provider id are dropped after this.
@@ -54,6 +54,8 @@ pub struct Janitor {
     pub webhook_retention: Duration,
     pub idempotency_ttl: Duration,
     pub ack_timeout: Duration,
+    pub inbox: Arc<dyn Inbox>,
+    pub ingest_dedupe_window: Duration,
 }
 
 pub async fn run(j: Janitor, mut shutdown: watch::Receiver<bool>) {
@@ -116,6 +118,12 @@ pub async fn run(j: Janitor, mut shutdown: watch::Receiver<bool>) {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(deliveries = n, "purged finished webhook deliveries"),
                 Err(e) => tracing::warn!(error = %e, "purging webhook deliveries failed"),
+            }
+            let keys_before = now.plus_millis(-(j.ingest_dedupe_window.as_millis() as i64));
+            match j.inbox.purge_inbound_keys(keys_before, 10_000).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(keys = n, "purged provider webhook dedupe keys"),
+                Err(e) => tracing::warn!(error = %e, "purging provider webhook dedupe keys failed"),
             }
         }
     }

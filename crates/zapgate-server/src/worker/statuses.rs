@@ -24,6 +24,7 @@ pub async fn run(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<StatusRe
 
 async fn apply(store: &Arc<dyn Store>, r: StatusReport) -> Result<(), StoreError> {
     let report = ProviderStatusReport {
+        instance_id: None,
         provider_message_id: r.provider_message_id,
         status: r.status,
         at: r.at,
