@@ -11,14 +11,31 @@
 //!
 //! Errors: 422 (session not WORKING), 401 and 5xx are retried (spending
 //! attempts); 429 waits; 400 and 404 (no such session) fail the message.
+//!
+//! Webhooks (`parse_webhook`): the envelope `{"event","session","payload",
+//! "engine",…}`, signed with `X-Webhook-Hmac` (HMAC-SHA512 of the body) when
+//! the session was created with `hmac.key`; `create_session` registers
+//! zapgate's URL for `message`, `message.ack` and `session.status`.
+//! WAHA names messages `{fromMe}_{chat}_{id}[_{participant}]`:
+//! - an inbound `message`'s `wa_message_id` is the bare WhatsApp id (`{id}`),
+//!   the same whatever the engine or the chat's spelling (`@c.us`, `@lid`);
+//! - a `message.ack` names the message in the form [`message_id`] kept from
+//!   the same engine's send answer, so the status finds the sent message:
+//!   the serialized id as given (WEBJS `id._serialized`, the OpenAPI
+//!   WAMessage `id`), but the bare id for NOWEB (its answer is Baileys'
+//!   `key.id`). The envelope's `engine` says which.
 
-use crate::{Connection, ConnectionState, OutboundMessage, Provider, ProviderError, Qr, SendAccepted};
+use crate::inbound::{
+    InboundMedia, InboundMessage, MediaSource, ProviderEvent, ProviderEventKind, WebhookAuth, WebhookError,
+    unix_seconds,
+};
+use crate::{Connection, ConnectionState, OutboundMessage, Provider, ProviderError, Qr, SendAccepted, StatusReport};
 use async_trait::async_trait;
 use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::time::Duration;
-use zapgate_domain::{ChatId, MessageContent};
+use zapgate_domain::{ChatId, MessageContent, MessageStatus, Timestamp};
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
@@ -76,6 +93,18 @@ fn failure(answer: &crate::http::Answer) -> ProviderError {
         .map(|m| m.as_str().map_or_else(|| m.to_string(), str::to_owned))
         .unwrap_or_else(|| format!("HTTP {}", answer.status));
     classify_status(answer.status, detail, answer.retry_after)
+}
+
+/// The instance's settings, normalised. `webhook` (zapgate's own, added
+/// when it creates the session) is not a setting: accepted and dropped.
+pub fn check_config(config: &Value) -> Result<Value, String> {
+    let (config, _) = without_webhook(config);
+    let mut c: WahaConfig = serde_json::from_value(config).map_err(|e| format!("config: {e}"))?;
+    if c.session.trim().is_empty() {
+        return Err("config.session is required".into());
+    }
+    c.base_url = c.base_url.trim_end_matches('/').to_owned();
+    Ok(serde_json::to_value(c).expect("serialisable"))
 }
 
 /// WAHA's session status as a connection state.
@@ -167,6 +196,250 @@ pub fn message_id(answer: &Value) -> Option<String> {
         .or_else(|| answer["key"]["id"].as_str().map(str::to_owned))
 }
 
+/// The events zapgate subscribes its webhook to.
+pub const WEBHOOK_EVENTS: [&str; 3] = ["message", "message.ack", "session.status"];
+
+/// The instance's settings without the `webhook` zapgate adds when it creates
+/// the session, and that webhook's URL and secret.
+fn without_webhook(config: &Value) -> (Value, Option<(String, String)>) {
+    let mut config = config.clone();
+    let hook = config.as_object_mut().and_then(|o| o.remove("webhook"));
+    let hook = hook.and_then(|h| Some((h["url"].as_str()?.to_owned(), h["secret"].as_str()?.to_owned())));
+    (config, hook)
+}
+
+/// `POST /api/sessions`'s body: the session, started, with zapgate's webhook
+/// (`url`, HMAC `secret`) when given.
+pub fn create_body(session: &str, webhook: Option<(&str, &str)>) -> Value {
+    let mut body = json!({"name": session, "start": true});
+    if let Some((url, secret)) = webhook {
+        body["config"] = json!({"webhooks": [{"url": url, "events": WEBHOOK_EVENTS, "hmac": {"key": secret}}]});
+    }
+    body
+}
+
+/// WhatsApp's own id of a message out of WAHA's serialized form
+/// `{fromMe}_{chat}_{id}[_{participant}]`; any other id as it is.
+pub fn whatsapp_id(serialized: &str) -> &str {
+    let mut parts = serialized.splitn(4, '_');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("true" | "false"), Some(_), Some(id)) if !id.is_empty() => id,
+        _ => serialized,
+    }
+}
+
+/// How WAHA names the instance in its webhooks: its `session` (instances
+/// on a pool carry only that setting).
+pub fn webhook_instance(config: &Value) -> Option<String> {
+    config["session"].as_str().filter(|s| !s.is_empty()).map(str::to_owned)
+}
+
+/// A message id as WAHA writes it in a payload: a string, or (whatsapp-web.js
+/// objects) `{"_serialized": …}`.
+fn serialized_id(v: &Value) -> Option<&str> {
+    v.as_str().or_else(|| v["_serialized"].as_str()).filter(|s| !s.is_empty())
+}
+
+/// The id a `message.ack` names its message by: the form [`message_id`]
+/// keeps from the same engine's send answer (see the module's notes).
+fn status_message_id(engine: Option<&str>, id: &str) -> String {
+    match engine {
+        Some(e) if e.eq_ignore_ascii_case("NOWEB") => whatsapp_id(id).to_owned(),
+        _ => id.to_owned(),
+    }
+}
+
+fn malformed(why: impl Into<String>) -> WebhookError {
+    WebhookError::Malformed(why.into())
+}
+
+/// A time in seconds or milliseconds, also fractional (`1710481111.853`).
+fn time_of(v: &Value) -> Option<Timestamp> {
+    unix_seconds(v).or_else(|| v.as_f64().and_then(|f| unix_seconds(&json!(f as i64))))
+}
+
+/// The Cloud API's media kind for a MIME type.
+fn media_kind(mime: &str) -> &'static str {
+    match mime.split('/').next().unwrap_or_default() {
+        "image" => "image",
+        "video" => "video",
+        "audio" => "audio",
+        _ => "document",
+    }
+}
+
+/// Media content in the Cloud API's shape (`caption` except on audio, `filename` on documents).
+fn media_content(kind: &str, mime: Option<&str>, caption: Option<&str>, filename: Option<&str>) -> Value {
+    let mut m = serde_json::Map::new();
+    if let Some(mime) = mime {
+        m.insert("mime_type".into(), json!(mime));
+    }
+    if let Some(c) = caption.filter(|c| !c.is_empty() && kind != "audio") {
+        m.insert("caption".into(), json!(c));
+    }
+    if let Some(f) = filename.filter(|f| !f.is_empty() && kind == "document") {
+        m.insert("filename".into(), json!(f));
+    }
+    json!({"type": kind, kind: m})
+}
+
+fn unsupported(provider_type: &str) -> Value {
+    json!({"type": "unsupported", "unsupported": {"provider_type": provider_type}})
+}
+
+/// What a non-media message is when it is not text: WEBJS's `_data.type`
+/// (`chat` is text), NOWEB's Baileys message kind, or WAHA's own fields.
+fn other_kind(p: &Value) -> Option<String> {
+    if let Some(t) = p["_data"]["type"].as_str() {
+        return (t != "chat").then(|| t.to_owned());
+    }
+    if let Some(m) = p["_data"]["message"].as_object() {
+        let text = ["conversation", "extendedTextMessage", "messageContextInfo"];
+        if let Some(k) = m.keys().find(|k| !text.contains(&k.as_str())) {
+            return Some(k.clone());
+        }
+    }
+    if p["location"].is_object() {
+        return Some("location".into());
+    }
+    p["vCards"].as_array().is_some_and(|v| !v.is_empty()).then(|| "vcard".into())
+}
+
+/// A `message` / `message.any` payload; None for chats zapgate cannot
+/// address (`status@broadcast`, newsletters).
+fn inbound_message(p: &Value, fallback_at: Timestamp) -> Result<Option<InboundMessage>, WebhookError> {
+    let id = serialized_id(&p["id"]).ok_or_else(|| malformed("a WAHA message without payload.id"))?;
+    let from_me = p["fromMe"].as_bool().unwrap_or(false);
+    let chat = if from_me { &p["to"] } else { &p["from"] };
+    let Some(chat) = chat.as_str().and_then(|c| ChatId::parse(c).ok()) else { return Ok(None) };
+    let sender = match chat {
+        ChatId::Group(_) => p["participant"].as_str().or(p["author"].as_str()).and_then(|s| ChatId::parse(s).ok()),
+        _ => None,
+    };
+    let sender_name = [&p["_data"]["notifyName"], &p["_data"]["pushName"], &p["_data"]["Info"]["PushName"]]
+        .into_iter()
+        .find_map(|v| v.as_str().filter(|n| !n.is_empty()))
+        .map(str::to_owned);
+    let body = p["body"].as_str().filter(|b| !b.is_empty());
+    let (content, media) = if p["hasMedia"].as_bool() == Some(true) {
+        let m = &p["media"];
+        let mime = m["mimetype"].as_str().filter(|s| !s.is_empty());
+        let filename = m["filename"].as_str().filter(|s| !s.is_empty());
+        let content = media_content(mime.map_or("document", media_kind), mime, body, filename);
+        let media = m["url"].as_str().filter(|u| !u.is_empty()).map(|url| InboundMedia {
+            source: MediaSource::Url(url.to_owned()),
+            mime_type: mime.map(str::to_owned),
+            sha256: None,
+            filename: filename.map(str::to_owned),
+        });
+        (content, media)
+    } else {
+        match (other_kind(p), body) {
+            (None, Some(text)) => (json!({"type": "text", "text": {"body": text}}), None),
+            (kind, _) => (unsupported(kind.as_deref().unwrap_or("unknown")), None),
+        }
+    };
+    let reply = &p["replyTo"];
+    let context_id = serialized_id(reply)
+        .or_else(|| serialized_id(&reply["id"]))
+        .or_else(|| p["_data"]["quotedStanzaID"].as_str())
+        .map(|id| whatsapp_id(id).to_owned());
+    Ok(Some(InboundMessage {
+        wa_message_id: whatsapp_id(id).to_owned(),
+        chat,
+        sender,
+        sender_name,
+        from_me,
+        content,
+        media,
+        context_id,
+        at: time_of(&p["timestamp"]).unwrap_or(fallback_at),
+    }))
+}
+
+/// A `message.ack` payload; None for acks zapgate has no status for
+/// (PENDING) and receipts of messages it did not send.
+fn ack(p: &Value, engine: Option<&str>, at: Timestamp) -> Result<Option<StatusReport>, WebhookError> {
+    let id = serialized_id(&p["id"]).ok_or_else(|| malformed("a WAHA ack without payload.id"))?;
+    if p["fromMe"].as_bool() == Some(false) {
+        return Ok(None);
+    }
+    let code = p["ack"].as_i64().or_else(|| match p["ackName"].as_str()? {
+        "ERROR" => Some(-1),
+        "PENDING" => Some(0),
+        "SERVER" => Some(1),
+        "DEVICE" => Some(2),
+        "READ" => Some(3),
+        "PLAYED" => Some(4),
+        _ => None,
+    });
+    let Some(code) = code else { return Err(malformed("a WAHA ack without ack or ackName")) };
+    let status = match code {
+        -1 => MessageStatus::Failed,
+        1 => MessageStatus::Sent,
+        2 => MessageStatus::Delivered,
+        3 => MessageStatus::Read,
+        4 => MessageStatus::Played,
+        _ => return Ok(None),
+    };
+    let failed = status == MessageStatus::Failed;
+    Ok(Some(StatusReport {
+        provider_message_id: status_message_id(engine, id),
+        status,
+        at,
+        error_code: failed.then(|| "waha_ack_error".to_owned()),
+        error_message: failed.then(|| "WAHA reported the message as ERROR (ack -1)".to_owned()),
+    }))
+}
+
+/// The events in one WAHA webhook body (one event per POST).
+pub fn parse_webhook(body: &[u8]) -> Result<Vec<ProviderEvent>, WebhookError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| malformed(format!("not JSON: {e}")))?;
+    let event = v["event"].as_str().ok_or_else(|| malformed("a WAHA webhook without event"))?;
+    let session = v["session"].as_str().ok_or_else(|| malformed("a WAHA webhook without session"))?;
+    let payload = &v["payload"];
+    let known = ["message", "message.any", "message.ack", "session.status"];
+    if known.contains(&event) && !payload.is_object() {
+        return Err(malformed(format!("a WAHA {event} event without a payload object")));
+    }
+    // The event's time: the envelope's (milliseconds), else now.
+    let at = time_of(&v["timestamp"]).unwrap_or_else(Timestamp::now);
+    let kind = match event {
+        "message" | "message.any" => inbound_message(payload, at)?.map(ProviderEventKind::Message),
+        "message.ack" => ack(payload, v["engine"].as_str(), at)?.map(ProviderEventKind::Status),
+        "session.status" => {
+            let status = payload["status"].as_str().ok_or_else(|| malformed("a WAHA session.status without status"))?;
+            Some(ProviderEventKind::Connection { state: connection_state(status), reason: None })
+        }
+        _ => None,
+    };
+    Ok(kind.map(|kind| ProviderEvent { instance: session.to_owned(), kind }).into_iter().collect())
+}
+
+/// Test helper: an event as JSON, for fixtures to state what they expect.
+#[cfg(test)]
+pub(crate) fn event_json(e: &ProviderEvent) -> Value {
+    let kind = match &e.kind {
+        ProviderEventKind::Status(r) => json!({"status": {
+            "id": r.provider_message_id, "status": r.status, "at": r.at.as_millis(),
+            "error_code": r.error_code, "error_message": r.error_message}}),
+        ProviderEventKind::Message(m) => json!({"message": {
+            "id": m.wa_message_id, "chat": m.chat.key(), "sender": m.sender.as_ref().map(ChatId::key),
+            "sender_name": m.sender_name, "from_me": m.from_me, "content": m.content,
+            "media": m.media.as_ref().map(|media| json!({
+                "source": match &media.source {
+                    MediaSource::Url(u) => json!({"url": u}),
+                    MediaSource::CloudMediaId(id) => json!({"cloud_media_id": id}),
+                    MediaSource::Base64(b) => json!({"base64": b}),
+                },
+                "mime_type": media.mime_type, "sha256": media.sha256, "filename": media.filename})),
+            "context_id": m.context_id, "at": m.at.as_millis()}}),
+        ProviderEventKind::Connection { state, reason } => json!({"connection": {"state": state, "reason": reason}}),
+        ProviderEventKind::Qr { raw } => json!({"qr": {"raw": raw}}),
+    };
+    json!({"instance": e.instance, "event": kind})
+}
+
 pub fn classify_status(status: u16, message: String, retry_after: Option<Duration>) -> ProviderError {
     crate::http::classify_status("waha", status, message, retry_after, &[401, 422])
 }
@@ -187,12 +460,7 @@ impl Provider for Waha {
     }
 
     fn check_config(&self, config: &Value) -> Result<Value, String> {
-        let mut c: WahaConfig = serde_json::from_value(config.clone()).map_err(|e| format!("config: {e}"))?;
-        if c.session.trim().is_empty() {
-            return Err("config.session is required".into());
-        }
-        c.base_url = c.base_url.trim_end_matches('/').to_owned();
-        Ok(serde_json::to_value(c).expect("serialisable"))
+        check_config(config)
     }
 
     async fn send(&self, msg: &OutboundMessage) -> Result<SendAccepted, ProviderError> {
@@ -214,13 +482,30 @@ impl Provider for Waha {
         if answer.ok() { Ok(()) } else { Err(failure(&answer)) }
     }
 
+    /// With `config.webhook` (`{"url","secret"}`), the session posts its
+    /// events there, signed with the secret. A session that exists already
+    /// keeps the webhooks it has.
     async fn create_session(&self, config: &Value) -> Result<Option<Value>, ProviderError> {
-        let cfg = settings(config)?;
-        let body = json!({"name": cfg.session, "start": true});
+        let (config, webhook) = without_webhook(config);
+        let cfg = settings(&config)?;
+        let body = create_body(&cfg.session, webhook.as_ref().map(|(u, s)| (u.as_str(), s.as_str())));
         let answer =
             crate::http::send(self.request(&cfg, Method::POST, &["api", "sessions"], &[])?.json(&body)).await?;
         let exists = answer.status == 422 && failure(&answer).to_string().contains("already exists");
         if answer.ok() || exists { Ok(None) } else { Err(failure(&answer)) }
+    }
+
+    fn webhook_auth(&self) -> Option<WebhookAuth> {
+        Some(WebhookAuth::WahaHmac)
+    }
+
+    fn parse_webhook(&self, body: &[u8]) -> Result<Vec<ProviderEvent>, WebhookError> {
+        parse_webhook(body)
+    }
+
+    /// The `session` setting (instances on a pool carry only that).
+    fn webhook_instance(&self, config: &Value) -> Option<String> {
+        webhook_instance(config)
     }
 
     async fn connection(&self, config: &Value) -> Result<Option<Connection>, ProviderError> {
@@ -290,6 +575,81 @@ mod tests {
             assert_eq!(route, case["route"], "{}", case["name"]);
             assert_eq!(body, case["expected"], "{}", case["name"]);
         }
+    }
+
+    #[test]
+    fn webhooks_parse_to_the_events_each_fixture_expects() {
+        let fixtures: Value = serde_json::from_str(include_str!("../fixtures/waha/webhooks.json")).unwrap();
+        for case in fixtures["cases"].as_array().unwrap() {
+            let name = case["name"].as_str().unwrap();
+            let body = serde_json::to_vec(&case["body"]).unwrap();
+            let got = parse_webhook(&body);
+            if case["malformed"] == true {
+                assert!(matches!(got, Err(WebhookError::Malformed(_))), "{name}: {got:?}");
+                continue;
+            }
+            let got: Vec<Value> = got.unwrap_or_else(|e| panic!("{name}: {e}")).iter().map(event_json).collect();
+            assert_eq!(Value::Array(got), case["expected"], "{name}");
+        }
+    }
+
+    #[test]
+    fn bodies_that_are_not_waha_envelopes_are_malformed() {
+        for body in [&b"not json"[..], b"", b"[]", b"{}", br#"{"event":1,"session":"default"}"#] {
+            assert!(
+                matches!(parse_webhook(body), Err(WebhookError::Malformed(_))),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        assert!(parse_webhook(br#"{"event":"presence.update","session":"s","payload":{}}"#).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_status_names_the_message_as_the_same_engines_send_answer_did() {
+        let fixtures: Value = serde_json::from_str(include_str!("../fixtures/waha/send_answers.json")).unwrap();
+        for case in fixtures["cases"].as_array().unwrap() {
+            let engine = match case["engine"].as_str().unwrap() {
+                "NOWEB" => "NOWEB",
+                _ => "WEBJS",
+            };
+            let sent = message_id(&case["answer"]).unwrap();
+            let ack = json!({"event": "message.ack", "session": "default", "engine": engine, "timestamp": 1,
+                "payload": {"id": "true_5511999990000@c.us_3EB0B430A1B2C3D4", "fromMe": true, "ack": 2}});
+            let events = parse_webhook(&serde_json::to_vec(&ack).unwrap()).unwrap();
+            let ProviderEventKind::Status(r) = &events[0].kind else { panic!("not a status: {events:?}") };
+            assert_eq!(r.provider_message_id, sent, "{}", case["engine"]);
+        }
+    }
+
+    #[test]
+    fn whatsapp_ids_come_out_of_serialized_ids() {
+        assert_eq!(whatsapp_id("false_5511999990000@c.us_3EB0ABC"), "3EB0ABC");
+        assert_eq!(whatsapp_id("true_120363012345678901@g.us_3EB0ABC_5511988887777@c.us"), "3EB0ABC");
+        assert_eq!(whatsapp_id("3EB0ABC"), "3EB0ABC");
+        assert_eq!(whatsapp_id("waha:msg_1"), "waha:msg_1");
+    }
+
+    #[test]
+    fn the_session_is_created_with_zapgates_webhook_when_given() {
+        assert_eq!(create_body("s1", None), json!({"name": "s1", "start": true}));
+        let config = json!({"base_url": "http://w", "session": "s1",
+            "webhook": {"url": "https://z.example/providers/waha/prv_1/webhook", "secret": "k"}});
+        let (rest, hook) = without_webhook(&config);
+        assert_eq!(rest, json!({"base_url": "http://w", "session": "s1"}));
+        let (url, secret) = hook.unwrap();
+        assert_eq!(
+            create_body("s1", Some((&url, &secret))),
+            json!({"name": "s1", "start": true, "config": {"webhooks": [{
+                "url": "https://z.example/providers/waha/prv_1/webhook",
+                "events": ["message", "message.ack", "session.status"],
+                "hmac": {"key": "k"}}]}})
+        );
+        // `webhook` is zapgate's, not a setting: accepted and not kept.
+        assert_eq!(check_config(&config).unwrap(), json!({"base_url": "http://w", "api_key": null, "session": "s1"}));
+        assert!(check_config(&json!({"base_url": "http://w", "session": "s1", "other": 1})).is_err());
+        assert_eq!(webhook_instance(&json!({"session": "ins_1"})).as_deref(), Some("ins_1"));
+        assert_eq!(webhook_instance(&json!({})), None);
     }
 
     #[test]
