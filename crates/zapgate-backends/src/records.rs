@@ -186,7 +186,7 @@ pub fn inbound(row: &(impl Columns + ?Sized)) -> Result<crate::InboundRecord, St
         chat_seq: row.int("chat_seq")?,
         message: zapgate_domain::ReceivedMessage {
             wa_message_id: row.text("wa_message_id")?,
-            chat: row.text("chat")?,
+            chat: shown_chat(&row.text("chat")?),
             sender: row.text_opt("sender")?,
             sender_name: row.text_opt("sender_name")?,
             from_me: row.flag("from_me")?,
@@ -196,6 +196,11 @@ pub fn inbound(row: &(impl Columns + ?Sized)) -> Result<crate::InboundRecord, St
         },
         received_at: row.time("created_at")?,
     })
+}
+
+/// A stored chat key (`ChatId::key`) as the API shows chats.
+fn shown_chat(key: &str) -> String {
+    zapgate_domain::ChatId::parse(key).map(|c| c.shown()).unwrap_or_else(|_| key.to_owned())
 }
 
 /// The columns `inbound` reads.

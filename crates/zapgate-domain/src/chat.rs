@@ -63,6 +63,12 @@ impl ChatId {
         self.to_string()
     }
 
+    /// How zapgate shows the chat (and serialises it): `+<digits>` for
+    /// numbers, the JID for groups and LIDs.
+    pub fn shown(&self) -> String {
+        self.e164().unwrap_or_else(|| self.key())
+    }
+
     /// The phone number in E.164 form, for phone chats.
     pub fn e164(&self) -> Option<String> {
         match self {

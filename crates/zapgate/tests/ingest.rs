@@ -78,7 +78,9 @@ async fn waha_webhooks_move_statuses_forward_and_store_inbound_messages_once() {
     assert_eq!(r.json::<Value>().await.unwrap()["accepted"], 1);
     let after = s.message(token, &id).await;
     assert_eq!(after["status"], "read");
-    assert_eq!(statuses(&after), [statuses(&m), vec!["delivered".to_owned()]].concat());
+    let history = statuses(&after["history"]);
+    assert_eq!(history, [statuses(&m["history"]), vec!["delivered".to_owned()]].concat());
+    assert_eq!(after["history"].as_array().unwrap().last().unwrap()["applied"], false);
 
     // An inbound message is stored once, however often WAHA re-sends it.
     let msg = json!({"id": "evt_02", "timestamp": 1767225601000i64, "event": "message", "session": "default",

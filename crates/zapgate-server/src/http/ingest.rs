@@ -219,20 +219,14 @@ fn items(p: &dyn Provider, account: &IngestAccount, events: &[ProviderEvent]) ->
     out
 }
 
-/// How a chat or sender is shown, as zapgate shows recipients: `+<digits>`
-/// for numbers, the JID for groups and LIDs.
-fn shown(chat: &ChatId) -> String {
-    chat.e164().unwrap_or_else(|| chat.key())
-}
-
 fn new_inbound(m: &zapgate_providers::InboundMessage) -> NewInbound {
     NewInbound {
         id: MessageId::generate(),
         chat: m.chat.key(),
         body: ReceivedMessage {
             wa_message_id: m.wa_message_id.clone(),
-            chat: shown(&m.chat),
-            sender: m.sender.as_ref().map(shown),
+            chat: m.chat.shown(),
+            sender: m.sender.as_ref().map(ChatId::shown),
             sender_name: m.sender_name.clone(),
             from_me: m.from_me,
             content: m.content.clone(),
