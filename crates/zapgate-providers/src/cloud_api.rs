@@ -15,13 +15,25 @@
 //! | 1, 2, 131000, 131016, HTTP 5xx, network | transient / service unavailable | retry, spends an attempt |
 //! | 0, 10, 190, 200, 131005 | auth or permission (a credential problem) | retry, spends an attempt (fix the token, then replay the dead letters) |
 //! | everything else 4xx (100, 131008, 131009, 131021, 131026, 131030, 131047, 131051–131053, 132000–132069, …) | the message cannot be sent as is | permanent |
+//!
+//! Webhooks (`parse_webhook`): Meta's `messages` field — one event per
+//! entry of `value.messages` (inbound) and `value.statuses` (sent,
+//! delivered, read, played, failed), named by the change's
+//! `metadata.phone_number_id`. POSTs are signed with the app's secret
+//! (`X-Hub-Signature-256`), kept as `app_secret` in the instance's settings
+//! next to the `verify_token` of Meta's subscription check. Shapes from
+//! Meta's webhook reference, see `fixtures/cloud_api/webhooks.json`.
 
-use crate::{OutboundMessage, Provider, ProviderError, SendAccepted};
+use crate::inbound::{InboundMedia, MediaSource, unix_seconds};
+use crate::{
+    InboundMessage, OutboundMessage, Provider, ProviderError, ProviderEvent, ProviderEventKind, SendAccepted,
+    StatusReport, WebhookAuth, WebhookError,
+};
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::time::Duration;
-use zapgate_domain::ChatId;
+use zapgate_domain::{ChatId, MessageStatus, Timestamp};
 
 pub const DEFAULT_BASE_URL: &str = "https://graph.facebook.com";
 pub const DEFAULT_API_VERSION: &str = "v21.0";
@@ -40,6 +52,29 @@ pub struct CloudApiConfig {
     pub base_url: String,
     #[serde(default = "default_version")]
     pub api_version: String,
+    /// The Meta app's secret: webhook POSTs are signed with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_secret: Option<String>,
+    /// What Meta's subscription check (`GET …?hub.verify_token=`) must present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify_token: Option<String>,
+}
+
+/// A non-empty string setting of `config`.
+fn setting(config: &Value, key: &str) -> Option<String> {
+    config.get(key).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned)
+}
+
+/// The app secret webhook signatures of the instance with these settings
+/// are checked against, if it has one.
+pub fn app_secret(config: &Value) -> Option<String> {
+    setting(config, "app_secret")
+}
+
+/// The token Meta's webhook subscription check must present for the
+/// instance with these settings, if it has one.
+pub fn verify_token(config: &Value) -> Option<String> {
+    setting(config, "verify_token")
 }
 
 fn default_base_url() -> String {
@@ -158,6 +193,18 @@ impl Provider for CloudApi {
         Ok(serde_json::to_value(c).expect("serialisable"))
     }
 
+    fn webhook_auth(&self) -> Option<WebhookAuth> {
+        Some(WebhookAuth::HubSignature)
+    }
+
+    fn parse_webhook(&self, body: &[u8]) -> Result<Vec<ProviderEvent>, WebhookError> {
+        parse_webhook(body)
+    }
+
+    fn webhook_instance(&self, config: &Value) -> Option<String> {
+        setting(config, "phone_number_id")
+    }
+
     async fn send(&self, msg: &OutboundMessage) -> Result<SendAccepted, ProviderError> {
         let cfg: CloudApiConfig = serde_json::from_value(msg.config.clone()).map_err(|e| ProviderError::Rejected {
             code: "bad_config".into(),
@@ -196,9 +243,229 @@ impl Provider for CloudApi {
     }
 }
 
+/// The events in one webhook POST of Meta's (see the module docs).
+pub fn parse_webhook(body: &[u8]) -> Result<Vec<ProviderEvent>, WebhookError> {
+    let malformed = |why: String| WebhookError::Malformed(format!("Cloud API webhook: {why}"));
+    let v: Value = serde_json::from_slice(body).map_err(|e| malformed(format!("not JSON ({e})")))?;
+    if v["object"] != "whatsapp_business_account" {
+        return Err(malformed(format!("object is {}, not \"whatsapp_business_account\"", v["object"])));
+    }
+    let entries = v["entry"].as_array().ok_or_else(|| malformed("no entry list".into()))?;
+    let mut out = Vec::new();
+    for change in entries.iter().flat_map(|e| e["changes"].as_array().into_iter().flatten()) {
+        // Template, quality, account … updates and message echoes: not ours.
+        if change["field"] != "messages" {
+            continue;
+        }
+        let value = &change["value"];
+        let instance = value["metadata"]["phone_number_id"]
+            .as_str()
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| malformed("a messages change without metadata.phone_number_id".into()))?;
+        let event = |kind| ProviderEvent { instance: instance.to_owned(), kind };
+        for m in value["messages"].as_array().into_iter().flatten() {
+            match inbound_message(m, &value["contacts"]) {
+                Some(msg) => out.push(event(ProviderEventKind::Message(msg))),
+                None => tracing::warn!(id = %m["id"], "skipped a Cloud API message without an id or phone sender"),
+            }
+        }
+        out.extend(
+            value["statuses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(status_report)
+                .map(|r| event(ProviderEventKind::Status(r))),
+        );
+    }
+    Ok(out)
+}
+
+/// Media kinds whose object carries a media id to download.
+const MEDIA_KINDS: [&str; 5] = ["image", "video", "audio", "document", "sticker"];
+
+fn str_of(v: &Value) -> Option<String> {
+    v.as_str().filter(|s| !s.is_empty()).map(str::to_owned)
+}
+
+/// One entry of `value.messages`. None: no id, or no sender zapgate can
+/// address (`from` missing: a user known only by a business-scoped id).
+fn inbound_message(m: &Value, contacts: &Value) -> Option<InboundMessage> {
+    let id = str_of(&m["id"])?;
+    let from = m["from"].as_str()?;
+    let chat = ChatId::parse(from).ok()?;
+    let sender_name = contacts
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["wa_id"].as_str() == Some(from))
+        .and_then(|c| str_of(&c["profile"]["name"]));
+    let kind = m["type"].as_str().unwrap_or_default();
+    let content = if matches!(kind, "unsupported" | "unknown" | "") {
+        // Meta's "unsupported" (or the older "unknown") carries only errors.
+        let provider_type = m["unsupported"]["type"].as_str().filter(|t| !t.is_empty()).unwrap_or(match kind {
+            "" => "unknown",
+            k => k,
+        });
+        let mut c = json!({"type": "unsupported", "unsupported": {"provider_type": provider_type}});
+        if m["errors"].is_array() {
+            c["errors"] = m["errors"].clone();
+        }
+        c
+    } else {
+        let mut c = m.clone();
+        if let Some(o) = c.as_object_mut() {
+            for k in ["from", "id", "timestamp", "context"] {
+                o.remove(k);
+            }
+        }
+        c
+    };
+    let media = MEDIA_KINDS.contains(&kind).then(|| &m[kind]).and_then(|o| {
+        Some(InboundMedia {
+            source: MediaSource::CloudMediaId(str_of(&o["id"])?),
+            mime_type: str_of(&o["mime_type"]),
+            sha256: str_of(&o["sha256"]),
+            filename: str_of(&o["filename"]),
+        })
+    });
+    Some(InboundMessage {
+        wa_message_id: id,
+        chat,
+        sender: None,
+        sender_name,
+        from_me: false,
+        content,
+        media,
+        context_id: str_of(&m["context"]["id"]),
+        at: unix_seconds(&m["timestamp"]).unwrap_or_else(Timestamp::now),
+    })
+}
+
+/// One entry of `value.statuses`; None for statuses zapgate does not track
+/// (`deleted`, `warning`, …).
+fn status_report(s: &Value) -> Option<StatusReport> {
+    let status = match s["status"].as_str()? {
+        "sent" => MessageStatus::Sent,
+        "delivered" => MessageStatus::Delivered,
+        "read" => MessageStatus::Read,
+        "played" => MessageStatus::Played,
+        "failed" => MessageStatus::Failed,
+        _ => return None,
+    };
+    let error = &s["errors"][0];
+    let error_code = match &error["code"] {
+        Value::Number(n) => Some(n.to_string()),
+        Value::String(c) if !c.is_empty() => Some(c.clone()),
+        _ => None,
+    };
+    let error_message = str_of(&error["title"]).or_else(|| str_of(&error["message"])).map(|t| {
+        match str_of(&error["error_data"]["details"]).filter(|d| *d != t) {
+            Some(details) => format!("{t}: {details}"),
+            None => t,
+        }
+    });
+    Some(StatusReport {
+        provider_message_id: str_of(&s["id"])?,
+        status,
+        at: unix_seconds(&s["timestamp"]).unwrap_or_else(Timestamp::now),
+        error_code,
+        error_message,
+    })
+}
+
+/// An event as fixtures spell it (`fixtures/*/webhooks.json`), for the
+/// webhook parser tests of every adapter.
+#[cfg(test)]
+pub(crate) fn event_json(e: &ProviderEvent) -> Value {
+    let key = |c: &ChatId| c.key();
+    match &e.kind {
+        ProviderEventKind::Message(m) => json!({"instance": e.instance, "message": {
+            "id": m.wa_message_id, "chat": key(&m.chat), "sender": m.sender.as_ref().map(key),
+            "sender_name": m.sender_name, "from_me": m.from_me, "content": m.content,
+            "media": m.media.as_ref().map(|md| {
+                let (k, v) = match &md.source {
+                    MediaSource::Url(u) => ("url", u),
+                    MediaSource::CloudMediaId(i) => ("cloud_media_id", i),
+                    MediaSource::Base64(b) => ("base64", b),
+                };
+                json!({k: v, "mime_type": md.mime_type, "sha256": md.sha256, "filename": md.filename})
+            }),
+            "context_id": m.context_id, "at": m.at.as_millis()}}),
+        ProviderEventKind::Status(r) => json!({"instance": e.instance, "status": {
+            "id": r.provider_message_id, "status": r.status.as_str(), "at": r.at.as_millis(),
+            "error_code": r.error_code, "error_message": r.error_message}}),
+        ProviderEventKind::Connection { state, reason } => {
+            json!({"instance": e.instance, "connection": {"state": state, "reason": reason}})
+        }
+        ProviderEventKind::Qr { raw } => json!({"instance": e.instance, "qr": {"raw": raw}}),
+    }
+}
+
+/// Checks `parse` against every case of a webhook fixture file: the exact
+/// events, and `Malformed` for its malformed bodies.
+#[cfg(test)]
+pub(crate) fn check_webhook_fixtures(
+    fixtures: &str,
+    parse: impl Fn(&[u8]) -> Result<Vec<ProviderEvent>, WebhookError>,
+) {
+    let fixtures: Value = serde_json::from_str(fixtures).expect("fixtures are JSON");
+    assert!(fixtures["_source"].is_string(), "fixtures say where their shapes come from");
+    for case in fixtures["cases"].as_array().unwrap() {
+        let body = serde_json::to_vec(&case["body"]).unwrap();
+        let events = parse(&body).unwrap_or_else(|e| panic!("{}: {e}", case["name"]));
+        let got: Vec<Value> = events.iter().map(event_json).collect();
+        assert_eq!(Value::Array(got), case["events"], "{}", case["name"]);
+    }
+    for case in fixtures["malformed"].as_array().unwrap() {
+        let body = match &case["raw"] {
+            Value::String(raw) => raw.clone().into_bytes(),
+            _ => serde_json::to_vec(&case["body"]).unwrap(),
+        };
+        assert!(matches!(parse(&body), Err(WebhookError::Malformed(_))), "{}", case["name"]);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    // Unit tests build no `reqwest::Client` (no TLS crypto provider is
+    // installed here), so they call the functions the trait methods wrap.
+
+    /// Meta's webhook examples (fixtures/cloud_api/webhooks.json).
+    #[test]
+    fn webhooks_parse_to_the_events_they_carry() {
+        check_webhook_fixtures(include_str!("../fixtures/cloud_api/webhooks.json"), parse_webhook);
+    }
+
+    #[test]
+    fn webhook_settings_are_kept_and_read_back() {
+        let kept = |v: Value| serde_json::to_value(serde_json::from_value::<CloudApiConfig>(v).unwrap()).unwrap();
+        let config = kept(json!({"access_token": "t", "phone_number_id": "106540352242922",
+            "app_secret": "s3cret", "verify_token": "v"}));
+        assert_eq!(setting(&config, "phone_number_id").as_deref(), Some("106540352242922"));
+        assert_eq!(app_secret(&config).as_deref(), Some("s3cret"));
+        assert_eq!(verify_token(&config).as_deref(), Some("v"));
+        let plain = kept(json!({"access_token": "t", "phone_number_id": "1"}));
+        assert_eq!(plain.get("app_secret"), None, "no null settings stored");
+        assert_eq!((app_secret(&plain), verify_token(&plain)), (None, None));
+        assert_eq!(app_secret(&json!({"app_secret": ""})), None);
+    }
+
+    /// A sender WhatsApp names only by a business-scoped user id (no
+    /// `from`) cannot be addressed: that message is skipped, the rest kept.
+    #[test]
+    fn messages_without_a_phone_sender_are_skipped() {
+        let body = json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages",
+        "value": {"metadata": {"phone_number_id": "106540352242922"}, "messages": [
+            {"from_user_id": "US.13491208655302741918", "id": "wamid.A", "timestamp": "1750000000", "type": "text", "text": {"body": "x"}},
+            {"from": "16505551234", "id": "wamid.B", "timestamp": "1750000000", "type": "text", "text": {"body": "y"}}
+        ]}}]}]});
+        let events = parse_webhook(&serde_json::to_vec(&body).unwrap()).unwrap();
+        assert_eq!(events.len(), 1);
+        assert!(matches!(&events[0].kind, ProviderEventKind::Message(m) if m.wa_message_id == "wamid.B"));
+    }
 
     /// Request examples from Meta's messages reference (fixtures/cloud_api/).
     #[test]
