@@ -12,14 +12,25 @@
 //! Instances on a pool server are zapgate's: `POST /instance/create`,
 //! `GET /instance/connectionState/{i}`, `GET /instance/connect/{i}` (QR),
 //! `DELETE /instance/logout/{i}`, `DELETE /instance/delete/{i}`.
+//!
+//! Webhooks (`parse_webhook`): the envelope `{"event","instance","data",…}`
+//! (webhook.controller.ts), unsigned: zapgate's URL carries `?token=`.
+//! `create_session` registers it for `MESSAGES_UPSERT`, `MESSAGES_UPDATE`,
+//! `CONNECTION_UPDATE` and `QRCODE_UPDATED`, media inline (`base64`).
+//! Messages are named by Baileys' `key.id` everywhere: the send answer's
+//! `key.id` (what zapgate keeps), an upsert's `key.id`, an update's `keyId`.
 
-use crate::{Connection, ConnectionState, OutboundMessage, Provider, ProviderError, Qr, SendAccepted};
+use crate::inbound::{
+    InboundMedia, InboundMessage, MediaSource, ProviderEvent, ProviderEventKind, WebhookAuth, WebhookError,
+    unix_seconds,
+};
+use crate::{Connection, ConnectionState, OutboundMessage, Provider, ProviderError, Qr, SendAccepted, StatusReport};
 use async_trait::async_trait;
 use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::time::Duration;
-use zapgate_domain::{ChatId, MessageContent};
+use zapgate_domain::{ChatId, MessageContent, MessageStatus, Timestamp};
 
 /// An instance's Evolution API settings (`config` of `POST /v1/instances`).
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
@@ -42,6 +53,18 @@ impl Evolution {
     pub fn new(http: reqwest::Client) -> Self {
         Self { http }
     }
+}
+
+/// The instance's settings, normalised. `webhook` (zapgate's own, added
+/// when it creates the instance) is not a setting: accepted and dropped.
+pub fn check_config(config: &Value) -> Result<Value, String> {
+    let (config, _) = without_webhook(config);
+    let mut c: EvolutionConfig = serde_json::from_value(config).map_err(|e| format!("config: {e}"))?;
+    if c.api_key.trim().is_empty() || c.instance.trim().is_empty() {
+        return Err("config.api_key and config.instance are required".into());
+    }
+    c.base_url = c.base_url.trim_end_matches('/').to_owned();
+    Ok(serde_json::to_value(c).expect("serialisable"))
 }
 
 /// The route and body Evolution expects for one message.
@@ -88,6 +111,253 @@ struct Key {
     remote_jid: Option<String>,
 }
 
+/// The events zapgate subscribes its webhook to.
+pub const WEBHOOK_EVENTS: [&str; 4] = ["MESSAGES_UPSERT", "MESSAGES_UPDATE", "CONNECTION_UPDATE", "QRCODE_UPDATED"];
+
+/// The instance's settings without the `webhook` zapgate adds when it creates
+/// the instance, and that webhook's URL and secret.
+fn without_webhook(config: &Value) -> (Value, Option<(String, String)>) {
+    let mut config = config.clone();
+    let hook = config.as_object_mut().and_then(|o| o.remove("webhook"));
+    let hook = hook.and_then(|h| Some((h["url"].as_str()?.to_owned(), h["secret"].as_str()?.to_owned())));
+    (config, hook)
+}
+
+/// `url` with `token=<secret>` added to its query (Evolution does not sign
+/// its webhooks: the token in the URL is what proves them).
+pub fn url_with_token(url: &str, secret: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) => {
+            u.query_pairs_mut().append_pair("token", secret);
+            u.to_string()
+        }
+        Err(_) => format!("{url}{}token={secret}", if url.contains('?') { '&' } else { '?' }),
+    }
+}
+
+/// `POST /instance/create`'s body, with zapgate's webhook (`url`, token
+/// `secret`) when given: every event in one URL, media inline as base64.
+pub fn create_body(instance: &str, webhook: Option<(&str, &str)>) -> Value {
+    let mut body = json!({"instanceName": instance, "integration": "WHATSAPP-BAILEYS", "qrcode": true});
+    if let Some((url, secret)) = webhook {
+        body["webhook"] = json!({"url": url_with_token(url, secret), "byEvents": false, "base64": true,
+            "events": WEBHOOK_EVENTS});
+    }
+    body
+}
+
+/// How Evolution names the instance in its webhooks: the `instance` setting.
+pub fn webhook_instance(config: &Value) -> Option<String> {
+    config["instance"].as_str().filter(|s| !s.is_empty()).map(str::to_owned)
+}
+
+fn malformed(why: impl Into<String>) -> WebhookError {
+    WebhookError::Malformed(why.into())
+}
+
+/// A Baileys timestamp: seconds as a number or string, or a protobuf Long `{"low","high"}`.
+fn time_of(v: &Value) -> Option<Timestamp> {
+    unix_seconds(v).or_else(|| {
+        let (low, high) = (v["low"].as_i64()?, v["high"].as_i64().unwrap_or(0));
+        unix_seconds(&json!((high << 32) | (low & 0xffff_ffff)))
+    })
+}
+
+/// An event name as zapgate compares them: `messages.upsert` for
+/// `MESSAGES_UPSERT` and `messages-upsert` too.
+fn event_name(event: &str) -> String {
+    event.to_ascii_lowercase().replace(['_', '-'], ".")
+}
+
+/// One item or a list of them (some builds send `data` as an array).
+fn items(data: &Value) -> Vec<&Value> {
+    match data {
+        Value::Array(a) => a.iter().collect(),
+        other => vec![other],
+    }
+}
+
+fn unsupported(provider_type: &str) -> Value {
+    json!({"type": "unsupported", "unsupported": {"provider_type": provider_type}})
+}
+
+/// The Baileys message kinds zapgate maps to the Cloud API's media kinds.
+const MEDIA: [(&str, &str); 4] =
+    [("imageMessage", "image"), ("videoMessage", "video"), ("audioMessage", "audio"), ("documentMessage", "document")];
+
+/// Keys Evolution and Baileys put beside the message kind in `message`.
+const NOT_KINDS: [&str; 4] = ["messageContextInfo", "base64", "mediaUrl", "contextInfo"];
+
+/// The content in the Cloud API's shape, the media, and the message kind's
+/// object (where `contextInfo` lives).
+fn content(data: &Value) -> (Value, Option<InboundMedia>, &Value) {
+    let mut message = &data["message"];
+    // A document with a caption nests the document one level down.
+    if message["documentWithCaptionMessage"]["message"]["documentMessage"].is_object() {
+        message = &message["documentWithCaptionMessage"]["message"];
+    }
+    if let Some(text) = message["conversation"].as_str() {
+        return (json!({"type": "text", "text": {"body": text}}), None, &Value::Null);
+    }
+    if let Some(text) = message["extendedTextMessage"]["text"].as_str() {
+        return (json!({"type": "text", "text": {"body": text}}), None, &message["extendedTextMessage"]);
+    }
+    if let Some((key, kind)) = MEDIA.iter().find(|(key, _)| message[*key].is_object()) {
+        let m = &message[*key];
+        let mime = m["mimetype"].as_str().filter(|s| !s.is_empty());
+        let filename = m["fileName"].as_str().filter(|s| !s.is_empty() && *kind == "document");
+        let mut c = serde_json::Map::new();
+        if let Some(mime) = mime {
+            c.insert("mime_type".into(), json!(mime));
+        }
+        if let Some(caption) = m["caption"].as_str().filter(|s| !s.is_empty() && *kind != "audio") {
+            c.insert("caption".into(), json!(caption));
+        }
+        if let Some(f) = filename {
+            c.insert("filename".into(), json!(f));
+        }
+        // Inline bytes (`webhook.base64`), else Evolution's copy in its S3
+        // (`mediaUrl`), else WhatsApp's CDN URL (the file there is encrypted).
+        let source = (data["message"]["base64"].as_str().map(|b| MediaSource::Base64(b.to_owned())))
+            .or_else(|| data["message"]["mediaUrl"].as_str().map(|u| MediaSource::Url(u.to_owned())))
+            .or_else(|| m["url"].as_str().map(|u| MediaSource::Url(u.to_owned())));
+        let media = source.map(|source| InboundMedia {
+            source,
+            mime_type: mime.map(str::to_owned),
+            sha256: None,
+            filename: filename.map(str::to_owned),
+        });
+        return (json!({"type": kind, *kind: c}), media, m);
+    }
+    let kind = data["messageType"]
+        .as_str()
+        .map(str::to_owned)
+        .or_else(|| message.as_object()?.keys().find(|k| !NOT_KINDS.contains(&k.as_str())).cloned());
+    let kind_object = kind.as_deref().map_or(&Value::Null, |k| &message[k]);
+    (unsupported(kind.as_deref().unwrap_or("unknown")), None, kind_object)
+}
+
+/// A `messages.upsert` item; None for chats zapgate cannot address
+/// (`status@broadcast`, newsletters).
+fn inbound_message(data: &Value, fallback_at: Timestamp) -> Result<Option<InboundMessage>, WebhookError> {
+    let key = &data["key"];
+    let id = key["id"].as_str().filter(|s| !s.is_empty());
+    let (Some(id), Some(jid)) = (id, key["remoteJid"].as_str()) else {
+        return Err(malformed("an Evolution message without key.id and key.remoteJid"));
+    };
+    let Ok(chat) = ChatId::parse(jid) else { return Ok(None) };
+    let sender = match chat {
+        ChatId::Group(_) => key["participant"].as_str().and_then(|p| ChatId::parse(p).ok()),
+        _ => None,
+    };
+    let (content, media, kind) = content(data);
+    let context_id = [&data["contextInfo"]["stanzaId"], &kind["contextInfo"]["stanzaId"]]
+        .into_iter()
+        .find_map(|v| v.as_str().filter(|s| !s.is_empty()))
+        .map(str::to_owned);
+    Ok(Some(InboundMessage {
+        wa_message_id: id.to_owned(),
+        chat,
+        sender,
+        sender_name: data["pushName"].as_str().filter(|s| !s.is_empty()).map(str::to_owned),
+        from_me: key["fromMe"].as_bool().unwrap_or(false),
+        content,
+        media,
+        context_id,
+        at: time_of(&data["messageTimestamp"]).unwrap_or(fallback_at),
+    }))
+}
+
+/// A `messages.update` item; None for statuses zapgate has none for
+/// (PENDING, DELETED) and receipts of messages it did not send.
+fn status_update(data: &Value, at: Timestamp) -> Result<Option<StatusReport>, WebhookError> {
+    // 2.x: `keyId`; older builds: the key itself (`key.id`, or spread: `id`).
+    let id = [&data["keyId"], &data["key"]["id"], &data["id"]].into_iter().find_map(|v| v.as_str());
+    let Some(id) = id.filter(|s| !s.is_empty()) else {
+        return Err(malformed("an Evolution message update without keyId"));
+    };
+    let from_me = data["fromMe"].as_bool().or(data["key"]["fromMe"].as_bool());
+    if from_me == Some(false) {
+        return Ok(None);
+    }
+    // The names of renderStatus.ts; Baileys' numbers in some builds.
+    let status = match (&data["status"], data["status"].as_str()) {
+        (_, Some("ERROR")) => MessageStatus::Failed,
+        (_, Some("SERVER_ACK")) => MessageStatus::Sent,
+        (_, Some("DELIVERY_ACK")) => MessageStatus::Delivered,
+        (_, Some("READ")) => MessageStatus::Read,
+        (_, Some("PLAYED")) => MessageStatus::Played,
+        (v, None) => match v.as_i64() {
+            Some(0) => MessageStatus::Failed,
+            Some(2) => MessageStatus::Sent,
+            Some(3) => MessageStatus::Delivered,
+            Some(4) => MessageStatus::Read,
+            Some(5) => MessageStatus::Played,
+            Some(_) => return Ok(None),
+            None => return Err(malformed("an Evolution message update without status")),
+        },
+        _ => return Ok(None),
+    };
+    let failed = status == MessageStatus::Failed;
+    Ok(Some(StatusReport {
+        provider_message_id: id.to_owned(),
+        status,
+        at: time_of(&data["timestamp"]).or_else(|| time_of(&data["datetime"])).unwrap_or(at),
+        error_code: failed.then(|| "evolution_status_error".to_owned()),
+        error_message: failed.then(|| "Evolution reported the message as ERROR".to_owned()),
+    }))
+}
+
+/// The events in one Evolution webhook body.
+pub fn parse_webhook(body: &[u8]) -> Result<Vec<ProviderEvent>, WebhookError> {
+    let v: Value = serde_json::from_slice(body).map_err(|e| malformed(format!("not JSON: {e}")))?;
+    let event = v["event"].as_str().ok_or_else(|| malformed("an Evolution webhook without event"))?;
+    let instance = v["instance"].as_str().ok_or_else(|| malformed("an Evolution webhook without instance"))?;
+    let data = &v["data"];
+    let event = event_name(event);
+    let used = ["messages.upsert", "messages.update", "connection.update", "qrcode.updated"];
+    if used.contains(&event.as_str()) && !(data.is_object() || data.is_array()) {
+        return Err(malformed(format!("an Evolution {event} event without data")));
+    }
+    // The event's time: `date_time` (ISO 8601, the server's offset), else now.
+    let at = v["date_time"].as_str().and_then(Timestamp::parse_rfc3339).unwrap_or_else(Timestamp::now);
+    let mut kinds = Vec::new();
+    match event.as_str() {
+        "messages.upsert" => {
+            for item in items(data) {
+                kinds.extend(inbound_message(item, at)?.map(ProviderEventKind::Message));
+            }
+        }
+        "messages.update" => {
+            for item in items(data) {
+                kinds.extend(status_update(item, at)?.map(ProviderEventKind::Status));
+            }
+        }
+        "connection.update" => {
+            let state = match data["state"].as_str() {
+                Some("open") => Some(ConnectionState::Connected),
+                Some("connecting") => Some(ConnectionState::Connecting),
+                Some("close") => Some(ConnectionState::Disconnected),
+                // Too many QR codes shown without a scan: the session ended.
+                Some("refused") => Some(ConnectionState::Failed),
+                _ => None,
+            };
+            let reason = match &data["statusReason"] {
+                Value::Null => None,
+                Value::String(s) => Some(s.clone()),
+                other => Some(other.to_string()),
+            };
+            kinds.extend(state.map(|state| ProviderEventKind::Connection { state, reason }));
+        }
+        // Without `qrcode` it is the "QR code limit reached" notice, not a code.
+        "qrcode.updated" if data["qrcode"].is_object() => {
+            kinds.push(ProviderEventKind::Qr { raw: data["qrcode"]["code"].as_str().map(str::to_owned) });
+        }
+        _ => {}
+    }
+    Ok(kinds.into_iter().map(|kind| ProviderEvent { instance: instance.to_owned(), kind }).collect())
+}
+
 pub fn classify_status(status: u16, message: String, retry_after: Option<Duration>) -> ProviderError {
     crate::http::classify_status("evolution", status, message, retry_after, &[401, 403])
 }
@@ -108,12 +378,7 @@ impl Provider for Evolution {
     }
 
     fn check_config(&self, config: &Value) -> Result<Value, String> {
-        let mut c: EvolutionConfig = serde_json::from_value(config.clone()).map_err(|e| format!("config: {e}"))?;
-        if c.api_key.trim().is_empty() || c.instance.trim().is_empty() {
-            return Err("config.api_key and config.instance are required".into());
-        }
-        c.base_url = c.base_url.trim_end_matches('/').to_owned();
-        Ok(serde_json::to_value(c).expect("serialisable"))
+        check_config(config)
     }
 
     async fn send(&self, msg: &OutboundMessage) -> Result<SendAccepted, ProviderError> {
@@ -140,12 +405,28 @@ impl Provider for Evolution {
         if answer.ok() { Ok(()) } else { Err(failure(&answer)) }
     }
 
+    /// With `config.webhook` (`{"url","secret"}`), the instance posts its
+    /// events there (the secret as `?token=`). An instance that exists
+    /// already keeps the webhook it has.
     async fn create_session(&self, config: &Value) -> Result<Option<Value>, ProviderError> {
-        let cfg = settings(config)?;
-        let body = json!({"instanceName": cfg.instance, "integration": "WHATSAPP-BAILEYS", "qrcode": true});
+        let (config, webhook) = without_webhook(config);
+        let cfg = settings(&config)?;
+        let body = create_body(&cfg.instance, webhook.as_ref().map(|(u, s)| (u.as_str(), s.as_str())));
         let answer = crate::http::send(self.request(&cfg, Method::POST, &["instance", "create"])?.json(&body)).await?;
         // 403: the name is taken — by this instance, made before.
         if answer.ok() || answer.status == 403 { Ok(None) } else { Err(failure(&answer)) }
+    }
+
+    fn webhook_auth(&self) -> Option<WebhookAuth> {
+        Some(WebhookAuth::Token)
+    }
+
+    fn parse_webhook(&self, body: &[u8]) -> Result<Vec<ProviderEvent>, WebhookError> {
+        parse_webhook(body)
+    }
+
+    fn webhook_instance(&self, config: &Value) -> Option<String> {
+        webhook_instance(config)
     }
 
     async fn connection(&self, config: &Value) -> Result<Option<Connection>, ProviderError> {
@@ -245,6 +526,75 @@ mod tests {
             "+5511999998888",
         );
         assert!(matches!(request(&loc), Err(ProviderError::Rejected { .. })));
+    }
+
+    #[test]
+    fn webhooks_parse_to_the_events_each_fixture_expects() {
+        let fixtures: Value = serde_json::from_str(include_str!("../fixtures/evolution/webhooks.json")).unwrap();
+        for case in fixtures["cases"].as_array().unwrap() {
+            let name = case["name"].as_str().unwrap();
+            let body = serde_json::to_vec(&case["body"]).unwrap();
+            let got = parse_webhook(&body);
+            if case["malformed"] == true {
+                assert!(matches!(got, Err(WebhookError::Malformed(_))), "{name}: {got:?}");
+                continue;
+            }
+            let got: Vec<Value> =
+                got.unwrap_or_else(|e| panic!("{name}: {e}")).iter().map(crate::waha::event_json).collect();
+            assert_eq!(Value::Array(got), case["expected"], "{name}");
+        }
+    }
+
+    #[test]
+    fn bodies_that_are_not_evolution_envelopes_are_malformed() {
+        for body in [&b"not json"[..], b"", b"[]", b"{}", br#"{"event":"messages.upsert","instance":7,"data":{}}"#] {
+            assert!(
+                matches!(parse_webhook(body), Err(WebhookError::Malformed(_))),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        assert!(parse_webhook(br#"{"event":"presence.update","instance":"i","data":{}}"#).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_status_names_the_message_as_the_send_answer_did() {
+        let answer = json!({"key": {"remoteJid": "5511999990000@s.whatsapp.net", "fromMe": true, "id": "3EB0B430A1B2C3D4"},
+            "status": "PENDING", "message": {"conversation": "hi"}, "messageTimestamp": 1717689097});
+        let sent: Sent = serde_json::from_value(answer).unwrap();
+        let update = json!({"event": "messages.update", "instance": "i", "data": {"keyId": "3EB0B430A1B2C3D4",
+            "remoteJid": "5511999990000@s.whatsapp.net", "fromMe": true, "status": "DELIVERY_ACK"}});
+        let events = parse_webhook(&serde_json::to_vec(&update).unwrap()).unwrap();
+        let crate::ProviderEventKind::Status(r) = &events[0].kind else { panic!("not a status: {events:?}") };
+        assert_eq!(r.provider_message_id, sent.key.id);
+    }
+
+    #[test]
+    fn the_instance_is_created_with_zapgates_webhook_when_given() {
+        assert_eq!(
+            create_body("i1", None),
+            json!({"instanceName": "i1", "integration": "WHATSAPP-BAILEYS", "qrcode": true})
+        );
+        let config = json!({"base_url": "http://e", "api_key": "k", "instance": "i1",
+            "webhook": {"url": "https://z.example/providers/evolution/prv_1/webhook", "secret": "s3cret"}});
+        let (rest, hook) = without_webhook(&config);
+        assert_eq!(rest, json!({"base_url": "http://e", "api_key": "k", "instance": "i1"}));
+        let (url, secret) = hook.unwrap();
+        assert_eq!(
+            create_body("i1", Some((&url, &secret))),
+            json!({"instanceName": "i1", "integration": "WHATSAPP-BAILEYS", "qrcode": true, "webhook": {
+                "url": "https://z.example/providers/evolution/prv_1/webhook?token=s3cret",
+                "byEvents": false, "base64": true,
+                "events": ["MESSAGES_UPSERT", "MESSAGES_UPDATE", "CONNECTION_UPDATE", "QRCODE_UPDATED"]}})
+        );
+        // An existing query is kept, the token added to it (and encoded).
+        assert_eq!(url_with_token("https://z.example/hook?a=1", "s"), "https://z.example/hook?a=1&token=s");
+        assert_eq!(url_with_token("https://z.example/hook", "a b&c"), "https://z.example/hook?token=a+b%26c");
+        // `webhook` is zapgate's, not a setting: accepted and not kept.
+        assert_eq!(check_config(&config).unwrap(), json!({"base_url": "http://e", "api_key": "k", "instance": "i1"}));
+        assert!(check_config(&json!({"base_url": "http://e", "api_key": "k", "instance": "i1", "x": 1})).is_err());
+        assert_eq!(webhook_instance(&json!({"instance": "ins_1"})).as_deref(), Some("ins_1"));
+        assert_eq!(webhook_instance(&json!({})), None);
     }
 
     #[test]
