@@ -17,6 +17,7 @@
 //!
 //! Used in-process by tests (`start`) and as a binary by hand or by the bench.
 
+pub mod cloud;
 pub mod evolution;
 pub mod hooks;
 pub mod redis_server;
@@ -68,6 +69,8 @@ pub struct Sim {
     uazapi_instances: Mutex<std::collections::HashMap<String, uazapi::Instance>>,
     /// How long after its QR is first fetched a session counts as scanned.
     qr_scan_after: Mutex<std::time::Duration>,
+    /// Where Cloud API webhooks go (see [`cloud`]).
+    cloud_hook: Mutex<Option<hooks::Hook>>,
 }
 
 impl Default for Sim {
@@ -79,6 +82,7 @@ impl Default for Sim {
             evolution_instances: Mutex::default(),
             uazapi_instances: Mutex::default(),
             qr_scan_after: Mutex::new(std::time::Duration::from_millis(300)),
+            cloud_hook: Mutex::default(),
         }
     }
 }
@@ -227,6 +231,7 @@ async fn cloud_send(
     }
     let to = body["to"].as_str().unwrap_or_default().to_owned();
     let id = format!("wamid.{}", uuid::Uuid::new_v4().simple());
+    cloud::sent(&sim, &phone_number_id, &to, &id);
     Json(json!({"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": to}], "messages": [{"id": id}]}))
         .into_response()
 }
