@@ -4,7 +4,9 @@
 use crate::{ProviderStatusReport, StatusApplied, StoreError};
 use async_trait::async_trait;
 use serde::Serialize;
-use zapgate_domain::{InstanceId, MessageId, ReceivedMessage, TenantId, Timestamp};
+use zapgate_domain::event::StatusDetail;
+use zapgate_domain::instance_state::FlapPolicy;
+use zapgate_domain::{InstanceId, InstanceState, MessageId, ReceivedMessage, TenantId, Timestamp};
 
 /// Who a provider webhook URL (`/providers/{kind}/{account}/webhook`) belongs
 /// to: a provider server (`prv_…`), whose instances it reports on, or an
@@ -43,6 +45,8 @@ pub enum InboundEvent {
     /// Applied only to a message of this instance.
     Status(ProviderStatusReport),
     Message(NewInbound),
+    /// The instance's connection, through its state machine.
+    Connection { state: InstanceState, reason: Option<String>, policy: FlapPolicy },
 }
 
 /// A message that arrived, as the ingest route read it.
@@ -56,11 +60,14 @@ pub struct NewInbound {
 }
 
 impl InboundItem {
-    /// What identifies the event across the provider's re-sends.
-    pub fn dedupe_key(&self) -> String {
+    /// What identifies the event across the provider's re-sends. Connection
+    /// reports have none: the same state may rightly come back later, and the
+    /// state machine coalesces repeats.
+    pub fn dedupe_key(&self) -> Option<String> {
         match &self.event {
-            InboundEvent::Status(r) => format!("s:{}:{}", r.provider_message_id, r.status.as_str()),
-            InboundEvent::Message(m) => format!("m:{}", m.body.wa_message_id),
+            InboundEvent::Status(r) => Some(format!("s:{}:{}", r.provider_message_id, r.status.as_str())),
+            InboundEvent::Message(m) => Some(format!("m:{}", m.body.wa_message_id)),
+            InboundEvent::Connection { .. } => None,
         }
     }
 }
@@ -74,6 +81,9 @@ pub enum InboundOutcome {
     Received(MessageId),
     /// The provider echoing a message zapgate sent: nothing to report.
     Echo,
+    /// A connection report: the new state when it changed (with its
+    /// `instance.status` event), None when coalesced.
+    Connection(Option<InstanceState>),
 }
 
 impl InboundOutcome {
@@ -86,6 +96,8 @@ impl InboundOutcome {
             InboundOutcome::Status(StatusApplied::Parked) => "status_parked",
             InboundOutcome::Received(_) => "received",
             InboundOutcome::Echo => "echo",
+            InboundOutcome::Connection(Some(_)) => "state_changed",
+            InboundOutcome::Connection(None) => "state_coalesced",
         }
     }
 }
@@ -129,4 +141,9 @@ pub trait Inbox: Send + Sync + 'static {
 
     /// Drops up to `limit` dedupe keys taken in before `before`.
     async fn purge_inbound_keys(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError>;
+}
+
+/// The detail of an `instance.status` event.
+pub fn state_detail(previous: Option<InstanceState>, next: &zapgate_domain::instance_state::StoredState) -> StatusDetail {
+    StatusDetail { state: next.state, previous_state: previous, reason: next.reason.clone(), ..crate::detail() }
 }

@@ -77,6 +77,9 @@ impl NewInstance {
             burst: self.burst,
             provider_config: self.provider_config,
             created_at: Timestamp::now(),
+            state: None,
+            state_reason: None,
+            state_changed_at: None,
         }
     }
 }
@@ -108,6 +111,15 @@ pub struct InstanceRecord {
     #[serde(skip)]
     pub provider_config: serde_json::Value,
     pub created_at: Timestamp,
+    /// The connection state its provider last reported (absent before the
+    /// first report; the `instance.status` events record every change).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<zapgate_domain::InstanceState>,
+    /// Why it is `closed`, `logged_out` or `failed` (e.g. `connection_lost`, `flapping`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_changed_at: Option<Timestamp>,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]

@@ -18,6 +18,10 @@ pub enum EventType {
     /// `message` holds it). `from_me` ones were sent from the instance's phone.
     #[serde(rename = "message.received")]
     MessageReceived,
+    /// An instance's connection state changed (`state`, `previous_state`,
+    /// `reason`); repeated identical reports raise nothing.
+    #[serde(rename = "instance.status")]
+    InstanceStatus,
     /// A webhook delivery used up its retry schedule (the seeds'
     /// `STATUS_FAILED_WEBHOOK_URL`: subscribe an endpoint to this type).
     #[serde(rename = "webhook.delivery_failed")]
@@ -25,10 +29,11 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 4] = [
+    pub const ALL: [EventType; 5] = [
         EventType::MessageStatus,
         EventType::MessageAckTimeout,
         EventType::MessageReceived,
+        EventType::InstanceStatus,
         EventType::WebhookDeliveryFailed,
     ];
 
@@ -37,6 +42,7 @@ impl EventType {
             EventType::MessageStatus => "message.status",
             EventType::MessageAckTimeout => "message.ack_timeout",
             EventType::MessageReceived => "message.received",
+            EventType::InstanceStatus => "instance.status",
             EventType::WebhookDeliveryFailed => "webhook.delivery_failed",
         }
     }
@@ -71,6 +77,11 @@ pub struct StatusDetail {
     pub failed_event_id: Option<EventId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_code: Option<u16>,
+    /// For `instance.status`: the state now and before (absent before the first report).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<crate::InstanceState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_state: Option<crate::InstanceState>,
     /// For `message.received`: the message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<ReceivedMessage>,
@@ -112,18 +123,23 @@ fn is_true(b: &bool) -> bool {
     *b
 }
 
-/// A `message.status` event as stored and as shown in a message's history.
+/// An event as stored, shown in a message's history and sent to webhooks.
+/// Message events name their message, status and per-chat sequence;
+/// `instance.status` events have none of the three.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MessageEvent {
     pub id: EventId,
     #[serde(rename = "type")]
     pub event_type: EventType,
     pub tenant_id: TenantId,
-    pub message_id: MessageId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<MessageId>,
     pub instance_id: InstanceId,
-    pub status: MessageStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<MessageStatus>,
     /// Per-chat sequence number of the message, so receivers can restore order.
-    pub chat_seq: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_seq: Option<i64>,
     /// Increases with every event zapgate records; webhooks may arrive out
     /// of order (they are sent concurrently and retried), this restores it.
     pub seq: i64,

@@ -148,3 +148,235 @@ async fn another_tenants_account_cannot_touch_a_message() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(s.message(token, &id).await["status"], "sent");
 }
+
+async fn subscribe(s: &Server, token: &str, url: &str, types: &[&str]) -> String {
+    let r = s.post(token, "/v1/webhooks", &json!({"url": url, "event_types": types})).await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    r.json::<Value>().await.unwrap()["secret"].as_str().unwrap().to_owned()
+}
+
+fn session_status(status: &str) -> Value {
+    json!({"event": "session.status", "session": "default", "payload": {"name": "default", "status": status}})
+}
+
+#[tokio::test]
+async fn a_storm_of_connection_events_is_coalesced_and_flapping_fails_the_instance() {
+    let p = sim_provider(
+        "waha",
+        |sim| json!({"base_url": format!("http://{sim}"), "api_key": "waha-key", "session": "default"}),
+        &[],
+    )
+    .await;
+    let (s, token, ins) = (&p.server, &p.token, &p.instance);
+    let (receiver, hook) = zapgate_sim::receiver::start().await.unwrap();
+    receiver.set_secret(&subscribe(s, token, &hook, &["instance.status", "message.received"]).await);
+    let detail: Value = s.get(token, &format!("/v1/instances/{ins}")).await.json().await.unwrap();
+    let (url, key) = (detail["webhook"]["url"].as_str().unwrap(), detail["webhook"]["hmac_key"].as_str().unwrap());
+
+    // 150 identical WORKING reports: one change, one event.
+    for _ in 0..150 {
+        assert_eq!(post_waha(s, url, key, &session_status("WORKING")).await.status(), 200);
+    }
+    let got = receiver.wait_for(1, |d| d.event_type() == "instance.status", WAIT).await;
+    let v: Value = s.get(token, &format!("/v1/instances/{ins}")).await.json().await.unwrap();
+    assert_eq!(v["state"], "open");
+    assert_eq!(got[0].body["data"]["state"], "open");
+    assert!(got[0].body["data"].get("previous_state").is_none(), "{:?}", got[0].body);
+    assert!(got[0].verified, "signed per Standard Webhooks");
+
+    // 150 alternating reports: five changes in the window, then `failed`
+    // (flapping), then nothing until the window is quiet.
+    for i in 0..150 {
+        let status = if i % 2 == 0 { "STOPPED" } else { "WORKING" };
+        assert_eq!(post_waha(s, url, key, &session_status(status)).await.status(), 200);
+    }
+    let mut got = receiver.wait_for(6, |d| d.event_type() == "instance.status", WAIT).await;
+    // Deliveries run concurrently: `seq` restores the order.
+    got.sort_by_key(|d| d.body["data"]["seq"].as_i64());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got_all: Vec<_> = receiver.got().into_iter().filter(|d| d.event_type() == "instance.status").collect();
+    assert_eq!(got_all.len(), got.len(), "no events after failing: {got_all:?}");
+    let states: Vec<&str> = got.iter().map(|d| d.body["data"]["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["open", "closed", "open", "closed", "open", "failed"], "{states:?}");
+    assert_eq!(got[1].body["data"]["reason"], "unknown", "a STOPPED session gives no reason");
+    assert_eq!(got[5].body["data"]["reason"], "flapping");
+    let v: Value = s.get(token, &format!("/v1/instances/{ins}")).await.json().await.unwrap();
+    assert_eq!((v["state"].as_str(), v["state_reason"].as_str()), (Some("failed"), Some("flapping")));
+    assert!(s.metric("zapgate_instance_state_changes_total", "state=\"failed\"").await >= 1.0);
+
+    // An inbound message reaches the tenant's webhook as message.received.
+    let msg = json!({"event": "message", "session": "default",
+        "payload": {"id": "false_5511988887777@c.us_3EB0STORM", "timestamp": 1767225600,
+                    "from": "5511988887777@c.us", "fromMe": false, "body": "ainda aí?"}});
+    assert_eq!(post_waha(s, url, key, &msg).await.status(), 200);
+    let got = receiver.wait_for(1, |d| d.event_type() == "message.received", WAIT).await;
+    let data = &got[0].body["data"];
+    assert_eq!(data["status"], "received");
+    assert_eq!(data["message"]["content"]["text"]["body"], "ainda aí?");
+    assert_eq!(data["message"]["chat"], "+5511988887777");
+    assert_eq!(data["chat_seq"], 1);
+    assert!(got[0].verified);
+}
+
+/// Places an instance of `kind` on a sim server, links it by QR and returns
+/// (server, sim, token, instance).
+async fn pooled(kind: &str) -> (Server, std::sync::Arc<zapgate_sim::Sim>, String, String) {
+    let (addr, sim) = zapgate_sim::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    sim.set_qr_scan_after(Duration::from_millis(50));
+    let s = Server::start(&[("ZAPGATE_WEBHOOK_ALLOW_PRIVATE", "true")]).await;
+    let r = s
+        .post(
+            ADMIN,
+            "/v1/providers",
+            &json!({"kind": kind, "name": "pool", "base_url": format!("http://{addr}"), "api_key": "k", "capacity": 5}),
+        )
+        .await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let (_, token) = s.tenant("acme").await;
+    let r = s.post(&token, "/v1/instances", &json!({"name": "n", "provider": kind})).await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let instance = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    assert_eq!(s.get(&token, &format!("/v1/instances/{instance}/qr")).await.status(), 200);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let v: Value = s.get(&token, &format!("/v1/instances/{instance}")).await.json().await.unwrap();
+        if v["connection"]["state"] == "connected" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never connected: {v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (s, sim, token, instance)
+}
+
+/// A pooled instance's session gets zapgate's webhook registered at its
+/// server: receipts of a send flow back and move the message to
+/// `delivered`, and an inbound message is stored once.
+async fn receipts_and_inbound_flow_back(kind: &str) {
+    let (s, sim, token, ins) = pooled(kind).await;
+    let id = s.send_text(&token, &ins, "+5511999998888", "Olá").await;
+    let m = s.wait_status(&token, &id, &["delivered", "read"], WAIT).await;
+    assert!(statuses(&m["history"]).contains(&"delivered".to_owned()), "{m}");
+    let wa_id = match kind {
+        "waha" => sim.waha_inbound_text(&ins, "5511988887777", "oi").await,
+        "evolution" => sim.evolution_inbound_text(&ins, "5511988887777", "oi").await,
+        "uazapi" => {
+            let sim_token = sim.uazapi_token(&ins).expect("the instance exists at the server");
+            sim.uazapi_inbound_text(&sim_token, "5511988887777", "oi").await
+        }
+        _ => unreachable!(),
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    let got = loop {
+        let got = inbound(&s, &token).await;
+        if !got.is_empty() || std::time::Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(wa_id.ends_with(got[0]["wa_message_id"].as_str().unwrap()), "{wa_id} vs {}", got[0]);
+    assert_eq!(got[0]["chat"], "+5511988887777");
+    assert_eq!(got[0]["content"]["text"]["body"], "oi");
+}
+
+#[tokio::test]
+async fn waha_receipts_and_inbound_messages_flow_back_from_a_pooled_session() {
+    receipts_and_inbound_flow_back("waha").await;
+}
+
+#[tokio::test]
+async fn evolution_receipts_and_inbound_messages_flow_back_from_a_pooled_instance() {
+    receipts_and_inbound_flow_back("evolution").await;
+}
+
+#[tokio::test]
+async fn uazapi_receipts_and_inbound_messages_flow_back_from_a_pooled_instance() {
+    receipts_and_inbound_flow_back("uazapi").await;
+}
+
+#[tokio::test]
+async fn cloud_api_statuses_and_messages_arrive_signed_with_the_app_secret() {
+    let p = sim_provider(
+        "cloud_api",
+        |sim| {
+            json!({"base_url": format!("http://{sim}"), "access_token": "EAAG", "phone_number_id": "106540352242922",
+                   "app_secret": "meta-app-secret", "verify_token": "verify-me"})
+        },
+        &[],
+    )
+    .await;
+    let (s, sim, token, ins) = (&p.server, &p.sim, &p.token, &p.instance);
+    let detail: Value = s.get(token, &format!("/v1/instances/{ins}")).await.json().await.unwrap();
+    let url = detail["webhook"]["url"].as_str().unwrap().to_owned();
+    assert_eq!(url, s.url(&format!("/providers/cloud_api/{ins}/webhook")));
+    assert!(detail["webhook"].get("hmac_key").is_none());
+
+    // Meta's handshake: the challenge comes back only with the right verify token.
+    let r = s.http.get(format!("{url}?hub.mode=subscribe&hub.verify_token=verify-me&hub.challenge=1158201444")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "1158201444");
+    let r = s.http.get(format!("{url}?hub.mode=subscribe&hub.verify_token=wrong&hub.challenge=1")).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+
+    sim.set_cloud_webhook(Some(zapgate_sim::hooks::Hook {
+        url: url.clone(),
+        signing: zapgate_sim::hooks::Signing::HubSha256("meta-app-secret".into()),
+        headers: vec![],
+    }));
+    let id = s.send_text(token, ins, "+5511999998888", "Olá").await;
+    s.wait_status(token, &id, &["delivered"], WAIT).await;
+    sim.cloud_inbound_text("106540352242922", "5511988887777", "oi").await;
+    let got = inbound(s, token).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["content"], json!({"type": "text", "text": {"body": "oi"}}));
+
+    // Signed with another secret: refused, nothing stored.
+    sim.set_cloud_webhook(Some(zapgate_sim::hooks::Hook {
+        url,
+        signing: zapgate_sim::hooks::Signing::HubSha256("not-the-app-secret".into()),
+        headers: vec![],
+    }));
+    let body = json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages",
+        "value": {"messaging_product": "whatsapp", "metadata": {"phone_number_id": "106540352242922"},
+                  "messages": [{"from": "5511988887777", "id": "wamid.FORGED", "timestamp": "1767225600",
+                                "type": "text", "text": {"body": "forged"}}]}}]}]});
+    assert_eq!(sim.cloud_post(body).await, 401);
+    assert_eq!(inbound(s, token).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_crash_right_after_the_ingest_commit_still_delivers_the_status_webhook() {
+    let schedule = ("ZAPGATE_WEBHOOK_RETRY_SCHEDULE", "200ms,200ms,200ms,200ms,200ms,200ms,200ms,200ms,200ms,200ms");
+    let SimProvider { server: s, sim: _sim, token, instance: ins } = sim_provider(
+        "waha",
+        |sim| json!({"base_url": format!("http://{sim}"), "api_key": "waha-key", "session": "default"}),
+        &[schedule, ("ZAPGATE_CRASH_AT", "after_ingest_commit")],
+    )
+    .await;
+    let (receiver, hook) = zapgate_sim::receiver::start().await.unwrap();
+    receiver.set_secret(&subscribe(&s, &token, &hook, &["message.status"]).await);
+    // Nothing is delivered before the crash: the receiver fails until then.
+    receiver.fail_next(1_000_000);
+    let detail: Value = s.get(&token, &format!("/v1/instances/{ins}")).await.json().await.unwrap();
+    let (url, key) =
+        (detail["webhook"]["url"].as_str().unwrap().to_owned(), detail["webhook"]["hmac_key"].as_str().unwrap().to_owned());
+    let id = s.send_text(&token, &ins, "+5511999998888", "Olá").await;
+    let pid = s.wait_status(&token, &id, &["sent"], WAIT).await["provider_message_id"].as_str().unwrap().to_owned();
+
+    // The process dies after committing the READ, before answering WAHA.
+    let (bytes, sig) = waha_signed(&key, &waha_ack(&pid, 3));
+    let r = s.http.post(&url).header("x-webhook-hmac", sig).body(bytes).send().await;
+    assert!(r.is_err(), "the process should have died before answering: {r:?}");
+    let s = s.restart(&[schedule, ("ZAPGATE_WEBHOOK_ALLOW_PRIVATE", "true")]).await;
+    receiver.fail_next(0);
+    assert_eq!(s.message(&token, &id).await["status"], "read", "committed before the crash");
+    let is_read = |d: &zapgate_sim::receiver::Delivery| d.body["data"]["status"] == "read";
+    let got = receiver.wait_for(1, |d| is_read(d) && d.verified, WAIT).await;
+    assert_eq!(got[0].body["data"]["message_id"], id.as_str());
+    // WAHA re-sends what it got no answer for (to the restarted listener's
+    // port): a duplicate, changing nothing.
+    let url = s.url(&format!("/providers/waha/{ins}/webhook"));
+    let r = post_waha(&s, &url, &key, &waha_ack(&pid, 3)).await;
+    assert_eq!(r.json::<Value>().await.unwrap()["duplicates"], 1);
+}

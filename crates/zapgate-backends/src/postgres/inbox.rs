@@ -2,15 +2,16 @@
 //! dedupe keys, the changes they guard and the events commit together (and
 //! a concurrent re-send of the same event waits on the key, then finds it).
 
-use super::rows::{MessageRef, insert_event_of};
+use super::rows::{MessageRef, insert_event_of, insert_instance_event};
 use super::store::apply_status;
 use super::{PgBackend, again};
 use crate::inbox::*;
-use crate::records::{INBOUND_COLUMNS, account_instance, inbound};
+use crate::records::{INBOUND_COLUMNS, account_instance, inbound, stored_state};
 use crate::{ProviderStatusReport, StoreError, detail};
 use async_trait::async_trait;
 use sqlx::{AssertSqlSafe, PgConnection, Row};
 use zapgate_domain::event::StatusDetail;
+use zapgate_domain::instance_state::Transition;
 use zapgate_domain::{EventType, InstanceId, MessageId, MessageStatus, TenantId, Timestamp};
 
 #[async_trait]
@@ -143,18 +144,20 @@ async fn resolve(conn: &mut PgConnection, kind: &str, account: &str) -> Result<O
 }
 
 async fn take_in(conn: &mut PgConnection, item: InboundItem, now: Timestamp) -> Result<InboundOutcome, StoreError> {
-    let fresh = sqlx::query(
-        "INSERT INTO inbound_keys (instance_id, key, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-    )
-    .bind(item.instance_id.as_str())
-    .bind(item.dedupe_key())
-    .bind(now.as_millis())
-    .execute(&mut *conn)
-    .await?
-    .rows_affected()
-        == 1;
-    if !fresh {
-        return Ok(InboundOutcome::Duplicate);
+    if let Some(key) = item.dedupe_key() {
+        let fresh = sqlx::query(
+            "INSERT INTO inbound_keys (instance_id, key, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind(item.instance_id.as_str())
+        .bind(key)
+        .bind(now.as_millis())
+        .execute(&mut *conn)
+        .await?
+        .rows_affected()
+            == 1;
+        if !fresh {
+            return Ok(InboundOutcome::Duplicate);
+        }
     }
     match item.event {
         InboundEvent::Status(report) => {
@@ -162,6 +165,35 @@ async fn take_in(conn: &mut PgConnection, item: InboundItem, now: Timestamp) -> 
             Ok(InboundOutcome::Status(apply_status(conn, report).await?))
         }
         InboundEvent::Message(m) => receive(conn, &item.tenant_id, &item.instance_id, m, now).await,
+        InboundEvent::Connection { state, reason, policy } => {
+            // The row lock orders concurrent reports of one instance.
+            let row = sqlx::query(
+                "SELECT state, state_reason, state_changed_at, state_changes FROM instances WHERE id = $1 FOR UPDATE",
+            )
+            .bind(item.instance_id.as_str())
+            .fetch_optional(&mut *conn)
+            .await?;
+            let Some(current) = row.as_ref().map(stored_state).transpose()? else {
+                return Ok(InboundOutcome::Connection(None));
+            };
+            let Transition::Changed { previous, next } = current.observe(state, reason, now, policy) else {
+                return Ok(InboundOutcome::Connection(None));
+            };
+            sqlx::query(
+                "UPDATE instances SET state = $1, state_reason = $2, state_changed_at = $3, state_changes = $4 \
+                 WHERE id = $5",
+            )
+            .bind(next.state.map(|s| s.as_str()))
+            .bind(&next.reason)
+            .bind(now.as_millis())
+            .bind(serde_json::to_string(&next.recent_changes).expect("times serialise"))
+            .bind(item.instance_id.as_str())
+            .execute(&mut *conn)
+            .await?;
+            let detail = state_detail(previous, &next);
+            insert_instance_event(conn, item.tenant_id.as_str(), item.instance_id.as_str(), &detail, now).await?;
+            Ok(InboundOutcome::Connection(next.state))
+        }
     }
 }
 

@@ -13,7 +13,7 @@ pub const MESSAGE_COLUMNS: &str = "id, tenant_id, instance_id, recipient, wa_id,
     created_at, updated_at";
 
 pub const INSTANCE_COLUMNS: &str = "id, tenant_id, name, provider, provider_id, phone_number_id, waba_id, rate_per_sec, burst, provider_config, \
-     created_at";
+     created_at, state, state_reason, state_changed_at";
 
 pub const EVENT_COLUMNS: &str =
     "seq, id, tenant_id, message_id, instance_id, type, status, chat_seq, detail, created_at";
@@ -67,6 +67,31 @@ pub async fn insert_event(
     at: Timestamp,
 ) -> Result<(), StoreError> {
     insert_event_of(conn, EventType::MessageStatus, msg, status, detail, at).await
+}
+
+/// Appends an `instance.status` event, marked for fan-out: it has no
+/// message, so its message id and status are '' and its chat_seq 0.
+pub async fn insert_instance_event(
+    conn: &mut PgConnection,
+    tenant: &str,
+    instance: &str,
+    detail: &StatusDetail,
+    at: Timestamp,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "WITH e AS (INSERT INTO events (id, tenant_id, message_id, instance_id, type, status, chat_seq, detail, \
+         created_at) VALUES ($1, $2, '', $3, $4, '', 0, $5, $6) RETURNING seq) \
+         INSERT INTO events_unfanned (event_seq) SELECT seq FROM e",
+    )
+    .bind(EventId::generate().as_str())
+    .bind(tenant)
+    .bind(instance)
+    .bind(EventType::InstanceStatus.as_str())
+    .bind(serde_json::to_string(detail).expect("details serialise"))
+    .bind(at.as_millis())
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 pub async fn insert_event_of(

@@ -2,7 +2,7 @@
 //! keys, the changes they guard and the events commit together.
 
 use super::SqliteBackend;
-use super::rows::{MessageRef, all, exec, inbound, insert_event_of, one};
+use super::rows::{MessageRef, all, exec, inbound, insert_event_of, insert_instance_event, one};
 use super::store::apply_status;
 use crate::inbox::*;
 use crate::records::INBOUND_COLUMNS;
@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{Connection, params, params_from_iter};
 use zapgate_domain::event::StatusDetail;
+use zapgate_domain::instance_state::Transition;
 use zapgate_domain::{EventType, InstanceId, MessageId, MessageStatus, TenantId, Timestamp};
 
 #[async_trait]
@@ -130,13 +131,15 @@ fn secret(conn: &Connection, account: &str) -> Result<String, StoreError> {
 }
 
 fn take_in(conn: &Connection, item: InboundItem, now: Timestamp) -> Result<InboundOutcome, StoreError> {
-    let fresh = exec(
-        conn,
-        "INSERT INTO inbound_keys (instance_id, key, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
-        params![item.instance_id.as_str(), item.dedupe_key(), now.as_millis()],
-    )? == 1;
-    if !fresh {
-        return Ok(InboundOutcome::Duplicate);
+    if let Some(key) = item.dedupe_key() {
+        let fresh = exec(
+            conn,
+            "INSERT INTO inbound_keys (instance_id, key, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            params![item.instance_id.as_str(), key, now.as_millis()],
+        )? == 1;
+        if !fresh {
+            return Ok(InboundOutcome::Duplicate);
+        }
     }
     match item.event {
         InboundEvent::Status(report) => {
@@ -144,6 +147,32 @@ fn take_in(conn: &Connection, item: InboundItem, now: Timestamp) -> Result<Inbou
             Ok(InboundOutcome::Status(apply_status(conn, report)?))
         }
         InboundEvent::Message(m) => receive(conn, &item.tenant_id, &item.instance_id, m, now),
+        InboundEvent::Connection { state, reason, policy } => {
+            let current = one(
+                conn,
+                "SELECT state, state_reason, state_changed_at, state_changes FROM instances WHERE id = ?",
+                [item.instance_id.as_str()],
+                |r| crate::records::stored_state(r),
+            )?;
+            let Some(current) = current else { return Ok(InboundOutcome::Connection(None)) };
+            let Transition::Changed { previous, next } = current.observe(state, reason, now, policy) else {
+                return Ok(InboundOutcome::Connection(None));
+            };
+            exec(
+                conn,
+                "UPDATE instances SET state = ?, state_reason = ?, state_changed_at = ?, state_changes = ? WHERE id = ?",
+                params![
+                    next.state.map(|s| s.as_str()),
+                    next.reason,
+                    now.as_millis(),
+                    serde_json::to_string(&next.recent_changes).expect("times serialise"),
+                    item.instance_id.as_str()
+                ],
+            )?;
+            let detail = state_detail(previous, &next);
+            insert_instance_event(conn, item.tenant_id.as_str(), item.instance_id.as_str(), &detail, now)?;
+            Ok(InboundOutcome::Connection(next.state))
+        }
     }
 }
 

@@ -12,7 +12,7 @@ pub const MESSAGE_COLUMNS: &str = "id, tenant_id, instance_id, recipient, wa_id,
     created_at, updated_at";
 
 pub const INSTANCE_COLUMNS: &str = "id, tenant_id, name, provider, provider_id, phone_number_id, waba_id, rate_per_sec, burst, provider_config, \
-     created_at";
+     created_at, state, state_reason, state_changed_at";
 
 pub const EVENT_COLUMNS: &str =
     "seq, id, tenant_id, message_id, instance_id, type, status, chat_seq, detail, created_at";
@@ -135,6 +135,31 @@ pub fn insert_event(
     at: Timestamp,
 ) -> Result<(), StoreError> {
     insert_event_of(conn, EventType::MessageStatus, msg, status, detail, at)
+}
+
+/// Appends an `instance.status` event: it has no message, so its message
+/// id and status are '' and its chat_seq 0.
+pub fn insert_instance_event(
+    conn: &Connection,
+    tenant: &str,
+    instance: &str,
+    detail: &StatusDetail,
+    at: Timestamp,
+) -> Result<(), StoreError> {
+    exec(
+        conn,
+        "INSERT INTO events (id, tenant_id, message_id, instance_id, type, status, chat_seq, detail, created_at) \
+         VALUES (?, ?, '', ?, ?, '', 0, ?, ?)",
+        params![
+            EventId::generate().as_str(),
+            tenant,
+            instance,
+            EventType::InstanceStatus.as_str(),
+            serde_json::to_string(detail).expect("details serialise"),
+            at.as_millis(),
+        ],
+    )?;
+    Ok(())
 }
 
 pub fn insert_event_of(

@@ -19,8 +19,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use zapgate_backends::{InboundEvent, InboundItem, InboundOutcome, IngestAccount, NewInbound, ProviderStatusReport};
-use zapgate_domain::{ChatId, MessageId, ReceivedMessage, Timestamp};
-use zapgate_providers::{Provider, ProviderEvent, ProviderEventKind, WebhookAuth, WebhookRequest, cloud_api};
+use zapgate_domain::instance_state::{FlapPolicy, classify_close};
+use zapgate_domain::{ChatId, InstanceState, MessageId, ReceivedMessage, Timestamp};
+use zapgate_providers::{
+    ConnectionState, Provider, ProviderEvent, ProviderEventKind, WebhookAuth, WebhookRequest, cloud_api,
+};
 
 /// How long an account (its secret and instances) is reused before it is read again.
 const ACCOUNT_TTL: Duration = Duration::from_secs(5);
@@ -142,16 +145,21 @@ pub async fn receive(
         return Err(ApiError::unauthorized("the webhook's signature or token does not match this account"));
     }
     let events = p.parse_webhook(&body).map_err(|e| ApiError::bad_request("malformed_webhook", e.to_string()))?;
-    let mut items = items(&*p, &found, &events);
+    let policy = s.config.flap_policy();
+    let mut items = items(&*p, &found, &events, policy);
     if items.unplaced > 0 {
         // An instance made after the account was cached: read it again once.
         found = s.ingest.get(&s, &kind, &account, true).await?.ok_or_else(unknown_account)?;
-        items = self::items(&*p, &found, &events);
+        items = self::items(&*p, &found, &events, policy);
     }
     let outcomes = s.backends.inbox.ingest(items.items, Timestamp::now()).await?;
+    zapgate_backends::crash_point("after_ingest_commit");
     let duplicates = outcomes.iter().filter(|o| **o == InboundOutcome::Duplicate).count();
     for o in &outcomes {
         metrics::counter!("zapgate_ingest_events_total", "provider" => p.kind(), "outcome" => o.as_str()).increment(1);
+        if let InboundOutcome::Connection(Some(state)) = o {
+            metrics::counter!("zapgate_instance_state_changes_total", "state" => state.as_str()).increment(1);
+        }
     }
     if items.unplaced + items.unused > 0 {
         metrics::counter!("zapgate_ingest_events_total", "provider" => p.kind(), "outcome" => "ignored")
@@ -182,11 +190,26 @@ struct Items {
     items: Vec<InboundItem>,
     /// Events naming an instance the account does not have.
     unplaced: usize,
-    /// Events zapgate does not act on yet (connection changes, QR codes).
+    /// Events zapgate does not act on.
     unused: usize,
 }
 
-fn items(p: &dyn Provider, account: &IngestAccount, events: &[ProviderEvent]) -> Items {
+/// A provider's connection report as the instance state machine's input:
+/// closes get a classified reason (`connection_lost`, `replaced`, …).
+fn machine_state(state: ConnectionState, reason: Option<&str>) -> (InstanceState, Option<String>) {
+    match state {
+        ConnectionState::Connecting => (InstanceState::Connecting, None),
+        ConnectionState::WaitingForQr => (InstanceState::Qr, None),
+        ConnectionState::Connected => (InstanceState::Open, None),
+        ConnectionState::Disconnected => {
+            let (state, reason) = classify_close(reason);
+            (state, Some(reason))
+        }
+        ConnectionState::Failed => (InstanceState::Failed, reason.map(str::to_owned)),
+    }
+}
+
+fn items(p: &dyn Provider, account: &IngestAccount, events: &[ProviderEvent], policy: FlapPolicy) -> Items {
     let by_name: HashMap<String, &zapgate_backends::AccountInstance> =
         account.instances.iter().filter_map(|i| Some((p.webhook_instance(&i.config)?, i))).collect();
     let mut out = Items { items: Vec::with_capacity(events.len()), unplaced: 0, unused: 0 };
@@ -205,10 +228,11 @@ fn items(p: &dyn Provider, account: &IngestAccount, events: &[ProviderEvent]) ->
                 error_message: r.error_message.clone(),
             }),
             ProviderEventKind::Message(m) => InboundEvent::Message(new_inbound(m)),
-            ProviderEventKind::Connection { .. } | ProviderEventKind::Qr { .. } => {
-                out.unused += 1;
-                continue;
+            ProviderEventKind::Connection { state, reason } => {
+                let (state, reason) = machine_state(*state, reason.as_deref());
+                InboundEvent::Connection { state, reason, policy }
             }
+            ProviderEventKind::Qr { .. } => InboundEvent::Connection { state: InstanceState::Qr, reason: None, policy },
         };
         out.items.push(InboundItem {
             tenant_id: instance.tenant_id.clone(),

@@ -201,6 +201,8 @@ async fn create_on_pool(
         Ok(Some(handed_out)) => {
             rec.provider_config = zapgate_domain::json::merged(&rec.provider_config, &handed_out);
             s.backends.store.set_provider_config(&rec.id, rec.provider_config.clone()).await?;
+            // A lane may already run with the settings as placed (without the token).
+            s.work.changed(rec.id.clone());
         }
         Err(e) => {
             s.backends.store.delete_instance(&rec.tenant_id, &rec.id, Timestamp::now()).await?;
