@@ -46,7 +46,11 @@ pub enum InboundEvent {
     Status(ProviderStatusReport),
     Message(NewInbound),
     /// The instance's connection, through its state machine.
-    Connection { state: InstanceState, reason: Option<String>, policy: FlapPolicy },
+    Connection {
+        state: InstanceState,
+        reason: Option<String>,
+        policy: FlapPolicy,
+    },
 }
 
 /// A message that arrived, as the ingest route read it.
@@ -144,6 +148,9 @@ pub trait Inbox: Send + Sync + 'static {
 }
 
 /// The detail of an `instance.status` event.
-pub fn state_detail(previous: Option<InstanceState>, next: &zapgate_domain::instance_state::StoredState) -> StatusDetail {
+pub fn state_detail(
+    previous: Option<InstanceState>,
+    next: &zapgate_domain::instance_state::StoredState,
+) -> StatusDetail {
     StatusDetail { state: next.state, previous_state: previous, reason: next.reason.clone(), ..crate::detail() }
 }

@@ -36,7 +36,10 @@ pub mod webhooks;
 pub use crate::redis::RedisBackend;
 pub use crash::crash_point;
 pub use error::StoreError;
-pub use inbox::{AccountInstance, InboundEvent, InboundFilter, InboundItem, InboundOutcome, InboundRecord, Inbox, IngestAccount, NewInbound};
+pub use inbox::{
+    AccountInstance, InboundEvent, InboundFilter, InboundItem, InboundOutcome, InboundRecord, Inbox, IngestAccount,
+    NewInbound,
+};
 pub use limits::{InProcessRateLimiter, RateLimiter, Throttled};
 pub use locks::{InProcessLocks, LockToken, Locks};
 pub use media::{LocalMediaStore, MediaStore};

@@ -71,6 +71,20 @@ pub fn instance(row: &(impl Columns + ?Sized)) -> Result<InstanceRecord, StoreEr
         burst: row.int("burst")? as u32,
         provider_config: row.json("provider_config")?,
         created_at: row.time("created_at")?,
+        state: row.text_opt("state")?.map(|s| s.parse().map_err(|e| corrupt("instance state", e))).transpose()?,
+        state_reason: row.text_opt("state_reason")?,
+        state_changed_at: row.time_opt("state_changed_at")?,
+    })
+}
+
+/// An instance's connection state as the state machine reads it
+/// (`state, state_reason, state_changed_at, state_changes`).
+pub fn stored_state(row: &(impl Columns + ?Sized)) -> Result<zapgate_domain::instance_state::StoredState, StoreError> {
+    Ok(zapgate_domain::instance_state::StoredState {
+        state: row.text_opt("state")?.map(|s| s.parse().map_err(|e| corrupt("instance state", e))).transpose()?,
+        reason: row.text_opt("state_reason")?,
+        changed_at: row.time_opt("state_changed_at")?,
+        recent_changes: row.json("state_changes")?,
     })
 }
 
@@ -98,10 +112,15 @@ pub fn event(row: &(impl Columns + ?Sized)) -> Result<MessageEvent, StoreError> 
         id: EventId::from_trusted(row.text("id")?),
         event_type: EventType::parse(&kind).ok_or_else(|| corrupt("event type", &kind))?,
         tenant_id: TenantId::from_trusted(row.text("tenant_id")?),
-        message_id: MessageId::from_trusted(row.text("message_id")?),
+        // Events about an instance store '' for their message and status
+        // (the columns predate them and stay NOT NULL).
+        message_id: Some(row.text("message_id")?).filter(|m| !m.is_empty()).map(MessageId::from_trusted),
         instance_id: InstanceId::from_trusted(row.text("instance_id")?),
-        status: row.text("status")?.parse().map_err(|e| corrupt("event status", e))?,
-        chat_seq: row.int("chat_seq")?,
+        status: Some(row.text("status")?)
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse().map_err(|e| corrupt("event status", e)))
+            .transpose()?,
+        chat_seq: Some(row.int("chat_seq")?).filter(|_| kind != "instance.status"),
         seq: row.int("seq")?,
         at: row.time("created_at")?,
         detail: row.json("detail")?,

@@ -85,6 +85,10 @@ pub struct AttemptRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub duration_ms: u64,
+    /// The start of the receiver's answer: its first 512 bytes (invalid
+    /// UTF-8 replaced); absent when it answered nothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response: Option<String>,
 }
 
 /// A delivery claimed for sending, with everything the attempt needs.
@@ -115,6 +119,33 @@ pub enum AttemptResult {
         error: String,
         retry_at: Option<Timestamp>,
     },
+    /// The receiver answered `410 Gone`: the delivery is dead and its
+    /// endpoint disabled (its other pending deliveries wait, as for any
+    /// disabled endpoint, until it is enabled again).
+    Gone {
+        status_code: u16,
+        error: String,
+    },
+}
+
+impl AttemptResult {
+    /// The receiver's status code and the error, as an attempt stores them.
+    pub fn code_and_error(&self) -> (Option<u16>, Option<String>) {
+        match self {
+            AttemptResult::Succeeded { status_code } => (Some(*status_code), None),
+            AttemptResult::Failed { status_code, error, .. } => (*status_code, Some(error.clone())),
+            AttemptResult::Gone { status_code, error } => (Some(*status_code), Some(error.clone())),
+        }
+    }
+
+    /// The delivery's status afterwards and, while pending, when it is due.
+    pub fn next_state(&self) -> (&'static str, Option<i64>) {
+        match self {
+            AttemptResult::Succeeded { .. } => ("succeeded", None),
+            AttemptResult::Failed { retry_at: Some(t), .. } => ("pending", Some(t.as_millis())),
+            AttemptResult::Failed { retry_at: None, .. } | AttemptResult::Gone { .. } => ("dead", None),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -124,6 +155,8 @@ pub struct AttemptOutcome {
     pub at: Timestamp,
     pub duration_ms: u64,
     pub result: AttemptResult,
+    /// The start of the receiver's answer (see [`AttemptRecord::response`]).
+    pub response: Option<String>,
 }
 
 #[async_trait]
@@ -151,9 +184,18 @@ pub trait WebhookStore: Send + Sync + 'static {
     /// Creates the deliveries of up to `limit` new events; returns how many
     /// events it looked at (0 when caught up).
     async fn fan_out(&self, limit: u32, now: Timestamp) -> Result<u32, StoreError>;
-    /// Leases up to `limit` due deliveries until `now + lease_ms`.
-    async fn claim_deliveries(&self, now: Timestamp, limit: u32, lease_ms: i64)
-    -> Result<Vec<DeliveryJob>, StoreError>;
+    /// Leases up to `limit` due deliveries until `now + lease_ms`, taking
+    /// from each endpoint no more than it has room for: at most
+    /// `per_endpoint` of its deliveries are leased at once (across processes
+    /// sharing the store), so a slow receiver does not hold up the others.
+    /// A lease ends when its attempt is recorded, or when it runs out.
+    async fn claim_deliveries(
+        &self,
+        now: Timestamp,
+        limit: u32,
+        per_endpoint: u32,
+        lease_ms: i64,
+    ) -> Result<Vec<DeliveryJob>, StoreError>;
     async fn record_attempt(&self, outcome: AttemptOutcome) -> Result<(), StoreError>;
     /// Earliest due time of a pending delivery.
     async fn next_delivery_due(&self) -> Result<Option<Timestamp>, StoreError>;
@@ -173,6 +215,18 @@ pub trait WebhookStore: Send + Sync + 'static {
     /// Sends a delivery again from scratch (same event id); false if unknown
     /// or still pending.
     async fn replay_delivery(&self, tenant: &TenantId, id: &DeliveryId, now: Timestamp) -> Result<bool, StoreError>;
+    /// Sends again, from scratch, every dead delivery of an endpoint
+    /// created at or after `since` (each keeps its event id); returns how
+    /// many. Nothing for an unknown or deleted endpoint.
+    async fn replay_dead(
+        &self,
+        tenant: &TenantId,
+        endpoint: &EndpointId,
+        since: Timestamp,
+        now: Timestamp,
+    ) -> Result<u64, StoreError>;
+    /// How many dead deliveries are stored (until purged).
+    async fn dead_deliveries(&self) -> Result<u64, StoreError>;
 
     /// Deletes finished deliveries (succeeded or dead) last updated before
     /// `before`, with their attempts; returns how many deliveries.

@@ -367,7 +367,7 @@ async fn recovery_requeues_in_flight_messages_without_spending_attempts() {
         b.queue.claim_and_begin(&[Claim { instance_id: m.instance_id.clone(), max: 5 }], Timestamp::now(), 1000).await;
     assert_eq!(again.unwrap().unwrap().won.len(), 1);
     let history = b.store.message_history(&tenant, &id).await.unwrap();
-    let s: Vec<_> = history.iter().map(|e| e.status.as_str()).collect();
+    let s: Vec<_> = history.iter().map(|e| e.status.map_or("", |s| s.as_str())).collect();
     assert_eq!(s, ["queued", "sending", "queued", "sending"]);
 }
 
@@ -451,7 +451,11 @@ async fn provider_statuses_move_forward_only_and_early_ones_are_parked() {
     assert_eq!(f.b.store.apply_provider_status(report(MessageStatus::Failed)).await.unwrap(), StatusApplied::Ignored);
     let history = f.b.store.message_history(&f.tenant, &id).await.unwrap();
     let last = history.last().unwrap();
-    assert_eq!((last.status, last.detail.applied), (MessageStatus::Failed, false), "kept in history, not applied");
+    assert_eq!(
+        (last.status, last.detail.applied),
+        (Some(MessageStatus::Failed), false),
+        "kept in history, not applied"
+    );
     assert_eq!(f.b.store.get_message(&f.tenant, &id).await.unwrap().unwrap().status, MessageStatus::Read);
 }
 
@@ -477,7 +481,7 @@ async fn finished_webhook_deliveries_are_purged_pending_ones_kept() {
     accept(&f, "+5511900000002", Priority::Normal).await;
     let now = Timestamp::now();
     assert!(f.b.webhooks.fan_out(100, now).await.unwrap() >= 2);
-    let jobs = f.b.webhooks.claim_deliveries(now, 10, 60_000).await.unwrap();
+    let jobs = f.b.webhooks.claim_deliveries(now, 10, 10, 60_000).await.unwrap();
     assert_eq!(jobs.len(), 2, "one delivery per queued event");
     let done = AttemptOutcome {
         delivery: jobs[0].id.clone(),
@@ -485,10 +489,83 @@ async fn finished_webhook_deliveries_are_purged_pending_ones_kept() {
         at: now,
         duration_ms: 1,
         result: AttemptResult::Succeeded { status_code: 204 },
+        response: None,
     };
     f.b.webhooks.record_attempt(done).await.unwrap();
     let later = now.plus_millis(60_000);
     assert_eq!(f.b.webhooks.purge_deliveries(later, 100).await.unwrap(), 1, "only the finished one");
     assert!(f.b.webhooks.get_delivery(&f.tenant, &jobs[0].id).await.unwrap().is_none());
     assert!(f.b.webhooks.get_delivery(&f.tenant, &jobs[1].id).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn deliveries_are_claimed_within_each_endpoints_room_and_gone_disables_the_endpoint() {
+    use std::collections::BTreeMap;
+    use zapgate_domain::webhook::WebhookSecret;
+    let f = fixture().await;
+    let mut endpoints = Vec::new();
+    for n in 0..2 {
+        let e =
+            f.b.webhooks
+                .create_endpoint(NewEndpoint {
+                    id: EndpointId::generate(),
+                    tenant_id: f.tenant.clone(),
+                    url: format!("https://example.com/hook{n}"),
+                    description: String::new(),
+                    event_types: vec![],
+                    include_internal: true,
+                    headers: BTreeMap::new(),
+                    secret: WebhookSecret::generate(),
+                })
+                .await
+                .unwrap();
+        endpoints.push(e.id);
+    }
+    for n in 0..3 {
+        accept(&f, &format!("+551190000000{n}"), Priority::Normal).await;
+    }
+    let now = Timestamp::now();
+    while f.b.webhooks.fan_out(100, now).await.unwrap() > 0 {}
+    let first = f.b.webhooks.claim_deliveries(now, 10, 1, 60_000).await.unwrap();
+    let mut got: Vec<_> = first.iter().map(|j| j.endpoint_id.clone()).collect();
+    got.sort();
+    let mut want = endpoints.clone();
+    want.sort();
+    assert_eq!(got, want, "one delivery per endpoint while each has room for one");
+    assert!(f.b.webhooks.claim_deliveries(now, 10, 1, 60_000).await.unwrap().is_empty(), "both endpoints full");
+
+    let gone = first.iter().find(|j| j.endpoint_id == endpoints[0]).unwrap();
+    let kept = first.iter().find(|j| j.endpoint_id == endpoints[1]).unwrap();
+    let outcome = |job: &zapgate_backends::DeliveryJob, result| AttemptOutcome {
+        delivery: job.id.clone(),
+        attempt: 1,
+        at: now,
+        duration_ms: 3,
+        result,
+        response: Some("bye".into()),
+    };
+    f.b.webhooks
+        .record_attempt(outcome(gone, AttemptResult::Gone { status_code: 410, error: "gone".into() }))
+        .await
+        .unwrap();
+    f.b.webhooks.record_attempt(outcome(kept, AttemptResult::Succeeded { status_code: 200 })).await.unwrap();
+    let disabled = f.b.webhooks.get_endpoint(&f.tenant, &endpoints[0]).await.unwrap().unwrap();
+    assert!(!disabled.enabled, "410 Gone disables the endpoint");
+    let (d, attempts) = f.b.webhooks.get_delivery(&f.tenant, &gone.id).await.unwrap().unwrap();
+    assert_eq!(d.status, DeliveryStatus::Dead);
+    assert_eq!((attempts[0].status_code, attempts[0].response.as_deref()), (Some(410), Some("bye")));
+    assert_eq!(f.b.webhooks.dead_deliveries().await.unwrap(), 1);
+
+    let next = f.b.webhooks.claim_deliveries(now, 10, 1, 60_000).await.unwrap();
+    assert_eq!(next.len(), 1, "the enabled endpoint has room again; the disabled one's wait");
+    assert_eq!(next[0].endpoint_id, endpoints[1]);
+
+    let replayed = f.b.webhooks.replay_dead(&f.tenant, &endpoints[0], Timestamp::from_millis(0), now).await.unwrap();
+    assert_eq!(replayed, 1);
+    assert_eq!(f.b.webhooks.dead_deliveries().await.unwrap(), 0);
+    let other_tenant = TenantId::generate();
+    assert_eq!(
+        f.b.webhooks.replay_dead(&other_tenant, &endpoints[0], Timestamp::from_millis(0), now).await.unwrap(),
+        0
+    );
 }

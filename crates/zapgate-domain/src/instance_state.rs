@@ -127,7 +127,13 @@ pub enum Transition {
 
 impl StoredState {
     /// Applies a report of `state` (with its classified `reason`) at `now`.
-    pub fn observe(&self, state: InstanceState, reason: Option<String>, now: Timestamp, policy: FlapPolicy) -> Transition {
+    pub fn observe(
+        &self,
+        state: InstanceState,
+        reason: Option<String>,
+        now: Timestamp,
+        policy: FlapPolicy,
+    ) -> Transition {
         let window_start = now.as_millis() - policy.window.as_millis() as i64;
         let mut recent: Vec<i64> = self.recent_changes.iter().copied().filter(|t| *t > window_start).collect();
         let flapping = self.state == Some(InstanceState::Failed) && self.reason.as_deref() == Some(FLAPPING);

@@ -209,7 +209,10 @@ mod tests {
     fn seconds_and_milliseconds_both_read_as_times() {
         assert_eq!(unix_seconds(&serde_json::json!(1_700_000_000)), Some(Timestamp::from_millis(1_700_000_000_000)));
         assert_eq!(unix_seconds(&serde_json::json!("1700000000")), Some(Timestamp::from_millis(1_700_000_000_000)));
-        assert_eq!(unix_seconds(&serde_json::json!(1_700_000_000_123i64)), Some(Timestamp::from_millis(1_700_000_000_123)));
+        assert_eq!(
+            unix_seconds(&serde_json::json!(1_700_000_000_123i64)),
+            Some(Timestamp::from_millis(1_700_000_000_123))
+        );
         assert_eq!(unix_seconds(&serde_json::json!(null)), None);
     }
 }

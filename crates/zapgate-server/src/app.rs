@@ -230,15 +230,19 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
             egress: egress.clone(),
             schedule: config.webhook_retry_delays().map_err(anyhow::Error::msg)?,
             timeout: config.webhook_timeout,
+            endpoint_concurrency: config.webhook_endpoint_concurrency,
         });
         drained.push(tokio::spawn(webhooks::run(sender, stop_rx)));
     }
 
     let role_name = role.name();
-    let listener = bind(match role {
-        Role::Ingest => config.ingest_listen.unwrap_or(config.listen),
-        _ => config.listen,
-    }, role_name)
+    let listener = bind(
+        match role {
+            Role::Ingest => config.ingest_listen.unwrap_or(config.listen),
+            _ => config.listen,
+        },
+        role_name,
+    )
     .await?;
     let addr = listener.local_addr()?;
     let own_ingest = match config.ingest_listen.filter(|_| role == Role::All) {

@@ -118,6 +118,11 @@ pub struct Config {
     /// A message still `sent` this long raises `message.ack_timeout` (once; not a failure).
     #[serde(with = "humantime_serde")]
     pub ack_timeout: Duration,
+    /// An instance whose connection changes more than this many times within
+    /// `instance_flap_window` is declared `failed` (flapping).
+    pub instance_flap_limit: u32,
+    #[serde(with = "humantime_serde")]
+    pub instance_flap_window: Duration,
     /// How long a provider webhook event's dedupe key is kept: a re-send
     /// within it is a duplicate (Meta retries for up to 7 days).
     #[serde(with = "humantime_serde")]
@@ -135,6 +140,9 @@ pub struct Config {
     /// How long a rotated-out webhook secret keeps signing alongside the new one.
     #[serde(with = "humantime_serde")]
     pub webhook_secret_grace: Duration,
+    /// Webhook attempts in flight per endpoint at most, so one slow receiver
+    /// does not hold up the others.
+    pub webhook_endpoint_concurrency: u32,
     /// Sandbox provider: how long each send call takes (a provider's latency).
     #[serde(with = "humantime_serde")]
     pub sandbox_send_latency: Duration,
@@ -192,11 +200,14 @@ impl Default for Config {
             max_body_bytes: 1024 * 1024,
             idempotency_ttl: Duration::from_secs(24 * 3600),
             ingest_dedupe_window: Duration::from_secs(7 * 24 * 3600),
+            instance_flap_limit: 5,
+            instance_flap_window: Duration::from_secs(60),
             ack_timeout: Duration::from_secs(600),
-            webhook_retry_schedule: "5s,30s,2m,10m,1h,6h".into(),
+            webhook_retry_schedule: "5s,30s,2m,10m,1h,6h,24h".into(),
             webhook_allow_private: false,
             webhook_timeout: Duration::from_secs(10),
             webhook_secret_grace: Duration::from_secs(24 * 3600),
+            webhook_endpoint_concurrency: 8,
             webhook_retention: Duration::from_secs(30 * 24 * 3600),
             sandbox_send_latency: Duration::ZERO,
             sandbox_delivered_after: Duration::from_secs(1),
@@ -229,7 +240,6 @@ impl Config {
         Ok(cfg)
     }
 
-    /// `ZAPGATE_WEBHOOK_RETRY_SCHEDULE` parsed: the delay before each retry.
     /// The per-recipient quota of pair-limited providers (None: off).
     pub fn pair_quota(&self) -> Option<governor::Quota> {
         let per_minute = std::num::NonZeroU32::new(self.pair_rate_per_minute)?;
@@ -237,6 +247,15 @@ impl Config {
         Some(governor::Quota::per_minute(per_minute).allow_burst(burst))
     }
 
+    /// When an instance's connection changes count as flapping.
+    pub fn flap_policy(&self) -> zapgate_domain::instance_state::FlapPolicy {
+        zapgate_domain::instance_state::FlapPolicy {
+            max_changes: self.instance_flap_limit,
+            window: self.instance_flap_window,
+        }
+    }
+
+    /// `ZAPGATE_WEBHOOK_RETRY_SCHEDULE` parsed: the delay before each retry.
     pub fn webhook_retry_delays(&self) -> Result<Vec<Duration>, String> {
         let delays: Result<Vec<Duration>, _> =
             self.webhook_retry_schedule.split(',').map(|d| parse_duration(d.trim())).collect();

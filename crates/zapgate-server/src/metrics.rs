@@ -13,8 +13,12 @@
 //! | `zapgate_provider_circuits_open` | gauge | `provider` (endpoints of that kind whose circuit is open or half-open) |
 //! | `zapgate_provider_circuit_opened_total` | counter | `provider` |
 //! | `zapgate_provider_statuses_total` | counter | `status`, `applied` (applied, ignored, parked) |
+//! | `zapgate_ingest_events_total` | counter | `provider`, `outcome` (status_applied, status_ignored, status_parked, received, echo, duplicate, state_changed, state_coalesced, ignored, unauthorized) |
+//! | `zapgate_ingest_seconds` | histogram | `provider` (a provider webhook POST, verified and durable) |
+//! | `zapgate_instance_state_changes_total` | counter | `state` (open, closed, failed, …) |
 //! | `zapgate_webhook_attempts_total` | counter | `result` (succeeded, retry, dead) |
 //! | `zapgate_webhook_attempt_seconds` | histogram | |
+//! | `zapgate_webhook_dead_letters` | gauge | (dead deliveries kept, until purged or replayed) |
 //! | `zapgate_ack_timeouts_total` | counter | |
 //! | `zapgate_queue_depth` | gauge | |
 //! | `zapgate_queue_overdue_seconds` | gauge | |

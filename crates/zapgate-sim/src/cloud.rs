@@ -127,15 +127,10 @@ pub fn meta_json(v: &Value) -> Vec<u8> {
     out.into_bytes()
 }
 
-fn client() -> &'static reqwest::Client {
-    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
-    CLIENT.get_or_init(|| reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("a client"))
-}
-
 /// Posts `body` once, Meta-serialised and signed; the HTTP status.
 async fn post(hook: &Hook, body: &Value) -> Result<u16, String> {
     let bytes = meta_json(body);
-    let mut req = client().post(&hook.url).header("content-type", "application/json");
+    let mut req = crate::hooks::client().post(&hook.url).header("content-type", "application/json");
     for (k, v) in signature_headers(&hook.signing, &bytes).into_iter().chain(hook.headers.iter().cloned()) {
         req = req.header(k, v);
     }

@@ -25,9 +25,15 @@ pub enum Signing {
     WahaSha512(String),
 }
 
-fn client() -> &'static reqwest::Client {
+/// The client every simulated webhook is posted with.
+pub(crate) fn client() -> &'static reqwest::Client {
     static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
-    CLIENT.get_or_init(|| reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("a client"))
+    CLIENT.get_or_init(|| {
+        // reqwest is built without a TLS provider of its own (see the
+        // workspace manifest); a standalone sim has installed none yet.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("a client")
+    })
 }
 
 /// The headers a provider would sign `body` with.

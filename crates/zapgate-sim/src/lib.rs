@@ -20,6 +20,7 @@
 pub mod cloud;
 pub mod evolution;
 pub mod hooks;
+pub mod receiver;
 pub mod redis_server;
 pub mod tcp;
 pub mod uazapi;
@@ -180,6 +181,11 @@ impl Sim {
         let mut names: Vec<String> = self.uazapi_instances().values().map(|i| i.name().to_owned()).collect();
         names.sort();
         names
+    }
+
+    /// The token of the UAZAPI instance named `name` (made through `/instance/init`).
+    pub fn uazapi_token(&self, name: &str) -> Option<String> {
+        self.uazapi_instances().iter().find(|(_, i)| i.name() == name).map(|(token, _)| token.clone())
     }
 
     /// The WAHA sessions that exist now.

@@ -89,7 +89,7 @@ pub fn verifies(secret: &str, id: &str, timestamp: &str, body: &[u8], signatures
     mac.update(format!("{id}.{timestamp}.").as_bytes());
     mac.update(body);
     let expected = format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()));
-    signatures.iter().any(|s| *s == expected)
+    signatures.contains(&expected)
 }
 
 async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: axum::body::Bytes) -> StatusCode {

@@ -266,11 +266,20 @@ struct ServeArgs {
     #[arg(long, env = "ZAPGATE_ACK_TIMEOUT", value_parser = parse_duration, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
     ack_timeout: Option<Duration>,
+    /// An instance whose connection changes more than this many times within
+    /// ZAPGATE_INSTANCE_FLAP_WINDOW goes to `failed` (flapping) [default: 5].
+    #[arg(long, env = "ZAPGATE_INSTANCE_FLAP_LIMIT", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    instance_flap_limit: Option<u32>,
+    /// The window of ZAPGATE_INSTANCE_FLAP_LIMIT [default: 60s].
+    #[arg(long, env = "ZAPGATE_INSTANCE_FLAP_WINDOW", value_parser = parse_duration, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    instance_flap_window: Option<Duration>,
     /// A provider webhook event re-sent within this long is a duplicate [default: 7d].
     #[arg(long, env = "ZAPGATE_INGEST_DEDUPE_WINDOW", value_parser = parse_duration, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
     ingest_dedupe_window: Option<Duration>,
-    /// Delays between webhook delivery attempts, comma-separated [default: 5s,30s,2m,10m,1h,6h].
+    /// Delays between webhook delivery attempts, comma-separated [default: 5s,30s,2m,10m,1h,6h,24h].
     #[arg(long, env = "ZAPGATE_WEBHOOK_RETRY_SCHEDULE", value_name = "DURATIONS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     webhook_retry_schedule: Option<String>,
@@ -290,6 +299,11 @@ struct ServeArgs {
     #[arg(long, env = "ZAPGATE_WEBHOOK_SECRET_GRACE", value_parser = parse_duration, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
     webhook_secret_grace: Option<Duration>,
+    /// Webhook attempts in flight per endpoint at most, so one slow receiver does not hold up
+    /// the others [default: 8].
+    #[arg(long, env = "ZAPGATE_WEBHOOK_ENDPOINT_CONCURRENCY", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    webhook_endpoint_concurrency: Option<u32>,
     /// Sandbox provider: how long each send call takes [default: 0s].
     #[arg(long, env = "ZAPGATE_SANDBOX_SEND_LATENCY", value_parser = parse_duration, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]

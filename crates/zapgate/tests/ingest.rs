@@ -96,7 +96,8 @@ async fn waha_webhooks_move_statuses_forward_and_store_inbound_messages_once() {
     assert_eq!(got[0]["from_me"], false);
     assert_eq!(got[0]["content"], json!({"type": "text", "text": {"body": "oi"}}));
     assert_eq!(got[0]["sender_name"], "Ana");
-    let one: Value = s.get(token, &format!("/v1/inbound-messages/{}", got[0]["id"].as_str().unwrap())).await.json().await.unwrap();
+    let one: Value =
+        s.get(token, &format!("/v1/inbound-messages/{}", got[0]["id"].as_str().unwrap())).await.json().await.unwrap();
     assert_eq!(one["wa_message_id"], got[0]["wa_message_id"]);
 
     // A bad signature is refused and changes nothing; so is a body that is not WAHA's.
@@ -313,10 +314,16 @@ async fn cloud_api_statuses_and_messages_arrive_signed_with_the_app_secret() {
     assert!(detail["webhook"].get("hmac_key").is_none());
 
     // Meta's handshake: the challenge comes back only with the right verify token.
-    let r = s.http.get(format!("{url}?hub.mode=subscribe&hub.verify_token=verify-me&hub.challenge=1158201444")).send().await.unwrap();
+    let r = s
+        .http
+        .get(format!("{url}?hub.mode=subscribe&hub.verify_token=verify-me&hub.challenge=1158201444"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "1158201444");
-    let r = s.http.get(format!("{url}?hub.mode=subscribe&hub.verify_token=wrong&hub.challenge=1")).send().await.unwrap();
+    let r =
+        s.http.get(format!("{url}?hub.mode=subscribe&hub.verify_token=wrong&hub.challenge=1")).send().await.unwrap();
     assert_eq!(r.status(), 403);
 
     sim.set_cloud_webhook(Some(zapgate_sim::hooks::Hook {
@@ -359,8 +366,10 @@ async fn a_crash_right_after_the_ingest_commit_still_delivers_the_status_webhook
     // Nothing is delivered before the crash: the receiver fails until then.
     receiver.fail_next(1_000_000);
     let detail: Value = s.get(&token, &format!("/v1/instances/{ins}")).await.json().await.unwrap();
-    let (url, key) =
-        (detail["webhook"]["url"].as_str().unwrap().to_owned(), detail["webhook"]["hmac_key"].as_str().unwrap().to_owned());
+    let (url, key) = (
+        detail["webhook"]["url"].as_str().unwrap().to_owned(),
+        detail["webhook"]["hmac_key"].as_str().unwrap().to_owned(),
+    );
     let id = s.send_text(&token, &ins, "+5511999998888", "Olá").await;
     let pid = s.wait_status(&token, &id, &["sent"], WAIT).await["provider_message_id"].as_str().unwrap().to_owned();
 

@@ -11,7 +11,7 @@ use base64::engine::general_purpose::STANDARD;
 use common::*;
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,6 +29,12 @@ struct Receiver {
     got: Mutex<Vec<Received>>,
     /// Answer 500 to this many more requests.
     fail: AtomicU32,
+    /// Answer `410 Gone` (with a body) to every request.
+    gone: AtomicBool,
+    /// Take this long to answer each request.
+    hold_ms: AtomicU64,
+    in_flight: AtomicU32,
+    max_in_flight: AtomicU32,
 }
 
 impl Receiver {
@@ -62,7 +68,11 @@ impl Receiver {
     }
 }
 
-async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: axum::body::Bytes) -> StatusCode {
+async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: axum::body::Bytes) -> (StatusCode, String) {
+    let now = r.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    r.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(r.hold_ms.load(Ordering::SeqCst))).await;
+    r.in_flight.fetch_sub(1, Ordering::SeqCst);
     let h = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     r.got.lock().unwrap().push(Received {
         id: h("webhook-id"),
@@ -71,12 +81,15 @@ async fn receive(State(r): State<Arc<Receiver>>, headers: HeaderMap, body: axum:
         body: body.to_vec(),
         custom: headers.get("x-token").map(|v| v.to_str().unwrap().to_owned()),
     });
+    if r.gone.load(Ordering::SeqCst) {
+        return (StatusCode::GONE, "no such subscription".into());
+    }
     let fail = r.fail.load(Ordering::SeqCst);
     if fail > 0 {
         r.fail.store(fail - 1, Ordering::SeqCst);
-        return StatusCode::INTERNAL_SERVER_ERROR;
+        return (StatusCode::INTERNAL_SERVER_ERROR, "receiver broke".into());
     }
-    StatusCode::NO_CONTENT
+    (StatusCode::NO_CONTENT, String::new())
 }
 
 /// The Standard Webhooks check, written from the specification.
@@ -257,4 +270,124 @@ async fn a_redirect_is_a_failed_attempt_not_followed() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("no attempt recorded");
+}
+
+/// Polls a webhook's deliveries until `done` holds for the list.
+async fn deliveries_until(s: &Server, token: &str, hook: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let mut data = Vec::new();
+    for _ in 0..200 {
+        let list: Value = s.get(token, &format!("/v1/webhooks/{hook}/deliveries")).await.json().await.unwrap();
+        data = list["data"].as_array().unwrap().clone();
+        if done(&data) {
+            return data;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the deliveries never got there: {data:?}");
+}
+
+#[tokio::test]
+async fn a_slow_receiver_gets_at_most_its_concurrency_and_does_not_delay_others() {
+    let s = Server::start(&[PRIVATE_OK, ("ZAPGATE_WEBHOOK_ENDPOINT_CONCURRENCY", "2")]).await;
+    let (slow, slow_url) = Receiver::start().await;
+    slow.hold_ms.store(400, Ordering::SeqCst);
+    let (fast, fast_url) = Receiver::start().await;
+    let (token, ins) = s.tenant_with_instance("acme", 80).await;
+    webhook(&s, &token, json!({"url": slow_url})).await;
+    webhook(&s, &token, json!({"url": fast_url})).await;
+    for n in 0..5 {
+        s.send_text(&token, &ins, &format!("+551199999{n:04}"), "x").await;
+    }
+    // 15 statuses (sent, delivered, read of 5 messages) to each receiver.
+    fast.wait_for(15).await;
+    let slow_so_far = slow.got().len();
+    assert!(slow_so_far < 15, "the fast receiver was not held up behind the slow one ({slow_so_far} slow ones done)");
+    slow.wait_for(15).await;
+    assert_eq!(slow.max_in_flight.load(Ordering::SeqCst), 2, "two requests in flight at most, and used");
+    assert!(fast.max_in_flight.load(Ordering::SeqCst) <= 2);
+}
+
+#[tokio::test]
+async fn a_receiver_answering_gone_has_its_webhook_disabled_until_enabled_again() {
+    let s = Server::start(&[PRIVATE_OK, ("ZAPGATE_WEBHOOK_ENDPOINT_CONCURRENCY", "1")]).await;
+    let (rx, url) = Receiver::start().await;
+    rx.gone.store(true, Ordering::SeqCst);
+    let (token, ins) = s.tenant_with_instance("acme", 80).await;
+    let (hook, _) = webhook(&s, &token, json!({"url": url})).await;
+    s.send_text(&token, &ins, "+5511999998888", "x").await;
+    let data = deliveries_until(&s, &token, &hook, |d| d.iter().any(|d| d["status"] == "dead")).await;
+    let dead = data.iter().find(|d| d["status"] == "dead").unwrap();
+    assert_eq!(dead["last_status_code"], 410);
+    let detail: Value =
+        s.get(&token, &format!("/v1/deliveries/{}", dead["id"].as_str().unwrap())).await.json().await.unwrap();
+    assert_eq!(detail["attempt_history"][0]["response"], "no such subscription", "the answer's start is kept");
+    let endpoint: Value = s.get(&token, &format!("/v1/webhooks/{hook}")).await.json().await.unwrap();
+    assert_eq!(endpoint["enabled"], false, "410 Gone disables the webhook");
+    // Nothing more goes to a disabled webhook: statuses already queued for
+    // it wait, later ones are not queued for it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rx.got().len(), 1, "nothing more is sent to a disabled webhook");
+    let parked = deliveries_until(&s, &token, &hook, |_| true).await;
+    assert!(parked.iter().all(|d| d["status"] != "succeeded"), "{parked:?}");
+
+    rx.gone.store(false, Ordering::SeqCst);
+    let r = s
+        .http
+        .patch(s.url(&format!("/v1/webhooks/{hook}")))
+        .bearer_auth(&token)
+        .json(&json!({"enabled": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let id = s.send_text(&token, &ins, "+5511999997777", "after").await;
+    for _ in 0..200 {
+        let arrived = rx.got().iter().filter(|r| body(r)["data"]["message_id"] == id.as_str()).count();
+        if arrived == 3 {
+            let pending = parked.iter().filter(|d| d["status"] == "pending").count();
+            rx.wait_for(1 + pending + 3).await;
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the enabled webhook did not get the new message's statuses");
+}
+
+#[tokio::test]
+async fn dead_deliveries_since_a_time_are_replayed_together() {
+    let s = Server::start(&[PRIVATE_OK, ("ZAPGATE_WEBHOOK_RETRY_SCHEDULE", "50ms")]).await;
+    let (rx, url) = Receiver::start().await;
+    rx.fail.store(u32::MAX, Ordering::SeqCst);
+    let (token, ins) = s.tenant_with_instance("acme", 80).await;
+    let (hook, _) = webhook(&s, &token, json!({"url": url, "event_types": ["message.status"]})).await;
+    let before = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap();
+    // The sandbox rejects this number: one `failed` status per message.
+    for _ in 0..2 {
+        s.send_text(&token, &ins, "+15550110000", "x").await;
+    }
+    deliveries_until(&s, &token, &hook, |d| d.len() == 2 && d.iter().all(|d| d["status"] == "dead")).await;
+    assert_eq!(rx.got().len(), 4, "two attempts each");
+
+    let replay = |since: Value| {
+        let (s, token, hook) = (&s, &token, &hook);
+        async move { s.post(token, &format!("/v1/webhooks/{hook}/replay"), &json!({"since": since})).await }
+    };
+    let r = replay(json!("2999-01-01T00:00:00Z")).await;
+    assert_eq!((r.status().as_u16(), r.json::<Value>().await.unwrap()["replayed"].clone()), (202, json!(0)));
+    assert_eq!(replay(json!("yesterday")).await.status(), 422, "not a time");
+    let (_, other) = s.tenant("other").await;
+    let r = s.post(&other, &format!("/v1/webhooks/{hook}/replay"), &json!({"since": before})).await;
+    assert_eq!(r.status(), 404, "another tenant's webhook");
+
+    rx.fail.store(0, Ordering::SeqCst);
+    let r = replay(json!(before)).await;
+    assert_eq!((r.status().as_u16(), r.json::<Value>().await.unwrap()["replayed"].clone()), (202, json!(2)));
+    let got = rx.wait_for(6).await;
+    let mut first_ids: Vec<_> = got[..4].iter().map(|r| r.id.clone()).collect();
+    let mut replayed_ids: Vec<_> = got[4..].iter().map(|r| r.id.clone()).collect();
+    first_ids.sort();
+    first_ids.dedup();
+    replayed_ids.sort();
+    assert_eq!(replayed_ids, first_ids, "each replay keeps its webhook-id");
+    deliveries_until(&s, &token, &hook, |d| d.iter().all(|d| d["status"] == "succeeded")).await;
 }

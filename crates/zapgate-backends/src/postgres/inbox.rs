@@ -251,12 +251,8 @@ async fn receive(
         // Its dedupe key was purged, the message was not.
         return Ok(InboundOutcome::Duplicate);
     }
-    let msg = MessageRef {
-        id: m.id.to_string(),
-        tenant_id: tenant.to_string(),
-        instance_id: instance.to_string(),
-        chat_seq,
-    };
+    let msg =
+        MessageRef { id: m.id.to_string(), tenant_id: tenant.to_string(), instance_id: instance.to_string(), chat_seq };
     let detail = StatusDetail { message: Some(m.body), ..detail() };
     insert_event_of(conn, EventType::MessageReceived, &msg, MessageStatus::Received, &detail, now).await?;
     Ok(InboundOutcome::Received(m.id))

@@ -33,6 +33,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0002_providers.sql"),
     include_str!("../../migrations/postgres/0003_provider_health.sql"),
     include_str!("../../migrations/postgres/0004_inbound.sql"),
+    include_str!("../../migrations/postgres/0005_webhook_delivery.sql"),
+    include_str!("../../migrations/postgres/0006_instance_state.sql"),
 ];
 
 /// Advisory lock key serialising migrations across processes.

@@ -825,7 +825,10 @@ async fn lock_provider_id(conn: &mut PgConnection, provider_message_id: &str) ->
     Ok(())
 }
 
-pub(super) async fn apply_status(conn: &mut PgConnection, r: ProviderStatusReport) -> Result<StatusApplied, StoreError> {
+pub(super) async fn apply_status(
+    conn: &mut PgConnection,
+    r: ProviderStatusReport,
+) -> Result<StatusApplied, StoreError> {
     lock_provider_id(&mut *conn, &r.provider_message_id).await?;
     let found = sqlx::query(
         "SELECT id, tenant_id, instance_id, chat_seq FROM messages \

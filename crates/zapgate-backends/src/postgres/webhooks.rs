@@ -5,7 +5,9 @@
 //!   with `SKIP LOCKED` instead of walking `events` by a seq cursor, which
 //!   would skip events committed out of seq order.
 //! - Claims lock their rows with `SKIP LOCKED`, so two processes never lease
-//!   the same delivery.
+//!   the same delivery, and lock the endpoints they take from (skipping
+//!   those another claim holds) before counting what each has in flight,
+//!   so the per-endpoint limit holds across processes.
 //! - Enabling an endpoint waits for the claims in flight on its deliveries
 //!   (see `update_endpoint`), so none stays parked behind it.
 
@@ -264,30 +266,38 @@ impl WebhookStore for PgBackend {
         &self,
         now: Timestamp,
         limit: u32,
+        per_endpoint: u32,
         lease_ms: i64,
     ) -> Result<Vec<DeliveryJob>, StoreError> {
         let mut tx = self.pool().begin().await?;
-        let jobs = claim(&mut tx, now, limit, lease_ms).await?;
+        let jobs = claim(&mut tx, now, limit, per_endpoint, lease_ms).await?;
         tx.commit().await?;
         Ok(jobs)
     }
 
     async fn record_attempt(&self, o: AttemptOutcome) -> Result<(), StoreError> {
-        let (code, error) = match &o.result {
-            AttemptResult::Succeeded { status_code } => (Some(*status_code), None),
-            AttemptResult::Failed { status_code, error, .. } => (*status_code, Some(error.clone())),
-        };
-        let (status, next) = match &o.result {
-            AttemptResult::Succeeded { .. } => ("succeeded", None),
-            AttemptResult::Failed { retry_at: Some(t), .. } => ("pending", Some(t.as_millis())),
-            AttemptResult::Failed { retry_at: None, .. } => ("dead", None),
-        };
+        let (code, error) = o.result.code_and_error();
+        let (status, next) = o.result.next_state();
         let mut tx = self.pool().begin().await?;
+        // A 410 disables the endpoint: lock it before any of its deliveries,
+        // in the order `update_endpoint` and `delete_endpoint` lock them.
+        let gone = matches!(o.result, AttemptResult::Gone { .. });
+        let endpoint: Option<String> = if gone {
+            sqlx::query_scalar(
+                "SELECT w.id FROM webhook_endpoints w JOIN webhook_deliveries d ON d.endpoint_id = w.id \
+                 WHERE d.id = $1 FOR NO KEY UPDATE OF w",
+            )
+            .bind(o.delivery.as_str())
+            .fetch_optional(&mut *tx)
+            .await?
+        } else {
+            None
+        };
         // Only the attempt that continues the stored state counts: a
         // stale one (its lease expired and the delivery moved on, or
         // its endpoint was deleted meanwhile) changes nothing.
         let n = sqlx::query(
-            "UPDATE webhook_deliveries SET status = $1, attempts = $2, next_attempt_at = $3, \
+            "UPDATE webhook_deliveries SET status = $1, attempts = $2, next_attempt_at = $3, leased = FALSE, \
              last_status_code = $4, last_error = $5, updated_at = $6 \
              WHERE id = $7 AND status = 'pending' AND attempts = $2 - 1",
         )
@@ -305,8 +315,8 @@ impl WebhookStore for PgBackend {
             return Ok(());
         }
         sqlx::query(
-            "INSERT INTO webhook_attempts (delivery_id, attempt, at, status_code, error, duration_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO webhook_attempts (delivery_id, attempt, at, status_code, error, duration_ms, response) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(o.delivery.as_str())
         .bind(i64::from(o.attempt))
@@ -314,16 +324,19 @@ impl WebhookStore for PgBackend {
         .bind(code.map(i64::from))
         .bind(error.as_deref())
         .bind(o.duration_ms as i64)
+        .bind(o.response.as_deref())
         .execute(&mut *tx)
         .await?;
+        if let Some(endpoint) = &endpoint {
+            disable_gone(&mut tx, endpoint, &o).await?;
+        }
         if status == "dead" {
             raise_delivery_failed(&mut tx, &o, code, error).await?;
         }
         tx.commit().await?;
-        // A retry to schedule, or a failure event to fan out.
-        if status != "succeeded" {
-            self.wake();
-        }
+        // Room for another attempt at the endpoint, a retry to schedule, or
+        // a failure event to fan out.
+        self.wake();
         Ok(())
     }
 
@@ -369,8 +382,8 @@ impl WebhookStore for PgBackend {
             sqlx::query(AssertSqlSafe(sql)).bind(id.as_str()).bind(tenant.as_str()).fetch_optional(self.pool()).await?;
         let Some(d) = row.as_ref().map(delivery).transpose()? else { return Ok(None) };
         let rows = sqlx::query(
-            "SELECT attempt, at, status_code, error, duration_ms FROM webhook_attempts WHERE delivery_id = $1 \
-             ORDER BY attempt",
+            "SELECT attempt, at, status_code, error, duration_ms, response FROM webhook_attempts \
+             WHERE delivery_id = $1 ORDER BY attempt",
         )
         .bind(id.as_str())
         .fetch_all(self.pool())
@@ -382,6 +395,7 @@ impl WebhookStore for PgBackend {
                 status_code: r.try_get::<Option<i64>, _>("status_code")?.map(|c| c as u16),
                 error: r.try_get("error")?,
                 duration_ms: r.try_get::<i64, _>("duration_ms")? as u64,
+                response: r.try_get("response")?,
             })
         })?;
         Ok(Some((d, attempts)))
@@ -390,7 +404,7 @@ impl WebhookStore for PgBackend {
     async fn replay_delivery(&self, tenant: &TenantId, id: &DeliveryId, now: Timestamp) -> Result<bool, StoreError> {
         let n = sqlx::query(
             "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = $1, updated_at = $1, \
-             schedule_base = attempts \
+             schedule_base = attempts, leased = FALSE \
              WHERE id = $2 AND tenant_id = $3 AND status <> 'pending' \
                AND endpoint_id IN (SELECT id FROM webhook_endpoints WHERE deleted_at IS NULL)",
         )
@@ -404,6 +418,41 @@ impl WebhookStore for PgBackend {
             self.wake();
         }
         Ok(n == 1)
+    }
+
+    /// Due at once; a claim parks them if the endpoint is disabled (or
+    /// kills them if it was deleted meanwhile), as it does a single replay's.
+    async fn replay_dead(
+        &self,
+        tenant: &TenantId,
+        endpoint_id: &EndpointId,
+        since: Timestamp,
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let n = sqlx::query(
+            "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = $1, updated_at = $1, \
+             schedule_base = attempts, leased = FALSE \
+             WHERE endpoint_id = $2 AND status = 'dead' AND created_at >= $3 AND tenant_id = $4 \
+               AND EXISTS (SELECT 1 FROM webhook_endpoints WHERE id = $2 AND tenant_id = $4 AND deleted_at IS NULL)",
+        )
+        .bind(now.as_millis())
+        .bind(endpoint_id.as_str())
+        .bind(since.as_millis())
+        .bind(tenant.as_str())
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        if n > 0 {
+            self.wake();
+        }
+        Ok(n)
+    }
+
+    async fn dead_deliveries(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM webhook_deliveries WHERE status = 'dead'")
+            .fetch_one(self.pool())
+            .await?;
+        Ok(n as u64)
     }
 
     /// The rows to delete are locked (`SKIP LOCKED`) and re-checked, so a
@@ -427,6 +476,31 @@ impl WebhookStore for PgBackend {
     fn changes(&self) -> Arc<Notify> {
         self.committed.clone()
     }
+}
+
+/// A receiver that answered `410 Gone` wants nothing more: its endpoint
+/// (locked by the caller) is disabled, and its pending deliveries parked,
+/// as `update_endpoint` does.
+async fn disable_gone(conn: &mut PgConnection, endpoint: &str, o: &AttemptOutcome) -> Result<(), StoreError> {
+    let n = sqlx::query(
+        "UPDATE webhook_endpoints SET enabled = FALSE, updated_at = $1 WHERE id = $2 AND enabled AND deleted_at IS NULL",
+    )
+    .bind(o.at.as_millis())
+    .bind(endpoint)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if n > 0 {
+        tracing::warn!(endpoint, delivery = %o.delivery, "webhook receiver answered 410 Gone: webhook disabled");
+    }
+    sqlx::query(
+        "UPDATE webhook_deliveries SET next_attempt_at = NULL, leased = FALSE \
+         WHERE endpoint_id = $1 AND status = 'pending'",
+    )
+    .bind(endpoint)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// Records `webhook.delivery_failed` for a delivery that just died, in the
@@ -502,25 +576,63 @@ enum Claimed {
     Deleted,
 }
 
-/// Leases the due deliveries (rows other processes hold are skipped), then
-/// reads their endpoints and events in one query each.
+/// Leases due deliveries, from each endpoint up to its room (`per_endpoint`
+/// less its deliveries in flight), earliest due first, then reads their
+/// endpoints and events in one query each.
+///
+/// First the endpoints with due deliveries are found, skipping through
+/// `webhook_deliveries_endpoint_due` one endpoint at a time, and locked
+/// (those another process is claiming from are skipped). Then, in a second
+/// statement (whose snapshot sees every lease committed before the locks
+/// were taken), each locked endpoint's room is counted and a LATERAL takes
+/// its earliest due deliveries up to it, so one endpoint's huge backlog is
+/// never read in full nor fills the claim.
 async fn claim(
     conn: &mut PgConnection,
     now: Timestamp,
     limit: u32,
+    per_endpoint: u32,
     lease_ms: i64,
 ) -> Result<Vec<DeliveryJob>, StoreError> {
-    let rows = sqlx::query(
-        "WITH due AS ( \
-           SELECT id, next_attempt_at FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= $2 \
-           ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) \
-         UPDATE webhook_deliveries d SET next_attempt_at = $1 FROM due WHERE d.id = due.id \
-         RETURNING d.id, d.tenant_id, d.endpoint_id, d.event_id, d.attempts, d.schedule_base, \
-                   due.next_attempt_at AS due_at",
+    let open: Vec<String> = sqlx::query_scalar(
+        "WITH RECURSIVE eps(id) AS ( \
+           SELECT MIN(endpoint_id) FROM webhook_deliveries WHERE status = 'pending' \
+           UNION ALL \
+           SELECT (SELECT MIN(d.endpoint_id) FROM webhook_deliveries d \
+                   WHERE d.status = 'pending' AND d.endpoint_id > eps.id) \
+           FROM eps WHERE eps.id IS NOT NULL) \
+         SELECT w.id FROM webhook_endpoints w \
+         WHERE w.id IN (SELECT id FROM eps WHERE id IS NOT NULL) \
+           AND EXISTS (SELECT 1 FROM webhook_deliveries d \
+                       WHERE d.endpoint_id = w.id AND d.status = 'pending' AND d.next_attempt_at <= $1) \
+         FOR NO KEY UPDATE OF w SKIP LOCKED",
     )
-    .bind(now.as_millis() + lease_ms)
     .bind(now.as_millis())
+    .fetch_all(&mut *conn)
+    .await?;
+    if open.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = sqlx::query(
+        "WITH room AS ( \
+           SELECT e.id, $3::bigint - (SELECT COUNT(*) FROM webhook_deliveries l WHERE l.endpoint_id = e.id \
+                                      AND l.status = 'pending' AND l.leased AND l.next_attempt_at > $2) AS free \
+           FROM UNNEST($1::text[]) AS e(id)), \
+         picked AS ( \
+           SELECT c.id, c.next_attempt_at FROM room CROSS JOIN LATERAL ( \
+             SELECT d.id, d.next_attempt_at FROM webhook_deliveries d \
+             WHERE d.endpoint_id = room.id AND d.status = 'pending' AND d.next_attempt_at <= $2 \
+             ORDER BY d.next_attempt_at LIMIT GREATEST(room.free, 0) FOR UPDATE SKIP LOCKED) c \
+           ORDER BY c.next_attempt_at LIMIT $4) \
+         UPDATE webhook_deliveries d SET next_attempt_at = $5, leased = TRUE FROM picked WHERE d.id = picked.id \
+         RETURNING d.id, d.tenant_id, d.endpoint_id, d.event_id, d.attempts, d.schedule_base, \
+                   picked.next_attempt_at AS due_at",
+    )
+    .bind(open)
+    .bind(now.as_millis())
+    .bind(i64::from(per_endpoint))
     .bind(i64::from(limit))
+    .bind(now.as_millis() + lease_ms)
     .fetch_all(&mut *conn)
     .await?;
     if rows.is_empty() {
@@ -579,15 +691,15 @@ async fn claim(
         }
     }
     if !park.is_empty() {
-        sqlx::query("UPDATE webhook_deliveries SET next_attempt_at = NULL WHERE id = ANY($1)")
+        sqlx::query("UPDATE webhook_deliveries SET next_attempt_at = NULL, leased = FALSE WHERE id = ANY($1)")
             .bind(park)
             .execute(&mut *conn)
             .await?;
     }
     if !deleted.is_empty() {
         sqlx::query(
-            "UPDATE webhook_deliveries SET status = 'dead', last_error = 'endpoint deleted', updated_at = $1 \
-             WHERE id = ANY($2)",
+            "UPDATE webhook_deliveries SET status = 'dead', leased = FALSE, last_error = 'endpoint deleted', \
+             updated_at = $1 WHERE id = ANY($2)",
         )
         .bind(now.as_millis())
         .bind(deleted)
@@ -596,7 +708,7 @@ async fn claim(
     }
     if !broken.is_empty() {
         sqlx::query(
-            "UPDATE webhook_deliveries d SET status = 'dead', last_error = u.reason, updated_at = $1 \
+            "UPDATE webhook_deliveries d SET status = 'dead', leased = FALSE, last_error = u.reason, updated_at = $1 \
              FROM UNNEST($2::text[], $3::text[]) AS u(id, reason) WHERE d.id = u.id",
         )
         .bind(now.as_millis())

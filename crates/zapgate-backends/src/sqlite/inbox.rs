@@ -28,9 +28,7 @@ impl Inbox for SqliteBackend {
     }
 
     async fn ingest(&self, items: Vec<InboundItem>, now: Timestamp) -> Result<Vec<InboundOutcome>, StoreError> {
-        self.writer
-            .write(Box::new(move |conn| items.into_iter().map(|item| take_in(conn, item, now)).collect()))
-            .await
+        self.writer.write(Box::new(move |conn| items.into_iter().map(|item| take_in(conn, item, now)).collect())).await
     }
 
     async fn list_inbound(&self, tenant: &TenantId, f: &InboundFilter) -> Result<Vec<InboundRecord>, StoreError> {
@@ -127,7 +125,9 @@ fn secret(conn: &Connection, account: &str) -> Result<String, StoreError> {
         "INSERT INTO ingest_secrets (account, secret, created_at) VALUES (?, ?, ?) ON CONFLICT (account) DO NOTHING",
         params![account, zapgate_domain::token::random_url_secret(32), Timestamp::now().as_millis()],
     )?;
-    Ok(conn.prepare_cached("SELECT secret FROM ingest_secrets WHERE account = ?")?.query_row([account], |r| r.get(0))?)
+    Ok(conn
+        .prepare_cached("SELECT secret FROM ingest_secrets WHERE account = ?")?
+        .query_row([account], |r| r.get(0))?)
 }
 
 fn take_in(conn: &Connection, item: InboundItem, now: Timestamp) -> Result<InboundOutcome, StoreError> {
@@ -226,12 +226,8 @@ fn receive(
         // Its dedupe key was purged, the message was not.
         return Ok(InboundOutcome::Duplicate);
     }
-    let msg = MessageRef {
-        id: m.id.to_string(),
-        tenant_id: tenant.to_string(),
-        instance_id: instance.to_string(),
-        chat_seq,
-    };
+    let msg =
+        MessageRef { id: m.id.to_string(), tenant_id: tenant.to_string(), instance_id: instance.to_string(), chat_seq };
     let detail = StatusDetail { message: Some(m.body), ..detail() };
     insert_event_of(conn, EventType::MessageReceived, &msg, MessageStatus::Received, &detail, now)?;
     Ok(InboundOutcome::Received(m.id))

@@ -42,6 +42,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0006_providers.sql"),
     include_str!("../../migrations/sqlite/0007_provider_health.sql"),
     include_str!("../../migrations/sqlite/0008_inbound.sql"),
+    include_str!("../../migrations/sqlite/0009_webhook_delivery.sql"),
+    include_str!("../../migrations/sqlite/0010_instance_state.sql"),
 ];
 
 pub struct SqliteBackend {

@@ -207,29 +207,23 @@ impl WebhookStore for SqliteBackend {
         &self,
         now: Timestamp,
         limit: u32,
+        per_endpoint: u32,
         lease_ms: i64,
     ) -> Result<Vec<DeliveryJob>, StoreError> {
-        self.writer.write(Box::new(move |conn| claim(conn, now, limit, lease_ms))).await
+        self.writer.write(Box::new(move |conn| claim(conn, now, limit, per_endpoint, lease_ms))).await
     }
 
     async fn record_attempt(&self, o: AttemptOutcome) -> Result<(), StoreError> {
         self.writer
             .write(Box::new(move |conn| {
-                let (code, error) = match &o.result {
-                    AttemptResult::Succeeded { status_code } => (Some(*status_code), None),
-                    AttemptResult::Failed { status_code, error, .. } => (*status_code, Some(error.clone())),
-                };
-                let (status, next) = match &o.result {
-                    AttemptResult::Succeeded { .. } => ("succeeded", None),
-                    AttemptResult::Failed { retry_at: Some(t), .. } => ("pending", Some(t.as_millis())),
-                    AttemptResult::Failed { retry_at: None, .. } => ("dead", None),
-                };
+                let (code, error) = o.result.code_and_error();
+                let (status, next) = o.result.next_state();
                 // Only the attempt that continues the stored state counts: a
                 // stale one (its lease expired and the delivery moved on, or
                 // its endpoint was deleted meanwhile) changes nothing.
                 let n = exec(
                     conn,
-                    "UPDATE webhook_deliveries SET status = ?1, attempts = ?2, next_attempt_at = ?3, \
+                    "UPDATE webhook_deliveries SET status = ?1, attempts = ?2, next_attempt_at = ?3, leased = 0, \
                      last_status_code = ?4, last_error = ?5, updated_at = ?6 \
                      WHERE id = ?7 AND status = 'pending' AND attempts = ?2 - 1",
                     params![status, o.attempt, next, code, error, o.at.as_millis(), o.delivery.as_str()],
@@ -239,10 +233,21 @@ impl WebhookStore for SqliteBackend {
                 }
                 exec(
                     conn,
-                    "INSERT INTO webhook_attempts (delivery_id, attempt, at, status_code, error, duration_ms) \
-                     VALUES (?, ?, ?, ?, ?, ?)",
-                    params![o.delivery.as_str(), o.attempt, o.at.as_millis(), code, error, o.duration_ms as i64],
+                    "INSERT INTO webhook_attempts (delivery_id, attempt, at, status_code, error, duration_ms, response) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    params![
+                        o.delivery.as_str(),
+                        o.attempt,
+                        o.at.as_millis(),
+                        code,
+                        error,
+                        o.duration_ms as i64,
+                        o.response
+                    ],
                 )?;
+                if let AttemptResult::Gone { .. } = o.result {
+                    disable_gone(conn, &o)?;
+                }
                 if status == "dead" {
                     raise_delivery_failed(conn, &o, code, error)?;
                 }
@@ -292,8 +297,8 @@ impl WebhookStore for SqliteBackend {
             let Some(d) = one(c, &sql, [&id, &tenant], delivery)? else { return Ok(None) };
             let attempts = all(
                 c,
-                "SELECT attempt, at, status_code, error, duration_ms FROM webhook_attempts WHERE delivery_id = ? \
-                 ORDER BY attempt",
+                "SELECT attempt, at, status_code, error, duration_ms, response FROM webhook_attempts \
+                 WHERE delivery_id = ? ORDER BY attempt",
                 [&id],
                 |r| {
                     Ok(AttemptRecord {
@@ -302,6 +307,7 @@ impl WebhookStore for SqliteBackend {
                         status_code: r.get::<_, Option<i64>>(2)?.map(|c| c as u16),
                         error: r.get(3)?,
                         duration_ms: r.get::<_, i64>(4)? as u64,
+                        response: r.get(5)?,
                     })
                 },
             )?;
@@ -317,7 +323,7 @@ impl WebhookStore for SqliteBackend {
                 let n = exec(
                     conn,
                     "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = ?1, updated_at = ?1, \
-                     schedule_base = attempts \
+                     schedule_base = attempts, leased = 0 \
                      WHERE id = ?2 AND tenant_id = ?3 AND status != 'pending' \
                        AND endpoint_id IN (SELECT id FROM webhook_endpoints WHERE deleted_at IS NULL)",
                     params![now.as_millis(), id, tenant],
@@ -325,6 +331,41 @@ impl WebhookStore for SqliteBackend {
                 Ok(n == 1)
             }))
             .await
+    }
+
+    /// Due at once; a claim parks them if the endpoint is disabled, as it
+    /// does a single replay's.
+    async fn replay_dead(
+        &self,
+        tenant: &TenantId,
+        endpoint_id: &EndpointId,
+        since: Timestamp,
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let (tenant, endpoint_id) = (tenant.to_string(), endpoint_id.to_string());
+        self.writer
+            .write(Box::new(move |conn| {
+                let n = exec(
+                    conn,
+                    "UPDATE webhook_deliveries SET status = 'pending', next_attempt_at = ?1, updated_at = ?1, \
+                     schedule_base = attempts, leased = 0 \
+                     WHERE endpoint_id = ?2 AND status = 'dead' AND created_at >= ?3 AND tenant_id = ?4 \
+                       AND EXISTS (SELECT 1 FROM webhook_endpoints WHERE id = ?2 AND tenant_id = ?4 \
+                                   AND deleted_at IS NULL)",
+                    params![now.as_millis(), endpoint_id, since.as_millis(), tenant],
+                )?;
+                Ok(n as u64)
+            }))
+            .await
+    }
+
+    async fn dead_deliveries(&self) -> Result<u64, StoreError> {
+        self.read(|c| {
+            let n: i64 =
+                c.query_row("SELECT COUNT(*) FROM webhook_deliveries WHERE status = 'dead'", [], |r| r.get(0))?;
+            Ok(n as u64)
+        })
+        .await
     }
 
     async fn purge_deliveries(&self, before: Timestamp, limit: u32) -> Result<u64, StoreError> {
@@ -348,6 +389,28 @@ impl WebhookStore for SqliteBackend {
     fn changes(&self) -> Arc<Notify> {
         self.committed.clone()
     }
+}
+
+/// A receiver that answered `410 Gone` wants nothing more: its endpoint is
+/// disabled, and its pending deliveries parked, as `update_endpoint` does.
+fn disable_gone(conn: &Connection, o: &AttemptOutcome) -> Result<(), StoreError> {
+    let endpoint: Option<String> =
+        one(conn, "SELECT endpoint_id FROM webhook_deliveries WHERE id = ?", [o.delivery.as_str()], |r| Ok(r.get(0)?))?;
+    let Some(endpoint) = endpoint else { return Ok(()) };
+    let n = exec(
+        conn,
+        "UPDATE webhook_endpoints SET enabled = 0, updated_at = ? WHERE id = ? AND enabled = 1 AND deleted_at IS NULL",
+        params![o.at.as_millis(), endpoint],
+    )?;
+    if n > 0 {
+        tracing::warn!(endpoint = %endpoint, delivery = %o.delivery, "webhook receiver answered 410 Gone: webhook disabled");
+    }
+    exec(
+        conn,
+        "UPDATE webhook_deliveries SET next_attempt_at = NULL, leased = 0 WHERE endpoint_id = ? AND status = 'pending'",
+        [&endpoint],
+    )?;
+    Ok(())
 }
 
 /// Records `webhook.delivery_failed` for a delivery that just died, in the
@@ -447,27 +510,64 @@ fn fan_out(conn: &Connection, limit: u32, now: Timestamp) -> Result<u32, StoreEr
     Ok((upto - cursor) as u32)
 }
 
-fn claim(conn: &Connection, now: Timestamp, limit: u32, lease_ms: i64) -> Result<Vec<DeliveryJob>, StoreError> {
-    let due = all(
+/// Leases due deliveries, from each endpoint up to its room (`per_endpoint`
+/// less its deliveries in flight), earliest due first. The endpoints are
+/// found by skipping through `webhook_deliveries_endpoint_due` one endpoint
+/// at a time, and each is asked only for what it has room for, so one
+/// endpoint's huge backlog is never read in full nor fills the claim.
+fn claim(
+    conn: &Connection,
+    now: Timestamp,
+    limit: u32,
+    per_endpoint: u32,
+    lease_ms: i64,
+) -> Result<Vec<DeliveryJob>, StoreError> {
+    let open = all(
         conn,
-        "UPDATE webhook_deliveries SET next_attempt_at = ?1 WHERE id IN ( \
-           SELECT id FROM webhook_deliveries WHERE status = 'pending' AND next_attempt_at <= ?2 \
-           ORDER BY next_attempt_at LIMIT ?3) \
-         RETURNING id, tenant_id, endpoint_id, event_id, attempts, schedule_base",
-        params![now.as_millis() + lease_ms, now.as_millis(), limit],
-        |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, i64>(4)? as u32,
-                r.get::<_, i64>(5)? as u32,
-            ))
-        },
+        "WITH RECURSIVE eps(id) AS ( \
+           SELECT MIN(endpoint_id) FROM webhook_deliveries WHERE status = 'pending' \
+           UNION ALL \
+           SELECT (SELECT MIN(d.endpoint_id) FROM webhook_deliveries d \
+                   WHERE d.status = 'pending' AND d.endpoint_id > eps.id) \
+           FROM eps WHERE eps.id IS NOT NULL) \
+         SELECT eps.id, ?2 - (SELECT COUNT(*) FROM webhook_deliveries l WHERE l.endpoint_id = eps.id \
+                              AND l.status = 'pending' AND l.leased = 1 AND l.next_attempt_at > ?1) AS room \
+         FROM eps WHERE eps.id IS NOT NULL AND EXISTS (SELECT 1 FROM webhook_deliveries d \
+           WHERE d.endpoint_id = eps.id AND d.status = 'pending' AND d.next_attempt_at <= ?1)",
+        params![now.as_millis(), per_endpoint],
+        |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
     )?;
-    let mut jobs = Vec::with_capacity(due.len());
-    for (id, tenant, endpoint_id, event_id, attempts, base) in due {
+    let mut picked: Vec<(i64, String)> = Vec::new();
+    for (endpoint_id, room) in open.into_iter().filter(|(_, room)| *room > 0) {
+        picked.extend(all(
+            conn,
+            "SELECT next_attempt_at, id FROM webhook_deliveries \
+             WHERE endpoint_id = ? AND status = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at LIMIT ?",
+            params![endpoint_id, now.as_millis(), room.min(i64::from(limit))],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+        )?);
+    }
+    picked.sort_unstable();
+    picked.truncate(limit as usize);
+    let mut jobs = Vec::with_capacity(picked.len());
+    for (_, id) in picked {
+        let due = one(
+            conn,
+            "UPDATE webhook_deliveries SET next_attempt_at = ?1, leased = 1 WHERE id = ?2 \
+             RETURNING id, tenant_id, endpoint_id, event_id, attempts, schedule_base",
+            params![now.as_millis() + lease_ms, id],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, i64>(4)? as u32,
+                    r.get::<_, i64>(5)? as u32,
+                ))
+            },
+        )?;
+        let Some((id, tenant, endpoint_id, event_id, attempts, base)) = due else { continue };
         match job(conn, now, &id, &tenant, &endpoint_id, &event_id, attempts, base) {
             Ok(Some(j)) => jobs.push(j),
             Ok(None) => {}
@@ -475,7 +575,8 @@ fn claim(conn: &Connection, now: Timestamp, limit: u32, lease_ms: i64) -> Result
             Err(e) => {
                 exec(
                     conn,
-                    "UPDATE webhook_deliveries SET status = 'dead', last_error = ?, updated_at = ? WHERE id = ?",
+                    "UPDATE webhook_deliveries SET status = 'dead', leased = 0, last_error = ?, updated_at = ? \
+                     WHERE id = ?",
                     params![format!("cannot be sent: {e}"), now.as_millis(), id],
                 )?;
             }
@@ -534,13 +635,13 @@ fn job(
             })),
             // Disabled meanwhile: park it until the endpoint is enabled again.
             (Some((.., false)), Some(_)) => {
-                exec(conn, "UPDATE webhook_deliveries SET next_attempt_at = NULL WHERE id = ?", [id])?;
+                exec(conn, "UPDATE webhook_deliveries SET next_attempt_at = NULL, leased = 0 WHERE id = ?", [id])?;
                 Ok(None)
             }
             _ => {
                 exec(
                     conn,
-                    "UPDATE webhook_deliveries SET status = 'dead', last_error = 'endpoint deleted', \
+                    "UPDATE webhook_deliveries SET status = 'dead', leased = 0, last_error = 'endpoint deleted', \
                      updated_at = ? WHERE id = ?",
                     params![now.as_millis(), id],
                 )?;

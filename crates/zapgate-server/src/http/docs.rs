@@ -22,7 +22,7 @@ use utoipa::{Modify, OpenApi};
         super::templates::create, super::templates::list, super::templates::get, super::templates::delete,
         super::webhooks::create, super::webhooks::list, super::webhooks::get, super::webhooks::update,
         super::webhooks::delete, super::webhooks::secret, super::webhooks::rotate_secret, super::webhooks::deliveries,
-        super::webhooks::delivery, super::webhooks::replay,
+        super::webhooks::delivery, super::webhooks::replay, super::webhooks::replay_failed,
         super::inbound::list, super::inbound::get,
         super::ingest::receive, super::ingest::handshake,
     ),

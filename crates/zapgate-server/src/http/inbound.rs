@@ -43,7 +43,11 @@ pub async fn list(
     let page = PageParams { cursor: q.cursor.clone(), limit: q.limit };
     let bad = |what: &str| ApiError::bad_request("invalid_query", format!("{what} is not valid"));
     let filter = InboundFilter {
-        instance_id: q.instance_id.as_deref().map(|i| InstanceId::parse(i).ok_or_else(|| bad("instance_id"))).transpose()?,
+        instance_id: q
+            .instance_id
+            .as_deref()
+            .map(|i| InstanceId::parse(i).ok_or_else(|| bad("instance_id")))
+            .transpose()?,
         chat: q.chat.as_deref().map(|c| ChatId::parse(c).map(|c| c.key()).map_err(|_| bad("chat"))).transpose()?,
         before: page.before(MessageId::parse)?,
         limit: page.limit()?,

@@ -34,8 +34,13 @@ const ACCOUNT_TTL: Duration = Duration::from_secs(5);
 pub struct IngestAccounts {
     /// What provider webhook URLs start with (`ZAPGATE_PUBLIC_URL`, else the ingest listener).
     base_url: String,
-    cached: Mutex<HashMap<(String, String), (Instant, Option<Arc<IngestAccount>>)>>,
+    cached: Mutex<HashMap<AccountKey, CachedAccount>>,
 }
+
+/// (provider kind, account) as the webhook URL names them.
+type AccountKey = (String, String);
+/// When it was read, and the account (`None`: none by that name).
+type CachedAccount = (Instant, Option<Arc<IngestAccount>>);
 
 /// Where a provider account posts its webhooks, and the secret they prove
 /// themselves with: the `?token=` of Evolution and UAZAPI (already in
@@ -169,11 +174,7 @@ pub async fn receive(
         tracing::warn!(provider = p.kind(), %account, events = items.unplaced, "webhook events for instances this account does not have were dropped");
     }
     metrics::histogram!("zapgate_ingest_seconds", "provider" => p.kind()).record(started.elapsed().as_secs_f64());
-    Ok(Json(IngestAnswer {
-        accepted: outcomes.len() - duplicates,
-        duplicates,
-        ignored: items.unplaced + items.unused,
-    }))
+    Ok(Json(IngestAnswer { accepted: outcomes.len() - duplicates, duplicates, ignored: items.unplaced + items.unused }))
 }
 
 /// The secret the account's webhooks are checked against: the Cloud API

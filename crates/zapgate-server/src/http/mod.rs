@@ -75,6 +75,7 @@ pub fn router(state: AppState, ingest: bool) -> Router {
         .route("/v1/webhooks/{webhook_id}/secret", get(webhooks::secret))
         .route("/v1/webhooks/{webhook_id}/rotate-secret", post(webhooks::rotate_secret))
         .route("/v1/webhooks/{webhook_id}/deliveries", get(webhooks::deliveries))
+        .route("/v1/webhooks/{webhook_id}/replay", post(webhooks::replay_failed))
         .route("/v1/deliveries/{delivery_id}", get(webhooks::delivery))
         .route("/v1/deliveries/{delivery_id}/replay", post(webhooks::replay))
         .route("/v1/dead-letters", get(dead_letters::list))
@@ -82,8 +83,7 @@ pub fn router(state: AppState, ingest: bool) -> Router {
         .route("/v1/inbound-messages", get(inbound::list))
         .route("/v1/inbound-messages/{message_id}", get(inbound::get));
     let api = if ingest { api.merge(ingest_routes()) } else { api };
-    api
-        .fallback(not_found)
+    api.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(CatchPanicLayer::custom(|_: Box<dyn std::any::Any + Send>| {

@@ -328,3 +328,37 @@ pub async fn replay(
         ))
     }
 }
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayFailed {
+    /// Replay the dead deliveries created at or after this time (RFC 3339).
+    #[schema(value_type = String, example = "2026-12-01T00:00:00Z")]
+    pub since: Timestamp,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ReplayedCount {
+    /// How many dead deliveries are pending again.
+    pub replayed: u64,
+}
+
+/// Sends again every dead delivery of a webhook created since a time (each
+/// keeps its `webhook-id`), e.g. after the receiver's outage was fixed. A
+/// disabled webhook keeps them pending until it is enabled.
+#[utoipa::path(post, path = "/v1/webhooks/{webhook_id}/replay", tag = "webhooks", security(("tenant" = [])),
+    params(("webhook_id" = String, Path)), request_body = ReplayFailed,
+    responses((status = 202, body = ReplayedCount), (status = 404, body = super::error::ErrorBody)))]
+pub async fn replay_failed(
+    TenantAuth(tenant): TenantAuth,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<ReplayFailed>,
+) -> ApiResult<(StatusCode, Json<ReplayedCount>)> {
+    let id = endpoint_id(&id)?;
+    if s.backends.webhooks.get_endpoint(&tenant, &id).await?.is_none() {
+        return Err(ApiError::not_found("webhook"));
+    }
+    let replayed = s.backends.webhooks.replay_dead(&tenant, &id, body.since, Timestamp::now()).await?;
+    Ok((StatusCode::ACCEPTED, Json(ReplayedCount { replayed })))
+}

@@ -154,7 +154,7 @@ async fn gauge_lag(j: &Janitor) {
 
 /// How long the most overdue waiting queue entry (retry, `send_at`, lease)
 /// and the most overdue pending webhook delivery have been due without being
-/// taken; 0 when nothing is overdue. Both stay near 0 while the dispatcher
+/// taken (and how many webhook deliveries are dead, until purged or replayed); 0 when nothing is overdue. Both stay near 0 while the dispatcher
 /// and the webhook sender keep up, so a growing value means one is stalled.
 async fn gauge_overdue(j: &Janitor, now: Timestamp) {
     let overdue = |due: Option<Timestamp>| since(due, now).as_secs_f64();
@@ -163,6 +163,9 @@ async fn gauge_overdue(j: &Janitor, now: Timestamp) {
     }
     if let Ok(due) = j.webhooks.next_delivery_due().await {
         metrics::gauge!("zapgate_webhook_overdue_seconds").set(overdue(due));
+    }
+    if let Ok(dead) = j.webhooks.dead_deliveries().await {
+        metrics::gauge!("zapgate_webhook_dead_letters").set(dead as f64);
     }
 }
 

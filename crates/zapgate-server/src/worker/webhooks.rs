@@ -2,13 +2,16 @@
 //! Standard Webhooks request (signed per attempt; `webhook-id` = the event
 //! id, the same on every retry and replay), retries on the configured
 //! schedule (honouring `Retry-After`), and dead-letters what exhausts it.
-//! Every attempt is stored and visible through the API.
+//! Each endpoint has at most `endpoint_concurrency` attempts in flight (the
+//! store's claim enforces it), so a slow receiver does not delay the others.
+//! A receiver answering `410 Gone` has its endpoint disabled. Every attempt
+//! is stored with the start of the answer and visible through the API.
 
 use crate::egress::Egress;
 use rand::Rng;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use zapgate_backends::{AttemptOutcome, AttemptResult, DeliveryJob, WebhookStore};
 use zapgate_domain::Timestamp;
 
@@ -21,6 +24,11 @@ const CONCURRENCY: usize = 64;
 const FAN_OUT: u32 = 2000;
 /// Longest wait honoured from a receiver's Retry-After.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
+/// How much of a receiver's answer each attempt keeps.
+const RESPONSE_SNIPPET: usize = 512;
+/// How often to look again while every due delivery's endpoint is at its
+/// limit and no attempt here has finished (another process's may have).
+const FULL_ENDPOINTS_POLL: Duration = Duration::from_millis(100);
 
 pub struct WebhookSender {
     pub store: Arc<dyn WebhookStore>,
@@ -28,11 +36,15 @@ pub struct WebhookSender {
     /// Delay before each retry; its length is the number of retries.
     pub schedule: Vec<Duration>,
     pub timeout: Duration,
+    /// Attempts in flight per endpoint at most (across processes).
+    pub endpoint_concurrency: u32,
 }
 
 pub async fn run(sender: Arc<WebhookSender>, mut shutdown: watch::Receiver<bool>) {
     let slots = Arc::new(Semaphore::new(CONCURRENCY));
     let changes = sender.store.changes();
+    // Notified as each attempt here is recorded: its endpoint has room again.
+    let finished = Arc::new(Notify::new());
     // A claimed delivery stays leased until its attempt is recorded (or a
     // restart): longer than any attempt can take.
     let lease_ms = (sender.timeout.as_millis() as i64) * 2 + 30_000;
@@ -57,7 +69,8 @@ pub async fn run(sender: Arc<WebhookSender>, mut shutdown: watch::Receiver<bool>
             let _ = slots.clone().acquire_owned().await;
             continue;
         }
-        let jobs = match sender.store.claim_deliveries(Timestamp::now(), free, lease_ms).await {
+        let per_endpoint = sender.endpoint_concurrency.max(1);
+        let jobs = match sender.store.claim_deliveries(Timestamp::now(), free, per_endpoint, lease_ms).await {
             Ok(j) => j,
             Err(e) => {
                 tracing::warn!(error = %e, "claiming webhook deliveries failed; backing off");
@@ -66,9 +79,10 @@ pub async fn run(sender: Arc<WebhookSender>, mut shutdown: watch::Receiver<bool>
             }
         };
         let full = jobs.len() as u32 == free;
+        let claimed = !jobs.is_empty();
         for job in jobs {
             let slot = slots.clone().acquire_owned().await.expect("never closed");
-            tokio::spawn(attempt(sender.clone(), job, slot));
+            tokio::spawn(attempt(sender.clone(), job, slot, finished.clone()));
         }
         if full {
             continue;
@@ -77,8 +91,19 @@ pub async fn run(sender: Arc<WebhookSender>, mut shutdown: watch::Receiver<bool>
             Ok(Some(t)) => Duration::from_millis((t.as_millis() - Timestamp::now().as_millis()).clamp(0, 5_000) as u64),
             _ => Duration::from_secs(5),
         };
-        if wait.is_zero() {
+        if wait.is_zero() && claimed {
             tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        }
+        if wait.is_zero() {
+            // Due deliveries the claim left: their endpoints have no room.
+            // Look again when an attempt finishes, not in a busy loop.
+            tokio::select! {
+                _ = finished.notified() => {}
+                _ = changes.notified() => {}
+                _ = tokio::time::sleep(FULL_ENDPOINTS_POLL) => {}
+                _ = shutdown.changed() => {}
+            }
             continue;
         }
         tokio::select! {
@@ -101,7 +126,7 @@ pub fn payload(job: &DeliveryJob) -> Vec<u8> {
     .expect("events serialise")
 }
 
-async fn attempt(sender: Arc<WebhookSender>, job: DeliveryJob, _slot: OwnedSemaphorePermit) {
+async fn attempt(sender: Arc<WebhookSender>, job: DeliveryJob, _slot: OwnedSemaphorePermit, finished: Arc<Notify>) {
     let number = job.attempts + 1;
     let started = Instant::now();
     let at = Timestamp::now();
@@ -128,8 +153,18 @@ async fn attempt(sender: Arc<WebhookSender>, job: DeliveryJob, _slot: OwnedSemap
             .map_err(|e| describe(&e)),
     };
     let duration_ms = started.elapsed().as_millis() as u64;
-    let result = match sent {
-        Ok(res) if res.status().is_success() => AttemptResult::Succeeded { status_code: res.status().as_u16() },
+    let (result, response) = match sent {
+        Ok(res) if res.status().is_success() => {
+            let result = AttemptResult::Succeeded { status_code: res.status().as_u16() };
+            (result, snippet(res).await)
+        }
+        Ok(res) if res.status() == reqwest::StatusCode::GONE => {
+            let result = AttemptResult::Gone {
+                status_code: 410,
+                error: "the receiver answered HTTP 410 Gone: the webhook was disabled".into(),
+            };
+            (result, snippet(res).await)
+        }
         Ok(res) => {
             let code = res.status().as_u16();
             let retry_after = res
@@ -137,37 +172,55 @@ async fn attempt(sender: Arc<WebhookSender>, job: DeliveryJob, _slot: OwnedSemap
                 .get(reqwest::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
                 .map(Duration::from_secs);
-            AttemptResult::Failed {
+            let result = AttemptResult::Failed {
                 status_code: Some(code),
                 error: format!("the receiver answered HTTP {code}"),
                 retry_at: retry_at(&sender.schedule, job.schedule_index + 1, retry_after),
-            }
+            };
+            (result, snippet(res).await)
         }
-        Err(error) => AttemptResult::Failed {
-            status_code: None,
-            error,
-            retry_at: retry_at(&sender.schedule, job.schedule_index + 1, None),
-        },
+        Err(error) => {
+            let retry_at = retry_at(&sender.schedule, job.schedule_index + 1, None);
+            (AttemptResult::Failed { status_code: None, error, retry_at }, None)
+        }
     };
-    if let AttemptResult::Failed { retry_at: None, error, .. } = &result {
+    if let AttemptResult::Failed { retry_at: None, error, .. } | AttemptResult::Gone { error, .. } = &result {
         tracing::warn!(delivery = %job.id, endpoint = %job.endpoint_id, %error, "webhook delivery dead after {number} attempts");
     }
     let label = match &result {
         AttemptResult::Succeeded { .. } => "succeeded",
         AttemptResult::Failed { retry_at: Some(_), .. } => "retry",
-        AttemptResult::Failed { retry_at: None, .. } => "dead",
+        AttemptResult::Failed { retry_at: None, .. } | AttemptResult::Gone { .. } => "dead",
     };
     metrics::counter!("zapgate_webhook_attempts_total", "result" => label).increment(1);
     metrics::histogram!("zapgate_webhook_attempt_seconds").record(duration_ms as f64 / 1000.0);
-    let outcome = AttemptOutcome { delivery: job.id.clone(), attempt: number, at, duration_ms, result };
+    let outcome = AttemptOutcome { delivery: job.id.clone(), attempt: number, at, duration_ms, result, response };
     persist(|| sender.store.record_attempt(outcome.clone())).await;
+    finished.notify_one();
+}
+
+/// The first [`RESPONSE_SNIPPET`] bytes of the receiver's answer as text
+/// (invalid UTF-8 replaced), reading no more of it; `None` when empty or
+/// unreadable.
+async fn snippet(mut res: reqwest::Response) -> Option<String> {
+    let mut buf = Vec::new();
+    while buf.len() < RESPONSE_SNIPPET {
+        match res.chunk().await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    buf.truncate(RESPONSE_SNIPPET);
+    (!buf.is_empty()).then(|| String::from_utf8_lossy(&buf).into_owned())
 }
 
 /// When to try again after the `number`-th attempt since the last replay
-/// failed; `None` when the schedule is used up. Jitter of ±10 % keeps retries from marching together.
+/// failed; `None` when the schedule is used up. Jitter of ±20 % keeps
+/// retries (e.g. of every delivery a receiver's outage failed at once) from
+/// marching together.
 fn retry_at(schedule: &[Duration], number: u32, retry_after: Option<Duration>) -> Option<Timestamp> {
     let base = *schedule.get(number as usize - 1)?;
-    let jitter = rand::rng().random_range(0.9..1.1);
+    let jitter = rand::rng().random_range(0.8..=1.2);
     let delay = base.mul_f64(jitter).max(retry_after.unwrap_or_default().min(MAX_RETRY_AFTER));
     Some(Timestamp::now().plus_millis(delay.as_millis() as i64))
 }
@@ -201,9 +254,23 @@ mod tests {
         let schedule = [Duration::from_secs(5), Duration::from_secs(30)];
         let now = Timestamp::now().as_millis();
         let first = retry_at(&schedule, 1, None).unwrap().as_millis() - now;
-        assert!((4_400..=5_600).contains(&first), "{first}");
+        assert!((3_900..=6_100).contains(&first), "{first}");
         assert!(retry_at(&schedule, 3, None).is_none(), "two retries, then dead");
         let floored = retry_at(&schedule, 1, Some(Duration::from_secs(120))).unwrap().as_millis() - now;
         assert!(floored >= 119_000);
+    }
+
+    #[test]
+    fn retry_jitter_spreads_twenty_percent_either_way() {
+        let schedule = [Duration::from_secs(100)];
+        let delays: Vec<i64> = (0..2000)
+            .map(|_| {
+                let now = Timestamp::now().as_millis();
+                retry_at(&schedule, 1, None).unwrap().as_millis() - now
+            })
+            .collect();
+        let (min, max) = (*delays.iter().min().unwrap(), *delays.iter().max().unwrap());
+        assert!(min >= 79_900 && max <= 120_100, "within ±20 %: {min}..{max}");
+        assert!(min < 85_000 && max > 115_000, "and using most of it: {min}..{max}");
     }
 }
