@@ -181,6 +181,29 @@ impl Sim {
     }
 }
 
+impl Sim {
+    /// For flapping: instance `name` `open` or `close` (posting
+    /// `connection.update` on a change, 428 "connection lost" when it
+    /// closes); false if there is no such instance.
+    pub(crate) fn evolution_set_connected(&self, name: &str, connected: bool) -> bool {
+        let mut instances = self.evolution_instances();
+        let Some(i) = instances.get_mut(name) else { return false };
+        let state = if connected { "open" } else { "close" };
+        if i.state != state {
+            i.state = state;
+            i.qr_shown = None;
+            let data = if connected {
+                json!({"instance": name, "wuid": ME, "profileName": "zapgate-sim", "profilePictureUrl": null,
+                    "state": "open", "statusReason": 200})
+            } else {
+                json!({"instance": name, "state": "close", "statusReason": 428})
+            };
+            i.emit(name, "connection.update", data);
+        }
+        true
+    }
+}
+
 pub(crate) fn routes() -> Router<Arc<Sim>> {
     use axum::routing::{delete, get, post};
     Router::new()
@@ -193,7 +216,7 @@ pub(crate) fn routes() -> Router<Arc<Sim>> {
         .route("/message/{route}/{instance}", post(send))
 }
 
-fn error(status: u16, message: impl Into<Value>) -> Response {
+pub(crate) fn error(status: u16, message: impl Into<Value>) -> Response {
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
     let message: Value = message.into();
     let message = if status == 401 || message.is_array() { message } else { json!([message]) };

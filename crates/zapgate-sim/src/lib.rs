@@ -14,14 +14,30 @@
 //! - `POST /_sim/faults` — queue answers for the next sends:
 //!   `[{"status":429,"code":130429,"retry_after":1}, {"status":400,"code":131026}]`.
 //! - `GET /_sim/received` — every send request received (path, token, body).
+//! - `POST /_sim/faults/rules` — per-route fault injection rules (one or a list):
+//!   `{"route":"send|session|status|*","provider":"cloud|evolution|waha|uazapi|*",
+//!   "error_rate":0.2,"status":500,"code":131000,"retry_after":2,
+//!   "latency_ms":{"min":5,"max":50},"timeout":true,"reset":true,"count":3}`;
+//!   `GET` lists them (with `id`, `hits`, `remaining`), `DELETE` clears them —
+//!   see [`rules`]. In Rust: [`Sim::add_rule`], [`Sim::rules`], [`Sim::clear_rules`].
+//! - `POST /_sim/flap` `{"instance","period_ms"}` — the instance's connection
+//!   flips every `period_ms` (status routes and connection webhooks follow);
+//!   `DELETE /_sim/flap/{instance}` or `DELETE /_sim/flap` stops it, `GET`
+//!   lists — see [`flap`]; [`Sim::flap`], [`Sim::stop_flap`].
+//! - `GET /_sim/counters` — sends, unique messages, duplicates, per route,
+//!   per message id and per content key; `POST /_sim/counters/reset` — see
+//!   [`counters`]; [`Sim::counters`], [`Sim::reset_counters`].
 //!
 //! Used in-process by tests (`start`) and as a binary by hand or by the bench.
 
 pub mod cloud;
+pub mod counters;
 pub mod evolution;
+pub mod flap;
 pub mod hooks;
 pub mod receiver;
 pub mod redis_server;
+pub mod rules;
 pub mod tcp;
 pub mod uazapi;
 pub mod waha;
@@ -29,7 +45,7 @@ pub mod waha;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -61,8 +77,15 @@ pub struct Received {
     pub body: Value,
 }
 
+pub use counters::Counters;
+pub use rules::{FaultRule, Latency, Provider, RouteKind, StoredRule};
+
 pub struct Sim {
     faults: Mutex<VecDeque<Fault>>,
+    rules: Mutex<rules::Rules>,
+    counters: Mutex<counters::State>,
+    /// The flapping instances' tasks, by instance.
+    flaps: Mutex<std::collections::HashMap<String, tokio::task::AbortHandle>>,
     received: Mutex<Vec<Received>>,
     waha_sessions: Mutex<std::collections::HashMap<String, waha::Session>>,
     evolution_instances: Mutex<std::collections::HashMap<String, evolution::Instance>>,
@@ -78,6 +101,9 @@ impl Default for Sim {
     fn default() -> Self {
         Sim {
             faults: Mutex::default(),
+            rules: Mutex::default(),
+            counters: Mutex::default(),
+            flaps: Mutex::default(),
             received: Mutex::default(),
             waha_sessions: Mutex::new(waha::default_sessions()),
             evolution_instances: Mutex::default(),
@@ -88,14 +114,22 @@ impl Default for Sim {
     }
 }
 
+/// The sim's routes. Served by [`start`], a `reset` rule resets the TCP
+/// connection; served otherwise it answers 502 instead (see [`rules`]).
 pub fn router(sim: Arc<Sim>) -> Router {
     Router::new()
         .route("/{version}/{phone_number_id}/messages", post(cloud_send))
-        .route("/_sim/faults", post(add_faults))
-        .route("/_sim/received", get(received))
         .merge(waha::routes())
         .merge(evolution::routes())
         .merge(uazapi::routes())
+        .route_layer(axum::middleware::from_fn_with_state(sim.clone(), rules::gate))
+        .route("/_sim/faults", post(add_faults))
+        .route("/_sim/faults/rules", post(add_rules).get(list_rules).delete(clear_rules))
+        .route("/_sim/received", get(received))
+        .route("/_sim/counters", get(counters))
+        .route("/_sim/counters/reset", post(reset_counters))
+        .route("/_sim/flap", post(start_flap).get(list_flaps).delete(stop_flaps))
+        .route("/_sim/flap/{instance}", delete(stop_flap))
         .with_state(sim)
 }
 
@@ -112,9 +146,9 @@ pub async fn start(addr: SocketAddr) -> anyhow::Result<(SocketAddr, Arc<Sim>)> {
     let sim = Arc::new(Sim::default());
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    let app = router(sim.clone());
+    let app = router(sim.clone()).into_make_service_with_connect_info::<rules::ResetSwitch>();
     tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
+        let _ = axum::serve(rules::SimListener(listener), app).await;
     });
     Ok((local, sim))
 }
@@ -249,4 +283,72 @@ async fn add_faults(State(sim): State<Arc<Sim>>, Json(faults): Json<Vec<Fault>>)
 
 async fn received(State(sim): State<Arc<Sim>>) -> Json<Vec<Received>> {
     Json(sim.received())
+}
+
+/// `POST /_sim/faults/rules`: one rule or a list; 201 with the rules in force.
+async fn add_rules(State(sim): State<Arc<Sim>>, Json(body): Json<Value>) -> Response {
+    let rules: Result<Vec<FaultRule>, _> = match body {
+        Value::Array(_) => serde_json::from_value(body),
+        one => serde_json::from_value(one).map(|r| vec![r]),
+    };
+    let rules = match rules {
+        Ok(r) => r,
+        Err(e) => return (StatusCode::BAD_REQUEST, Json(json!({"error": e.to_string()}))).into_response(),
+    };
+    if let Some(e) = rules.iter().find_map(|r| r.check().err()) {
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": e}))).into_response();
+    }
+    for r in rules {
+        sim.add_rule(r);
+    }
+    (StatusCode::CREATED, Json(sim.rules())).into_response()
+}
+
+async fn list_rules(State(sim): State<Arc<Sim>>) -> Json<Vec<StoredRule>> {
+    Json(sim.rules())
+}
+
+async fn clear_rules(State(sim): State<Arc<Sim>>) -> StatusCode {
+    sim.clear_rules();
+    StatusCode::NO_CONTENT
+}
+
+async fn counters(State(sim): State<Arc<Sim>>) -> Json<Counters> {
+    Json(sim.counters())
+}
+
+async fn reset_counters(State(sim): State<Arc<Sim>>) -> StatusCode {
+    sim.reset_counters();
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Deserialize)]
+struct FlapRequest {
+    instance: String,
+    period_ms: u64,
+}
+
+/// `POST /_sim/flap`: 204, 404 for an unknown instance, 400 for a zero period.
+async fn start_flap(State(sim): State<Arc<Sim>>, Json(f): Json<FlapRequest>) -> Response {
+    if f.period_ms == 0 {
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": "period_ms must be above 0"}))).into_response();
+    }
+    if !sim.flap(&f.instance, std::time::Duration::from_millis(f.period_ms)) {
+        let error = format!("no instance or session {:?}", f.instance);
+        return (StatusCode::NOT_FOUND, Json(json!({"error": error}))).into_response();
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn list_flaps(State(sim): State<Arc<Sim>>) -> Json<Vec<String>> {
+    Json(sim.flapping())
+}
+
+async fn stop_flap(State(sim): State<Arc<Sim>>, Path(instance): Path<String>) -> StatusCode {
+    if sim.stop_flap(&instance) { StatusCode::NO_CONTENT } else { StatusCode::NOT_FOUND }
+}
+
+async fn stop_flaps(State(sim): State<Arc<Sim>>) -> StatusCode {
+    sim.stop_flaps();
+    StatusCode::NO_CONTENT
 }

@@ -21,6 +21,26 @@ use std::time::Duration;
 ///   POST /_sim/faults    queue answers for the next calls, e.g.
 ///                        [{"status":429,"code":130429,"retry_after":1},{"status":500,"code":0}]
 ///   GET  /_sim/received  every call received (path, token, body)
+///   POST /_sim/faults/rules  add fault rules (one or a list), tried in order, e.g.
+///                        {"route":"send","provider":"waha","error_rate":0.2,"status":500}
+///                        route: send | session | status | * (default *)
+///                        provider: cloud | evolution | waha | uazapi | * (default *)
+///                        error_rate (0..1, default 1), status, code (Cloud API body),
+///                        message, retry_after (s), latency_ms {"min","max"} (uniform;
+///                        alone it only delays), timeout (hang timeout_ms, default 120000,
+///                        then 504), reset (TCP RST, no answer), count (expire after N hits)
+///   GET  /_sim/faults/rules  the rules in force (id, hits, remaining)
+///   DELETE /_sim/faults/rules  remove every rule
+///   POST /_sim/flap      {"instance":"name","period_ms":200}: the instance (WAHA session,
+///                        Evolution instance, UAZAPI name or token) is connected now and
+///                        flips connected/disconnected every period; changes are posted to
+///                        its webhook (session.status, connection.update, connection)
+///   GET  /_sim/flap      the flapping instances
+///   DELETE /_sim/flap[/{instance}]  stop flapping (all, or one), left connected
+///   GET  /_sim/counters  {"attempts","sends","unique","duplicates","by_route",
+///                        "by_message_id","by_content"}: sends accepted, and the same
+///                        message (instance, recipient, text, client reference) sent twice
+///   POST /_sim/counters/reset  start counting from zero
 ///
 /// New WAHA sessions, Evolution and UAZAPI instances wait for a QR scan; the scan
 /// "happens" --qr-scan-after the QR code is first fetched. The WAHA session

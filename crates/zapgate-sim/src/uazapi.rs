@@ -88,6 +88,34 @@ impl Instance {
     }
 }
 
+impl Sim {
+    /// For flapping: the instance with this token or name `connected` or
+    /// `disconnected` (posting a `connection` event on a change to a webhook
+    /// taking it); false if there is no such instance.
+    pub(crate) fn uazapi_set_connected(&self, instance: &str, connected: bool) -> bool {
+        let mut instances = self.uazapi_instances();
+        let token = match instances.iter().find(|(t, i)| t.as_str() == instance || i.name == instance) {
+            Some((t, _)) => t.clone(),
+            None => return false,
+        };
+        let Some(i) = instances.get_mut(&token) else { return false };
+        let status = if connected { "connected" } else { "disconnected" };
+        if i.status != status {
+            (i.status, i.qr_shown) = (status, None);
+            if let Some(w) = i.webhook.as_ref().filter(|w| w.takes("connection")) {
+                let mut dto = i.dto(&token);
+                if !connected {
+                    dto["lastDisconnectReason"] = json!("connection lost");
+                }
+                let body = json!({"BaseUrl": BASE_URL, "EventType": "connection", "instance": dto, "owner": OWNER,
+                    "token": token, "instanceName": i.name});
+                crate::hooks::post_later(w.hook.clone(), body, Duration::ZERO);
+            }
+        }
+        true
+    }
+}
+
 pub(crate) fn routes() -> Router<Arc<Sim>> {
     use axum::routing::{get, post};
     Router::new()
@@ -101,7 +129,7 @@ pub(crate) fn routes() -> Router<Arc<Sim>> {
         .route("/webhook", post(set_webhook).get(get_webhook))
 }
 
-fn error(status: u16, message: &str) -> Response {
+pub(crate) fn error(status: u16, message: &str) -> Response {
     (StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST), Json(json!({"error": message}))).into_response()
 }
 

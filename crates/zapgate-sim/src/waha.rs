@@ -198,6 +198,18 @@ impl Sim {
     }
 }
 
+impl Sim {
+    /// For flapping: session `name` `WORKING` or `STOPPED` (posting
+    /// `session.status` on a change); false if there is no such session.
+    pub(crate) fn waha_set_connected(&self, name: &str, connected: bool) -> bool {
+        let mut sessions = self.waha_sessions();
+        let Some(s) = sessions.get_mut(name) else { return false };
+        s.qr_shown = None;
+        s.set_status(name, if connected { "WORKING" } else { "STOPPED" });
+        true
+    }
+}
+
 pub(crate) fn default_sessions() -> HashMap<String, Session> {
     HashMap::from([("default".to_owned(), Session::working())])
 }
@@ -212,7 +224,7 @@ pub(crate) fn routes() -> Router<Arc<Sim>> {
         .route("/api/{route}", post(send))
 }
 
-fn nest(status: u16, message: &str) -> Response {
+pub(crate) fn nest(status: u16, message: &str) -> Response {
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
     let body = json!({"statusCode": status, "message": message, "error": code.canonical_reason().unwrap_or("Error")});
     (code, Json(body)).into_response()
