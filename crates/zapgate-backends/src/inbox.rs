@@ -61,6 +61,8 @@ pub struct NewInbound {
     /// The chat's key (`ChatId::key`).
     pub chat: String,
     pub body: ReceivedMessage,
+    /// Its attachment, to fetch (written `pending` with the message).
+    pub media: Option<Box<crate::NewMedia>>,
 }
 
 impl InboundItem {

@@ -22,6 +22,7 @@ pub mod inbox;
 pub mod limits;
 pub mod locks;
 pub mod media;
+pub mod media_index;
 pub mod outbox;
 pub mod pools;
 pub mod postgres;
@@ -43,6 +44,7 @@ pub use inbox::{
 pub use limits::{InProcessRateLimiter, RateLimiter, Throttled};
 pub use locks::{InProcessLocks, LockToken, Locks};
 pub use media::{LocalMediaStore, MediaStore};
+pub use media_index::{MediaFetched, MediaIndex, MediaJob, MediaRecord, MediaStatus, NewMedia, NewMediaState};
 pub use outbox::{Outbox, OutboxEntry, RelayLimits};
 pub use pools::{NewProvider, Placement, ProviderChange, ProviderPools, ProviderRecord};
 pub use queue::{Claim, Delivery, Queue, Settlement};
@@ -64,6 +66,7 @@ pub struct Backends {
     pub rate_limiter: Arc<dyn RateLimiter>,
     pub locks: Arc<dyn Locks>,
     pub media: Arc<dyn MediaStore>,
+    pub media_index: Arc<dyn MediaIndex>,
     /// Set when limits and locks live in Redis: its health is reported, not
     /// required (it holds only soft state; see [`RedisBackend`]).
     pub redis: Option<RedisBackend>,
@@ -83,13 +86,17 @@ impl Backends {
 
     /// Store, queue and webhooks in `db`; limits and locks in process; media
     /// under `data_dir` (the `with_*` methods move them elsewhere).
-    fn on_one_database<D: Store + Queue + WebhookStore + ProviderPools + Inbox>(db: Arc<D>, data_dir: &Path) -> Self {
+    fn on_one_database<D: Store + Queue + WebhookStore + ProviderPools + Inbox + MediaIndex>(
+        db: Arc<D>,
+        data_dir: &Path,
+    ) -> Self {
         Self {
             store: db.clone(),
             queue: db.clone(),
             webhooks: db.clone(),
             pools: db.clone(),
-            inbox: db,
+            inbox: db.clone(),
+            media_index: db,
             rate_limiter: Arc::new(InProcessRateLimiter::default()),
             locks: Arc::new(InProcessLocks::default()),
             media: Arc::new(LocalMediaStore::new(data_dir.join("media"))),

@@ -234,3 +234,24 @@ pub fn account_instance(row: &(impl Columns + ?Sized)) -> Result<crate::AccountI
         config: row.json("provider_config")?,
     })
 }
+
+/// The columns `media` reads.
+pub const MEDIA_COLUMNS: &str =
+    "id, tenant_id, instance_id, message_id, status, mime_type, filename, size, sha256, error, created_at";
+
+pub fn media(row: &(impl Columns + ?Sized)) -> Result<crate::MediaRecord, StoreError> {
+    let status = row.text("status")?;
+    Ok(crate::MediaRecord {
+        id: zapgate_domain::MediaId::from_trusted(row.text("id")?),
+        tenant_id: TenantId::from_trusted(row.text("tenant_id")?),
+        instance_id: row.text_opt("instance_id")?.map(InstanceId::from_trusted),
+        message_id: row.text_opt("message_id")?.map(MessageId::from_trusted),
+        status: crate::MediaStatus::parse(&status).ok_or_else(|| corrupt("media status", &status))?,
+        mime_type: row.text_opt("mime_type")?,
+        filename: row.text_opt("filename")?,
+        size: row.int_opt("size")?.map(|s| s as u64),
+        sha256: row.text_opt("sha256")?,
+        error: row.text_opt("error")?,
+        created_at: row.time("created_at")?,
+    })
+}

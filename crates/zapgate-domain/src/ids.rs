@@ -69,6 +69,10 @@ id_type!(
     /// The public handle of an API token (not the secret).
     TokenId, "tok_");
 id_type!(
+    /// A media object zapgate holds: fetched from a provider with an inbound
+    /// message, or uploaded by a tenant (`GET /v1/media/{id}`).
+    MediaId, "med_");
+id_type!(
     /// A tenant's message template.
     TemplateId, "tpl_");
 id_type!(

@@ -22,7 +22,9 @@ pub mod webhook;
 pub use chat::ChatId;
 pub use error::ValidationError;
 pub use event::{EventType, MessageEvent, ReceivedMessage};
-pub use ids::{DeliveryId, EndpointId, EventId, InstanceId, MessageId, ProviderId, TemplateId, TenantId, TokenId};
+pub use ids::{
+    DeliveryId, EndpointId, EventId, InstanceId, MediaId, MessageId, ProviderId, TemplateId, TenantId, TokenId,
+};
 pub use instance_state::InstanceState;
 pub use message::{MessageContent, SendRequest};
 pub use priority::Priority;

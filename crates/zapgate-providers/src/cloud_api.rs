@@ -161,6 +161,10 @@ pub fn classify_error(http_status: u16, code: i64, message: &str, retry_after: O
 
 #[async_trait]
 impl Provider for CloudApi {
+    fn media_fetch(&self, config: &Value, source: &crate::MediaSource) -> Option<crate::MediaFetch> {
+        media_fetch(config, source)
+    }
+
     fn kind(&self) -> &'static str {
         "cloud_api"
     }
@@ -426,9 +430,32 @@ pub(crate) fn check_webhook_fixtures(
     }
 }
 
+/// `GET /{version}/{media_id}` answers a download URL that lives about five
+/// minutes; both requests carry the access token.
+fn media_fetch(config: &Value, source: &crate::MediaSource) -> Option<crate::MediaFetch> {
+    let crate::MediaSource::CloudMediaId(id) = source else { return crate::MediaFetch::plain(source) };
+    let cfg: CloudApiConfig = serde_json::from_value(config.clone()).ok()?;
+    let url = crate::http::url(&cfg.base_url, &[&cfg.api_version, id], &[]).ok()?.to_string();
+    let headers = vec![("Authorization".into(), format!("Bearer {}", cfg.access_token))];
+    Some(crate::MediaFetch::Lookup { url, headers })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn media_ids_are_looked_up_at_the_graph_api_with_the_token() {
+        let config =
+            json!({"access_token": "t", "phone_number_id": "1", "base_url": "http://g", "api_version": "v21.0"});
+        assert_eq!(
+            media_fetch(&config, &crate::MediaSource::CloudMediaId("1013859600285441".into())),
+            Some(crate::MediaFetch::Lookup {
+                url: "http://g/v21.0/1013859600285441".into(),
+                headers: vec![("Authorization".into(), "Bearer t".into())]
+            })
+        );
+    }
 
     // Unit tests build no `reqwest::Client` (no TLS crypto provider is
     // installed here), so they call the functions the trait methods wrap.

@@ -80,6 +80,34 @@ pub enum MediaSource {
     Base64(String),
 }
 
+/// How to get the bytes of an inbound media attachment, worked out at
+/// receipt (from the instance's settings) and carried out later by the
+/// media fetcher through the egress client. Stored with the pending media
+/// until it is fetched, so it may carry the provider's credentials.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum MediaFetch {
+    /// `GET url` with these headers answers the bytes.
+    Get { url: String, headers: Vec<(String, String)> },
+    /// `GET url` with these headers answers JSON whose `url` answers the
+    /// bytes to the same headers (the Cloud API's media id lookup).
+    Lookup { url: String, headers: Vec<(String, String)> },
+    /// The bytes came in the webhook, base64.
+    Inline { base64: String },
+}
+
+impl MediaFetch {
+    /// The plain recipe for a source: its URL with no credentials, or its
+    /// inline bytes; None for a source only the provider can resolve.
+    pub fn plain(source: &MediaSource) -> Option<MediaFetch> {
+        match source {
+            MediaSource::Url(url) => Some(MediaFetch::Get { url: url.clone(), headers: Vec::new() }),
+            MediaSource::Base64(b) => Some(MediaFetch::Inline { base64: b.clone() }),
+            MediaSource::CloudMediaId(_) => None,
+        }
+    }
+}
+
 /// Why a webhook body was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum WebhookError {

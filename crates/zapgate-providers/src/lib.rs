@@ -17,7 +17,10 @@ pub mod waha;
 
 pub use circuit::{Circuit, CircuitConfig, CircuitState, Circuits, Observed};
 pub use classify::{Classification, classify};
-pub use inbound::{InboundMessage, ProviderEvent, ProviderEventKind, WebhookAuth, WebhookError, WebhookRequest};
+pub use inbound::{
+    InboundMedia, InboundMessage, MediaFetch, MediaSource, ProviderEvent, ProviderEventKind, WebhookAuth, WebhookError,
+    WebhookRequest,
+};
 
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -225,6 +228,11 @@ pub trait Provider: Send + Sync + 'static {
     /// skipped; a body that is not the provider's webhook shape is `Malformed`.
     fn parse_webhook(&self, _body: &[u8]) -> Result<Vec<ProviderEvent>, WebhookError> {
         Err(WebhookError::Malformed(format!("{} sends no webhooks", self.kind())))
+    }
+    /// How to download a media attachment an instance with this `config`
+    /// received; None when it cannot be fetched.
+    fn media_fetch(&self, _config: &serde_json::Value, source: &inbound::MediaSource) -> Option<MediaFetch> {
+        MediaFetch::plain(source)
     }
     /// How the provider names the instance with this `config` in its
     /// webhooks (`ProviderEvent::instance`): the Cloud API's phone number

@@ -446,6 +446,10 @@ pub fn classify_status(status: u16, message: String, retry_after: Option<Duratio
 
 #[async_trait]
 impl Provider for Waha {
+    fn media_fetch(&self, config: &Value, source: &crate::MediaSource) -> Option<crate::MediaFetch> {
+        media_fetch(config, source)
+    }
+
     fn kind(&self) -> &'static str {
         "waha"
     }
@@ -561,9 +565,34 @@ impl Provider for Waha {
     }
 }
 
+/// WAHA serves received files from its own API (`/api/files/…`), behind its key.
+fn media_fetch(config: &Value, source: &crate::MediaSource) -> Option<crate::MediaFetch> {
+    match (crate::MediaFetch::plain(source)?, settings(config).ok().and_then(|c| c.api_key)) {
+        (crate::MediaFetch::Get { url, .. }, Some(key)) => {
+            Some(crate::MediaFetch::Get { url, headers: vec![("X-Api-Key".into(), key)] })
+        }
+        (plain, _) => Some(plain),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn received_files_are_fetched_with_the_api_key() {
+        let config = json!({"base_url": "http://w:3000", "api_key": "k", "session": "s"});
+        let url = "http://w:3000/api/files/s/3EB0.jpeg";
+        assert_eq!(
+            media_fetch(&config, &crate::MediaSource::Url(url.into())),
+            Some(crate::MediaFetch::Get { url: url.into(), headers: vec![("X-Api-Key".into(), "k".into())] })
+        );
+        let keyless = json!({"base_url": "http://w:3000", "session": "s"});
+        assert_eq!(
+            media_fetch(&keyless, &crate::MediaSource::Url(url.into())),
+            Some(crate::MediaFetch::Get { url: url.into(), headers: vec![] })
+        );
+    }
 
     #[test]
     fn requests_match_the_openapi_examples() {

@@ -185,6 +185,9 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
         ack_timeout: config.ack_timeout,
         inbox: backends.inbox.clone(),
         ingest_dedupe_window: config.ingest_dedupe_window,
+        media_index: backends.media_index.clone(),
+        media: backends.media.clone(),
+        media_retention: config.media_retention,
     };
     tokio::spawn(janitor::run(janitor, stop_rx.clone()));
     let mut drained = Vec::new();
@@ -232,7 +235,15 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
             timeout: config.webhook_timeout,
             endpoint_concurrency: config.webhook_endpoint_concurrency,
         });
-        drained.push(tokio::spawn(webhooks::run(sender, stop_rx)));
+        drained.push(tokio::spawn(webhooks::run(sender, stop_rx.clone())));
+        let fetcher = Arc::new(crate::worker::media::MediaFetcher {
+            index: backends.media_index.clone(),
+            store: backends.media.clone(),
+            egress: egress.clone(),
+            max_bytes: config.media_max_bytes,
+            timeout: config.media_fetch_timeout,
+        });
+        drained.push(tokio::spawn(crate::worker::media::run(fetcher, stop_rx)));
     }
 
     let role_name = role.name();

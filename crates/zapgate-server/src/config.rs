@@ -143,6 +143,14 @@ pub struct Config {
     /// Webhook attempts in flight per endpoint at most, so one slow receiver
     /// does not hold up the others.
     pub webhook_endpoint_concurrency: u32,
+    /// Largest media zapgate fetches (inbound attachments) or accepts (uploads).
+    pub media_max_bytes: u64,
+    /// Time limit of one inbound media download.
+    #[serde(with = "humantime_serde")]
+    pub media_fetch_timeout: Duration,
+    /// How long media is kept; then its bytes and record are deleted.
+    #[serde(with = "humantime_serde")]
+    pub media_retention: Duration,
     /// Sandbox provider: how long each send call takes (a provider's latency).
     #[serde(with = "humantime_serde")]
     pub sandbox_send_latency: Duration,
@@ -208,6 +216,9 @@ impl Default for Config {
             webhook_timeout: Duration::from_secs(10),
             webhook_secret_grace: Duration::from_secs(24 * 3600),
             webhook_endpoint_concurrency: 8,
+            media_max_bytes: 64 * 1024 * 1024,
+            media_fetch_timeout: Duration::from_secs(60),
+            media_retention: Duration::from_secs(30 * 24 * 3600),
             webhook_retention: Duration::from_secs(30 * 24 * 3600),
             sandbox_send_latency: Duration::ZERO,
             sandbox_delivered_after: Duration::from_secs(1),

@@ -304,6 +304,18 @@ struct ServeArgs {
     #[arg(long, env = "ZAPGATE_WEBHOOK_ENDPOINT_CONCURRENCY", value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     webhook_endpoint_concurrency: Option<u32>,
+    /// Largest media fetched with an inbound message or uploaded, in bytes [default: 67108864].
+    #[arg(long, env = "ZAPGATE_MEDIA_MAX_BYTES", value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    media_max_bytes: Option<u64>,
+    /// Time limit of one inbound media download [default: 60s].
+    #[arg(long, env = "ZAPGATE_MEDIA_FETCH_TIMEOUT", value_parser = parse_duration, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    media_fetch_timeout: Option<Duration>,
+    /// How long media is kept before it is deleted [default: 30days].
+    #[arg(long, env = "ZAPGATE_MEDIA_RETENTION", value_parser = parse_duration, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    media_retention: Option<Duration>,
     /// Sandbox provider: how long each send call takes [default: 0s].
     #[arg(long, env = "ZAPGATE_SANDBOX_SEND_LATENCY", value_parser = parse_duration, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]

@@ -251,6 +251,9 @@ async fn receive(
         // Its dedupe key was purged, the message was not.
         return Ok(InboundOutcome::Duplicate);
     }
+    if let Some(media) = &m.media {
+        super::media::insert_media(conn, media, now).await?;
+    }
     let msg =
         MessageRef { id: m.id.to_string(), tenant_id: tenant.to_string(), instance_id: instance.to_string(), chat_seq };
     let detail = StatusDetail { message: Some(m.body), ..detail() };

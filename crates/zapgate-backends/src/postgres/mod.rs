@@ -11,6 +11,7 @@
 
 mod accepts;
 mod inbox;
+mod media;
 mod outbox;
 mod pools;
 mod queue;
@@ -35,6 +36,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0004_inbound.sql"),
     include_str!("../../migrations/postgres/0005_webhook_delivery.sql"),
     include_str!("../../migrations/postgres/0006_instance_state.sql"),
+    include_str!("../../migrations/postgres/0007_media.sql"),
 ];
 
 /// Advisory lock key serialising migrations across processes.

@@ -14,6 +14,7 @@
 //! from a prepared-statement cache.
 
 mod inbox;
+mod media;
 mod pools;
 mod queue;
 mod rows;
@@ -44,6 +45,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0008_inbound.sql"),
     include_str!("../../migrations/sqlite/0009_webhook_delivery.sql"),
     include_str!("../../migrations/sqlite/0010_instance_state.sql"),
+    include_str!("../../migrations/sqlite/0011_media.sql"),
 ];
 
 pub struct SqliteBackend {

@@ -18,9 +18,11 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use zapgate_backends::{InboundEvent, InboundItem, InboundOutcome, IngestAccount, NewInbound, ProviderStatusReport};
+use zapgate_backends::{
+    InboundEvent, InboundItem, InboundOutcome, IngestAccount, NewInbound, NewMedia, NewMediaState, ProviderStatusReport,
+};
 use zapgate_domain::instance_state::{FlapPolicy, classify_close};
-use zapgate_domain::{ChatId, InstanceState, MessageId, ReceivedMessage, Timestamp};
+use zapgate_domain::{ChatId, InstanceState, MediaId, MessageId, ReceivedMessage, Timestamp};
 use zapgate_providers::{
     ConnectionState, Provider, ProviderEvent, ProviderEventKind, WebhookAuth, WebhookRequest, cloud_api,
 };
@@ -228,7 +230,7 @@ fn items(p: &dyn Provider, account: &IngestAccount, events: &[ProviderEvent], po
                 error_code: r.error_code.clone(),
                 error_message: r.error_message.clone(),
             }),
-            ProviderEventKind::Message(m) => InboundEvent::Message(new_inbound(m)),
+            ProviderEventKind::Message(m) => InboundEvent::Message(new_inbound(p, instance, m)),
             ProviderEventKind::Connection { state, reason } => {
                 let (state, reason) = machine_state(*state, reason.as_deref());
                 InboundEvent::Connection { state, reason, policy }
@@ -244,17 +246,43 @@ fn items(p: &dyn Provider, account: &IngestAccount, events: &[ProviderEvent], po
     out
 }
 
-fn new_inbound(m: &zapgate_providers::InboundMessage) -> NewInbound {
+/// The message as stored, with its attachment (if any) to fetch: a media
+/// id minted now, shown in the content as `media_id` (`GET /v1/media/{id}`).
+fn new_inbound(
+    p: &dyn Provider,
+    instance: &zapgate_backends::AccountInstance,
+    m: &zapgate_providers::InboundMessage,
+) -> NewInbound {
+    let id = MessageId::generate();
+    let mut content = m.content.clone();
+    let media = m.media.as_ref().and_then(|media| {
+        let fetch = p.media_fetch(&instance.config, &media.source)?;
+        let media_id = MediaId::generate();
+        let kind = content["type"].as_str().unwrap_or_default().to_owned();
+        if let Some(o) = content.get_mut(&kind).and_then(|k| k.as_object_mut()) {
+            o.insert("media_id".into(), media_id.to_string().into());
+        }
+        Some(Box::new(NewMedia {
+            id: media_id,
+            tenant_id: instance.tenant_id.clone(),
+            instance_id: Some(instance.instance_id.clone()),
+            message_id: Some(id.clone()),
+            mime_type: media.mime_type.clone(),
+            filename: media.filename.clone(),
+            state: NewMediaState::Fetch(serde_json::to_value(fetch).expect("recipes serialise")),
+        }))
+    });
     NewInbound {
-        id: MessageId::generate(),
+        id,
         chat: m.chat.key(),
+        media,
         body: ReceivedMessage {
             wa_message_id: m.wa_message_id.clone(),
             chat: m.chat.shown(),
             sender: m.sender.as_ref().map(ChatId::shown),
             sender_name: m.sender_name.clone(),
             from_me: m.from_me,
-            content: m.content.clone(),
+            content,
             context_id: m.context_id.clone(),
             sent_at: m.at,
         },

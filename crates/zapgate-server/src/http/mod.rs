@@ -10,6 +10,7 @@ pub mod health;
 pub mod inbound;
 pub mod ingest;
 pub mod instances;
+pub mod media;
 pub mod messages;
 pub mod providers;
 pub mod sessions;
@@ -81,7 +82,11 @@ pub fn router(state: AppState, ingest: bool) -> Router {
         .route("/v1/dead-letters", get(dead_letters::list))
         .route("/v1/dead-letters/{message_id}/replay", post(dead_letters::replay))
         .route("/v1/inbound-messages", get(inbound::list))
-        .route("/v1/inbound-messages/{message_id}", get(inbound::get));
+        .route("/v1/inbound-messages/{message_id}", get(inbound::get))
+        // Uploads read their body with their own limit (ZAPGATE_MEDIA_MAX_BYTES).
+        .route("/v1/media", post(media::upload).layer(DefaultBodyLimit::disable()))
+        .route("/v1/media/{media_id}", get(media::download))
+        .route("/v1/media/{media_id}/info", get(media::info));
     let api = if ingest { api.merge(ingest_routes()) } else { api };
     api.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

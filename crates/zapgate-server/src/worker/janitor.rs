@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-use zapgate_backends::{Inbox, Queue, Store, WebhookStore};
+use zapgate_backends::{Inbox, MediaIndex, MediaStore, Queue, Store, WebhookStore};
 use zapgate_domain::{TenantId, Timestamp};
 
 /// Parked statuses whose message never got a provider id are dropped after this.
@@ -56,6 +56,10 @@ pub struct Janitor {
     pub ack_timeout: Duration,
     pub inbox: Arc<dyn Inbox>,
     pub ingest_dedupe_window: Duration,
+    pub media_index: Arc<dyn MediaIndex>,
+    pub media: Arc<dyn MediaStore>,
+    /// Media (bytes and record) is deleted this long after it was created.
+    pub media_retention: Duration,
 }
 
 pub async fn run(j: Janitor, mut shutdown: watch::Receiver<bool>) {
@@ -125,7 +129,29 @@ pub async fn run(j: Janitor, mut shutdown: watch::Receiver<bool>) {
                 Ok(n) => tracing::debug!(keys = n, "purged provider webhook dedupe keys"),
                 Err(e) => tracing::warn!(error = %e, "purging provider webhook dedupe keys failed"),
             }
+            purge_media(&j, now.plus_millis(-(j.media_retention.as_millis() as i64))).await;
         }
+    }
+}
+
+/// Deletes media created before `before`: the bytes first, then the record,
+/// so a crash between them leaves a record to retry, never orphaned bytes.
+async fn purge_media(j: &Janitor, before: Timestamp) {
+    let expired = match j.media_index.expired_media(before, 1000).await {
+        Ok(ids) => ids,
+        Err(e) => return tracing::warn!(error = %e, "listing expired media failed"),
+    };
+    let mut gone = Vec::with_capacity(expired.len());
+    for id in expired {
+        match j.media.delete(id.as_str()).await {
+            Ok(_) => gone.push(id),
+            Err(e) => tracing::warn!(media = %id, error = %e, "deleting expired media failed"),
+        }
+    }
+    match j.media_index.forget_media(&gone).await {
+        Ok(0) => {}
+        Ok(n) => tracing::debug!(media = n, "purged expired media"),
+        Err(e) => tracing::warn!(error = %e, "forgetting purged media failed"),
     }
 }
 

@@ -9,6 +9,7 @@ pub mod dispatcher;
 pub mod health;
 pub mod janitor;
 pub mod lane;
+pub mod media;
 pub mod parking;
 pub mod retry;
 pub mod signal;

@@ -1,0 +1,159 @@
+//! Media: the attachments of inbound messages (fetched from the provider
+//! right after receipt, named by `media_id` in the message's content) and
+//! tenants' uploads, tenant-scoped.
+
+use super::AppState;
+use super::error::{ApiError, ApiResult};
+use super::extract::{ApiQuery, TenantAuth};
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+use zapgate_backends::{MediaRecord, MediaStatus, NewMedia, NewMediaState};
+use zapgate_domain::{MediaId, TenantId, Timestamp};
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct UploadQuery {
+    /// The file name to keep with it (shown when it is downloaded).
+    pub filename: Option<String>,
+}
+
+/// Uploads media (the raw bytes as the body, with their `Content-Type`), up
+/// to `ZAPGATE_MEDIA_MAX_BYTES`.
+#[utoipa::path(post, path = "/v1/media", tag = "media", security(("tenant" = [])), params(UploadQuery),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 201, body = MediaRecord), (status = 400, body = super::error::ErrorBody),
+              (status = 413, body = super::error::ErrorBody), (status = 415, body = super::error::ErrorBody)))]
+pub async fn upload(
+    TenantAuth(tenant): TenantAuth,
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<UploadQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<(StatusCode, Json<MediaRecord>)> {
+    let mime = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split(';').next().unwrap_or(v).trim().to_ascii_lowercase())
+        .filter(|m| m.contains('/') && !m.starts_with("multipart/"))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the file itself as the body, with its Content-Type (e.g. image/jpeg)",
+            )
+        })?;
+    let max = s.config.media_max_bytes;
+    let bytes = axum::body::to_bytes(body, usize::try_from(max).unwrap_or(usize::MAX)).await.map_err(|_| {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("media is limited to {max} bytes"))
+    })?;
+    if bytes.is_empty() {
+        return Err(ApiError::bad_request("empty_body", "the body is empty"));
+    }
+    let filename = q.filename.map(|f| f.trim().to_owned()).filter(|f| !f.is_empty());
+    if filename.as_ref().is_some_and(|f| f.len() > 255 || f.chars().any(char::is_control)) {
+        return Err(ApiError::bad_request("invalid_query", "filename is not valid"));
+    }
+    let id = MediaId::generate();
+    // Bytes first: a record never names bytes that are not there.
+    s.backends.media.put(id.as_str(), &bytes).await.map_err(|e| {
+        tracing::error!(error = %e, "storing uploaded media failed");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "media_store_unavailable", "the media store is unavailable")
+            .with_retry_after(Duration::from_secs(5))
+    })?;
+    let new = NewMedia {
+        id,
+        tenant_id: tenant,
+        instance_id: None,
+        message_id: None,
+        mime_type: Some(mime),
+        filename,
+        state: NewMediaState::Stored { size: bytes.len() as u64, sha256: hex::encode(Sha256::digest(&bytes)) },
+    };
+    let rec = s.backends.media_index.add_media(new, Timestamp::now()).await?;
+    Ok((StatusCode::CREATED, Json(rec)))
+}
+
+fn media_id(raw: &str) -> ApiResult<MediaId> {
+    MediaId::parse(raw).ok_or_else(|| ApiError::not_found("media"))
+}
+
+async fn record(s: &AppState, tenant: &TenantId, raw: &str) -> ApiResult<MediaRecord> {
+    let id = media_id(raw)?;
+    s.backends.media_index.get_media(tenant, &id).await?.ok_or_else(|| ApiError::not_found("media"))
+}
+
+/// What is known about a media object: status (`pending` until an inbound
+/// attachment is fetched, `stored`, `failed` with `error`), type, size, SHA-256.
+#[utoipa::path(get, path = "/v1/media/{media_id}/info", tag = "media", security(("tenant" = [])),
+    params(("media_id" = String, Path)),
+    responses((status = 200, body = MediaRecord), (status = 404, body = super::error::ErrorBody)))]
+pub async fn info(
+    TenantAuth(tenant): TenantAuth,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<MediaRecord>> {
+    Ok(Json(record(&s, &tenant, &id).await?))
+}
+
+/// The media's bytes, with its `Content-Type` and `X-Media-Sha256`. 409 while
+/// an inbound attachment is still being fetched (retry after
+/// `Retry-After`); 410 when it could not be fetched or has been purged.
+#[utoipa::path(get, path = "/v1/media/{media_id}", tag = "media", security(("tenant" = [])),
+    params(("media_id" = String, Path)),
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>),
+              (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody),
+              (status = 410, body = super::error::ErrorBody)))]
+pub async fn download(
+    TenantAuth(tenant): TenantAuth,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let rec = record(&s, &tenant, &id).await?;
+    match rec.status {
+        MediaStatus::Pending => {
+            return Err(ApiError::new(StatusCode::CONFLICT, "media_pending", "the media is still being fetched")
+                .with_retry_after(Duration::from_secs(1)));
+        }
+        MediaStatus::Failed => {
+            let why = rec.error.as_deref().unwrap_or("unknown error");
+            return Err(ApiError::new(
+                StatusCode::GONE,
+                "media_failed",
+                format!("the media could not be fetched: {why}"),
+            ));
+        }
+        MediaStatus::Stored => {}
+    }
+    let bytes = s.backends.media.get(rec.id.as_str()).await.map_err(|e| {
+        tracing::error!(media = %rec.id, error = %e, "reading media failed");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "media_store_unavailable", "the media store is unavailable")
+            .with_retry_after(Duration::from_secs(5))
+    })?;
+    let Some(bytes) = bytes else {
+        return Err(ApiError::new(StatusCode::GONE, "media_gone", "the media has been purged"));
+    };
+    let mut res = bytes.into_response();
+    let h = res.headers_mut();
+    let mime = rec.mime_type.as_deref().unwrap_or("application/octet-stream");
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(mime).unwrap_or(HeaderValue::from_static("application/octet-stream")),
+    );
+    if let Some(sha) = rec.sha256.as_deref().and_then(|s| HeaderValue::from_str(s).ok()) {
+        h.insert("x-media-sha256", sha);
+    }
+    if let Some(name) = &rec.filename {
+        let safe: String =
+            name.chars().filter(|c| c.is_ascii_graphic() || *c == ' ').filter(|c| *c != '"' && *c != '\\').collect();
+        if let Ok(v) = HeaderValue::from_str(&format!("inline; filename=\"{safe}\"")) {
+            h.insert(header::CONTENT_DISPOSITION, v);
+        }
+    }
+    Ok(res)
+}
