@@ -616,7 +616,7 @@ async fn ingest(
         .post(format!("{base}/v1/instances"))
         .bearer_auth(&target.token)
         .json(&json!({"name": "waha", "provider": "waha",
-                      "config": {"base_url": "http://127.0.0.1:9", "api_key": "k", "session": "default"}}))
+                      "config": {"base_url": "http://93.184.216.34", "api_key": "k", "session": "default"}}))
         .send()
         .await?
         .json()
