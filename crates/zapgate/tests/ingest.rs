@@ -6,31 +6,10 @@
 mod common;
 
 use common::*;
-use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-fn waha_signed(key: &str, body: &Value) -> (Vec<u8>, String) {
-    let bytes = serde_json::to_vec(body).unwrap();
-    let mut mac = Hmac::<sha2::Sha512>::new_from_slice(key.as_bytes()).unwrap();
-    mac.update(&bytes);
-    (bytes, hex::encode(mac.finalize().into_bytes()))
-}
-
-async fn post_waha(s: &Server, url: &str, key: &str, body: &Value) -> reqwest::Response {
-    let (bytes, sig) = waha_signed(key, body);
-    s.http
-        .post(url)
-        .header("content-type", "application/json")
-        .header("x-webhook-hmac", sig)
-        .header("x-webhook-hmac-algorithm", "sha512")
-        .body(bytes)
-        .send()
-        .await
-        .unwrap()
-}
 
 async fn inbound(s: &Server, token: &str) -> Vec<Value> {
     let v: Value = s.get(token, "/v1/inbound-messages").await.json().await.unwrap();

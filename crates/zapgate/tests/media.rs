@@ -6,7 +6,6 @@ mod common;
 
 use axum::http::{HeaderMap, StatusCode};
 use common::*;
-use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
 use sha2::Digest;
 use std::sync::{Arc, Mutex};
@@ -40,22 +39,6 @@ async fn file_server() -> (String, Arc<Mutex<Vec<Option<String>>>>) {
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (base, keys)
-}
-
-async fn post_waha(s: &Server, url: &str, key: &str, body: &Value) -> reqwest::Response {
-    let bytes = serde_json::to_vec(body).unwrap();
-    let mut mac = Hmac::<sha2::Sha512>::new_from_slice(key.as_bytes()).unwrap();
-    mac.update(&bytes);
-    let sig = hex::encode(mac.finalize().into_bytes());
-    s.http
-        .post(url)
-        .header("content-type", "application/json")
-        .header("x-webhook-hmac", sig)
-        .header("x-webhook-hmac-algorithm", "sha512")
-        .body(bytes)
-        .send()
-        .await
-        .unwrap()
 }
 
 fn waha_media_message(wa_id: &str, url: &str, mime: &str) -> Value {

@@ -10,6 +10,7 @@
 
 #![allow(dead_code)]
 
+use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -612,4 +613,26 @@ pub async fn wait_receipts(api: &Server, n: usize) {
         assert!(Instant::now() < deadline, "only {} of {n} sends happened", api.receipts().len());
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// A WAHA webhook body and its `X-Webhook-Hmac` (HMAC-SHA512 with `key`).
+pub fn waha_signed(key: &str, body: &Value) -> (Vec<u8>, String) {
+    let bytes = serde_json::to_vec(body).unwrap();
+    let mut mac = Hmac::<sha2::Sha512>::new_from_slice(key.as_bytes()).unwrap();
+    mac.update(&bytes);
+    (bytes, hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Posts a WAHA webhook signed with `key`.
+pub async fn post_waha(s: &Server, url: &str, key: &str, body: &Value) -> reqwest::Response {
+    let (bytes, sig) = waha_signed(key, body);
+    s.http
+        .post(url)
+        .header("content-type", "application/json")
+        .header("x-webhook-hmac", sig)
+        .header("x-webhook-hmac-algorithm", "sha512")
+        .body(bytes)
+        .send()
+        .await
+        .unwrap()
 }
