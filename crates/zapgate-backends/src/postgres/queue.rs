@@ -229,14 +229,32 @@ async fn release_leases(
     owner: i64,
     now: Timestamp,
 ) -> Result<(u64, Vec<InstanceId>), StoreError> {
+    // Entries first, then only the messages of the entries taken here: the
+    // owner may look dead yet still run (its session dropped), and a message
+    // it begins between two statements would otherwise be left `sending`
+    // with its entry freed — sent by no one, ever.
+    let released = sqlx::query(
+        "UPDATE queue_entries SET lease_owner = NULL, visible_at = $2, ready = is_head \
+         WHERE lease_owner IN ($1, $3) RETURNING message_id, instance_id",
+    )
+    .bind(lease::sending(owner))
+    .bind(now.as_millis())
+    .bind(lease::relaying(owner))
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut message_ids = Vec::with_capacity(released.len());
+    let mut ids = Vec::with_capacity(released.len());
+    for row in &released {
+        message_ids.push(row.try_get::<String, _>("message_id")?);
+        ids.push(InstanceId::from_trusted(row.try_get("instance_id")?));
+    }
     // A message caught in `sending` may or may not have reached the provider:
     // send it again (at-least-once). Not the provider's fault: no attempt spent.
     let requeued = sqlx::query(
-        "UPDATE messages m SET status = 'queued', updated_at = $2 FROM queue_entries q \
-         WHERE q.lease_owner = $1 AND q.message_id = m.id AND m.status = 'sending' \
-         RETURNING m.id, m.tenant_id, m.instance_id, m.chat_seq",
+        "UPDATE messages SET status = 'queued', updated_at = $2 \
+         WHERE id = ANY($1) AND status = 'sending' RETURNING id, tenant_id, instance_id, chat_seq",
     )
-    .bind(owner)
+    .bind(&message_ids)
     .bind(now.as_millis())
     .fetch_all(&mut *conn)
     .await?
@@ -246,16 +264,6 @@ async fn release_leases(
     let d = StatusDetail { reason: Some("requeued: the process sending it stopped".into()), ..detail() };
     let events: Vec<_> = requeued.iter().map(|m| (m, d.clone())).collect();
     rows::insert_events(&mut *conn, &events, MessageStatus::Queued, now).await?;
-    let instances: Vec<String> = sqlx::query_scalar(
-        "UPDATE queue_entries SET lease_owner = NULL, visible_at = $2, ready = is_head \
-         WHERE lease_owner IN ($1, $3) RETURNING instance_id",
-    )
-    .bind(lease::sending(owner))
-    .bind(now.as_millis())
-    .bind(lease::relaying(owner))
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut ids: Vec<InstanceId> = instances.into_iter().map(InstanceId::from_trusted).collect();
     ids.sort();
     ids.dedup();
     Ok((requeued.len() as u64, ids))
