@@ -66,11 +66,30 @@ impl FromStr for InstanceState {
 /// The reason of a flapping instance's `failed` state.
 pub const FLAPPING: &str = "flapping";
 
+/// The reason of a close nobody explained (a status poll, a webhook without one).
+pub const UNKNOWN_REASON: &str = "unknown";
+
+/// Close reasons after which asking the provider to reconnect cannot help:
+/// the phone unlinked it, WhatsApp banned the number, or another device took
+/// the session over (reconnecting would fight it).
+const FINAL_CLOSES: [&str; 3] = ["logged_out", "banned", "replaced"];
+
+/// Whether an instance in `state` for `reason` should be asked to
+/// reconnect: closed for a passing cause, or failed at the provider (not
+/// for flapping, which waits for a quiet window instead).
+pub fn wants_reconnect(state: Option<InstanceState>, reason: Option<&str>) -> bool {
+    match state {
+        Some(InstanceState::Closed) => !reason.is_some_and(|r| FINAL_CLOSES.contains(&r)),
+        Some(InstanceState::Failed) => reason != Some(FLAPPING),
+        _ => false,
+    }
+}
+
 /// Why a connection closed, from the WhatsApp (Baileys) disconnect code or
 /// the provider's words: one short word receivers can switch on.
 pub fn classify_close(reason: Option<&str>) -> (InstanceState, String) {
     let Some(raw) = reason.map(str::trim).filter(|r| !r.is_empty()) else {
-        return (InstanceState::Closed, "unknown".into());
+        return (InstanceState::Closed, UNKNOWN_REASON.into());
     };
     let lower = raw.to_ascii_lowercase();
     let word = match raw.parse::<u16>().ok() {
@@ -142,6 +161,12 @@ impl StoredState {
             return Transition::Coalesced;
         }
         if self.state == Some(state) && self.reason == reason {
+            return Transition::Coalesced;
+        }
+        // A close nobody explained adds nothing to a close that was explained
+        // (or to a logout): keep the reason that says why.
+        let unexplained = state == InstanceState::Closed && reason.as_deref() == Some(UNKNOWN_REASON);
+        if unexplained && matches!(self.state, Some(InstanceState::Closed | InstanceState::LoggedOut)) {
             return Transition::Coalesced;
         }
         recent.push(now.as_millis());
@@ -216,6 +241,42 @@ mod tests {
             s = next;
         }
         assert_ne!(s.state, Some(Failed));
+    }
+
+    #[test]
+    fn an_unexplained_close_keeps_the_known_reason_or_logout() {
+        let policy = FlapPolicy::default();
+        let lost = match StoredState::default().observe(Closed, Some("connection_lost".into()), at(0), policy) {
+            Transition::Changed { next, .. } => next,
+            Transition::Coalesced => panic!("the first close is a change"),
+        };
+        assert_eq!(lost.observe(Closed, Some(UNKNOWN_REASON.into()), at(1), policy), Transition::Coalesced);
+        let out = match lost.observe(LoggedOut, Some("logged_out".into()), at(2), policy) {
+            Transition::Changed { next, .. } => next,
+            Transition::Coalesced => panic!("a logout after a close is a change"),
+        };
+        assert_eq!(out.observe(Closed, Some(UNKNOWN_REASON.into()), at(3), policy), Transition::Coalesced);
+        // An explained close after an unexplained one says more: it applies.
+        let unknown = match StoredState::default().observe(Closed, Some(UNKNOWN_REASON.into()), at(0), policy) {
+            Transition::Changed { next, .. } => next,
+            Transition::Coalesced => panic!("the first close is a change"),
+        };
+        assert!(matches!(unknown.observe(Closed, Some("banned".into()), at(1), policy), Transition::Changed { .. }));
+    }
+
+    #[test]
+    fn passing_closes_and_provider_failures_want_a_reconnect_final_ones_do_not() {
+        assert!(wants_reconnect(Some(Closed), Some("connection_lost")));
+        assert!(wants_reconnect(Some(Closed), Some(UNKNOWN_REASON)));
+        assert!(wants_reconnect(Some(Closed), None));
+        assert!(wants_reconnect(Some(Failed), Some("FAILED")));
+        for final_close in ["logged_out", "banned", "replaced"] {
+            assert!(!wants_reconnect(Some(Closed), Some(final_close)), "{final_close}");
+        }
+        assert!(!wants_reconnect(Some(Failed), Some(FLAPPING)));
+        for state in [None, Some(Open), Some(Connecting), Some(Qr), Some(LoggedOut)] {
+            assert!(!wants_reconnect(state, None), "{state:?}");
+        }
     }
 
     #[test]

@@ -458,6 +458,15 @@ impl Provider for Evolution {
         Qr::from_data_url(Some(raw.to_owned()), image)
     }
 
+    /// `GET /instance/connect/{instance}`: Evolution opens the socket again
+    /// (answering the QR it would need if the number was unlinked).
+    async fn reconnect(&self, config: &Value) -> Result<(), ProviderError> {
+        let cfg = settings(config)?;
+        let answer =
+            crate::http::send(self.request(&cfg, Method::GET, &["instance", "connect", &cfg.instance])?).await?;
+        if answer.ok() { Ok(()) } else { Err(failure(&answer)) }
+    }
+
     async fn logout(&self, config: &Value) -> Result<(), ProviderError> {
         let cfg = settings(config)?;
         let answer =

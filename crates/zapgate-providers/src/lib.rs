@@ -26,6 +26,8 @@ use async_trait::async_trait;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use zapgate_domain::InstanceState;
+use zapgate_domain::instance_state::classify_close;
 use zapgate_domain::{ChatId, InstanceId, MessageContent, MessageId, MessageStatus, Timestamp};
 
 /// A message to `to` for adapter unit tests, content in the Cloud API shape.
@@ -102,6 +104,23 @@ pub enum ConnectionState {
     /// Stopped or logged out: it needs a new scan.
     Disconnected,
     Failed,
+}
+
+impl ConnectionState {
+    /// This report as the instance state machine's input: closes get a
+    /// classified reason (`connection_lost`, `replaced`, … or `unknown`).
+    pub fn machine_state(self, reason: Option<&str>) -> (InstanceState, Option<String>) {
+        match self {
+            ConnectionState::Connecting => (InstanceState::Connecting, None),
+            ConnectionState::WaitingForQr => (InstanceState::Qr, None),
+            ConnectionState::Connected => (InstanceState::Open, None),
+            ConnectionState::Disconnected => {
+                let (state, reason) = classify_close(reason);
+                (state, Some(reason))
+            }
+            ConnectionState::Failed => (InstanceState::Failed, reason.map(str::to_owned)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
@@ -209,6 +228,15 @@ pub trait Provider: Send + Sync + 'static {
         Err(ProviderError::Rejected {
             code: "no_qr".into(),
             message: format!("{} instances have no QR code", self.kind()),
+        })
+    }
+    /// Asks the provider to bring a dropped connection back (the number
+    /// stays linked: no new scan). `Rejected` with code `no_reconnect` when
+    /// this kind cannot.
+    async fn reconnect(&self, _config: &serde_json::Value) -> Result<(), ProviderError> {
+        Err(ProviderError::Rejected {
+            code: "no_reconnect".into(),
+            message: format!("{} instances cannot be asked to reconnect", self.kind()),
         })
     }
     /// Logs the number out; it needs a new scan to send again.

@@ -294,6 +294,15 @@ impl Provider for Uazapi {
         Qr::from_data_url(None, image)
     }
 
+    /// `POST /instance/connect {}`: the instance connects again with its
+    /// stored credentials.
+    async fn reconnect(&self, config: &Value) -> Result<(), ProviderError> {
+        let cfg = settings(config)?;
+        let answer =
+            crate::http::send(self.request(&cfg, Method::POST, &["instance", "connect"])?.json(&json!({}))).await?;
+        if answer.ok() { Ok(()) } else { Err(failure(&answer)) }
+    }
+
     async fn logout(&self, config: &Value) -> Result<(), ProviderError> {
         let cfg = settings(config)?;
         let answer = crate::http::send(self.request(&cfg, Method::POST, &["instance", "disconnect"])?).await?;

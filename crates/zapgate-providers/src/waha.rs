@@ -550,6 +550,15 @@ impl Provider for Waha {
         Ok(Qr { raw: Some(raw), png: png.body })
     }
 
+    /// `POST /api/sessions/{s}/restart`: the session starts again with its
+    /// stored credentials (a logged-out one comes back waiting for a QR).
+    async fn reconnect(&self, config: &Value) -> Result<(), ProviderError> {
+        let cfg = settings(config)?;
+        let req = self.request(&cfg, Method::POST, &["api", "sessions", &cfg.session, "restart"], &[])?;
+        let answer = crate::http::send(req).await?;
+        if answer.ok() { Ok(()) } else { Err(failure(&answer)) }
+    }
+
     async fn logout(&self, config: &Value) -> Result<(), ProviderError> {
         let cfg = settings(config)?;
         let req = self.request(&cfg, Method::POST, &["api", "sessions", &cfg.session, "logout"], &[])?;

@@ -228,6 +228,17 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
             interval: config.provider_health_interval,
         };
         tokio::spawn(crate::worker::health::run(checks, stop_rx.clone()));
+        let watch = crate::worker::connections::ConnectionWatch {
+            backends: backends.clone(),
+            providers: providers.clone(),
+            interval: config.instance_poll_interval,
+            reconnect: crate::worker::retry::RetryPolicy {
+                base: config.instance_reconnect_base,
+                max: config.instance_reconnect_max,
+            },
+            flap: config.flap_policy(),
+        };
+        tokio::spawn(crate::worker::connections::run(watch, stop_rx.clone()));
         let sender = Arc::new(WebhookSender {
             store: backends.webhooks.clone(),
             egress: egress.clone(),

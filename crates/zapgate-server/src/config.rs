@@ -123,6 +123,16 @@ pub struct Config {
     pub instance_flap_limit: u32,
     #[serde(with = "humantime_serde")]
     pub instance_flap_window: Duration,
+    /// How often instances are asked for their connection (WAHA, Evolution,
+    /// UAZAPI); zero turns the polls and reconnect requests off.
+    #[serde(with = "humantime_serde")]
+    pub instance_poll_interval: Duration,
+    /// First wait between reconnect requests of an instance that stays down;
+    /// doubles (with jitter) up to `instance_reconnect_max`.
+    #[serde(with = "humantime_serde")]
+    pub instance_reconnect_base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub instance_reconnect_max: Duration,
     /// How long a provider webhook event's dedupe key is kept: a re-send
     /// within it is a duplicate (Meta retries for up to 7 days).
     #[serde(with = "humantime_serde")]
@@ -210,6 +220,9 @@ impl Default for Config {
             ingest_dedupe_window: Duration::from_secs(7 * 24 * 3600),
             instance_flap_limit: 5,
             instance_flap_window: Duration::from_secs(60),
+            instance_poll_interval: Duration::from_secs(30),
+            instance_reconnect_base: Duration::from_secs(10),
+            instance_reconnect_max: Duration::from_secs(300),
             ack_timeout: Duration::from_secs(600),
             webhook_retry_schedule: "5s,30s,2m,10m,1h,6h,24h".into(),
             webhook_allow_private: false,
@@ -339,6 +352,12 @@ impl Config {
         }
         if self.provider_health_interval < Duration::from_millis(100) {
             return bad("ZAPGATE_PROVIDER_HEALTH_INTERVAL must be at least 100ms");
+        }
+        if !self.instance_poll_interval.is_zero() && self.instance_poll_interval < Duration::from_millis(100) {
+            return bad("ZAPGATE_INSTANCE_POLL_INTERVAL must be 0 (off) or at least 100ms");
+        }
+        if self.instance_reconnect_base.is_zero() || self.instance_reconnect_max < self.instance_reconnect_base {
+            return bad("ZAPGATE_INSTANCE_RECONNECT_BASE must be above 0 and at most ZAPGATE_INSTANCE_RECONNECT_MAX");
         }
         if self.instance_rate == 0 || self.instance_concurrency == 0 {
             return bad("ZAPGATE_INSTANCE_RATE and ZAPGATE_INSTANCE_CONCURRENCY must be at least 1");

@@ -16,6 +16,7 @@
 //! | `zapgate_ingest_events_total` | counter | `provider`, `outcome` (status_applied, status_ignored, status_parked, received, echo, duplicate, state_changed, state_coalesced, ignored, unauthorized) |
 //! | `zapgate_ingest_seconds` | histogram | `provider` (a provider webhook POST, verified and durable) |
 //! | `zapgate_instance_state_changes_total` | counter | `state` (open, closed, failed, …) |
+//! | `zapgate_instance_reconnects_total` | counter | `provider`, `result` (ok, error): reconnect requests of the connection watch |
 //! | `zapgate_webhook_attempts_total` | counter | `result` (succeeded, retry, dead) |
 //! | `zapgate_webhook_attempt_seconds` | histogram | |
 //! | `zapgate_webhook_dead_letters` | gauge | (dead deliveries kept, until purged or replayed) |

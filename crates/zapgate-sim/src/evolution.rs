@@ -185,7 +185,7 @@ impl Sim {
     /// For flapping: instance `name` `open` or `close` (posting
     /// `connection.update` on a change, 428 "connection lost" when it
     /// closes); false if there is no such instance.
-    pub(crate) fn evolution_set_connected(&self, name: &str, connected: bool) -> bool {
+    pub(crate) fn evolution_set_connected(&self, name: &str, connected: bool, notify: bool) -> bool {
         let mut instances = self.evolution_instances();
         let Some(i) = instances.get_mut(name) else { return false };
         let state = if connected { "open" } else { "close" };
@@ -198,7 +198,9 @@ impl Sim {
             } else {
                 json!({"instance": name, "state": "close", "statusReason": 428})
             };
-            i.emit(name, "connection.update", data);
+            if notify {
+                i.emit(name, "connection.update", data);
+            }
         }
         true
     }
@@ -292,6 +294,12 @@ async fn list(State(sim): State<Arc<Sim>>, headers: HeaderMap) -> Response {
 }
 
 async fn connect(State(sim): State<Arc<Sim>>, headers: HeaderMap, Path(name): Path<String>) -> Response {
+    sim.record("evolution", format!("/instance/connect/{name}"), key(&headers), &Value::Null);
+    if key(&headers).is_some() && sim.take_dropped(&name) {
+        // Still linked: the socket opens again without a scan.
+        sim.evolution_set_connected(&name, true, true);
+        return Json(json!({"instance": {"instanceName": name, "state": "open"}})).into_response();
+    }
     let scan_after = sim.qr_scan_after();
     let mut instances = sim.evolution_instances();
     let Some(i) = instances.get_mut(&name) else { return missing(&name) };

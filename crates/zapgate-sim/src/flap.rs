@@ -27,10 +27,39 @@ impl Sim {
     /// Sets `instance` (of any provider) connected or not; false if no
     /// provider has it.
     pub fn set_connected(&self, instance: &str, connected: bool) -> bool {
-        let waha = self.waha_set_connected(instance, connected);
-        let evolution = self.evolution_set_connected(instance, connected);
-        let uazapi = self.uazapi_set_connected(instance, connected);
+        self.set_connected_as(instance, connected, true)
+    }
+
+    /// Like [`Sim::set_connected`], posting the connection webhooks only if `notify`.
+    fn set_connected_as(&self, instance: &str, connected: bool, notify: bool) -> bool {
+        let waha = self.waha_set_connected(instance, connected, notify);
+        let evolution = self.evolution_set_connected(instance, connected, notify);
+        let uazapi = self.uazapi_set_connected(instance, connected, notify);
         waha || evolution || uazapi
+    }
+
+    fn dropped(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.dropped.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `instance`'s connection drops while the number stays linked, as a
+    /// phone losing its network does: its status routes answer it
+    /// disconnected and sends fail. With `notify` false no webhook says so
+    /// (the provider missed it, or its webhook was lost): only a status poll
+    /// finds out. A reconnect request (WAHA `restart`, Evolution and UAZAPI
+    /// `connect`) brings it back connected without a scan. False if no
+    /// provider has it.
+    pub fn drop_connection(&self, instance: &str, notify: bool) -> bool {
+        let found = self.set_connected_as(instance, false, notify);
+        if found {
+            self.dropped().insert(instance.to_owned());
+        }
+        found
+    }
+
+    /// Whether `instance` had dropped (and now no longer counts as dropped).
+    pub(crate) fn take_dropped(&self, instance: &str) -> bool {
+        self.dropped().remove(instance)
     }
 
     /// Makes `instance` connected now and flips it every `period` until

@@ -24,6 +24,9 @@
 //!   flips every `period_ms` (status routes and connection webhooks follow);
 //!   `DELETE /_sim/flap/{instance}` or `DELETE /_sim/flap` stops it, `GET`
 //!   lists — see [`flap`]; [`Sim::flap`], [`Sim::stop_flap`].
+//! - `POST /_sim/drop` `{"instance","notify":false}` — the instance's
+//!   connection drops while it stays linked (silently unless `notify`); a
+//!   reconnect request brings it back — [`Sim::drop_connection`].
 //! - `GET /_sim/counters` — sends, unique messages, duplicates, per route,
 //!   per message id and per content key; `POST /_sim/counters/reset` — see
 //!   [`counters`]; [`Sim::counters`], [`Sim::reset_counters`].
@@ -86,6 +89,8 @@ pub struct Sim {
     counters: Mutex<counters::State>,
     /// The flapping instances' tasks, by instance.
     flaps: Mutex<std::collections::HashMap<String, tokio::task::AbortHandle>>,
+    /// Instances whose connection dropped while linked (see [`flap`]).
+    dropped: Mutex<std::collections::HashSet<String>>,
     received: Mutex<Vec<Received>>,
     waha_sessions: Mutex<std::collections::HashMap<String, waha::Session>>,
     evolution_instances: Mutex<std::collections::HashMap<String, evolution::Instance>>,
@@ -104,6 +109,7 @@ impl Default for Sim {
             rules: Mutex::default(),
             counters: Mutex::default(),
             flaps: Mutex::default(),
+            dropped: Mutex::default(),
             received: Mutex::default(),
             waha_sessions: Mutex::new(waha::default_sessions()),
             evolution_instances: Mutex::default(),
@@ -130,6 +136,7 @@ pub fn router(sim: Arc<Sim>) -> Router {
         .route("/_sim/counters/reset", post(reset_counters))
         .route("/_sim/flap", post(start_flap).get(list_flaps).delete(stop_flaps))
         .route("/_sim/flap/{instance}", delete(stop_flap))
+        .route("/_sim/drop", post(drop_connection))
         .with_state(sim)
 }
 
@@ -335,6 +342,22 @@ async fn start_flap(State(sim): State<Arc<Sim>>, Json(f): Json<FlapRequest>) -> 
     }
     if !sim.flap(&f.instance, std::time::Duration::from_millis(f.period_ms)) {
         let error = format!("no instance or session {:?}", f.instance);
+        return (StatusCode::NOT_FOUND, Json(json!({"error": error}))).into_response();
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+#[derive(Deserialize)]
+struct DropRequest {
+    instance: String,
+    #[serde(default)]
+    notify: bool,
+}
+
+/// `POST /_sim/drop`: 204, 404 for an unknown instance.
+async fn drop_connection(State(sim): State<Arc<Sim>>, Json(d): Json<DropRequest>) -> Response {
+    if !sim.drop_connection(&d.instance, d.notify) {
+        let error = format!("no instance or session {:?}", d.instance);
         return (StatusCode::NOT_FOUND, Json(json!({"error": error}))).into_response();
     }
     StatusCode::NO_CONTENT.into_response()

@@ -260,7 +260,9 @@ pub(crate) fn classify(method: &Method, path: &str) -> Option<(Provider, RouteKi
         | "/instance/logout/{instance}"
         | "/instance/delete/{instance}" => (Evolution, Session),
         "/api/sessions" | "/api/sessions/{session}" => (Waha, if get { Status } else { Session }),
-        "/api/sessions/{session}/logout" | "/api/{session}/auth/qr" => (Waha, Session),
+        "/api/sessions/{session}/logout" | "/api/sessions/{session}/restart" | "/api/{session}/auth/qr" => {
+            (Waha, Session)
+        }
         "/api/{route}" => (Waha, Send),
         "/instance/all" | "/instance/status" => (Uazapi, Status),
         "/send/{route}" => (Uazapi, Send),

@@ -92,7 +92,7 @@ impl Sim {
     /// For flapping: the instance with this token or name `connected` or
     /// `disconnected` (posting a `connection` event on a change to a webhook
     /// taking it); false if there is no such instance.
-    pub(crate) fn uazapi_set_connected(&self, instance: &str, connected: bool) -> bool {
+    pub(crate) fn uazapi_set_connected(&self, instance: &str, connected: bool, notify: bool) -> bool {
         let mut instances = self.uazapi_instances();
         let token = match instances.iter().find(|(t, i)| t.as_str() == instance || i.name == instance) {
             Some((t, _)) => t.clone(),
@@ -102,7 +102,7 @@ impl Sim {
         let status = if connected { "connected" } else { "disconnected" };
         if i.status != status {
             (i.status, i.qr_shown) = (status, None);
-            if let Some(w) = i.webhook.as_ref().filter(|w| w.takes("connection")) {
+            if let Some(w) = i.webhook.as_ref().filter(|w| notify && w.takes("connection")) {
                 let mut dto = i.dto(&token);
                 if !connected {
                     dto["lastDisconnectReason"] = json!("connection lost");
@@ -186,6 +186,13 @@ fn with_instance(sim: &Sim, headers: &HeaderMap, f: impl FnOnce(&str, &mut Insta
 }
 
 async fn connect(State(sim): State<Arc<Sim>>, headers: HeaderMap) -> Response {
+    let token = header(&headers, "token").unwrap_or_default();
+    sim.record("uazapi", "/instance/connect".into(), Some(token.clone()), &Value::Null);
+    let name = sim.uazapi_instances().get(&token).map(|i| i.name().to_owned());
+    if let Some(name) = name.filter(|n| sim.take_dropped(n) || sim.take_dropped(&token)) {
+        // Still linked: it connects again without a scan.
+        sim.uazapi_set_connected(&name, true, true);
+    }
     let scan_after = sim.qr_scan_after();
     with_instance(&sim, &headers, |token, i| {
         if i.tick(scan_after) == "disconnected" {

@@ -10,6 +10,8 @@
 //!   PNG, or `{"mimetype","data"}` with `Accept: application/json`; a session
 //!   not in `SCAN_QR_CODE` → 422.
 //! - `POST /api/sessions/{s}/logout` → 201 SessionDTO, `STOPPED` (a new scan is needed).
+//! - `POST /api/sessions/{s}/restart` → 201 SessionDTO: `WORKING` again after a
+//!   dropped connection ([`Sim::drop_connection`]), `SCAN_QR_CODE` after a logout.
 //! - `DELETE /api/sessions/{s}` → 200; unknown → 404.
 //! - Creating and deleting sessions and sending take queued faults (`POST /_sim/faults`).
 //! - `POST /api/{sendText|sendImage|sendVideo|sendFile}`: the session must be
@@ -200,12 +202,17 @@ impl Sim {
 
 impl Sim {
     /// For flapping: session `name` `WORKING` or `STOPPED` (posting
-    /// `session.status` on a change); false if there is no such session.
-    pub(crate) fn waha_set_connected(&self, name: &str, connected: bool) -> bool {
+    /// `session.status` on a change when `notify`); false if there is no such session.
+    pub(crate) fn waha_set_connected(&self, name: &str, connected: bool, notify: bool) -> bool {
         let mut sessions = self.waha_sessions();
         let Some(s) = sessions.get_mut(name) else { return false };
         s.qr_shown = None;
-        s.set_status(name, if connected { "WORKING" } else { "STOPPED" });
+        let status = if connected { "WORKING" } else { "STOPPED" };
+        if notify {
+            s.set_status(name, status);
+        } else {
+            s.status = status;
+        }
         true
     }
 }
@@ -220,6 +227,7 @@ pub(crate) fn routes() -> Router<Arc<Sim>> {
         .route("/api/sessions", post(create).get(list))
         .route("/api/sessions/{session}", get(status).delete(delete))
         .route("/api/sessions/{session}/logout", post(logout))
+        .route("/api/sessions/{session}/restart", post(restart))
         .route("/api/{session}/auth/qr", get(qr))
         .route("/api/{route}", post(send))
 }
@@ -295,6 +303,25 @@ async fn logout(State(sim): State<Arc<Sim>>, headers: HeaderMap, Path(name): Pat
         Some(s) => {
             s.qr_shown = None;
             s.set_status(&name, "STOPPED");
+            (StatusCode::CREATED, Json(dto(&name, s.status))).into_response()
+        }
+        None => nest(404, "Session not found"),
+    }
+}
+
+/// A session whose connection dropped (see [`Sim::drop_connection`]) comes
+/// back `WORKING`; a logged-out one starts again waiting for its QR.
+async fn restart(State(sim): State<Arc<Sim>>, headers: HeaderMap, Path(name): Path<String>) -> Response {
+    sim.record("waha", format!("/api/sessions/{name}/restart"), key(&headers), &Value::Null);
+    let relink = sim.take_dropped(&name);
+    match sim.waha_sessions().get_mut(&name) {
+        Some(s) => {
+            s.qr_shown = None;
+            let status = match (relink, s.status) {
+                (true, _) | (false, "WORKING") => "WORKING",
+                _ => "SCAN_QR_CODE",
+            };
+            s.set_status(&name, status);
             (StatusCode::CREATED, Json(dto(&name, s.status))).into_response()
         }
         None => nest(404, "Session not found"),

@@ -275,6 +275,20 @@ struct ServeArgs {
     #[arg(long, env = "ZAPGATE_INSTANCE_FLAP_WINDOW", value_parser = parse_duration, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
     instance_flap_window: Option<Duration>,
+    /// How often WAHA, Evolution and UAZAPI instances are asked for their connection, so a
+    /// missed webhook cannot leave one shown open while dead; 0 = off [default: 30s].
+    #[arg(long, env = "ZAPGATE_INSTANCE_POLL_INTERVAL", value_parser = parse_duration, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    instance_poll_interval: Option<Duration>,
+    /// First wait between reconnect requests of an instance that stays closed; doubles
+    /// with jitter up to ZAPGATE_INSTANCE_RECONNECT_MAX [default: 10s].
+    #[arg(long, env = "ZAPGATE_INSTANCE_RECONNECT_BASE", value_parser = parse_duration, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    instance_reconnect_base: Option<Duration>,
+    /// Longest wait between reconnect requests [default: 5m].
+    #[arg(long, env = "ZAPGATE_INSTANCE_RECONNECT_MAX", value_parser = parse_duration, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    instance_reconnect_max: Option<Duration>,
     /// A provider webhook event re-sent within this long is a duplicate [default: 7d].
     #[arg(long, env = "ZAPGATE_INGEST_DEDUPE_WINDOW", value_parser = parse_duration, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]

@@ -229,6 +229,9 @@ struct Pooled {
     reports_phone: bool,
     /// Whether the QR answer has the raw string (UAZAPI gives the image only).
     qr_raw: bool,
+    /// The request that asks the server to reconnect an instance.
+    reconnect_path: fn(&str) -> String,
+    sim: zapgate_sim::Provider,
 }
 
 const WAHA: Pooled = Pooled {
@@ -238,6 +241,8 @@ const WAHA: Pooled = Pooled {
     sessions: zapgate_sim::Sim::waha_session_names,
     reports_phone: true,
     qr_raw: true,
+    reconnect_path: |ins| format!("/api/sessions/{ins}/restart"),
+    sim: zapgate_sim::Provider::Waha,
 };
 
 const EVOLUTION: Pooled = Pooled {
@@ -247,6 +252,8 @@ const EVOLUTION: Pooled = Pooled {
     sessions: zapgate_sim::Sim::evolution_instance_names,
     reports_phone: false,
     qr_raw: true,
+    reconnect_path: |ins| format!("/instance/connect/{ins}"),
+    sim: zapgate_sim::Provider::Evolution,
 };
 
 const UAZAPI: Pooled = Pooled {
@@ -256,6 +263,8 @@ const UAZAPI: Pooled = Pooled {
     sessions: zapgate_sim::Sim::uazapi_instance_names,
     reports_phone: true,
     qr_raw: false,
+    reconnect_path: |_| "/instance/connect".into(),
+    sim: zapgate_sim::Provider::Uazapi,
 };
 
 #[tokio::test]
@@ -429,4 +438,125 @@ async fn each_kind_has_its_default_pace_and_ceiling() {
     assert_eq!(r.unwrap().status(), 422, "nor faster later");
     let r = s.http.patch(s.url(&path)).bearer_auth(&token).json(&json!({"rate_limit_per_second": 1000})).send().await;
     assert_eq!(r.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn a_waha_session_dropped_without_a_webhook_is_found_by_polls_and_reconnected_with_backoff() {
+    dropped_connection(WAHA).await;
+}
+
+#[tokio::test]
+async fn an_evolution_instance_dropped_without_a_webhook_is_found_by_polls_and_reconnected_with_backoff() {
+    dropped_connection(EVOLUTION).await;
+}
+
+#[tokio::test]
+async fn a_uazapi_instance_dropped_without_a_webhook_is_found_by_polls_and_reconnected_with_backoff() {
+    dropped_connection(UAZAPI).await;
+}
+
+async fn stored_state(s: &Server, token: &str, instance: &str) -> (String, String) {
+    let v: Value = s.get(token, &format!("/v1/instances/{instance}")).await.json().await.unwrap();
+    (v["state"].as_str().unwrap_or("none").to_owned(), v["state_reason"].as_str().unwrap_or_default().to_owned())
+}
+
+async fn wait_stored_state(s: &Server, token: &str, instance: &str, state: &str) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while stored_state(s, token, instance).await.0 != state {
+        assert!(std::time::Instant::now() < deadline, "never {state}: {:?}", stored_state(s, token, instance).await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An instance whose connection drops with no webhook saying so (the
+/// provider missed it, or its webhook was lost) is not shown open for long:
+/// the status polls find it closed, the server is asked to reconnect it and
+/// it is open again. While the server keeps refusing, reconnect requests
+/// back off (doubling, capped, jittered) instead of following every poll;
+/// once it answers again, the instance comes back. A logged-out instance is
+/// never asked to reconnect.
+async fn dropped_connection(p: Pooled) {
+    let (addr, sim) = zapgate_sim::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let s = Server::start(&[
+        ("ZAPGATE_WEBHOOK_ALLOW_PRIVATE", "true"),
+        ("ZAPGATE_INSTANCE_POLL_INTERVAL", "100ms"),
+        ("ZAPGATE_INSTANCE_RECONNECT_BASE", "400ms"),
+        ("ZAPGATE_INSTANCE_RECONNECT_MAX", "1600ms"),
+        // This test changes the state more than 5 times a minute on purpose.
+        ("ZAPGATE_INSTANCE_FLAP_LIMIT", "50"),
+    ])
+    .await;
+    pool(&s, json!({"kind": p.kind, "name": "w", "base_url": format!("http://{addr}"), "api_key": "k"})).await;
+    let (_, token) = s.tenant("acme").await;
+    let r = place(&s, &token, json!({"name": "loja", "provider": p.kind})).await;
+    let ins = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    // Never linked: polled, not asked to reconnect (that would only start a QR flow).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let path = (p.reconnect_path)(&ins);
+    assert!(!sim.received().iter().any(|r| r.path == path), "{:?}", sim.received());
+    // UAZAPI starts its QR flow when the QR is first asked for.
+    assert_eq!(s.get(&token, &format!("/v1/instances/{ins}/qr")).await.status(), 200);
+    link_by_qr_of(&s, &token, &ins, p.qr_raw).await;
+    wait_stored_state(&s, &token, &ins, "open").await;
+    let asked = || sim.received().iter().filter(|r| r.provider == p.kind && r.path == path).count();
+    // (Evolution and UAZAPI link by QR through the same route.)
+    let linked_with = asked();
+    let reconnects = || asked() - linked_with;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(reconnects(), 0, "an open instance is not asked to reconnect");
+
+    // Dropped silently: a poll finds it closed, a reconnect brings it back.
+    let closed_before = s.metric("zapgate_instance_state_changes_total", "state=\"closed\"").await;
+    assert!(sim.drop_connection(&ins, false));
+    let deadline = std::time::Instant::now() + WAIT;
+    while s.metric("zapgate_instance_state_changes_total", "state=\"closed\"").await <= closed_before {
+        assert!(std::time::Instant::now() < deadline, "the dropped connection was never noticed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    wait_stored_state(&s, &token, &ins, "open").await;
+    assert_eq!(reconnects(), 1, "one request brought it back");
+
+    // The server refuses reconnects: they back off instead of following each poll.
+    sim.add_rule(zapgate_sim::FaultRule {
+        route: zapgate_sim::RouteKind::Session,
+        provider: p.sim,
+        status: Some(500),
+        ..Default::default()
+    });
+    assert!(sim.drop_connection(&ins, false));
+    let started = std::time::Instant::now();
+    let mut seen_at = Vec::new();
+    while started.elapsed() < Duration::from_millis(4500) {
+        let n = reconnects() - 1;
+        while seen_at.len() < n {
+            seen_at.push(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Delays drawn from [d/2, d] for d = 400 ms, 800 ms, then 1.6 s (the
+    // cap): at most 7 requests in 4.5 s, at least 3 (polls every 100 ms
+    // would have made about 45).
+    assert!((3..=7).contains(&seen_at.len()), "reconnect requests at {seen_at:?}");
+    let gaps: Vec<Duration> = seen_at.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps.iter().all(|g| *g >= Duration::from_millis(150)), "{gaps:?}");
+    assert!(
+        gaps.iter().skip(2).all(|g| *g >= Duration::from_millis(700)),
+        "capped at 1.6 s, drawn from its upper half: {gaps:?}"
+    );
+    assert!(
+        gaps.iter().all(|g| *g <= Duration::from_millis(1900)),
+        "never longer than the cap (plus a poll): {gaps:?}"
+    );
+    assert_eq!(stored_state(&s, &token, &ins).await.0, "closed", "refused reconnects are no state changes");
+
+    sim.clear_rules();
+    wait_stored_state(&s, &token, &ins, "open").await;
+
+    // Logged out on purpose: it stays logged out.
+    let r = s.post(&token, &format!("/v1/instances/{ins}/logout"), &json!({})).await;
+    assert_eq!(r.status(), 204);
+    let asked = reconnects();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(stored_state(&s, &token, &ins).await, ("logged_out".to_owned(), "logged_out".to_owned()));
+    assert_eq!(reconnects(), asked, "a logged-out instance is not asked to reconnect");
 }

@@ -21,11 +21,9 @@ use std::time::{Duration, Instant};
 use zapgate_backends::{
     InboundEvent, InboundItem, InboundOutcome, IngestAccount, NewInbound, NewMedia, NewMediaState, ProviderStatusReport,
 };
-use zapgate_domain::instance_state::{FlapPolicy, classify_close};
+use zapgate_domain::instance_state::FlapPolicy;
 use zapgate_domain::{ChatId, InstanceState, MediaId, MessageId, ReceivedMessage, Timestamp};
-use zapgate_providers::{
-    ConnectionState, Provider, ProviderEvent, ProviderEventKind, WebhookAuth, WebhookRequest, cloud_api,
-};
+use zapgate_providers::{Provider, ProviderEvent, ProviderEventKind, WebhookAuth, WebhookRequest, cloud_api};
 
 /// How long an account (its secret and instances) is reused before it is read again.
 const ACCOUNT_TTL: Duration = Duration::from_secs(5);
@@ -197,21 +195,6 @@ struct Items {
     unused: usize,
 }
 
-/// A provider's connection report as the instance state machine's input:
-/// closes get a classified reason (`connection_lost`, `replaced`, …).
-fn machine_state(state: ConnectionState, reason: Option<&str>) -> (InstanceState, Option<String>) {
-    match state {
-        ConnectionState::Connecting => (InstanceState::Connecting, None),
-        ConnectionState::WaitingForQr => (InstanceState::Qr, None),
-        ConnectionState::Connected => (InstanceState::Open, None),
-        ConnectionState::Disconnected => {
-            let (state, reason) = classify_close(reason);
-            (state, Some(reason))
-        }
-        ConnectionState::Failed => (InstanceState::Failed, reason.map(str::to_owned)),
-    }
-}
-
 fn items(p: &dyn Provider, account: &IngestAccount, events: &[ProviderEvent], policy: FlapPolicy) -> Items {
     let by_name: HashMap<String, &zapgate_backends::AccountInstance> =
         account.instances.iter().filter_map(|i| Some((p.webhook_instance(&i.config)?, i))).collect();
@@ -232,7 +215,7 @@ fn items(p: &dyn Provider, account: &IngestAccount, events: &[ProviderEvent], po
             }),
             ProviderEventKind::Message(m) => InboundEvent::Message(new_inbound(p, instance, m)),
             ProviderEventKind::Connection { state, reason } => {
-                let (state, reason) = machine_state(*state, reason.as_deref());
+                let (state, reason) = state.machine_state(reason.as_deref());
                 InboundEvent::Connection { state, reason, policy }
             }
             ProviderEventKind::Qr { .. } => InboundEvent::Connection { state: InstanceState::Qr, reason: None, policy },

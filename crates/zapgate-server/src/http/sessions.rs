@@ -104,5 +104,17 @@ pub async fn logout(
 ) -> ApiResult<StatusCode> {
     let (rec, provider) = instance_and_provider(&s, &tenant, &id).await?;
     call(provider.logout(&rec.provider_config)).await?;
+    // Stored at once, so the connection watch does not take the closed
+    // session for a dropped one and ask it to reconnect.
+    let item = zapgate_backends::InboundItem {
+        tenant_id: rec.tenant_id.clone(),
+        instance_id: rec.id.clone(),
+        event: zapgate_backends::InboundEvent::Connection {
+            state: zapgate_domain::InstanceState::LoggedOut,
+            reason: Some("logged_out".into()),
+            policy: s.config.flap_policy(),
+        },
+    };
+    s.backends.inbox.ingest(vec![item], zapgate_domain::Timestamp::now()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
