@@ -46,7 +46,7 @@ pub use locks::{InProcessLocks, LockToken, Locks};
 pub use media::{LocalMediaStore, MediaStore};
 pub use media_index::{MediaFetched, MediaIndex, MediaJob, MediaRecord, MediaStatus, NewMedia, NewMediaState};
 pub use outbox::{Outbox, OutboxEntry, RelayLimits};
-pub use pools::{NewProvider, Placement, ProviderChange, ProviderPools, ProviderRecord};
+pub use pools::{CircuitReport, NewProvider, Placement, ProviderChange, ProviderPools, ProviderRecord};
 pub use queue::{Claim, Delivery, Queue, Settlement};
 pub use s3::{S3Config, S3MediaStore};
 pub use store::*;

@@ -14,6 +14,23 @@ use async_trait::async_trait;
 use serde::Serialize;
 use zapgate_domain::{ProviderId, Timestamp};
 
+/// One process's report of one provider endpoint's circuit (circuits live in
+/// each worker's memory; see `zapgate_providers::circuit`).
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct CircuitReport {
+    /// The provider kind.
+    pub provider: String,
+    /// What the circuit guards: `{kind} {origin}` (e.g. `waha https://waha.example`).
+    pub endpoint: String,
+    /// `open` or `half_open`.
+    pub state: String,
+    /// When the reporting process saw it leave `closed`.
+    pub since: Timestamp,
+    #[serde(skip)]
+    pub reporter: String,
+    pub reported_at: Timestamp,
+}
+
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ProviderRecord {
     pub id: ProviderId,
@@ -94,6 +111,17 @@ pub trait ProviderPools: Send + Sync + 'static {
     /// transaction, so concurrent placements never exceed a capacity.
     /// `NoCapacity` when no pool can take it.
     async fn place_instance(&self, new: NewInstance, placement: Placement) -> Result<InstanceRecord, StoreError>;
+    /// Replaces what process `reporter` said about its circuits with `open`
+    /// (those not closed; empty: all closed), and forgets reports older than
+    /// `forget_before` (processes that stopped).
+    async fn report_circuits(
+        &self,
+        reporter: &str,
+        open: Vec<CircuitReport>,
+        forget_before: Timestamp,
+    ) -> Result<(), StoreError>;
+    /// Circuits reported not closed since `fresh_after`, one row per process.
+    async fn circuits(&self, fresh_after: Timestamp) -> Result<Vec<CircuitReport>, StoreError>;
 }
 
 pub use zapgate_domain::json::merged;

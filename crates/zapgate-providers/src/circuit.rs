@@ -40,6 +40,16 @@ pub enum CircuitState {
     HalfOpen,
 }
 
+impl CircuitState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CircuitState::Closed => "closed",
+            CircuitState::Open => "open",
+            CircuitState::HalfOpen => "half_open",
+        }
+    }
+}
+
 /// What a send learned about the endpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Observed<'a> {
@@ -226,6 +236,12 @@ pub struct Circuits {
 impl Circuits {
     pub fn new(config: CircuitConfig) -> Circuits {
         Circuits { config, by_endpoint: Arc::default() }
+    }
+
+    /// Every circuit of this process with its state now.
+    pub fn snapshot(&self) -> Vec<(&'static str, String, CircuitState)> {
+        let map = self.by_endpoint.lock().unwrap_or_else(|p| p.into_inner());
+        map.values().map(|c| (c.kind, c.endpoint.clone(), c.state())).collect()
     }
 
     pub fn get(&self, kind: &'static str, endpoint: &str) -> Arc<Circuit> {

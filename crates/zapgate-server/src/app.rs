@@ -208,6 +208,12 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
         drained.push(tokio::spawn(relay::run(relay, stop_rx.clone())));
     }
     if role.runs_workers() {
+        let reporter = crate::worker::circuits::CircuitReporter {
+            circuits: ctx.circuits.clone(),
+            pools: backends.pools.clone(),
+            reporter: format!("{:016x}", rand::random::<u64>()),
+        };
+        tokio::spawn(crate::worker::circuits::run(reporter, stop_rx.clone()));
         match (&backends.broker, &backends.outbox) {
             (Some(broker), Some(outbox)) => {
                 let consumers = consumer::Consumers {
@@ -237,6 +243,9 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
                 max: config.instance_reconnect_max,
             },
             flap: config.flap_policy(),
+            lock_key: crate::worker::connections::ConnectionWatch::lock_key(
+                &config.database_url.clone().unwrap_or_else(|| config.data_dir.display().to_string()),
+            ),
         };
         tokio::spawn(crate::worker::connections::run(watch, stop_rx.clone()));
         let sender = Arc::new(WebhookSender {

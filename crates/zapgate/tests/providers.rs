@@ -560,3 +560,73 @@ async fn dropped_connection(p: Pooled) {
     assert_eq!(stored_state(&s, &token, &ins).await, ("logged_out".to_owned(), "logged_out".to_owned()));
     assert_eq!(reconnects(), asked, "a logged-out instance is not asked to reconnect");
 }
+
+async fn circuit_of(s: &Server, pool_id: &str) -> (String, Value) {
+    let pool: Value = s.get(ADMIN, &format!("/v1/providers/{pool_id}")).await.json().await.unwrap();
+    let all: Value = s.get(ADMIN, "/v1/circuits").await.json().await.unwrap();
+    (pool["circuit"].as_str().unwrap().to_owned(), all["data"].clone())
+}
+
+/// A provider server that fails every send opens its circuit in the worker,
+/// and the API shows it (on the pool and in `GET /v1/circuits`) while
+/// messages wait; when the server answers again the circuit closes, the
+/// messages go out and the API shows it closed.
+#[tokio::test]
+async fn an_open_circuit_is_shown_on_its_pool_and_in_the_circuit_list_until_it_closes() {
+    let (addr, sim) = zapgate_sim::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let s = Server::start(&[
+        ("ZAPGATE_WEBHOOK_ALLOW_PRIVATE", "true"),
+        ("ZAPGATE_PROVIDER_CIRCUIT_FAILURES", "2"),
+        ("ZAPGATE_PROVIDER_CIRCUIT_COOLDOWN", "300ms"),
+        ("ZAPGATE_MESSAGE_RETRY_BASE", "100ms"),
+    ])
+    .await;
+    let pool =
+        pool(&s, json!({"kind": "waha", "name": "w", "base_url": format!("http://{addr}"), "api_key": "k"})).await;
+    let pool_id = pool["id"].as_str().unwrap();
+    let (_, token) = s.tenant("acme").await;
+    let r = place(&s, &token, json!({"name": "loja", "provider": "waha"})).await;
+    let ins = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    link_by_qr(&s, &token, &ins).await;
+    assert_eq!(circuit_of(&s, pool_id).await, ("closed".to_owned(), json!([])));
+    let list: Value = s.get(ADMIN, "/v1/providers").await.json().await.unwrap();
+    assert_eq!(list["data"][0]["circuit"], "closed", "{list}");
+    assert_eq!(s.get(&token, "/v1/circuits").await.status(), 401, "admin only");
+
+    sim.add_rule(zapgate_sim::FaultRule {
+        route: zapgate_sim::RouteKind::Send,
+        provider: zapgate_sim::Provider::Waha,
+        status: Some(503),
+        ..Default::default()
+    });
+    let mut ids = Vec::new();
+    for n in 0..4 {
+        ids.push(s.send_text(&token, &ins, &format!("+55119999900{n:02}"), "hi").await);
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    let listed = loop {
+        let (state, listed) = circuit_of(&s, pool_id).await;
+        if state != "closed" {
+            break listed;
+        }
+        assert!(std::time::Instant::now() < deadline, "the circuit never showed open");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let c = &listed[0];
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(c["provider"], "waha");
+    assert_eq!(c["endpoint"], format!("waha http://{addr}"));
+    assert!(["open", "half_open"].contains(&c["state"].as_str().unwrap()), "{c}");
+    assert_eq!(c["workers"], 1);
+    assert!(c["since"].is_string(), "{c}");
+
+    sim.clear_rules();
+    for id in &ids {
+        s.wait_status(&token, id, &["sent", "delivered", "read"], WAIT).await;
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    while circuit_of(&s, pool_id).await != ("closed".to_owned(), json!([])) {
+        assert!(std::time::Instant::now() < deadline, "still shown open: {:?}", circuit_of(&s, pool_id).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -37,6 +37,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0005_webhook_delivery.sql"),
     include_str!("../../migrations/postgres/0006_instance_state.sql"),
     include_str!("../../migrations/postgres/0007_media.sql"),
+    include_str!("../../migrations/postgres/0008_circuits.sql"),
 ];
 
 /// Advisory lock key serialising migrations across processes.

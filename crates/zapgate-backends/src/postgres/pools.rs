@@ -133,6 +133,59 @@ impl ProviderPools for PgBackend {
         Ok(())
     }
 
+    async fn report_circuits(
+        &self,
+        reporter: &str,
+        open: Vec<CircuitReport>,
+        forget_before: Timestamp,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("DELETE FROM provider_circuits WHERE reporter = $1 OR reported_at < $2")
+            .bind(reporter)
+            .bind(forget_before.as_millis())
+            .execute(&mut *tx)
+            .await?;
+        for c in &open {
+            sqlx::query(
+                "INSERT INTO provider_circuits (reporter, endpoint, provider, state, since, reported_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(reporter)
+            .bind(&c.endpoint)
+            .bind(&c.provider)
+            .bind(&c.state)
+            .bind(c.since.as_millis())
+            .bind(c.reported_at.as_millis())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn circuits(&self, fresh_after: Timestamp) -> Result<Vec<CircuitReport>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT provider, endpoint, state, since, reporter, reported_at FROM provider_circuits \
+             WHERE reported_at > $1 ORDER BY endpoint, reporter",
+        )
+        .bind(fresh_after.as_millis())
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                use sqlx::Row;
+                Ok(CircuitReport {
+                    provider: r.try_get("provider")?,
+                    endpoint: r.try_get("endpoint")?,
+                    state: r.try_get("state")?,
+                    since: Timestamp::from_millis(r.try_get("since")?),
+                    reporter: r.try_get("reporter")?,
+                    reported_at: Timestamp::from_millis(r.try_get("reported_at")?),
+                })
+            })
+            .collect()
+    }
+
     async fn place_instance(&self, new: NewInstance, placement: Placement) -> Result<InstanceRecord, StoreError> {
         let mut tx = self.pool().begin().await?;
         sqlx::query(

@@ -46,6 +46,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0009_webhook_delivery.sql"),
     include_str!("../../migrations/sqlite/0010_instance_state.sql"),
     include_str!("../../migrations/sqlite/0011_media.sql"),
+    include_str!("../../migrations/sqlite/0012_circuits.sql"),
 ];
 
 pub struct SqliteBackend {

@@ -118,6 +118,62 @@ impl ProviderPools for SqliteBackend {
             .await
     }
 
+    async fn report_circuits(
+        &self,
+        reporter: &str,
+        open: Vec<CircuitReport>,
+        forget_before: Timestamp,
+    ) -> Result<(), StoreError> {
+        let reporter = reporter.to_owned();
+        self.writer
+            .write(Box::new(move |conn| {
+                exec(
+                    conn,
+                    "DELETE FROM provider_circuits WHERE reporter = ?1 OR reported_at < ?2",
+                    params![reporter, forget_before.as_millis()],
+                )?;
+                for c in &open {
+                    exec(
+                        conn,
+                        "INSERT INTO provider_circuits (reporter, endpoint, provider, state, since, reported_at) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        params![
+                            reporter,
+                            c.endpoint,
+                            c.provider,
+                            c.state,
+                            c.since.as_millis(),
+                            c.reported_at.as_millis()
+                        ],
+                    )?;
+                }
+                Ok(())
+            }))
+            .await
+    }
+
+    async fn circuits(&self, fresh_after: Timestamp) -> Result<Vec<CircuitReport>, StoreError> {
+        self.read(move |c| {
+            all(
+                c,
+                "SELECT provider, endpoint, state, since, reporter, reported_at FROM provider_circuits \
+                 WHERE reported_at > ?1 ORDER BY endpoint, reporter",
+                [fresh_after.as_millis()],
+                |r| {
+                    Ok(CircuitReport {
+                        provider: r.get(0)?,
+                        endpoint: r.get(1)?,
+                        state: r.get(2)?,
+                        since: Timestamp::from_millis(r.get(3)?),
+                        reporter: r.get(4)?,
+                        reported_at: Timestamp::from_millis(r.get(5)?),
+                    })
+                },
+            )
+        })
+        .await
+    }
+
     async fn place_instance(&self, new: NewInstance, placement: Placement) -> Result<InstanceRecord, StoreError> {
         self.writer
             .write(Box::new(move |conn| {

@@ -14,7 +14,7 @@ use utoipa::{Modify, OpenApi};
         super::tenants::create, super::tenants::list, super::tenants::create_token, super::tenants::list_tokens,
         super::tenants::revoke_token,
         super::providers::create, super::providers::list, super::providers::get, super::providers::update,
-        super::providers::delete,
+        super::providers::delete, super::circuits::list,
         super::instances::create, super::instances::list, super::instances::get, super::instances::update, super::instances::delete,
         super::sessions::qr, super::sessions::logout,
         super::messages::send, super::messages::get, super::messages::cancel, super::messages::list,

@@ -2,6 +2,7 @@
 //! [`extract`], the error shape in [`error`], OpenAPI and the docs page in
 //! [`docs`].
 
+pub mod circuits;
 pub mod dead_letters;
 pub mod docs;
 pub mod error;
@@ -62,6 +63,7 @@ pub fn router(state: AppState, ingest: bool) -> Router {
         .route("/v1/tenants/{tenant_id}/tokens", post(tenants::create_token).get(tenants::list_tokens))
         .route("/v1/tenants/{tenant_id}/tokens/{token_id}", axum::routing::delete(tenants::revoke_token))
         .route("/v1/providers", post(providers::create).get(providers::list))
+        .route("/v1/circuits", get(circuits::list))
         .route("/v1/providers/{provider_id}", get(providers::get).patch(providers::update).delete(providers::delete))
         .route("/v1/instances", post(instances::create).get(instances::list))
         .route("/v1/instances/{instance_id}", get(instances::get).patch(instances::update).delete(instances::delete))

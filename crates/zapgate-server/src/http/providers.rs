@@ -47,7 +47,30 @@ pub struct UpdateProvider {
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ProviderList {
-    pub data: Vec<ProviderRecord>,
+    pub data: Vec<ProviderView>,
+}
+
+/// A provider server as stored, with its circuit breaker as the workers see it now.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ProviderView {
+    #[serde(flatten)]
+    pub provider: ProviderRecord,
+    /// `closed`, `open` or `half_open` (open in any worker: sends to it wait
+    /// without spending attempts). See `GET /v1/circuits`.
+    pub circuit: &'static str,
+}
+
+/// Each pool with the state of the circuit guarding its server.
+async fn with_circuits(s: &AppState, pools: Vec<ProviderRecord>) -> ApiResult<Vec<ProviderView>> {
+    let open = super::circuits::current(s).await?;
+    Ok(pools
+        .into_iter()
+        .map(|provider| {
+            let endpoint = s.providers.get(&provider.kind).and_then(|p| p.endpoint(&provider.settings));
+            let circuit = open.iter().find(|c| Some(&c.endpoint) == endpoint.as_ref()).map_or("closed", |c| c.state);
+            ProviderView { provider, circuit }
+        })
+        .collect())
 }
 
 fn check_name(name: &str) -> ApiResult<String> {
@@ -127,15 +150,18 @@ pub async fn create(
 #[utoipa::path(get, path = "/v1/providers", tag = "providers", security(("admin" = [])),
     responses((status = 200, body = ProviderList), (status = 401, body = super::error::ErrorBody)))]
 pub async fn list(_: AdminAuth, State(s): State<AppState>) -> ApiResult<Json<ProviderList>> {
-    Ok(Json(ProviderList { data: s.backends.pools.list_providers().await? }))
+    let pools = s.backends.pools.list_providers().await?;
+    Ok(Json(ProviderList { data: with_circuits(&s, pools).await? }))
 }
 
 #[utoipa::path(get, path = "/v1/providers/{provider_id}", tag = "providers", security(("admin" = [])),
     params(("provider_id" = String, Path)),
-    responses((status = 200, body = ProviderRecord), (status = 404, body = super::error::ErrorBody)))]
-pub async fn get(_: AdminAuth, State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<ProviderRecord>> {
+    responses((status = 200, body = ProviderView), (status = 404, body = super::error::ErrorBody)))]
+pub async fn get(_: AdminAuth, State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<ProviderView>> {
     let id = provider_id(&id)?;
-    Ok(Json(s.backends.pools.get_provider(&id).await?.ok_or_else(|| ApiError::not_found("provider"))?))
+    let pool = s.backends.pools.get_provider(&id).await?.ok_or_else(|| ApiError::not_found("provider"))?;
+    let mut views = with_circuits(&s, vec![pool]).await?;
+    Ok(Json(views.remove(0)))
 }
 
 /// Changes a provider server; new settings reach its instances at once.

@@ -12,7 +12,8 @@
 //! over once it is open. Logged-out, banned, replaced and flapping
 //! instances are left alone (see [`wants_reconnect`]).
 //!
-//! One process watches per interval (a lock held for most of it), so N
+//! One process watches per interval (a lock held for most of it, named after
+//! the deployment's store so deployments sharing a Redis keep apart), so N
 //! workers make one round of calls, not N. The backoff lives in the
 //! process that watches; rounds that move between processes start it over,
 //! which at worst doubles the pace of reconnect requests.
@@ -40,6 +41,18 @@ pub struct ConnectionWatch {
     pub interval: Duration,
     pub reconnect: RetryPolicy,
     pub flap: FlapPolicy,
+    /// The lock one round takes: names this deployment (see [`ConnectionWatch::lock_key`]).
+    pub lock_key: String,
+}
+
+impl ConnectionWatch {
+    /// The round lock's key for the deployment whose store is `store` (its
+    /// database URL, or the data directory): deployments sharing one Redis
+    /// must not take each other's rounds.
+    pub fn lock_key(store: &str) -> String {
+        use sha2::Digest;
+        format!("instance-connections:{}", &hex::encode(sha2::Sha256::digest(store.as_bytes()))[..16])
+    }
 }
 
 /// Reconnect requests made for one instance while it stays down.
@@ -96,7 +109,7 @@ pub async fn run(w: ConnectionWatch, mut shutdown: watch::Receiver<bool>) {
             _ = shutdown.changed() => return,
         }
         // Most of an interval: the next round's lock is free again, wherever it runs.
-        if w.backends.locks.try_acquire("instance-connections", w.interval.mul_f64(0.8)).await.is_none() {
+        if w.backends.locks.try_acquire(&w.lock_key, w.interval.mul_f64(0.8)).await.is_none() {
             continue;
         }
         round(&w, &mut known).await;
