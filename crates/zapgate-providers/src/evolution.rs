@@ -76,7 +76,7 @@ pub fn request(msg: &OutboundMessage) -> Result<(&'static str, Value), ProviderE
     };
     let unsupported = |kind: &str| ProviderError::Rejected {
         code: "unsupported_message".into(),
-        message: format!("the Evolution adapter does not send {kind} messages yet"),
+        message: format!("Evolution instances cannot send {kind} messages"),
     };
     Ok(match &msg.content {
         MessageContent::Text { text } => {
@@ -94,6 +94,23 @@ pub fn request(msg: &OutboundMessage) -> Result<(&'static str, Value), ProviderE
                 body["fileName"] = json!(f);
             }
             ("sendMedia", body)
+        }
+        MessageContent::Sticker { sticker: m } => ("sendSticker", json!({"number": number, "sticker": m.link})),
+        MessageContent::Location { location: l } => {
+            let mut body = json!({"number": number, "latitude": l.latitude, "longitude": l.longitude});
+            // Evolution's schema requires both; WhatsApp shows them as given.
+            body["name"] = json!(l.name.clone().unwrap_or_default());
+            body["address"] = json!(l.address.clone().unwrap_or_default());
+            ("sendLocation", body)
+        }
+        // On a received message (as the Cloud API's reactions): not from us.
+        MessageContent::Reaction { reaction: r } => {
+            let remote_jid = match &msg.to {
+                ChatId::Phone(d) => format!("{d}@s.whatsapp.net"),
+                other => other.key(),
+            };
+            let key = json!({"remoteJid": remote_jid, "fromMe": false, "id": r.message_id});
+            ("sendReaction", json!({"key": key, "reaction": r.emoji}))
         }
         other => return Err(unsupported(other.kind())),
     })
@@ -530,11 +547,14 @@ mod tests {
             assert_eq!(route, case["route"], "{}", case["name"]);
             assert_eq!(body, case["expected"], "{}", case["name"]);
         }
-        let loc = crate::test_message(
-            json!({"type":"location","location":{"latitude":1.0,"longitude":2.0}}),
+        // Meta's templates exist only on the Cloud API.
+        let template = crate::test_message(
+            json!({"type":"template","template":{"name":"fatura","language":{"code":"pt_BR"}}}),
             "+5511999998888",
         );
-        assert!(matches!(request(&loc), Err(ProviderError::Rejected { .. })));
+        assert!(
+            matches!(request(&template), Err(ProviderError::Rejected { code, .. }) if code == "unsupported_message")
+        );
     }
 
     #[test]

@@ -154,10 +154,24 @@ pub fn request(msg: &OutboundMessage) -> Result<(&'static str, Value), ProviderE
             }
             ("media", body)
         }
+        MessageContent::Location { location: l } => {
+            let mut body = json!({"number": number, "latitude": l.latitude, "longitude": l.longitude});
+            if let Some(n) = &l.name {
+                body["name"] = json!(n);
+            }
+            if let Some(a) = &l.address {
+                body["address"] = json!(a);
+            }
+            ("location", body)
+        }
+        // `POST /message/react` (see `send`), on a received message.
+        MessageContent::Reaction { reaction: r } => {
+            ("react", json!({"number": number, "text": r.emoji, "id": r.message_id}))
+        }
         other => {
             return Err(ProviderError::Rejected {
                 code: "unsupported_message".into(),
-                message: format!("the UAZAPI adapter does not send {} messages yet", other.kind()),
+                message: format!("UAZAPI instances cannot send {} messages", other.kind()),
             });
         }
     })
@@ -204,16 +218,21 @@ impl Provider for Uazapi {
     async fn send(&self, msg: &OutboundMessage) -> Result<SendAccepted, ProviderError> {
         let cfg = settings(&msg.config)?;
         let (route, body) = request(msg)?;
-        let answer = crate::http::send(self.request(&cfg, Method::POST, &["send", route])?.json(&body)).await?;
+        let path = if route == "react" { ["message", route] } else { ["send", route] };
+        let answer = crate::http::send(self.request(&cfg, Method::POST, &path)?.json(&body)).await?;
         let json = answer.json();
         if answer.ok() {
-            let id = json["messageid"].as_str().ok_or_else(|| ProviderError::Unavailable {
-                code: "bad_response".into(),
-                message: "the UAZAPI answer has no messageid".into(),
-                retry_after: None,
+            // A reaction's answer need not name a message of its own.
+            let reacted = (route == "react").then(|| format!("uazapi:{}", msg.message_id));
+            let id = json["messageid"].as_str().map(str::to_owned).or(reacted).ok_or_else(|| {
+                ProviderError::Unavailable {
+                    code: "bad_response".into(),
+                    message: "the UAZAPI answer has no messageid".into(),
+                    retry_after: None,
+                }
             })?;
             let wa_id = json["chatid"].as_str().and_then(|c| c.strip_suffix("@s.whatsapp.net")).map(str::to_owned);
-            return Ok(SendAccepted { provider_message_id: id.to_owned(), wa_id });
+            return Ok(SendAccepted { provider_message_id: id, wa_id });
         }
         Err(failure(&answer))
     }

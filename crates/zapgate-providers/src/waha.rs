@@ -178,10 +178,28 @@ pub fn request(session: &str, msg: &OutboundMessage) -> Result<(&'static str, Va
                 &m.caption,
             ),
         ),
+        MessageContent::Location { location: l } => {
+            let mut body =
+                json!({"session": session, "chatId": chat_id, "latitude": l.latitude, "longitude": l.longitude});
+            if let Some(title) = l.name.as_ref().or(l.address.as_ref()) {
+                body["title"] = json!(title);
+            }
+            ("sendLocation", body)
+        }
+        // `PUT /api/reaction` (see `send`), on a received message: WAHA names
+        // it `false_{chat}_{id}`; a full id passes as given.
+        MessageContent::Reaction { reaction: r } => {
+            let message_id = if r.message_id.contains('_') {
+                r.message_id.clone()
+            } else {
+                format!("false_{chat_id}_{}", r.message_id)
+            };
+            ("reaction", json!({"session": session, "messageId": message_id, "reaction": r.emoji}))
+        }
         other => {
             return Err(ProviderError::Rejected {
                 code: "unsupported_message".into(),
-                message: format!("the WAHA adapter does not send {} messages yet", other.kind()),
+                message: format!("WAHA instances cannot send {} messages", other.kind()),
             });
         }
     })
@@ -470,7 +488,8 @@ impl Provider for Waha {
     async fn send(&self, msg: &OutboundMessage) -> Result<SendAccepted, ProviderError> {
         let cfg = settings(&msg.config)?;
         let (route, body) = request(&cfg.session, msg)?;
-        let answer = crate::http::send(self.request(&cfg, Method::POST, &["api", route], &[])?.json(&body)).await?;
+        let method = if route == "reaction" { Method::PUT } else { Method::POST };
+        let answer = crate::http::send(self.request(&cfg, method, &["api", route], &[])?.json(&body)).await?;
         if answer.ok() {
             let id = message_id(&answer.json()).unwrap_or_else(|| format!("waha:{}", msg.message_id));
             let wa_id = msg.to.e164().map(|e| e[1..].to_owned());

@@ -366,7 +366,10 @@ async fn remove(State(sim): State<Arc<Sim>>, headers: HeaderMap, Path(name): Pat
     Json(json!({"status": "SUCCESS", "error": false, "response": {"message": "Instance deleted"}})).into_response()
 }
 
-/// `sendText` / `sendMedia` (faults use `status`; `code` is ignored).
+/// `sendText`, `sendMedia`, `sendSticker`, `sendLocation` (`name` and
+/// `address` required, as Evolution's schema has them), `sendReaction`
+/// (`{"key":{"remoteJid","fromMe","id"},"reaction"}`, no receipts). Faults
+/// use `status`; `code` is ignored.
 async fn send(
     State(sim): State<Arc<Sim>>,
     Path((route, instance)): Path<(String, String)>,
@@ -386,12 +389,24 @@ async fn send(
     if let Some(res) = fault(&sim) {
         return res;
     }
-    let number = body["number"].as_str().unwrap_or_default().to_owned();
+    // A reaction names its chat in `key.remoteJid`.
+    let number = body["number"].as_str().or_else(|| body["key"]["remoteJid"].as_str()).unwrap_or_default().to_owned();
     let (required, kind) = match route.as_str() {
         "sendText" => ("text", "conversation"),
         "sendMedia" => ("mediatype", "imageMessage"),
+        "sendSticker" => ("sticker", "stickerMessage"),
+        "sendLocation" => ("latitude", "locationMessage"),
+        "sendReaction" => ("reaction", "reactionMessage"),
         _ => return error(404, format!("Cannot POST /message/{route}/{instance}")),
     };
+    let incomplete = match route.as_str() {
+        "sendLocation" => ["longitude", "name", "address"].into_iter().find(|f| body.get(*f).is_none()),
+        "sendReaction" => ["id", "fromMe", "remoteJid"].into_iter().find(|f| body["key"].get(*f).is_none()),
+        _ => None,
+    };
+    if let Some(field) = incomplete {
+        return error(400, format!("instance requires property \"{field}\""));
+    }
     if number.is_empty() || body.get(required).is_none() {
         return error(400, format!("instance requires property \"{required}\""));
     }
@@ -400,7 +415,7 @@ async fn send(
     }
     let jid = jid(&number);
     let id = format!("3EB0{}", uuid::Uuid::new_v4().simple().to_string()[..16].to_uppercase());
-    if let Some(i) = sim.evolution_instances().get(&instance) {
+    if let Some(i) = sim.evolution_instances().get(&instance).filter(|_| route != "sendReaction") {
         // The receipts, as WhatsApp gives them: the server's, then the phone's.
         i.emit_after(&instance, "messages.update", update_data(&id, &jid, "SERVER_ACK"), Duration::from_millis(20));
         i.emit_after(&instance, "messages.update", update_data(&id, &jid, "DELIVERY_ACK"), Duration::from_millis(60));

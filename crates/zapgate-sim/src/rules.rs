@@ -263,9 +263,9 @@ pub(crate) fn classify(method: &Method, path: &str) -> Option<(Provider, RouteKi
         "/api/sessions/{session}/logout" | "/api/sessions/{session}/restart" | "/api/{session}/auth/qr" => {
             (Waha, Session)
         }
-        "/api/{route}" => (Waha, Send),
+        "/api/{route}" | "/api/reaction" => (Waha, Send),
         "/instance/all" | "/instance/status" => (Uazapi, Status),
-        "/send/{route}" => (Uazapi, Send),
+        "/send/{route}" | "/message/react" => (Uazapi, Send),
         "/instance/init" | "/instance/connect" | "/instance/disconnect" | "/instance" | "/webhook" => (Uazapi, Session),
         _ => return None,
     })

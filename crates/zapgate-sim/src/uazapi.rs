@@ -126,6 +126,7 @@ pub(crate) fn routes() -> Router<Arc<Sim>> {
         .route("/instance/disconnect", post(disconnect))
         .route("/instance", axum::routing::delete(remove))
         .route("/send/{route}", post(send))
+        .route("/message/react", post(react))
         .route("/webhook", post(set_webhook).get(get_webhook))
 }
 
@@ -244,7 +245,8 @@ async fn remove(State(sim): State<Arc<Sim>>, headers: HeaderMap) -> Response {
     }
 }
 
-/// `send/text` / `send/media` (header `token`).
+/// `send/text`, `send/media`, `send/location` and `message/react`
+/// (`{"number","text":emoji,"id"}`; no receipts) (header `token`).
 async fn send(
     State(sim): State<Arc<Sim>>,
     Path(route): Path<String>,
@@ -253,7 +255,8 @@ async fn send(
 ) -> Response {
     let token = header(&headers, "token");
     let Some(Json(body)) = body else { return error(400, "Missing number or text") };
-    sim.record("uazapi", format!("/send/{route}"), token.clone(), &body);
+    let prefix = if route == "react" { "message" } else { "send" };
+    sim.record("uazapi", format!("/{prefix}/{route}"), token.clone(), &body);
     let Some(token) = token else { return error(401, "missing token") };
     if let Some(res) = fault(&sim) {
         return res;
@@ -264,12 +267,22 @@ async fn send(
         None => return error(401, "Invalid token"),
     };
     let Some(number) = body["number"].as_str().map(str::to_owned) else { return error(400, "Missing number or text") };
+    let complete = match route.as_str() {
+        "text" => body["text"].is_string(),
+        "media" => body["type"].is_string() && body["file"].is_string(),
+        "location" => body["latitude"].is_number() && body["longitude"].is_number(),
+        "react" => body["text"].is_string() && body["id"].is_string(),
+        _ => return error(404, "404 page not found"),
+    };
+    if !complete {
+        return error(400, "Missing required fields");
+    }
     if status != "connected" {
         return error(500, "Failed to send message");
     }
     let id = message_id("3EB0", 16);
     let chat = jid(&number);
-    if let Some(w) = webhook.filter(|w| w.takes("messages_update")) {
+    if let Some(w) = webhook.filter(|w| route != "react" && w.takes("messages_update")) {
         for (state, after) in [("Delivered", 20), ("Read", 60)] {
             let body = receipt(&token, &name, &chat, &id, state);
             crate::hooks::post_later(w.hook.clone(), body, Duration::from_millis(after));
@@ -279,6 +292,10 @@ async fn send(
         "messageType": if route == "text" { "Conversation" } else { "ImageMessage" }, "messageTimestamp": now_millis(),
         "wasSentByApi": true, "response": {"status": "success", "message": "Message sent successfully"}});
     Json(sent).into_response()
+}
+
+async fn react(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Option<Json<Value>>) -> Response {
+    send(State(sim), Path("react".into()), headers, body).await
 }
 
 /// `POST /webhook` (header `token`): points the instance at `url`

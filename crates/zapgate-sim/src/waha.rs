@@ -14,7 +14,8 @@
 //!   dropped connection ([`Sim::drop_connection`]), `SCAN_QR_CODE` after a logout.
 //! - `DELETE /api/sessions/{s}` → 200; unknown → 404.
 //! - Creating and deleting sessions and sending take queued faults (`POST /_sim/faults`).
-//! - `POST /api/{sendText|sendImage|sendVideo|sendFile}`: the session must be
+//! - `PUT /api/reaction` `{"session","messageId","reaction"}` → 200 `{}`.
+//! - `POST /api/{sendText|sendImage|sendVideo|sendFile|sendLocation}`: the session must be
 //!   `WORKING` (else 422 as WAHA answers), and exist (else 404). The session
 //!   `default` exists from the start, `WORKING`, as on a WAHA Core server.
 //!
@@ -229,6 +230,7 @@ pub(crate) fn routes() -> Router<Arc<Sim>> {
         .route("/api/sessions/{session}/logout", post(logout))
         .route("/api/sessions/{session}/restart", post(restart))
         .route("/api/{session}/auth/qr", get(qr))
+        .route("/api/reaction", axum::routing::put(react))
         .route("/api/{route}", post(send))
 }
 
@@ -309,6 +311,21 @@ async fn logout(State(sim): State<Arc<Sim>>, headers: HeaderMap, Path(name): Pat
     }
 }
 
+/// `PUT /api/reaction` `{"session","messageId","reaction"}` → 200 `{}`
+/// (a reaction gets no receipts).
+async fn react(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Option<Json<Value>>) -> Response {
+    let Some(Json(body)) = body else { return nest(400, "body is required") };
+    sim.record("waha", "/api/reaction".into(), key(&headers), &body);
+    let session = body["session"].as_str().unwrap_or("default").to_owned();
+    if !sim.waha_sessions().contains_key(&session) {
+        return nest(404, "Session not found");
+    }
+    if !(body["messageId"].is_string() && body["reaction"].is_string()) {
+        return nest(400, "messageId and reaction must be strings");
+    }
+    Json(json!({})).into_response()
+}
+
 /// A session whose connection dropped (see [`Sim::drop_connection`]) comes
 /// back `WORKING`; a logged-out one starts again waiting for its QR.
 async fn restart(State(sim): State<Arc<Sim>>, headers: HeaderMap, Path(name): Path<String>) -> Response {
@@ -377,8 +394,11 @@ async fn send(
     if let Some(f) = sim.next_fault() {
         return with_retry_after(nest(f.status, &f.message.unwrap_or_else(|| "simulated error".into())), f.retry_after);
     }
-    if !["sendText", "sendImage", "sendVideo", "sendFile"].contains(&route.as_str()) {
+    if !["sendText", "sendImage", "sendVideo", "sendFile", "sendLocation"].contains(&route.as_str()) {
         return nest(404, &format!("Cannot POST /api/{route}"));
+    }
+    if route == "sendLocation" && !(body["latitude"].is_number() && body["longitude"].is_number()) {
+        return nest(400, "latitude and longitude must be numbers");
     }
     let session = body["session"].as_str().unwrap_or("default").to_owned();
     let scan_after = sim.qr_scan_after();

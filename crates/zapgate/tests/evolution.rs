@@ -46,3 +46,17 @@ async fn texts_and_media_go_out_in_evolution_v2_shape_and_errors_are_classified(
     assert_eq!(m["error_code"], "evolution_400");
     assert!(m["error_message"].as_str().unwrap().contains("exists false"));
 }
+
+/// Stickers, locations and reactions go out in Evolution v2's shapes.
+#[tokio::test]
+async fn stickers_locations_and_reactions_go_out_in_evolution_v2_shape() {
+    let p = sim_provider(
+        "evolution",
+        |sim| json!({"base_url": format!("http://{sim}/"), "api_key": "B6D711FCDE4D4FD5936544120E713976", "instance": "loja"}),
+        &[],
+    )
+    .await;
+    p.sim.add_evolution_instance("loja");
+    let cases = ["sticker", "location", "reaction to a received message"];
+    send_fixture_cases(&p, "evolution", &cases, |route| format!("/message/{route}/loja")).await;
+}

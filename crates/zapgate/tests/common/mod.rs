@@ -636,3 +636,30 @@ pub async fn post_waha(s: &Server, url: &str, key: &str, body: &Value) -> reqwes
         .await
         .unwrap()
 }
+
+/// Sends each named case of `zapgate-providers/fixtures/{kind}/send_requests.json`
+/// through zapgate to the simulated provider and checks that it is sent and
+/// that the provider got exactly the fixture's body at `path(route)`.
+pub async fn send_fixture_cases(p: &SimProvider, kind: &str, names: &[&str], path: impl Fn(&str) -> String) {
+    let file = format!("{}/../zapgate-providers/fixtures/{kind}/send_requests.json", env!("CARGO_MANIFEST_DIR"));
+    let fixtures: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+    for name in names {
+        let case = fixtures["cases"].as_array().unwrap().iter().find(|c| c["name"] == *name).expect("a fixture case");
+        let mut body = case["content"].clone();
+        body["instance_id"] = json!(p.instance);
+        body["to"] = case["to"].clone();
+        let r = p.server.post(&p.token, "/v1/messages", &body).await;
+        assert_eq!(r.status(), 202, "{name}: {}", r.text().await.unwrap());
+        let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+        p.server.wait_status(&p.token, &id, &["sent", "delivered", "read"], Duration::from_secs(20)).await;
+        let route = path(case["route"].as_str().unwrap());
+        let got = p
+            .sim
+            .received()
+            .into_iter()
+            .rev()
+            .find(|r| r.path == route)
+            .unwrap_or_else(|| panic!("{name}: nothing at {route}"));
+        assert_eq!(got.body, case["expected"], "{name}");
+    }
+}
