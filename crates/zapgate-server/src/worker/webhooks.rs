@@ -17,9 +17,11 @@ use zapgate_domain::Timestamp;
 
 use super::persist;
 
-/// Deliveries claimed per round, and sent at once at most.
+/// Deliveries claimed per round at most.
 const BATCH: u32 = 256;
-const CONCURRENCY: usize = 64;
+/// Attempts in flight per process, across endpoints: well above one
+/// endpoint's limit, so a slow receiver holding its share leaves room.
+const CONCURRENCY: usize = 256;
 /// Events fanned out per transaction.
 const FAN_OUT: u32 = 2000;
 /// Longest wait honoured from a receiver's Retry-After.
@@ -29,6 +31,10 @@ const RESPONSE_SNIPPET: usize = 512;
 /// How often to look again while every due delivery's endpoint is at its
 /// limit and no attempt here has finished (another process's may have).
 const FULL_ENDPOINTS_POLL: Duration = Duration::from_millis(100);
+/// After an attempt finishes at a full endpoint, how long to let others
+/// finish too before claiming: one claim then takes all the room they made
+/// instead of one claim (one write) per finished attempt.
+const GATHER_FINISHED: Duration = Duration::from_millis(1);
 
 pub struct WebhookSender {
     pub store: Arc<dyn WebhookStore>,
@@ -79,7 +85,6 @@ pub async fn run(sender: Arc<WebhookSender>, mut shutdown: watch::Receiver<bool>
             }
         };
         let full = jobs.len() as u32 == free;
-        let claimed = !jobs.is_empty();
         for job in jobs {
             let slot = slots.clone().acquire_owned().await.expect("never closed");
             tokio::spawn(attempt(sender.clone(), job, slot, finished.clone()));
@@ -91,15 +96,11 @@ pub async fn run(sender: Arc<WebhookSender>, mut shutdown: watch::Receiver<bool>
             Ok(Some(t)) => Duration::from_millis((t.as_millis() - Timestamp::now().as_millis()).clamp(0, 5_000) as u64),
             _ => Duration::from_secs(5),
         };
-        if wait.is_zero() && claimed {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            continue;
-        }
         if wait.is_zero() {
             // Due deliveries the claim left: their endpoints have no room.
             // Look again when an attempt finishes, not in a busy loop.
             tokio::select! {
-                _ = finished.notified() => {}
+                _ = finished.notified() => tokio::time::sleep(GATHER_FINISHED).await,
                 _ = changes.notified() => {}
                 _ = tokio::time::sleep(FULL_ENDPOINTS_POLL) => {}
                 _ = shutdown.changed() => {}
