@@ -19,11 +19,17 @@ pub struct Text {
     pub preview_url: bool,
 }
 
-/// Media given by URL; the provider fetches it.
+/// Media given by URL (the provider fetches it) or, as on the Cloud API, by
+/// `id`: media uploaded to zapgate (`POST /v1/media`, `med_…`), which the
+/// worker turns into a link the provider can fetch before sending.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Media {
+    /// Exactly one of `link` and `id`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub link: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub caption: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -168,6 +174,29 @@ pub enum MessageContent {
 }
 
 impl MessageContent {
+    /// The media of an image, video, audio, document or sticker message.
+    pub fn media(&self) -> Option<&Media> {
+        match self {
+            Self::Image { image: m }
+            | Self::Video { video: m }
+            | Self::Audio { audio: m }
+            | Self::Document { document: m }
+            | Self::Sticker { sticker: m } => Some(m),
+            _ => None,
+        }
+    }
+
+    pub fn media_mut(&mut self) -> Option<&mut Media> {
+        match self {
+            Self::Image { image: m }
+            | Self::Video { video: m }
+            | Self::Audio { audio: m }
+            | Self::Document { document: m }
+            | Self::Sticker { sticker: m } => Some(m),
+            _ => None,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Text { .. } => "text",
@@ -227,8 +256,19 @@ fn check_len(field: &str, s: &str, min: usize, max: usize) -> Result<(), Validat
 }
 
 fn validate_media(m: &Media) -> Result<(), ValidationError> {
-    if !(m.link.starts_with("https://") || m.link.starts_with("http://")) || m.link.len() > MAX_URL_LEN {
-        return Err(ValidationError::new("link", "must be an http(s) URL of at most 2048 characters"));
+    match (&m.id, m.link.is_empty()) {
+        (Some(_), false) => return Err(ValidationError::new("id", "give either link or id, not both")),
+        (None, true) => return Err(ValidationError::new("link", "is required (or id, of uploaded media)")),
+        (Some(id), true) => {
+            if crate::MediaId::parse(id).is_none() {
+                return Err(ValidationError::new("id", "must be a media id (med_…) from POST /v1/media"));
+            }
+        }
+        (None, false) => {
+            if !(m.link.starts_with("https://") || m.link.starts_with("http://")) || m.link.len() > MAX_URL_LEN {
+                return Err(ValidationError::new("link", "must be an http(s) URL of at most 2048 characters"));
+            }
+        }
     }
     if let Some(c) = &m.caption {
         check_len("caption", c, 0, MAX_CAPTION_CHARS)?;
@@ -327,6 +367,7 @@ mod tests {
             json!({"type":"text","text":{"body":"Olá"}}),
             json!({"type":"image","image":{"link":"https://x.test/a.png","caption":"c"}}),
             json!({"type":"document","document":{"link":"https://x.test/a.pdf","filename":"a.pdf"}}),
+            json!({"type":"image","image":{"id":"med_01a24cac6c677683b945aac9ad555ee7"}}),
             json!({"type":"template","template":{"name":"bill","language":{"code":"pt_BR"},"components":[{"type":"body"}]}}),
             json!({"type":"interactive","interactive":{"type":"button","body":{"text":"Pay?"},
                 "action":{"buttons":[{"type":"reply","reply":{"id":"y","title":"Yes"}}]}}}),
@@ -346,6 +387,12 @@ mod tests {
             (json!({"type":"text","text":{"body":""}}), "text.body"),
             (json!({"type":"text","text":{"body":"x".repeat(4097)}}), "text.body"),
             (json!({"type":"image","image":{"link":"ftp://x"}}), "image.link"),
+            (json!({"type":"image","image":{}}), "image.link"),
+            (json!({"type":"image","image":{"id":"123"}}), "image.id"),
+            (
+                json!({"type":"image","image":{"id":"med_01a24cac6c677683b945aac9ad555ee7","link":"https://x.test/a.png"}}),
+                "image.id",
+            ),
             (json!({"type":"location","location":{"latitude":91.0,"longitude":0.0}}), "location.latitude"),
             (
                 json!({"type":"interactive","interactive":{"type":"button","body":{"text":"x"},"action":{"buttons":[]}}}),

@@ -151,7 +151,9 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
 
     let signal = Arc::new(WorkSignal::default());
     let (stop_tx, stop_rx) = watch::channel(false);
+    let media_base = Arc::new(std::sync::OnceLock::new());
     let ctx = Arc::new(WorkerCtx {
+        media_base: media_base.clone(),
         backends: backends.clone(),
         providers: providers.clone(),
         signal: signal.clone(),
@@ -295,6 +297,8 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
         queue_depth,
         ingest: Arc::new(http::ingest::IngestAccounts::new(ingest_base_url(&config, ingest_addr))),
     };
+    // Providers fetch media sent by id where they post their webhooks.
+    let _ = media_base.set(ingest_base_url(&config, ingest_addr));
     if let Some(listener) = own_ingest {
         let at = listener.local_addr()?;
         tracing::info!(addr = %at, "provider webhooks on http://{at}/providers/{{kind}}/{{account}}/webhook");

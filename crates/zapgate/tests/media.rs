@@ -193,3 +193,57 @@ async fn uploads_round_trip_and_bad_ones_are_refused() {
     let anonymous = s.http.post(s.url("/v1/media")).header("content-type", "image/png").body("x").send().await.unwrap();
     assert_eq!(anonymous.status(), 401);
 }
+
+/// Media uploaded to zapgate is sent by `id`, as on the Cloud API: the
+/// message keeps the id, and the provider gets a link to zapgate it can
+/// fetch without credentials (only with the link's proof). Media that is not
+/// the tenant's is refused at accept.
+#[tokio::test]
+async fn uploaded_media_is_sent_by_id_through_a_link_the_provider_can_fetch() {
+    let p = sim_provider(
+        "waha",
+        |sim| json!({"base_url": format!("http://{sim}"), "api_key": "waha-key", "session": "default"}),
+        &[],
+    )
+    .await;
+    let (s, sim, token, ins) = (&p.server, &p.sim, &p.token, &p.instance);
+    let r =
+        s.http.post(s.url("/v1/media?filename=fatura.jpeg")).bearer_auth(token).header("content-type", "image/jpeg");
+    let r = r.body(PHOTO.to_vec()).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let media = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+
+    let body = json!({"instance_id": ins, "to": "+5511999998888", "type": "image",
+        "image": {"id": media, "caption": "sua fatura"}});
+    let r = s.post(token, "/v1/messages", &body).await;
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let m = s.wait_status(token, &id, &["sent", "delivered", "read"], Duration::from_secs(20)).await;
+    assert_eq!(m["image"], json!({"id": media, "caption": "sua fatura"}), "the message keeps the id: {m}");
+
+    let sent = sim.received().into_iter().find(|r| r.path == "/api/sendImage").expect("sent to WAHA");
+    assert_eq!(sent.body["caption"], "sua fatura");
+    let link = sent.body["file"]["url"].as_str().unwrap().to_owned();
+    assert!(link.starts_with(&format!("{}/media/", s.base)), "{link}");
+    let fetched = reqwest::get(&link).await.unwrap();
+    assert_eq!(fetched.status(), 200);
+    assert_eq!(fetched.headers()["content-type"], "image/jpeg");
+    assert_eq!(fetched.bytes().await.unwrap().as_ref(), PHOTO);
+    // Without the link's proof, nothing.
+    let (head, proof) = link.rsplit_once('/').unwrap();
+    let forged = format!("{head}/{}", "0".repeat(proof.len()));
+    assert_eq!(reqwest::get(&forged).await.unwrap().status(), 404);
+    assert_eq!(reqwest::get(head).await.unwrap().status(), 404);
+
+    // Another tenant cannot send it; an unknown id is named.
+    let (_, other) = s.tenant("outra").await;
+    for (who, media_id) in [(other.as_str(), media.as_str()), (token.as_str(), "med_01a24cac6c677683b945aac9ad555ee7")]
+    {
+        let body = json!({"instance_id": ins, "to": "+5511999998888", "type": "image", "image": {"id": media_id}});
+        let r = s.post(who, "/v1/messages", &body).await;
+        assert_eq!(r.status(), 422);
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["error"]["code"], "unknown_media", "{e}");
+        assert_eq!(e["error"]["details"]["field"], "image.id", "{e}");
+    }
+}

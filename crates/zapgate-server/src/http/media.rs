@@ -115,6 +115,46 @@ pub async fn download(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let rec = record(&s, &tenant, &id).await?;
+    serve(&s, rec).await
+}
+
+/// The proof a fetch of `/media/{tenant}/{id}/{token}` comes from a link
+/// zapgate gave out: the first 32 hex digits of the media's SHA-256, which
+/// only whoever holds the bytes (the tenant, zapgate) can know. No secret to
+/// share between processes, and nothing to store.
+fn link_token(rec: &MediaRecord) -> Option<&str> {
+    rec.sha256.as_deref().filter(|h| h.len() >= 32).map(|h| &h[..32])
+}
+
+/// A link a provider fetches stored media with, without credentials (the
+/// worker gives it for messages that name media by `id`); under `base`, the
+/// address providers reach zapgate at (`ZAPGATE_PUBLIC_URL`).
+pub fn public_link(base: &str, rec: &MediaRecord) -> Option<String> {
+    let token = link_token(rec)?;
+    Some(format!("{}/media/{}/{}/{token}", base.trim_end_matches('/'), rec.tenant_id, rec.id))
+}
+
+/// `GET /media/{tenant_id}/{media_id}/{token}`: stored media for a provider
+/// following a link from [`public_link`]. 404 for anything else, whatever
+/// was wrong (no hint for guessing).
+pub async fn public_download(
+    State(s): State<AppState>,
+    Path((tenant, id, token)): Path<(String, String, String)>,
+) -> ApiResult<Response> {
+    let not_found = || ApiError::not_found("media");
+    let tenant = TenantId::parse(&tenant).ok_or_else(not_found)?;
+    let rec = record(&s, &tenant, &id).await?;
+    let expected = link_token(&rec).ok_or_else(not_found)?;
+    // Constant time: a timing difference must not reveal the token digit by digit.
+    let same = expected.len() == token.len()
+        && expected.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    if !same || rec.status != MediaStatus::Stored {
+        return Err(not_found());
+    }
+    serve(&s, rec).await
+}
+
+async fn serve(s: &AppState, rec: MediaRecord) -> ApiResult<Response> {
     match rec.status {
         MediaStatus::Pending => {
             return Err(ApiError::new(StatusCode::CONFLICT, "media_pending", "the media is still being fetched")

@@ -13,8 +13,8 @@ use zapgate_backends::{
     AcceptMessage, Accepted, Cancel, IdempotencyKey, LockToken, Locks, MessageFilter, MessageRecord,
 };
 use zapgate_domain::{
-    ChatId, InstanceId, MessageContent, MessageEvent, MessageId, MessageStatus, Priority, SendRequest, TenantId,
-    Timestamp, ValidationError,
+    ChatId, InstanceId, MediaId, MessageContent, MessageEvent, MessageId, MessageStatus, Priority, SendRequest,
+    TenantId, Timestamp, ValidationError,
 };
 
 /// Body of `POST /v1/messages` (documentation shape; parsing is in [`parse_send`]).
@@ -208,6 +208,7 @@ pub async fn send(
     let key = idempotency_key(&headers)?;
     super::templates::expand(&s, &tenant, &mut body).await?;
     let request = parse_send(body, now)?;
+    check_media(&s, &tenant, &request).await?;
     let claim = match &key {
         Some(k) => Some(KeyClaim::take(&s.backends.locks, &tenant, k).await.ok_or_else(|| {
             ApiError::new(
@@ -248,6 +249,28 @@ pub async fn send(
             Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown_instance", "no such instance for this tenant")
                 .with_details(serde_json::json!({ "field": "instance_id" })))
         }
+    }
+}
+
+/// Media named by `id` must be this tenant's and stored: refused now rather
+/// than failed later.
+async fn check_media(s: &AppState, tenant: &TenantId, request: &SendRequest) -> ApiResult<()> {
+    let Some(raw) = request.content.media().and_then(|m| m.id.as_deref()) else { return Ok(()) };
+    let field = format!("{}.id", request.content.kind());
+    let media = match MediaId::parse(raw) {
+        Some(id) => s.backends.media_index.get_media(tenant, &id).await?,
+        None => None,
+    };
+    match media.map(|m| m.status) {
+        Some(zapgate_backends::MediaStatus::Stored) => Ok(()),
+        Some(status) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "media_not_stored",
+            format!("the media is {} (only stored media can be sent)", status.as_str()),
+        )
+        .with_details(serde_json::json!({ "field": field }))),
+        None => Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "unknown_media", "no such media for this tenant")
+            .with_details(serde_json::json!({ "field": field }))),
     }
 }
 

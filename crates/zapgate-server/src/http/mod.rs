@@ -105,10 +105,13 @@ pub fn router(state: AppState, ingest: bool) -> Router {
         .with_state(state)
 }
 
-/// The provider webhook routes, served by `serve` with the API (or on
-/// `ZAPGATE_INGEST_LISTEN`) and by `zapgate ingest`.
+/// The routes providers call: their webhooks and media links. Served by
+/// `serve` with the API (or on `ZAPGATE_INGEST_LISTEN`) and by `zapgate ingest`.
 fn ingest_routes() -> Router<AppState> {
-    Router::new().route("/providers/{kind}/{account}/webhook", post(ingest::receive).get(ingest::handshake))
+    Router::new()
+        .route("/providers/{kind}/{account}/webhook", post(ingest::receive).get(ingest::handshake))
+        // Where providers fetch uploaded media sent by id (see `media::public_link`).
+        .route("/media/{tenant_id}/{media_id}/{token}", get(media::public_download))
 }
 
 /// What `zapgate ingest` (or `serve`'s own ingest listener) serves: provider

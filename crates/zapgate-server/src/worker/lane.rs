@@ -35,6 +35,9 @@ pub struct WorkerCtx {
     pub pair_quota: Option<governor::Quota>,
     /// With RabbitMQ: retries wait in its wait queues.
     pub parking: Option<super::parking::Parking>,
+    /// The address providers reach zapgate at, for links to media sent by
+    /// id (set once the listeners are bound).
+    pub media_base: Arc<std::sync::OnceLock<String>>,
 }
 
 /// Called once a message's outcome is stored (a broker consumer acks the
@@ -269,12 +272,16 @@ async fn attempt(ctx: &WorkerCtx, target: &Target, msg: &MessageRecord) -> SendR
             message: format!("this process has no provider {:?}", instance.provider),
         };
     };
+    let content = match with_media_link(ctx, msg).await {
+        Ok(content) => content,
+        Err(result) => return result,
+    };
     let out = OutboundMessage {
         message_id: msg.id.clone(),
         instance_id: instance.id.clone(),
         phone_number_id: instance.phone_number_id.clone(),
         to: msg.to.clone(),
-        content: msg.content.clone(),
+        content,
         attempt: msg.attempts,
         config: instance.provider_config.clone(),
     };
@@ -329,6 +336,35 @@ async fn attempt(ctx: &WorkerCtx, target: &Target, msg: &MessageRecord) -> SendR
         }
         Classification::Permanent { code, message } => SendResult::Failed { code, message },
     }
+}
+
+/// The content as the provider gets it: media named by `id` (uploaded to
+/// zapgate) becomes a link the provider can fetch. Media gone since accept
+/// fails the message; a store hiccup retries it without spending an attempt.
+async fn with_media_link(ctx: &WorkerCtx, msg: &MessageRecord) -> Result<zapgate_domain::MessageContent, SendResult> {
+    let mut content = msg.content.clone();
+    let Some(media) = content.media_mut().filter(|m| m.id.is_some()) else { return Ok(content) };
+    let id = media.id.as_deref().and_then(zapgate_domain::MediaId::parse);
+    let found = match id {
+        Some(id) => ctx.backends.media_index.get_media(&msg.tenant_id, &id).await,
+        None => Ok(None),
+    };
+    let gone = || SendResult::Failed {
+        code: "media_unavailable".into(),
+        message: "the media named by id is no longer stored (purged or deleted)".into(),
+    };
+    let rec = match found {
+        Ok(Some(rec)) if rec.status == zapgate_backends::MediaStatus::Stored => rec,
+        Ok(_) => return Err(gone()),
+        Err(e) => return Err(wait_unspent(ctx.retry.base, "store_unavailable", format!("reading the media: {e}"))),
+    };
+    let Some(base) = ctx.media_base.get() else {
+        return Err(wait_unspent(ctx.retry.base, "starting", "zapgate is still starting".into()));
+    };
+    let link = crate::http::media::public_link(base, &rec).ok_or_else(gone)?;
+    media.link = link;
+    media.id = None;
+    Ok(content)
 }
 
 /// How long `msg`'s recipient must wait for its next message; None: now.
