@@ -129,4 +129,8 @@ pub trait MediaIndex: Send + Sync + 'static {
     async fn expired_media(&self, before: Timestamp, limit: u32) -> Result<Vec<MediaId>, StoreError>;
     /// Forgets these media (their bytes already deleted); returns how many.
     async fn forget_media(&self, ids: &[MediaId]) -> Result<u64, StoreError>;
+    /// At start: makes pending media due now if no other process can hold
+    /// its lease (one process owns an embedded store, so any lease is a
+    /// crashed run's); returns how many. Shared stores leave leases to run out.
+    async fn recover_media(&self, now: Timestamp) -> Result<u64, StoreError>;
 }

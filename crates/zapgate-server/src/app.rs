@@ -133,6 +133,12 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
             tracing::warn!(messages = recovered, "requeued messages that were being sent when zapgate last stopped");
         }
     }
+    if role.runs_workers() {
+        let media = backends.media_index.recover_media(Timestamp::now()).await.context("recovering media fetches")?;
+        if media > 0 {
+            tracing::warn!(media, "media fetches that were under way when zapgate last stopped are due again");
+        }
+    }
 
     let (status_tx, status_rx) = tokio::sync::mpsc::unbounded_channel();
     let sandbox = SandboxConfig {

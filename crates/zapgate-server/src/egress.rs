@@ -26,14 +26,29 @@ pub struct Egress {
     allow_private: bool,
 }
 
+/// How names become addresses: the system's resolver, or a test's.
+type Lookup = Arc<
+    dyn Fn(String) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<Vec<SocketAddr>>> + Send>>
+        + Send
+        + Sync,
+>;
+
+fn system_lookup() -> Lookup {
+    Arc::new(|host| Box::pin(async move { Ok(tokio::net::lookup_host((host.as_str(), 0)).await?.collect()) }))
+}
+
 impl Egress {
     pub fn new(allow_private: bool, timeout: Duration) -> Result<Self, EgressError> {
+        Self::with_lookup(allow_private, timeout, system_lookup())
+    }
+
+    fn with_lookup(allow_private: bool, timeout: Duration, lookup: Lookup) -> Result<Self, EgressError> {
         install_tls_provider();
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .user_agent(concat!("zapgate/", env!("CARGO_PKG_VERSION")))
-            .dns_resolver(Arc::new(GuardedResolver { allow_private }))
+            .dns_resolver(Arc::new(GuardedResolver { allow_private, lookup }))
             // A proxy would resolve names itself, past the guarded resolver.
             .no_proxy()
             // Webhooks are POSTs: a redirect would turn them into GETs (and
@@ -120,16 +135,20 @@ pub fn is_public(ip: IpAddr) -> bool {
     }
 }
 
+/// Checks every answer at connect time, so the address connected to is the
+/// address checked: a name that resolves to a public address when the URL is
+/// checked and to an internal one later (DNS rebinding) gets nowhere.
 struct GuardedResolver {
     allow_private: bool,
+    lookup: Lookup,
 }
 
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let allow_private = self.allow_private;
+        let lookup = (self.lookup)(name.as_str().to_owned());
         Box::pin(async move {
-            let host = name.as_str().to_owned();
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let addrs: Vec<SocketAddr> = lookup.await?;
             let allowed: Vec<SocketAddr> = addrs.into_iter().filter(|a| allow_private || is_public(a.ip())).collect();
             if allowed.is_empty() {
                 return Err("the address is not allowed (internal, or it does not resolve)".into());
@@ -181,5 +200,42 @@ mod tests {
         assert!(strict.check_url("https://example.com/hook").is_ok());
         let open = Egress::new(true, Duration::from_secs(1)).unwrap();
         assert!(open.check_url("http://127.0.0.1:8080/x").is_ok());
+    }
+
+    /// A name whose answer changes between calls (DNS rebinding): the URL
+    /// passes the check (it is a name), the first connection goes to the
+    /// public answer, and when the answer turns internal the connection is
+    /// refused before it is made — the local server never sees a request.
+    #[tokio::test]
+    async fn a_dns_answer_that_turns_internal_is_refused_at_connect() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = server.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while server.accept().await.is_ok() {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = calls.clone();
+        // First a public address nothing answers at (192.88.99.0/24 is
+        // public and unrouted here), then loopback, where the server is.
+        let lookup: Lookup = Arc::new(move |_host| {
+            let first = seen.fetch_add(1, Ordering::SeqCst) == 0;
+            Box::pin(async move {
+                let ip: IpAddr = if first { "192.88.99.1".parse().unwrap() } else { "127.0.0.1".parse().unwrap() };
+                Ok(vec![SocketAddr::new(ip, 0)])
+            })
+        });
+        let egress = Egress::with_lookup(false, Duration::from_millis(500), lookup).unwrap();
+        let url = egress.check_url(&format!("http://rebinding.example:{port}/hook")).unwrap();
+        let first = egress.client().post(url.clone()).send().await;
+        assert!(first.is_err(), "nothing answers at the public address");
+        let second = egress.client().post(url).send().await.expect_err("the internal answer is refused");
+        assert!(format!("{second:?}").contains("not allowed"), "{second:?}");
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "the name was resolved for each connection");
+        assert_eq!(accepted.load(Ordering::SeqCst), 0, "no connection reached the internal address");
     }
 }

@@ -247,3 +247,47 @@ async fn uploaded_media_is_sent_by_id_through_a_link_the_provider_can_fetch() {
         assert_eq!(e["error"]["details"]["field"], "image.id", "{e}");
     }
 }
+
+/// Killed right after the fetched bytes are stored, before the row says so:
+/// after a restart the media is fetched again and served — never left
+/// pending or lost. (Embedded: the restart makes it due at once. On a shared
+/// PostgreSQL store the lease must run out first, which takes longer than a
+/// test should: that pass checks the crash and that nothing is half-done.)
+#[tokio::test]
+async fn a_crash_between_storing_the_bytes_and_recording_them_refetches_after_restart() {
+    let p = sim_provider(
+        "waha",
+        |sim| json!({"base_url": format!("http://{sim}"), "api_key": "waha-key", "session": "default"}),
+        &[("ZAPGATE_CRASH_AT", "after_media_stored")],
+    )
+    .await;
+    let (mut s, token, ins) = (p.server, p.token, p.instance);
+    let (files, keys) = file_server().await;
+    let detail: Value = s.get(&token, &format!("/v1/instances/{ins}")).await.json().await.unwrap();
+    let (url, key) = (detail["webhook"]["url"].as_str().unwrap(), detail["webhook"]["hmac_key"].as_str().unwrap());
+    let photo = waha_media_message("3EB0CRASH", &format!("{files}/files/photo.jpeg"), "image/jpeg");
+    assert_eq!(post_waha(&s, url, key, &photo).await.status(), 200);
+    let id = media_of(&s, &token, "3EB0CRASH").await;
+    // (Waiting here without blocking: the file server runs on this runtime.)
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while keys.lock().unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "never fetched");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = s.wait_exit(Duration::from_secs(20));
+    assert!(status.is_some_and(|st| !st.success()), "the server should have crashed:\n{}", s.logs());
+    assert_eq!(keys.lock().unwrap().len(), 1, "fetched once before the crash");
+
+    let s = s.restart(&[("ZAPGATE_WEBHOOK_ALLOW_PRIVATE", "true")]).await;
+    if distributed() {
+        let info: Value = s.get(&token, &format!("/v1/media/{id}/info")).await.json().await.unwrap();
+        assert_eq!(info["status"], "pending", "the crash came before the row was updated: {info}");
+        return;
+    }
+    let info = settled(&s, &token, &id).await;
+    assert_eq!(info["status"], "stored", "{info}");
+    // A second fetch: the row was not updated before the crash.
+    assert_eq!(keys.lock().unwrap().len(), 2, "fetched again after the restart");
+    let r = s.get(&token, &format!("/v1/media/{id}")).await;
+    assert_eq!(r.bytes().await.unwrap().as_ref(), PHOTO);
+}

@@ -88,6 +88,11 @@ impl MediaIndex for PgBackend {
         Ok(ids.into_iter().map(MediaId::from_trusted).collect())
     }
 
+    /// Other processes may be fetching: their leases run out if they crashed.
+    async fn recover_media(&self, _now: Timestamp) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
     async fn forget_media(&self, ids: &[MediaId]) -> Result<u64, StoreError> {
         let ids: Vec<&str> = ids.iter().map(|i| i.as_str()).collect();
         let done = sqlx::query("DELETE FROM media WHERE id = ANY($1)").bind(&ids).execute(self.pool()).await?;

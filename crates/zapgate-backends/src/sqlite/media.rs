@@ -90,6 +90,20 @@ impl MediaIndex for SqliteBackend {
         .await
     }
 
+    /// Leases and retry waits alike: a retry right after a restart is harmless.
+    async fn recover_media(&self, now: Timestamp) -> Result<u64, StoreError> {
+        self.writer
+            .write(Box::new(move |conn| {
+                let n = exec(
+                    conn,
+                    "UPDATE media SET next_attempt_at = ?1 WHERE status = 'pending' AND next_attempt_at > ?1",
+                    [now.as_millis()],
+                )?;
+                Ok(n as u64)
+            }))
+            .await
+    }
+
     async fn forget_media(&self, ids: &[MediaId]) -> Result<u64, StoreError> {
         let ids: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
         self.writer

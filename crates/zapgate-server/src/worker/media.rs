@@ -72,7 +72,10 @@ async fn fetch_one(f: &MediaFetcher, job: MediaJob) {
         Ok((bytes, mime)) => {
             let sha256 = hex::encode(Sha256::digest(&bytes));
             match f.store.put(job.id.as_str(), &bytes).await {
-                Ok(()) => MediaFetched::Stored { size: bytes.len() as u64, sha256, mime_type: mime },
+                Ok(()) => {
+                    zapgate_backends::crash_point("after_media_stored");
+                    MediaFetched::Stored { size: bytes.len() as u64, sha256, mime_type: mime }
+                }
                 Err(e) => retry_or_fail(&job, format!("storing the media failed: {e}"), true),
             }
         }
