@@ -475,6 +475,23 @@ impl Provider for Evolution {
         Qr::from_data_url(Some(raw.to_owned()), image)
     }
 
+    /// `GET /instance/connect/{instance}?number=`: its `pairingCode`, or
+    /// `{"instance":{"state":"open"}}` once linked.
+    async fn pairing_code(&self, config: &Value, phone: &str) -> Result<String, ProviderError> {
+        let cfg = settings(config)?;
+        let url = crate::http::url(&cfg.base_url, &["instance", "connect", &cfg.instance], &[("number", phone)])?;
+        let req = self.http.request(Method::GET, url).header("apikey", &cfg.api_key);
+        let answer = crate::http::send(req).await?;
+        if !answer.ok() {
+            return Err(failure(&answer));
+        }
+        let json = answer.json();
+        match json["pairingCode"].as_str().filter(|c| !c.is_empty()) {
+            Some(code) => Ok(code.to_owned()),
+            None => Err(Qr::not_waiting(json["instance"]["state"].as_str())),
+        }
+    }
+
     /// `GET /instance/connect/{instance}`: Evolution opens the socket again
     /// (answering the QR it would need if the number was unlinked).
     async fn reconnect(&self, config: &Value) -> Result<(), ProviderError> {

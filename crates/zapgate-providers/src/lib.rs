@@ -230,6 +230,16 @@ pub trait Provider: Send + Sync + 'static {
             message: format!("{} instances have no QR code", self.kind()),
         })
     }
+    /// A code to link the phone `phone` (digits) by typing it in WhatsApp
+    /// ("Link with phone number") instead of scanning the QR code.
+    /// `Rejected` with `not_waiting_for_qr` once linked, `no_pairing_code`
+    /// when this kind has none.
+    async fn pairing_code(&self, _config: &serde_json::Value, _phone: &str) -> Result<String, ProviderError> {
+        Err(ProviderError::Rejected {
+            code: "no_pairing_code".into(),
+            message: format!("{} instances have no pairing code", self.kind()),
+        })
+    }
     /// Asks the provider to bring a dropped connection back (the number
     /// stays linked: no new scan). `Rejected` with code `no_reconnect` when
     /// this kind cannot.

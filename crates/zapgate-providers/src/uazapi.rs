@@ -313,6 +313,21 @@ impl Provider for Uazapi {
         Qr::from_data_url(None, image)
     }
 
+    /// `POST /instance/connect {"phone"}`: its `instance.paircode`.
+    async fn pairing_code(&self, config: &Value, phone: &str) -> Result<String, ProviderError> {
+        let cfg = settings(config)?;
+        let req = self.request(&cfg, Method::POST, &["instance", "connect"])?.json(&json!({"phone": phone}));
+        let answer = crate::http::send(req).await?;
+        if !answer.ok() {
+            return Err(failure(&answer));
+        }
+        let json = answer.json();
+        match json["instance"]["paircode"].as_str().filter(|c| !c.is_empty()) {
+            Some(code) => Ok(code.to_owned()),
+            None => Err(Qr::not_waiting(json["instance"]["status"].as_str())),
+        }
+    }
+
     /// `POST /instance/connect {}`: the instance connects again with its
     /// stored credentials.
     async fn reconnect(&self, config: &Value) -> Result<(), ProviderError> {

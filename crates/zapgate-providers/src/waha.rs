@@ -569,6 +569,28 @@ impl Provider for Waha {
         Ok(Qr { raw: Some(raw), png: png.body })
     }
 
+    /// `POST /api/{s}/auth/request-code {"phoneNumber"}` → `{"code"}`; 422
+    /// when the session is not waiting for a scan.
+    async fn pairing_code(&self, config: &Value, phone: &str) -> Result<String, ProviderError> {
+        let cfg = settings(config)?;
+        let req = self.request(&cfg, Method::POST, &["api", &cfg.session, "auth", "request-code"], &[])?;
+        let answer = crate::http::send(req.json(&json!({"phoneNumber": phone}))).await?;
+        if answer.status == 422 {
+            return Err(ProviderError::Rejected {
+                code: "not_waiting_for_qr".into(),
+                message: failure(&answer).to_string(),
+            });
+        }
+        if !answer.ok() {
+            return Err(failure(&answer));
+        }
+        answer.json()["code"].as_str().map(str::to_owned).ok_or_else(|| ProviderError::Unavailable {
+            code: "waha_bad_answer".into(),
+            message: "the pairing code answer has no code".into(),
+            retry_after: None,
+        })
+    }
+
     /// `POST /api/sessions/{s}/restart`: the session starts again with its
     /// stored credentials (a logged-out one comes back waiting for a QR).
     async fn reconnect(&self, config: &Value) -> Result<(), ProviderError> {

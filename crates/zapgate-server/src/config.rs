@@ -228,7 +228,7 @@ impl Default for Config {
             webhook_allow_private: false,
             webhook_timeout: Duration::from_secs(10),
             webhook_secret_grace: Duration::from_secs(24 * 3600),
-            webhook_endpoint_concurrency: 32,
+            webhook_endpoint_concurrency: 64,
             media_max_bytes: 64 * 1024 * 1024,
             media_fetch_timeout: Duration::from_secs(60),
             media_retention: Duration::from_secs(30 * 24 * 3600),

@@ -32,6 +32,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use base64::Engine;
+use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -293,7 +294,18 @@ async fn list(State(sim): State<Arc<Sim>>, headers: HeaderMap) -> Response {
     Json(all).into_response()
 }
 
-async fn connect(State(sim): State<Arc<Sim>>, headers: HeaderMap, Path(name): Path<String>) -> Response {
+#[derive(Deserialize)]
+struct ConnectQuery {
+    number: Option<String>,
+}
+
+/// The QR code (and with `?number=` a pairing code); `{"instance":{"state":"open"}}` once linked.
+async fn connect(
+    State(sim): State<Arc<Sim>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<ConnectQuery>,
+) -> Response {
     sim.record("evolution", format!("/instance/connect/{name}"), key(&headers), &Value::Null);
     if key(&headers).is_some() && sim.take_dropped(&name) {
         // Still linked: the socket opens again without a scan.
@@ -325,7 +337,8 @@ async fn connect(State(sim): State<Arc<Sim>>, headers: HeaderMap, Path(name): Pa
             json!({"qrcode": {"instance": name, "pairingCode": null, "code": code, "base64": image}}),
         );
     }
-    Json(json!({"pairingCode": null, "code": code, "base64": image, "count": 1})).into_response()
+    let pairing = q.number.filter(|n| !n.is_empty()).map(|n| format!("SIM{}", &n[n.len().saturating_sub(5)..]));
+    Json(json!({"pairingCode": pairing, "code": code, "base64": image, "count": 1})).into_response()
 }
 
 async fn state(State(sim): State<Arc<Sim>>, headers: HeaderMap, Path(name): Path<String>) -> Response {

@@ -260,9 +260,10 @@ pub(crate) fn classify(method: &Method, path: &str) -> Option<(Provider, RouteKi
         | "/instance/logout/{instance}"
         | "/instance/delete/{instance}" => (Evolution, Session),
         "/api/sessions" | "/api/sessions/{session}" => (Waha, if get { Status } else { Session }),
-        "/api/sessions/{session}/logout" | "/api/sessions/{session}/restart" | "/api/{session}/auth/qr" => {
-            (Waha, Session)
-        }
+        "/api/sessions/{session}/logout"
+        | "/api/sessions/{session}/restart"
+        | "/api/{session}/auth/qr"
+        | "/api/{session}/auth/request-code" => (Waha, Session),
         "/api/{route}" | "/api/reaction" => (Waha, Send),
         "/instance/all" | "/instance/status" => (Uazapi, Status),
         "/send/{route}" | "/message/react" => (Uazapi, Send),

@@ -186,9 +186,15 @@ fn with_instance(sim: &Sim, headers: &HeaderMap, f: impl FnOnce(&str, &mut Insta
     }
 }
 
-async fn connect(State(sim): State<Arc<Sim>>, headers: HeaderMap) -> Response {
+/// `{}` → the QR code; `{"phone"}` → a pairing code (`paircode`) as well.
+async fn connect(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Option<Json<Value>>) -> Response {
     let token = header(&headers, "token").unwrap_or_default();
-    sim.record("uazapi", "/instance/connect".into(), Some(token.clone()), &Value::Null);
+    let body = body.map(|Json(b)| b).unwrap_or(Value::Null);
+    sim.record("uazapi", "/instance/connect".into(), Some(token.clone()), &body);
+    let phone = body["phone"].as_str().map(str::to_owned);
+    if phone.as_deref().is_some_and(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
+        return error(400, "invalid phone");
+    }
     let name = sim.uazapi_instances().get(&token).map(|i| i.name().to_owned());
     if let Some(name) = name.filter(|n| sim.take_dropped(n) || sim.take_dropped(&token)) {
         // Still linked: it connects again without a scan.
@@ -205,9 +211,13 @@ async fn connect(State(sim): State<Arc<Sim>>, headers: HeaderMap) -> Response {
         } else {
             String::new()
         };
+        let paircode = match (&phone, i.status == "connecting") {
+            (Some(p), true) => format!("{}-{}", &p[p.len().saturating_sub(4)..], "SIMC"),
+            _ => String::new(),
+        };
         let mut dto = i.dto(token);
         dto["qrcode"] = json!(qrcode);
-        dto["paircode"] = json!("");
+        dto["paircode"] = json!(paircode);
         Json(json!({"connected": i.status == "connected", "loggedIn": i.status == "connected", "jid": null, "instance": dto}))
             .into_response()
     })

@@ -230,6 +230,7 @@ pub(crate) fn routes() -> Router<Arc<Sim>> {
         .route("/api/sessions/{session}/logout", post(logout))
         .route("/api/sessions/{session}/restart", post(restart))
         .route("/api/{session}/auth/qr", get(qr))
+        .route("/api/{session}/auth/request-code", post(request_code))
         .route("/api/reaction", axum::routing::put(react))
         .route("/api/{route}", post(send))
 }
@@ -343,6 +344,31 @@ async fn restart(State(sim): State<Arc<Sim>>, headers: HeaderMap, Path(name): Pa
         }
         None => nest(404, "Session not found"),
     }
+}
+
+/// `POST /api/{s}/auth/request-code {"phoneNumber"}` → 201 `{"code"}` while
+/// the session waits for a scan (it then links like a scanned QR); 422 otherwise.
+async fn request_code(
+    State(sim): State<Arc<Sim>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Option<Json<Value>>,
+) -> Response {
+    let body = body.map(|Json(b)| b).unwrap_or(Value::Null);
+    sim.record("waha", format!("/api/{name}/auth/request-code"), key(&headers), &body);
+    let Some(phone) = body["phoneNumber"].as_str().filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    else {
+        return nest(400, "phoneNumber must be digits");
+    };
+    let scan_after = sim.qr_scan_after();
+    let mut sessions = sim.waha_sessions();
+    let Some(s) = sessions.get_mut(&name) else { return nest(404, "Session not found") };
+    if s.tick(&name, scan_after) != "SCAN_QR_CODE" {
+        return nest(422, "Session status is not as expected");
+    }
+    s.qr_shown.get_or_insert_with(Instant::now);
+    let code = format!("SIM{}-CODE", &phone[phone.len().saturating_sub(4)..]);
+    (StatusCode::CREATED, Json(json!({"code": code}))).into_response()
 }
 
 #[derive(Deserialize)]

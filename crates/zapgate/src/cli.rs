@@ -314,7 +314,7 @@ struct ServeArgs {
     #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
     webhook_secret_grace: Option<Duration>,
     /// Webhook attempts in flight per endpoint at most, so one slow receiver does not hold up
-    /// the others [default: 32].
+    /// the others [default: 64].
     #[arg(long, env = "ZAPGATE_WEBHOOK_ENDPOINT_CONCURRENCY", value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     webhook_endpoint_concurrency: Option<u32>,

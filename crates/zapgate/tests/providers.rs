@@ -630,3 +630,55 @@ async fn an_open_circuit_is_shown_on_its_pool_and_in_the_circuit_list_until_it_c
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_waha_session_links_with_a_pairing_code() {
+    pairing_code(WAHA).await;
+}
+
+#[tokio::test]
+async fn an_evolution_instance_links_with_a_pairing_code() {
+    pairing_code(EVOLUTION).await;
+}
+
+#[tokio::test]
+async fn a_uazapi_instance_links_with_a_pairing_code() {
+    pairing_code(UAZAPI).await;
+}
+
+/// Linking without a camera: the provider's pairing code for the phone
+/// (the simulators put the phone's last digits in it, so the code proves
+/// the phone reached them), typed on the phone, links the instance; once
+/// linked there is none; a bad phone is named.
+async fn pairing_code(p: Pooled) {
+    let (addr, sim) = zapgate_sim::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let s = Server::start(&[("ZAPGATE_WEBHOOK_ALLOW_PRIVATE", "true")]).await;
+    pool(&s, json!({"kind": p.kind, "name": "w", "base_url": format!("http://{addr}"), "api_key": "k"})).await;
+    let (_, token) = s.tenant("acme").await;
+    let r = place(&s, &token, json!({"name": "loja", "provider": p.kind})).await;
+    let ins = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/instances/{ins}/pairing-code");
+
+    let r = s.post(&token, &path, &json!({"phone": "12"})).await;
+    assert_eq!(r.status(), 422);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["details"]["field"], "phone");
+
+    let r = s.post(&token, &path, &json!({"phone": "+55 11 99999-8888"})).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let code = r.json::<Value>().await.unwrap()["code"].as_str().unwrap().to_owned();
+    assert!(code.contains("8888"), "the code was made for the phone: {code}");
+    if p.kind != "evolution" {
+        // (Evolution takes the number in the query string, which the sim's log does not keep.)
+        let asked =
+            sim.received().into_iter().rev().find(|r| r.path.contains("request-code") || r.path.contains("connect"));
+        assert!(asked.expect("asked").body.to_string().contains("5511999998888"));
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    while connection(&s, &token, &ins).await["state"] != "connected" {
+        assert!(std::time::Instant::now() < deadline, "never linked: {}", connection(&s, &token, &ins).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = s.post(&token, &path, &json!({"phone": "+5511999998888"})).await;
+    assert_eq!(r.status(), 409);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "not_waiting_for_qr");
+}

@@ -16,7 +16,7 @@ use utoipa::{Modify, OpenApi};
         super::providers::create, super::providers::list, super::providers::get, super::providers::update,
         super::providers::delete, super::circuits::list,
         super::instances::create, super::instances::list, super::instances::get, super::instances::update, super::instances::delete,
-        super::sessions::qr, super::sessions::logout,
+        super::sessions::qr, super::sessions::pairing_code, super::sessions::logout,
         super::messages::send, super::messages::get, super::messages::cancel, super::messages::list,
         super::dead_letters::list, super::dead_letters::replay,
         super::templates::create, super::templates::list, super::templates::get, super::templates::delete,

@@ -69,6 +69,7 @@ pub fn router(state: AppState, ingest: bool) -> Router {
         .route("/v1/instances/{instance_id}", get(instances::get).patch(instances::update).delete(instances::delete))
         .route("/v1/instances/{instance_id}/qr", get(sessions::qr))
         .route("/v1/instances/{instance_id}/logout", post(sessions::logout))
+        .route("/v1/instances/{instance_id}/pairing-code", post(sessions::pairing_code))
         .route("/v1/messages", post(messages::send).get(messages::list))
         .route("/v1/messages/{message_id}", get(messages::get).delete(messages::cancel))
         .route("/v1/templates", post(templates::create).get(templates::list))

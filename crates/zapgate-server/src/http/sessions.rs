@@ -92,6 +92,45 @@ pub async fn qr(
     Ok(Json(QrCode { qr: qr.raw, image }).into_response())
 }
 
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PairingRequest {
+    /// The phone to link, in international format (`+5511999998888`).
+    pub phone: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct PairingCode {
+    /// Typed on the phone: WhatsApp → Linked devices → Link with phone number.
+    pub code: String,
+}
+
+/// A pairing code to link the phone without scanning the QR code (WAHA,
+/// Evolution, UAZAPI). 409 `not_waiting_for_qr` once linked,
+/// `no_pairing_code` for kinds without one.
+#[utoipa::path(post, path = "/v1/instances/{instance_id}/pairing-code", tag = "instances", security(("tenant" = [])),
+    params(("instance_id" = String, Path)), request_body = PairingRequest,
+    responses((status = 200, body = PairingCode), (status = 404, body = super::error::ErrorBody),
+              (status = 409, body = super::error::ErrorBody), (status = 422, body = super::error::ErrorBody),
+              (status = 502, body = super::error::ErrorBody)))]
+pub async fn pairing_code(
+    TenantAuth(tenant): TenantAuth,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    super::extract::ApiJson(body): super::extract::ApiJson<PairingRequest>,
+) -> ApiResult<Json<PairingCode>> {
+    let phone = match zapgate_domain::ChatId::parse(&body.phone) {
+        Ok(chat @ zapgate_domain::ChatId::Phone(_)) => chat.e164().map(|e| e[1..].to_owned()),
+        _ => None,
+    }
+    .ok_or_else(|| {
+        ApiError::from(zapgate_domain::ValidationError::new("phone", "must be a phone number such as +5511999998888"))
+    })?;
+    let (rec, provider) = instance_and_provider(&s, &tenant, &id).await?;
+    let code = call(provider.pairing_code(&rec.provider_config, &phone)).await?;
+    Ok(Json(PairingCode { code }))
+}
+
 /// Logs the number out at the provider; a new QR scan links it again.
 #[utoipa::path(post, path = "/v1/instances/{instance_id}/logout", tag = "instances", security(("tenant" = [])),
     params(("instance_id" = String, Path)),
