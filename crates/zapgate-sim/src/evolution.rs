@@ -488,7 +488,16 @@ mod tests {
         assert_eq!(sim.evolution_hook("i1"), Some(expected.clone()));
         assert!(delivered().is_empty());
 
-        let (_, qr) = json_of(connect(State(sim.clone()), with_key(), Path("i1".into())).await).await;
+        let (_, qr) = json_of(
+            connect(
+                State(sim.clone()),
+                with_key(),
+                Path("i1".into()),
+                axum::extract::Query(ConnectQuery { number: None }),
+            )
+            .await,
+        )
+        .await;
         let got = delivered();
         assert_eq!(got.len(), 1);
         let (hook, body, _) = &got[0];
@@ -550,7 +559,16 @@ mod tests {
         let sim = Arc::new(Sim::default());
         sim.set_qr_scan_after(Duration::ZERO);
         create_with(&sim, "i1", json!(["MESSAGES_UPSERT"])).await;
-        json_of(connect(State(sim.clone()), with_key(), Path("i1".into())).await).await;
+        json_of(
+            connect(
+                State(sim.clone()),
+                with_key(),
+                Path("i1".into()),
+                axum::extract::Query(ConnectQuery { number: None }),
+            )
+            .await,
+        )
+        .await;
         json_of(state(State(sim.clone()), with_key(), Path("i1".into())).await).await;
         let body = json!({"number": "5511999998888", "text": "hi"});
         let res = send(State(sim.clone()), Path(("sendText".into(), "i1".into())), with_key(), Some(Json(body))).await;
