@@ -440,6 +440,25 @@ async fn each_kind_has_its_default_pace_and_ceiling() {
     assert_eq!(r.unwrap().status(), 200);
 }
 
+/// A sim, a server (private addresses allowed, plus `env`) with one pool of
+/// `kind` on the sim, and a tenant's instance placed on it: (sim, its
+/// address, server, token, instance id, pool id).
+async fn placed_on_sim(
+    kind: &str,
+    env: &[(&str, &str)],
+) -> (std::sync::Arc<zapgate_sim::Sim>, std::net::SocketAddr, Server, String, String, String) {
+    let (addr, sim) = zapgate_sim::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let mut env = env.to_vec();
+    env.push(("ZAPGATE_WEBHOOK_ALLOW_PRIVATE", "true"));
+    let s = Server::start(&env).await;
+    let pool = pool(&s, json!({"kind": kind, "name": "w", "base_url": format!("http://{addr}"), "api_key": "k"})).await;
+    let (_, token) = s.tenant("acme").await;
+    let r = place(&s, &token, json!({"name": "loja", "provider": kind})).await;
+    assert_eq!(r.status(), 201);
+    let ins = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    (sim, addr, s, token, ins, pool["id"].as_str().unwrap().to_owned())
+}
+
 #[tokio::test]
 async fn a_waha_session_dropped_without_a_webhook_is_found_by_polls_and_reconnected_with_backoff() {
     dropped_connection(WAHA).await;
@@ -476,20 +495,14 @@ async fn wait_stored_state(s: &Server, token: &str, instance: &str, state: &str)
 /// once it answers again, the instance comes back. A logged-out instance is
 /// never asked to reconnect.
 async fn dropped_connection(p: Pooled) {
-    let (addr, sim) = zapgate_sim::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let s = Server::start(&[
-        ("ZAPGATE_WEBHOOK_ALLOW_PRIVATE", "true"),
+    let env = [
         ("ZAPGATE_INSTANCE_POLL_INTERVAL", "100ms"),
         ("ZAPGATE_INSTANCE_RECONNECT_BASE", "400ms"),
         ("ZAPGATE_INSTANCE_RECONNECT_MAX", "1600ms"),
         // This test changes the state more than 5 times a minute on purpose.
         ("ZAPGATE_INSTANCE_FLAP_LIMIT", "50"),
-    ])
-    .await;
-    pool(&s, json!({"kind": p.kind, "name": "w", "base_url": format!("http://{addr}"), "api_key": "k"})).await;
-    let (_, token) = s.tenant("acme").await;
-    let r = place(&s, &token, json!({"name": "loja", "provider": p.kind})).await;
-    let ins = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    ];
+    let (sim, _, s, token, ins, _) = placed_on_sim(p.kind, &env).await;
     // Never linked: polled, not asked to reconnect (that would only start a QR flow).
     tokio::time::sleep(Duration::from_millis(500)).await;
     let path = (p.reconnect_path)(&ins);
@@ -573,20 +586,13 @@ async fn circuit_of(s: &Server, pool_id: &str) -> (String, Value) {
 /// messages go out and the API shows it closed.
 #[tokio::test]
 async fn an_open_circuit_is_shown_on_its_pool_and_in_the_circuit_list_until_it_closes() {
-    let (addr, sim) = zapgate_sim::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let s = Server::start(&[
-        ("ZAPGATE_WEBHOOK_ALLOW_PRIVATE", "true"),
+    let env = [
         ("ZAPGATE_PROVIDER_CIRCUIT_FAILURES", "2"),
         ("ZAPGATE_PROVIDER_CIRCUIT_COOLDOWN", "300ms"),
         ("ZAPGATE_MESSAGE_RETRY_BASE", "100ms"),
-    ])
-    .await;
-    let pool =
-        pool(&s, json!({"kind": "waha", "name": "w", "base_url": format!("http://{addr}"), "api_key": "k"})).await;
-    let pool_id = pool["id"].as_str().unwrap();
-    let (_, token) = s.tenant("acme").await;
-    let r = place(&s, &token, json!({"name": "loja", "provider": "waha"})).await;
-    let ins = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    ];
+    let (sim, addr, s, token, ins, pool_id) = placed_on_sim("waha", &env).await;
+    let pool_id = pool_id.as_str();
     link_by_qr(&s, &token, &ins).await;
     assert_eq!(circuit_of(&s, pool_id).await, ("closed".to_owned(), json!([])));
     let list: Value = s.get(ADMIN, "/v1/providers").await.json().await.unwrap();
@@ -651,12 +657,7 @@ async fn a_uazapi_instance_links_with_a_pairing_code() {
 /// the phone reached them), typed on the phone, links the instance; once
 /// linked there is none; a bad phone is named.
 async fn pairing_code(p: Pooled) {
-    let (addr, sim) = zapgate_sim::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let s = Server::start(&[("ZAPGATE_WEBHOOK_ALLOW_PRIVATE", "true")]).await;
-    pool(&s, json!({"kind": p.kind, "name": "w", "base_url": format!("http://{addr}"), "api_key": "k"})).await;
-    let (_, token) = s.tenant("acme").await;
-    let r = place(&s, &token, json!({"name": "loja", "provider": p.kind})).await;
-    let ins = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let (sim, _, s, token, ins, _) = placed_on_sim(p.kind, &[]).await;
     let path = format!("/v1/instances/{ins}/pairing-code");
 
     let r = s.post(&token, &path, &json!({"phone": "12"})).await;
