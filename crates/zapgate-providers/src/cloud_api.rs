@@ -234,16 +234,38 @@ impl Provider for CloudApi {
                 wa_id: ok.contacts.into_iter().next().and_then(|c| c.wa_id),
             });
         }
-        match serde_json::from_slice::<ErrorEnvelope>(&answer.body) {
-            Ok(e) => {
-                let message = match e.error.error_subcode {
-                    Some(sub) => format!("{} (subcode {sub})", e.error.message),
-                    None => e.error.message,
-                };
-                Err(classify_error(status, e.error.code, &message, retry_after))
-            }
-            Err(_) => Err(classify_error(status, 0, &format!("HTTP {status} without a Graph error body"), retry_after)),
+        Err(graph_failure(&answer, status, retry_after))
+    }
+
+    /// `{"messaging_product":"whatsapp","status":"read","message_id"}` to
+    /// the number's messages endpoint (Meta answers `{"success":true}`).
+    async fn mark_read(&self, config: &Value, _chat: &ChatId, wa_message_id: &str) -> Result<(), ProviderError> {
+        let cfg: CloudApiConfig = serde_json::from_value(config.clone()).map_err(|e| ProviderError::Rejected {
+            code: "bad_config".into(),
+            message: format!("the instance's Cloud API settings are invalid: {e}"),
+        })?;
+        let url = format!("{}/{}/{}/messages", cfg.base_url, cfg.api_version, cfg.phone_number_id);
+        let body = json!({"messaging_product": "whatsapp", "status": "read", "message_id": wa_message_id});
+        let answer = crate::http::send(self.http.post(url).bearer_auth(&cfg.access_token).json(&body)).await?;
+        if answer.ok() {
+            return Ok(());
         }
+        let (status, retry_after) = (answer.status, answer.retry_after);
+        Err(graph_failure(&answer, status, retry_after))
+    }
+}
+
+/// The error a Graph API answer that is not 2xx means.
+fn graph_failure(answer: &crate::http::Answer, status: u16, retry_after: Option<Duration>) -> ProviderError {
+    match serde_json::from_slice::<ErrorEnvelope>(&answer.body) {
+        Ok(e) => {
+            let message = match e.error.error_subcode {
+                Some(sub) => format!("{} (subcode {sub})", e.error.message),
+                None => e.error.message,
+            };
+            classify_error(status, e.error.code, &message, retry_after)
+        }
+        Err(_) => classify_error(status, 0, &format!("HTTP {status} without a Graph error body"), retry_after),
     }
 }
 

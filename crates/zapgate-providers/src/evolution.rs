@@ -475,6 +475,19 @@ impl Provider for Evolution {
         Qr::from_data_url(Some(raw.to_owned()), image)
     }
 
+    /// `POST /chat/markMessageAsRead/{instance} {"readMessages":[{"remoteJid","fromMe":false,"id"}]}`.
+    async fn mark_read(&self, config: &Value, chat: &ChatId, wa_message_id: &str) -> Result<(), ProviderError> {
+        let cfg = settings(config)?;
+        let remote_jid = match chat {
+            ChatId::Phone(d) => format!("{d}@s.whatsapp.net"),
+            other => other.key(),
+        };
+        let body = json!({"readMessages": [{"remoteJid": remote_jid, "fromMe": false, "id": wa_message_id}]});
+        let req = self.request(&cfg, Method::POST, &["chat", "markMessageAsRead", &cfg.instance])?.json(&body);
+        let answer = crate::http::send(req).await?;
+        if answer.ok() { Ok(()) } else { Err(failure(&answer)) }
+    }
+
     /// `GET /instance/connect/{instance}?number=`: its `pairingCode`, or
     /// `{"instance":{"state":"open"}}` once linked.
     async fn pairing_code(&self, config: &Value, phone: &str) -> Result<String, ProviderError> {

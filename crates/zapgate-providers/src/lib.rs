@@ -230,6 +230,20 @@ pub trait Provider: Send + Sync + 'static {
             message: format!("{} instances have no QR code", self.kind()),
         })
     }
+    /// Marks the received message `wa_message_id` of `chat` as read (blue
+    /// ticks for the sender). `Rejected` with `no_mark_read` when this kind
+    /// cannot.
+    async fn mark_read(
+        &self,
+        _config: &serde_json::Value,
+        _chat: &ChatId,
+        _wa_message_id: &str,
+    ) -> Result<(), ProviderError> {
+        Err(ProviderError::Rejected {
+            code: "no_mark_read".into(),
+            message: format!("{} instances cannot mark messages as read", self.kind()),
+        })
+    }
     /// A code to link the phone `phone` (digits) by typing it in WhatsApp
     /// ("Link with phone number") instead of scanning the QR code.
     /// `Rejected` with `not_waiting_for_qr` once linked, `no_pairing_code`

@@ -313,6 +313,14 @@ impl Provider for Uazapi {
         Qr::from_data_url(None, image)
     }
 
+    /// `POST /message/markread {"id":[messageid]}`.
+    async fn mark_read(&self, config: &Value, _chat: &ChatId, wa_message_id: &str) -> Result<(), ProviderError> {
+        let cfg = settings(config)?;
+        let req = self.request(&cfg, Method::POST, &["message", "markread"])?.json(&json!({"id": [wa_message_id]}));
+        let answer = crate::http::send(req).await?;
+        if answer.ok() { Ok(()) } else { Err(failure(&answer)) }
+    }
+
     /// `POST /instance/connect {"phone"}`: its `instance.paircode`.
     async fn pairing_code(&self, config: &Value, phone: &str) -> Result<String, ProviderError> {
         let cfg = settings(config)?;

@@ -569,6 +569,25 @@ impl Provider for Waha {
         Ok(Qr { raw: Some(raw), png: png.body })
     }
 
+    /// `POST /api/sendSeen {"session","chatId","messageIds"}` (the received
+    /// message as WAHA names it, `false_{chat}_{id}`).
+    async fn mark_read(&self, config: &Value, chat: &ChatId, wa_message_id: &str) -> Result<(), ProviderError> {
+        let cfg = settings(config)?;
+        let chat_id = match chat {
+            ChatId::Phone(d) => format!("{d}@c.us"),
+            other => other.key(),
+        };
+        let id = if wa_message_id.contains('_') {
+            wa_message_id.to_owned()
+        } else {
+            format!("false_{chat_id}_{wa_message_id}")
+        };
+        let body = json!({"session": cfg.session, "chatId": chat_id, "messageIds": [id]});
+        let answer =
+            crate::http::send(self.request(&cfg, Method::POST, &["api", "sendSeen"], &[])?.json(&body)).await?;
+        if answer.ok() { Ok(()) } else { Err(failure(&answer)) }
+    }
+
     /// `POST /api/{s}/auth/request-code {"phoneNumber"}` → `{"code"}`; 422
     /// when the session is not waiting for a scan.
     async fn pairing_code(&self, config: &Value, phone: &str) -> Result<String, ProviderError> {

@@ -213,6 +213,7 @@ pub(crate) fn routes() -> Router<Arc<Sim>> {
         .route("/instance/create", post(create))
         .route("/instance/fetchInstances", get(list))
         .route("/instance/connect/{instance}", get(connect))
+        .route("/chat/markMessageAsRead/{instance}", post(mark_read))
         .route("/instance/connectionState/{instance}", get(state))
         .route("/instance/logout/{instance}", delete(logout))
         .route("/instance/delete/{instance}", delete(remove))
@@ -339,6 +340,32 @@ async fn connect(
     }
     let pairing = q.number.filter(|n| !n.is_empty()).map(|n| format!("SIM{}", &n[n.len().saturating_sub(5)..]));
     Json(json!({"pairingCode": pairing, "code": code, "base64": image, "count": 1})).into_response()
+}
+
+/// `POST /chat/markMessageAsRead/{instance}` `{"readMessages":[{"remoteJid","fromMe","id"}]}`
+/// → 201 `{"message":"Read messages","read":"success"}`.
+async fn mark_read(
+    State(sim): State<Arc<Sim>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Option<Json<Value>>,
+) -> Response {
+    let Some(Json(body)) = body else { return error(400, "body is required") };
+    sim.record("evolution", format!("/chat/markMessageAsRead/{name}"), key(&headers), &body);
+    if !sim.evolution_instances().contains_key(&name) {
+        return missing(&name);
+    }
+    if key(&headers).is_none() {
+        return unauthorized();
+    }
+    let complete = body["readMessages"].as_array().is_some_and(|all| {
+        !all.is_empty()
+            && all.iter().all(|m| m["remoteJid"].is_string() && m["fromMe"].is_boolean() && m["id"].is_string())
+    });
+    if !complete {
+        return error(400, "instance requires property \"readMessages\"");
+    }
+    (StatusCode::CREATED, Json(json!({"message": "Read messages", "read": "success"}))).into_response()
 }
 
 async fn state(State(sim): State<Arc<Sim>>, headers: HeaderMap, Path(name): Path<String>) -> Response {

@@ -276,6 +276,13 @@ async fn cloud_send(
     if body["messaging_product"] != "whatsapp" {
         return graph_error(400, 100, "(#100) The parameter messaging_product is required.", None);
     }
+    // Marking a received message as read.
+    if body["status"] == "read" {
+        return match body["message_id"].as_str() {
+            Some(id) if id.starts_with("wamid.") => Json(json!({"success": true})).into_response(),
+            _ => graph_error(400, 100, "(#100) Invalid parameter: message_id", None),
+        };
+    }
     let to = body["to"].as_str().unwrap_or_default().to_owned();
     let id = format!("wamid.{}", uuid::Uuid::new_v4().simple());
     cloud::sent(&sim, &phone_number_id, &to, &id);

@@ -254,7 +254,7 @@ pub(crate) fn classify(method: &Method, path: &str) -> Option<(Provider, RouteKi
     Some(match path {
         "/{version}/{phone_number_id}/messages" => (Cloud, Send),
         "/instance/fetchInstances" | "/instance/connectionState/{instance}" => (Evolution, Status),
-        "/message/{route}/{instance}" => (Evolution, Send),
+        "/message/{route}/{instance}" | "/chat/markMessageAsRead/{instance}" => (Evolution, Send),
         "/instance/create"
         | "/instance/connect/{instance}"
         | "/instance/logout/{instance}"
@@ -264,9 +264,9 @@ pub(crate) fn classify(method: &Method, path: &str) -> Option<(Provider, RouteKi
         | "/api/sessions/{session}/restart"
         | "/api/{session}/auth/qr"
         | "/api/{session}/auth/request-code" => (Waha, Session),
-        "/api/{route}" | "/api/reaction" => (Waha, Send),
+        "/api/{route}" | "/api/reaction" | "/api/sendSeen" => (Waha, Send),
         "/instance/all" | "/instance/status" => (Uazapi, Status),
-        "/send/{route}" | "/message/react" => (Uazapi, Send),
+        "/send/{route}" | "/message/react" | "/message/markread" => (Uazapi, Send),
         "/instance/init" | "/instance/connect" | "/instance/disconnect" | "/instance" | "/webhook" => (Uazapi, Session),
         _ => return None,
     })

@@ -127,6 +127,7 @@ pub(crate) fn routes() -> Router<Arc<Sim>> {
         .route("/instance", axum::routing::delete(remove))
         .route("/send/{route}", post(send))
         .route("/message/react", post(react))
+        .route("/message/markread", post(mark_read))
         .route("/webhook", post(set_webhook).get(get_webhook))
 }
 
@@ -302,6 +303,18 @@ async fn send(
         "messageType": if route == "text" { "Conversation" } else { "ImageMessage" }, "messageTimestamp": now_millis(),
         "wasSentByApi": true, "response": {"status": "success", "message": "Message sent successfully"}});
     Json(sent).into_response()
+}
+
+/// `POST /message/markread` `{"id":[messageid, …]}` → 200.
+async fn mark_read(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Option<Json<Value>>) -> Response {
+    let body = body.map(|Json(b)| b).unwrap_or(Value::Null);
+    sim.record("uazapi", "/message/markread".into(), header(&headers, "token"), &body);
+    with_instance(&sim, &headers, |_, _| {
+        if !body["id"].as_array().is_some_and(|ids| !ids.is_empty() && ids.iter().all(Value::is_string)) {
+            return error(400, "Missing id");
+        }
+        Json(json!({"response": "Messages marked as read"})).into_response()
+    })
 }
 
 async fn react(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Option<Json<Value>>) -> Response {

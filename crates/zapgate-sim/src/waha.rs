@@ -15,6 +15,7 @@
 //! - `DELETE /api/sessions/{s}` → 200; unknown → 404.
 //! - Creating and deleting sessions and sending take queued faults (`POST /_sim/faults`).
 //! - `PUT /api/reaction` `{"session","messageId","reaction"}` → 200 `{}`.
+//! - `POST /api/sendSeen` `{"session","chatId","messageIds"?}` → 201 `{}`.
 //! - `POST /api/{sendText|sendImage|sendVideo|sendFile|sendLocation}`: the session must be
 //!   `WORKING` (else 422 as WAHA answers), and exist (else 404). The session
 //!   `default` exists from the start, `WORKING`, as on a WAHA Core server.
@@ -232,6 +233,7 @@ pub(crate) fn routes() -> Router<Arc<Sim>> {
         .route("/api/{session}/auth/qr", get(qr))
         .route("/api/{session}/auth/request-code", post(request_code))
         .route("/api/reaction", axum::routing::put(react))
+        .route("/api/sendSeen", post(send_seen))
         .route("/api/{route}", post(send))
 }
 
@@ -325,6 +327,20 @@ async fn react(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Option<Jso
         return nest(400, "messageId and reaction must be strings");
     }
     Json(json!({})).into_response()
+}
+
+/// `POST /api/sendSeen` `{"session","chatId","messageIds"?}` → 201 `{}`.
+async fn send_seen(State(sim): State<Arc<Sim>>, headers: HeaderMap, body: Option<Json<Value>>) -> Response {
+    let Some(Json(body)) = body else { return nest(400, "body is required") };
+    sim.record("waha", "/api/sendSeen".into(), key(&headers), &body);
+    let session = body["session"].as_str().unwrap_or("default").to_owned();
+    if !sim.waha_sessions().contains_key(&session) {
+        return nest(404, "Session not found");
+    }
+    if !body["chatId"].is_string() {
+        return nest(400, "chatId must be a string");
+    }
+    (StatusCode::CREATED, Json(json!({}))).into_response()
 }
 
 /// A session whose connection dropped (see [`Sim::drop_connection`]) comes

@@ -258,6 +258,25 @@ async fn receipts_and_inbound_flow_back(kind: &str) {
     assert!(wa_id.ends_with(got[0]["wa_message_id"].as_str().unwrap()), "{wa_id} vs {}", got[0]);
     assert_eq!(got[0]["chat"], "+5511988887777");
     assert_eq!(got[0]["content"]["text"]["body"], "oi");
+
+    // Marked as read at the provider, in its shape.
+    let wa = got[0]["wa_message_id"].as_str().unwrap();
+    let r = s.post(&token, &format!("/v1/inbound-messages/{}/read", got[0]["id"].as_str().unwrap()), &json!({})).await;
+    assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
+    let (path, body) = match kind {
+        "waha" => (
+            "/api/sendSeen".to_owned(),
+            json!({"session": ins, "chatId": "5511988887777@c.us",
+            "messageIds": [format!("false_5511988887777@c.us_{wa}")]}),
+        ),
+        "evolution" => (
+            format!("/chat/markMessageAsRead/{ins}"),
+            json!({"readMessages": [{"remoteJid": "5511988887777@s.whatsapp.net", "fromMe": false, "id": wa}]}),
+        ),
+        _ => ("/message/markread".to_owned(), json!({"id": [wa]})),
+    };
+    let asked = sim.received().into_iter().rev().find(|r| r.path == path).expect("asked to mark it read");
+    assert_eq!(asked.body, body);
 }
 
 #[tokio::test]
@@ -316,6 +335,14 @@ async fn cloud_api_statuses_and_messages_arrive_signed_with_the_app_secret() {
     let got = inbound(s, token).await;
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0]["content"], json!({"type": "text", "text": {"body": "oi"}}));
+    let r = s.post(token, &format!("/v1/inbound-messages/{}/read", got[0]["id"].as_str().unwrap()), &json!({})).await;
+    assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
+    let read = sim.received().into_iter().rev().find(|r| r.body["status"] == "read").expect("marked read at Meta");
+    assert_eq!(read.path, "/v21.0/106540352242922/messages");
+    assert_eq!(
+        read.body,
+        json!({"messaging_product": "whatsapp", "status": "read", "message_id": got[0]["wa_message_id"]})
+    );
 
     // Signed with another secret: refused, nothing stored.
     sim.set_cloud_webhook(Some(zapgate_sim::hooks::Hook {

@@ -70,3 +70,23 @@ pub async fn get(
     let found = s.backends.inbox.get_inbound(&tenant, &id).await?;
     Ok(Json(found.ok_or_else(|| ApiError::not_found("message"))?))
 }
+
+/// Marks a received message as read at the provider (the sender sees blue
+/// ticks). 409 `no_mark_read` for kinds that cannot; 502 when the provider
+/// cannot be reached.
+#[utoipa::path(post, path = "/v1/inbound-messages/{message_id}/read", tag = "inbound", security(("tenant" = [])),
+    params(("message_id" = String, Path)),
+    responses((status = 204), (status = 404, body = super::error::ErrorBody),
+              (status = 409, body = super::error::ErrorBody), (status = 502, body = super::error::ErrorBody)))]
+pub async fn mark_read(
+    TenantAuth(tenant): TenantAuth,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<axum::http::StatusCode> {
+    let id = message_id(&id)?;
+    let found = s.backends.inbox.get_inbound(&tenant, &id).await?.ok_or_else(|| ApiError::not_found("message"))?;
+    let chat = ChatId::parse(&found.message.chat).map_err(|_| ApiError::not_found("message"))?;
+    let (rec, provider) = super::sessions::instance_and_provider(&s, &tenant, found.instance_id.as_str()).await?;
+    super::sessions::call(provider.mark_read(&rec.provider_config, &chat, &found.message.wa_message_id)).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT)
+}

@@ -86,6 +86,7 @@ pub fn router(state: AppState, ingest: bool) -> Router {
         .route("/v1/dead-letters/{message_id}/replay", post(dead_letters::replay))
         .route("/v1/inbound-messages", get(inbound::list))
         .route("/v1/inbound-messages/{message_id}", get(inbound::get))
+        .route("/v1/inbound-messages/{message_id}/read", post(inbound::mark_read))
         // Uploads read their body with their own limit (ZAPGATE_MEDIA_MAX_BYTES).
         .route("/v1/media", post(media::upload).layer(DefaultBodyLimit::disable()))
         .route("/v1/media/{media_id}", get(media::download))
