@@ -214,6 +214,21 @@ impl Provider for CloudApi {
             code: "bad_config".into(),
             message: format!("the instance's Cloud API settings are invalid: {e}"),
         })?;
+        let uploaded;
+        let msg = match &msg.upload {
+            // Media sent by zapgate id: uploaded to Meta first, sent by Meta's id.
+            Some(upload) => {
+                let media_id = self.upload(&cfg, upload).await?;
+                let mut with_id = msg.clone();
+                if let Some(m) = with_id.content.media_mut() {
+                    m.id = Some(media_id);
+                    m.link.clear();
+                }
+                uploaded = with_id;
+                &uploaded
+            }
+            None => msg,
+        };
         let url = format!("{}/{}/{}/messages", cfg.base_url, cfg.api_version, cfg.phone_number_id);
         let req = self.http.post(url).bearer_auth(&cfg.access_token).json(&request_body(msg)?);
         let answer = crate::http::send(req).await?;
@@ -237,6 +252,10 @@ impl Provider for CloudApi {
         Err(graph_failure(&answer, status, retry_after))
     }
 
+    fn uploads_media(&self) -> bool {
+        true
+    }
+
     /// `{"messaging_product":"whatsapp","status":"read","message_id"}` to
     /// the number's messages endpoint (Meta answers `{"success":true}`).
     async fn mark_read(&self, config: &Value, _chat: &ChatId, wa_message_id: &str) -> Result<(), ProviderError> {
@@ -252,6 +271,32 @@ impl Provider for CloudApi {
         }
         let (status, retry_after) = (answer.status, answer.retry_after);
         Err(graph_failure(&answer, status, retry_after))
+    }
+}
+
+impl CloudApi {
+    /// `POST /{version}/{phone_number_id}/media` (multipart: `messaging_product`,
+    /// `type`, `file`) → Meta's media id.
+    async fn upload(&self, cfg: &CloudApiConfig, upload: &crate::MediaUpload) -> Result<String, ProviderError> {
+        let url = format!("{}/{}/{}/media", cfg.base_url, cfg.api_version, cfg.phone_number_id);
+        let part = reqwest::multipart::Part::bytes(upload.bytes.clone())
+            .file_name(upload.filename.clone().unwrap_or_else(|| "file".into()))
+            .mime_str(&upload.mime_type)
+            .map_err(|e| ProviderError::Rejected { code: "bad_media_type".into(), message: e.to_string() })?;
+        let form = reqwest::multipart::Form::new()
+            .text("messaging_product", "whatsapp")
+            .text("type", upload.mime_type.clone())
+            .part("file", part);
+        let answer = crate::http::send(self.http.post(url).bearer_auth(&cfg.access_token).multipart(form)).await?;
+        if !answer.ok() {
+            let (status, retry_after) = (answer.status, answer.retry_after);
+            return Err(graph_failure(&answer, status, retry_after));
+        }
+        answer.json()["id"].as_str().map(str::to_owned).ok_or_else(|| ProviderError::Unavailable {
+            code: "bad_response".into(),
+            message: "the media upload answer has no id".into(),
+            retry_after: None,
+        })
     }
 }
 

@@ -41,6 +41,7 @@ pub(crate) fn test_message(content: serde_json::Value, to: &str) -> OutboundMess
         content: serde_json::from_value(content).expect("valid test content"),
         attempt: 0,
         config: serde_json::json!({}),
+        upload: None,
     }
 }
 
@@ -56,6 +57,17 @@ pub struct OutboundMessage {
     pub attempt: u32,
     /// The instance's provider settings, as `Provider::check_config` kept them.
     pub config: serde_json::Value,
+    /// The bytes of media the message names by zapgate `id`, for providers
+    /// that take uploads ([`Provider::uploads_media`]); the others get a link.
+    pub upload: Option<MediaUpload>,
+}
+
+/// Media to upload to the provider before the send that uses it.
+#[derive(Debug, Clone)]
+pub struct MediaUpload {
+    pub bytes: Vec<u8>,
+    pub mime_type: String,
+    pub filename: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -229,6 +241,11 @@ pub trait Provider: Send + Sync + 'static {
             code: "no_qr".into(),
             message: format!("{} instances have no QR code", self.kind()),
         })
+    }
+    /// Whether media sent by zapgate id goes to this provider as bytes
+    /// ([`OutboundMessage::upload`]) rather than as a link it fetches.
+    fn uploads_media(&self) -> bool {
+        false
     }
     /// Marks the received message `wa_message_id` of `chat` as read (blue
     /// ticks for the sender). `Rejected` with `no_mark_read` when this kind

@@ -28,7 +28,59 @@ const DISPLAY_PHONE_NUMBER: &str = "15550783881";
 /// The profile name of simulated contacts (not ASCII, so it gets escaped).
 const CONTACT_NAME: &str = "Zé Sim";
 
+/// Media uploaded to the simulated Cloud API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Uploaded {
+    pub mime_type: String,
+    pub filename: Option<String>,
+    pub bytes: Vec<u8>,
+}
+
+/// `POST /{v}/{phone_number_id}/media`, multipart with `messaging_product`
+/// (`whatsapp`), `type` (the MIME type) and `file`: `{"id":"<digits>"}` as
+/// Meta answers. Recorded with the form's fields (the file as its name,
+/// type and size).
+pub(crate) async fn upload(
+    axum::extract::State(sim): axum::extract::State<std::sync::Arc<Sim>>,
+    axum::extract::Path((version, phone_number_id)): axum::extract::Path<(String, String)>,
+    headers: axum::http::HeaderMap,
+    mut form: axum::extract::Multipart,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let token = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let (mut product, mut kind, mut file) = (None, None, None);
+    while let Ok(Some(field)) = form.next_field().await {
+        match field.name().unwrap_or_default() {
+            "messaging_product" => product = field.text().await.ok(),
+            "type" => kind = field.text().await.ok(),
+            "file" => {
+                let (name, mime) = (field.file_name().map(str::to_owned), field.content_type().map(str::to_owned));
+                file = field.bytes().await.ok().map(|b| (name, mime, b.to_vec()));
+            }
+            _ => {}
+        }
+    }
+    let recorded = json!({"messaging_product": product, "type": kind,
+        "file": file.as_ref().map(|(name, mime, bytes)| json!({"filename": name, "mime_type": mime, "size": bytes.len()}))});
+    sim.record("cloud_api", format!("/{version}/{phone_number_id}/media"), token.map(str::to_owned), &recorded);
+    if token.is_none() {
+        return crate::graph_error(401, 190, "Invalid OAuth access token - Cannot parse access token", None);
+    }
+    let (Some("whatsapp"), Some(kind), Some((filename, _, bytes))) = (product.as_deref(), kind, file) else {
+        return crate::graph_error(400, 100, "(#100) messaging_product, type and file are required", None);
+    };
+    let id = format!("{}", 1_000_000_000_000_000u128 + uuid::Uuid::new_v4().as_u128() % 1_000_000_000_000_000);
+    let uploaded = Uploaded { mime_type: kind, filename, bytes };
+    sim.cloud_media.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), uploaded);
+    axum::Json(json!({"id": id})).into_response()
+}
+
 impl Sim {
+    /// Media uploaded to the simulated Cloud API under `id`.
+    pub fn cloud_uploaded(&self, id: &str) -> Option<Uploaded> {
+        self.cloud_media.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+    }
+
     /// Where (and signed how) Cloud API webhooks go; None: nowhere.
     pub fn set_cloud_webhook(&self, hook: Option<Hook>) {
         *self.cloud_hook.lock().unwrap_or_else(|p| p.into_inner()) = hook;

@@ -13,6 +13,9 @@
 //!   routes, answering with `messageid` — see [`uazapi`].
 //! - `POST /_sim/faults` — queue answers for the next sends:
 //!   `[{"status":429,"code":130429,"retry_after":1}, {"status":400,"code":131026}]`.
+//! - `POST /{version}/{phone_number_id}/media` — Cloud API media upload
+//!   (multipart `messaging_product`, `type`, `file`) → `{"id"}`; a send naming
+//!   `{kind}.id` must use an uploaded id — see [`cloud`].
 //! - `GET /_sim/received` — every send request received (path, token, body).
 //! - `POST /_sim/faults/rules` — per-route fault injection rules (one or a list):
 //!   `{"route":"send|session|status|*","provider":"cloud|evolution|waha|uazapi|*",
@@ -100,6 +103,8 @@ pub struct Sim {
     qr_scan_after: Mutex<std::time::Duration>,
     /// Where Cloud API webhooks go (see [`cloud`]).
     cloud_hook: Mutex<Option<hooks::Hook>>,
+    /// Media uploaded to the Cloud API (`POST /{v}/{phone_number_id}/media`), by id.
+    cloud_media: Mutex<std::collections::HashMap<String, cloud::Uploaded>>,
 }
 
 impl Default for Sim {
@@ -116,6 +121,7 @@ impl Default for Sim {
             uazapi_instances: Mutex::default(),
             qr_scan_after: Mutex::new(std::time::Duration::from_millis(300)),
             cloud_hook: Mutex::default(),
+            cloud_media: Mutex::default(),
         }
     }
 }
@@ -125,6 +131,7 @@ impl Default for Sim {
 pub fn router(sim: Arc<Sim>) -> Router {
     Router::new()
         .route("/{version}/{phone_number_id}/messages", post(cloud_send))
+        .route("/{version}/{phone_number_id}/media", post(cloud::upload))
         .merge(waha::routes())
         .merge(evolution::routes())
         .merge(uazapi::routes())
@@ -282,6 +289,13 @@ async fn cloud_send(
             Some(id) if id.starts_with("wamid.") => Json(json!({"success": true})).into_response(),
             _ => graph_error(400, 100, "(#100) Invalid parameter: message_id", None),
         };
+    }
+    // Media by id must have been uploaded (Meta: 131053, media upload error).
+    let kind = body["type"].as_str().unwrap_or_default();
+    if let Some(media_id) = body[kind]["id"].as_str()
+        && sim.cloud_uploaded(media_id).is_none()
+    {
+        return graph_error(400, 131053, "Media upload error: unknown media id", None);
     }
     let to = body["to"].as_str().unwrap_or_default().to_owned();
     let id = format!("wamid.{}", uuid::Uuid::new_v4().simple());

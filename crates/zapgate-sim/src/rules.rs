@@ -252,7 +252,7 @@ pub(crate) fn classify(method: &Method, path: &str) -> Option<(Provider, RouteKi
     use RouteKind::*;
     let get = method == Method::GET;
     Some(match path {
-        "/{version}/{phone_number_id}/messages" => (Cloud, Send),
+        "/{version}/{phone_number_id}/messages" | "/{version}/{phone_number_id}/media" => (Cloud, Send),
         "/instance/fetchInstances" | "/instance/connectionState/{instance}" => (Evolution, Status),
         "/message/{route}/{instance}" | "/chat/markMessageAsRead/{instance}" => (Evolution, Send),
         "/instance/create"

@@ -182,3 +182,43 @@ async fn one_recipient_is_paced_by_the_pair_limit_and_others_are_not() {
     assert!(codes(&other).is_empty(), "another recipient is not paced: {other:#}");
     assert_eq!(sim.received().len(), 3, "each went out once");
 }
+
+/// Media uploaded to zapgate and sent by id goes to Meta the Cloud API way:
+/// uploaded to the number's `/media` (multipart, with its type and name),
+/// then sent by the id Meta answered — Meta needs no link back to zapgate.
+#[tokio::test]
+async fn media_sent_by_id_is_uploaded_to_meta_then_sent_by_metas_id() {
+    let p = cloud(&[]).await;
+    let (s, sim, token, ins) = (&p.server, &p.sim, &p.token, &p.instance);
+    let pdf = b"%PDF-1.4 fatura de dezembro".to_vec();
+    let r = s
+        .http
+        .post(s.url("/v1/media?filename=fatura.pdf"))
+        .bearer_auth(token)
+        .header("content-type", "application/pdf");
+    let r = r.body(pdf.clone()).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let media = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+
+    let body = json!({"instance_id": ins, "to": "+5511999998888", "type": "document",
+        "document": {"id": media, "caption": "Sua fatura"}});
+    let r = s.post(token, "/v1/messages", &body).await;
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    s.wait_status(token, &id, &["sent", "delivered", "read"], WAIT).await;
+
+    let got = sim.received();
+    let upload = got.iter().find(|r| r.path == "/v21.0/106540352242922/media").expect("uploaded to Meta");
+    assert_eq!(upload.token.as_deref(), Some("EAAG-test-token"));
+    assert_eq!(
+        upload.body,
+        json!({"messaging_product": "whatsapp", "type": "application/pdf",
+               "file": {"filename": "fatura.pdf", "mime_type": "application/pdf", "size": pdf.len()}})
+    );
+    let send = got.iter().find(|r| r.path == "/v21.0/106540352242922/messages").expect("sent");
+    let meta_id = send.body["document"]["id"].as_str().expect("sent by Meta's id");
+    assert!(meta_id.bytes().all(|b| b.is_ascii_digit()), "{meta_id}");
+    assert_eq!(send.body["document"], json!({"id": meta_id, "caption": "Sua fatura", "filename": "fatura.pdf"}));
+    let stored = sim.cloud_uploaded(meta_id).expect("Meta holds the bytes");
+    assert_eq!((stored.bytes, stored.mime_type.as_str()), (pdf, "application/pdf"));
+}

@@ -17,7 +17,7 @@ use zapgate_backends::{
 };
 use zapgate_domain::Timestamp;
 use zapgate_providers::{
-    Circuits, Classification, Observed, OutboundMessage, Provider, ProviderError, Providers, classify,
+    Circuits, Classification, MediaUpload, Observed, OutboundMessage, Provider, ProviderError, Providers, classify,
 };
 
 /// What every lane shares.
@@ -272,8 +272,8 @@ async fn attempt(ctx: &WorkerCtx, target: &Target, msg: &MessageRecord) -> SendR
             message: format!("this process has no provider {:?}", instance.provider),
         };
     };
-    let content = match with_media_link(ctx, msg).await {
-        Ok(content) => content,
+    let (content, upload) = match with_media(ctx, provider, msg).await {
+        Ok(resolved) => resolved,
         Err(result) => return result,
     };
     let out = OutboundMessage {
@@ -284,6 +284,7 @@ async fn attempt(ctx: &WorkerCtx, target: &Target, msg: &MessageRecord) -> SendR
         content,
         attempt: msg.attempts,
         config: instance.provider_config.clone(),
+        upload,
     };
     let circuit = provider.endpoint(&instance.provider_config).map(|e| ctx.circuits.get(provider.kind(), &e));
     let pass = match &circuit {
@@ -338,12 +339,17 @@ async fn attempt(ctx: &WorkerCtx, target: &Target, msg: &MessageRecord) -> SendR
     }
 }
 
-/// The content as the provider gets it: media named by `id` (uploaded to
-/// zapgate) becomes a link the provider can fetch. Media gone since accept
-/// fails the message; a store hiccup retries it without spending an attempt.
-async fn with_media_link(ctx: &WorkerCtx, msg: &MessageRecord) -> Result<zapgate_domain::MessageContent, SendResult> {
+/// The content as the provider gets it: media named by zapgate `id` becomes
+/// a link the provider can fetch, or its bytes for providers that take
+/// uploads (the Cloud API). Media gone since accept fails the message; a
+/// store hiccup retries it without spending an attempt.
+async fn with_media(
+    ctx: &WorkerCtx,
+    provider: &dyn Provider,
+    msg: &MessageRecord,
+) -> Result<(zapgate_domain::MessageContent, Option<MediaUpload>), SendResult> {
     let mut content = msg.content.clone();
-    let Some(media) = content.media_mut().filter(|m| m.id.is_some()) else { return Ok(content) };
+    let Some(media) = content.media_mut().filter(|m| m.id.is_some()) else { return Ok((content, None)) };
     let id = media.id.as_deref().and_then(zapgate_domain::MediaId::parse);
     let found = match id {
         Some(id) => ctx.backends.media_index.get_media(&msg.tenant_id, &id).await,
@@ -358,13 +364,31 @@ async fn with_media_link(ctx: &WorkerCtx, msg: &MessageRecord) -> Result<zapgate
         Ok(_) => return Err(gone()),
         Err(e) => return Err(wait_unspent(ctx.retry.base, "store_unavailable", format!("reading the media: {e}"))),
     };
+    if provider.uploads_media() {
+        let bytes = match ctx.backends.media.get(rec.id.as_str()).await {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return Err(gone()),
+            Err(e) => {
+                return Err(wait_unspent(ctx.retry.base, "media_store_unavailable", format!("reading the media: {e}")));
+            }
+        };
+        // A document keeps its uploaded name unless the message gives one.
+        if media.filename.is_none()
+            && matches!(content, zapgate_domain::MessageContent::Document { .. })
+            && let Some(m) = content.media_mut()
+        {
+            m.filename = rec.filename.clone();
+        }
+        let mime_type = rec.mime_type.clone().unwrap_or_else(|| "application/octet-stream".into());
+        return Ok((content, Some(MediaUpload { bytes: bytes.to_vec(), mime_type, filename: rec.filename })));
+    }
     let Some(base) = ctx.media_base.get() else {
         return Err(wait_unspent(ctx.retry.base, "starting", "zapgate is still starting".into()));
     };
     let link = crate::http::media::public_link(base, &rec).ok_or_else(gone)?;
     media.link = link;
     media.id = None;
-    Ok(content)
+    Ok((content, None))
 }
 
 /// How long `msg`'s recipient must wait for its next message; None: now.
