@@ -222,3 +222,12 @@ async fn media_sent_by_id_is_uploaded_to_meta_then_sent_by_metas_id() {
     let stored = sim.cloud_uploaded(meta_id).expect("Meta holds the bytes");
     assert_eq!((stored.bytes, stored.mime_type.as_str()), (pdf, "application/pdf"));
 }
+
+/// Meta's own request examples (text, image by link, template, reply
+/// buttons, location, reaction), sent through zapgate, reach the Graph API
+/// exactly as Meta documents them.
+#[tokio::test]
+async fn every_kind_goes_out_as_metas_examples() {
+    let p = cloud(&[]).await;
+    send_fixture_cases(&p, "cloud_api", |_| "/v21.0/106540352242922/messages".into()).await;
+}

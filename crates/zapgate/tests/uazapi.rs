@@ -40,13 +40,13 @@ async fn sends_use_the_instance_token_and_messageid_and_errors_are_classified() 
     assert_eq!(m["error_message"], "Missing number or text");
 }
 
-/// Locations and reactions go out in UAZAPI's shapes (`/send/location`,
-/// `/message/react`).
+/// Every kind UAZAPI takes goes out in its shape (`/send/text`,
+/// `/send/media`, `/send/location`, `/message/react`).
 #[tokio::test]
-async fn locations_and_reactions_go_out_in_uazapi_shape() {
+async fn every_kind_goes_out_in_uazapi_shape() {
     let p = sim_provider("uazapi", |sim| json!({"base_url": format!("http://{sim}"), "token": "inst-tok"}), &[]).await;
     p.sim.add_uazapi_instance("inst-tok");
-    send_fixture_cases(&p, "uazapi", &["location", "reaction to a received message"], |route| match route {
+    send_fixture_cases(&p, "uazapi", |route| match route {
         "react" => "/message/react".into(),
         other => format!("/send/{other}"),
     })
