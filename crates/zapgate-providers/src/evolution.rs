@@ -446,6 +446,10 @@ impl Provider for Evolution {
         webhook_instance(config)
     }
 
+    fn watch_connection(&self) -> bool {
+        true
+    }
+
     async fn connection(&self, config: &Value) -> Result<Option<Connection>, ProviderError> {
         let cfg = settings(config)?;
         let req = self.request(&cfg, Method::GET, &["instance", "connectionState", &cfg.instance])?;

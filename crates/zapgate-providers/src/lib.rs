@@ -242,6 +242,12 @@ pub trait Provider: Send + Sync + 'static {
             message: format!("{} instances have no QR code", self.kind()),
         })
     }
+    /// Whether this kind's connection can drop and is worth polling (a
+    /// linked WhatsApp session); the Cloud API's numbers and the sandbox
+    /// have none.
+    fn watch_connection(&self) -> bool {
+        false
+    }
     /// Whether media sent by zapgate id goes to this provider as bytes
     /// ([`OutboundMessage::upload`]) rather than as a link it fetches.
     fn uploads_media(&self) -> bool {

@@ -282,6 +282,10 @@ impl Provider for Uazapi {
         Ok(Some(json!({ "token": token })))
     }
 
+    fn watch_connection(&self) -> bool {
+        true
+    }
+
     async fn connection(&self, config: &Value) -> Result<Option<Connection>, ProviderError> {
         let cfg = settings(config)?;
         let answer = crate::http::send(self.request(&cfg, Method::GET, &["instance", "status"])?).await?;

@@ -531,6 +531,10 @@ impl Provider for Waha {
         webhook_instance(config)
     }
 
+    fn watch_connection(&self) -> bool {
+        true
+    }
+
     async fn connection(&self, config: &Value) -> Result<Option<Connection>, ProviderError> {
         let cfg = settings(config)?;
         let answer =

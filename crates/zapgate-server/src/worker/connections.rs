@@ -101,7 +101,8 @@ pub async fn run(w: ConnectionWatch, mut shutdown: watch::Receiver<bool>) {
     }
     let w = Arc::new(w);
     let mut known = Known::default();
-    let mut tick = tokio::time::interval(w.interval);
+    // The first round one interval after start: webhooks report the start.
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + w.interval, w.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -150,11 +151,14 @@ async fn round(w: &Arc<ConnectionWatch>, known: &mut Known) {
         .await;
 }
 
-/// The instances of providers this process has, with their provider.
+/// The instances whose provider has a connection to watch, with their provider.
 async fn watched(w: &ConnectionWatch) -> Option<Vec<(InstanceRecord, Arc<dyn Provider>)>> {
     match w.backends.store.all_instances().await {
         Ok(all) => Some(
-            all.into_iter().filter_map(|i| Some((w.providers.get(&i.provider)?, i))).map(|(p, i)| (i, p)).collect(),
+            all.into_iter()
+                .filter_map(|i| Some((w.providers.get(&i.provider).filter(|p| p.watch_connection())?, i)))
+                .map(|(p, i)| (i, p))
+                .collect(),
         ),
         Err(e) => {
             tracing::warn!(error = %e, "connection watch: could not list the instances");
