@@ -50,6 +50,8 @@ pub enum InboundEvent {
         state: InstanceState,
         reason: Option<String>,
         policy: FlapPolicy,
+        /// A QR code the provider shows for it (raises `instance.qr`).
+        qr: Option<String>,
     },
 }
 
@@ -73,7 +75,9 @@ impl InboundItem {
         match &self.event {
             InboundEvent::Status(r) => Some(format!("s:{}:{}", r.provider_message_id, r.status.as_str())),
             InboundEvent::Message(m) => Some(format!("m:{}", m.body.wa_message_id)),
-            InboundEvent::Connection { .. } => None,
+            // A QR code is news once; the state it brings goes through the machine.
+            InboundEvent::Connection { qr: Some(qr), .. } => Some(format!("q:{qr}")),
+            InboundEvent::Connection { qr: None, .. } => None,
         }
     }
 }

@@ -22,6 +22,11 @@ pub enum EventType {
     /// `reason`); repeated identical reports raise nothing.
     #[serde(rename = "instance.status")]
     InstanceStatus,
+    /// A new QR code to scan for an instance waiting to be linked (`qr`: the
+    /// string the code encodes); each code once, however often the provider
+    /// re-sends it.
+    #[serde(rename = "instance.qr")]
+    InstanceQr,
     /// A webhook delivery used up its retry schedule (the seeds'
     /// `STATUS_FAILED_WEBHOOK_URL`: subscribe an endpoint to this type).
     #[serde(rename = "webhook.delivery_failed")]
@@ -29,11 +34,12 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 5] = [
+    pub const ALL: [EventType; 6] = [
         EventType::MessageStatus,
         EventType::MessageAckTimeout,
         EventType::MessageReceived,
         EventType::InstanceStatus,
+        EventType::InstanceQr,
         EventType::WebhookDeliveryFailed,
     ];
 
@@ -43,6 +49,7 @@ impl EventType {
             EventType::MessageAckTimeout => "message.ack_timeout",
             EventType::MessageReceived => "message.received",
             EventType::InstanceStatus => "instance.status",
+            EventType::InstanceQr => "instance.qr",
             EventType::WebhookDeliveryFailed => "webhook.delivery_failed",
         }
     }
@@ -82,6 +89,9 @@ pub struct StatusDetail {
     pub state: Option<crate::InstanceState>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_state: Option<crate::InstanceState>,
+    /// The QR code's string (`instance.qr`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qr: Option<String>,
     /// For `message.received`: the message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<ReceivedMessage>,

@@ -395,3 +395,39 @@ async fn a_crash_right_after_the_ingest_commit_still_delivers_the_status_webhook
     let r = post_waha(&s, &url, &key, &waha_ack(&pid, 3)).await;
     assert_eq!(r.json::<Value>().await.unwrap()["duplicates"], 1);
 }
+
+/// A QR code the provider shows (Evolution's `qrcode.updated`) reaches the
+/// tenant as `instance.qr` with the code, once however often it is re-sent,
+/// and moves the instance to `qr`.
+#[tokio::test]
+async fn a_new_qr_code_reaches_the_tenant_once_as_instance_qr() {
+    let (addr, sim) = zapgate_sim::start("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let s = Server::start(&[("ZAPGATE_WEBHOOK_ALLOW_PRIVATE", "true")]).await;
+    let pool = json!({"kind": "evolution", "name": "pool", "base_url": format!("http://{addr}"), "api_key": "k"});
+    assert_eq!(s.post(ADMIN, "/v1/providers", &pool).await.status(), 201);
+    let (_, token) = s.tenant("acme").await;
+    let (receiver, hook) = zapgate_sim::receiver::start().await.unwrap();
+    receiver.set_secret(&subscribe(&s, &token, &hook, &["instance.qr"]).await);
+    let r = s.post(&token, "/v1/instances", &json!({"name": "n", "provider": "evolution"})).await;
+    let ins = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+
+    // Asking for the QR makes the server show one, and say so by webhook.
+    let qr: Value = s.get(&token, &format!("/v1/instances/{ins}/qr")).await.json().await.unwrap();
+    let code = qr["qr"].as_str().unwrap().to_owned();
+    let got = receiver.wait_for(1, |d| d.event_type() == "instance.qr", WAIT).await;
+    assert_eq!(got[0].body["data"]["qr"], code.as_str(), "{:?}", got[0].body);
+    assert_eq!(got[0].body["data"]["instance_id"], ins.as_str());
+    assert!(got[0].verified);
+    let v: Value = s.get(&token, &format!("/v1/instances/{ins}")).await.json().await.unwrap();
+    assert_eq!(v["state"], "qr");
+
+    // The same code again: nothing new.
+    let again = zapgate_sim::evolution::envelope(
+        &ins,
+        "qrcode.updated",
+        json!({"qrcode": {"instance": ins, "pairingCode": null, "code": code, "base64": "data:image/png;base64,AA=="}}),
+    );
+    assert_eq!(sim.evolution_post(&ins, again).await, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.got().iter().filter(|d| d.event_type() == "instance.qr").count(), 1);
+}

@@ -165,7 +165,12 @@ async fn take_in(conn: &mut PgConnection, item: InboundItem, now: Timestamp) -> 
             Ok(InboundOutcome::Status(apply_status(conn, report).await?))
         }
         InboundEvent::Message(m) => receive(conn, &item.tenant_id, &item.instance_id, m, now).await,
-        InboundEvent::Connection { state, reason, policy } => {
+        InboundEvent::Connection { state, reason, policy, qr } => {
+            let (tenant, instance) = (item.tenant_id.as_str(), item.instance_id.as_str());
+            if let Some(qr) = qr {
+                let detail = StatusDetail { state: Some(state), qr: Some(qr), ..detail() };
+                insert_instance_event(conn, EventType::InstanceQr, tenant, instance, &detail, now).await?;
+            }
             // The row lock orders concurrent reports of one instance.
             let row = sqlx::query(
                 "SELECT state, state_reason, state_changed_at, state_changes FROM instances WHERE id = $1 FOR UPDATE",
@@ -191,7 +196,7 @@ async fn take_in(conn: &mut PgConnection, item: InboundItem, now: Timestamp) -> 
             .execute(&mut *conn)
             .await?;
             let detail = state_detail(previous, &next);
-            insert_instance_event(conn, item.tenant_id.as_str(), item.instance_id.as_str(), &detail, now).await?;
+            insert_instance_event(conn, EventType::InstanceStatus, tenant, instance, &detail, now).await?;
             Ok(InboundOutcome::Connection(next.state))
         }
     }

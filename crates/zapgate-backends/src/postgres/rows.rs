@@ -73,6 +73,7 @@ pub async fn insert_event(
 /// message, so its message id and status are '' and its chat_seq 0.
 pub async fn insert_instance_event(
     conn: &mut PgConnection,
+    kind: EventType,
     tenant: &str,
     instance: &str,
     detail: &StatusDetail,
@@ -86,7 +87,7 @@ pub async fn insert_instance_event(
     .bind(EventId::generate().as_str())
     .bind(tenant)
     .bind(instance)
-    .bind(EventType::InstanceStatus.as_str())
+    .bind(kind.as_str())
     .bind(serde_json::to_string(detail).expect("details serialise"))
     .bind(at.as_millis())
     .execute(conn)

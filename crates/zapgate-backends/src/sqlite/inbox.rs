@@ -147,7 +147,12 @@ fn take_in(conn: &Connection, item: InboundItem, now: Timestamp) -> Result<Inbou
             Ok(InboundOutcome::Status(apply_status(conn, report)?))
         }
         InboundEvent::Message(m) => receive(conn, &item.tenant_id, &item.instance_id, m, now),
-        InboundEvent::Connection { state, reason, policy } => {
+        InboundEvent::Connection { state, reason, policy, qr } => {
+            let (tenant, instance) = (item.tenant_id.as_str(), item.instance_id.as_str());
+            if let Some(qr) = qr {
+                let detail = StatusDetail { state: Some(state), qr: Some(qr), ..detail() };
+                insert_instance_event(conn, EventType::InstanceQr, tenant, instance, &detail, now)?;
+            }
             let current = one(
                 conn,
                 "SELECT state, state_reason, state_changed_at, state_changes FROM instances WHERE id = ?",
@@ -170,7 +175,7 @@ fn take_in(conn: &Connection, item: InboundItem, now: Timestamp) -> Result<Inbou
                 ],
             )?;
             let detail = state_detail(previous, &next);
-            insert_instance_event(conn, item.tenant_id.as_str(), item.instance_id.as_str(), &detail, now)?;
+            insert_instance_event(conn, EventType::InstanceStatus, tenant, instance, &detail, now)?;
             Ok(InboundOutcome::Connection(next.state))
         }
     }

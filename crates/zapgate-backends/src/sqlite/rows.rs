@@ -141,6 +141,7 @@ pub fn insert_event(
 /// id and status are '' and its chat_seq 0.
 pub fn insert_instance_event(
     conn: &Connection,
+    kind: EventType,
     tenant: &str,
     instance: &str,
     detail: &StatusDetail,
@@ -154,7 +155,7 @@ pub fn insert_instance_event(
             EventId::generate().as_str(),
             tenant,
             instance,
-            EventType::InstanceStatus.as_str(),
+            kind.as_str(),
             serde_json::to_string(detail).expect("details serialise"),
             at.as_millis(),
         ],

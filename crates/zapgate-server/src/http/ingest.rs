@@ -216,9 +216,11 @@ fn items(p: &dyn Provider, account: &IngestAccount, events: &[ProviderEvent], po
             ProviderEventKind::Message(m) => InboundEvent::Message(new_inbound(p, instance, m)),
             ProviderEventKind::Connection { state, reason } => {
                 let (state, reason) = state.machine_state(reason.as_deref());
-                InboundEvent::Connection { state, reason, policy }
+                InboundEvent::Connection { state, reason, policy, qr: None }
             }
-            ProviderEventKind::Qr { .. } => InboundEvent::Connection { state: InstanceState::Qr, reason: None, policy },
+            ProviderEventKind::Qr { raw } => {
+                InboundEvent::Connection { state: InstanceState::Qr, reason: None, policy, qr: raw.clone() }
+            }
         };
         out.items.push(InboundItem {
             tenant_id: instance.tenant_id.clone(),

@@ -152,6 +152,7 @@ pub async fn logout(
             state: zapgate_domain::InstanceState::LoggedOut,
             reason: Some("logged_out".into()),
             policy: s.config.flap_policy(),
+            qr: None,
         },
     };
     s.backends.inbox.ingest(vec![item], zapgate_domain::Timestamp::now()).await?;

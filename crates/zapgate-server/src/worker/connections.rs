@@ -191,7 +191,7 @@ async fn poll(w: &ConnectionWatch, instance: &InstanceRecord, provider: &dyn Pro
     let item = InboundItem {
         tenant_id: instance.tenant_id.clone(),
         instance_id: instance.id.clone(),
-        event: InboundEvent::Connection { state, reason, policy: w.flap },
+        event: InboundEvent::Connection { state, reason, policy: w.flap, qr: None },
     };
     match w.backends.inbox.ingest(vec![item], Timestamp::now()).await {
         Ok(outcomes) => {
