@@ -151,10 +151,15 @@ pub struct Location {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Reaction {
-    /// The message reacted to: a zapgate message id or a WhatsApp message id.
+    /// The message reacted to: a zapgate message id (`msg_…`, sent or
+    /// received) or a WhatsApp message id.
     pub message_id: String,
     /// One emoji; empty removes a reaction.
     pub emoji: String,
+    /// Whether the message reacted to was sent from this instance (set when
+    /// a zapgate id is resolved; providers that name messages by sender need it).
+    #[serde(skip)]
+    pub from_me: bool,
 }
 
 /// The content of a message. Stored and shown in the Cloud API wire shape.
@@ -182,6 +187,13 @@ impl MessageContent {
             | Self::Audio { audio: m }
             | Self::Document { document: m }
             | Self::Sticker { sticker: m } => Some(m),
+            _ => None,
+        }
+    }
+
+    pub fn reaction_mut(&mut self) -> Option<&mut Reaction> {
+        match self {
+            Self::Reaction { reaction } => Some(reaction),
             _ => None,
         }
     }

@@ -103,13 +103,13 @@ pub fn request(msg: &OutboundMessage) -> Result<(&'static str, Value), ProviderE
             body["address"] = json!(l.address.clone().unwrap_or_default());
             ("sendLocation", body)
         }
-        // On a received message (as the Cloud API's reactions): not from us.
+        // `fromMe`: whether the message reacted to was sent from this instance.
         MessageContent::Reaction { reaction: r } => {
             let remote_jid = match &msg.to {
                 ChatId::Phone(d) => format!("{d}@s.whatsapp.net"),
                 other => other.key(),
             };
-            let key = json!({"remoteJid": remote_jid, "fromMe": false, "id": r.message_id});
+            let key = json!({"remoteJid": remote_jid, "fromMe": r.from_me, "id": r.message_id});
             ("sendReaction", json!({"key": key, "reaction": r.emoji}))
         }
         other => return Err(unsupported(other.kind())),

@@ -192,7 +192,7 @@ pub fn request(session: &str, msg: &OutboundMessage) -> Result<(&'static str, Va
             let message_id = if r.message_id.contains('_') {
                 r.message_id.clone()
             } else {
-                format!("false_{chat_id}_{}", r.message_id)
+                format!("{}_{chat_id}_{}", r.from_me, r.message_id)
             };
             ("reaction", json!({"session": session, "messageId": message_id, "reaction": r.emoji}))
         }

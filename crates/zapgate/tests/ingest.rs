@@ -277,6 +277,35 @@ async fn receipts_and_inbound_flow_back(kind: &str) {
     };
     let asked = sim.received().into_iter().rev().find(|r| r.path == path).expect("asked to mark it read");
     assert_eq!(asked.body, body);
+
+    // Reactions name messages by zapgate id: the received one, and our own.
+    let sent = s.message(&token, &id).await;
+    let ours = sent["provider_message_id"].as_str().unwrap().to_owned();
+    for (target, wa_id, from_me) in [(got[0]["id"].as_str().unwrap(), wa.to_owned(), false), (id.as_str(), ours, true)]
+    {
+        let react = json!({"instance_id": ins, "to": "+5511988887777", "type": "reaction",
+            "reaction": {"message_id": target, "emoji": "👍"}});
+        let r = s.post(&token, "/v1/messages", &react).await;
+        assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+        let reaction = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+        s.wait_status(&token, &reaction, &["sent", "delivered", "read"], WAIT).await;
+        let (path, body) = match kind {
+            "waha" => {
+                let serialized =
+                    if wa_id.contains('_') { wa_id.clone() } else { format!("{from_me}_5511988887777@c.us_{wa_id}") };
+                ("/api/reaction".to_owned(), json!({"session": ins, "messageId": serialized, "reaction": "👍"}))
+            }
+            "evolution" => (
+                format!("/message/sendReaction/{ins}"),
+                json!({"key": {"remoteJid": "5511988887777@s.whatsapp.net",
+                "fromMe": from_me, "id": wa_id}, "reaction": "👍"}),
+            ),
+            _ => ("/message/react".to_owned(), json!({"number": "5511988887777", "text": "👍", "id": wa_id})),
+        };
+        let asked =
+            sim.received().into_iter().rev().find(|r| r.path == path).expect("the reaction reached the provider");
+        assert_eq!(asked.body, body, "reacting to {target}");
+    }
 }
 
 #[tokio::test]

@@ -73,8 +73,9 @@ struct Known {
 
 impl Known {
     fn note(&mut self, instances: &[(InstanceRecord, Arc<dyn Provider>)]) {
-        self.backoff.retain(|id, _| instances.iter().any(|(i, _)| &i.id == id));
-        self.linked.retain(|id| instances.iter().any(|(i, _)| &i.id == id));
+        let live: HashSet<&InstanceId> = instances.iter().map(|(i, _)| &i.id).collect();
+        self.backoff.retain(|id, _| live.contains(id));
+        self.linked.retain(|id| live.contains(id));
         for (i, _) in instances {
             match i.state {
                 // Only a connection that came back starts the backoff over:

@@ -272,10 +272,13 @@ async fn attempt(ctx: &WorkerCtx, target: &Target, msg: &MessageRecord) -> SendR
             message: format!("this process has no provider {:?}", instance.provider),
         };
     };
-    let (content, upload) = match with_media(ctx, provider, msg).await {
+    let (mut content, upload) = match with_media(ctx, provider, msg).await {
         Ok(resolved) => resolved,
         Err(result) => return result,
     };
+    if let Err(result) = resolve_reaction(ctx, msg, &mut content).await {
+        return result;
+    }
     let out = OutboundMessage {
         message_id: msg.id.clone(),
         instance_id: instance.id.clone(),
@@ -389,6 +392,38 @@ async fn with_media(
     media.link = link;
     media.id = None;
     Ok((content, None))
+}
+
+/// A reaction naming a zapgate message (`msg_…`) names it as the provider
+/// knows it: a received message by its WhatsApp id, a sent one by the id the
+/// provider gave it (it must have been sent). WhatsApp ids pass as given.
+async fn resolve_reaction(
+    ctx: &WorkerCtx,
+    msg: &MessageRecord,
+    content: &mut zapgate_domain::MessageContent,
+) -> Result<(), SendResult> {
+    let Some(reaction) = content.reaction_mut() else { return Ok(()) };
+    let Some(target) = zapgate_domain::MessageId::parse(&reaction.message_id) else { return Ok(()) };
+    let store_hiccup = |e: zapgate_backends::StoreError| {
+        wait_unspent(ctx.retry.base, "store_unavailable", format!("reading the message reacted to: {e}"))
+    };
+    if let Some(inbound) = ctx.backends.inbox.get_inbound(&msg.tenant_id, &target).await.map_err(store_hiccup)? {
+        reaction.message_id = inbound.message.wa_message_id;
+        reaction.from_me = inbound.message.from_me;
+        return Ok(());
+    }
+    let sent = ctx.backends.store.get_message(&msg.tenant_id, &target).await.map_err(store_hiccup)?;
+    match sent.and_then(|m| m.provider_message_id) {
+        Some(provider_id) => {
+            reaction.message_id = provider_id;
+            reaction.from_me = true;
+            Ok(())
+        }
+        None => Err(SendResult::Failed {
+            code: "reaction_target_unknown".into(),
+            message: format!("{target} is not a message of this tenant that was sent or received"),
+        }),
+    }
 }
 
 /// How long `msg`'s recipient must wait for its next message; None: now.
