@@ -64,8 +64,14 @@ pub struct TokenHash(pub [u8; 32]);
 impl TokenHash {
     /// Comparison whose time does not depend on where the inputs differ.
     pub fn ct_eq(&self, other: &TokenHash) -> bool {
-        self.0.iter().zip(other.0.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        constant_time_eq(&self.0, &other.0)
     }
+}
+
+/// Whether `a` and `b` are equal, in a time that depends on their lengths
+/// only, not on where they differ: for comparing secrets a caller presents.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl fmt::Debug for TokenHash {

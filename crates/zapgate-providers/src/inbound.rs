@@ -177,14 +177,10 @@ impl WebhookAuth {
             }
             WebhookAuth::Token => {
                 let given = req.token.or_else(|| header("x-webhook-token")).unwrap_or_default();
-                constant_time_eq(given.as_bytes(), secret.as_bytes())
+                zapgate_domain::token::constant_time_eq(given.as_bytes(), secret.as_bytes())
             }
         }
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

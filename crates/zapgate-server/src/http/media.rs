@@ -146,8 +146,7 @@ pub async fn public_download(
     let rec = record(&s, &tenant, &id).await?;
     let expected = link_token(&rec).ok_or_else(not_found)?;
     // Constant time: a timing difference must not reveal the token digit by digit.
-    let same = expected.len() == token.len()
-        && expected.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    let same = zapgate_domain::token::constant_time_eq(expected.as_bytes(), token.as_bytes());
     if !same || rec.status != MediaStatus::Stored {
         return Err(not_found());
     }
