@@ -210,10 +210,7 @@ impl Provider for CloudApi {
     }
 
     async fn send(&self, msg: &OutboundMessage) -> Result<SendAccepted, ProviderError> {
-        let cfg: CloudApiConfig = serde_json::from_value(msg.config.clone()).map_err(|e| ProviderError::Rejected {
-            code: "bad_config".into(),
-            message: format!("the instance's Cloud API settings are invalid: {e}"),
-        })?;
+        let cfg = settings(&msg.config)?;
         let uploaded;
         let msg = match &msg.upload {
             // Media sent by zapgate id: uploaded to Meta first, sent by Meta's id.
@@ -229,10 +226,8 @@ impl Provider for CloudApi {
             }
             None => msg,
         };
-        let url = format!("{}/{}/{}/messages", cfg.base_url, cfg.api_version, cfg.phone_number_id);
-        let req = self.http.post(url).bearer_auth(&cfg.access_token).json(&request_body(msg)?);
+        let req = self.http.post(number_url(&cfg, "messages")).bearer_auth(&cfg.access_token).json(&request_body(msg)?);
         let answer = crate::http::send(req).await?;
-        let (status, retry_after) = (answer.status, answer.retry_after);
         if answer.ok() {
             let ok: Accepted = serde_json::from_slice(&answer.body).map_err(|e| ProviderError::Unavailable {
                 code: "bad_response".into(),
@@ -249,7 +244,7 @@ impl Provider for CloudApi {
                 wa_id: ok.contacts.into_iter().next().and_then(|c| c.wa_id),
             });
         }
-        Err(graph_failure(&answer, status, retry_after))
+        Err(graph_failure(&answer))
     }
 
     fn uploads_media(&self) -> bool {
@@ -259,18 +254,11 @@ impl Provider for CloudApi {
     /// `{"messaging_product":"whatsapp","status":"read","message_id"}` to
     /// the number's messages endpoint (Meta answers `{"success":true}`).
     async fn mark_read(&self, config: &Value, _chat: &ChatId, wa_message_id: &str) -> Result<(), ProviderError> {
-        let cfg: CloudApiConfig = serde_json::from_value(config.clone()).map_err(|e| ProviderError::Rejected {
-            code: "bad_config".into(),
-            message: format!("the instance's Cloud API settings are invalid: {e}"),
-        })?;
-        let url = format!("{}/{}/{}/messages", cfg.base_url, cfg.api_version, cfg.phone_number_id);
+        let cfg = settings(config)?;
         let body = json!({"messaging_product": "whatsapp", "status": "read", "message_id": wa_message_id});
-        let answer = crate::http::send(self.http.post(url).bearer_auth(&cfg.access_token).json(&body)).await?;
-        if answer.ok() {
-            return Ok(());
-        }
-        let (status, retry_after) = (answer.status, answer.retry_after);
-        Err(graph_failure(&answer, status, retry_after))
+        let req = self.http.post(number_url(&cfg, "messages")).bearer_auth(&cfg.access_token).json(&body);
+        let answer = crate::http::send(req).await?;
+        if answer.ok() { Ok(()) } else { Err(graph_failure(&answer)) }
     }
 }
 
@@ -278,7 +266,6 @@ impl CloudApi {
     /// `POST /{version}/{phone_number_id}/media` (multipart: `messaging_product`,
     /// `type`, `file`) → Meta's media id.
     async fn upload(&self, cfg: &CloudApiConfig, upload: &crate::MediaUpload) -> Result<String, ProviderError> {
-        let url = format!("{}/{}/{}/media", cfg.base_url, cfg.api_version, cfg.phone_number_id);
         let part = reqwest::multipart::Part::bytes(upload.bytes.clone())
             .file_name(upload.filename.clone().unwrap_or_else(|| "file".into()))
             .mime_str(&upload.mime_type)
@@ -287,10 +274,10 @@ impl CloudApi {
             .text("messaging_product", "whatsapp")
             .text("type", upload.mime_type.clone())
             .part("file", part);
-        let answer = crate::http::send(self.http.post(url).bearer_auth(&cfg.access_token).multipart(form)).await?;
+        let req = self.http.post(number_url(cfg, "media")).bearer_auth(&cfg.access_token).multipart(form);
+        let answer = crate::http::send(req).await?;
         if !answer.ok() {
-            let (status, retry_after) = (answer.status, answer.retry_after);
-            return Err(graph_failure(&answer, status, retry_after));
+            return Err(graph_failure(&answer));
         }
         answer.json()["id"].as_str().map(str::to_owned).ok_or_else(|| ProviderError::Unavailable {
             code: "bad_response".into(),
@@ -300,8 +287,22 @@ impl CloudApi {
     }
 }
 
+/// The instance's Cloud API settings, as `check_config` kept them.
+fn settings(config: &Value) -> Result<CloudApiConfig, ProviderError> {
+    serde_json::from_value(config.clone()).map_err(|e| ProviderError::Rejected {
+        code: "bad_config".into(),
+        message: format!("the instance's Cloud API settings are invalid: {e}"),
+    })
+}
+
+/// `{base_url}/{api_version}/{phone_number_id}/{edge}` (`messages`, `media`).
+fn number_url(cfg: &CloudApiConfig, edge: &str) -> String {
+    format!("{}/{}/{}/{edge}", cfg.base_url, cfg.api_version, cfg.phone_number_id)
+}
+
 /// The error a Graph API answer that is not 2xx means.
-fn graph_failure(answer: &crate::http::Answer, status: u16, retry_after: Option<Duration>) -> ProviderError {
+fn graph_failure(answer: &crate::http::Answer) -> ProviderError {
+    let (status, retry_after) = (answer.status, answer.retry_after);
     match serde_json::from_slice::<ErrorEnvelope>(&answer.body) {
         Ok(e) => {
             let message = match e.error.error_subcode {

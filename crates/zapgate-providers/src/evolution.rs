@@ -67,6 +67,15 @@ pub fn check_config(config: &Value) -> Result<Value, String> {
     Ok(serde_json::to_value(c).expect("serialisable"))
 }
 
+/// How Evolution names a chat in a message key: `{digits}@s.whatsapp.net`
+/// for a phone, the JID otherwise.
+fn remote_jid(chat: &ChatId) -> String {
+    match chat {
+        ChatId::Phone(d) => format!("{d}@s.whatsapp.net"),
+        other => other.key(),
+    }
+}
+
 /// The route and body Evolution expects for one message.
 pub fn request(msg: &OutboundMessage) -> Result<(&'static str, Value), ProviderError> {
     // Evolution takes digits or a JID (groups, LIDs) in `number`.
@@ -105,11 +114,7 @@ pub fn request(msg: &OutboundMessage) -> Result<(&'static str, Value), ProviderE
         }
         // `fromMe`: whether the message reacted to was sent from this instance.
         MessageContent::Reaction { reaction: r } => {
-            let remote_jid = match &msg.to {
-                ChatId::Phone(d) => format!("{d}@s.whatsapp.net"),
-                other => other.key(),
-            };
-            let key = json!({"remoteJid": remote_jid, "fromMe": r.from_me, "id": r.message_id});
+            let key = json!({"remoteJid": remote_jid(&msg.to), "fromMe": r.from_me, "id": r.message_id});
             ("sendReaction", json!({"key": key, "reaction": r.emoji}))
         }
         other => return Err(unsupported(other.kind())),
@@ -482,11 +487,7 @@ impl Provider for Evolution {
     /// `POST /chat/markMessageAsRead/{instance} {"readMessages":[{"remoteJid","fromMe":false,"id"}]}`.
     async fn mark_read(&self, config: &Value, chat: &ChatId, wa_message_id: &str) -> Result<(), ProviderError> {
         let cfg = settings(config)?;
-        let remote_jid = match chat {
-            ChatId::Phone(d) => format!("{d}@s.whatsapp.net"),
-            other => other.key(),
-        };
-        let body = json!({"readMessages": [{"remoteJid": remote_jid, "fromMe": false, "id": wa_message_id}]});
+        let body = json!({"readMessages": [{"remoteJid": remote_jid(chat), "fromMe": false, "id": wa_message_id}]});
         let req = self.request(&cfg, Method::POST, &["chat", "markMessageAsRead", &cfg.instance])?.json(&body);
         let answer = crate::http::send(req).await?;
         if answer.ok() { Ok(()) } else { Err(failure(&answer)) }
@@ -496,9 +497,8 @@ impl Provider for Evolution {
     /// `{"instance":{"state":"open"}}` once linked.
     async fn pairing_code(&self, config: &Value, phone: &str) -> Result<String, ProviderError> {
         let cfg = settings(config)?;
-        let url = crate::http::url(&cfg.base_url, &["instance", "connect", &cfg.instance], &[("number", phone)])?;
-        let req = self.http.request(Method::GET, url).header("apikey", &cfg.api_key);
-        let answer = crate::http::send(req).await?;
+        let path = ["instance", "connect", cfg.instance.as_str()];
+        let answer = crate::http::send(self.request_with(&cfg, Method::GET, &path, &[("number", phone)])?).await?;
         if !answer.ok() {
             return Err(failure(&answer));
         }
@@ -541,7 +541,18 @@ impl Evolution {
         method: Method,
         segments: &[&str],
     ) -> Result<reqwest::RequestBuilder, ProviderError> {
-        Ok(self.http.request(method, crate::http::url(&cfg.base_url, segments, &[])?).header("apikey", &cfg.api_key))
+        self.request_with(cfg, method, segments, &[])
+    }
+
+    /// [`Evolution::request`] with a query string.
+    fn request_with(
+        &self,
+        cfg: &EvolutionConfig,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, &str)],
+    ) -> Result<reqwest::RequestBuilder, ProviderError> {
+        Ok(self.http.request(method, crate::http::url(&cfg.base_url, segments, query)?).header("apikey", &cfg.api_key))
     }
 }
 

@@ -133,12 +133,17 @@ fn mimetype(link: &str, fallback: &str) -> String {
     known.to_owned()
 }
 
-/// The route and body WAHA expects for one message.
-pub fn request(session: &str, msg: &OutboundMessage) -> Result<(&'static str, Value), ProviderError> {
-    let chat_id = match &msg.to {
+/// How WAHA names a chat: `{digits}@c.us` for a phone, the JID otherwise.
+fn chat_id(chat: &ChatId) -> String {
+    match chat {
         ChatId::Phone(d) => format!("{d}@c.us"),
         other => other.key(),
-    };
+    }
+}
+
+/// The route and body WAHA expects for one message.
+pub fn request(session: &str, msg: &OutboundMessage) -> Result<(&'static str, Value), ProviderError> {
+    let chat_id = chat_id(&msg.to);
     let file = |link: &str, filename: &Option<String>, fallback: &str| {
         let mut f = json!({"url": link, "mimetype": mimetype(link, fallback)});
         if let Some(n) = filename {
@@ -577,10 +582,7 @@ impl Provider for Waha {
     /// message as WAHA names it, `false_{chat}_{id}`).
     async fn mark_read(&self, config: &Value, chat: &ChatId, wa_message_id: &str) -> Result<(), ProviderError> {
         let cfg = settings(config)?;
-        let chat_id = match chat {
-            ChatId::Phone(d) => format!("{d}@c.us"),
-            other => other.key(),
-        };
+        let chat_id = chat_id(chat);
         let id = if wa_message_id.contains('_') {
             wa_message_id.to_owned()
         } else {
