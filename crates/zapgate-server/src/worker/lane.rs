@@ -383,7 +383,7 @@ async fn with_media(
             m.filename = rec.filename.clone();
         }
         let mime_type = rec.mime_type.clone().unwrap_or_else(|| "application/octet-stream".into());
-        return Ok((content, Some(MediaUpload { bytes: bytes.to_vec(), mime_type, filename: rec.filename })));
+        return Ok((content, Some(MediaUpload { bytes, mime_type, filename: rec.filename })));
     }
     let Some(base) = ctx.media_base.get() else {
         return Err(wait_unspent(ctx.retry.base, "starting", "zapgate is still starting".into()));
