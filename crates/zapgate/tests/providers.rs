@@ -44,6 +44,11 @@ async fn link_by_qr_of(s: &Server, token: &str, instance: &str, raw: bool) {
         assert!(qr["qr"].is_null(), "{qr}");
     }
     assert!(qr["image"].as_str().unwrap().starts_with("data:image/png;base64,"), "{qr}");
+    wait_connected(s, token, instance).await;
+}
+
+/// Waits until the provider reports the instance connected.
+async fn wait_connected(s: &Server, token: &str, instance: &str) {
     let deadline = std::time::Instant::now() + WAIT;
     while connection(s, token, instance).await["state"] != "connected" {
         assert!(std::time::Instant::now() < deadline, "never connected: {}", connection(s, token, instance).await);
@@ -674,11 +679,7 @@ async fn pairing_code(p: Pooled) {
             sim.received().into_iter().rev().find(|r| r.path.contains("request-code") || r.path.contains("connect"));
         assert!(asked.expect("asked").body.to_string().contains("5511999998888"));
     }
-    let deadline = std::time::Instant::now() + WAIT;
-    while connection(&s, &token, &ins).await["state"] != "connected" {
-        assert!(std::time::Instant::now() < deadline, "never linked: {}", connection(&s, &token, &ins).await);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_connected(&s, &token, &ins).await;
     let r = s.post(&token, &path, &json!({"phone": "+5511999998888"})).await;
     assert_eq!(r.status(), 409);
     assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "not_waiting_for_qr");
