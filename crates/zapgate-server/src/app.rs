@@ -292,6 +292,7 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
         Some(l) => l.local_addr()?,
         None => addr,
     };
+    let public_base = ingest_base_url(&config, ingest_addr);
     let state = AppState {
         backends,
         providers,
@@ -301,10 +302,10 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
         work: signal,
         egress,
         queue_depth,
-        ingest: Arc::new(http::ingest::IngestAccounts::new(ingest_base_url(&config, ingest_addr))),
+        ingest: Arc::new(http::ingest::IngestAccounts::new(public_base.clone())),
     };
     // Providers fetch media sent by id where they post their webhooks.
-    let _ = media_base.set(ingest_base_url(&config, ingest_addr));
+    let _ = media_base.set(public_base);
     if let Some(listener) = own_ingest {
         let at = listener.local_addr()?;
         tracing::info!(addr = %at, "provider webhooks on http://{at}/providers/{{kind}}/{{account}}/webhook");
