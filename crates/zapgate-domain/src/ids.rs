@@ -38,6 +38,23 @@ macro_rules! id_type {
             pub fn as_str(&self) -> &str {
                 &self.0
             }
+
+            /// The id as a Graph API id: the UUID as a decimal digit string
+            /// (what Cloud API clients expect of phone number and media ids).
+            /// A bijection, so nothing maps it back but [`Self::from_graph`].
+            pub fn to_graph(&self) -> String {
+                let hex = &self.0[$prefix.len()..];
+                u128::from_str_radix(hex, 16).map(|n| n.to_string()).unwrap_or_default()
+            }
+
+            /// The id a [`Self::to_graph`] digit string stands for.
+            pub fn from_graph(s: &str) -> Option<Self> {
+                if s.is_empty() || s.len() > 39 || !s.bytes().all(|b| b.is_ascii_digit()) {
+                    return None;
+                }
+                let n: u128 = s.parse().ok()?;
+                Some(Self(format!("{}{n:032x}", $prefix)))
+            }
         }
 
         impl fmt::Display for $name {
@@ -82,6 +99,19 @@ id_type!(
     /// One event owed to one webhook endpoint (with all its attempts).
     DeliveryId, "dlv_");
 
+impl MessageId {
+    /// The id as a Cloud API message id (`wamid.…`): what the Cloud API
+    /// facade answers a send with and names the message by in its webhooks.
+    pub fn to_wamid(&self) -> String {
+        format!("wamid.{}", self.0)
+    }
+
+    /// The message a [`Self::to_wamid`] id names (a bare `msg_…` id too).
+    pub fn from_wamid(s: &str) -> Option<Self> {
+        Self::parse(s.strip_prefix("wamid.").unwrap_or(s))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,6 +122,26 @@ mod tests {
         let b = MessageId::generate();
         assert_eq!(MessageId::parse(a.as_str()), Some(a.clone()));
         assert!(a < b);
+    }
+
+    #[test]
+    fn graph_ids_are_digits_and_map_back() {
+        let a = InstanceId::generate();
+        let g = a.to_graph();
+        assert!(g.bytes().all(|b| b.is_ascii_digit()), "{g}");
+        assert_eq!(InstanceId::from_graph(&g), Some(a));
+        assert_eq!(MediaId::from_graph("12"), MediaId::parse("med_0000000000000000000000000000000c"));
+        for bad in ["", "12a", "-1", "1000000000000000000000000000000000000000"] {
+            assert_eq!(InstanceId::from_graph(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn wamids_name_the_message() {
+        let m = MessageId::generate();
+        assert_eq!(MessageId::from_wamid(&m.to_wamid()), Some(m.clone()));
+        assert_eq!(MessageId::from_wamid(m.as_str()), Some(m));
+        assert_eq!(MessageId::from_wamid("wamid.HBgLNTUxMTk5OTk5"), None);
     }
 
     #[test]

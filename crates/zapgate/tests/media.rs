@@ -192,6 +192,17 @@ async fn uploads_round_trip_and_bad_ones_are_refused() {
     assert_eq!(code(empty).await, (400, "empty_body".to_owned()));
     let anonymous = s.http.post(s.url("/v1/media")).header("content-type", "image/png").body("x").send().await.unwrap();
     assert_eq!(anonymous.status(), 401);
+
+    // Deleted: the bytes and the record go, for its tenant only.
+    let bytes_at = s.dir.path().join("data/media").join(id);
+    assert!(bytes_at.exists(), "kept in the data dir's media store");
+    let (_, other) = s.tenant("globex").await;
+    let r = s.http.delete(s.url(&format!("/v1/media/{id}"))).bearer_auth(&other).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    let r = s.http.delete(s.url(&format!("/v1/media/{id}"))).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(s.get(&token, &format!("/v1/media/{id}")).await.status(), 404);
+    assert!(!bytes_at.exists(), "the bytes are gone too");
 }
 
 /// Media uploaded to zapgate is sent by `id`, as on the Cloud API: the

@@ -23,7 +23,7 @@ use utoipa::{Modify, OpenApi};
         super::webhooks::create, super::webhooks::list, super::webhooks::get, super::webhooks::update,
         super::webhooks::delete, super::webhooks::secret, super::webhooks::rotate_secret, super::webhooks::deliveries,
         super::webhooks::delivery, super::webhooks::replay, super::webhooks::replay_failed,
-        super::media::upload, super::media::download, super::media::info,
+        super::media::upload, super::media::download, super::media::info, super::media::delete,
         super::inbound::list, super::inbound::get, super::inbound::mark_read,
         super::ingest::receive, super::ingest::handshake,
     ),

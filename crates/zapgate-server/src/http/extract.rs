@@ -61,7 +61,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
     }
 }
 
-fn bearer(parts: &Parts) -> Result<ApiToken, ApiError> {
+pub(super) fn bearer(parts: &Parts) -> Result<ApiToken, ApiError> {
     let value = parts
         .headers
         .get(axum::http::header::AUTHORIZATION)
@@ -82,42 +82,48 @@ impl FromRequestParts<AppState> for TenantAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let hash = bearer(parts)?.hash();
-        if hash.ct_eq(&state.admin_hash) {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "tenant_token_required",
-                "this route acts for a tenant: use a tenant token, not the admin token",
-            ));
-        }
-        let tenant = match state.tokens.get(&hash) {
-            Some(t) => t,
-            None => {
-                let generation = state.tokens.generation();
-                let t = state
-                    .backends
-                    .store
-                    .tenant_for_token(&hash)
-                    .await?
-                    .ok_or_else(|| ApiError::unauthorized("unknown or revoked token"))?;
-                state.tokens.put(hash, t.clone(), generation);
-                t
-            }
-        };
-        let limit = state.config.tenant_rate_limit;
-        if limit > 0 {
-            let key = format!("api:{tenant}");
-            if let Err(t) = state.backends.rate_limiter.check(&key, limit, limit.saturating_mul(2)).await {
-                return Err(ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
-                    format!("more than {limit} requests per second for this tenant"),
-                )
-                .with_retry_after(t.retry_after));
-            }
-        }
-        Ok(TenantAuth(tenant))
+        Ok(TenantAuth(tenant_for(state, bearer(parts)?).await?))
     }
+}
+
+/// The tenant a presented token belongs to, with the per-tenant rate limit
+/// applied: the one check behind every tenant route, native or facade.
+pub async fn tenant_for(state: &AppState, token: ApiToken) -> Result<TenantId, ApiError> {
+    let hash = token.hash();
+    if hash.ct_eq(&state.admin_hash) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "tenant_token_required",
+            "this route acts for a tenant: use a tenant token, not the admin token",
+        ));
+    }
+    let tenant = match state.tokens.get(&hash) {
+        Some(t) => t,
+        None => {
+            let generation = state.tokens.generation();
+            let t = state
+                .backends
+                .store
+                .tenant_for_token(&hash)
+                .await?
+                .ok_or_else(|| ApiError::unauthorized("unknown or revoked token"))?;
+            state.tokens.put(hash, t.clone(), generation);
+            t
+        }
+    };
+    let limit = state.config.tenant_rate_limit;
+    if limit > 0 {
+        let key = format!("api:{tenant}");
+        if let Err(t) = state.backends.rate_limiter.check(&key, limit, limit.saturating_mul(2)).await {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("more than {limit} requests per second for this tenant"),
+            )
+            .with_retry_after(t.retry_after));
+        }
+    }
+    Ok(tenant)
 }
 
 /// Proof that the request carries the super-admin token.

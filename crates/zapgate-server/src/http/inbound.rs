@@ -83,10 +83,16 @@ pub async fn mark_read(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<axum::http::StatusCode> {
-    let id = message_id(&id)?;
-    let found = s.backends.inbox.get_inbound(&tenant, &id).await?.ok_or_else(|| ApiError::not_found("message"))?;
-    let chat = ChatId::parse(&found.message.chat).map_err(|_| ApiError::not_found("message"))?;
-    let (rec, provider) = super::sessions::instance_and_provider(&s, &tenant, found.instance_id.as_str()).await?;
-    super::sessions::call(provider.mark_read(&rec.provider_config, &chat, &found.message.wa_message_id)).await?;
+    read(&s, &tenant, &message_id(&id)?).await?;
     Ok(axum::http::StatusCode::NO_CONTENT)
+}
+
+/// Marks the tenant's received message `id` read at its provider (also the
+/// Cloud API facade's `status: "read"`).
+pub(super) async fn read(s: &AppState, tenant: &zapgate_domain::TenantId, id: &MessageId) -> ApiResult<()> {
+    let found = s.backends.inbox.get_inbound(tenant, id).await?.ok_or_else(|| ApiError::not_found("message"))?;
+    let chat = ChatId::parse(&found.message.chat).map_err(|_| ApiError::not_found("message"))?;
+    let (rec, provider) = super::sessions::instance_and_provider(s, tenant, found.instance_id.as_str()).await?;
+    super::sessions::call(provider.mark_read(&rec.provider_config, &chat, &found.message.wa_message_id)).await?;
+    Ok(())
 }

@@ -66,6 +66,11 @@ impl IngestAccounts {
         Self { base_url, cached: Mutex::default() }
     }
 
+    /// Where providers (and media links) reach zapgate.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
     /// The webhook target of a provider account (None: unknown account, or a
     /// kind without webhooks). Makes the account's secret on first use.
     pub async fn target(&self, s: &AppState, kind: &str, account: &str) -> ApiResult<Option<WebhookTarget>> {

@@ -49,22 +49,41 @@ pub async fn upload(
             )
         })?;
     let max = s.config.media_max_bytes;
-    let bytes = axum::body::to_bytes(body, usize::try_from(max).unwrap_or(usize::MAX)).await.map_err(|_| {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("media is limited to {max} bytes"))
-    })?;
+    let bytes =
+        axum::body::to_bytes(body, usize::try_from(max).unwrap_or(usize::MAX)).await.map_err(|_| too_large(max))?;
+    let rec = store_upload(&s, tenant, bytes.to_vec(), mime, q.filename).await?;
+    Ok((StatusCode::CREATED, Json(rec)))
+}
+
+pub(super) fn too_large(max: u64) -> ApiError {
+    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("media is limited to {max} bytes"))
+}
+
+fn store_unavailable() -> ApiError {
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "media_store_unavailable", "the media store is unavailable")
+        .with_retry_after(Duration::from_secs(5))
+}
+
+/// Keeps an upload (here or through the Cloud API facade): the bytes first,
+/// then the record, so a record never names bytes that are not there.
+pub(super) async fn store_upload(
+    s: &AppState,
+    tenant: TenantId,
+    bytes: Vec<u8>,
+    mime: String,
+    filename: Option<String>,
+) -> ApiResult<MediaRecord> {
     if bytes.is_empty() {
-        return Err(ApiError::bad_request("empty_body", "the body is empty"));
+        return Err(ApiError::bad_request("empty_body", "the file is empty"));
     }
-    let filename = q.filename.map(|f| f.trim().to_owned()).filter(|f| !f.is_empty());
+    let filename = filename.map(|f| f.trim().to_owned()).filter(|f| !f.is_empty());
     if filename.as_ref().is_some_and(|f| f.len() > 255 || f.chars().any(char::is_control)) {
         return Err(ApiError::bad_request("invalid_query", "filename is not valid"));
     }
     let id = MediaId::generate();
-    // Bytes first: a record never names bytes that are not there.
     s.backends.media.put(id.as_str(), &bytes).await.map_err(|e| {
         tracing::error!(error = %e, "storing uploaded media failed");
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "media_store_unavailable", "the media store is unavailable")
-            .with_retry_after(Duration::from_secs(5))
+        store_unavailable()
     })?;
     let new = NewMedia {
         id,
@@ -75,15 +94,38 @@ pub async fn upload(
         filename,
         state: NewMediaState::Stored { size: bytes.len() as u64, sha256: hex::encode(Sha256::digest(&bytes)) },
     };
-    let rec = s.backends.media_index.add_media(new, Timestamp::now()).await?;
-    Ok((StatusCode::CREATED, Json(rec)))
+    Ok(s.backends.media_index.add_media(new, Timestamp::now()).await?)
+}
+
+/// Deletes media: its bytes, then its record (a record never names bytes
+/// that are gone). Messages already sent with it are not affected.
+#[utoipa::path(delete, path = "/v1/media/{media_id}", tag = "media", security(("tenant" = [])),
+    params(("media_id" = String, Path)),
+    responses((status = 204), (status = 404, body = super::error::ErrorBody)))]
+pub async fn delete(
+    TenantAuth(tenant): TenantAuth,
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let rec = record(&s, &tenant, &id).await?;
+    forget(&s, &rec).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(super) async fn forget(s: &AppState, rec: &MediaRecord) -> ApiResult<()> {
+    s.backends.media.delete(rec.id.as_str()).await.map_err(|e| {
+        tracing::error!(media = %rec.id, error = %e, "deleting media failed");
+        store_unavailable()
+    })?;
+    s.backends.media_index.forget_media(std::slice::from_ref(&rec.id)).await?;
+    Ok(())
 }
 
 fn media_id(raw: &str) -> ApiResult<MediaId> {
     MediaId::parse(raw).ok_or_else(|| ApiError::not_found("media"))
 }
 
-async fn record(s: &AppState, tenant: &TenantId, raw: &str) -> ApiResult<MediaRecord> {
+pub(super) async fn record(s: &AppState, tenant: &TenantId, raw: &str) -> ApiResult<MediaRecord> {
     let id = media_id(raw)?;
     s.backends.media_index.get_media(tenant, &id).await?.ok_or_else(|| ApiError::not_found("media"))
 }
@@ -153,7 +195,7 @@ pub async fn public_download(
     serve(&s, rec).await
 }
 
-async fn serve(s: &AppState, rec: MediaRecord) -> ApiResult<Response> {
+pub(super) async fn serve(s: &AppState, rec: MediaRecord) -> ApiResult<Response> {
     match rec.status {
         MediaStatus::Pending => {
             return Err(ApiError::new(StatusCode::CONFLICT, "media_pending", "the media is still being fetched")
@@ -171,8 +213,7 @@ async fn serve(s: &AppState, rec: MediaRecord) -> ApiResult<Response> {
     }
     let bytes = s.backends.media.get(rec.id.as_str()).await.map_err(|e| {
         tracing::error!(media = %rec.id, error = %e, "reading media failed");
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "media_store_unavailable", "the media store is unavailable")
-            .with_retry_after(Duration::from_secs(5))
+        store_unavailable()
     })?;
     let Some(bytes) = bytes else {
         return Err(ApiError::new(StatusCode::GONE, "media_gone", "the media has been purged"));

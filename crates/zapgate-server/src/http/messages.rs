@@ -151,7 +151,7 @@ impl Drop for KeyClaim {
     }
 }
 
-fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
+pub(super) fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
     let Some(v) = headers.get("idempotency-key") else {
         return Ok(None);
     };
@@ -187,8 +187,21 @@ pub async fn send(
     TenantAuth(tenant): TenantAuth,
     State(s): State<AppState>,
     headers: HeaderMap,
-    ApiJson(mut body): ApiJson<Map<String, Value>>,
+    ApiJson(body): ApiJson<Map<String, Value>>,
 ) -> ApiResult<(StatusCode, Json<MessageAccepted>)> {
+    let accepted = accept(&s, tenant, idempotency_key(&headers)?, body).await?;
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
+}
+
+/// The accept path shared by `POST /v1/messages` and the Cloud API facade:
+/// back-pressure, template expansion, parsing, the media check, the
+/// Idempotency-Key claim, and the durable write. `Ok` only after COMMIT.
+pub(super) async fn accept(
+    s: &AppState,
+    tenant: TenantId,
+    key: Option<String>,
+    mut body: Map<String, Value>,
+) -> ApiResult<MessageAccepted> {
     let now = Timestamp::now();
     let depth = s.queue_depth.total.load(std::sync::atomic::Ordering::Relaxed);
     if depth > s.config.max_queue_depth {
@@ -205,10 +218,9 @@ pub async fn send(
             format!("your oldest waiting message has waited more than {lag}"),
         ));
     }
-    let key = idempotency_key(&headers)?;
-    super::templates::expand(&s, &tenant, &mut body).await?;
+    super::templates::expand(s, &tenant, &mut body).await?;
     let request = parse_send(body, now)?;
-    check_media(&s, &tenant, &request).await?;
+    check_media(s, &tenant, &request).await?;
     let claim = match &key {
         Some(k) => Some(KeyClaim::take(&s.backends.locks, &tenant, k).await.ok_or_else(|| {
             ApiError::new(
@@ -238,8 +250,7 @@ pub async fn send(
         claim.release().await;
     }
     match accepted?? {
-        Accepted::New { id, status } => Ok((StatusCode::ACCEPTED, Json(MessageAccepted { id, status }))),
-        Accepted::Replayed { id, status } => Ok((StatusCode::ACCEPTED, Json(MessageAccepted { id, status }))),
+        Accepted::New { id, status } | Accepted::Replayed { id, status } => Ok(MessageAccepted { id, status }),
         Accepted::KeyReused => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "idempotency_key_reused",

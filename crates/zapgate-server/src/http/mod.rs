@@ -7,6 +7,7 @@ pub mod dead_letters;
 pub mod docs;
 pub mod error;
 pub mod extract;
+pub mod graph;
 pub mod health;
 pub mod inbound;
 pub mod ingest;
@@ -89,8 +90,9 @@ pub fn router(state: AppState, ingest: bool) -> Router {
         .route("/v1/inbound-messages/{message_id}/read", post(inbound::mark_read))
         // Uploads read their body with their own limit (ZAPGATE_MEDIA_MAX_BYTES).
         .route("/v1/media", post(media::upload).layer(DefaultBodyLimit::disable()))
-        .route("/v1/media/{media_id}", get(media::download))
-        .route("/v1/media/{media_id}/info", get(media::info));
+        .route("/v1/media/{media_id}", get(media::download).delete(media::delete))
+        .route("/v1/media/{media_id}/info", get(media::info))
+        .merge(graph::routes());
     let api = if ingest { api.merge(ingest_routes()) } else { api };
     api.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

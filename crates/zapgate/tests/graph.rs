@@ -1,0 +1,213 @@
+//! The WhatsApp Cloud API facade under `/graph`: Meta's own request examples
+//! sent through it reach the provider unchanged, Chatwoot's requests work as
+//! it sends them, media round-trips with numeric ids, and every failure comes
+//! in the Graph error shape.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(20);
+const META_PNID: &str = "106540352242922";
+
+async fn cloud() -> SimProvider {
+    let config = |sim| {
+        json!({"access_token": "EAAG-test-token", "phone_number_id": META_PNID, "waba_id": "102290129340398",
+               "base_url": format!("http://{sim}"), "api_version": "v21.0", "app_secret": "meta-app-secret"})
+    };
+    sim_provider("cloud_api", config, &[]).await
+}
+
+/// The tenant's instance as the facade addresses it: (phone_number_id, waba_id).
+async fn graph_ids(s: &Server, token: &str, instance: &str) -> (String, String) {
+    let v: Value = s.get(token, &format!("/v1/instances/{instance}")).await.json().await.unwrap();
+    (v["phone_number_id"].as_str().unwrap().to_owned(), v["waba_id"].as_str().unwrap().to_owned())
+}
+
+/// The zapgate message id a facade send answered with, after checking the answer's shape.
+async fn sent_id(r: reqwest::Response, input: &str) -> String {
+    assert_eq!(r.status(), 200, "clients take anything but 200 as failure");
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["messaging_product"], "whatsapp");
+    assert_eq!(v["contacts"][0]["input"], input);
+    assert_eq!(v["contacts"][0]["wa_id"], input.trim_start_matches('+'));
+    let wamid = v["messages"][0]["id"].as_str().unwrap();
+    wamid.strip_prefix("wamid.").unwrap_or_else(|| panic!("not a wamid: {wamid}")).to_owned()
+}
+
+/// The Graph error of a failed facade call: (HTTP status, code, subcode).
+async fn graph_error(r: reqwest::Response) -> (u16, u64, u64, Value) {
+    let status = r.status().as_u16();
+    let v: Value = r.json().await.unwrap();
+    let e = v["error"].clone();
+    for field in ["message", "type", "code", "error_subcode", "fbtrace_id"] {
+        assert!(!e[field].is_null(), "{field} missing in {v}");
+    }
+    (status, e["code"].as_u64().unwrap(), e["error_subcode"].as_u64().unwrap(), e)
+}
+
+#[tokio::test]
+async fn metas_request_examples_sent_through_the_facade_reach_the_provider_unchanged() {
+    let p = cloud().await;
+    let (s, sim, token) = (&p.server, &p.sim, &p.token);
+    let file = format!("{}/../zapgate-providers/fixtures/cloud_api/send_requests.json", env!("CARGO_MANIFEST_DIR"));
+    let fixtures: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+    for case in fixtures["cases"].as_array().unwrap() {
+        let (name, request) = (case["name"].as_str().unwrap(), &case["expected"]);
+        // Clients send any version; zapgate sends with the instance's own.
+        let r = s.post(token, &format!("/graph/v23.0/{META_PNID}/messages"), request).await;
+        let id = sent_id(r, request["to"].as_str().unwrap()).await;
+        let m = s.wait_status(token, &id, &["sent", "delivered", "read"], WAIT).await;
+        assert_eq!(m["instance_id"], p.instance.as_str(), "{name}");
+        let got = sim.received().into_iter().rev().find(|r| r.path == format!("/v21.0/{META_PNID}/messages"));
+        assert_eq!(got.unwrap_or_else(|| panic!("{name}: nothing sent")).body, *request, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn chatwoots_calls_work_as_it_makes_them() {
+    let s = Server::start(&[]).await;
+    let (token, ins) = s.tenant_with_instance("acme", 100).await;
+    let (pnid, waba) = graph_ids(&s, &token, &ins).await;
+
+    // Inbox set-up: templates with the token as a query parameter (older Chatwoot).
+    let r = s.http.get(s.url(&format!("/graph/v17.0/{waba}/message_templates?access_token={token}"))).send().await;
+    let r = r.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"data": [], "paging": {}}));
+
+    // An agent's reply, exactly as Chatwoot's WhatsApp Cloud service posts it.
+    let body = json!({"messaging_product": "whatsapp", "context": null, "to": "5511999998888", "type": "text",
+                      "text": {"body": "Olá! Como posso ajudar?"}});
+    let id = sent_id(s.post(&token, &format!("/graph/v17.0/{pnid}/messages"), &body).await, "5511999998888").await;
+    let m = s.wait_status(&token, &id, &["sent", "delivered", "read"], WAIT).await;
+    assert_eq!(
+        (&m["type"], &m["text"]),
+        (&json!("text"), &json!({"body": "Olá! Como posso ajudar?", "preview_url": false}))
+    );
+    assert_eq!(m["to"], "+5511999998888");
+
+    // An attachment: Chatwoot links its own storage; `caption` may be null.
+    let body = json!({"messaging_product": "whatsapp", "context": null, "to": "5511999998888", "type": "document",
+                      "document": {"link": "https://chatwoot.example/rails/active_storage/blobs/x/fatura.pdf",
+                                   "caption": null, "filename": "fatura.pdf"}});
+    let id = sent_id(s.post(&token, &format!("/graph/v17.0/{pnid}/messages"), &body).await, "5511999998888").await;
+    let m = s.wait_status(&token, &id, &["sent", "delivered", "read"], WAIT).await;
+    assert_eq!(m["document"]["filename"], "fatura.pdf");
+    let receipts = s.receipts();
+    assert!(receipts.iter().any(|r| r["message_id"] == id.as_str()), "the sandbox got it: {receipts:?}");
+}
+
+#[tokio::test]
+async fn failures_come_in_the_graph_error_shape_with_metas_codes() {
+    let s = Server::start(&[]).await;
+    let (token, ins) = s.tenant_with_instance("acme", 100).await;
+    let (other_token, other_ins) = s.tenant_with_instance("globex", 100).await;
+    let (pnid, _) = graph_ids(&s, &token, &ins).await;
+    let (other_pnid, _) = graph_ids(&s, &other_token, &other_ins).await;
+    let path = format!("/graph/v20.0/{pnid}/messages");
+    let text = json!({"messaging_product": "whatsapp", "to": "5511999998888", "type": "text", "text": {"body": "x"}});
+
+    let r = s.http.post(s.url(&path)).bearer_auth("zg_live_not-a-token").json(&text).send().await.unwrap();
+    assert_eq!(graph_error(r).await.1, 190);
+    let r = s.http.post(s.url(&path)).json(&text).send().await.unwrap();
+    let (status, code, _, _) = graph_error(r).await;
+    assert_eq!((status, code), (401, 190), "no token at all");
+
+    // Another tenant's number does not exist for this one.
+    let r = s.post(&token, &format!("/graph/v20.0/{other_pnid}/messages"), &text).await;
+    let (status, code, subcode, _) = graph_error(r).await;
+    assert_eq!((status, code, subcode), (404, 100, 33));
+
+    let mut bad_to = text.clone();
+    bad_to["to"] = json!("abc");
+    let (status, code, _, e) = graph_error(s.post(&token, &path, &bad_to).await).await;
+    assert_eq!((status, code, e["error_data"]["field"].as_str()), (400, 100, Some("to")));
+    assert!(e["message"].as_str().unwrap().starts_with("(#100) "), "{e}");
+
+    let r = s.http.post(s.url(&path)).bearer_auth(&token).body("{not json").send().await.unwrap();
+    assert_eq!(graph_error(r).await.1, 100);
+    let mut unknown_kind = text.clone();
+    unknown_kind["type"] = json!("carousel");
+    assert_eq!(graph_error(s.post(&token, &path, &unknown_kind).await).await.1, 100);
+    let r = s.post(&token, &format!("/graph/v20.0/{pnid}/block_users"), &json!({})).await;
+    assert_eq!(graph_error(r).await.1, 2500, "unknown edges are unknown path components");
+
+    let listed: Value = s.get(&token, "/v1/messages").await.json().await.unwrap();
+    assert_eq!(listed["data"], json!([]), "no failed call wrote anything");
+}
+
+#[tokio::test]
+async fn media_uploads_with_numeric_ids_download_and_send_by_id() {
+    let s = Server::start(&[]).await;
+    let (token, ins) = s.tenant_with_instance("acme", 100).await;
+    let (pnid, _) = graph_ids(&s, &token, &ins).await;
+    let photo = b"\xff\xd8\xff\xe0 a photo's bytes".to_vec();
+
+    // `messaging_product` only as a query parameter; the type from the part.
+    let part = reqwest::multipart::Part::bytes(photo.clone()).file_name("foto.jpg").mime_str("image/jpeg").unwrap();
+    let form = reqwest::multipart::Form::new().part("file", part);
+    let url = s.url(&format!("/graph/v20.0/{pnid}/media?messaging_product=whatsapp"));
+    let r = s.http.post(url).bearer_auth(&token).multipart(form).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let media_id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    assert!(media_id.bytes().all(|b| b.is_ascii_digit()), "media ids are digit strings: {media_id}");
+
+    let info: Value = s.get(&token, &format!("/graph/v20.0/{media_id}")).await.json().await.unwrap();
+    assert_eq!(info["id"], media_id.as_str());
+    assert_eq!(info["mime_type"], "image/jpeg");
+    assert_eq!(info["file_size"], photo.len());
+    assert_eq!(info["sha256"], hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&photo)));
+    // Clients download the url with their Bearer token.
+    let r = s.http.get(info["url"].as_str().unwrap()).bearer_auth(&token).send().await.unwrap();
+    assert_eq!((r.status().as_u16(), r.bytes().await.unwrap().to_vec()), (200, photo.clone()));
+
+    let body = json!({"messaging_product": "whatsapp", "to": "5511999998888", "type": "image",
+                      "image": {"id": media_id, "caption": "a foto"}});
+    let id = sent_id(s.post(&token, &format!("/graph/v20.0/{pnid}/messages"), &body).await, "5511999998888").await;
+    s.wait_status(&token, &id, &["sent", "delivered", "read"], WAIT).await;
+
+    // Another tenant cannot see it; its owner can delete it, and then it is gone.
+    let (other, _) = s.tenant_with_instance("globex", 100).await;
+    assert_eq!(graph_error(s.get(&other, &format!("/graph/v20.0/{media_id}")).await).await.1, 100);
+    let r = s.http.delete(s.url(&format!("/graph/v20.0/{media_id}"))).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"success": true}));
+    let (status, code, subcode, _) = graph_error(s.get(&token, &format!("/graph/v20.0/{media_id}")).await).await;
+    assert_eq!((status, code, subcode), (404, 100, 33));
+
+    // No file part: a clear parameter error.
+    let form = reqwest::multipart::Form::new().text("messaging_product", "whatsapp");
+    let url = s.url(&format!("/graph/v20.0/{pnid}/media"));
+    let r = s.http.post(url).bearer_auth(&token).multipart(form).send().await.unwrap();
+    let (status, code, _, e) = graph_error(r).await;
+    assert_eq!((status, code, e["error_data"]["field"].as_str()), (400, 100, Some("file")));
+}
+
+#[tokio::test]
+async fn a_received_message_is_marked_read_through_the_facade() {
+    let p = cloud().await;
+    let (s, sim, token, ins) = (&p.server, &p.sim, &p.token, &p.instance);
+    let detail: Value = s.get(token, &format!("/v1/instances/{ins}")).await.json().await.unwrap();
+    sim.set_cloud_webhook(Some(zapgate_sim::hooks::Hook {
+        url: detail["webhook"]["url"].as_str().unwrap().to_owned(),
+        signing: zapgate_sim::hooks::Signing::HubSha256("meta-app-secret".into()),
+        headers: vec![],
+    }));
+    sim.cloud_inbound_text(META_PNID, "5511988887777", "oi").await;
+    let got: Value = s.get(token, "/v1/inbound-messages").await.json().await.unwrap();
+    let received = &got["data"][0];
+    let wamid = format!("wamid.{}", received["id"].as_str().unwrap());
+    let body = json!({"messaging_product": "whatsapp", "status": "read", "message_id": wamid});
+    let r = s.post(token, &format!("/graph/v20.0/{META_PNID}/messages"), &body).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"success": true}));
+    let read = sim.received().into_iter().rev().find(|r| r.body["status"] == "read").expect("marked read at Meta");
+    assert_eq!(read.body["message_id"], received["wa_message_id"]);
+
+    let body = json!({"messaging_product": "whatsapp", "status": "read", "message_id": "wamid.unknown"});
+    let r = s.post(token, &format!("/graph/v20.0/{META_PNID}/messages"), &body).await;
+    assert_eq!(graph_error(r).await.1, 100);
+}
