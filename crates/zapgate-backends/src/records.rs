@@ -67,6 +67,7 @@ pub fn instance(row: &(impl Columns + ?Sized)) -> Result<InstanceRecord, StoreEr
         provider_id: row.text_opt("provider_id")?.map(ProviderId::from_trusted),
         phone_number_id: row.text("phone_number_id")?,
         waba_id: row.text("waba_id")?,
+        phone_number: row.text_opt("phone_number")?,
         rate_per_sec: row.int("rate_per_sec")? as u32,
         burst: row.int("burst")? as u32,
         provider_config: row.json("provider_config")?,
@@ -150,6 +151,10 @@ pub fn endpoint(row: &(impl Columns + ?Sized)) -> Result<EndpointRecord, StoreEr
         event_types: row.json("event_types")?,
         include_internal: row.flag("include_internal")?,
         headers: row.json("headers")?,
+        format: {
+            let f = row.text("format")?;
+            zapgate_domain::webhook::WebhookFormat::parse(&f).ok_or_else(|| corrupt("webhook format", f))?
+        },
         enabled: row.flag("enabled")?,
         created_at: row.time("created_at")?,
         updated_at: row.time("updated_at")?,

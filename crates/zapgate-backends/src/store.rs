@@ -56,6 +56,8 @@ pub struct NewInstance {
     pub provider: String,
     pub phone_number_id: String,
     pub waba_id: String,
+    /// The WhatsApp number the instance is (digits), when the tenant gave it.
+    pub phone_number: Option<String>,
     pub rate_per_sec: u32,
     pub burst: u32,
     /// Provider-specific settings (credentials), validated by the provider.
@@ -73,6 +75,7 @@ impl NewInstance {
             provider_id,
             phone_number_id: self.phone_number_id,
             waba_id: self.waba_id,
+            phone_number: self.phone_number,
             rate_per_sec: self.rate_per_sec,
             burst: self.burst,
             provider_config: self.provider_config,
@@ -90,6 +93,7 @@ pub struct InstanceChange {
     pub name: Option<String>,
     pub rate_per_sec: Option<u32>,
     pub burst: Option<u32>,
+    pub phone_number: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -104,6 +108,10 @@ pub struct InstanceRecord {
     /// Numeric id the Cloud API facade addresses this instance by.
     pub phone_number_id: String,
     pub waba_id: String,
+    /// The WhatsApp number the instance is, digits only (what Cloud API
+    /// webhooks call `display_phone_number`), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phone_number: Option<String>,
     /// Messages per second this instance is paced at.
     pub rate_per_sec: u32,
     pub burst: u32,

@@ -7,7 +7,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::Notify;
-use zapgate_domain::webhook::WebhookSecret;
+use zapgate_domain::webhook::{WebhookFormat, WebhookSecret};
 use zapgate_domain::{DeliveryId, EndpointId, EventId, MessageEvent, TenantId, Timestamp};
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -22,6 +22,8 @@ pub struct EndpointRecord {
     pub include_internal: bool,
     /// Extra headers sent with every delivery (e.g. a token your receiver checks).
     pub headers: BTreeMap<String, String>,
+    /// `standard` (zapgate's events, Standard Webhooks) or `cloud_api`.
+    pub format: WebhookFormat,
     pub enabled: bool,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
@@ -37,6 +39,9 @@ pub struct NewEndpoint {
     pub include_internal: bool,
     pub headers: BTreeMap<String, String>,
     pub secret: WebhookSecret,
+    pub format: WebhookFormat,
+    /// What `cloud_api` deliveries are signed with (X-Hub-Signature-256).
+    pub app_secret: Option<String>,
 }
 
 /// Changes to an endpoint; `None` keeps the current value.
@@ -101,6 +106,9 @@ pub struct DeliveryJob {
     pub headers: BTreeMap<String, String>,
     /// Current secret first; the previous one too during a rotation's grace period.
     pub secrets: Vec<WebhookSecret>,
+    /// Some: the endpoint takes Cloud API-shaped payloads signed with this
+    /// app secret instead of Standard Webhooks.
+    pub cloud_app_secret: Option<String>,
     pub event: MessageEvent,
     /// Attempts before this one.
     pub attempts: u32,

@@ -63,6 +63,7 @@ async fn fixture_on(db: Db) -> Fixture {
             provider: "sandbox".into(),
             phone_number_id: format!("{}", rand_digits()),
             waba_id: "1".into(),
+            phone_number: Some("15550783881".into()),
             rate_per_sec: 80,
             burst: 80,
             provider_config: serde_json::json!({}),
@@ -462,7 +463,7 @@ async fn provider_statuses_move_forward_only_and_early_ones_are_parked() {
 #[tokio::test]
 async fn finished_webhook_deliveries_are_purged_pending_ones_kept() {
     use std::collections::BTreeMap;
-    use zapgate_domain::webhook::WebhookSecret;
+    use zapgate_domain::webhook::{WebhookFormat, WebhookSecret};
     let f = fixture().await;
     f.b.webhooks
         .create_endpoint(NewEndpoint {
@@ -474,6 +475,8 @@ async fn finished_webhook_deliveries_are_purged_pending_ones_kept() {
             include_internal: true,
             headers: BTreeMap::new(),
             secret: WebhookSecret::generate(),
+            format: WebhookFormat::Standard,
+            app_secret: None,
         })
         .await
         .unwrap();
@@ -501,7 +504,7 @@ async fn finished_webhook_deliveries_are_purged_pending_ones_kept() {
 #[tokio::test]
 async fn deliveries_are_claimed_within_each_endpoints_room_and_gone_disables_the_endpoint() {
     use std::collections::BTreeMap;
-    use zapgate_domain::webhook::WebhookSecret;
+    use zapgate_domain::webhook::{WebhookFormat, WebhookSecret};
     let f = fixture().await;
     let mut endpoints = Vec::new();
     for n in 0..2 {
@@ -516,6 +519,9 @@ async fn deliveries_are_claimed_within_each_endpoints_room_and_gone_disables_the
                     include_internal: true,
                     headers: BTreeMap::new(),
                     secret: WebhookSecret::generate(),
+                    // The second takes Cloud API-shaped payloads: its jobs carry its app secret.
+                    format: if n == 1 { WebhookFormat::CloudApi } else { WebhookFormat::Standard },
+                    app_secret: (n == 1).then(|| "s3cret-app".to_owned()),
                 })
                 .await
                 .unwrap();
@@ -536,6 +542,15 @@ async fn deliveries_are_claimed_within_each_endpoints_room_and_gone_disables_the
 
     let gone = first.iter().find(|j| j.endpoint_id == endpoints[0]).unwrap();
     let kept = first.iter().find(|j| j.endpoint_id == endpoints[1]).unwrap();
+    assert_eq!((gone.cloud_app_secret.as_deref(), kept.cloud_app_secret.as_deref()), (None, Some("s3cret-app")));
+    let listed = f.b.webhooks.list_endpoints(&f.tenant).await.unwrap();
+    let format_of = |id: &EndpointId| listed.iter().find(|e| &e.id == id).unwrap().format;
+    assert_eq!(
+        (format_of(&endpoints[0]), format_of(&endpoints[1])),
+        (WebhookFormat::Standard, WebhookFormat::CloudApi)
+    );
+    let instance = f.b.store.get_instance(&f.tenant, &f.instance).await.unwrap().unwrap();
+    assert_eq!(instance.phone_number.as_deref(), Some("15550783881"), "the instance's own number is kept");
     let outcome = |job: &zapgate_backends::DeliveryJob, result| AttemptOutcome {
         delivery: job.id.clone(),
         attempt: 1,

@@ -13,6 +13,31 @@ use std::fmt;
 
 pub const SECRET_PREFIX: &str = "whsec_";
 
+/// The shape an endpoint takes events in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookFormat {
+    /// zapgate's events, signed per Standard Webhooks.
+    #[default]
+    Standard,
+    /// The WhatsApp Cloud API's webhook payloads (`whatsapp_business_account`),
+    /// signed with `X-Hub-Signature-256` under the endpoint's app secret.
+    CloudApi,
+}
+
+impl WebhookFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Standard => "standard",
+            Self::CloudApi => "cloud_api",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Standard, Self::CloudApi].into_iter().find(|f| f.as_str() == s)
+    }
+}
+
 /// The key a receiver verifies with. Shown to the tenant, stored as given.
 #[derive(Clone, PartialEq, Eq)]
 pub struct WebhookSecret(String);
@@ -50,6 +75,34 @@ impl WebhookSecret {
     }
 }
 
+/// JSON with every non-ASCII character escaped (`á` → `\u00e1`, emoji as a
+/// UTF-16 surrogate pair), as Meta sends it: some Cloud API clients re-escape
+/// the body before checking its signature, so raw UTF-8 would fail there.
+pub fn ascii_json(v: &serde_json::Value) -> Vec<u8> {
+    let text = serde_json::to_string(v).expect("JSON values serialise");
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut units = [0u16; 2];
+    for c in text.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            // Outside ASCII only string contents remain in serialised JSON.
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out.into_bytes()
+}
+
+/// `X-Hub-Signature-256`: `sha256=` and the lower-case hex HMAC-SHA256 of
+/// the body under the app secret.
+pub fn hub_signature(app_secret: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(app_secret.as_bytes()).expect("HMAC takes any key length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
 impl fmt::Debug for WebhookSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("WebhookSecret(…)")
@@ -68,6 +121,17 @@ mod tests {
         assert_eq!(
             secret.sign("msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body),
             "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
+    }
+
+    #[test]
+    fn cloud_bodies_are_ascii_and_signed_like_meta() {
+        let body = ascii_json(&serde_json::json!({"a": "á😀"}));
+        assert_eq!(body, br#"{"a":"\u00e1\ud83d\ude00"}"#);
+        // Python: hmac.new(b"meta-app-secret", body, hashlib.sha256).hexdigest()
+        assert_eq!(
+            hub_signature("meta-app-secret", &body),
+            "sha256=bd4ffd016a470477686d4bff050db477674bb3f2131283a6d8e396b074be1a69"
         );
     }
 

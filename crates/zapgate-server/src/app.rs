@@ -262,6 +262,10 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
             schedule: config.webhook_retry_delays().map_err(anyhow::Error::msg)?,
             timeout: config.webhook_timeout,
             endpoint_concurrency: config.webhook_endpoint_concurrency,
+            cloud: crate::worker::cloud_shape::CloudShaper {
+                store: backends.store.clone(),
+                media: backends.media_index.clone(),
+            },
         });
         drained.push(tokio::spawn(webhooks::run(sender, stop_rx.clone())));
         let fetcher = Arc::new(crate::worker::media::MediaFetcher {

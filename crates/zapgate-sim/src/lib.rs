@@ -37,6 +37,7 @@
 //! Used in-process by tests (`start`) and as a binary by hand or by the bench.
 
 pub mod cloud;
+pub mod cloud_receiver;
 pub mod counters;
 pub mod evolution;
 pub mod flap;

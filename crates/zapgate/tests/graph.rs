@@ -211,3 +211,80 @@ async fn a_received_message_is_marked_read_through_the_facade() {
     let r = s.post(token, &format!("/graph/v20.0/{META_PNID}/messages"), &body).await;
     assert_eq!(graph_error(r).await.1, 100);
 }
+
+/// A Cloud API-shaped webhook subscription, as Chatwoot's WhatsApp Cloud
+/// inbox takes them: verified with the hub.challenge handshake first, then
+/// every status of a facade send and every received message arrives in
+/// Meta's shape, ASCII-only, with a length, signed with the app secret, and
+/// naming messages by the ids the facade gave out.
+#[tokio::test]
+async fn cloud_shaped_webhooks_reach_a_cloud_receiver_as_meta_sends_them() {
+    let p = cloud().await;
+    let (s, sim, token, ins) = (&p.server, &p.sim, &p.token, &p.instance);
+    let detail: Value = s.get(token, &format!("/v1/instances/{ins}")).await.json().await.unwrap();
+    sim.set_cloud_webhook(Some(zapgate_sim::hooks::Hook {
+        url: detail["webhook"]["url"].as_str().unwrap().to_owned(),
+        signing: zapgate_sim::hooks::Signing::HubSha256("meta-app-secret".into()),
+        headers: vec![],
+    }));
+    let r = s.http.patch(s.url(&format!("/v1/instances/{ins}"))).bearer_auth(token);
+    let r = r.json(&json!({"phone_number": "+1 555 078 3881"})).send().await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["phone_number"], "15550783881");
+
+    let (receiver, base) = zapgate_sim::cloud_receiver::start("chatwoot-app-secret", "chatwoot-verify").await.unwrap();
+    let url = format!("{base}/webhooks/whatsapp/+15550783881");
+    let subscribe = |verify_token: &str, types: Value| {
+        json!({"url": url, "format": "cloud_api", "app_secret": "chatwoot-app-secret",
+               "verify_token": verify_token, "event_types": types})
+    };
+    let r = s.post(token, "/v1/webhooks", &subscribe("wrong-token", json!([]))).await;
+    assert_eq!(r.status(), 422);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "verification_failed");
+    let r = s.post(token, "/v1/webhooks", &subscribe("chatwoot-verify", json!(["instance.status"]))).await;
+    assert_eq!(r.status(), 422, "the Cloud API has no webhook for instance events");
+    let r = s.post(token, "/v1/webhooks", &subscribe("chatwoot-verify", json!([]))).await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let created: Value = r.json().await.unwrap();
+    assert_eq!(
+        (created["format"].as_str(), created["app_secret"].as_str()),
+        (Some("cloud_api"), Some("chatwoot-app-secret"))
+    );
+
+    let body = json!({"messaging_product": "whatsapp", "to": "5511999998888", "type": "text", "text": {"body": "Olá"}});
+    let id = sent_id(s.post(token, &format!("/graph/v21.0/{META_PNID}/messages"), &body).await, "5511999998888").await;
+    let wamid = format!("wamid.{id}");
+    let status_of = |d: &zapgate_sim::cloud_receiver::CloudDelivery| {
+        d.body["entry"][0]["changes"][0]["value"]["statuses"][0]["status"].as_str().unwrap_or_default().to_owned()
+    };
+    let got = receiver.wait_for(2, |d| ["sent", "delivered"].contains(&status_of(d).as_str()), WAIT).await;
+    for d in &got {
+        assert!(d.verified, "X-Hub-Signature-256 checks out: {:?}", d.body);
+        assert_eq!(d.phone, "+15550783881");
+        assert_eq!(d.content_length, Some(d.raw.len()), "sent with a Content-Length");
+        assert_eq!(d.body["object"], "whatsapp_business_account");
+        assert_eq!(d.body["entry"][0]["id"], "102290129340398");
+        let value = &d.body["entry"][0]["changes"][0]["value"];
+        assert_eq!(value["metadata"], json!({"display_phone_number": "15550783881", "phone_number_id": META_PNID}));
+        assert_eq!(value["statuses"][0]["id"], wamid.as_str(), "the id the send answered with");
+        assert_eq!(value["statuses"][0]["recipient_id"], "5511999998888");
+        assert_eq!(value["contacts"][0]["user_id"], "5511999998888");
+    }
+
+    sim.cloud_inbound_text(META_PNID, "5511988887777", "Olá 😀").await;
+    let got = receiver.wait_for(1, |d| !d.body["entry"][0]["changes"][0]["value"]["messages"].is_null(), WAIT).await;
+    let d = &got[0];
+    assert!(d.verified);
+    assert!(d.raw.is_ascii(), "non-ASCII is escaped as Meta does");
+    let raw = String::from_utf8(d.raw.clone()).unwrap();
+    assert!(raw.contains(r"Ol\u00e1 \ud83d\ude00"), "{raw}");
+    let value = &d.body["entry"][0]["changes"][0]["value"];
+    assert_eq!(value["contacts"][0]["wa_id"], "5511988887777");
+    assert!(value["contacts"][0]["user_id"].is_string());
+    let m = &value["messages"][0];
+    assert_eq!((m["from"].as_str(), m["type"].as_str()), (Some("5511988887777"), Some("text")));
+    assert_eq!(m["text"]["body"], "Olá 😀");
+    // The receiver marks it read with the id it got, through the facade.
+    let read = json!({"messaging_product": "whatsapp", "status": "read", "message_id": m["id"]});
+    let r = s.post(token, &format!("/graph/v21.0/{META_PNID}/messages"), &read).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+}

@@ -38,6 +38,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0006_instance_state.sql"),
     include_str!("../../migrations/postgres/0007_media.sql"),
     include_str!("../../migrations/postgres/0008_circuits.sql"),
+    include_str!("../../migrations/postgres/0009_cloud_webhooks.sql"),
 ];
 
 /// Advisory lock key serialising migrations across processes.

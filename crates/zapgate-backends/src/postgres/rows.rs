@@ -13,7 +13,7 @@ pub const MESSAGE_COLUMNS: &str = "id, tenant_id, instance_id, recipient, wa_id,
     created_at, updated_at";
 
 pub const INSTANCE_COLUMNS: &str = "id, tenant_id, name, provider, provider_id, phone_number_id, waba_id, rate_per_sec, burst, provider_config, \
-     created_at, state, state_reason, state_changed_at";
+     created_at, state, state_reason, state_changed_at, phone_number";
 
 pub const EVENT_COLUMNS: &str =
     "seq, id, tenant_id, message_id, instance_id, type, status, chat_seq, detail, created_at";

@@ -136,8 +136,8 @@ impl Store for PgBackend {
     ) -> Result<Option<InstanceRecord>, StoreError> {
         let sql = format!(
             "UPDATE instances SET name = COALESCE($1, name), rate_per_sec = COALESCE($2, rate_per_sec), \
-             burst = COALESCE($3, burst) WHERE id = $4 AND tenant_id = $5 AND deleted_at IS NULL \
-             RETURNING {INSTANCE_COLUMNS}"
+             burst = COALESCE($3, burst), phone_number = COALESCE($6, phone_number) \
+             WHERE id = $4 AND tenant_id = $5 AND deleted_at IS NULL RETURNING {INSTANCE_COLUMNS}"
         );
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(change.name)
@@ -145,6 +145,7 @@ impl Store for PgBackend {
             .bind(change.burst.map(i64::from))
             .bind(id.as_str())
             .bind(tenant.as_str())
+            .bind(change.phone_number)
             .fetch_optional(self.pool())
             .await?;
         row.as_ref().map(rows::instance).transpose()
@@ -918,7 +919,7 @@ async fn apply_parked(conn: &mut PgConnection, provider_message_id: &str) -> Res
 pub(super) async fn insert_instance(conn: &mut sqlx::PgConnection, r: &InstanceRecord) -> Result<(), StoreError> {
     let inserted = sqlx::query(
         "INSERT INTO instances (id, tenant_id, name, provider, provider_id, phone_number_id, waba_id, rate_per_sec, \
-         burst, provider_config, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+         burst, provider_config, created_at, phone_number) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
     )
     .bind(r.id.as_str())
     .bind(r.tenant_id.as_str())
@@ -931,6 +932,7 @@ pub(super) async fn insert_instance(conn: &mut sqlx::PgConnection, r: &InstanceR
     .bind(i64::from(r.burst))
     .bind(r.provider_config.to_string())
     .bind(r.created_at.as_millis())
+    .bind(&r.phone_number)
     .execute(conn)
     .await;
     match inserted {

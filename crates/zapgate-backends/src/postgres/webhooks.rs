@@ -23,13 +23,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use tokio::sync::Notify;
 use zapgate_domain::event::StatusDetail;
-use zapgate_domain::webhook::WebhookSecret;
+use zapgate_domain::webhook::{WebhookFormat, WebhookSecret};
 use zapgate_domain::{DeliveryId, EndpointId, EventId, EventType, MessageEvent, TenantId, Timestamp};
 
 /// How often an idle webhook sender looks for other processes' new events.
 const FAN_OUT_POLL_MS: i64 = 200;
 const ENDPOINT_COLUMNS: &str =
-    "id, tenant_id, url, description, event_types, include_internal, headers, enabled, created_at, updated_at";
+    "id, tenant_id, url, description, event_types, include_internal, headers, format, enabled, created_at, updated_at";
 const DELIVERY_COLUMNS: &str = "id, endpoint_id, event_id, status, attempts, next_attempt_at, last_status_code, \
     last_error, created_at, updated_at";
 
@@ -47,8 +47,8 @@ impl WebhookStore for PgBackend {
         let now = Timestamp::now();
         let sql = format!(
             "INSERT INTO webhook_endpoints (id, tenant_id, url, description, event_types, include_internal, \
-             headers, secret, from_event_seq, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, (SELECT COALESCE(MAX(seq), 0) FROM events), $9, $9) \
+             headers, secret, from_event_seq, created_at, updated_at, format, app_secret) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, (SELECT COALESCE(MAX(seq), 0) FROM events), $9, $9, $10, $11) \
              RETURNING {ENDPOINT_COLUMNS}"
         );
         let row = sqlx::query(AssertSqlSafe(sql))
@@ -61,6 +61,8 @@ impl WebhookStore for PgBackend {
             .bind(to_json(&new.headers))
             .bind(new.secret.reveal())
             .bind(now.as_millis())
+            .bind(new.format.as_str())
+            .bind(&new.app_secret)
             .fetch_optional(self.pool())
             .await?;
         let row = row.ok_or_else(|| StoreError::Corrupt("insert returned nothing".into()))?;
@@ -566,6 +568,7 @@ struct Target {
     headers: BTreeMap<String, String>,
     secrets: Vec<WebhookSecret>,
     enabled: bool,
+    cloud_app_secret: Option<String>,
 }
 
 /// What becomes of a claimed delivery.
@@ -656,8 +659,8 @@ async fn claim(
     endpoint_ids.sort_unstable();
     endpoint_ids.dedup();
     let targets: HashMap<String, Result<Target, String>> = sqlx::query(
-        "SELECT id, url, headers, secret, previous_secret, previous_secret_until, enabled FROM webhook_endpoints \
-         WHERE id = ANY($1) AND deleted_at IS NULL",
+        "SELECT id, url, headers, secret, previous_secret, previous_secret_until, enabled, format, app_secret \
+         FROM webhook_endpoints WHERE id = ANY($1) AND deleted_at IS NULL",
     )
     .bind(endpoint_ids)
     .fetch_all(&mut *conn)
@@ -737,6 +740,10 @@ fn target(r: &PgRow, now: Timestamp) -> Result<Target, StoreError> {
             .map_err(|e| StoreError::Corrupt(e.to_string()))?,
         secrets,
         enabled: r.try_get("enabled")?,
+        cloud_app_secret: (r.try_get::<String, _>("format")? == WebhookFormat::CloudApi.as_str())
+            .then(|| r.try_get::<Option<String>, _>("app_secret"))
+            .transpose()?
+            .map(Option::unwrap_or_default),
     })
 }
 
@@ -757,6 +764,7 @@ fn job(
             url: t.url.clone(),
             headers: t.headers.clone(),
             secrets: t.secrets.clone(),
+            cloud_app_secret: t.cloud_app_secret.clone(),
             event: event.clone(),
             attempts: d.attempts,
             schedule_index: d.attempts - d.base.min(d.attempts),

@@ -47,6 +47,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0010_instance_state.sql"),
     include_str!("../../migrations/sqlite/0011_media.sql"),
     include_str!("../../migrations/sqlite/0012_circuits.sql"),
+    include_str!("../../migrations/sqlite/0013_cloud_webhooks.sql"),
 ];
 
 pub struct SqliteBackend {

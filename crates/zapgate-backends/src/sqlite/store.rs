@@ -157,10 +157,11 @@ impl Store for SqliteBackend {
             .write(Box::new(move |conn| {
                 let sql = format!(
                     "UPDATE instances SET name = COALESCE(?1, name), rate_per_sec = COALESCE(?2, rate_per_sec), \
-                     burst = COALESCE(?3, burst) WHERE id = ?4 AND tenant_id = ?5 AND deleted_at IS NULL \
-                     RETURNING {INSTANCE_COLUMNS}"
+                     burst = COALESCE(?3, burst), phone_number = COALESCE(?6, phone_number) \
+                     WHERE id = ?4 AND tenant_id = ?5 AND deleted_at IS NULL RETURNING {INSTANCE_COLUMNS}"
                 );
-                one(conn, &sql, params![change.name, change.rate_per_sec, change.burst, id, tenant], rows::instance)
+                let values = params![change.name, change.rate_per_sec, change.burst, id, tenant, change.phone_number];
+                one(conn, &sql, values, rows::instance)
             }))
             .await
     }
@@ -792,7 +793,7 @@ pub(super) fn insert_instance(conn: &Connection, r: &InstanceRecord) -> Result<(
     exec(
         conn,
         "INSERT INTO instances (id, tenant_id, name, provider, provider_id, phone_number_id, waba_id, rate_per_sec, \
-         burst, provider_config, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         burst, provider_config, created_at, phone_number) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         params![
             r.id.as_str(),
             r.tenant_id.as_str(),
@@ -804,7 +805,8 @@ pub(super) fn insert_instance(conn: &Connection, r: &InstanceRecord) -> Result<(
             r.rate_per_sec,
             r.burst,
             r.provider_config.to_string(),
-            r.created_at.as_millis()
+            r.created_at.as_millis(),
+            r.phone_number
         ],
     )?;
     Ok(())

@@ -15,7 +15,7 @@ use zapgate_domain::webhook::WebhookSecret;
 use zapgate_domain::{DeliveryId, EndpointId, EventId, EventType, TenantId, Timestamp};
 
 const ENDPOINT_COLUMNS: &str =
-    "id, tenant_id, url, description, event_types, include_internal, headers, enabled, created_at, updated_at";
+    "id, tenant_id, url, description, event_types, include_internal, headers, format, enabled, created_at, updated_at";
 const DELIVERY_COLUMNS: &str = "id, endpoint_id, event_id, status, attempts, next_attempt_at, last_status_code, \
     last_error, created_at, updated_at";
 const FANOUT_CURSOR: &str = "webhook_fanout";
@@ -32,8 +32,9 @@ impl WebhookStore for SqliteBackend {
             .write(Box::new(move |conn| {
                 let sql = format!(
                     "INSERT INTO webhook_endpoints (id, tenant_id, url, description, event_types, include_internal, \
-                     headers, secret, from_event_seq, created_at, updated_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, (SELECT COALESCE(MAX(seq), 0) FROM events), ?9, ?9) \
+                     headers, secret, from_event_seq, created_at, updated_at, format, app_secret) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, (SELECT COALESCE(MAX(seq), 0) FROM events), ?9, ?9, \
+                     ?10, ?11) \
                      RETURNING {ENDPOINT_COLUMNS}"
                 );
                 let rec = one(
@@ -48,7 +49,9 @@ impl WebhookStore for SqliteBackend {
                         new.include_internal,
                         to_json(&new.headers),
                         new.secret.reveal(),
-                        now.as_millis()
+                        now.as_millis(),
+                        new.format.as_str(),
+                        new.app_secret
                     ],
                     endpoint,
                 )?;
@@ -460,6 +463,11 @@ fn raise_delivery_failed(
     super::rows::insert_event_of(conn, EventType::WebhookDeliveryFailed, &message, status, &detail, o.at)
 }
 
+/// The app secret of a `cloud_api` endpoint (None for a standard one).
+fn cloud_app_secret(format: String, app_secret: Option<String>) -> Option<String> {
+    (format == zapgate_domain::webhook::WebhookFormat::CloudApi.as_str()).then(|| app_secret.unwrap_or_default())
+}
+
 fn secret(s: String) -> Result<WebhookSecret, StoreError> {
     WebhookSecret::parse(&s).ok_or_else(|| StoreError::Corrupt("stored webhook secret".into()))
 }
@@ -599,8 +607,8 @@ fn job(
     {
         let ep = one(
             conn,
-            "SELECT url, headers, secret, previous_secret, previous_secret_until, enabled FROM webhook_endpoints \
-             WHERE id = ? AND deleted_at IS NULL",
+            "SELECT url, headers, secret, previous_secret, previous_secret_until, enabled, format, app_secret \
+             FROM webhook_endpoints WHERE id = ? AND deleted_at IS NULL",
             [endpoint_id],
             |r| {
                 let headers: String = r.get(1)?;
@@ -616,25 +624,27 @@ fn job(
                         .map_err(|e| StoreError::Corrupt(e.to_string()))?,
                     secrets,
                     r.get::<_, bool>(5)?,
+                    cloud_app_secret(r.get(6)?, r.get(7)?),
                 ))
             },
         )?;
         let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?");
         let event = one(conn, &sql, [event_id], rows::event)?;
         match (ep, event) {
-            (Some((url, headers, secrets, true)), Some(event)) => Ok(Some(DeliveryJob {
+            (Some((url, headers, secrets, true, cloud_app_secret)), Some(event)) => Ok(Some(DeliveryJob {
                 id: DeliveryId::from_trusted(id.to_owned()),
                 tenant_id: TenantId::from_trusted(tenant.to_owned()),
                 endpoint_id: EndpointId::from_trusted(endpoint_id.to_owned()),
                 url,
                 headers,
                 secrets,
+                cloud_app_secret,
                 event,
                 attempts,
                 schedule_index: attempts - base.min(attempts),
             })),
             // Disabled meanwhile: park it until the endpoint is enabled again.
-            (Some((.., false)), Some(_)) => {
+            (Some((.., false, _)), Some(_)) => {
                 exec(conn, "UPDATE webhook_deliveries SET next_attempt_at = NULL, leased = 0 WHERE id = ?", [id])?;
                 Ok(None)
             }

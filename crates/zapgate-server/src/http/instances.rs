@@ -38,6 +38,9 @@ pub struct CreateInstance {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     pub config: serde_json::Value,
+    /// The WhatsApp number this instance is (E.164): what Cloud API-shaped
+    /// webhooks report as `display_phone_number` (Chatwoot finds its inbox by it).
+    pub phone_number: Option<String>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -47,6 +50,8 @@ pub struct UpdateInstance {
     /// New pace in messages per second (1–100000); applies at once.
     pub rate_limit_per_second: Option<u32>,
     pub burst: Option<u32>,
+    /// The WhatsApp number this instance is (E.164).
+    pub phone_number: Option<String>,
 }
 
 fn check_name(name: &str) -> ApiResult<String> {
@@ -55,6 +60,14 @@ fn check_name(name: &str) -> ApiResult<String> {
         return Err(ValidationError::new("name", "must be 1 to 100 characters").into());
     }
     Ok(name.to_owned())
+}
+
+/// An instance's own number: a phone, kept as digits.
+fn check_phone(raw: &str) -> ApiResult<String> {
+    match zapgate_domain::ChatId::parse(raw) {
+        Ok(zapgate_domain::ChatId::Phone(digits)) => Ok(digits),
+        _ => Err(ValidationError::new("phone_number", "must be a phone number in E.164 (+5511999998888)").into()),
+    }
 }
 
 fn check_rate(field: &str, v: u32) -> ApiResult<u32> {
@@ -88,6 +101,7 @@ pub async fn update(
         name: body.name.as_deref().map(check_name).transpose()?,
         rate_per_sec: rate,
         burst: body.burst.map(|v| check_rate("burst", v)).transpose()?,
+        phone_number: body.phone_number.as_deref().map(check_phone).transpose()?,
     };
     let rec =
         s.backends.store.update_instance(&tenant, &id, change).await?.ok_or_else(|| ApiError::not_found("instance"))?;
@@ -166,6 +180,7 @@ pub async fn create(
         provider: body.provider,
         phone_number_id: real_id("phone_number_id").unwrap_or_else(numeric_id),
         waba_id: real_id("waba_id").unwrap_or_else(numeric_id),
+        phone_number: body.phone_number.as_deref().map(check_phone).transpose()?,
         rate_per_sec: rate,
         burst,
         provider_config: config,

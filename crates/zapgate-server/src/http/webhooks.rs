@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use zapgate_backends::{AttemptRecord, DeliveryRecord, EndpointChange, EndpointRecord, NewEndpoint};
-use zapgate_domain::webhook::WebhookSecret;
+use zapgate_domain::webhook::{WebhookFormat, WebhookSecret};
 use zapgate_domain::{DeliveryId, EndpointId, EventType, Timestamp, ValidationError};
 
 const EVENT_TYPES: [EventType; EventType::ALL.len()] = EventType::ALL;
@@ -33,6 +33,18 @@ pub struct CreateWebhook {
     /// Extra headers for every delivery, e.g. `{"Authorization": "Bearer …"}`.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// `standard` (default: zapgate's events, Standard Webhooks) or
+    /// `cloud_api` (the WhatsApp Cloud API's payloads for `message.status`
+    /// and `message.received`, signed with `X-Hub-Signature-256`).
+    #[serde(default)]
+    pub format: WebhookFormat,
+    /// `cloud_api`: the app secret deliveries are signed with (8–256
+    /// characters; one is made when absent and shown once in the answer).
+    pub app_secret: Option<String>,
+    /// `cloud_api`: first verify the receiver as Meta does — `GET
+    /// url?hub.mode=subscribe&hub.verify_token=…&hub.challenge=…` must
+    /// answer the challenge, or the webhook is not created (422).
+    pub verify_token: Option<String>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -52,6 +64,9 @@ pub struct WebhookCreated {
     pub endpoint: EndpointRecord,
     /// Verify signatures with this (`whsec_…`). Also at `GET /v1/webhooks/{id}/secret`.
     pub secret: String,
+    /// `cloud_api`: the app secret `X-Hub-Signature-256` is made with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_secret: Option<String>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -125,6 +140,62 @@ fn check_headers(h: &BTreeMap<String, String>) -> ApiResult<()> {
     Ok(())
 }
 
+/// What the Cloud API has webhooks for.
+const CLOUD_TYPES: [EventType; 2] = [EventType::MessageStatus, EventType::MessageReceived];
+
+fn check_cloud(types: &[String], include_internal: bool) -> ApiResult<()> {
+    if let Some(t) = types.iter().find(|t| !CLOUD_TYPES.iter().any(|c| c.as_str() == t.as_str())) {
+        return Err(ValidationError::new(
+            "event_types",
+            format!("a cloud_api webhook takes message.status and message.received, not {t:?}"),
+        )
+        .into());
+    }
+    if include_internal {
+        return Err(ValidationError::new("include_internal", "the Cloud API has no internal statuses").into());
+    }
+    Ok(())
+}
+
+fn check_app_secret(a: String) -> ApiResult<String> {
+    if (8..=256).contains(&a.len()) && a.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(a)
+    } else {
+        Err(ValidationError::new("app_secret", "must be 8 to 256 visible ASCII characters").into())
+    }
+}
+
+/// Meta's subscription handshake against the receiver: it must answer the
+/// challenge, proving it is the receiver the tenant means (and is up).
+async fn verify_receiver(s: &AppState, url: &str, verify_token: &str) -> ApiResult<()> {
+    let challenge = rand::random::<u32>().to_string();
+    let mut target = url::Url::parse(url).map_err(|e| ValidationError::new("url", e.to_string()))?;
+    target
+        .query_pairs_mut()
+        .append_pair("hub.mode", "subscribe")
+        .append_pair("hub.verify_token", verify_token)
+        .append_pair("hub.challenge", &challenge);
+    let failed = |why: String| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "verification_failed",
+            format!("the receiver did not pass the hub.challenge handshake: {why}"),
+        )
+        .with_details(serde_json::json!({ "field": "verify_token" }))
+    };
+    let sent = s.egress.client().get(target).timeout(std::time::Duration::from_secs(10)).send().await;
+    let res = sent.map_err(|e| failed(e.to_string()))?;
+    let status = res.status();
+    let body = res.text().await.unwrap_or_default();
+    if !status.is_success() {
+        return Err(failed(format!("it answered HTTP {}", status.as_u16())));
+    }
+    if body.trim() != challenge {
+        return Err(failed("it did not answer with the challenge".into()));
+    }
+    Ok(())
+}
+
 fn endpoint_id(raw: &str) -> ApiResult<EndpointId> {
     EndpointId::parse(raw).ok_or_else(|| ApiError::not_found("webhook"))
 }
@@ -139,6 +210,27 @@ pub async fn create(
 ) -> ApiResult<(StatusCode, Json<WebhookCreated>)> {
     let url = check_url(&s, &body.url)?;
     check_types(&body.event_types)?;
+    let mut event_types = body.event_types;
+    let app_secret = match body.format {
+        WebhookFormat::Standard => {
+            if body.app_secret.is_some() || body.verify_token.is_some() {
+                let field = if body.app_secret.is_some() { "app_secret" } else { "verify_token" };
+                return Err(ValidationError::new(field, "only goes with format cloud_api").into());
+            }
+            None
+        }
+        WebhookFormat::CloudApi => {
+            if event_types.is_empty() {
+                event_types = CLOUD_TYPES.iter().map(|t| t.as_str().to_owned()).collect();
+            }
+            check_cloud(&event_types, body.include_internal)?;
+            let app_secret = match body.app_secret {
+                Some(a) => check_app_secret(a)?,
+                None => hex::encode(rand::random::<[u8; 16]>()),
+            };
+            Some(app_secret)
+        }
+    };
     // Every endpoint multiplies each event into a delivery: keep it bounded.
     if s.backends.webhooks.list_endpoints(&tenant).await?.len() >= MAX_ENDPOINTS {
         return Err(ApiError::new(
@@ -148,19 +240,24 @@ pub async fn create(
         ));
     }
     check_headers(&body.headers)?;
+    if let Some(token) = &body.verify_token {
+        verify_receiver(&s, &url, token).await?;
+    }
     let secret = WebhookSecret::generate();
     let new = NewEndpoint {
         id: EndpointId::generate(),
         tenant_id: tenant,
         url,
         description: body.description,
-        event_types: body.event_types,
+        event_types,
         include_internal: body.include_internal,
         headers: body.headers,
         secret: secret.clone(),
+        format: body.format,
+        app_secret: app_secret.clone(),
     };
     let endpoint = s.backends.webhooks.create_endpoint(new).await?;
-    Ok((StatusCode::CREATED, Json(WebhookCreated { endpoint, secret: secret.reveal().to_owned() })))
+    Ok((StatusCode::CREATED, Json(WebhookCreated { endpoint, secret: secret.reveal().to_owned(), app_secret })))
 }
 
 /// Lists the tenant's webhooks.
@@ -199,6 +296,14 @@ pub async fn update(
     }
     if let Some(h) = &body.headers {
         check_headers(h)?;
+    }
+    if body.event_types.is_some() || body.include_internal == Some(true) {
+        let current =
+            s.backends.webhooks.get_endpoint(&tenant, &id).await?.ok_or_else(|| ApiError::not_found("webhook"))?;
+        if current.format == WebhookFormat::CloudApi {
+            let types = body.event_types.clone().unwrap_or(current.event_types);
+            check_cloud(&types, body.include_internal.unwrap_or(current.include_internal))?;
+        }
     }
     let change = EndpointChange {
         url,

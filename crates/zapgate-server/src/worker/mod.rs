@@ -5,6 +5,7 @@
 //! [`statuses`] applies provider status reports; [`janitor`] purges.
 
 pub mod circuits;
+pub mod cloud_shape;
 pub mod connections;
 pub mod consumer;
 pub mod dispatcher;

@@ -15,6 +15,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use zapgate_backends::{AttemptOutcome, AttemptResult, DeliveryJob, WebhookStore};
 use zapgate_domain::Timestamp;
 
+use super::cloud_shape::{CloudShaper, cloud_payload};
 use super::persist;
 
 /// Deliveries claimed per round at most.
@@ -44,6 +45,8 @@ pub struct WebhookSender {
     pub timeout: Duration,
     /// Attempts in flight per endpoint at most (across processes).
     pub endpoint_concurrency: u32,
+    /// Reads what Cloud API-shaped deliveries need besides the event.
+    pub cloud: CloudShaper,
 }
 
 pub async fn run(sender: Arc<WebhookSender>, mut shutdown: watch::Receiver<bool>) {
@@ -127,31 +130,48 @@ pub fn payload(job: &DeliveryJob) -> Vec<u8> {
     .expect("events serialise")
 }
 
-async fn attempt(sender: Arc<WebhookSender>, job: DeliveryJob, _slot: OwnedSemaphorePermit, finished: Arc<Notify>) {
-    let number = job.attempts + 1;
-    let started = Instant::now();
-    let at = Timestamp::now();
-    let body = payload(&job);
-    let msg_id = job.event.id.to_string();
-    let ts = at.as_millis() / 1000;
-    let signature: Vec<String> = job.secrets.iter().map(|s| s.sign(&msg_id, ts, &body)).collect();
+/// A delivery's request, ready to send; or why it cannot be sent, and
+/// whether it never will be (`true`: dead at once).
+async fn prepare(
+    sender: &WebhookSender,
+    job: &DeliveryJob,
+    at: Timestamp,
+) -> Result<reqwest::RequestBuilder, (String, bool)> {
     let mut req = sender.egress.client().post(&job.url);
     for (k, v) in &job.headers {
         if !k.to_ascii_lowercase().starts_with("webhook-") && !k.eq_ignore_ascii_case("content-type") {
             req = req.header(k, v);
         }
     }
-    let sent = match sender.egress.check_url(&job.url) {
-        Err(e) => Err(e.to_string()),
-        Ok(_) => req
-            .header("content-type", "application/json")
+    let req = req.header("content-type", "application/json");
+    let Some(app_secret) = &job.cloud_app_secret else {
+        let body = payload(job);
+        let msg_id = job.event.id.to_string();
+        let ts = at.as_millis() / 1000;
+        let signature: Vec<String> = job.secrets.iter().map(|s| s.sign(&msg_id, ts, &body)).collect();
+        return Ok(req
             .header("webhook-id", &msg_id)
             .header("webhook-timestamp", ts.to_string())
             .header("webhook-signature", signature.join(" "))
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| describe(&e)),
+            .body(body));
+    };
+    let facts = sender.cloud.facts(&job.event).await.map_err(|e| (e, false))?;
+    let Some(value) = cloud_payload(&job.event, &facts) else {
+        return Err((format!("the Cloud API has no webhook for {} events", job.event.event_type.as_str()), true));
+    };
+    let body = zapgate_domain::webhook::ascii_json(&value);
+    let signature = zapgate_domain::webhook::hub_signature(app_secret, &body);
+    Ok(req.header("x-hub-signature-256", signature).body(body))
+}
+
+async fn attempt(sender: Arc<WebhookSender>, job: DeliveryJob, _slot: OwnedSemaphorePermit, finished: Arc<Notify>) {
+    let number = job.attempts + 1;
+    let started = Instant::now();
+    let at = Timestamp::now();
+    let sent = match (sender.egress.check_url(&job.url), prepare(&sender, &job, at).await) {
+        (Err(e), _) => Err((e.to_string(), false)),
+        (Ok(_), Err(unsendable)) => Err(unsendable),
+        (Ok(_), Ok(req)) => req.send().await.map_err(|e| (describe(&e), false)),
     };
     let duration_ms = started.elapsed().as_millis() as u64;
     let (result, response) = match sent {
@@ -180,8 +200,8 @@ async fn attempt(sender: Arc<WebhookSender>, job: DeliveryJob, _slot: OwnedSemap
             };
             (result, snippet(res).await)
         }
-        Err(error) => {
-            let retry_at = retry_at(&sender.schedule, job.schedule_index + 1, None);
+        Err((error, dead)) => {
+            let retry_at = if dead { None } else { retry_at(&sender.schedule, job.schedule_index + 1, None) };
             (AttemptResult::Failed { status_code: None, error, retry_at }, None)
         }
     };
