@@ -16,6 +16,7 @@
 //! an implementation.
 
 pub mod amqp;
+pub mod chatwoot;
 pub mod crash;
 pub mod error;
 pub mod inbox;
@@ -35,6 +36,10 @@ pub mod store;
 pub mod webhooks;
 
 pub use crate::redis::RedisBackend;
+pub use chatwoot::{
+    ChatwootContact, ChatwootJob, ChatwootJobOutcome, ChatwootJobStatus, ChatwootStore, IntegrationChange,
+    IntegrationRecord, NewChatwootJob, NewIntegration,
+};
 pub use crash::crash_point;
 pub use error::StoreError;
 pub use inbox::{
@@ -67,6 +72,8 @@ pub struct Backends {
     pub locks: Arc<dyn Locks>,
     pub media: Arc<dyn MediaStore>,
     pub media_index: Arc<dyn MediaIndex>,
+    /// Chatwoot integrations, their jobs and contacts.
+    pub chatwoot: Arc<dyn ChatwootStore>,
     /// Set when limits and locks live in Redis: its health is reported, not
     /// required (it holds only soft state; see [`RedisBackend`]).
     pub redis: Option<RedisBackend>,
@@ -86,7 +93,7 @@ impl Backends {
 
     /// Store, queue and webhooks in `db`; limits and locks in process; media
     /// under `data_dir` (the `with_*` methods move them elsewhere).
-    fn on_one_database<D: Store + Queue + WebhookStore + ProviderPools + Inbox + MediaIndex>(
+    fn on_one_database<D: Store + Queue + WebhookStore + ProviderPools + Inbox + MediaIndex + ChatwootStore>(
         db: Arc<D>,
         data_dir: &Path,
     ) -> Self {
@@ -96,6 +103,7 @@ impl Backends {
             webhooks: db.clone(),
             pools: db.clone(),
             inbox: db.clone(),
+            chatwoot: db.clone(),
             media_index: db,
             rate_limiter: Arc::new(InProcessRateLimiter::default()),
             locks: Arc::new(InProcessLocks::default()),

@@ -260,3 +260,73 @@ pub fn media(row: &(impl Columns + ?Sized)) -> Result<crate::MediaRecord, StoreE
         created_at: row.time("created_at")?,
     })
 }
+
+/// The columns `integration` reads.
+pub const INTEGRATION_COLUMNS: &str = "id, tenant_id, instance_id, base_url, account_id, inbox_id, api_token, \
+    webhook_secret, enabled, created_at, updated_at";
+
+pub fn integration(row: &(impl Columns + ?Sized)) -> Result<crate::IntegrationRecord, StoreError> {
+    Ok(crate::IntegrationRecord {
+        id: zapgate_domain::IntegrationId::from_trusted(row.text("id")?),
+        tenant_id: TenantId::from_trusted(row.text("tenant_id")?),
+        instance_id: InstanceId::from_trusted(row.text("instance_id")?),
+        base_url: row.text("base_url")?,
+        account_id: unsigned(row, "account_id")?,
+        inbox_id: unsigned(row, "inbox_id")?,
+        api_token: row.text("api_token")?,
+        webhook_secret: row.text_opt("webhook_secret")?,
+        enabled: row.flag("enabled")?,
+        created_at: row.time("created_at")?,
+        updated_at: row.time("updated_at")?,
+    })
+}
+
+/// The columns `chatwoot_job` reads.
+pub const CHATWOOT_JOB_COLUMNS: &str = "integration_id, chatwoot_message_id, tenant_id, payload, status, attempts, \
+    message_id, error, created_at, updated_at";
+
+pub fn chatwoot_job(row: &(impl Columns + ?Sized)) -> Result<crate::ChatwootJob, StoreError> {
+    use crate::ChatwootJobStatus;
+    let status = match row.text("status")?.as_str() {
+        "pending" => ChatwootJobStatus::Pending,
+        "done" => ChatwootJobStatus::Done,
+        "failed" => ChatwootJobStatus::Failed,
+        other => return Err(corrupt("chatwoot job status", other)),
+    };
+    Ok(crate::ChatwootJob {
+        integration_id: zapgate_domain::IntegrationId::from_trusted(row.text("integration_id")?),
+        chatwoot_message_id: row.text("chatwoot_message_id")?,
+        tenant_id: TenantId::from_trusted(row.text("tenant_id")?),
+        payload: row.json("payload")?,
+        status,
+        attempts: u32::try_from(row.int("attempts")?).map_err(|e| corrupt("attempts", e))?,
+        message_id: row.text_opt("message_id")?.map(MessageId::from_trusted),
+        error: row.text_opt("error")?,
+        created_at: row.time("created_at")?,
+        updated_at: row.time("updated_at")?,
+    })
+}
+
+/// The columns `chatwoot_contact` reads.
+pub const CHATWOOT_CONTACT_COLUMNS: &str = "chat, contact_id, source_id, conversation_id";
+
+pub fn chatwoot_contact(row: &(impl Columns + ?Sized)) -> Result<crate::ChatwootContact, StoreError> {
+    Ok(crate::ChatwootContact {
+        chat: row.text("chat")?,
+        contact_id: unsigned(row, "contact_id")?,
+        source_id: row.text("source_id")?,
+        conversation_id: unsigned(row, "conversation_id")?,
+    })
+}
+
+/// An id of another system (Chatwoot's), kept in a signed BIGINT column.
+fn unsigned(row: &(impl Columns + ?Sized), col: &str) -> Result<u64, StoreError> {
+    u64::try_from(row.int(col)?).map_err(|e| corrupt(col, e))
+}
+
+/// The BIGINT column value of an unsigned outside id. Chatwoot's ids are
+/// database serials, far below `i64::MAX`; a larger one is refused rather
+/// than stored wrapped (and read back as corrupt).
+pub fn signed(what: &str, v: u64) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| StoreError::Conflict(format!("{what} {v} is too large")))
+}

@@ -584,3 +584,222 @@ async fn deliveries_are_claimed_within_each_endpoints_room_and_gone_disables_the
         0
     );
 }
+
+fn new_integration(f: &Fixture) -> NewIntegration {
+    NewIntegration {
+        id: IntegrationId::generate(),
+        tenant_id: f.tenant.clone(),
+        instance_id: f.instance.clone(),
+        base_url: "https://chatwoot.example.com".into(),
+        account_id: 3,
+        inbox_id: 7,
+        api_token: "cw-token".into(),
+        webhook_secret: Some("cw-secret".into()),
+    }
+}
+
+fn chatwoot_job(f: &Fixture, integration: &IntegrationId, cw_id: &str, now: Timestamp) -> NewChatwootJob {
+    NewChatwootJob {
+        integration_id: integration.clone(),
+        chatwoot_message_id: cw_id.into(),
+        tenant_id: f.tenant.clone(),
+        payload: serde_json::json!({ "to": "+5511900000001", "text": cw_id }),
+        now,
+    }
+}
+
+#[tokio::test]
+async fn chatwoot_integrations_are_tenant_scoped_updated_and_soft_deleted() {
+    let f = fixture().await;
+    let cw = &f.b.chatwoot;
+    let now = Timestamp::now();
+    let created = cw.create_integration(new_integration(&f), now).await.unwrap();
+    assert_eq!((created.account_id, created.inbox_id, created.enabled), (3, 7, true));
+    assert_eq!((created.api_token.as_str(), created.webhook_secret.as_deref()), ("cw-token", Some("cw-secret")));
+    let id = created.id.clone();
+
+    let other = TenantId::generate();
+    assert!(cw.get_integration(&other, &id).await.unwrap().is_none(), "another tenant cannot see it");
+    assert!(cw.list_integrations(&other).await.unwrap().is_empty());
+    assert!(cw.update_integration(&other, &id, IntegrationChange::default(), now).await.unwrap().is_none());
+    assert!(!cw.delete_integration(&other, &id, now).await.unwrap(), "nor delete it");
+    assert_eq!(cw.list_integrations(&f.tenant).await.unwrap().len(), 1);
+    assert_eq!(cw.get_integration(&f.tenant, &id).await.unwrap().unwrap().base_url, "https://chatwoot.example.com");
+    assert!(cw.integration(&id).await.unwrap().is_some(), "found by id alone (webhook ingest)");
+    assert_eq!(cw.integrations_of_instance(&f.instance).await.unwrap().len(), 1);
+
+    let later = now.plus_millis(1_000);
+    let change = IntegrationChange {
+        base_url: Some("https://cw2.example.com".into()),
+        inbox_id: Some(9),
+        webhook_secret: Some(None),
+        enabled: Some(false),
+        ..Default::default()
+    };
+    let updated = cw.update_integration(&f.tenant, &id, change, later).await.unwrap().unwrap();
+    assert_eq!((updated.base_url.as_str(), updated.account_id, updated.inbox_id), ("https://cw2.example.com", 3, 9));
+    assert_eq!((updated.webhook_secret, updated.enabled, updated.api_token.as_str()), (None, false, "cw-token"));
+    assert_eq!((updated.created_at, updated.updated_at), (created.created_at, later));
+    assert!(cw.integrations_of_instance(&f.instance).await.unwrap().is_empty(), "disabled ones get no inbound");
+    assert!(cw.integration(&id).await.unwrap().is_some(), "a disabled one is still found by id");
+
+    let change =
+        IntegrationChange { webhook_secret: Some(Some("s2".into())), enabled: Some(true), ..Default::default() };
+    let updated = cw.update_integration(&f.tenant, &id, change, later).await.unwrap().unwrap();
+    assert_eq!((updated.webhook_secret.as_deref(), updated.enabled), (Some("s2"), true));
+    let kept = cw.update_integration(&f.tenant, &id, IntegrationChange::default(), later).await.unwrap().unwrap();
+    assert_eq!((kept.webhook_secret.as_deref(), kept.inbox_id), (Some("s2"), 9), "None keeps every field");
+
+    assert!(cw.delete_integration(&f.tenant, &id, later).await.unwrap());
+    assert!(!cw.delete_integration(&f.tenant, &id, later).await.unwrap(), "deleted once");
+    assert!(cw.integration(&id).await.unwrap().is_none());
+    assert!(cw.get_integration(&f.tenant, &id).await.unwrap().is_none());
+    assert!(cw.list_integrations(&f.tenant).await.unwrap().is_empty());
+    assert!(cw.integrations_of_instance(&f.instance).await.unwrap().is_empty());
+    assert!(cw.update_integration(&f.tenant, &id, IntegrationChange::default(), later).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn chatwoot_jobs_are_made_once_per_key_leased_and_finished() {
+    let f = fixture().await;
+    let cw = &f.b.chatwoot;
+    let now = Timestamp::now();
+    let i = cw.create_integration(new_integration(&f), now).await.unwrap().id;
+    assert!(cw.enqueue_chatwoot_job(chatwoot_job(&f, &i, "101", now)).await.unwrap(), "new");
+    assert!(!cw.enqueue_chatwoot_job(chatwoot_job(&f, &i, "101", now)).await.unwrap(), "a re-delivered webhook");
+    assert!(cw.enqueue_chatwoot_job(chatwoot_job(&f, &i, "102", now.plus_millis(1))).await.unwrap());
+
+    let soon = now.plus_millis(1);
+    let first = cw.claim_chatwoot_jobs(soon, 1, 30_000).await.unwrap();
+    assert_eq!(first.len(), 1);
+    let job = &first[0];
+    assert_eq!((job.chatwoot_message_id.as_str(), job.status, job.attempts), ("101", ChatwootJobStatus::Pending, 0));
+    assert_eq!((&job.integration_id, &job.tenant_id), (&i, &f.tenant));
+    assert_eq!(job.payload["text"], "101");
+    let second = cw.claim_chatwoot_jobs(soon, 10, 30_000).await.unwrap();
+    assert_eq!(second.iter().map(|j| j.chatwoot_message_id.as_str()).collect::<Vec<_>>(), ["102"]);
+    assert!(cw.claim_chatwoot_jobs(soon, 10, 30_000).await.unwrap().is_empty(), "both leased");
+    assert!(cw.claim_chatwoot_jobs(soon.plus_millis(29_999), 10, 30_000).await.unwrap().is_empty());
+    let expired = cw.claim_chatwoot_jobs(soon.plus_millis(30_000), 10, 30_000).await.unwrap();
+    assert_eq!(expired.len(), 2, "an expired lease is claimable again");
+
+    let message = MessageId::generate();
+    let done_at = soon.plus_millis(31_000);
+    cw.finish_chatwoot_job(&i, "101", ChatwootJobOutcome::Done { message_id: message.clone() }, done_at).await.unwrap();
+    let done = cw.get_chatwoot_job(&i, "101").await.unwrap().unwrap();
+    assert_eq!((done.status, done.message_id.as_ref(), done.attempts), (ChatwootJobStatus::Done, Some(&message), 0));
+    assert_eq!(done.updated_at, done_at);
+    let found = cw.chatwoot_job_of_message(&message).await.unwrap().unwrap();
+    assert_eq!(found.chatwoot_message_id, "101");
+    assert!(cw.chatwoot_job_of_message(&MessageId::generate()).await.unwrap().is_none());
+    assert!(!cw.enqueue_chatwoot_job(chatwoot_job(&f, &i, "101", done_at)).await.unwrap(), "a finished key stays");
+    let far = done_at.plus_millis(3_600_000);
+    assert_eq!(cw.claim_chatwoot_jobs(far, 10, 30_000).await.unwrap().len(), 1, "only 102: done is never claimed");
+    assert!(cw.get_chatwoot_job(&i, "999").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_chatwoot_retry_is_due_at_its_time_and_failure_is_final() {
+    let f = fixture().await;
+    let cw = &f.b.chatwoot;
+    let now = Timestamp::now();
+    let i = cw.create_integration(new_integration(&f), now).await.unwrap().id;
+    cw.enqueue_chatwoot_job(chatwoot_job(&f, &i, "7", now)).await.unwrap();
+    assert_eq!(cw.claim_chatwoot_jobs(now, 10, 60_000).await.unwrap().len(), 1);
+
+    let at = now.plus_millis(5_000);
+    let retry = ChatwootJobOutcome::Retry { at, error: "chatwoot 502".into() };
+    cw.finish_chatwoot_job(&i, "7", retry, now.plus_millis(100)).await.unwrap();
+    let waiting = cw.get_chatwoot_job(&i, "7").await.unwrap().unwrap();
+    assert_eq!((waiting.status, waiting.attempts), (ChatwootJobStatus::Pending, 1));
+    assert_eq!(waiting.error.as_deref(), Some("chatwoot 502"));
+    assert!(cw.claim_chatwoot_jobs(at.plus_millis(-1), 10, 60_000).await.unwrap().is_empty(), "not before `at`");
+    let again = cw.claim_chatwoot_jobs(at, 10, 60_000).await.unwrap();
+    assert_eq!((again.len(), again[0].attempts), (1, 1), "due at `at`, not at the old lease's end");
+
+    let failed = ChatwootJobOutcome::Failed { error: "no such chat".into() };
+    cw.finish_chatwoot_job(&i, "7", failed, at).await.unwrap();
+    let job = cw.get_chatwoot_job(&i, "7").await.unwrap().unwrap();
+    assert_eq!((job.status, job.attempts, job.error.as_deref()), (ChatwootJobStatus::Failed, 2, Some("no such chat")));
+    assert_eq!(job.message_id, None);
+    // A late outcome (an expired lease's worker) leaves a finished job alone.
+    let late = ChatwootJobOutcome::Done { message_id: MessageId::generate() };
+    cw.finish_chatwoot_job(&i, "7", late, at.plus_millis(1)).await.unwrap();
+    assert_eq!(cw.get_chatwoot_job(&i, "7").await.unwrap().unwrap().status, ChatwootJobStatus::Failed);
+    assert!(cw.claim_chatwoot_jobs(at.plus_millis(3_600_000), 10, 60_000).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn only_old_finished_chatwoot_jobs_are_purged() {
+    let f = fixture().await;
+    let cw = &f.b.chatwoot;
+    let now = Timestamp::now();
+    let i = cw.create_integration(new_integration(&f), now).await.unwrap().id;
+    for key in ["old-done", "old-failed", "new-done", "pending"] {
+        cw.enqueue_chatwoot_job(chatwoot_job(&f, &i, key, now)).await.unwrap();
+    }
+    let done = || ChatwootJobOutcome::Done { message_id: MessageId::generate() };
+    cw.finish_chatwoot_job(&i, "old-done", done(), now).await.unwrap();
+    cw.finish_chatwoot_job(&i, "old-failed", ChatwootJobOutcome::Failed { error: "x".into() }, now).await.unwrap();
+    cw.finish_chatwoot_job(&i, "new-done", done(), now.plus_millis(10_000)).await.unwrap();
+
+    assert_eq!(cw.purge_chatwoot_jobs(now, 100).await.unwrap(), 0, "strictly before");
+    let cut = now.plus_millis(5_000);
+    assert_eq!(cw.purge_chatwoot_jobs(cut, 1).await.unwrap(), 1, "up to the limit");
+    assert_eq!(cw.purge_chatwoot_jobs(cut, 100).await.unwrap(), 1);
+    for (key, kept) in [("old-done", false), ("old-failed", false), ("new-done", true), ("pending", true)] {
+        assert_eq!(cw.get_chatwoot_job(&i, key).await.unwrap().is_some(), kept, "{key}");
+    }
+    let much_later = now.plus_millis(86_400_000);
+    assert_eq!(cw.purge_chatwoot_jobs(much_later, 100).await.unwrap(), 1, "a pending job is never purged");
+    assert!(cw.get_chatwoot_job(&i, "pending").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn concurrent_chatwoot_claims_hand_each_job_out_once() {
+    let f = fixture().await;
+    // On PostgreSQL the second claimer is another process; SQLite has one.
+    let other = if f._db.distributed() { f._db.open().await } else { f.b.clone() };
+    let now = Timestamp::now();
+    let i = f.b.chatwoot.create_integration(new_integration(&f), now).await.unwrap().id;
+    for n in 0..150 {
+        f.b.chatwoot.enqueue_chatwoot_job(chatwoot_job(&f, &i, &n.to_string(), now)).await.unwrap();
+    }
+    let round = |b: Backends| {
+        tokio::spawn(async move {
+            let mut got = Vec::new();
+            loop {
+                let jobs = b.chatwoot.claim_chatwoot_jobs(now, 7, 60_000).await.unwrap();
+                if jobs.is_empty() {
+                    return got;
+                }
+                got.extend(jobs.into_iter().map(|j| j.chatwoot_message_id));
+            }
+        })
+    };
+    let (a, b) = (round(f.b.clone()), round(other));
+    let mut all: Vec<_> = a.await.unwrap().into_iter().chain(b.await.unwrap()).collect();
+    let n = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!((n, all.len()), (150, 150), "every job claimed exactly once");
+}
+
+#[tokio::test]
+async fn chatwoot_contacts_are_saved_replaced_and_read_per_integration() {
+    let f = fixture().await;
+    let cw = &f.b.chatwoot;
+    let now = Timestamp::now();
+    let i = cw.create_integration(new_integration(&f), now).await.unwrap().id;
+    let j = cw.create_integration(new_integration(&f), now).await.unwrap().id;
+    let chat = "5511900000001";
+    assert!(cw.chatwoot_contact(&i, chat).await.unwrap().is_none());
+    let first = ChatwootContact { chat: chat.into(), contact_id: 11, source_id: "src-1".into(), conversation_id: 21 };
+    cw.save_chatwoot_contact(&i, first.clone()).await.unwrap();
+    assert_eq!(cw.chatwoot_contact(&i, chat).await.unwrap(), Some(first.clone()));
+    let moved = ChatwootContact { conversation_id: 22, source_id: "src-2".into(), ..first };
+    cw.save_chatwoot_contact(&i, moved.clone()).await.unwrap();
+    assert_eq!(cw.chatwoot_contact(&i, chat).await.unwrap(), Some(moved), "replaced, not added");
+    assert!(cw.chatwoot_contact(&j, chat).await.unwrap().is_none(), "another integration's chat is its own");
+    assert!(cw.chatwoot_contact(&i, "5511900000002").await.unwrap().is_none());
+}

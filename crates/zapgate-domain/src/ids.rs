@@ -98,6 +98,11 @@ id_type!(
 id_type!(
     /// One event owed to one webhook endpoint (with all its attempts).
     DeliveryId, "dlv_");
+id_type!(
+    /// A tenant's Chatwoot integration (one Chatwoot inbox ↔ one instance).
+    /// It names the integration's webhook URL, so it must not be guessable:
+    /// 74 of its bits are random.
+    IntegrationId, "cwi_");
 
 impl MessageId {
     /// The id as a Cloud API message id (`wamid.…`): what the Cloud API

@@ -23,7 +23,8 @@ pub use chat::ChatId;
 pub use error::ValidationError;
 pub use event::{EventType, MessageEvent, ReceivedMessage};
 pub use ids::{
-    DeliveryId, EndpointId, EventId, InstanceId, MediaId, MessageId, ProviderId, TemplateId, TenantId, TokenId,
+    DeliveryId, EndpointId, EventId, InstanceId, IntegrationId, MediaId, MessageId, ProviderId, TemplateId, TenantId,
+    TokenId,
 };
 pub use instance_state::InstanceState;
 pub use message::{MessageContent, SendRequest};

@@ -275,6 +275,16 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
             max_bytes: config.media_max_bytes,
             timeout: config.media_fetch_timeout,
         });
+        let chatwoot = Arc::new(crate::worker::chatwoot::ChatwootWorker {
+            jobs: backends.chatwoot.clone(),
+            store: backends.store.clone(),
+            locks: backends.locks.clone(),
+            media: fetcher.clone(),
+            work: signal.clone(),
+            lock_ttl: Duration::from_millis(config.chatwoot_lock_ttl_ms),
+            retention: config.chatwoot_job_retention,
+        });
+        drained.push(tokio::spawn(crate::worker::chatwoot::run(chatwoot, stop_rx.clone())));
         drained.push(tokio::spawn(crate::worker::media::run(fetcher, stop_rx)));
     }
 
@@ -314,6 +324,7 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
         let at = listener.local_addr()?;
         tracing::info!(addr = %at, "provider webhooks on http://{at}/providers/{{kind}}/{{account}}/webhook");
         let router = http::ingest_router(state.clone());
+        let router = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
         tokio::spawn(async move { axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await });
     }
     let router = match role {
@@ -322,6 +333,8 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
         Role::Worker | Role::Relay => http::ops_router(state),
     };
     tracing::info!(%addr, role = role_name, "zapgate listening on http://{addr} (docs at /docs)");
+    // The peer address is what per-IP limits (Chatwoot webhooks) key on.
+    let router = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
     axum::serve(listener, router).with_graceful_shutdown(shutdown_signal()).await?;
 
     tracing::info!("stopped accepting requests; draining");

@@ -161,6 +161,17 @@ pub struct Config {
     /// How long media is kept; then its bytes and record are deleted.
     #[serde(with = "humantime_serde")]
     pub media_retention: Duration,
+    /// How long the lock on one Chatwoot message (its webhook, then its job)
+    /// is held, in milliseconds: replicas receiving the same webhook at once
+    /// wait on it instead of racing.
+    pub chatwoot_lock_ttl_ms: u64,
+    /// Chatwoot webhooks accepted per second per integration, and per client IP.
+    pub chatwoot_rate_per_sec: u32,
+    pub chatwoot_burst: u32,
+    /// How long a handled Chatwoot message's key is kept (at least a day:
+    /// Chatwoot re-delivers late).
+    #[serde(with = "humantime_serde")]
+    pub chatwoot_job_retention: Duration,
     /// Sandbox provider: how long each send call takes (a provider's latency).
     #[serde(with = "humantime_serde")]
     pub sandbox_send_latency: Duration,
@@ -233,6 +244,10 @@ impl Default for Config {
             media_fetch_timeout: Duration::from_secs(60),
             media_retention: Duration::from_secs(30 * 24 * 3600),
             webhook_retention: Duration::from_secs(30 * 24 * 3600),
+            chatwoot_lock_ttl_ms: 5000,
+            chatwoot_rate_per_sec: 100,
+            chatwoot_burst: 50,
+            chatwoot_job_retention: Duration::from_secs(48 * 3600),
             sandbox_send_latency: Duration::ZERO,
             sandbox_delivered_after: Duration::from_secs(1),
             sandbox_read_after: Duration::from_secs(2),
@@ -364,6 +379,14 @@ impl Config {
         }
         if self.max_body_bytes < 1024 {
             return bad("ZAPGATE_MAX_BODY_BYTES must be at least 1024");
+        }
+        if self.chatwoot_lock_ttl_ms == 0 || self.chatwoot_rate_per_sec == 0 || self.chatwoot_burst == 0 {
+            return bad(
+                "ZAPGATE_CHATWOOT_LOCK_TTL_MS, ZAPGATE_CHATWOOT_RATE_PER_SEC and ZAPGATE_CHATWOOT_BURST must be above 0",
+            );
+        }
+        if self.chatwoot_job_retention < Duration::from_secs(24 * 3600) {
+            return bad("ZAPGATE_CHATWOOT_JOB_RETENTION must be at least 24h (Chatwoot re-delivers late)");
         }
         if let Err(e) = self.webhook_retry_delays().and(self.amqp_tiers()) {
             return bad(&e);

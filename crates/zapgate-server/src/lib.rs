@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod chatwoot;
 pub mod config;
 pub mod egress;
 pub mod http;

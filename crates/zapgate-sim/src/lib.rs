@@ -36,6 +36,7 @@
 //!
 //! Used in-process by tests (`start`) and as a binary by hand or by the bench.
 
+pub mod chatwoot;
 pub mod cloud;
 pub mod cloud_receiver;
 pub mod counters;

@@ -330,6 +330,22 @@ struct ServeArgs {
     #[arg(long, env = "ZAPGATE_MEDIA_RETENTION", value_parser = parse_duration, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
     media_retention: Option<Duration>,
+    /// Lock on one Chatwoot message while a replica handles it, in ms [default: 5000].
+    #[arg(long, env = "ZAPGATE_CHATWOOT_LOCK_TTL_MS", value_name = "MS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    chatwoot_lock_ttl_ms: Option<u64>,
+    /// Chatwoot webhooks per second per integration and per client IP [default: 100].
+    #[arg(long, env = "ZAPGATE_CHATWOOT_RATE_PER_SEC", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    chatwoot_rate_per_sec: Option<u32>,
+    /// Burst of Chatwoot webhooks above that rate [default: 50].
+    #[arg(long, env = "ZAPGATE_CHATWOOT_BURST", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    chatwoot_burst: Option<u32>,
+    /// How long a handled Chatwoot message's key is kept, so a late re-delivery is a duplicate [default: 48h].
+    #[arg(long, env = "ZAPGATE_CHATWOOT_JOB_RETENTION", value_parser = parse_duration, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    chatwoot_job_retention: Option<Duration>,
     /// Sandbox provider: how long each send call takes [default: 0s].
     #[arg(long, env = "ZAPGATE_SANDBOX_SEND_LATENCY", value_parser = parse_duration, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]

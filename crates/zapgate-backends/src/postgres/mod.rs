@@ -10,6 +10,7 @@
 //! a lease timeout.
 
 mod accepts;
+mod chatwoot;
 mod inbox;
 mod media;
 mod outbox;
@@ -39,6 +40,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0007_media.sql"),
     include_str!("../../migrations/postgres/0008_circuits.sql"),
     include_str!("../../migrations/postgres/0009_cloud_webhooks.sql"),
+    include_str!("../../migrations/postgres/0010_chatwoot.sql"),
 ];
 
 /// Advisory lock key serialising migrations across processes.

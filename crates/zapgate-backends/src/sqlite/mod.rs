@@ -13,6 +13,7 @@
 //! job is one hand-off to the writer thread and its statements run inline
 //! from a prepared-statement cache.
 
+mod chatwoot;
 mod inbox;
 mod media;
 mod pools;
@@ -48,6 +49,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0011_media.sql"),
     include_str!("../../migrations/sqlite/0012_circuits.sql"),
     include_str!("../../migrations/sqlite/0013_cloud_webhooks.sql"),
+    include_str!("../../migrations/sqlite/0014_chatwoot.sql"),
 ];
 
 pub struct SqliteBackend {

@@ -25,6 +25,8 @@ use utoipa::{Modify, OpenApi};
         super::webhooks::delivery, super::webhooks::replay, super::webhooks::replay_failed,
         super::media::upload, super::media::download, super::media::info, super::media::delete,
         super::inbound::list, super::inbound::get, super::inbound::mark_read,
+        super::chatwoot::create, super::chatwoot::list, super::chatwoot::get, super::chatwoot::update,
+        super::chatwoot::delete,
         super::ingest::receive, super::ingest::handshake,
     ),
     modifiers(&BearerAuth),

@@ -2,6 +2,8 @@
 //! [`extract`], the error shape in [`error`], OpenAPI and the docs page in
 //! [`docs`].
 
+pub mod chatwoot;
+pub mod chatwoot_ingest;
 pub mod circuits;
 pub mod dead_letters;
 pub mod docs;
@@ -73,6 +75,11 @@ pub fn router(state: AppState, ingest: bool) -> Router {
         .route("/v1/instances/{instance_id}/pairing-code", post(sessions::pairing_code))
         .route("/v1/messages", post(messages::send).get(messages::list))
         .route("/v1/messages/{message_id}", get(messages::get).delete(messages::cancel))
+        .route("/v1/chatwoot-integrations", post(chatwoot::create).get(chatwoot::list))
+        .route(
+            "/v1/chatwoot-integrations/{integration_id}",
+            get(chatwoot::get).patch(chatwoot::update).delete(chatwoot::delete),
+        )
         .route("/v1/templates", post(templates::create).get(templates::list))
         .route("/v1/templates/{template_id}", get(templates::get).delete(templates::delete))
         .route("/v1/webhooks", post(webhooks::create).get(webhooks::list))
@@ -114,6 +121,7 @@ pub fn router(state: AppState, ingest: bool) -> Router {
 fn ingest_routes() -> Router<AppState> {
     Router::new()
         .route("/providers/{kind}/{account}/webhook", post(ingest::receive).get(ingest::handshake))
+        .route("/webhooks/chatwoot/{integration_id}", post(chatwoot_ingest::receive))
         // Where providers fetch uploaded media sent by id (see `media::public_link`).
         .route("/media/{tenant_id}/{media_id}/{token}", get(media::public_download))
 }

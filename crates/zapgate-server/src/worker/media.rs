@@ -103,9 +103,9 @@ fn retry_or_fail(job: &MediaJob, error: String, retryable: bool) -> MediaFetched
     }
 }
 
-struct Failure {
-    error: String,
-    retryable: bool,
+pub(crate) struct Failure {
+    pub(crate) error: String,
+    pub(crate) retryable: bool,
 }
 
 impl Failure {
@@ -150,7 +150,7 @@ fn too_big(max: u64) -> Failure {
 
 /// GETs `url` (following a few redirects, each checked), reading at most
 /// `max_bytes` of the answer.
-async fn download(
+pub(crate) async fn download(
     f: &MediaFetcher,
     url: &str,
     headers: &[(String, String)],
