@@ -23,6 +23,9 @@ pub enum WebhookFormat {
     /// The WhatsApp Cloud API's webhook payloads (`whatsapp_business_account`),
     /// signed with `X-Hub-Signature-256` under the endpoint's app secret.
     CloudApi,
+    /// A Chatwoot integration's inbox: events become Chatwoot API calls
+    /// (contacts, conversations, messages). Made and managed by the integration.
+    Chatwoot,
 }
 
 impl WebhookFormat {
@@ -30,11 +33,12 @@ impl WebhookFormat {
         match self {
             Self::Standard => "standard",
             Self::CloudApi => "cloud_api",
+            Self::Chatwoot => "chatwoot",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Self::Standard, Self::CloudApi].into_iter().find(|f| f.as_str() == s)
+        [Self::Standard, Self::CloudApi, Self::Chatwoot].into_iter().find(|f| f.as_str() == s)
     }
 }
 

@@ -212,6 +212,10 @@ pub async fn create(
     check_types(&body.event_types)?;
     let mut event_types = body.event_types;
     let app_secret = match body.format {
+        WebhookFormat::Chatwoot => {
+            return Err(ValidationError::new("format", "chatwoot webhooks are made by POST /v1/chatwoot-integrations")
+                .into());
+        }
         WebhookFormat::Standard => {
             if body.app_secret.is_some() || body.verify_token.is_some() {
                 let field = if body.app_secret.is_some() { "app_secret" } else { "verify_token" };
