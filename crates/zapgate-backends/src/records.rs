@@ -150,6 +150,8 @@ pub fn endpoint(row: &(impl Columns + ?Sized)) -> Result<EndpointRecord, StoreEr
         description: row.text("description")?,
         event_types: row.json("event_types")?,
         include_internal: row.flag("include_internal")?,
+        instance_id: row.text_opt("instance_id")?.map(InstanceId::from_trusted),
+        statuses: row.json("statuses")?,
         headers: row.json("headers")?,
         format: {
             let f = row.text("format")?;

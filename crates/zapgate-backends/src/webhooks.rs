@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::Notify;
 use zapgate_domain::webhook::{WebhookFormat, WebhookSecret};
-use zapgate_domain::{DeliveryId, EndpointId, EventId, MessageEvent, TenantId, Timestamp};
+use zapgate_domain::{DeliveryId, EndpointId, EventId, InstanceId, MessageEvent, TenantId, Timestamp};
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct EndpointRecord {
@@ -20,6 +20,12 @@ pub struct EndpointRecord {
     pub event_types: Vec<String>,
     /// Also deliver zapgate's internal steps (queued, sending, retry_wait, scheduled).
     pub include_internal: bool,
+    /// Only events of this instance; absent means every instance.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub instance_id: Option<InstanceId>,
+    /// Message statuses delivered (of `message.status` events); empty means every status.
+    pub statuses: Vec<String>,
     /// Extra headers sent with every delivery (e.g. a token your receiver checks).
     pub headers: BTreeMap<String, String>,
     /// `standard` (zapgate's events, Standard Webhooks) or `cloud_api`.
@@ -37,6 +43,10 @@ pub struct NewEndpoint {
     pub description: String,
     pub event_types: Vec<String>,
     pub include_internal: bool,
+    /// Only events of this instance (None: every instance).
+    pub instance_id: Option<InstanceId>,
+    /// Only these statuses of `message.status` events (empty: every status).
+    pub statuses: Vec<String>,
     pub headers: BTreeMap<String, String>,
     pub secret: WebhookSecret,
     pub format: WebhookFormat,
@@ -51,6 +61,9 @@ pub struct EndpointChange {
     pub description: Option<String>,
     pub event_types: Option<Vec<String>>,
     pub include_internal: Option<bool>,
+    /// `Some(None)` clears the instance filter; `Some(Some(i))` sets it.
+    pub instance_id: Option<Option<InstanceId>>,
+    pub statuses: Option<Vec<String>>,
     pub headers: Option<BTreeMap<String, String>>,
     pub enabled: Option<bool>,
 }
@@ -106,6 +119,8 @@ pub struct DeliveryJob {
     pub headers: BTreeMap<String, String>,
     /// Current secret first; the previous one too during a rotation's grace period.
     pub secrets: Vec<WebhookSecret>,
+    /// The shape the endpoint takes events in.
+    pub format: WebhookFormat,
     /// Some: the endpoint takes Cloud API-shaped payloads signed with this
     /// app secret instead of Standard Webhooks.
     pub cloud_app_secret: Option<String>,

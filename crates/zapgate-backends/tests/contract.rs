@@ -473,6 +473,8 @@ async fn finished_webhook_deliveries_are_purged_pending_ones_kept() {
             description: String::new(),
             event_types: vec![],
             include_internal: true,
+            instance_id: None,
+            statuses: vec![],
             headers: BTreeMap::new(),
             secret: WebhookSecret::generate(),
             format: WebhookFormat::Standard,
@@ -517,6 +519,8 @@ async fn deliveries_are_claimed_within_each_endpoints_room_and_gone_disables_the
                     description: String::new(),
                     event_types: vec![],
                     include_internal: true,
+                    instance_id: None,
+                    statuses: vec![],
                     headers: BTreeMap::new(),
                     secret: WebhookSecret::generate(),
                     // The second takes Cloud API-shaped payloads: its jobs carry its app secret.
@@ -543,6 +547,11 @@ async fn deliveries_are_claimed_within_each_endpoints_room_and_gone_disables_the
     let gone = first.iter().find(|j| j.endpoint_id == endpoints[0]).unwrap();
     let kept = first.iter().find(|j| j.endpoint_id == endpoints[1]).unwrap();
     assert_eq!((gone.cloud_app_secret.as_deref(), kept.cloud_app_secret.as_deref()), (None, Some("s3cret-app")));
+    assert_eq!(
+        (gone.format, kept.format),
+        (WebhookFormat::Standard, WebhookFormat::CloudApi),
+        "each job carries its endpoint's format"
+    );
     let listed = f.b.webhooks.list_endpoints(&f.tenant).await.unwrap();
     let format_of = |id: &EndpointId| listed.iter().find(|e| &e.id == id).unwrap().format;
     assert_eq!(
@@ -583,6 +592,116 @@ async fn deliveries_are_claimed_within_each_endpoints_room_and_gone_disables_the
         f.b.webhooks.replay_dead(&other_tenant, &endpoints[0], Timestamp::from_millis(0), now).await.unwrap(),
         0
     );
+}
+
+/// Endpoints filtered by instance and by message status get only the
+/// deliveries they asked for; `update_endpoint` sets and clears the instance.
+#[tokio::test]
+async fn endpoints_filtered_by_instance_and_status_get_only_those_events() {
+    use std::collections::BTreeMap;
+    use zapgate_domain::webhook::{WebhookFormat, WebhookSecret};
+    let f = fixture().await;
+    let other = InstanceId::generate();
+    f.b.store
+        .create_instance(NewInstance {
+            id: other.clone(),
+            tenant_id: f.tenant.clone(),
+            name: "other".into(),
+            provider: "sandbox".into(),
+            phone_number_id: format!("{}", rand_digits()),
+            waba_id: "1".into(),
+            phone_number: None,
+            rate_per_sec: 80,
+            burst: 80,
+            provider_config: serde_json::json!({}),
+        })
+        .await
+        .unwrap();
+    let endpoint = |instance_id: Option<InstanceId>, statuses: Vec<String>, format| NewEndpoint {
+        id: EndpointId::generate(),
+        tenant_id: f.tenant.clone(),
+        url: "https://example.com/hook".into(),
+        description: String::new(),
+        event_types: vec![],
+        include_internal: true,
+        instance_id,
+        statuses,
+        headers: BTreeMap::new(),
+        secret: WebhookSecret::generate(),
+        format,
+        app_secret: None,
+    };
+    let hooks = &f.b.webhooks;
+    let mine =
+        hooks.create_endpoint(endpoint(Some(f.instance.clone()), vec![], WebhookFormat::Standard)).await.unwrap();
+    assert_eq!((mine.instance_id.as_ref(), mine.statuses.is_empty()), (Some(&f.instance), true));
+    let failures = hooks.create_endpoint(endpoint(None, vec!["failed".into()], WebhookFormat::Chatwoot)).await.unwrap();
+    assert_eq!((failures.instance_id.as_ref(), failures.statuses.as_slice()), (None, &["failed".to_owned()][..]));
+    let listed = hooks.get_endpoint(&f.tenant, &failures.id).await.unwrap().unwrap();
+    assert_eq!(listed.statuses, ["failed"], "the filters are stored");
+
+    // Ours: queued, sending, sent; then queued, sending, failed.
+    let ok = accept(&f, "+5511900000001", Priority::Normal).await;
+    let bad = accept(&f, "+5511900000002", Priority::Normal).await;
+    assert_eq!(claim(&f, 10).await.len(), 2);
+    sent(&f, &ok, "p-ok").await;
+    let failed = SendOutcome {
+        message_id: bad.clone(),
+        result: SendResult::Failed { code: "131026".into(), message: "undeliverable".into() },
+        retry_limit: 5,
+        now: Timestamp::now(),
+    };
+    assert_eq!(f.b.store.record_outcome(failed).await.unwrap(), OutcomeApplied::Done(MessageStatus::Failed));
+    // The other instance's: queued.
+    let theirs = AcceptMessage {
+        id: MessageId::generate(),
+        tenant_id: f.tenant.clone(),
+        request: SendRequest { instance_id: other.clone(), ..request(&f, "+5511900000003", "x", Priority::Normal) },
+        idempotency: None,
+        now: Timestamp::now(),
+    };
+    let Accepted::New { id: theirs, .. } = f.b.store.accept(theirs).await.unwrap() else { panic!("not accepted") };
+
+    let now = Timestamp::now();
+    while hooks.fan_out(100, now).await.unwrap() > 0 {}
+    let jobs = hooks.claim_deliveries(now, 100, 100, 60_000).await.unwrap();
+    let of = |e: &EndpointId| jobs.iter().filter(|j| &j.endpoint_id == e).collect::<Vec<_>>();
+    let to_mine = of(&mine.id);
+    assert_eq!(to_mine.len(), 6, "every status of its instance's two messages: {to_mine:#?}");
+    assert!(to_mine.iter().all(|j| j.event.instance_id == f.instance && j.event.message_id.as_ref() != Some(&theirs)));
+    assert!(to_mine.iter().all(|j| j.format == WebhookFormat::Standard));
+    let to_failures = of(&failures.id);
+    assert_eq!(to_failures.len(), 1, "only the failed status: {to_failures:#?}");
+    assert_eq!(
+        (to_failures[0].event.message_id.as_ref(), to_failures[0].event.status),
+        (Some(&bad), Some(MessageStatus::Failed))
+    );
+    assert_eq!(to_failures[0].format, WebhookFormat::Chatwoot, "the job carries its endpoint's format");
+
+    // The instance filter is changed, kept and cleared.
+    let change = |instance_id| EndpointChange { instance_id, ..EndpointChange::default() };
+    let moved = hooks.update_endpoint(&f.tenant, &mine.id, change(Some(Some(other.clone())))).await.unwrap().unwrap();
+    assert_eq!(moved.instance_id.as_ref(), Some(&other));
+    let kept = hooks
+        .update_endpoint(&f.tenant, &mine.id, EndpointChange { enabled: Some(true), ..EndpointChange::default() })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept.instance_id.as_ref(), Some(&other), "left alone when not changed");
+    let cleared = hooks.update_endpoint(&f.tenant, &mine.id, change(Some(None))).await.unwrap().unwrap();
+    assert_eq!(cleared.instance_id, None);
+    let opened = hooks
+        .update_endpoint(
+            &f.tenant,
+            &failures.id,
+            EndpointChange { statuses: Some(vec![]), ..EndpointChange::default() },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(opened.statuses.is_empty());
+    let stored = hooks.get_endpoint(&f.tenant, &mine.id).await.unwrap().unwrap();
+    assert_eq!(stored.instance_id, None, "cleared in the store");
 }
 
 fn new_integration(f: &Fixture) -> NewIntegration {

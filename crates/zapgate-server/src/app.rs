@@ -266,6 +266,13 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
                 store: backends.store.clone(),
                 media: backends.media_index.clone(),
             },
+            chatwoot: crate::chatwoot::forward::Forwarder {
+                integrations: backends.chatwoot.clone(),
+                media_index: backends.media_index.clone(),
+                media: backends.media.clone(),
+                locks: backends.locks.clone(),
+                egress: egress.clone(),
+            },
         });
         drained.push(tokio::spawn(webhooks::run(sender, stop_rx.clone())));
         let fetcher = Arc::new(crate::worker::media::MediaFetcher {

@@ -211,3 +211,145 @@ async fn integrations_are_checked_and_scoped_to_their_tenant() {
     let r = Chatwoot::fire(created["webhook_url"].as_str().unwrap(), &json!({"event": "message_created"}), None).await;
     assert_eq!(r.unwrap().status(), 404, "a deleted integration's webhook is refused");
 }
+
+/// A WAHA message as its webhook carries it: text, or an attachment at `media`.
+fn waha_message(wa_id: &str, from: &str, body: &str, media: Option<(&str, &str)>) -> Value {
+    let mut payload = json!({"id": format!("false_{from}@c.us_{wa_id}"), "timestamp": 1767225600,
+        "from": format!("{from}@c.us"), "fromMe": false, "body": body, "hasMedia": media.is_some(),
+        "_data": {"notifyName": "Ana"}});
+    if let Some((url, mime)) = media {
+        payload["media"] = json!({"url": url, "mimetype": mime, "filename": "foto.jpg"});
+    }
+    json!({"id": format!("evt_{wa_id}"), "timestamp": 1767225601000i64, "event": "message", "session": "default",
+           "payload": payload})
+}
+
+/// A WAHA instance (on the sim) connected to a simulated Chatwoot; returns
+/// what posting WAHA webhooks needs: (url, key).
+async fn waha_with_chatwoot(p: &SimProvider, chatwoot: &str) -> (String, String) {
+    integrate(&p.server, &p.token, &p.instance, chatwoot, None).await;
+    let detail: Value = p.server.get(&p.token, &format!("/v1/instances/{}", p.instance)).await.json().await.unwrap();
+    let webhook = &detail["webhook"];
+    (webhook["url"].as_str().unwrap().to_owned(), webhook["hmac_key"].as_str().unwrap().to_owned())
+}
+
+async fn wait_conversation(cw: &Chatwoot, phone: &str, messages: usize) -> zapgate_sim::chatwoot::Conversation {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let contact = cw.contacts().into_iter().find(|c| c.phone_number.as_deref() == Some(phone));
+        let conversation = contact.and_then(|c| cw.conversations().into_iter().find(|v| v.contact_id == c.id));
+        if let Some(c) = conversation.filter(|c| c.messages.len() >= messages) {
+            return c;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no conversation with {messages} messages for {phone}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// WhatsApp → Chatwoot: a new contact's messages make its contact and one
+/// conversation in the inbox, the text as an incoming message, the photo as
+/// its attachment (the bytes zapgate fetched from the provider).
+#[tokio::test]
+async fn an_inbound_whatsapp_message_appears_in_the_chatwoot_conversation_with_its_attachment() {
+    let config = |sim| json!({"base_url": format!("http://{sim}"), "api_key": "waha-key", "session": "default"});
+    let p = sim_provider("waha", config, &[]).await;
+    let (cw, base) = zapgate_sim::chatwoot::start().await.unwrap();
+    let (url, key) = waha_with_chatwoot(&p, &base).await;
+    let photo = b"\xff\xd8\xff\xe0 a photo".to_vec();
+    let photo_url = cw.add_file("foto.jpg", "image/jpeg", &photo);
+
+    assert_eq!(
+        post_waha(&p.server, &url, &key, &waha_message("3EB0A", "5511988887777", "oi", None)).await.status(),
+        200
+    );
+    let media = Some((photo_url.as_str(), "image/jpeg"));
+    let with_photo = waha_message("3EB0B", "5511988887777", "olha a foto", media);
+    assert_eq!(post_waha(&p.server, &url, &key, &with_photo).await.status(), 200);
+
+    let conversation = wait_conversation(&cw, CONTACT, 2).await;
+    let contact = cw.contacts().into_iter().find(|c| c.id == conversation.contact_id).unwrap();
+    assert_eq!((contact.name.as_str(), conversation.inbox_id), ("Ana", 7));
+    let texts: Vec<_> = conversation.messages.iter().map(|m| (m.content.as_str(), m.message_type.as_str())).collect();
+    assert!(texts.contains(&("oi", "incoming")), "{texts:?}");
+    let photo_message = conversation.messages.iter().find(|m| m.content == "olha a foto").unwrap();
+    assert_eq!(photo_message.message_type, "incoming");
+    assert!(photo_message.source_id.as_deref().unwrap().starts_with("zapgate:"), "marked as zapgate's");
+    let (name, mime, bytes) = &photo_message.attachments[0];
+    assert_eq!((name.as_str(), mime.as_str(), bytes), ("foto.jpg", "image/jpeg", &photo));
+
+    // Chatwoot's webhook for what zapgate posted comes back: not sent to WhatsApp.
+    let mut echo = Message::reply(900, conversation.id, CONTACT, "oi");
+    echo.message_type = "incoming";
+    echo.message_source_id = photo_message.source_id.clone();
+    let integration: Value = p.server.get(&p.token, "/v1/chatwoot-integrations").await.json().await.unwrap();
+    let hook = integration["data"][0]["webhook_url"].as_str().unwrap();
+    assert_eq!(status_of(Chatwoot::fire(hook, &cw.message_created(&echo), None).await.unwrap()).await.1, "ignored");
+}
+
+/// Two first messages of a new contact arriving together: one contact and
+/// one conversation in Chatwoot, holding both (Chatwoot answers slowly here,
+/// so both deliveries are in flight at once).
+#[tokio::test]
+async fn two_first_messages_of_a_new_contact_arriving_together_make_one_conversation() {
+    let config = |sim| json!({"base_url": format!("http://{sim}"), "api_key": "waha-key", "session": "default"});
+    let p = sim_provider("waha", config, &[]).await;
+    let (cw, base) = zapgate_sim::chatwoot::start().await.unwrap();
+    cw.set_latency(Duration::from_millis(150));
+    let (url, key) = waha_with_chatwoot(&p, &base).await;
+    let first = waha_message("3EB0C1", "5511977776666", "bom dia", None);
+    let second = waha_message("3EB0C2", "5511977776666", "tudo bem?", None);
+    let (a, b) = tokio::join!(post_waha(&p.server, &url, &key, &first), post_waha(&p.server, &url, &key, &second));
+    assert_eq!((a.status().as_u16(), b.status().as_u16()), (200, 200));
+
+    let conversation = wait_conversation(&cw, "+5511977776666", 2).await;
+    let contacts = cw.contacts().into_iter().filter(|c| c.phone_number.as_deref() == Some("+5511977776666")).count();
+    assert_eq!(contacts, 1, "one contact");
+    let of_contact = cw.conversations().into_iter().filter(|c| c.contact_id == conversation.contact_id).count();
+    assert_eq!(of_contact, 1, "one conversation");
+    let mut texts: Vec<_> = conversation.messages.iter().map(|m| m.content.clone()).collect();
+    texts.sort();
+    assert_eq!(texts, ["bom dia", "tudo bem?"]);
+}
+
+/// An agent's reply that WhatsApp refuses comes back to its conversation as
+/// a private note saying why.
+#[tokio::test]
+async fn a_reply_that_fails_becomes_a_private_note_in_its_conversation() {
+    let s = Server::start(&[("ZAPGATE_WEBHOOK_ALLOW_PRIVATE", "true")]).await;
+    let (token, ins) = s.tenant_with_instance("acme", 100).await;
+    let (cw, base) = zapgate_sim::chatwoot::start().await.unwrap();
+    let integration = integrate(&s, &token, &ins, &base, None).await;
+    // The conversation exists in Chatwoot (the contact wrote first).
+    let made = reqwest::Client::new()
+        .post(format!("{base}/api/v1/accounts/1/contacts"))
+        .header("api_access_token", zapgate_sim::chatwoot::API_TOKEN)
+        .json(&json!({"inbox_id": 7, "name": "Rejeitado", "phone_number": "+15550110000"}))
+        .send()
+        .await
+        .unwrap();
+    let contact = made.json::<Value>().await.unwrap()["payload"]["contact"]["id"].as_u64().unwrap();
+    let made = reqwest::Client::new()
+        .post(format!("{base}/api/v1/accounts/1/conversations"))
+        .header("api_access_token", zapgate_sim::chatwoot::API_TOKEN)
+        .json(&json!({"inbox_id": 7, "contact_id": contact, "source_id": "x"}))
+        .send()
+        .await
+        .unwrap();
+    let conversation = made.json::<Value>().await.unwrap()["id"].as_u64().unwrap();
+
+    // The sandbox refuses +15550110000 for good.
+    let reply = cw.message_created(&Message::reply(31, conversation, "+15550110000", "Olá!"));
+    let r = Chatwoot::fire(integration["webhook_url"].as_str().unwrap(), &reply, None).await.unwrap();
+    assert_eq!(status_of(r).await.1, "queued");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let note = loop {
+        let c = cw.conversations().into_iter().find(|c| c.id == conversation).unwrap();
+        if let Some(n) = c.messages.into_iter().find(|m| m.private) {
+            break n;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no private note");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(note.content.contains("could not deliver") && note.content.contains("failed"), "{}", note.content);
+    assert!(note.source_id.as_deref().unwrap().starts_with("zapgate:"));
+}

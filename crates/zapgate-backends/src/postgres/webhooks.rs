@@ -28,8 +28,8 @@ use zapgate_domain::{DeliveryId, EndpointId, EventId, EventType, MessageEvent, T
 
 /// How often an idle webhook sender looks for other processes' new events.
 const FAN_OUT_POLL_MS: i64 = 200;
-const ENDPOINT_COLUMNS: &str =
-    "id, tenant_id, url, description, event_types, include_internal, headers, format, enabled, created_at, updated_at";
+const ENDPOINT_COLUMNS: &str = "id, tenant_id, url, description, event_types, include_internal, instance_id, \
+    statuses, headers, format, enabled, created_at, updated_at";
 const DELIVERY_COLUMNS: &str = "id, endpoint_id, event_id, status, attempts, next_attempt_at, last_status_code, \
     last_error, created_at, updated_at";
 
@@ -47,8 +47,9 @@ impl WebhookStore for PgBackend {
         let now = Timestamp::now();
         let sql = format!(
             "INSERT INTO webhook_endpoints (id, tenant_id, url, description, event_types, include_internal, \
-             headers, secret, from_event_seq, created_at, updated_at, format, app_secret) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, (SELECT COALESCE(MAX(seq), 0) FROM events), $9, $9, $10, $11) \
+             headers, secret, from_event_seq, created_at, updated_at, format, app_secret, instance_id, statuses) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, (SELECT COALESCE(MAX(seq), 0) FROM events), $9, $9, $10, $11, \
+             $12, $13) \
              RETURNING {ENDPOINT_COLUMNS}"
         );
         let row = sqlx::query(AssertSqlSafe(sql))
@@ -63,6 +64,8 @@ impl WebhookStore for PgBackend {
             .bind(now.as_millis())
             .bind(new.format.as_str())
             .bind(&new.app_secret)
+            .bind(new.instance_id.as_ref().map(|i| i.as_str()))
+            .bind(to_json(&new.statuses))
             .fetch_optional(self.pool())
             .await?;
         let row = row.ok_or_else(|| StoreError::Corrupt("insert returned nothing".into()))?;
@@ -122,9 +125,12 @@ impl WebhookStore for PgBackend {
         let sql = format!(
             "UPDATE webhook_endpoints SET url = COALESCE($1, url), description = COALESCE($2, description), \
              event_types = COALESCE($3, event_types), include_internal = COALESCE($4, include_internal), \
-             headers = COALESCE($5, headers), enabled = COALESCE($6, enabled), updated_at = $7 \
+             headers = COALESCE($5, headers), enabled = COALESCE($6, enabled), updated_at = $7, \
+             instance_id = CASE WHEN $10 THEN $11 ELSE instance_id END, statuses = COALESCE($12, statuses) \
              WHERE id = $8 AND tenant_id = $9 AND deleted_at IS NULL RETURNING {ENDPOINT_COLUMNS}"
         );
+        // COALESCE cannot set NULL: $10 says whether $11 replaces the instance.
+        let instance = change.instance_id.as_ref().map(|i| i.as_ref().map(|i| i.as_str()));
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(change.url)
             .bind(change.description)
@@ -135,6 +141,9 @@ impl WebhookStore for PgBackend {
             .bind(now)
             .bind(id.as_str())
             .bind(tenant.as_str())
+            .bind(instance.is_some())
+            .bind(instance.flatten())
+            .bind(change.statuses.as_ref().map(to_json))
             .fetch_optional(&mut *tx)
             .await?;
         let Some(row) = row else { return Ok(None) };
@@ -248,6 +257,9 @@ impl WebhookStore for PgBackend {
                  AND ((w.event_types = '[]' AND e.type <> 'webhook.delivery_failed') \
                       OR EXISTS (SELECT 1 FROM jsonb_array_elements_text(w.event_types::jsonb) AS x(value) \
                                  WHERE x.value = e.type)) \
+                 AND (w.instance_id IS NULL OR w.instance_id = e.instance_id) \
+                 AND (w.statuses = '[]' OR e.type <> 'message.status' \
+                      OR e.status IN (SELECT x.value FROM jsonb_array_elements_text(w.statuses::jsonb) AS x(value))) \
                ORDER BY e.seq \
                ON CONFLICT (endpoint_id, event_id) DO NOTHING \
                RETURNING 1) \
@@ -568,6 +580,7 @@ struct Target {
     headers: BTreeMap<String, String>,
     secrets: Vec<WebhookSecret>,
     enabled: bool,
+    format: WebhookFormat,
     cloud_app_secret: Option<String>,
 }
 
@@ -734,13 +747,17 @@ fn target(r: &PgRow, now: Timestamp) -> Result<Target, StoreError> {
     {
         secrets.push(secret(prev)?);
     }
+    let format: String = r.try_get("format")?;
+    let format =
+        WebhookFormat::parse(&format).ok_or_else(|| StoreError::Corrupt(format!("webhook format {format:?}")))?;
     Ok(Target {
         url: r.try_get("url")?,
         headers: serde_json::from_str::<BTreeMap<String, String>>(&headers)
             .map_err(|e| StoreError::Corrupt(e.to_string()))?,
         secrets,
         enabled: r.try_get("enabled")?,
-        cloud_app_secret: (r.try_get::<String, _>("format")? == WebhookFormat::CloudApi.as_str())
+        format,
+        cloud_app_secret: (format == WebhookFormat::CloudApi)
             .then(|| r.try_get::<Option<String>, _>("app_secret"))
             .transpose()?
             .map(Option::unwrap_or_default),
@@ -764,6 +781,7 @@ fn job(
             url: t.url.clone(),
             headers: t.headers.clone(),
             secrets: t.secrets.clone(),
+            format: t.format,
             cloud_app_secret: t.cloud_app_secret.clone(),
             event: event.clone(),
             attempts: d.attempts,

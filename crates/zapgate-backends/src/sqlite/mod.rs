@@ -50,6 +50,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0012_circuits.sql"),
     include_str!("../../migrations/sqlite/0013_cloud_webhooks.sql"),
     include_str!("../../migrations/sqlite/0014_chatwoot.sql"),
+    include_str!("../../migrations/sqlite/0015_endpoint_filters.sql"),
 ];
 
 pub struct SqliteBackend {

@@ -11,11 +11,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::sync::Notify;
 use zapgate_domain::event::StatusDetail;
-use zapgate_domain::webhook::WebhookSecret;
+use zapgate_domain::webhook::{WebhookFormat, WebhookSecret};
 use zapgate_domain::{DeliveryId, EndpointId, EventId, EventType, TenantId, Timestamp};
 
-const ENDPOINT_COLUMNS: &str =
-    "id, tenant_id, url, description, event_types, include_internal, headers, format, enabled, created_at, updated_at";
+const ENDPOINT_COLUMNS: &str = "id, tenant_id, url, description, event_types, include_internal, instance_id, \
+    statuses, headers, format, enabled, created_at, updated_at";
 const DELIVERY_COLUMNS: &str = "id, endpoint_id, event_id, status, attempts, next_attempt_at, last_status_code, \
     last_error, created_at, updated_at";
 const FANOUT_CURSOR: &str = "webhook_fanout";
@@ -32,9 +32,10 @@ impl WebhookStore for SqliteBackend {
             .write(Box::new(move |conn| {
                 let sql = format!(
                     "INSERT INTO webhook_endpoints (id, tenant_id, url, description, event_types, include_internal, \
-                     headers, secret, from_event_seq, created_at, updated_at, format, app_secret) \
+                     headers, secret, from_event_seq, created_at, updated_at, format, app_secret, instance_id, \
+                     statuses) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, (SELECT COALESCE(MAX(seq), 0) FROM events), ?9, ?9, \
-                     ?10, ?11) \
+                     ?10, ?11, ?12, ?13) \
                      RETURNING {ENDPOINT_COLUMNS}"
                 );
                 let rec = one(
@@ -51,7 +52,9 @@ impl WebhookStore for SqliteBackend {
                         new.secret.reveal(),
                         now.as_millis(),
                         new.format.as_str(),
-                        new.app_secret
+                        new.app_secret,
+                        new.instance_id.as_ref().map(|i| i.as_str()),
+                        to_json(&new.statuses)
                     ],
                     endpoint,
                 )?;
@@ -107,10 +110,14 @@ impl WebhookStore for SqliteBackend {
                 let sql = format!(
                     "UPDATE webhook_endpoints SET url = COALESCE(?1, url), description = COALESCE(?2, description), \
                      event_types = COALESCE(?3, event_types), include_internal = COALESCE(?4, include_internal), \
-                     headers = COALESCE(?5, headers), enabled = COALESCE(?6, enabled), updated_at = ?7 \
+                     headers = COALESCE(?5, headers), enabled = COALESCE(?6, enabled), updated_at = ?7, \
+                     instance_id = CASE WHEN ?10 THEN ?11 ELSE instance_id END, \
+                     statuses = COALESCE(?12, statuses) \
                      WHERE id = ?8 AND tenant_id = ?9 AND deleted_at IS NULL RETURNING {ENDPOINT_COLUMNS}"
                 );
                 let enabled = change.enabled;
+                // COALESCE cannot set NULL: ?10 says whether ?11 replaces the instance.
+                let instance = change.instance_id.as_ref().map(|i| i.as_ref().map(|i| i.as_str()));
                 let rec = one(
                     conn,
                     &sql,
@@ -123,7 +130,10 @@ impl WebhookStore for SqliteBackend {
                         change.enabled,
                         Timestamp::now().as_millis(),
                         id,
-                        tenant
+                        tenant,
+                        instance.is_some(),
+                        instance.flatten(),
+                        change.statuses.as_ref().map(to_json)
                     ],
                     endpoint,
                 )?;
@@ -463,9 +473,14 @@ fn raise_delivery_failed(
     super::rows::insert_event_of(conn, EventType::WebhookDeliveryFailed, &message, status, &detail, o.at)
 }
 
-/// The app secret of a `cloud_api` endpoint (None for a standard one).
-fn cloud_app_secret(format: String, app_secret: Option<String>) -> Option<String> {
-    (format == zapgate_domain::webhook::WebhookFormat::CloudApi.as_str()).then(|| app_secret.unwrap_or_default())
+/// An endpoint's stored format.
+fn webhook_format(format: String) -> Result<WebhookFormat, StoreError> {
+    WebhookFormat::parse(&format).ok_or_else(|| StoreError::Corrupt(format!("webhook format {format:?}")))
+}
+
+/// The app secret of a `cloud_api` endpoint (None for any other).
+fn cloud_app_secret(format: WebhookFormat, app_secret: Option<String>) -> Option<String> {
+    (format == WebhookFormat::CloudApi).then(|| app_secret.unwrap_or_default())
 }
 
 fn secret(s: String) -> Result<WebhookSecret, StoreError> {
@@ -506,6 +521,9 @@ fn fan_out(conn: &Connection, limit: u32, now: Timestamp) -> Result<u32, StoreEr
                     OR e.status NOT IN ('scheduled','queued','sending','retry_wait')) \
                AND ((w.event_types = '[]' AND e.type != 'webhook.delivery_failed') \
                     OR EXISTS (SELECT 1 FROM json_each(w.event_types) WHERE value = e.type)) \
+               AND (w.instance_id IS NULL OR w.instance_id = e.instance_id) \
+               AND (w.statuses = '[]' OR e.type != 'message.status' \
+                    OR e.status IN (SELECT value FROM json_each(w.statuses))) \
              ORDER BY e.seq",
             params![cursor, upto, now.as_millis()],
         )?;
@@ -618,33 +636,36 @@ fn job(
                 {
                     secrets.push(secret(prev)?);
                 }
+                let format = webhook_format(r.get(6)?)?;
                 Ok((
                     r.get::<_, String>(0)?,
                     serde_json::from_str::<BTreeMap<String, String>>(&headers)
                         .map_err(|e| StoreError::Corrupt(e.to_string()))?,
                     secrets,
                     r.get::<_, bool>(5)?,
-                    cloud_app_secret(r.get(6)?, r.get(7)?),
+                    format,
+                    cloud_app_secret(format, r.get(7)?),
                 ))
             },
         )?;
         let sql = format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?");
         let event = one(conn, &sql, [event_id], rows::event)?;
         match (ep, event) {
-            (Some((url, headers, secrets, true, cloud_app_secret)), Some(event)) => Ok(Some(DeliveryJob {
+            (Some((url, headers, secrets, true, format, cloud_app_secret)), Some(event)) => Ok(Some(DeliveryJob {
                 id: DeliveryId::from_trusted(id.to_owned()),
                 tenant_id: TenantId::from_trusted(tenant.to_owned()),
                 endpoint_id: EndpointId::from_trusted(endpoint_id.to_owned()),
                 url,
                 headers,
                 secrets,
+                format,
                 cloud_app_secret,
                 event,
                 attempts,
                 schedule_index: attempts - base.min(attempts),
             })),
             // Disabled meanwhile: park it until the endpoint is enabled again.
-            (Some((.., false, _)), Some(_)) => {
+            (Some((.., false, _, _)), Some(_)) => {
                 exec(conn, "UPDATE webhook_deliveries SET next_attempt_at = NULL, leased = 0 WHERE id = ?", [id])?;
                 Ok(None)
             }

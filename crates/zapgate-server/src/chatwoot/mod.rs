@@ -3,6 +3,8 @@
 //! `http/chatwoot.rs` (settings) and `http/chatwoot_ingest.rs` (the webhook);
 //! the jobs they store are run by `worker/chatwoot.rs`.
 
+pub mod api;
+pub mod forward;
 pub mod webhook;
 
 /// `source_id` of the Chatwoot messages zapgate creates itself: their

@@ -5,12 +5,17 @@
 use super::AppState;
 use super::error::{ApiError, ApiResult};
 use super::extract::{ApiJson, TenantAuth};
+use crate::chatwoot::forward::endpoint_of;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use zapgate_backends::{IntegrationChange, IntegrationRecord, NewIntegration};
-use zapgate_domain::{InstanceId, IntegrationId, TenantId, Timestamp, ValidationError};
+use zapgate_backends::{EndpointChange, IntegrationChange, IntegrationRecord, NewEndpoint, NewIntegration};
+use zapgate_domain::webhook::{WebhookFormat, WebhookSecret};
+use zapgate_domain::{EventType, InstanceId, IntegrationId, MessageStatus, TenantId, Timestamp, ValidationError};
+
+/// The statuses an integration is told about: they become private notes.
+const FAILURES: [MessageStatus; 3] = [MessageStatus::Failed, MessageStatus::Dead, MessageStatus::Expired];
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -112,6 +117,25 @@ pub async fn create(
         webhook_secret: body.webhook_secret.as_deref().map(|w| check_secret("webhook_secret", w)).transpose()?,
     };
     let rec = s.backends.chatwoot.create_integration(new, Timestamp::now()).await?;
+    // Its inbound side: an endpoint of its own that events fan out to.
+    let endpoint = NewEndpoint {
+        id: endpoint_of(&rec.id),
+        tenant_id: rec.tenant_id.clone(),
+        url: rec.base_url.clone(),
+        description: format!("Chatwoot integration {}", rec.id),
+        event_types: vec![EventType::MessageReceived.as_str().into(), EventType::MessageStatus.as_str().into()],
+        include_internal: false,
+        headers: Default::default(),
+        secret: WebhookSecret::generate(),
+        format: WebhookFormat::Chatwoot,
+        app_secret: None,
+        instance_id: Some(rec.instance_id.clone()),
+        statuses: FAILURES.iter().map(|s| s.to_string()).collect(),
+    };
+    if let Err(e) = s.backends.webhooks.create_endpoint(endpoint).await {
+        let _ = s.backends.chatwoot.delete_integration(&rec.tenant_id, &rec.id, Timestamp::now()).await;
+        return Err(e.into());
+    }
     Ok((StatusCode::CREATED, Json(shown(&s, rec))))
 }
 
@@ -166,8 +190,14 @@ pub async fn update(
         },
         enabled: body.enabled,
     };
+    let (moved, enabled) = (change.instance_id.clone(), change.enabled);
     let rec = s.backends.chatwoot.update_integration(&tenant, &id, change, Timestamp::now()).await?;
-    Ok(Json(shown(&s, rec.ok_or_else(|| ApiError::not_found("chatwoot integration"))?)))
+    let rec = rec.ok_or_else(|| ApiError::not_found("chatwoot integration"))?;
+    if moved.is_some() || enabled.is_some() {
+        let change = EndpointChange { instance_id: moved.map(Some), enabled, ..Default::default() };
+        s.backends.webhooks.update_endpoint(&tenant, &endpoint_of(&id), change).await?;
+    }
+    Ok(Json(shown(&s, rec)))
 }
 
 /// Disconnects a Chatwoot inbox: its webhooks are refused from now on.
@@ -181,6 +211,7 @@ pub async fn delete(
 ) -> ApiResult<StatusCode> {
     let id = integration_id(&id)?;
     if s.backends.chatwoot.delete_integration(&tenant, &id, Timestamp::now()).await? {
+        s.backends.webhooks.delete_endpoint(&tenant, &endpoint_of(&id)).await?;
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found("chatwoot integration"))

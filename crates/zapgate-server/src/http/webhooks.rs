@@ -196,6 +196,20 @@ async fn verify_receiver(s: &AppState, url: &str, verify_token: &str) -> ApiResu
     Ok(())
 }
 
+/// A Chatwoot integration's endpoint changes with the integration only.
+async fn not_managed(s: &AppState, tenant: &zapgate_domain::TenantId, id: &EndpointId) -> ApiResult<()> {
+    let found = s.backends.webhooks.get_endpoint(tenant, id).await?;
+    if found.is_some_and(|e| e.format == WebhookFormat::Chatwoot) {
+        let integration = crate::chatwoot::forward::integration_of(id);
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "managed_by_integration",
+            format!("this webhook belongs to Chatwoot integration {integration}; change or delete that instead"),
+        ));
+    }
+    Ok(())
+}
+
 fn endpoint_id(raw: &str) -> ApiResult<EndpointId> {
     EndpointId::parse(raw).ok_or_else(|| ApiError::not_found("webhook"))
 }
@@ -213,8 +227,9 @@ pub async fn create(
     let mut event_types = body.event_types;
     let app_secret = match body.format {
         WebhookFormat::Chatwoot => {
-            return Err(ValidationError::new("format", "chatwoot webhooks are made by POST /v1/chatwoot-integrations")
-                .into());
+            return Err(
+                ValidationError::new("format", "chatwoot webhooks are made by POST /v1/chatwoot-integrations").into()
+            );
         }
         WebhookFormat::Standard => {
             if body.app_secret.is_some() || body.verify_token.is_some() {
@@ -255,6 +270,8 @@ pub async fn create(
         description: body.description,
         event_types,
         include_internal: body.include_internal,
+        instance_id: None,
+        statuses: vec![],
         headers: body.headers,
         secret: secret.clone(),
         format: body.format,
@@ -294,6 +311,7 @@ pub async fn update(
     ApiJson(body): ApiJson<UpdateWebhook>,
 ) -> ApiResult<Json<EndpointRecord>> {
     let id = endpoint_id(&id)?;
+    not_managed(&s, &tenant, &id).await?;
     let url = body.url.as_deref().map(|u| check_url(&s, u)).transpose()?;
     if let Some(t) = &body.event_types {
         check_types(t)?;
@@ -314,6 +332,8 @@ pub async fn update(
         description: body.description,
         event_types: body.event_types,
         include_internal: body.include_internal,
+        instance_id: None,
+        statuses: None,
         headers: body.headers,
         enabled: body.enabled,
     };
@@ -334,6 +354,7 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let id = endpoint_id(&id)?;
+    not_managed(&s, &tenant, &id).await?;
     if s.backends.webhooks.delete_endpoint(&tenant, &id).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use zapgate_backends::{AttemptOutcome, AttemptResult, DeliveryJob, WebhookStore};
 use zapgate_domain::Timestamp;
+use zapgate_domain::webhook::WebhookFormat;
 
 use super::cloud_shape::{CloudShaper, cloud_payload};
 use super::persist;
@@ -47,6 +48,8 @@ pub struct WebhookSender {
     pub endpoint_concurrency: u32,
     /// Reads what Cloud API-shaped deliveries need besides the event.
     pub cloud: CloudShaper,
+    /// Carries out the deliveries of Chatwoot integrations.
+    pub chatwoot: crate::chatwoot::forward::Forwarder,
 }
 
 pub async fn run(sender: Arc<WebhookSender>, mut shutdown: watch::Receiver<bool>) {
@@ -168,43 +171,24 @@ async fn attempt(sender: Arc<WebhookSender>, job: DeliveryJob, _slot: OwnedSemap
     let number = job.attempts + 1;
     let started = Instant::now();
     let at = Timestamp::now();
-    let sent = match (sender.egress.check_url(&job.url), prepare(&sender, &job, at).await) {
-        (Err(e), _) => Err((e.to_string(), false)),
-        (Ok(_), Err(unsendable)) => Err(unsendable),
-        (Ok(_), Ok(req)) => req.send().await.map_err(|e| (describe(&e), false)),
+    let (result, response) = if job.format == WebhookFormat::Chatwoot {
+        // Not one POST but Chatwoot API calls; the outcome is read the same way.
+        match sender.chatwoot.deliver(&job).await {
+            Ok(status_code) => (AttemptResult::Succeeded { status_code }, None),
+            Err((error, retryable)) => {
+                let retry_at = if retryable { retry_at(&sender.schedule, job.schedule_index + 1, None) } else { None };
+                (AttemptResult::Failed { status_code: None, error, retry_at }, None)
+            }
+        }
+    } else {
+        let sent = match (sender.egress.check_url(&job.url), prepare(&sender, &job, at).await) {
+            (Err(e), _) => Err((e.to_string(), false)),
+            (Ok(_), Err(unsendable)) => Err(unsendable),
+            (Ok(_), Ok(req)) => req.send().await.map_err(|e| (describe(&e), false)),
+        };
+        outcome(&sender, &job, sent).await
     };
     let duration_ms = started.elapsed().as_millis() as u64;
-    let (result, response) = match sent {
-        Ok(res) if res.status().is_success() => {
-            let result = AttemptResult::Succeeded { status_code: res.status().as_u16() };
-            (result, snippet(res).await)
-        }
-        Ok(res) if res.status() == reqwest::StatusCode::GONE => {
-            let result = AttemptResult::Gone {
-                status_code: 410,
-                error: "the receiver answered HTTP 410 Gone: the webhook was disabled".into(),
-            };
-            (result, snippet(res).await)
-        }
-        Ok(res) => {
-            let code = res.status().as_u16();
-            let retry_after = res
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
-            let result = AttemptResult::Failed {
-                status_code: Some(code),
-                error: format!("the receiver answered HTTP {code}"),
-                retry_at: retry_at(&sender.schedule, job.schedule_index + 1, retry_after),
-            };
-            (result, snippet(res).await)
-        }
-        Err((error, dead)) => {
-            let retry_at = if dead { None } else { retry_at(&sender.schedule, job.schedule_index + 1, None) };
-            (AttemptResult::Failed { status_code: None, error, retry_at }, None)
-        }
-    };
     if let AttemptResult::Failed { retry_at: None, error, .. } | AttemptResult::Gone { error, .. } = &result {
         tracing::warn!(delivery = %job.id, endpoint = %job.endpoint_id, %error, "webhook delivery dead after {number} attempts");
     }
@@ -264,6 +248,45 @@ fn describe(e: &reqwest::Error) -> String {
         src = s.source();
     }
     msg
+}
+
+/// What a receiver's answer (or the failure to get one) means for the delivery.
+async fn outcome(
+    sender: &WebhookSender,
+    job: &DeliveryJob,
+    sent: Result<reqwest::Response, (String, bool)>,
+) -> (AttemptResult, Option<String>) {
+    match sent {
+        Ok(res) if res.status().is_success() => {
+            let result = AttemptResult::Succeeded { status_code: res.status().as_u16() };
+            (result, snippet(res).await)
+        }
+        Ok(res) if res.status() == reqwest::StatusCode::GONE => {
+            let result = AttemptResult::Gone {
+                status_code: 410,
+                error: "the receiver answered HTTP 410 Gone: the webhook was disabled".into(),
+            };
+            (result, snippet(res).await)
+        }
+        Ok(res) => {
+            let code = res.status().as_u16();
+            let retry_after = res
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let result = AttemptResult::Failed {
+                status_code: Some(code),
+                error: format!("the receiver answered HTTP {code}"),
+                retry_at: retry_at(&sender.schedule, job.schedule_index + 1, retry_after),
+            };
+            (result, snippet(res).await)
+        }
+        Err((error, dead)) => {
+            let retry_at = if dead { None } else { retry_at(&sender.schedule, job.schedule_index + 1, None) };
+            (AttemptResult::Failed { status_code: None, error, retry_at }, None)
+        }
+    }
 }
 
 #[cfg(test)]
