@@ -251,9 +251,7 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
                 max: config.instance_reconnect_max,
             },
             flap: config.flap_policy(),
-            lock_key: crate::worker::connections::ConnectionWatch::lock_key(
-                &config.database_url.clone().unwrap_or_else(|| config.data_dir.display().to_string()),
-            ),
+            lock_key: crate::worker::connections::ConnectionWatch::lock_key(&config.deployment_key()),
         };
         tokio::spawn(crate::worker::connections::run(watch, stop_rx.clone()));
         let sender = Arc::new(WebhookSender {

@@ -322,6 +322,15 @@ impl Config {
     }
 
     /// Refuses mixes that cannot work, with a message saying what to change.
+    /// Names this deployment among others sharing one Redis (its store: the
+    /// database URL, or the data directory), for keys every one of its
+    /// processes must share and no other deployment may.
+    pub fn deployment_key(&self) -> String {
+        use sha2::Digest;
+        let store = self.database_url.clone().unwrap_or_else(|| self.data_dir.display().to_string());
+        hex::encode(sha2::Sha256::digest(store.as_bytes()))[..16].to_owned()
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
         if self.amqp_url.is_some() && self.database_url.is_none() {

@@ -203,6 +203,14 @@ async fn integrations_are_checked_and_scoped_to_their_tenant() {
     }
     let created = integrate(&s, &token, &ins, "https://chatwoot.example.com", None).await;
     let id = created["id"].as_str().unwrap();
+    // Its inbound side is an endpoint only the integration changes.
+    let hooks: Value = s.get(&token, "/v1/webhooks").await.json().await.unwrap();
+    let managed = hooks["data"].as_array().unwrap().iter().find(|h| h["format"] == "chatwoot").unwrap().clone();
+    assert_eq!(managed["instance_id"], ins.as_str());
+    let r = s.http.delete(s.url(&format!("/v1/webhooks/{}", managed["id"].as_str().unwrap()))).bearer_auth(&token);
+    let r = r.send().await.unwrap();
+    assert_eq!(r.status(), 409);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "managed_by_integration");
     assert_eq!(s.get(&other, &format!("/v1/chatwoot-integrations/{id}")).await.status(), 404);
     let listed: Value = s.get(&token, "/v1/chatwoot-integrations").await.json().await.unwrap();
     assert_eq!(listed["data"].as_array().unwrap().len(), 1);
@@ -210,6 +218,28 @@ async fn integrations_are_checked_and_scoped_to_their_tenant() {
     assert_eq!(r.status(), 204);
     let r = Chatwoot::fire(created["webhook_url"].as_str().unwrap(), &json!({"event": "message_created"}), None).await;
     assert_eq!(r.unwrap().status(), 404, "a deleted integration's webhook is refused");
+    let hooks: Value = s.get(&token, "/v1/webhooks").await.json().await.unwrap();
+    assert_eq!(hooks["data"], json!([]), "and its endpoint is gone with it");
+}
+
+/// Seed 003's limits: per integration and per client IP, with a burst.
+#[tokio::test]
+async fn chatwoot_webhooks_beyond_the_rate_limit_get_429() {
+    let s = Server::start(&[("ZAPGATE_CHATWOOT_RATE_PER_SEC", "1"), ("ZAPGATE_CHATWOOT_BURST", "2")]).await;
+    let (token, ins) = s.tenant_with_instance("acme", 100).await;
+    let created = integrate(&s, &token, &ins, "https://chatwoot.example.com", None).await;
+    let url = created["webhook_url"].as_str().unwrap();
+    let ignored = json!({"event": "conversation_created"});
+    let mut codes = Vec::new();
+    for _ in 0..5 {
+        let r = Chatwoot::fire(url, &ignored, None).await.unwrap();
+        if r.status() == 429 {
+            assert!(r.headers().contains_key("retry-after"));
+        }
+        codes.push(r.status().as_u16());
+    }
+    assert_eq!(codes.iter().filter(|c| **c == 200).count(), 2, "the burst passes: {codes:?}");
+    assert!(codes[2..].iter().all(|c| *c == 429), "then 429: {codes:?}");
 }
 
 /// A WAHA message as its webhook carries it: text, or an attachment at `media`.

@@ -391,3 +391,36 @@ async fn dead_deliveries_since_a_time_are_replayed_together() {
     assert_eq!(replayed_ids, first_ids, "each replay keeps its webhook-id");
     deliveries_until(&s, &token, &hook, |d| d.iter().all(|d| d["status"] == "succeeded")).await;
 }
+
+/// An endpoint narrowed to one instance and to failures (an alerting
+/// receiver) gets exactly those events; the other instance's and the
+/// successful statuses never reach it.
+#[tokio::test]
+async fn an_endpoint_filtered_by_instance_and_status_gets_only_those_events() {
+    let s = Server::start(&[PRIVATE_OK]).await;
+    let (token, ins) = s.tenant_with_instance("acme", 100).await;
+    let other_ins = s.instance(&token, json!({"name": "second", "rate_limit_per_second": 100})).await;
+    let (rx, url) = Receiver::start().await;
+    let body = json!({"url": url, "instance_id": ins, "statuses": ["failed"]});
+    let r = s.post(&token, "/v1/webhooks", &body).await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let created: Value = r.json().await.unwrap();
+    assert_eq!((created["instance_id"].as_str(), &created["statuses"]), (Some(ins.as_str()), &json!(["failed"])));
+    let bad = json!({"url": url, "statuses": ["exploded"]});
+    assert_eq!(s.post(&token, "/v1/webhooks", &bad).await.status(), 422);
+
+    let ok = s.send_text(&token, &ins, "+5511999990001", "fine").await;
+    let elsewhere = s.send_text(&token, &other_ins, "+15550110000", "rejected elsewhere").await;
+    let rejected = s.send_text(&token, &ins, "+15550110000", "rejected here").await;
+    for id in [&ok, &elsewhere, &rejected] {
+        s.wait_status(&token, id, &["read", "failed"], Duration::from_secs(20)).await;
+    }
+    rx.wait_for(1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got: Vec<Value> = rx.got().iter().map(|r| serde_json::from_slice(&r.body).unwrap()).collect();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(
+        (got[0]["data"]["message_id"].as_str(), got[0]["data"]["status"].as_str()),
+        (Some(rejected.as_str()), Some("failed"))
+    );
+}

@@ -31,7 +31,8 @@ async fn limit(s: &AppState, key: String) -> ApiResult<()> {
 
 pub async fn receive(State(s): State<AppState>, Path(raw): Path<String>, req: Request) -> ApiResult<Json<Value>> {
     if let Some(ConnectInfo(peer)) = req.extensions().get::<ConnectInfo<SocketAddr>>() {
-        limit(&s, format!("chatwoot-ip:{}", peer.ip())).await?;
+        // Per deployment: others may share the Redis.
+        limit(&s, format!("chatwoot-ip:{}:{}", s.config.deployment_key(), peer.ip())).await?;
     }
     let not_found = || ApiError::not_found("chatwoot integration");
     let id = IntegrationId::parse(&raw).ok_or_else(not_found)?;

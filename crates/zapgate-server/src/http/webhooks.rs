@@ -41,6 +41,12 @@ pub struct CreateWebhook {
     /// `cloud_api`: the app secret deliveries are signed with (8–256
     /// characters; one is made when absent and shown once in the answer).
     pub app_secret: Option<String>,
+    /// Only events of this instance (default: every instance of the tenant).
+    pub instance_id: Option<String>,
+    /// Only these statuses of `message.status` events, e.g. `["failed",
+    /// "dead"]` for an alerting endpoint (default: every status).
+    #[serde(default)]
+    pub statuses: Vec<String>,
     /// `cloud_api`: first verify the receiver as Meta does — `GET
     /// url?hub.mode=subscribe&hub.verify_token=…&hub.challenge=…` must
     /// answer the challenge, or the webhook is not created (422).
@@ -56,6 +62,9 @@ pub struct UpdateWebhook {
     pub include_internal: Option<bool>,
     pub headers: Option<BTreeMap<String, String>>,
     pub enabled: Option<bool>,
+    /// An instance id, or `""` for every instance.
+    pub instance_id: Option<String>,
+    pub statuses: Option<Vec<String>>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -196,6 +205,26 @@ async fn verify_receiver(s: &AppState, url: &str, verify_token: &str) -> ApiResu
     Ok(())
 }
 
+async fn check_instance(
+    s: &AppState,
+    tenant: &zapgate_domain::TenantId,
+    raw: &str,
+) -> ApiResult<zapgate_domain::InstanceId> {
+    let unknown = || ValidationError::new("instance_id", "no such instance for this tenant");
+    let id = zapgate_domain::InstanceId::parse(raw).ok_or_else(unknown)?;
+    s.backends.store.get_instance(tenant, &id).await?.ok_or_else(unknown)?;
+    Ok(id)
+}
+
+fn check_statuses(statuses: Vec<String>) -> ApiResult<Vec<String>> {
+    for st in &statuses {
+        if st.parse::<zapgate_domain::MessageStatus>().is_err() {
+            return Err(ValidationError::new("statuses", format!("unknown status {st:?}")).into());
+        }
+    }
+    Ok(statuses)
+}
+
 /// A Chatwoot integration's endpoint changes with the integration only.
 async fn not_managed(s: &AppState, tenant: &zapgate_domain::TenantId, id: &EndpointId) -> ApiResult<()> {
     let found = s.backends.webhooks.get_endpoint(tenant, id).await?;
@@ -259,6 +288,11 @@ pub async fn create(
         ));
     }
     check_headers(&body.headers)?;
+    let instance_id = match body.instance_id.as_deref() {
+        Some(raw) => Some(check_instance(&s, &tenant, raw).await?),
+        None => None,
+    };
+    let statuses = check_statuses(body.statuses)?;
     if let Some(token) = &body.verify_token {
         verify_receiver(&s, &url, token).await?;
     }
@@ -270,8 +304,8 @@ pub async fn create(
         description: body.description,
         event_types,
         include_internal: body.include_internal,
-        instance_id: None,
-        statuses: vec![],
+        instance_id,
+        statuses,
         headers: body.headers,
         secret: secret.clone(),
         format: body.format,
@@ -332,8 +366,12 @@ pub async fn update(
         description: body.description,
         event_types: body.event_types,
         include_internal: body.include_internal,
-        instance_id: None,
-        statuses: None,
+        instance_id: match body.instance_id.as_deref() {
+            None => None,
+            Some("") => Some(None),
+            Some(raw) => Some(Some(check_instance(&s, &tenant, raw).await?)),
+        },
+        statuses: body.statuses.map(check_statuses).transpose()?,
         headers: body.headers,
         enabled: body.enabled,
     };

@@ -46,12 +46,12 @@ pub struct ConnectionWatch {
 }
 
 impl ConnectionWatch {
-    /// The round lock's key for the deployment whose store is `store` (its
-    /// database URL, or the data directory): deployments sharing one Redis
-    /// must not take each other's rounds.
-    pub fn lock_key(store: &str) -> String {
-        use sha2::Digest;
-        format!("instance-connections:{}", &hex::encode(sha2::Sha256::digest(store.as_bytes()))[..16])
+    /// The round lock's key for a deployment ([`Config::deployment_key`]):
+    /// deployments sharing one Redis must not take each other's rounds.
+    ///
+    /// [`Config::deployment_key`]: crate::config::Config::deployment_key
+    pub fn lock_key(deployment: &str) -> String {
+        format!("instance-connections:{deployment}")
     }
 }
 
