@@ -53,6 +53,7 @@ pub fn message(row: &(impl Columns + ?Sized)) -> Result<MessageRecord, StoreErro
         send_at: row.time_opt("send_at")?,
         expires_at: row.time_opt("expires_at")?,
         next_attempt_at: row.time_opt("next_attempt_at")?,
+        reply_to: row.text_opt("reply_to")?,
         created_at: row.time("created_at")?,
         updated_at: row.time("updated_at")?,
     })

@@ -159,6 +159,9 @@ pub struct MessageRecord {
     pub expires_at: Option<Timestamp>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<Timestamp>,
+    /// The message this one quotes, as the send named it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
 }

@@ -90,6 +90,7 @@ fn request(f: &Fixture, to: &str, body: &str, priority: Priority) -> SendRequest
         priority,
         send_at: None,
         expires_at: None,
+        reply_to: None,
     }
 }
 
@@ -229,6 +230,60 @@ async fn a_burst_mixing_new_conflicting_and_unknown_accepts_answers_each() {
         seqs.sort_unstable();
         assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>(), "chat {chat}");
     }
+}
+
+/// A send's `reply_to` is stored with its message and read back, whichever
+/// way the accept went: alone, in a burst that commits together (PostgreSQL:
+/// the group-committed batch), and in a burst whose batch fails (a message id
+/// stored already) so the others are accepted one by one.
+#[tokio::test]
+async fn reply_to_is_stored_with_the_message_on_every_accept_path() {
+    let f = Arc::new(fixture().await);
+    let with = |f: &Fixture, id: MessageId, n: usize, reply_to: Option<String>| AcceptMessage {
+        id,
+        tenant_id: f.tenant.clone(),
+        request: SendRequest { reply_to, ..request(f, &format!("+55119999{:05}", n % 4), "re", Priority::Normal) },
+        idempotency: None,
+        now: Timestamp::now(),
+    };
+    let stored = |id: &MessageId| {
+        let f = f.clone();
+        let id = id.clone();
+        async move { f.b.store.get_message(&f.tenant, &id).await.unwrap().unwrap().reply_to }
+    };
+    // Alone.
+    let quoting = MessageId::generate();
+    let quoted = Some("msg_0123456789abcdef0123456789abcdex".to_owned());
+    let plain = MessageId::generate();
+    for m in [with(&f, quoting.clone(), 0, quoted.clone()), with(&f, plain.clone(), 1, None)] {
+        assert!(matches!(f.b.store.accept(m).await.unwrap(), Accepted::New { .. }));
+    }
+    assert_eq!(stored(&quoting).await, quoted);
+    assert_eq!(stored(&plain).await, None);
+    let listed = f.b.store.list_messages(&f.tenant, &MessageFilter { limit: 10, ..Default::default() }).await.unwrap();
+    assert_eq!(listed.iter().find(|m| m.id == quoting).unwrap().reply_to, quoted, "list_messages reads it too");
+
+    // A burst; the second has one accept (n = 7) reusing a stored message id.
+    let own = |n: usize| (!n.is_multiple_of(3)).then(|| format!("wamid.reply-{n}"));
+    for failing in [false, true] {
+        let tasks: Vec<_> = (0..30)
+            .map(|n| {
+                let f = f.clone();
+                let id = if failing && n == 7 { plain.clone() } else { MessageId::generate() };
+                let m = with(&f, id.clone(), n, own(n));
+                tokio::spawn(async move { (n, id, f.b.store.accept(m).await) })
+            })
+            .collect();
+        for (n, id, answer) in futures::future::join_all(tasks).await.into_iter().map(|t| t.unwrap()) {
+            if failing && n == 7 {
+                assert!(answer.is_err(), "a second message with one id: {answer:?}");
+                continue;
+            }
+            assert!(matches!(answer, Ok(Accepted::New { .. })), "{n}: {answer:?}");
+            assert_eq!(stored(&id).await, own(n), "message {n} of the burst (failing batch: {failing})");
+        }
+    }
+    assert_eq!(stored(&plain).await, None, "the duplicate id changed nothing");
 }
 
 #[tokio::test]

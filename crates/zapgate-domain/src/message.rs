@@ -350,6 +350,10 @@ pub struct SendRequest {
     pub priority: Priority,
     pub send_at: Option<Timestamp>,
     pub expires_at: Option<Timestamp>,
+    /// The message this one quotes (a reply): a zapgate message id (`msg_…`,
+    /// sent or received) or a WhatsApp message id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
 }
 
 impl SendRequest {
@@ -432,6 +436,7 @@ mod tests {
             priority: Priority::Normal,
             send_at: None,
             expires_at: None,
+            reply_to: None,
         };
         assert_eq!(req("+5511999998888", "a").fingerprint(), req("5511999998888", "a").fingerprint());
         assert_ne!(req("+5511999998888", "a").fingerprint(), req("+5511999998888", "b").fingerprint());

@@ -108,6 +108,9 @@ pub fn request_body(msg: &OutboundMessage) -> Result<Value, ProviderError> {
     obj.insert("messaging_product".into(), json!("whatsapp"));
     obj.insert("recipient_type".into(), json!("individual"));
     obj.insert("to".into(), json!(digits));
+    if let Some(q) = &msg.reply_to {
+        obj.insert("context".into(), json!({"message_id": q.id}));
+    }
     Ok(body)
 }
 
@@ -572,7 +575,11 @@ mod tests {
             for k in ["messaging_product", "recipient_type", "to"] {
                 content.as_object_mut().unwrap().remove(k);
             }
-            let body = request_body(&crate::test_message(content, &to)).unwrap();
+            let quoted = content.as_object_mut().unwrap().remove("context");
+            let mut msg = crate::test_message(content, &to);
+            msg.reply_to =
+                quoted.map(|c| crate::Quoted { id: c["message_id"].as_str().unwrap().into(), from_me: false });
+            let body = request_body(&msg).unwrap();
             assert_eq!(body, case["expected"], "{}", case["name"]);
         }
     }

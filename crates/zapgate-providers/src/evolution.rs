@@ -87,7 +87,7 @@ pub fn request(msg: &OutboundMessage) -> Result<(&'static str, Value), ProviderE
         code: "unsupported_message".into(),
         message: format!("Evolution instances cannot send {kind} messages"),
     };
-    Ok(match &msg.content {
+    let (route, mut body) = match &msg.content {
         MessageContent::Text { text } => {
             ("sendText", json!({"number": number, "text": text.body, "linkPreview": text.preview_url}))
         }
@@ -118,7 +118,12 @@ pub fn request(msg: &OutboundMessage) -> Result<(&'static str, Value), ProviderE
             ("sendReaction", json!({"key": key, "reaction": r.emoji}))
         }
         other => return Err(unsupported(other.kind())),
-    })
+    };
+    // Evolution finds the quoted message by its key.
+    if let Some(q) = msg.reply_to.as_ref().filter(|_| route != "sendReaction") {
+        body["quoted"] = json!({"key": {"remoteJid": remote_jid(&msg.to), "fromMe": q.from_me, "id": q.id}});
+    }
+    Ok((route, body))
 }
 
 #[derive(Deserialize)]
@@ -587,8 +592,7 @@ mod tests {
     fn requests_match_the_v2_schemas() {
         let fixtures: Value = serde_json::from_str(include_str!("../fixtures/evolution/send_requests.json")).unwrap();
         for case in fixtures["cases"].as_array().unwrap() {
-            let (route, body) =
-                request(&crate::test_message(case["content"].clone(), case["to"].as_str().unwrap())).unwrap();
+            let (route, body) = request(&crate::fixture_message(case)).unwrap();
             assert_eq!(route, case["route"], "{}", case["name"]);
             assert_eq!(body, case["expected"], "{}", case["name"]);
         }

@@ -42,7 +42,17 @@ pub(crate) fn test_message(content: serde_json::Value, to: &str) -> OutboundMess
         attempt: 0,
         config: serde_json::json!({}),
         upload: None,
+        reply_to: None,
     }
+}
+
+/// The message of a `send_requests.json` fixture case: its `content` to its
+/// `to`, quoting `reply_to` (a WhatsApp id) when the case has one.
+#[cfg(test)]
+pub(crate) fn fixture_message(case: &serde_json::Value) -> OutboundMessage {
+    let mut msg = test_message(case["content"].clone(), case["to"].as_str().expect("a fixture's to"));
+    msg.reply_to = case["reply_to"].as_str().map(|id| Quoted { id: id.to_owned(), from_me: false });
+    msg
 }
 
 /// One message as handed to a provider.
@@ -60,6 +70,17 @@ pub struct OutboundMessage {
     /// The bytes of media the message names by zapgate `id`, for providers
     /// that take uploads ([`Provider::uploads_media`]); the others get a link.
     pub upload: Option<MediaUpload>,
+    /// The message this one quotes, as the provider knows it.
+    pub reply_to: Option<Quoted>,
+}
+
+/// A message quoted by a reply: its id at the provider (WhatsApp's), and
+/// whether it was sent from this instance (providers that name messages by
+/// sender need it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Quoted {
+    pub id: String,
+    pub from_me: bool,
 }
 
 /// Media to upload to the provider before the send that uses it.

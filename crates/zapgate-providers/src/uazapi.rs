@@ -136,7 +136,7 @@ pub fn request(msg: &OutboundMessage) -> Result<(&'static str, Value), ProviderE
         ChatId::Phone(d) => d.clone(),
         other => other.key(),
     };
-    Ok(match &msg.content {
+    let (route, mut body) = match &msg.content {
         MessageContent::Text { text } => {
             ("text", json!({"number": number, "text": text.body, "linkPreview": text.preview_url}))
         }
@@ -174,7 +174,11 @@ pub fn request(msg: &OutboundMessage) -> Result<(&'static str, Value), ProviderE
                 message: format!("UAZAPI instances cannot send {} messages", other.kind()),
             });
         }
-    })
+    };
+    if let Some(q) = msg.reply_to.as_ref().filter(|_| route != "react") {
+        body["replyid"] = json!(q.id);
+    }
+    Ok((route, body))
 }
 
 #[async_trait]
@@ -624,7 +628,7 @@ mod tests {
     fn requests_match_the_v2_spec() {
         let fixtures: Value = serde_json::from_str(include_str!("../fixtures/uazapi/send_requests.json")).unwrap();
         for case in fixtures["cases"].as_array().unwrap() {
-            let msg = crate::test_message(case["content"].clone(), case["to"].as_str().unwrap());
+            let msg = crate::fixture_message(case);
             let (route, body) = request(&msg).unwrap();
             assert_eq!(route, case["route"], "{}", case["name"]);
             assert_eq!(body, case["expected"], "{}", case["name"]);

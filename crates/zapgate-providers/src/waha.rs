@@ -157,7 +157,7 @@ pub fn request(session: &str, msg: &OutboundMessage) -> Result<(&'static str, Va
         }
         body
     };
-    Ok(match &msg.content {
+    let (route, mut body) = match &msg.content {
         MessageContent::Text { text } => (
             "sendText",
             json!({"session": session, "chatId": chat_id, "text": text.body, "linkPreview": text.preview_url}),
@@ -191,14 +191,9 @@ pub fn request(session: &str, msg: &OutboundMessage) -> Result<(&'static str, Va
             }
             ("sendLocation", body)
         }
-        // `PUT /api/reaction` (see `send`), on a received message: WAHA names
-        // it `false_{chat}_{id}`; a full id passes as given.
+        // `PUT /api/reaction` (see `send`), on a received message.
         MessageContent::Reaction { reaction: r } => {
-            let message_id = if r.message_id.contains('_') {
-                r.message_id.clone()
-            } else {
-                format!("{}_{chat_id}_{}", r.from_me, r.message_id)
-            };
+            let message_id = full_message_id(&r.message_id, r.from_me, &chat_id);
             ("reaction", json!({"session": session, "messageId": message_id, "reaction": r.emoji}))
         }
         other => {
@@ -207,7 +202,16 @@ pub fn request(session: &str, msg: &OutboundMessage) -> Result<(&'static str, Va
                 message: format!("WAHA instances cannot send {} messages", other.kind()),
             });
         }
-    })
+    };
+    if let Some(q) = msg.reply_to.as_ref().filter(|_| route != "reaction") {
+        body["reply_to"] = json!(full_message_id(&q.id, q.from_me, &chat_id));
+    }
+    Ok((route, body))
+}
+
+/// WAHA names a message `{fromMe}_{chat}_{id}`; a full id passes as given.
+fn full_message_id(id: &str, from_me: bool, chat_id: &str) -> String {
+    if id.contains('_') { id.to_owned() } else { format!("{from_me}_{chat_id}_{id}") }
 }
 
 /// The message id in any of the engines' answers.
@@ -673,9 +677,7 @@ mod tests {
     fn requests_match_the_openapi_examples() {
         let fixtures: Value = serde_json::from_str(include_str!("../fixtures/waha/send_requests.json")).unwrap();
         for case in fixtures["cases"].as_array().unwrap() {
-            let (route, body) =
-                request("default", &crate::test_message(case["content"].clone(), case["to"].as_str().unwrap()))
-                    .unwrap();
+            let (route, body) = request("default", &crate::fixture_message(case)).unwrap();
             assert_eq!(route, case["route"], "{}", case["name"]);
             assert_eq!(body, case["expected"], "{}", case["name"]);
         }

@@ -187,7 +187,7 @@ async fn media_uploads_with_numeric_ids_download_and_send_by_id() {
 }
 
 #[tokio::test]
-async fn a_received_message_is_marked_read_through_the_facade() {
+async fn a_received_message_is_marked_read_and_replied_to_through_the_facade() {
     let p = cloud().await;
     let (s, sim, token, ins) = (&p.server, &p.sim, &p.token, &p.instance);
     let detail: Value = s.get(token, &format!("/v1/instances/{ins}")).await.json().await.unwrap();
@@ -210,6 +210,21 @@ async fn a_received_message_is_marked_read_through_the_facade() {
     let body = json!({"messaging_product": "whatsapp", "status": "read", "message_id": "wamid.unknown"});
     let r = s.post(token, &format!("/graph/v20.0/{META_PNID}/messages"), &body).await;
     assert_eq!(graph_error(r).await.1, 100);
+
+    // A reply quoting it by the facade's id reaches Meta quoting WhatsApp's id.
+    let reply = json!({"messaging_product": "whatsapp", "context": {"message_id": wamid}, "to": "5511988887777",
+                       "type": "text", "text": {"body": "respondendo"}});
+    let id = sent_id(s.post(token, &format!("/graph/v20.0/{META_PNID}/messages"), &reply).await, "5511988887777").await;
+    let m = s.wait_status(token, &id, &["sent", "delivered", "read"], WAIT).await;
+    assert_eq!(m["reply_to"], received["id"], "kept as the send named it");
+    let got = sim.received().into_iter().rev().find(|r| r.body["text"]["body"] == "respondendo").unwrap();
+    assert_eq!(got.body["context"], json!({"message_id": received["wa_message_id"]}));
+    // Quoting a zapgate id that names nothing fails the message, saying why.
+    let ghost = json!({"messaging_product": "whatsapp", "context": {"message_id": "wamid.msg_0193a1b2c3d47e8f9a0b1c2d3e4f5a6b"},
+                       "to": "5511988887777", "type": "text", "text": {"body": "?"}});
+    let id = sent_id(s.post(token, &format!("/graph/v20.0/{META_PNID}/messages"), &ghost).await, "5511988887777").await;
+    let m = s.wait_status(token, &id, &["failed"], WAIT).await;
+    assert_eq!(m["error_code"], "reply_target_unknown");
 }
 
 /// A Cloud API-shaped webhook subscription, as Chatwoot's WhatsApp Cloud

@@ -42,6 +42,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0009_cloud_webhooks.sql"),
     include_str!("../../migrations/postgres/0010_chatwoot.sql"),
     include_str!("../../migrations/postgres/0011_endpoint_filters.sql"),
+    include_str!("../../migrations/postgres/0012_reply_to.sql"),
 ];
 
 /// Advisory lock key serialising migrations across processes.

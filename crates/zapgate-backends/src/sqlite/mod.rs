@@ -51,6 +51,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0013_cloud_webhooks.sql"),
     include_str!("../../migrations/sqlite/0014_chatwoot.sql"),
     include_str!("../../migrations/sqlite/0015_endpoint_filters.sql"),
+    include_str!("../../migrations/sqlite/0016_reply_to.sql"),
 ];
 
 pub struct SqliteBackend {

@@ -9,7 +9,7 @@ use zapgate_domain::{EventId, EventType, MessageEvent, MessageStatus, Timestamp}
 
 pub const MESSAGE_COLUMNS: &str = "id, tenant_id, instance_id, recipient, wa_id, content, priority, status, \
     attempts, chat_seq, provider_message_id, error_code, error_message, send_at, expires_at, next_attempt_at, \
-    created_at, updated_at";
+    created_at, updated_at, reply_to";
 
 pub const INSTANCE_COLUMNS: &str = "id, tenant_id, name, provider, provider_id, phone_number_id, waba_id, rate_per_sec, burst, provider_config, \
      created_at, state, state_reason, state_changed_at, phone_number";

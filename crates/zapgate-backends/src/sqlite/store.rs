@@ -520,7 +520,8 @@ fn accept(conn: &Connection, msg: AcceptMessage) -> Result<Accepted, StoreError>
     let seq: i64 = conn
         .prepare_cached(
             "INSERT INTO messages (id, tenant_id, instance_id, recipient, content, priority, status, chat_seq, \
-             send_at, expires_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+             send_at, expires_at, reply_to, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             RETURNING seq",
         )?
         .query_row(
             params![
@@ -534,6 +535,7 @@ fn accept(conn: &Connection, msg: AcceptMessage) -> Result<Accepted, StoreError>
                 chat_seq,
                 req.send_at.map(Timestamp::as_millis),
                 req.expires_at.map(Timestamp::as_millis),
+                req.reply_to,
                 msg.now.as_millis(),
                 msg.now.as_millis(),
             ],

@@ -36,6 +36,9 @@ pub struct SendMessage {
     pub template_id: Option<String>,
     /// Values of the template's variables.
     pub variables: Option<std::collections::BTreeMap<String, String>>,
+    /// Quote this message (a reply): a zapgate message id (`msg_…`, sent or
+    /// received) or a WhatsApp message id.
+    pub reply_to: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -60,7 +63,7 @@ pub struct MessageList {
     pub next_cursor: Option<String>,
 }
 
-const ENVELOPE: [&str; 5] = ["instance_id", "to", "priority", "send_at", "expires_at"];
+const ENVELOPE: [&str; 6] = ["instance_id", "to", "priority", "send_at", "expires_at", "reply_to"];
 
 /// Parses the JSON object of a send into a [`SendRequest`], naming the
 /// offending field on failure. The envelope fields are taken out first; what
@@ -93,6 +96,10 @@ pub fn parse_send(mut body: Map<String, Value>, now: Timestamp) -> Result<SendRe
     };
     let send_at = time("send_at")?;
     let expires_at = time("expires_at")?;
+    let reply_to = take_str("reply_to", false)?;
+    if reply_to.as_ref().is_some_and(|r| r.is_empty() || r.len() > 256 || r.chars().any(char::is_control)) {
+        return Err(ValidationError::new("reply_to", "must be a message id (msg_… or WhatsApp's)"));
+    }
     if let Some(e) = expires_at {
         if e <= now {
             return Err(ValidationError::new("expires_at", "is already in the past"));
@@ -108,7 +115,7 @@ pub fn parse_send(mut body: Map<String, Value>, now: Timestamp) -> Result<SendRe
         ValidationError::new("type", m)
     })?;
     content.validate()?;
-    Ok(SendRequest { instance_id, to, content, priority, send_at, expires_at })
+    Ok(SendRequest { instance_id, to, content, priority, send_at, expires_at, reply_to })
 }
 
 /// How long an Idempotency-Key stays claimed when its request never ends

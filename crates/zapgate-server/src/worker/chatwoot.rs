@@ -146,6 +146,7 @@ async fn process(w: &ChatwootWorker, job: &ChatwootJob) -> Result<MessageId, Fai
             priority: Priority::Normal,
             send_at: None,
             expires_at: None,
+            reply_to: None,
         };
         let key = format!("chatwoot:{}:{}:{n}", job.integration_id, job.chatwoot_message_id);
         let idempotency = Some(IdempotencyKey { key, fingerprint: request.fingerprint() });

@@ -279,6 +279,13 @@ async fn attempt(ctx: &WorkerCtx, target: &Target, msg: &MessageRecord) -> SendR
     if let Err(result) = resolve_reaction(ctx, msg, &mut content).await {
         return result;
     }
+    let reply_to = match &msg.reply_to {
+        Some(raw) => match quoted(ctx, msg, raw, "reply_target_unknown").await {
+            Ok(q) => Some(q),
+            Err(result) => return result,
+        },
+        None => None,
+    };
     let out = OutboundMessage {
         message_id: msg.id.clone(),
         instance_id: instance.id.clone(),
@@ -288,6 +295,7 @@ async fn attempt(ctx: &WorkerCtx, target: &Target, msg: &MessageRecord) -> SendR
         attempt: msg.attempts,
         config: instance.provider_config.clone(),
         upload,
+        reply_to,
     };
     let circuit = provider.endpoint(&instance.provider_config).map(|e| ctx.circuits.get(provider.kind(), &e));
     let pass = match &circuit {
@@ -395,32 +403,42 @@ async fn with_media(
 }
 
 /// A reaction naming a zapgate message (`msg_…`) names it as the provider
-/// knows it: a received message by its WhatsApp id, a sent one by the id the
-/// provider gave it (it must have been sent). WhatsApp ids pass as given.
+/// knows it (see [`quoted`]).
 async fn resolve_reaction(
     ctx: &WorkerCtx,
     msg: &MessageRecord,
     content: &mut zapgate_domain::MessageContent,
 ) -> Result<(), SendResult> {
     let Some(reaction) = content.reaction_mut() else { return Ok(()) };
-    let Some(target) = zapgate_domain::MessageId::parse(&reaction.message_id) else { return Ok(()) };
+    let target = quoted(ctx, msg, &reaction.message_id, "reaction_target_unknown").await?;
+    reaction.message_id = target.id;
+    reaction.from_me = target.from_me;
+    Ok(())
+}
+
+/// The message `raw` names (a reaction's or a reply's), as the provider
+/// knows it: a received message by its WhatsApp id, a sent one by the id the
+/// provider gave it (it must have been sent). WhatsApp ids pass as given.
+async fn quoted(
+    ctx: &WorkerCtx,
+    msg: &MessageRecord,
+    raw: &str,
+    unknown_code: &str,
+) -> Result<zapgate_providers::Quoted, SendResult> {
+    let Some(target) = zapgate_domain::MessageId::parse(raw) else {
+        return Ok(zapgate_providers::Quoted { id: raw.to_owned(), from_me: false });
+    };
     let store_hiccup = |e: zapgate_backends::StoreError| {
-        wait_unspent(ctx.retry.base, "store_unavailable", format!("reading the message reacted to: {e}"))
+        wait_unspent(ctx.retry.base, "store_unavailable", format!("reading the message it names: {e}"))
     };
     if let Some(inbound) = ctx.backends.inbox.get_inbound(&msg.tenant_id, &target).await.map_err(store_hiccup)? {
-        reaction.message_id = inbound.message.wa_message_id;
-        reaction.from_me = inbound.message.from_me;
-        return Ok(());
+        return Ok(zapgate_providers::Quoted { id: inbound.message.wa_message_id, from_me: inbound.message.from_me });
     }
     let sent = ctx.backends.store.get_message(&msg.tenant_id, &target).await.map_err(store_hiccup)?;
     match sent.and_then(|m| m.provider_message_id) {
-        Some(provider_id) => {
-            reaction.message_id = provider_id;
-            reaction.from_me = true;
-            Ok(())
-        }
+        Some(id) => Ok(zapgate_providers::Quoted { id, from_me: true }),
         None => Err(SendResult::Failed {
-            code: "reaction_target_unknown".into(),
+            code: unknown_code.into(),
             message: format!("{target} is not a message of this tenant that was sent or received"),
         }),
     }

@@ -648,8 +648,8 @@ pub async fn send_fixture_cases(p: &SimProvider, kind: &str, path: impl Fn(&str)
     let fixtures: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
     for case in fixtures["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
-        let (mut body, to) = match case.get("content") {
-            Some(content) => (content.clone(), case["to"].clone()),
+        let (mut body, to, reply_to) = match case.get("content") {
+            Some(content) => (content.clone(), case["to"].clone(), case.get("reply_to").cloned()),
             None => {
                 let mut content = case["expected"].clone();
                 let o = content.as_object_mut().unwrap();
@@ -657,11 +657,15 @@ pub async fn send_fixture_cases(p: &SimProvider, kind: &str, path: impl Fn(&str)
                 for k in ["messaging_product", "recipient_type", "to"] {
                     o.remove(k);
                 }
-                (content, json!(to))
+                let reply_to = o.remove("context").map(|c| c["message_id"].clone());
+                (content, json!(to), reply_to)
             }
         };
         body["instance_id"] = json!(p.instance);
         body["to"] = to;
+        if let Some(r) = reply_to {
+            body["reply_to"] = r;
+        }
         let r = p.server.post(&p.token, "/v1/messages", &body).await;
         assert_eq!(r.status(), 202, "{name}: {}", r.text().await.unwrap());
         let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();

@@ -86,9 +86,12 @@ pub(crate) fn native_send(
     };
     // Meta echoes this in statuses; zapgate's own events carry the message id instead.
     body.remove("biz_opaque_callback_data");
-    if body.remove("context").is_some() {
-        // Quoted replies are not carried yet: the message goes out unquoted.
-        tracing::debug!("graph send: context (reply) ignored");
+    if let Some(context) = body.remove("context") {
+        let quoted = context.get("message_id").and_then(Value::as_str).filter(|id| !id.is_empty());
+        let quoted = quoted.ok_or_else(|| ValidationError::new("context.message_id", "is required in a context"))?;
+        // The facade's own ids (`wamid.msg_…`) name zapgate messages; others are WhatsApp's.
+        let id = MessageId::from_wamid(quoted).map(|m| m.to_string()).unwrap_or_else(|| quoted.to_owned());
+        body.insert("reply_to".into(), Value::String(id));
     }
     let to = match body.remove("to") {
         Some(Value::String(t)) => t,
@@ -176,6 +179,15 @@ mod tests {
         assert_eq!(n["to"], "5511999998888");
         assert_eq!(n["text"]["body"], "oi");
         assert!(n.get("messaging_product").is_none() && n.get("context").is_none());
+        let m = MessageId::generate();
+        let n = native(json!({"messaging_product":"whatsapp","context":{"message_id": m.to_wamid()},
+            "to":"5511999998888","text":{"body":"sim"}}))
+        .unwrap();
+        assert_eq!(n["reply_to"], m.as_str(), "a facade id names the zapgate message");
+        let n = native(json!({"messaging_product":"whatsapp","context":{"message_id":"wamid.HBgLMTY0"},
+            "to":"5511999998888","text":{"body":"sim"}}))
+        .unwrap();
+        assert_eq!(n["reply_to"], "wamid.HBgLMTY0", "WhatsApp's ids pass as given");
     }
 
     #[test]
