@@ -256,6 +256,32 @@ impl Provider for CloudApi {
 
     /// `{"messaging_product":"whatsapp","status":"read","message_id"}` to
     /// the number's messages endpoint (Meta answers `{"success":true}`).
+    /// `GET /{version}/{waba_id}/message_templates`, every page (up to 20).
+    async fn templates(&self, config: &Value) -> Result<Option<Vec<Value>>, ProviderError> {
+        let cfg = settings(config)?;
+        let Some(waba) = cfg.waba_id.as_deref().filter(|w| !w.is_empty()) else { return Ok(None) };
+        let mut url = format!("{}/{}/{waba}/message_templates?limit=100", cfg.base_url, cfg.api_version);
+        let mut all = Vec::new();
+        for _ in 0..20 {
+            let answer = crate::http::send(self.http.get(&url).bearer_auth(&cfg.access_token)).await?;
+            if !answer.ok() {
+                return Err(graph_failure(&answer));
+            }
+            let page: Value = serde_json::from_slice(&answer.body).map_err(|_| ProviderError::Unavailable {
+                code: "malformed_answer".into(),
+                message: "Meta's template list is not JSON".into(),
+                retry_after: None,
+            })?;
+            all.extend(page["data"].as_array().cloned().unwrap_or_default());
+            match page["paging"]["next"].as_str() {
+                // Only Meta's own next page, at the configured server.
+                Some(next) if next.starts_with(&cfg.base_url) => url = next.to_owned(),
+                _ => break,
+            }
+        }
+        Ok(Some(all))
+    }
+
     async fn mark_read(&self, config: &Value, _chat: &ChatId, wa_message_id: &str) -> Result<(), ProviderError> {
         let cfg = settings(config)?;
         let body = json!({"messaging_product": "whatsapp", "status": "read", "message_id": wa_message_id});

@@ -274,6 +274,12 @@ pub trait Provider: Send + Sync + 'static {
     fn uploads_media(&self) -> bool {
         false
     }
+    /// The message templates the provider has approved for this number, in
+    /// the Cloud API's shape (`name`, `language`, `status`, `category`,
+    /// `components`); None for kinds without provider templates.
+    async fn templates(&self, _config: &serde_json::Value) -> Result<Option<Vec<serde_json::Value>>, ProviderError> {
+        Ok(None)
+    }
     /// Marks the received message `wa_message_id` of `chat` as read (blue
     /// ticks for the sender). `Rejected` with `no_mark_read` when this kind
     /// cannot.

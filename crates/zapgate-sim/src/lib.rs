@@ -134,6 +134,7 @@ pub fn router(sim: Arc<Sim>) -> Router {
     Router::new()
         .route("/{version}/{phone_number_id}/messages", post(cloud_send))
         .route("/{version}/{phone_number_id}/media", post(cloud::upload))
+        .route("/{version}/{waba_id}/message_templates", get(cloud::templates))
         .merge(waha::routes())
         .merge(evolution::routes())
         .merge(uazapi::routes())

@@ -211,6 +211,15 @@ async fn a_received_message_is_marked_read_and_replied_to_through_the_facade() {
     let r = s.post(token, &format!("/graph/v20.0/{META_PNID}/messages"), &body).await;
     assert_eq!(graph_error(r).await.1, 100);
 
+    // The number's templates are Meta's (the sim answers its sample one).
+    let r = s.get(token, "/graph/v20.0/102290129340398/message_templates").await;
+    assert_eq!(r.status(), 200);
+    let listed: Value = r.json().await.unwrap();
+    assert_eq!(
+        (listed["data"][0]["name"].as_str(), listed["data"][0]["status"].as_str()),
+        (Some("hello_world"), Some("APPROVED"))
+    );
+
     // A reply quoting it by the facade's id reaches Meta quoting WhatsApp's id.
     let reply = json!({"messaging_product": "whatsapp", "context": {"message_id": wamid}, "to": "5511988887777",
                        "type": "text", "text": {"body": "respondendo"}});

@@ -155,11 +155,22 @@ fn lowercase_types(component: &mut Value) {
 }
 
 /// `GET /{waba_id}/message_templates`: always 2xx for a known account
-/// (Chatwoot calls it to set its inbox up and follows `paging.next`).
-/// zapgate has no provider-approved templates to list yet, so the list is empty.
+/// (Chatwoot calls it to set its inbox up, and again to sync templates):
+/// the provider's approved templates when it has them (a Cloud API number),
+/// else none. A provider that cannot answer now gives an empty list, logged,
+/// rather than failing an inbox set-up.
 pub(super) async fn templates(s: &AppState, tenant: &TenantId, waba_id: &str) -> GraphResult<Response> {
-    instance(s, tenant, waba_id, true).await?;
-    Ok(Json(json!({"data": [], "paging": {}})).into_response())
+    let number = instance(s, tenant, waba_id, true).await?;
+    let provider = s.providers.get(&number.provider);
+    let listed = match provider {
+        Some(p) => crate::http::sessions::call(p.templates(&number.provider_config)).await,
+        None => Ok(None),
+    };
+    let data = listed.unwrap_or_else(|e| {
+        tracing::warn!(instance = %number.id, error = %e, "listing the provider's templates failed");
+        None
+    });
+    Ok(Json(json!({"data": data.unwrap_or_default(), "paging": {}})).into_response())
 }
 
 #[cfg(test)]
