@@ -202,6 +202,31 @@ fn post_later(hook: Hook, body: Value, delay: Duration) {
     });
 }
 
+/// `GET /{version}/{waba_id}/message_templates`: Meta's sample template, as
+/// its template list answers it (a Bearer token is required).
+pub async fn templates(headers: axum::http::HeaderMap) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if headers.get("authorization").and_then(|v| v.to_str().ok()).is_none_or(|v| !v.starts_with("Bearer ")) {
+        return super::graph_error(401, 190, "Invalid OAuth access token.", None);
+    }
+    axum::Json(json!({
+        "data": [{
+            "name": "hello_world",
+            "components": [
+                {"type": "HEADER", "format": "TEXT", "text": "Hello World"},
+                {"type": "BODY", "text": "Welcome and congratulations!! This message demonstrates your ability to send a WhatsApp message notification from the Cloud API, hosted by Meta."},
+                {"type": "FOOTER", "text": "WhatsApp Business Platform sample message"}
+            ],
+            "language": "en_US",
+            "status": "APPROVED",
+            "category": "UTILITY",
+            "id": "1192339204654487"
+        }],
+        "paging": {"cursors": {"before": "MAZDZD", "after": "MjQZD"}}
+    }))
+    .into_response()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -249,29 +274,4 @@ mod tests {
         sim.set_cloud_webhook(None);
         assert!(sim.cloud_hook().is_none());
     }
-}
-
-/// `GET /{version}/{waba_id}/message_templates`: Meta's sample template, as
-/// its template list answers it (a Bearer token is required).
-pub async fn templates(headers: axum::http::HeaderMap) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    if headers.get("authorization").and_then(|v| v.to_str().ok()).is_none_or(|v| !v.starts_with("Bearer ")) {
-        return super::graph_error(401, 190, "Invalid OAuth access token.", None);
-    }
-    axum::Json(json!({
-        "data": [{
-            "name": "hello_world",
-            "components": [
-                {"type": "HEADER", "format": "TEXT", "text": "Hello World"},
-                {"type": "BODY", "text": "Welcome and congratulations!! This message demonstrates your ability to send a WhatsApp message notification from the Cloud API, hosted by Meta."},
-                {"type": "FOOTER", "text": "WhatsApp Business Platform sample message"}
-            ],
-            "language": "en_US",
-            "status": "APPROVED",
-            "category": "UTILITY",
-            "id": "1192339204654487"
-        }],
-        "paging": {"cursors": {"before": "MAZDZD", "after": "MjQZD"}}
-    }))
-    .into_response()
 }
