@@ -192,6 +192,7 @@ pub async fn run_embedded(s: &Settings) -> anyhow::Result<Vec<Figure>> {
     full_loop(s, &cfg, &work, &mut figs).await?;
     webhooks(s, &cfg, &ceilings, hello.addr, &work, &mut figs).await?;
     ingest(s, &cfg, &ceilings, &work, &mut figs).await?;
+    chatwoot_ingest(s, &cfg, &ceilings, &work, &mut figs).await?;
     drop(hello);
     let _ = std::fs::remove_dir_all(&work);
     Ok(figs)
@@ -332,6 +333,7 @@ async fn distributed(
     full_loop(s, &serve, &work, &mut figs).await?;
     webhooks(s, &serve, &ceilings, hello.addr, &work, &mut figs).await?;
     ingest(s, &serve, &ceilings, &work, &mut figs).await?;
+    chatwoot_ingest(s, &serve, &ceilings, &work, &mut figs).await?;
 
     // 3. zapgate serve with work through RabbitMQ: outbox → relay → shards → workers.
     if services.amqp.is_some() {
@@ -656,6 +658,78 @@ async fn ingest(
     );
     for (q, name) in [(0.5, "p50"), (0.99, "p99")] {
         figs.push(Figure::new(cfg.name(&format!("provider webhook ingest latency {name}")), r.quantile_ms(q), "ms"));
+    }
+    cfg.finish(run).await;
+    Ok(())
+}
+
+/// Chatwoot webhook ingest: signed `message_created` events of agents'
+/// replies, each a new Chatwoot message — signature checked, deduplicated
+/// and stored as a job before the `{"status":"queued"}` (workers then turn
+/// the jobs into sends meanwhile, as in production). Limits are raised so
+/// the rate is zapgate's, not seed 003's 100/s.
+async fn chatwoot_ingest(
+    s: &Settings,
+    cfg: &Config<'_>,
+    ceilings: &Ceilings,
+    work: &Path,
+    figs: &mut Vec<Figure>,
+) -> anyhow::Result<()> {
+    let env = [("ZAPGATE_CHATWOOT_RATE_PER_SEC", "1000000"), ("ZAPGATE_CHATWOOT_BURST", "1000000")];
+    let run = cfg.start(s, work, "chatwoot", &env).await?;
+    let z = &run.dep;
+    let target = Target::setup(z.addr()).await?;
+    let secret = "bench-chatwoot-secret";
+    let made: Value = reqwest::Client::new()
+        .post(format!("http://{}/v1/chatwoot-integrations", z.addr()))
+        .bearer_auth(&target.token)
+        .json(&json!({"instance_id": target.instances[0], "base_url": "http://93.184.216.34", "account_id": 1,
+                      "inbox_id": 7, "api_access_token": "t", "webhook_secret": secret}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let id = made["id"].as_str().context("integration id")?;
+    let path = format!("/webhooks/chatwoot/{id}");
+    let addr = z.addr();
+    let make: MakeRequest = Arc::new(move |n| {
+        use hmac::{Hmac, KeyInit, Mac};
+        let phone = format!("+5511{:09}", n % 1_000_000_000);
+        let body = serde_json::to_vec(&json!({"event": "message_created", "id": n, "content": "benchmark reply",
+            "message_type": "outgoing", "content_type": "text", "private": false, "source_id": null,
+            "conversation": {"id": n % 100_000 + 1, "inbox_id": 7,
+                "contact_inbox": {"source_id": phone.trim_start_matches('+')},
+                "meta": {"sender": {"phone_number": phone, "type": "contact"}}}}))
+        .expect("json");
+        let ts = "1796558400";
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key");
+        mac.update(ts.as_bytes());
+        mac.update(b".");
+        mac.update(&body);
+        let sig = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+        let mut req = request(Method::POST, addr, &path, None, Some(body));
+        req.headers_mut().insert("x-chatwoot-timestamp", ts.parse().expect("digits are a header value"));
+        req.headers_mut().insert("x-chatwoot-signature", sig.parse().expect("hex is a header value"));
+        req
+    });
+    let cpu0 = z.cpu_seconds();
+    let r = loadgen::closed_loop(z.addr(), s.connections, s.phase, StatusCode::OK, make).await?;
+    let cores = (z.cpu_seconds() - cpu0) / r.elapsed.as_secs_f64();
+    eprintln!("chatwoot ingest{}: {:.0} req/s", cfg.suffix, r.rate());
+    figs.push(
+        Figure::new(
+            cfg.name("Chatwoot webhook ingest (signature + dedupe key + durable job), closed loop"),
+            r.rate(),
+            "req/s",
+        )
+        .against(&ceilings.hello)
+        .note(format!(
+            "{}; zapgate used {cores:.2} cores; each request one new Chatwoot message (jobs turn into sends meanwhile)",
+            latency_note(&r)
+        )),
+    );
+    for (q, name) in [(0.5, "p50"), (0.99, "p99")] {
+        figs.push(Figure::new(cfg.name(&format!("Chatwoot webhook ingest latency {name}")), r.quantile_ms(q), "ms"));
     }
     cfg.finish(run).await;
     Ok(())
