@@ -68,7 +68,15 @@ pub struct PostedMessage {
 
 /// Serves a simulated Chatwoot on a local port; returns it and its base URL.
 pub async fn start() -> std::io::Result<(Arc<Chatwoot>, String)> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    start_on("127.0.0.1:0".parse().expect("an address")).await
+}
+
+/// Serves a simulated Chatwoot at `addr`. Besides Chatwoot's own routes:
+/// `POST /_sim/chatwoot/fire {"url","secret"?,"id","conversation_id","phone","content",
+/// "message_type"?,"private"?}` fires a `message_created` webhook at `url`, and
+/// `GET /_sim/chatwoot/conversations` shows what integrations posted.
+pub async fn start_on(addr: std::net::SocketAddr) -> std::io::Result<(Arc<Chatwoot>, String)> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
     let base = format!("http://{}", listener.local_addr()?);
     let cw = Arc::new(Chatwoot { base: base.clone(), ..Chatwoot::default() });
     let api = "/api/v1/accounts/{account}";
@@ -80,6 +88,8 @@ pub async fn start() -> std::io::Result<(Arc<Chatwoot>, String)> {
         .route(&format!("{api}/contacts/{{id}}/contact_inboxes"), axum::routing::post(create_contact_inbox))
         .route(&format!("{api}/conversations"), axum::routing::post(create_conversation))
         .route(&format!("{api}/conversations/{{id}}/messages"), axum::routing::get(list_messages).post(create_message))
+        .route("/_sim/chatwoot/fire", axum::routing::post(fire))
+        .route("/_sim/chatwoot/conversations", axum::routing::get(show_conversations))
         .with_state(cw.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok((cw, base))
@@ -201,7 +211,7 @@ impl Chatwoot {
     /// (`X-Chatwoot-Signature: sha256=hex(HMAC(secret, "{ts}.{body}"))`).
     pub async fn fire(url: &str, body: &Value, secret: Option<&str>) -> reqwest::Result<reqwest::Response> {
         let raw = serde_json::to_vec(body).expect("JSON");
-        let mut req = reqwest::Client::new()
+        let mut req = crate::hooks::client()
             .post(url)
             .header("content-type", "application/json")
             .timeout(std::time::Duration::from_secs(5));
@@ -411,4 +421,53 @@ async fn create_message(State(cw): State<Arc<Chatwoot>>, Path((_, id)): Path<(u6
                        "private": message.private, "source_id": message.source_id, "conversation_id": id});
     c.messages.push(message);
     Json(shown).into_response()
+}
+
+async fn fire(State(cw): State<Arc<Chatwoot>>, Json(req): Json<Value>) -> Response {
+    let (Some(url), Some(phone)) = (req["url"].as_str(), req["phone"].as_str()) else {
+        return (StatusCode::BAD_REQUEST, "url and phone are required").into_response();
+    };
+    let mut m = Message::reply(
+        req["id"].as_u64().unwrap_or(1),
+        req["conversation_id"].as_u64().unwrap_or(1),
+        phone,
+        req["content"].as_str().unwrap_or_default(),
+    );
+    m.message_type = match req["message_type"].as_str() {
+        Some("incoming") => "incoming",
+        Some("activity") => "activity",
+        Some("template") => "template",
+        _ => "outgoing",
+    };
+    m.private = req["private"].as_bool().unwrap_or(false);
+    let body = cw.message_created(&m);
+    match Chatwoot::fire(url, &body, req["secret"].as_str()).await {
+        Ok(res) => {
+            let status = res.status().as_u16();
+            let answer: Value = res.json().await.unwrap_or(Value::Null);
+            Json(json!({"status": status, "answer": answer})).into_response()
+        }
+        Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+    }
+}
+
+async fn show_conversations(State(cw): State<Arc<Chatwoot>>) -> Json<Value> {
+    let contacts = cw.contacts();
+    let all: Vec<Value> = cw
+        .conversations()
+        .iter()
+        .map(|c| {
+            let phone = contacts.iter().find(|k| k.id == c.contact_id).and_then(|k| k.phone_number.clone());
+            let messages: Vec<Value> = c
+                .messages
+                .iter()
+                .map(|m| {
+                    json!({"id": m.id, "content": m.content, "message_type": m.message_type,
+                                "private": m.private, "attachments": m.attachments.len()})
+                })
+                .collect();
+            json!({"id": c.id, "inbox_id": c.inbox_id, "contact_phone": phone, "messages": messages})
+        })
+        .collect();
+    Json(json!({"conversations": all}))
 }

@@ -41,6 +41,15 @@ use std::time::Duration;
 ///                        "by_message_id","by_content"}: sends accepted, and the same
 ///                        message (instance, recipient, text, client reference) sent twice
 ///   POST /_sim/counters/reset  start counting from zero
+///   GET  /{version}/{waba_id}/message_templates   Cloud API templates (Meta's sample one)
+///
+/// With --chatwoot-listen, a simulated Chatwoot on that address too: its
+/// application API (contacts, contact inboxes, conversations, messages;
+/// api_access_token `cw-agent-token`), Active Storage file links, and
+///   POST /_sim/chatwoot/fire  {"url","secret"?,"id","conversation_id","phone","content",
+///                        "message_type"?,"private"?}: fire a signed `message_created`
+///                        webhook (Chatwoot's payload) at a zapgate integration
+///   GET  /_sim/chatwoot/conversations  what integrations posted
 ///
 /// New WAHA sessions, Evolution and UAZAPI instances wait for a QR scan; the scan
 /// "happens" --qr-scan-after the QR code is first fetched. The WAHA session
@@ -57,6 +66,11 @@ struct Cli {
     /// How long after its QR code is first fetched a session counts as scanned.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     qr_scan_after: Duration,
+    /// Also run a simulated Chatwoot here (its application API with token
+    /// `cw-agent-token`, Active Storage links, and `POST /_sim/chatwoot/fire`
+    /// to fire `message_created` webhooks at a zapgate integration).
+    #[arg(long)]
+    chatwoot_listen: Option<std::net::SocketAddr>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -66,6 +80,10 @@ fn main() -> anyhow::Result<()> {
         let (addr, sim) = zapgate_sim::start(cli.listen).await?;
         sim.set_qr_scan_after(cli.qr_scan_after);
         eprintln!("zapgate-sim listening on http://{addr}");
+        if let Some(at) = cli.chatwoot_listen {
+            let (_, base) = zapgate_sim::chatwoot::start_on(at).await?;
+            eprintln!("simulated Chatwoot on {base}");
+        }
         std::future::pending::<()>().await;
         Ok(())
     })
