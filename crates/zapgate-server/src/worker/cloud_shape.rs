@@ -309,6 +309,69 @@ mod tests {
         );
     }
 
+    /// Every field of `theirs` (Meta's example) is in `ours` with the same
+    /// JSON type, at the same place; `optional` ones (pricing, …) may be missing.
+    fn same_shape(ours: &Value, theirs: &Value, path: &str, optional: &[&str]) {
+        match (ours, theirs) {
+            (Value::Object(o), Value::Object(t)) => {
+                for (k, v) in t {
+                    match o.get(k) {
+                        Some(mine) => same_shape(mine, v, &format!("{path}.{k}"), optional),
+                        None => assert!(optional.contains(&k.as_str()), "{path}.{k} missing from {ours}"),
+                    }
+                }
+            }
+            (Value::Array(o), Value::Array(t)) => {
+                if let (Some(mine), Some(v)) = (o.first(), t.first()) {
+                    same_shape(mine, v, &format!("{path}[0]"), optional);
+                }
+            }
+            (o, t) => assert_eq!(
+                std::mem::discriminant(o),
+                std::mem::discriminant(t),
+                "{path}: {o} is not of the type of Meta's {t}"
+            ),
+        }
+    }
+
+    /// Meta's own webhook examples (kept with the Cloud API adapter's
+    /// fixtures): zapgate's payloads have every field they have.
+    #[test]
+    fn payloads_have_the_shape_of_metas_examples() {
+        let fixtures: Value =
+            serde_json::from_str(include_str!("../../../zapgate-providers/fixtures/cloud_api/webhooks.json")).unwrap();
+        let example = |prefix: &str| {
+            let case =
+                fixtures["cases"].as_array().unwrap().iter().find(|c| c["name"].as_str().unwrap().starts_with(prefix));
+            case.unwrap()["body"].clone()
+        };
+        let delivered = cloud_payload(
+            &event(EventType::MessageStatus, MessageStatus::Delivered, StatusDetail::default()),
+            &facts(),
+        );
+        same_shape(&delivered.unwrap(), &example("status delivered"), "", &["conversation", "pricing"]);
+        let detail = StatusDetail {
+            error_code: Some("131026".into()),
+            reason: Some("undeliverable".into()),
+            ..Default::default()
+        };
+        let failed = cloud_payload(&event(EventType::MessageStatus, MessageStatus::Failed, detail), &facts());
+        same_shape(&failed.unwrap(), &example("status failed"), "", &["href"]);
+        let message = ReceivedMessage {
+            wa_message_id: "wamid.X".into(),
+            chat: "+16505551234".into(),
+            sender: None,
+            sender_name: Some("Sheena Nelson".into()),
+            from_me: false,
+            content: json!({"type": "text", "text": {"body": "Does it come in another color?"}}),
+            context_id: None,
+            sent_at: Timestamp::from_millis(1_749_416_383_000),
+        };
+        let detail = StatusDetail { message: Some(message), ..Default::default() };
+        let text = cloud_payload(&event(EventType::MessageReceived, MessageStatus::Received, detail), &facts());
+        same_shape(&text.unwrap(), &example("text"), "", &[]);
+    }
+
     #[test]
     fn events_without_a_cloud_webhook_have_no_payload() {
         let e = event(EventType::InstanceStatus, MessageStatus::Sent, StatusDetail::default());
