@@ -643,24 +643,47 @@ async fn ingest(
         req.headers_mut().insert("x-webhook-hmac", sig.parse().expect("hex is a header value"));
         req
     });
-    let cpu0 = z.cpu_seconds();
-    let r = loadgen::closed_loop(z.addr(), s.connections, s.phase, StatusCode::OK, make).await?;
-    let cores = (z.cpu_seconds() - cpu0) / r.elapsed.as_secs_f64();
-    eprintln!("ingest{}: {:.0} req/s", cfg.suffix, r.rate());
-    figs.push(
-        Figure::new(
-            cfg.name("provider webhook ingest (WAHA HMAC + dedupe + durable write), closed loop"),
-            r.rate(),
-            "req/s",
-        )
-        .against(&ceilings.hello)
-        .note(format!("{}; zapgate used {cores:.2} cores; each request one new inbound message", latency_note(&r))),
-    );
-    for (q, name) in [(0.5, "p50"), (0.99, "p99")] {
-        figs.push(Figure::new(cfg.name(&format!("provider webhook ingest latency {name}")), r.quantile_ms(q), "ms"));
-    }
+    let what = IngestFigures {
+        title: "provider webhook ingest",
+        detail: "(WAHA HMAC + dedupe + durable write)",
+        each: "each request one new inbound message",
+    };
+    what.measure(s, cfg, ceilings, z, make, figs).await?;
     cfg.finish(run).await;
     Ok(())
+}
+
+/// What an ingest scenario's figures are called.
+struct IngestFigures {
+    title: &'static str,
+    detail: &'static str,
+    each: &'static str,
+}
+
+impl IngestFigures {
+    /// Drives `make`'s requests closed-loop at `z` and records the rate
+    /// (against hello-world) and p50/p99.
+    async fn measure(
+        &self,
+        s: &Settings,
+        cfg: &Config<'_>,
+        ceilings: &Ceilings,
+        z: &Deployment,
+        make: MakeRequest,
+        figs: &mut Vec<Figure>,
+    ) -> anyhow::Result<()> {
+        let cpu0 = z.cpu_seconds();
+        let r = loadgen::closed_loop(z.addr(), s.connections, s.phase, StatusCode::OK, make).await?;
+        let cores = (z.cpu_seconds() - cpu0) / r.elapsed.as_secs_f64();
+        eprintln!("{}{}: {:.0} req/s", self.title, cfg.suffix, r.rate());
+        let note = format!("{}; zapgate used {cores:.2} cores; {}", latency_note(&r), self.each);
+        let name = cfg.name(&format!("{} {}, closed loop", self.title, self.detail));
+        figs.push(Figure::new(name, r.rate(), "req/s").against(&ceilings.hello).note(note));
+        for (q, p) in [(0.5, "p50"), (0.99, "p99")] {
+            figs.push(Figure::new(cfg.name(&format!("{} latency {p}", self.title)), r.quantile_ms(q), "ms"));
+        }
+        Ok(())
+    }
 }
 
 /// Chatwoot webhook ingest: signed `message_created` events of agents'
@@ -712,25 +735,12 @@ async fn chatwoot_ingest(
         req.headers_mut().insert("x-chatwoot-signature", sig.parse().expect("hex is a header value"));
         req
     });
-    let cpu0 = z.cpu_seconds();
-    let r = loadgen::closed_loop(z.addr(), s.connections, s.phase, StatusCode::OK, make).await?;
-    let cores = (z.cpu_seconds() - cpu0) / r.elapsed.as_secs_f64();
-    eprintln!("chatwoot ingest{}: {:.0} req/s", cfg.suffix, r.rate());
-    figs.push(
-        Figure::new(
-            cfg.name("Chatwoot webhook ingest (signature + dedupe key + durable job), closed loop"),
-            r.rate(),
-            "req/s",
-        )
-        .against(&ceilings.hello)
-        .note(format!(
-            "{}; zapgate used {cores:.2} cores; each request one new Chatwoot message (jobs turn into sends meanwhile)",
-            latency_note(&r)
-        )),
-    );
-    for (q, name) in [(0.5, "p50"), (0.99, "p99")] {
-        figs.push(Figure::new(cfg.name(&format!("Chatwoot webhook ingest latency {name}")), r.quantile_ms(q), "ms"));
-    }
+    let what = IngestFigures {
+        title: "Chatwoot webhook ingest",
+        detail: "(signature + dedupe key + durable job)",
+        each: "each request one new Chatwoot message (jobs turn into sends meanwhile)",
+    };
+    what.measure(s, cfg, ceilings, z, make, figs).await?;
     cfg.finish(run).await;
     Ok(())
 }

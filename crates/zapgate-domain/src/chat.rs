@@ -58,6 +58,15 @@ impl ChatId {
         Ok(ChatId::Phone(digits))
     }
 
+    /// How the WhatsApp Cloud API names the chat (`wa_id`): digits for a
+    /// phone, else the key.
+    pub fn wa_id(&self) -> String {
+        match self {
+            ChatId::Phone(digits) => digits.clone(),
+            other => other.key(),
+        }
+    }
+
     /// Stable key for per-chat ordering and storage (`5511…`, `…@g.us`, `…@lid`).
     pub fn key(&self) -> String {
         self.to_string()

@@ -20,6 +20,16 @@ async fn cloud() -> SimProvider {
     sim_provider("cloud_api", config, &[]).await
 }
 
+/// The simulated Meta posts the number's webhooks to zapgate, signed with the app secret.
+async fn meta_posts_to_zapgate(p: &SimProvider) {
+    let detail: Value = p.server.get(&p.token, &format!("/v1/instances/{}", p.instance)).await.json().await.unwrap();
+    p.sim.set_cloud_webhook(Some(zapgate_sim::hooks::Hook {
+        url: detail["webhook"]["url"].as_str().unwrap().to_owned(),
+        signing: zapgate_sim::hooks::Signing::HubSha256("meta-app-secret".into()),
+        headers: vec![],
+    }));
+}
+
 /// The tenant's instance as the facade addresses it: (phone_number_id, waba_id).
 async fn graph_ids(s: &Server, token: &str, instance: &str) -> (String, String) {
     let v: Value = s.get(token, &format!("/v1/instances/{instance}")).await.json().await.unwrap();
@@ -189,13 +199,8 @@ async fn media_uploads_with_numeric_ids_download_and_send_by_id() {
 #[tokio::test]
 async fn a_received_message_is_marked_read_and_replied_to_through_the_facade() {
     let p = cloud().await;
-    let (s, sim, token, ins) = (&p.server, &p.sim, &p.token, &p.instance);
-    let detail: Value = s.get(token, &format!("/v1/instances/{ins}")).await.json().await.unwrap();
-    sim.set_cloud_webhook(Some(zapgate_sim::hooks::Hook {
-        url: detail["webhook"]["url"].as_str().unwrap().to_owned(),
-        signing: zapgate_sim::hooks::Signing::HubSha256("meta-app-secret".into()),
-        headers: vec![],
-    }));
+    let (s, sim, token) = (&p.server, &p.sim, &p.token);
+    meta_posts_to_zapgate(&p).await;
     sim.cloud_inbound_text(META_PNID, "5511988887777", "oi").await;
     let got: Value = s.get(token, "/v1/inbound-messages").await.json().await.unwrap();
     let received = &got["data"][0];
@@ -245,12 +250,7 @@ async fn a_received_message_is_marked_read_and_replied_to_through_the_facade() {
 async fn cloud_shaped_webhooks_reach_a_cloud_receiver_as_meta_sends_them() {
     let p = cloud().await;
     let (s, sim, token, ins) = (&p.server, &p.sim, &p.token, &p.instance);
-    let detail: Value = s.get(token, &format!("/v1/instances/{ins}")).await.json().await.unwrap();
-    sim.set_cloud_webhook(Some(zapgate_sim::hooks::Hook {
-        url: detail["webhook"]["url"].as_str().unwrap().to_owned(),
-        signing: zapgate_sim::hooks::Signing::HubSha256("meta-app-secret".into()),
-        headers: vec![],
-    }));
+    meta_posts_to_zapgate(&p).await;
     let r = s.http.patch(s.url(&format!("/v1/instances/{ins}"))).bearer_auth(token);
     let r = r.json(&json!({"phone_number": "+1 555 078 3881"})).send().await.unwrap();
     assert_eq!(r.json::<Value>().await.unwrap()["phone_number"], "15550783881");

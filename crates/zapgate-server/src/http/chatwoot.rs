@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use zapgate_backends::{EndpointChange, IntegrationChange, IntegrationRecord, NewEndpoint, NewIntegration};
 use zapgate_domain::webhook::{WebhookFormat, WebhookSecret};
-use zapgate_domain::{EventType, InstanceId, IntegrationId, MessageStatus, TenantId, Timestamp, ValidationError};
+use zapgate_domain::{EventType, IntegrationId, MessageStatus, Timestamp, ValidationError};
 
 /// The statuses an integration is told about: they become private notes.
 const FAILURES: [MessageStatus; 3] = [MessageStatus::Failed, MessageStatus::Dead, MessageStatus::Expired];
@@ -70,13 +70,6 @@ fn integration_id(raw: &str) -> ApiResult<IntegrationId> {
     IntegrationId::parse(raw).ok_or_else(|| ApiError::not_found("chatwoot integration"))
 }
 
-async fn check_instance(s: &AppState, tenant: &TenantId, raw: &str) -> ApiResult<InstanceId> {
-    let unknown = || ValidationError::new("instance_id", "no such instance for this tenant");
-    let id = InstanceId::parse(raw).ok_or_else(unknown)?;
-    s.backends.store.get_instance(tenant, &id).await?.ok_or_else(unknown)?;
-    Ok(id)
-}
-
 fn check_base_url(s: &AppState, raw: &str) -> ApiResult<String> {
     let url = s.egress.check_url(raw).map_err(|e| ValidationError::new("base_url", e.to_string()))?;
     Ok(url.as_str().trim_end_matches('/').to_owned())
@@ -108,7 +101,7 @@ pub async fn create(
 ) -> ApiResult<(StatusCode, Json<Integration>)> {
     let new = NewIntegration {
         id: IntegrationId::generate(),
-        instance_id: check_instance(&s, &tenant, &body.instance_id).await?,
+        instance_id: super::instances::owned_instance(&s, &tenant, &body.instance_id, "instance_id").await?,
         tenant_id: tenant,
         base_url: check_base_url(&s, &body.base_url)?,
         account_id: check_positive("account_id", body.account_id)?,
@@ -174,7 +167,7 @@ pub async fn update(
 ) -> ApiResult<Json<Integration>> {
     let id = integration_id(&id)?;
     let instance_id = match &body.instance_id {
-        Some(raw) => Some(check_instance(&s, &tenant, raw).await?),
+        Some(raw) => Some(super::instances::owned_instance(&s, &tenant, raw, "instance_id").await?),
         None => None,
     };
     let change = IntegrationChange {

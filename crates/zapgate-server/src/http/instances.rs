@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use zapgate_backends::{InstanceChange, InstanceRecord, NewInstance, Placement};
-use zapgate_domain::{InstanceId, ProviderId, Timestamp, ValidationError};
+use zapgate_domain::{InstanceId, ProviderId, TenantId, Timestamp, ValidationError};
 use zapgate_providers::Provider;
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -260,6 +260,15 @@ fn numeric_id() -> String {
     responses((status = 200, body = InstanceList)))]
 pub async fn list(TenantAuth(tenant): TenantAuth, State(s): State<AppState>) -> ApiResult<Json<InstanceList>> {
     Ok(Json(InstanceList { data: s.backends.store.list_instances(&tenant).await? }))
+}
+
+/// The tenant's instance a request body names in `field` (422 naming the
+/// field for any other id).
+pub(super) async fn owned_instance(s: &AppState, tenant: &TenantId, raw: &str, field: &str) -> ApiResult<InstanceId> {
+    let unknown = || ValidationError::new(field, "no such instance for this tenant");
+    let id = InstanceId::parse(raw).ok_or_else(unknown)?;
+    s.backends.store.get_instance(tenant, &id).await?.ok_or_else(unknown)?;
+    Ok(id)
 }
 
 fn instance_id(raw: &str) -> ApiResult<InstanceId> {

@@ -205,17 +205,6 @@ async fn verify_receiver(s: &AppState, url: &str, verify_token: &str) -> ApiResu
     Ok(())
 }
 
-async fn check_instance(
-    s: &AppState,
-    tenant: &zapgate_domain::TenantId,
-    raw: &str,
-) -> ApiResult<zapgate_domain::InstanceId> {
-    let unknown = || ValidationError::new("instance_id", "no such instance for this tenant");
-    let id = zapgate_domain::InstanceId::parse(raw).ok_or_else(unknown)?;
-    s.backends.store.get_instance(tenant, &id).await?.ok_or_else(unknown)?;
-    Ok(id)
-}
-
 fn check_statuses(statuses: Vec<String>) -> ApiResult<Vec<String>> {
     for st in &statuses {
         if st.parse::<zapgate_domain::MessageStatus>().is_err() {
@@ -289,7 +278,7 @@ pub async fn create(
     }
     check_headers(&body.headers)?;
     let instance_id = match body.instance_id.as_deref() {
-        Some(raw) => Some(check_instance(&s, &tenant, raw).await?),
+        Some(raw) => Some(super::instances::owned_instance(&s, &tenant, raw, "instance_id").await?),
         None => None,
     };
     let statuses = check_statuses(body.statuses)?;
@@ -369,7 +358,7 @@ pub async fn update(
         instance_id: match body.instance_id.as_deref() {
             None => None,
             Some("") => Some(None),
-            Some(raw) => Some(Some(check_instance(&s, &tenant, raw).await?)),
+            Some(raw) => Some(Some(super::instances::owned_instance(&s, &tenant, raw, "instance_id").await?)),
         },
         statuses: body.statuses.map(check_statuses).transpose()?,
         headers: body.headers,

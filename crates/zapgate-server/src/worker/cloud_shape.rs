@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use zapgate_backends::{InstanceRecord, MediaIndex, MediaStatus, Store};
 use zapgate_domain::event::ReceivedMessage;
-use zapgate_domain::{ChatId, EventType, MediaId, MessageEvent, MessageStatus};
+use zapgate_domain::{EventType, MediaId, MessageEvent, MessageStatus};
 
 /// What an event's Cloud payload needs besides the event.
 #[derive(Debug, Clone, Default)]
@@ -165,7 +165,7 @@ impl CloudShaper {
             EventType::MessageStatus => {
                 if let Some(id) = &event.message_id {
                     let m = self.store.get_message(&event.tenant_id, id).await.map_err(|e| e.to_string())?;
-                    facts.recipient = m.map(|m| wa_id(&m.to));
+                    facts.recipient = m.map(|m| m.to.wa_id());
                 }
             }
             EventType::MessageReceived => facts.media = self.media_of(event).await,
@@ -196,14 +196,6 @@ fn numbers(i: &InstanceRecord) -> CloudFacts {
         waba_id: i.waba_id.clone(),
         display_phone_number: i.phone_number.clone().unwrap_or_default(),
         ..CloudFacts::default()
-    }
-}
-
-/// A chat as the Cloud API names a contact: digits for a phone.
-fn wa_id(chat: &ChatId) -> String {
-    match chat {
-        ChatId::Phone(digits) => digits.clone(),
-        other => other.key(),
     }
 }
 

@@ -19,7 +19,7 @@ pub(super) async fn send(s: &AppState, tenant: TenantId, phone_number_id: &str, 
         return mark_read(s, &tenant, body).await;
     }
     let (native, input) = native_send(body, &number.id)?;
-    let wa_id = ChatId::parse(&input).map(|c| wa_id(&c)).unwrap_or_default();
+    let wa_id = ChatId::parse(&input).map(|c| c.wa_id()).unwrap_or_default();
     let accepted = crate::http::messages::accept(s, tenant, key, native).await?;
     let answer = json!({
         "messaging_product": "whatsapp",
@@ -40,14 +40,6 @@ async fn json_body(s: &AppState, req: Request) -> GraphResult<Map<String, Value>
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) => Err(ApiError::bad_request("invalid_json", "the body must be a JSON object").into()),
         Err(e) => Err(ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}")).into()),
-    }
-}
-
-/// How the Cloud API names a chat in `contacts[].wa_id`: digits for a phone.
-fn wa_id(chat: &ChatId) -> String {
-    match chat {
-        ChatId::Phone(digits) => digits.clone(),
-        other => other.key(),
     }
 }
 

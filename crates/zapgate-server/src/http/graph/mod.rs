@@ -28,8 +28,8 @@ use zapgate_domain::{ApiToken, TenantId};
 
 pub fn routes() -> Router<AppState> {
     Router::new()
-        .route("/graph/{a}/{b}", get(two_get).post(two_post).delete(two_delete))
-        .route("/graph/{a}/{b}/{c}", get(three_get).post(three_post))
+        .route("/graph/{a}/{b}", get(two).post(two).delete(two))
+        .route("/graph/{a}/{b}/{c}", get(three).post(three))
         // Media uploads read their body with their own limit (ZAPGATE_MEDIA_MAX_BYTES),
         // JSON bodies with ZAPGATE_MAX_BODY_BYTES (`messages::send`).
         .layer(DefaultBodyLimit::disable())
@@ -72,15 +72,8 @@ fn unknown_path(path: &str) -> GraphError {
 }
 
 /// `{node}/{edge}` calls: with a version first, or versionless.
-async fn edge(
-    s: AppState,
-    tenant: TenantId,
-    method: &str,
-    node: &str,
-    edge: &str,
-    req: Request,
-) -> GraphResult<Response> {
-    match (method, edge) {
+async fn edge(s: AppState, tenant: TenantId, node: &str, edge: &str, req: Request) -> GraphResult<Response> {
+    match (req.method().as_str(), edge) {
         ("POST", "messages") => messages::send(&s, tenant, node, req).await,
         ("POST", "media") => media::upload(&s, tenant, node, req).await,
         ("GET", "message_templates") => messages::templates(&s, &tenant, node).await,
@@ -88,7 +81,8 @@ async fn edge(
     }
 }
 
-async fn three_get(
+/// `/graph/{version}/{node}/{edge}`.
+async fn three(
     GraphAuth(tenant): GraphAuth,
     State(s): State<AppState>,
     Path((v, node, e)): Path<(String, String, String)>,
@@ -97,48 +91,24 @@ async fn three_get(
     if !is_version(&v) {
         return Err(unknown_path(&format!("/{v}/{node}/{e}")));
     }
-    edge(s, tenant, "GET", &node, &e, req).await
+    edge(s, tenant, &node, &e, req).await
 }
 
-async fn three_post(
-    GraphAuth(tenant): GraphAuth,
-    State(s): State<AppState>,
-    Path((v, node, e)): Path<(String, String, String)>,
-    req: Request,
-) -> GraphResult<Response> {
-    if !is_version(&v) {
-        return Err(unknown_path(&format!("/{v}/{node}/{e}")));
-    }
-    edge(s, tenant, "POST", &node, &e, req).await
-}
-
-async fn two_get(
+/// `/graph/{version}/{media_id}` (GET, DELETE), or a versionless `/graph/{node}/{edge}`.
+async fn two(
     GraphAuth(tenant): GraphAuth,
     State(s): State<AppState>,
     Path((a, b)): Path<(String, String)>,
     req: Request,
-) -> GraphResult<Response> {
-    if is_version(&a) { media::info(&s, &tenant, &b).await } else { edge(s, tenant, "GET", &a, &b, req).await }
-}
-
-async fn two_post(
-    GraphAuth(tenant): GraphAuth,
-    State(s): State<AppState>,
-    Path((a, b)): Path<(String, String)>,
-    req: Request,
-) -> GraphResult<Response> {
-    edge(s, tenant, "POST", &a, &b, req).await
-}
-
-async fn two_delete(
-    GraphAuth(tenant): GraphAuth,
-    State(s): State<AppState>,
-    Path((a, b)): Path<(String, String)>,
 ) -> GraphResult<Response> {
     if !is_version(&a) {
-        return Err(unknown_path(&format!("/{a}/{b}")));
+        return edge(s, tenant, &a, &b, req).await;
     }
-    media::delete(&s, &tenant, &b).await
+    match req.method().as_str() {
+        "GET" => media::info(&s, &tenant, &b).await,
+        "DELETE" => media::delete(&s, &tenant, &b).await,
+        _ => Err(unknown_path(&format!("/{a}/{b}"))),
+    }
 }
 
 /// The tenant's instance a Graph id names (`phone_number_id`, or `waba_id`
