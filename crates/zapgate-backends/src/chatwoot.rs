@@ -188,4 +188,7 @@ pub trait ChatwootStore: Send + Sync + 'static {
         integration: &IntegrationId,
         contact: ChatwootContact,
     ) -> Result<(), StoreError>;
+    /// Forgets every contact of the integration (it now points at another
+    /// Chatwoot account or inbox, where those ids name other people).
+    async fn forget_chatwoot_contacts(&self, integration: &IntegrationId) -> Result<u64, StoreError>;
 }

@@ -976,4 +976,10 @@ async fn chatwoot_contacts_are_saved_replaced_and_read_per_integration() {
     assert_eq!(cw.chatwoot_contact(&i, chat).await.unwrap(), Some(moved), "replaced, not added");
     assert!(cw.chatwoot_contact(&j, chat).await.unwrap().is_none(), "another integration's chat is its own");
     assert!(cw.chatwoot_contact(&i, "5511900000002").await.unwrap().is_none());
+    // Moved to another Chatwoot: its contacts are forgotten, another integration's kept.
+    let other = ChatwootContact { chat: chat.into(), contact_id: 31, source_id: "src-3".into(), conversation_id: 41 };
+    cw.save_chatwoot_contact(&j, other.clone()).await.unwrap();
+    assert_eq!(cw.forget_chatwoot_contacts(&i).await.unwrap(), 1);
+    assert!(cw.chatwoot_contact(&i, chat).await.unwrap().is_none());
+    assert_eq!(cw.chatwoot_contact(&j, chat).await.unwrap(), Some(other));
 }

@@ -724,7 +724,13 @@ async fn chatwoot_ingest(
                 "contact_inbox": {"source_id": phone.trim_start_matches('+')},
                 "meta": {"sender": {"phone_number": phone, "type": "contact"}}}}))
         .expect("json");
-        let ts = "1796558400";
+        // Now: zapgate refuses timestamps more than 5 minutes off.
+        let ts = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default()
+            .to_string();
+        let ts = ts.as_str();
         let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key");
         mac.update(ts.as_bytes());
         mac.update(b".");

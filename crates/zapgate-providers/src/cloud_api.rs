@@ -254,8 +254,6 @@ impl Provider for CloudApi {
         true
     }
 
-    /// `{"messaging_product":"whatsapp","status":"read","message_id"}` to
-    /// the number's messages endpoint (Meta answers `{"success":true}`).
     /// `GET /{version}/{waba_id}/message_templates`, every page (up to 20).
     async fn templates(&self, config: &Value) -> Result<Option<Vec<Value>>, ProviderError> {
         let cfg = settings(config)?;
@@ -274,14 +272,16 @@ impl Provider for CloudApi {
             })?;
             all.extend(page["data"].as_array().cloned().unwrap_or_default());
             match page["paging"]["next"].as_str() {
-                // Only Meta's own next page, at the configured server.
-                Some(next) if next.starts_with(&cfg.base_url) => url = next.to_owned(),
+                // Only a next page at the configured server: the token goes with it.
+                Some(next) if same_origin(next, &cfg.base_url) => url = next.to_owned(),
                 _ => break,
             }
         }
         Ok(Some(all))
     }
 
+    /// `{"messaging_product":"whatsapp","status":"read","message_id"}` to
+    /// the number's messages endpoint (Meta answers `{"success":true}`).
     async fn mark_read(&self, config: &Value, _chat: &ChatId, wa_message_id: &str) -> Result<(), ProviderError> {
         let cfg = settings(config)?;
         let body = json!({"messaging_product": "whatsapp", "status": "read", "message_id": wa_message_id});
@@ -325,6 +325,14 @@ fn settings(config: &Value) -> Result<CloudApiConfig, ProviderError> {
 }
 
 /// `{base_url}/{api_version}/{phone_number_id}/{edge}` (`messages`, `media`).
+/// Whether `url` is at the same scheme, host and port as `base`.
+fn same_origin(url: &str, base: &str) -> bool {
+    match (reqwest::Url::parse(url), reqwest::Url::parse(base)) {
+        (Ok(a), Ok(b)) => a.origin() == b.origin(),
+        _ => false,
+    }
+}
+
 fn number_url(cfg: &CloudApiConfig, edge: &str) -> String {
     format!("{}/{}/{}/{edge}", cfg.base_url, cfg.api_version, cfg.phone_number_id)
 }

@@ -266,6 +266,7 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
             },
             chatwoot: crate::chatwoot::forward::Forwarder {
                 integrations: backends.chatwoot.clone(),
+                messages: backends.store.clone(),
                 media_index: backends.media_index.clone(),
                 media: backends.media.clone(),
                 locks: backends.locks.clone(),

@@ -321,7 +321,6 @@ impl Config {
         }
     }
 
-    /// Refuses mixes that cannot work, with a message saying what to change.
     /// Names this deployment among others sharing one Redis (its store: the
     /// database URL, or the data directory), for keys every one of its
     /// processes must share and no other deployment may.
@@ -331,6 +330,7 @@ impl Config {
         hex::encode(sha2::Sha256::digest(store.as_bytes()))[..16].to_owned()
     }
 
+    /// Refuses mixes that cannot work, with a message saying what to change.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
         if self.amqp_url.is_some() && self.database_url.is_none() {

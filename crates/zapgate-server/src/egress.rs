@@ -78,6 +78,19 @@ impl Egress {
 }
 
 /// One TLS crypto provider for the process: ring (no aws-lc build dependency).
+/// Reads at most `max` bytes of an answer from a server a tenant chose: a
+/// public server can still stream without end. Err when there is more.
+pub async fn read_capped(mut res: reqwest::Response, max: usize) -> Result<Vec<u8>, String> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = res.chunk().await.map_err(|e| format!("reading the answer failed: {e}"))? {
+        if bytes.len() + chunk.len() > max {
+            return Err(format!("the answer is larger than {max} bytes"));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
 pub fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }

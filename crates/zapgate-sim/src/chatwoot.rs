@@ -86,6 +86,7 @@ pub async fn start_on(addr: std::net::SocketAddr) -> std::io::Result<(Arc<Chatwo
         .route(&format!("{api}/contacts/search"), axum::routing::get(search_contacts))
         .route(&format!("{api}/contacts"), axum::routing::post(create_contact))
         .route(&format!("{api}/contacts/{{id}}/contact_inboxes"), axum::routing::post(create_contact_inbox))
+        .route(&format!("{api}/contacts/{{id}}/conversations"), axum::routing::get(contact_conversations))
         .route(&format!("{api}/conversations"), axum::routing::post(create_conversation))
         .route(&format!("{api}/conversations/{{id}}/messages"), axum::routing::get(list_messages).post(create_message))
         .route("/_sim/chatwoot/fire", axum::routing::post(fire))
@@ -327,6 +328,24 @@ async fn create_contact_inbox(
     let source = body["source_id"].as_str().unwrap_or("src").to_owned();
     c.inboxes.push((inbox, source.clone()));
     Json(json!({"source_id": source, "inbox": {"id": inbox}})).into_response()
+}
+
+async fn contact_conversations(
+    State(cw): State<Arc<Chatwoot>>,
+    headers: HeaderMap,
+    Path((_, id)): Path<(u64, u64)>,
+) -> Response {
+    if let Err(r) = api_call(&cw, &headers).await {
+        return r;
+    }
+    let st = cw.state.lock().unwrap_or_else(|p| p.into_inner());
+    let payload: Vec<Value> = st
+        .conversations
+        .iter()
+        .filter(|c| c.contact_id == id)
+        .map(|c| json!({"id": c.id, "inbox_id": c.inbox_id, "status": "open"}))
+        .collect();
+    Json(json!({"payload": payload})).into_response()
 }
 
 async fn create_conversation(State(cw): State<Arc<Chatwoot>>, headers: HeaderMap, Json(body): Json<Value>) -> Response {

@@ -148,6 +148,18 @@ async fn unsigned_webhooks_are_refused_and_what_is_not_an_agents_reply_is_not_se
     assert_eq!(status_of(Chatwoot::fire(url, &reply, None).await.unwrap()).await, (401, "unauthorized".into()));
     let wrong = Chatwoot::fire(url, &reply, Some("not-the-secret")).await.unwrap();
     assert_eq!(status_of(wrong).await, (401, "unauthorized".into()));
+    // Signed right, but captured long ago and replayed.
+    let raw = serde_json::to_vec(&reply).unwrap();
+    let stale = "1767225600";
+    let r = s
+        .http
+        .post(url)
+        .header("content-type", "application/json")
+        .header("x-chatwoot-timestamp", stale)
+        .header("x-chatwoot-signature", zapgate_sim::chatwoot::signature(SECRET, stale, &raw))
+        .body(raw)
+        .send();
+    assert_eq!(status_of(r.await.unwrap()).await, (401, "unauthorized".into()));
     let unknown = url.replace(id, "cwi_0193a1b2c3d47e8f9a0b1c2d3e4f5a6b");
     assert_eq!(status_of(Chatwoot::fire(&unknown, &reply, Some(SECRET)).await.unwrap()).await.0, 404);
 
@@ -159,7 +171,11 @@ async fn unsigned_webhooks_are_refused_and_what_is_not_an_agents_reply_is_not_se
     echo.message_source_id = Some("zapgate:msg_0193a1b2c3d47e8f9a0b1c2d3e4f5a6b".into());
     let mut other = cw.message_created(&Message::reply(5, 42, CONTACT, "x"));
     other["event"] = json!("conversation_status_changed");
-    for body in [cw.message_created(&note), cw.message_created(&incoming), cw.message_created(&echo), other] {
+    // The account webhook fires for every inbox: another inbox's reply is not ours to send.
+    let mut elsewhere = Message::reply(6, 43, CONTACT, "from the e-mail inbox");
+    elsewhere.inbox_id = 8;
+    let others = [cw.message_created(&note), cw.message_created(&incoming), cw.message_created(&echo), other];
+    for body in others.into_iter().chain([cw.message_created(&elsewhere)]) {
         let r = Chatwoot::fire(url, &body, Some(SECRET)).await.unwrap();
         assert_eq!(status_of(r).await, (200, "ignored".into()), "{body}");
     }

@@ -273,6 +273,9 @@ async fn cloud_shaped_webhooks_reach_a_cloud_receiver_as_meta_sends_them() {
         (created["format"].as_str(), created["app_secret"].as_str()),
         (Some("cloud_api"), Some("chatwoot-app-secret"))
     );
+    let patch = s.http.patch(s.url(&format!("/v1/webhooks/{}", created["id"].as_str().unwrap()))).bearer_auth(token);
+    let r = patch.json(&json!({"event_types": []})).send().await.unwrap();
+    assert_eq!(r.status(), 422, "a cloud_api webhook cannot be widened to every event type");
 
     let body = json!({"messaging_product": "whatsapp", "to": "5511999998888", "type": "text", "text": {"body": "Olá"}});
     let id = sent_id(s.post(token, &format!("/graph/v21.0/{META_PNID}/messages"), &body).await, "5511999998888").await;

@@ -275,4 +275,12 @@ impl ChatwootStore for PgBackend {
         .await?;
         Ok(())
     }
+
+    async fn forget_chatwoot_contacts(&self, integration: &IntegrationId) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM chatwoot_contacts WHERE integration_id = $1")
+            .bind(integration.as_str())
+            .execute(self.pool())
+            .await?;
+        Ok(done.rows_affected())
+    }
 }

@@ -315,4 +315,14 @@ impl ChatwootStore for SqliteBackend {
             }))
             .await
     }
+
+    async fn forget_chatwoot_contacts(&self, integration: &IntegrationId) -> Result<u64, StoreError> {
+        let integration = integration.to_string();
+        self.writer
+            .write(Box::new(move |conn| {
+                let n = exec(conn, "DELETE FROM chatwoot_contacts WHERE integration_id = ?", [integration])?;
+                Ok(n as u64)
+            }))
+            .await
+    }
 }

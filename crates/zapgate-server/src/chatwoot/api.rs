@@ -24,6 +24,8 @@ impl ApiError {
 type ApiResult<T> = Result<T, ApiError>;
 
 const TIMEOUT: Duration = Duration::from_secs(15);
+/// Chatwoot's answers are small JSON documents.
+const MAX_ANSWER: usize = 4 * 1024 * 1024;
 
 /// A file to attach to a message.
 pub struct File {
@@ -48,7 +50,11 @@ impl Client<'_> {
                 ApiError { message: format!("Chatwoot could not be reached: {e}"), status: None, retryable: true }
             })?;
         let status = res.status();
-        let body = res.bytes().await.unwrap_or_default();
+        let body = crate::egress::read_capped(res, MAX_ANSWER).await.map_err(|e| ApiError {
+            message: format!("Chatwoot's answer: {e}"),
+            status: None,
+            retryable: true,
+        })?;
         if !status.is_success() {
             let snippet = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
             let retryable = status.is_server_error() || status.as_u16() == 429;
@@ -105,6 +111,17 @@ impl Client<'_> {
         let body = json!({"inbox_id": self.integration.inbox_id, "source_id": source_id});
         let made = self.post(&format!("/contacts/{contact}/contact_inboxes"), &body).await?;
         Ok(made["source_id"].as_str().unwrap_or(source_id).to_owned())
+    }
+
+    /// The contact's conversation in the inbox that is not resolved, if any.
+    pub async fn open_conversation(&self, contact: u64) -> ApiResult<Option<u64>> {
+        let listed = self.get(&format!("/contacts/{contact}/conversations")).await?;
+        let all = listed["payload"].as_array().cloned().unwrap_or_default();
+        let inbox = self.integration.inbox_id;
+        Ok(all
+            .iter()
+            .filter(|c| c["inbox_id"].as_u64() == Some(inbox) && c["status"].as_str() != Some("resolved"))
+            .find_map(|c| c["id"].as_u64()))
     }
 
     /// Opens a conversation with the contact in the inbox; returns its display id.

@@ -19,17 +19,23 @@ use super::api::{ApiError, Client, File};
 use crate::egress::Egress;
 use std::sync::Arc;
 use std::time::Duration;
-use zapgate_backends::{ChatwootContact, ChatwootStore, DeliveryJob, Locks, MediaIndex, MediaStatus, MediaStore};
+use zapgate_backends::{
+    ChatwootContact, ChatwootStore, DeliveryJob, Locks, MediaIndex, MediaStatus, MediaStore, Store,
+};
 use zapgate_domain::event::ReceivedMessage;
 use zapgate_domain::{ChatId, EventType, IntegrationId, MediaId, MessageEvent};
 
-/// How long the lock on one chat's contact is held at most (a crash's worth).
-const CONTACT_LOCK_TTL: Duration = Duration::from_secs(30);
+/// How long the lock on one chat's contact is held at most: longer than the
+/// four API calls making a contact can take (15 s each), so it never runs
+/// out under a live holder.
+const CONTACT_LOCK_TTL: Duration = Duration::from_secs(90);
 /// How long a delivery waits for its attachment to be fetched before retrying.
 const MEDIA_WAIT: Duration = Duration::from_secs(15);
 
 pub struct Forwarder {
     pub integrations: Arc<dyn ChatwootStore>,
+    /// Reads a failed message's recipient.
+    pub messages: Arc<dyn Store>,
     pub media_index: Arc<dyn MediaIndex>,
     pub media: Arc<dyn MediaStore>,
     pub locks: Arc<dyn Locks>,
@@ -68,18 +74,24 @@ impl Forwarder {
             .ok_or_else(|| ("the Chatwoot integration was deleted".to_owned(), false))?;
         let client = Client { egress: &self.egress, integration: &integration };
         match job.event.event_type {
-            EventType::MessageReceived => self.received(&client, &job.event, job.attempts > 0).await,
+            EventType::MessageReceived => self.received(&client, &job.event).await,
             EventType::MessageStatus => self.failure_note(&client, &job.event).await,
             other => Err((format!("Chatwoot integrations take no {} events", other.as_str()), false)),
         }
     }
 
-    async fn received(&self, client: &Client<'_>, event: &MessageEvent, retry: bool) -> Result<u16, Failure> {
+    async fn received(&self, client: &Client<'_>, event: &MessageEvent) -> Result<u16, Failure> {
         let m = event.detail.message.as_ref().ok_or(("the event has no message".to_owned(), false))?;
         let chat = ChatId::parse(&m.chat).map_err(|e| (e.to_string(), false))?;
+        if !matches!(chat, ChatId::Phone(_)) {
+            // Chatwoot contacts are people with a number: groups are not mirrored.
+            return Ok(204);
+        }
         let contact = self.contact(client, &chat, m.sender_name.as_deref()).await?;
         let source_id = format!("{OWN_SOURCE_PREFIX}{}", event.message_id.as_ref().map(|i| i.as_str()).unwrap_or(""));
-        if retry && client.has_message(contact.conversation_id, &source_id).await.map_err(from_api)? {
+        // Posted already by an attempt whose answer was lost (or whose lease
+        // ran out while it worked): one GET, never a second message.
+        if client.has_message(contact.conversation_id, &source_id).await.map_err(from_api)? {
             return Ok(200);
         }
         let files = self.files(event, m).await?;
@@ -140,17 +152,18 @@ impl Forwarder {
         {
             return Ok(c);
         }
-        let phone = match chat {
-            ChatId::Phone(digits) => format!("+{digits}"),
-            _ => return Err(("only chats with a phone number are mirrored into Chatwoot".into(), false)),
-        };
+        let phone = format!("+{}", chat.wa_id());
         let source = key.clone();
         let (contact_id, source_id) = match client.find_contact(&phone).await.map_err(from_api)? {
             Some((id, Some(source))) => (id, source),
             Some((id, None)) => (id, client.add_to_inbox(id, &source).await.map_err(from_api)?),
             None => client.create_contact(&phone, name.unwrap_or(&phone), &source).await.map_err(from_api)?,
         };
-        let conversation_id = client.create_conversation(contact_id, &source_id).await.map_err(from_api)?;
+        // An open one first: a crash after creating it must not open another.
+        let conversation_id = match client.open_conversation(contact_id).await.map_err(from_api)? {
+            Some(id) => id,
+            None => client.create_conversation(contact_id, &source_id).await.map_err(from_api)?,
+        };
         let c = ChatwootContact { chat: key, contact_id, source_id, conversation_id };
         self.integrations.save_chatwoot_contact(integration, c.clone()).await.map_err(|e| (e.to_string(), true))?;
         Ok(c)
@@ -176,7 +189,7 @@ impl Forwarder {
                     return Err(("the attachment is still being fetched".into(), true));
                 }
                 Some(r) if r.status == MediaStatus::Stored => break r,
-                // Could not be fetched: post the text, say so in it.
+                // Could not be fetched (or was purged): the text goes alone.
                 _ => return Ok(Vec::new()),
             }
         };
@@ -188,13 +201,22 @@ impl Forwarder {
     }
 
     /// A message zapgate could not deliver, as a private note in the
-    /// conversation it came from (or the contact's, for one sent another way).
+    /// conversation it came from, else the recipient's conversation in the
+    /// inbox (a message sent another way, or an attachment after the first).
     async fn failure_note(&self, client: &Client<'_>, event: &MessageEvent) -> Result<u16, Failure> {
         let Some(message) = &event.message_id else { return Ok(204) };
-        let from_job = self.integrations.chatwoot_job_of_message(message).await.map_err(|e| (e.to_string(), true))?;
-        let conversation = from_job
+        let hiccup = |e: zapgate_backends::StoreError| (e.to_string(), true);
+        let from_job = self.integrations.chatwoot_job_of_message(message).await.map_err(hiccup)?;
+        let mut conversation = from_job
             .filter(|j| j.integration_id == client.integration.id)
             .and_then(|j| j.payload["conversation_id"].as_u64());
+        if conversation.is_none()
+            && let Some(sent) = self.messages.get_message(&event.tenant_id, message).await.map_err(hiccup)?
+        {
+            let mapped = self.integrations.chatwoot_contact(&client.integration.id, &sent.to.key()).await;
+            conversation = mapped.map_err(hiccup)?.map(|c| c.conversation_id);
+        }
+        // Nobody in this inbox to tell.
         let Some(conversation) = conversation else { return Ok(204) };
         let why =
             event.detail.reason.clone().or(event.detail.error_code.clone()).unwrap_or_else(|| "unknown error".into());

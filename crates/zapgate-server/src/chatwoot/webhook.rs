@@ -47,11 +47,17 @@ pub struct Attachment {
 }
 
 /// Reads a `message_created` webhook. Sent are only outgoing, public
-/// messages zapgate did not create itself (those come back too); private
-/// notes, incoming messages, activities and other events are ignored.
-pub fn decide(body: &Value) -> Result<Decision, String> {
+/// messages of the integration's inbox (`inbox_id`: an account webhook fires
+/// for every inbox of the account) that zapgate did not create itself (those
+/// come back too); private notes, incoming messages, activities, other
+/// inboxes and other events are ignored.
+pub fn decide(body: &Value, inbox_id: u64) -> Result<Decision, String> {
     if body["event"].as_str() != Some("message_created") {
         return Ok(Decision::Ignore("not a message_created event"));
+    }
+    let inbox = body["inbox"]["id"].as_u64().or(body["conversation"]["inbox_id"].as_u64());
+    if inbox != Some(inbox_id) {
+        return Ok(Decision::Ignore("another inbox"));
     }
     let outgoing = matches!(&body["message_type"], Value::String(t) if t == "outgoing")
         || body["message_type"].as_u64() == Some(1);
@@ -100,9 +106,19 @@ pub fn decide(body: &Value) -> Result<Decision, String> {
     Ok(Decision::Send(Outgoing { chatwoot_message_id: id, conversation_id, to, text, attachments }))
 }
 
+/// How far `X-Chatwoot-Timestamp` may be from now: a captured webhook
+/// replayed later (once its job's key is purged) is refused.
+pub const MAX_SKEW_SECS: i64 = 300;
+
 /// Whether `X-Chatwoot-Signature` (`sha256=<hex HMAC-SHA256(secret,
-/// "{X-Chatwoot-Timestamp}.{body}")>`) is right. Constant time.
-pub fn signature_ok(secret: &str, timestamp: &str, body: &[u8], signature: &str) -> bool {
+/// "{X-Chatwoot-Timestamp}.{body}")>`) is right, and the timestamp within
+/// [`MAX_SKEW_SECS`] of `now_secs`. Constant time.
+pub fn signature_ok(secret: &str, timestamp: &str, body: &[u8], signature: &str, now_secs: i64) -> bool {
+    let fresh = timestamp.trim().parse::<i64>().is_ok_and(|t| (now_secs - t).abs() <= MAX_SKEW_SECS);
+    fresh && signature_matches(secret, timestamp, body, signature)
+}
+
+fn signature_matches(secret: &str, timestamp: &str, body: &[u8], signature: &str) -> bool {
     let Some(hex_sig) = signature.trim().strip_prefix("sha256=") else { return false };
     let Ok(given) = hex::decode(hex_sig) else { return false };
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
@@ -136,7 +152,7 @@ mod tests {
 
     #[test]
     fn an_agents_reply_is_sent_to_the_contacts_number() {
-        let d = decide(&message(json!({}))).unwrap();
+        let d = decide(&message(json!({})), 7).unwrap();
         let Decision::Send(o) = d else { panic!("{d:?}") };
         assert_eq!((o.chatwoot_message_id.as_str(), o.conversation_id, o.to.as_str()), ("4321", 42, "5511988887777"));
         assert_eq!(o.text.as_deref(), Some("Olá, Ana!"));
@@ -147,7 +163,7 @@ mod tests {
         let mut m = message(json!({"content": null, "attachments": [{"id": 1, "file_type": "image",
             "data_url": "https://chatwoot.example/rails/active_storage/blobs/redirect/x/photo.jpg"}]}));
         m["conversation"]["contact_inbox"]["source_id"] = json!("0f8fad5b-d9cb-469f-a165-70867728950e");
-        let Decision::Send(o) = decide(&m).unwrap() else { panic!() };
+        let Decision::Send(o) = decide(&m, 7).unwrap() else { panic!() };
         assert_eq!(o.to, "5511988887777");
         assert_eq!((o.text, o.attachments.len(), o.attachments[0].file_type.as_str()), (None, 1, "image"));
     }
@@ -161,8 +177,9 @@ mod tests {
             (message(json!({"source_id": "zapgate:msg_0193"})), "created by zapgate"),
             (message(json!({"event": "conversation_created"})), "not a message_created event"),
             (message(json!({"content": "  "})), "nothing to send"),
+            (message(json!({"inbox": {"id": 8, "name": "Email"}})), "another inbox"),
         ] {
-            assert_eq!(decide(&m).unwrap(), Decision::Ignore(why));
+            assert_eq!(decide(&m, 7).unwrap(), Decision::Ignore(why));
         }
     }
 
@@ -173,9 +190,12 @@ mod tests {
         mac.update(b"1767225600.");
         mac.update(body);
         let good = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
-        assert!(signature_ok("cw-secret", "1767225600", body, &good));
-        assert!(!signature_ok("cw-secret", "1767225601", body, &good), "the timestamp is signed");
-        assert!(!signature_ok("other", "1767225600", body, &good));
-        assert!(!signature_ok("cw-secret", "1767225600", body, "sha256=zz"));
+        let now = 1_767_225_600;
+        assert!(signature_ok("cw-secret", "1767225600", body, &good, now));
+        assert!(signature_ok("cw-secret", "1767225600", body, &good, now + 299));
+        assert!(!signature_ok("cw-secret", "1767225600", body, &good, now + 301), "a stale webhook is refused");
+        assert!(!signature_ok("cw-secret", "1767225601", body, &good, now), "the timestamp is signed");
+        assert!(!signature_ok("other", "1767225600", body, &good, now));
+        assert!(!signature_ok("cw-secret", "1767225600", body, "sha256=zz", now));
     }
 }

@@ -14,6 +14,8 @@ use zapgate_backends::{EndpointChange, IntegrationChange, IntegrationRecord, New
 use zapgate_domain::webhook::{WebhookFormat, WebhookSecret};
 use zapgate_domain::{EventType, IntegrationId, MessageStatus, Timestamp, ValidationError};
 
+const MAX_INTEGRATIONS: usize = 20;
+
 /// The statuses an integration is told about: they become private notes.
 const FAILURES: [MessageStatus; 3] = [MessageStatus::Failed, MessageStatus::Dead, MessageStatus::Expired];
 
@@ -99,6 +101,14 @@ pub async fn create(
     State(s): State<AppState>,
     ApiJson(body): ApiJson<CreateIntegration>,
 ) -> ApiResult<(StatusCode, Json<Integration>)> {
+    // Each is also a webhook endpoint: bounded like those.
+    if s.backends.chatwoot.list_integrations(&tenant).await?.len() >= MAX_INTEGRATIONS {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "too_many_integrations",
+            format!("a tenant has at most {MAX_INTEGRATIONS} Chatwoot integrations; delete one first"),
+        ));
+    }
     let new = NewIntegration {
         id: IntegrationId::generate(),
         instance_id: super::instances::owned_instance(&s, &tenant, &body.instance_id, "instance_id").await?,
@@ -184,8 +194,13 @@ pub async fn update(
         enabled: body.enabled,
     };
     let (moved, enabled) = (change.instance_id.clone(), change.enabled);
+    let elsewhere = change.base_url.is_some() || change.account_id.is_some() || change.inbox_id.is_some();
     let rec = s.backends.chatwoot.update_integration(&tenant, &id, change, Timestamp::now()).await?;
     let rec = rec.ok_or_else(|| ApiError::not_found("chatwoot integration"))?;
+    if elsewhere {
+        // The kept contact and conversation ids name other people there.
+        s.backends.chatwoot.forget_chatwoot_contacts(&id).await?;
+    }
     if moved.is_some() || enabled.is_some() {
         let change = EndpointChange { instance_id: moved.map(Some), enabled, ..Default::default() };
         s.backends.webhooks.update_endpoint(&tenant, &endpoint_of(&id), change).await?;

@@ -21,6 +21,27 @@ use std::time::Duration;
 use zapgate_backends::NewChatwootJob;
 use zapgate_domain::{IntegrationId, Timestamp};
 
+/// Waits (at most the lock's TTL) for the copy holding the lock to store
+/// the job: `already_queued` once it is there; 503 if it never came (that
+/// copy failed, and this one must be delivered again).
+async fn settled_copy(s: &AppState, id: &IntegrationId, message: &str, ttl: Duration) -> ApiResult<Json<Value>> {
+    let deadline = tokio::time::Instant::now() + ttl;
+    loop {
+        if s.backends.chatwoot.get_chatwoot_job(id, message).await?.is_some() {
+            return Ok(Json(json!({"status": "already_queued"})));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "chatwoot_message_busy",
+                "another copy of this webhook is being handled; deliver it again",
+            )
+            .with_retry_after(Duration::from_secs(1)));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn limit(s: &AppState, key: String) -> ApiResult<()> {
     let (rate, burst) = (s.config.chatwoot_rate_per_sec, s.config.chatwoot_burst);
     s.backends.rate_limiter.check(&key, rate, burst).await.map_err(|t| {
@@ -44,13 +65,16 @@ pub async fn receive(State(s): State<AppState>, Path(raw): Path<String>, req: Re
     })?;
     if let Some(secret) = &integration.webhook_secret {
         let header = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).unwrap_or_default();
-        if !signature_ok(secret, header("x-chatwoot-timestamp"), &body, header("x-chatwoot-signature")) {
-            return Err(ApiError::unauthorized("X-Chatwoot-Signature is missing or wrong"));
+        let now = Timestamp::now().as_millis() / 1000;
+        if !signature_ok(secret, header("x-chatwoot-timestamp"), &body, header("x-chatwoot-signature"), now) {
+            return Err(ApiError::unauthorized(
+                "X-Chatwoot-Signature is missing or wrong, or X-Chatwoot-Timestamp is more than 5 minutes off",
+            ));
         }
     }
     let payload: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}")))?;
-    let outgoing = match decide(&payload) {
+    let outgoing = match decide(&payload, integration.inbox_id) {
         Ok(Decision::Send(o)) => o,
         Ok(Decision::Ignore(reason)) => return Ok(Json(json!({"status": "ignored", "reason": reason}))),
         Err(why) => return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_webhook", why)),
@@ -61,7 +85,8 @@ pub async fn receive(State(s): State<AppState>, Path(raw): Path<String>, req: Re
     let key = format!("chatwoot:{id}:{}", outgoing.chatwoot_message_id);
     let ttl = Duration::from_millis(s.config.chatwoot_lock_ttl_ms);
     let Some(token) = s.backends.locks.try_acquire(&key, ttl).await else {
-        return Ok(Json(json!({"status": "already_queued"})));
+        // Another copy is being written: answer what became of it.
+        return settled_copy(&s, &id, &outgoing.chatwoot_message_id, ttl).await;
     };
     let job = NewChatwootJob {
         integration_id: id,

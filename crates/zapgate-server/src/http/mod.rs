@@ -112,7 +112,10 @@ pub fn router(state: AppState, ingest: bool) -> Router {
             ))
         }))
         .layer(axum::middleware::from_fn(crate::metrics::track_http))
-        .layer(TraceLayer::new_for_http())
+        // The path only: a query may carry a token (`?access_token=` of the Graph facade).
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<axum::body::Body>| {
+            tracing::debug_span!("request", method = %req.method(), path = %req.uri().path())
+        }))
         .with_state(state)
 }
 

@@ -195,7 +195,8 @@ async fn verify_receiver(s: &AppState, url: &str, verify_token: &str) -> ApiResu
     let sent = s.egress.client().get(target).timeout(std::time::Duration::from_secs(10)).send().await;
     let res = sent.map_err(|e| failed(e.to_string()))?;
     let status = res.status();
-    let body = res.text().await.unwrap_or_default();
+    let body = crate::egress::read_capped(res, 4096).await.map_err(failed)?;
+    let body = String::from_utf8_lossy(&body);
     if !status.is_success() {
         return Err(failed(format!("it answered HTTP {}", status.as_u16())));
     }
@@ -347,6 +348,10 @@ pub async fn update(
             s.backends.webhooks.get_endpoint(&tenant, &id).await?.ok_or_else(|| ApiError::not_found("webhook"))?;
         if current.format == WebhookFormat::CloudApi {
             let types = body.event_types.clone().unwrap_or(current.event_types);
+            if types.is_empty() {
+                // Empty means every type, and the Cloud API has webhooks for two.
+                return Err(ValidationError::new("event_types", "a cloud_api webhook names its event types").into());
+            }
             check_cloud(&types, body.include_internal.unwrap_or(current.include_internal))?;
         }
     }

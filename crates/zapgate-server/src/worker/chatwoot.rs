@@ -1,8 +1,8 @@
 //! Turns the jobs Chatwoot's webhooks became into zapgate messages.
 //!
-//! A job is leased by the claim and locked by its key (the same lock the
-//! ingest took, `ZAPGATE_CHATWOOT_LOCK_TTL_MS`), so one worker at a time
-//! works on it. Attachments are fetched through the egress client (Chatwoot
+//! A job is leased by the claim for longer than it can take, so one worker
+//! at a time works on it (the lock on its key, the one the ingest takes,
+//! only keeps a concurrent copy of the webhook from being answered wrong). Attachments are fetched through the egress client (Chatwoot
 //! links redirect to its storage; each hop is checked) into the media store
 //! and sent by media id, so the provider needs no route to Chatwoot. Every
 //! accept carries an idempotency key derived from the job, and stored media
@@ -120,6 +120,9 @@ async fn process(w: &ChatwootWorker, job: &ChatwootJob) -> Result<MessageId, Fai
         .await
         .map_err(|e| Failure { error: e.to_string(), retryable: true })?
         .ok_or_else(|| permanent("the Chatwoot integration was deleted".into()))?;
+    if !integration.enabled {
+        return Err(permanent("the Chatwoot integration is disabled".into()));
+    }
     let to = ChatId::parse(&o.to).map_err(|e| permanent(e.to_string()))?;
     let mut contents = Vec::new();
     let mut caption = o.text.clone();

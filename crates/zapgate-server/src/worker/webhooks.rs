@@ -173,7 +173,11 @@ async fn attempt(sender: Arc<WebhookSender>, job: DeliveryJob, _slot: OwnedSemap
     let at = Timestamp::now();
     let (result, response) = if job.format == WebhookFormat::Chatwoot {
         // Not one POST but Chatwoot API calls; the outcome is read the same way.
-        match sender.chatwoot.deliver(&job).await {
+        // Bounded well inside the delivery's lease, so no other worker takes
+        // it up while this one still works on it.
+        let bounded = tokio::time::timeout(sender.timeout + Duration::from_secs(20), sender.chatwoot.deliver(&job));
+        let done = bounded.await.unwrap_or_else(|_| Err(("Chatwoot took too long to answer".into(), true)));
+        match done {
             Ok(status_code) => (AttemptResult::Succeeded { status_code }, None),
             Err((error, retryable)) => {
                 let retry_at = if retryable { retry_at(&sender.schedule, job.schedule_index + 1, None) } else { None };

@@ -46,7 +46,16 @@ pub(super) async fn upload(
                 }
                 file = Some((bytes, mime, name));
             }
-            Some("type") => declared = Some(field.text().await.map_err(bad_part)?),
+            Some("type") => {
+                let mut text = Vec::new();
+                while let Some(chunk) = field.chunk().await.map_err(bad_part)? {
+                    text.extend_from_slice(&chunk);
+                    if text.len() > 255 {
+                        return Err(ValidationError::new("type", "is not a MIME type").into());
+                    }
+                }
+                declared = Some(String::from_utf8_lossy(&text).into_owned());
+            }
             // `messaging_product` and anything else: nothing to keep.
             _ => {}
         }
