@@ -181,6 +181,17 @@ impl ChatwootStore for SqliteBackend {
         limit: u32,
         lease_ms: i64,
     ) -> Result<Vec<ChatwootJob>, StoreError> {
+        // Workers poll: look on a read connection first, so an idle poll
+        // costs the one writer thread nothing.
+        let due = self
+            .read(move |c| {
+                let sql = "SELECT 1 FROM chatwoot_jobs WHERE status = 'pending' AND next_attempt_at <= ? LIMIT 1";
+                one(c, sql, [now.as_millis()], |_| Ok(()))
+            })
+            .await?;
+        if due.is_none() {
+            return Ok(Vec::new());
+        }
         let mut jobs = self
             .writer
             .write(Box::new(move |conn| {
