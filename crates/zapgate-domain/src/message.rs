@@ -101,7 +101,13 @@ pub struct ListRow {
 pub struct ListSection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub title: Option<String>,
+    /// The rows of a `list`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rows: Vec<ListRow>,
+    /// The products of a `product_list` (`{"product_retailer_id"}` each).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub product_items: Option<Vec<serde_json::Value>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -114,9 +120,26 @@ pub struct InteractiveAction {
     pub button: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sections: Option<Vec<ListSection>>,
+    /// `cta_url`, `flow` or `send_location`: what the action is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The action's parameters (`cta_url`: `display_text`, `url`; `flow`:
+    /// `flow_id` or `flow_name`, `flow_cta`, …), passed through as given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub parameters: Option<serde_json::Value>,
+    /// The catalog of a `product` or `product_list`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog_id: Option<String>,
+    /// The product of a `product` message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product_retailer_id: Option<String>,
 }
 
-/// Reply buttons (`type: button`, 1–3 buttons) or a list (`type: list`).
+/// Reply buttons (`type: button`, 1–3 buttons), a list (`list`), a call-to-
+/// action URL button (`cta_url`), a WhatsApp Flow (`flow`), a catalog product
+/// (`product`) or products (`product_list`), or a location request
+/// (`location_request_message`) — the Cloud API's interactive messages.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Interactive {
@@ -124,17 +147,24 @@ pub struct Interactive {
     pub kind: InteractiveKind,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header: Option<InteractiveHeader>,
-    pub body: InteractiveText,
+    /// Required, except for a `product` message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<InteractiveText>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub footer: Option<InteractiveText>,
     pub action: InteractiveAction,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum InteractiveKind {
     Button,
     List,
+    CtaUrl,
+    Flow,
+    Product,
+    ProductList,
+    LocationRequestMessage,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -166,16 +196,42 @@ pub struct Reaction {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum MessageContent {
-    Text { text: Text },
-    Image { image: Media },
-    Video { video: Media },
-    Audio { audio: Media },
-    Document { document: Media },
-    Sticker { sticker: Media },
-    Template { template: Template },
-    Interactive { interactive: Interactive },
-    Location { location: Location },
-    Reaction { reaction: Reaction },
+    Text {
+        text: Text,
+    },
+    Image {
+        image: Media,
+    },
+    Video {
+        video: Media,
+    },
+    Audio {
+        audio: Media,
+    },
+    Document {
+        document: Media,
+    },
+    Sticker {
+        sticker: Media,
+    },
+    Template {
+        template: Template,
+    },
+    Interactive {
+        interactive: Interactive,
+    },
+    Location {
+        location: Location,
+    },
+    Reaction {
+        reaction: Reaction,
+    },
+    /// Contact cards, in the Cloud API's shape (`name.formatted_name`
+    /// required; `phones`, `emails`, `org`, `addresses`, `urls`, `birthday`).
+    Contacts {
+        #[schema(value_type = Vec<Object>)]
+        contacts: Vec<serde_json::Value>,
+    },
 }
 
 impl MessageContent {
@@ -221,6 +277,7 @@ impl MessageContent {
             Self::Interactive { .. } => "interactive",
             Self::Location { .. } => "location",
             Self::Reaction { .. } => "reaction",
+            Self::Contacts { .. } => "contacts",
         }
     }
 
@@ -252,6 +309,7 @@ impl MessageContent {
                 check_len("reaction.message_id", &reaction.message_id, 1, 256)?;
                 check_len("reaction.emoji", &reaction.emoji, 0, 16)
             }
+            Self::Contacts { contacts } => validate_contacts(contacts),
         }
     }
 }
@@ -291,8 +349,36 @@ fn validate_media(m: &Media) -> Result<(), ValidationError> {
     Ok(())
 }
 
+fn validate_contacts(contacts: &[serde_json::Value]) -> Result<(), ValidationError> {
+    if !(1..=257).contains(&contacts.len()) {
+        return Err(ValidationError::new("contacts", "needs 1 to 257 contacts"));
+    }
+    for (n, c) in contacts.iter().enumerate() {
+        let name = c.get("name").and_then(|n| n.get("formatted_name")).and_then(|f| f.as_str());
+        let Some(name) = name else {
+            return Err(ValidationError::new(format!("contacts[{n}].name.formatted_name"), "is required"));
+        };
+        check_len(&format!("contacts[{n}].name.formatted_name"), name, 1, 256)?;
+        if !c.is_object() {
+            return Err(ValidationError::new(format!("contacts[{n}]"), "must be an object"));
+        }
+    }
+    Ok(())
+}
+
+/// The parameter `key` of the action, as a non-empty string.
+fn action_param<'a>(i: &'a Interactive, key: &str) -> Result<&'a str, ValidationError> {
+    let v = i.action.parameters.as_ref().and_then(|p| p.get(key)).and_then(|v| v.as_str());
+    v.filter(|s| !s.trim().is_empty())
+        .ok_or_else(|| ValidationError::new(format!("interactive.action.parameters.{key}"), "is required"))
+}
+
 fn validate_interactive(i: &Interactive) -> Result<(), ValidationError> {
-    check_len("interactive.body.text", &i.body.text, 1, 1024)?;
+    match &i.body {
+        Some(body) => check_len("interactive.body.text", &body.text, 1, 1024)?,
+        None if i.kind == InteractiveKind::Product => {}
+        None => return Err(ValidationError::new("interactive.body", "is required")),
+    }
     if let Some(h) = &i.header {
         if h.kind != "text" {
             return Err(ValidationError::new("interactive.header.type", "only text headers are supported"));
@@ -334,6 +420,46 @@ fn validate_interactive(i: &Interactive) -> Result<(), ValidationError> {
                     check_len(&format!("interactive.action.sections[{n}].rows[{r}].id"), &row.id, 1, 200)?;
                     check_len(&format!("interactive.action.sections[{n}].rows[{r}].title"), &row.title, 1, 24)?;
                 }
+            }
+        }
+        InteractiveKind::CtaUrl => {
+            check_len("interactive.action.parameters.display_text", action_param(i, "display_text")?, 1, 20)?;
+            let url = action_param(i, "url")?;
+            if !(url.starts_with("https://") || url.starts_with("http://")) || url.len() > MAX_URL_LEN {
+                return Err(ValidationError::new("interactive.action.parameters.url", "must be an http(s) URL"));
+            }
+        }
+        InteractiveKind::Flow => {
+            if action_param(i, "flow_id").is_err() && action_param(i, "flow_name").is_err() {
+                return Err(ValidationError::new(
+                    "interactive.action.parameters.flow_id",
+                    "is required (or flow_name)",
+                ));
+            }
+            check_len("interactive.action.parameters.flow_cta", action_param(i, "flow_cta")?, 1, 30)?;
+        }
+        InteractiveKind::Product => {
+            check_len("interactive.action.catalog_id", i.action.catalog_id.as_deref().unwrap_or_default(), 1, 64)?;
+            let product = i.action.product_retailer_id.as_deref().unwrap_or_default();
+            check_len("interactive.action.product_retailer_id", product, 1, 256)?;
+        }
+        InteractiveKind::ProductList => {
+            if i.header.is_none() {
+                return Err(ValidationError::new("interactive.header", "is required for a product_list"));
+            }
+            check_len("interactive.action.catalog_id", i.action.catalog_id.as_deref().unwrap_or_default(), 1, 64)?;
+            let sections = i.action.sections.as_deref().unwrap_or_default();
+            if !(1..=10).contains(&sections.len()) {
+                return Err(ValidationError::new("interactive.action.sections", "needs 1 to 10 sections"));
+            }
+            let items: usize = sections.iter().map(|s| s.product_items.as_ref().map_or(0, Vec::len)).sum();
+            if !(1..=30).contains(&items) {
+                return Err(ValidationError::new("interactive.action.sections", "needs 1 to 30 product_items in all"));
+            }
+        }
+        InteractiveKind::LocationRequestMessage => {
+            if i.action.name.as_deref() != Some("send_location") {
+                return Err(ValidationError::new("interactive.action.name", "must be \"send_location\""));
             }
         }
     }
@@ -391,6 +517,19 @@ mod tests {
                 "action":{"button":"Options","sections":[{"title":"A","rows":[{"id":"1","title":"One"}]}]}}}),
             json!({"type":"location","location":{"latitude":-23.5,"longitude":-46.6,"name":"SP"}}),
             json!({"type":"reaction","reaction":{"message_id":"wamid.X","emoji":"👍"}}),
+            json!({"type":"contacts","contacts":[{"name":{"formatted_name":"Ana Souza","first_name":"Ana"},
+                "phones":[{"phone":"+5511988887777","type":"CELL"}]}]}),
+            json!({"type":"interactive","interactive":{"type":"cta_url","body":{"text":"Your bill"},
+                "action":{"name":"cta_url","parameters":{"display_text":"Pay","url":"https://pay.example/1"}}}}),
+            json!({"type":"interactive","interactive":{"type":"flow","body":{"text":"Book"},
+                "action":{"name":"flow","parameters":{"flow_message_version":"3","flow_id":"1","flow_cta":"Book!"}}}}),
+            json!({"type":"interactive","interactive":{"type":"product",
+                "action":{"catalog_id":"194836987003835","product_retailer_id":"di9ozbzfi4"}}}),
+            json!({"type":"interactive","interactive":{"type":"product_list","header":{"type":"text","text":"Picks"},
+                "body":{"text":"New"},"action":{"catalog_id":"1","sections":[{"title":"A",
+                "product_items":[{"product_retailer_id":"x"}]}]}}}),
+            json!({"type":"interactive","interactive":{"type":"location_request_message","body":{"text":"Where?"},
+                "action":{"name":"send_location"}}}),
         ];
         for v in ok {
             content(v.clone()).unwrap_or_else(|e| panic!("{v}: {e}"));
@@ -414,6 +553,24 @@ mod tests {
                 json!({"type":"interactive","interactive":{"type":"button","body":{"text":"x"},"action":{"buttons":[]}}}),
                 "interactive.action.buttons",
             ),
+            (json!({"type":"contacts","contacts":[]}), "contacts"),
+            (json!({"type":"contacts","contacts":[{"phones":[]}]}), "contacts[0].name.formatted_name"),
+            (
+                json!({"type":"interactive","interactive":{"type":"cta_url","body":{"text":"x"},
+                    "action":{"name":"cta_url","parameters":{"display_text":"Pay","url":"javascript:x"}}}}),
+                "interactive.action.parameters.url",
+            ),
+            (
+                json!({"type":"interactive","interactive":{"type":"product_list","body":{"text":"x"},
+                    "action":{"catalog_id":"1","sections":[]}}}),
+                "interactive.header",
+            ),
+            (
+                json!({"type":"interactive","interactive":{"type":"location_request_message","body":{"text":"x"},
+                    "action":{}}}),
+                "interactive.action.name",
+            ),
+            (json!({"type":"interactive","interactive":{"type":"button","action":{}}}), "interactive.body"),
         ];
         for (v, field) in cases {
             let e = content(v.clone()).unwrap_err();

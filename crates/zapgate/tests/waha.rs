@@ -52,4 +52,15 @@ async fn every_kind_goes_out_in_waha_shape() {
     )
     .await;
     send_fixture_cases(&p, "waha", |route| format!("/api/{route}")).await;
+
+    // A kind only the Cloud API sends fails at once, saying so, and nothing reaches WAHA.
+    let before = p.sim.received().len();
+    let card = json!({"instance_id": p.instance, "to": "+5511999998888", "type": "contacts",
+                      "contacts": [{"name": {"formatted_name": "Ana Souza"}, "phones": [{"phone": "+5511988887777"}]}]});
+    let r = p.server.post(&p.token, "/v1/messages", &card).await;
+    assert_eq!(r.status(), 202);
+    let id = r.json::<serde_json::Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let m = p.server.wait_status(&p.token, &id, &["failed"], WAIT).await;
+    assert_eq!((m["error_code"].as_str(), m["attempts"].as_u64()), (Some("unsupported_message"), Some(0)));
+    assert_eq!(p.sim.received().len(), before);
 }
