@@ -36,6 +36,26 @@ pub trait Locks: Send + Sync + 'static {
     async fn release(&self, key: &str, token: LockToken) -> bool;
 }
 
+/// Takes `key` for `ttl`, trying every 50 ms while a live holder has it,
+/// for at most `within` (None: until it is free, which a holder's TTL bounds).
+pub async fn acquire_waiting(
+    locks: &dyn Locks,
+    key: &str,
+    ttl: Duration,
+    within: Option<Duration>,
+) -> Option<LockToken> {
+    let deadline = within.map(|w| tokio::time::Instant::now() + w);
+    loop {
+        if let Some(token) = locks.try_acquire(key, ttl).await {
+            return Some(token);
+        }
+        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[derive(Default)]
 pub struct InProcessLocks {
     held: Mutex<HashMap<String, (LockToken, Instant)>>,

@@ -6,7 +6,6 @@
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use hmac::{Hmac, KeyInit, Mac};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -87,15 +86,14 @@ async fn receive(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> StatusCode {
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(r.app_secret.as_bytes()).expect("any key");
-    mac.update(&body);
-    let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    let signing = crate::hooks::Signing::HubSha256(r.app_secret.clone());
+    let expected = crate::hooks::signature_headers(&signing, &body).pop().map(|(_, v)| v);
     let header = |k: &str| headers.get(k).and_then(|v| v.to_str().ok());
     r.got.lock().unwrap_or_else(|p| p.into_inner()).push(CloudDelivery {
         phone,
         raw: body.to_vec(),
         body: serde_json::from_slice(&body).unwrap_or(Value::Null),
-        verified: header("x-hub-signature-256") == Some(expected.as_str()),
+        verified: expected.is_some() && header("x-hub-signature-256") == expected.as_deref(),
         content_length: header("content-length").and_then(|v| v.parse().ok()),
     });
     StatusCode::OK

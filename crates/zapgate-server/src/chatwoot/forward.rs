@@ -17,8 +17,10 @@
 use super::OWN_SOURCE_PREFIX;
 use super::api::{ApiError, Client, File};
 use crate::egress::Egress;
+use crate::worker::media::settled_media;
 use std::sync::Arc;
 use std::time::Duration;
+use zapgate_backends::locks::acquire_waiting;
 use zapgate_backends::{
     ChatwootContact, ChatwootStore, DeliveryJob, Locks, MediaIndex, MediaStatus, MediaStore, Store,
 };
@@ -123,15 +125,9 @@ impl Forwarder {
             return Ok(c);
         }
         let lock = format!("chatwoot-contact:{integration}:{key}");
-        let deadline = tokio::time::Instant::now() + CONTACT_LOCK_TTL;
-        let token = loop {
-            if let Some(t) = self.locks.try_acquire(&lock, CONTACT_LOCK_TTL).await {
-                break t;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(("another worker is still making this chat's contact".into(), true));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let waited = acquire_waiting(self.locks.as_ref(), &lock, CONTACT_LOCK_TTL, Some(CONTACT_LOCK_TTL)).await;
+        let Some(token) = waited else {
+            return Err(("another worker is still making this chat's contact".into(), true));
         };
         let made = self.make_contact(client, chat, name).await;
         self.locks.release(&lock, token).await;
@@ -178,20 +174,14 @@ impl Forwarder {
     async fn files(&self, event: &MessageEvent, m: &ReceivedMessage) -> Result<Vec<File>, Failure> {
         let kind = m.content["type"].as_str().unwrap_or_default();
         let Some(id) = m.content[kind]["media_id"].as_str().and_then(MediaId::parse) else { return Ok(Vec::new()) };
-        let deadline = tokio::time::Instant::now() + MEDIA_WAIT;
-        let rec = loop {
-            let rec = self.media_index.get_media(&event.tenant_id, &id).await.map_err(|e| (e.to_string(), true))?;
-            match rec {
-                Some(r) if r.status == MediaStatus::Pending && tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Some(r) if r.status == MediaStatus::Pending => {
-                    return Err(("the attachment is still being fetched".into(), true));
-                }
-                Some(r) if r.status == MediaStatus::Stored => break r,
-                // Could not be fetched (or was purged): the text goes alone.
-                _ => return Ok(Vec::new()),
+        let settled = settled_media(self.media_index.as_ref(), &event.tenant_id, &id, MEDIA_WAIT).await;
+        let rec = match settled.map_err(|e| (e.to_string(), true))? {
+            Some(r) if r.status == MediaStatus::Pending => {
+                return Err(("the attachment is still being fetched".into(), true));
             }
+            Some(r) if r.status == MediaStatus::Stored => r,
+            // Could not be fetched (or was purged): the text goes alone.
+            _ => return Ok(Vec::new()),
         };
         let bytes = self.media.get(id.as_str()).await.map_err(|e| (format!("reading the attachment: {e}"), true))?;
         let Some(bytes) = bytes else { return Ok(Vec::new()) };

@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
+use zapgate_backends::locks::acquire_waiting;
 use zapgate_backends::{
     AcceptMessage, Accepted, ChatwootJob, ChatwootJobOutcome, ChatwootStore, IdempotencyKey, Locks, NewMedia,
     NewMediaState, Store,
@@ -79,12 +80,7 @@ pub async fn run(w: Arc<ChatwootWorker>, mut shutdown: watch::Receiver<bool>) {
 async fn handle(w: &ChatwootWorker, job: ChatwootJob) {
     let key = format!("chatwoot:{}:{}", job.integration_id, job.chatwoot_message_id);
     // The ingest's lock may still run: it only guards the webhook's answer.
-    let token = loop {
-        if let Some(t) = w.locks.try_acquire(&key, w.lock_ttl).await {
-            break t;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let Some(token) = acquire_waiting(w.locks.as_ref(), &key, w.lock_ttl, None).await else { return };
     let outcome = match process(w, &job).await {
         Ok(message_id) => ChatwootJobOutcome::Done { message_id },
         Err(f) if f.retryable && job.attempts + 1 < MAX_ATTEMPTS => {

@@ -11,7 +11,7 @@
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
 use std::time::Duration;
-use zapgate_backends::{InstanceRecord, MediaIndex, MediaStatus, Store};
+use zapgate_backends::{InstanceRecord, MediaIndex, Store};
 use zapgate_domain::event::ReceivedMessage;
 use zapgate_domain::{EventType, MediaId, MessageEvent, MessageStatus};
 
@@ -179,14 +179,8 @@ impl CloudShaper {
         let content = &event.detail.message.as_ref()?.content;
         let kind = content.get("type")?.as_str()?;
         let id = MediaId::parse(content.get(kind)?.get("media_id")?.as_str()?)?;
-        let deadline = tokio::time::Instant::now() + MEDIA_WAIT;
-        loop {
-            let rec = self.media.get_media(&event.tenant_id, &id).await.ok().flatten()?;
-            if rec.status != MediaStatus::Pending || tokio::time::Instant::now() >= deadline {
-                return Some((rec.mime_type, rec.sha256));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let rec = super::media::settled_media(self.media.as_ref(), &event.tenant_id, &id, MEDIA_WAIT).await.ok()??;
+        Some((rec.mime_type, rec.sha256))
     }
 }
 

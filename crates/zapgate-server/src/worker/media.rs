@@ -32,6 +32,27 @@ pub struct MediaFetcher {
     pub timeout: Duration,
 }
 
+/// The media's record once it is no longer `pending` (fetched or failed),
+/// or as it is after `within`: what a delivery naming a received attachment
+/// waits for (the fetch usually takes milliseconds). None: no such media.
+pub async fn settled_media(
+    index: &dyn MediaIndex,
+    tenant: &zapgate_domain::TenantId,
+    id: &zapgate_domain::MediaId,
+    within: Duration,
+) -> Result<Option<zapgate_backends::MediaRecord>, zapgate_backends::StoreError> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let rec = index.get_media(tenant, id).await?;
+        match rec {
+            Some(r) if r.status == zapgate_backends::MediaStatus::Pending && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => return Ok(other),
+        }
+    }
+}
+
 pub async fn run(f: Arc<MediaFetcher>, mut shutdown: watch::Receiver<bool>) {
     let slots = Arc::new(Semaphore::new(CONCURRENCY));
     // Longer than a fetch can take, so a lease only runs out after a crash.
