@@ -31,6 +31,7 @@ pub mod queue;
 mod records;
 pub mod redis;
 pub mod s3;
+pub mod schedules;
 pub mod sqlite;
 pub mod store;
 pub mod webhooks;
@@ -54,6 +55,10 @@ pub use outbox::{Outbox, OutboxEntry, RelayLimits};
 pub use pools::{CircuitReport, NewProvider, Placement, ProviderChange, ProviderPools, ProviderRecord};
 pub use queue::{Claim, Delivery, Queue, Settlement};
 pub use s3::{S3Config, S3MediaStore};
+pub use schedules::{
+    AudienceDeletion, AudienceMember, AudienceRecord, NewRun, RunProgress, RunStatus, ScheduleRecord, ScheduleRun,
+    ScheduleStore,
+};
 pub use store::*;
 pub use webhooks::*;
 
@@ -74,6 +79,8 @@ pub struct Backends {
     pub media_index: Arc<dyn MediaIndex>,
     /// Chatwoot integrations, their jobs and contacts.
     pub chatwoot: Arc<dyn ChatwootStore>,
+    /// Audiences, recurring schedules and their runs.
+    pub schedules: Arc<dyn ScheduleStore>,
     /// Set when limits and locks live in Redis: its health is reported, not
     /// required (it holds only soft state; see [`RedisBackend`]).
     pub redis: Option<RedisBackend>,
@@ -93,7 +100,9 @@ impl Backends {
 
     /// Store, queue and webhooks in `db`; limits and locks in process; media
     /// under `data_dir` (the `with_*` methods move them elsewhere).
-    fn on_one_database<D: Store + Queue + WebhookStore + ProviderPools + Inbox + MediaIndex + ChatwootStore>(
+    fn on_one_database<
+        D: Store + Queue + WebhookStore + ProviderPools + Inbox + MediaIndex + ChatwootStore + ScheduleStore,
+    >(
         db: Arc<D>,
         data_dir: &Path,
     ) -> Self {
@@ -104,6 +113,7 @@ impl Backends {
             pools: db.clone(),
             inbox: db.clone(),
             chatwoot: db.clone(),
+            schedules: db.clone(),
             media_index: db,
             rate_limiter: Arc::new(InProcessRateLimiter::default()),
             locks: Arc::new(InProcessLocks::default()),

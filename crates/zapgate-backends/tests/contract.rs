@@ -983,3 +983,115 @@ async fn chatwoot_contacts_are_saved_replaced_and_read_per_integration() {
     assert!(cw.chatwoot_contact(&i, chat).await.unwrap().is_none());
     assert_eq!(cw.chatwoot_contact(&j, chat).await.unwrap(), Some(other));
 }
+
+async fn schedule_fixture(f: &Fixture, now: Timestamp) -> ScheduleRecord {
+    let s = &f.b.schedules;
+    let audience = AudienceRecord {
+        id: AudienceId::generate(),
+        tenant_id: f.tenant.clone(),
+        name: "a".into(),
+        members: 0,
+        created_at: now,
+        updated_at: now,
+    };
+    let audience = s.create_audience(audience).await.unwrap();
+    let schedule = ScheduleRecord {
+        id: ScheduleId::generate(),
+        tenant_id: f.tenant.clone(),
+        name: "s".into(),
+        instance_id: f.instance.clone(),
+        audience_id: audience.id,
+        template_id: TemplateId::generate(),
+        cron: "0 9 * * *".into(),
+        time_zone: "UTC".into(),
+        date_field: Some("due".into()),
+        offsets_days: vec![-3, 0],
+        priority: Priority::Normal,
+        enabled: true,
+        next_run_at: Some(now),
+        last_run_at: None,
+        created_at: now,
+        updated_at: now,
+    };
+    s.create_schedule(schedule).await.unwrap()
+}
+
+#[tokio::test]
+async fn audience_members_are_upserted_listed_in_order_and_removed() {
+    let f = fixture().await;
+    let now = Timestamp::now();
+    let sch = schedule_fixture(&f, now).await;
+    let s = &f.b.schedules;
+    let member = |to: &str, name: &str| AudienceMember {
+        to: ChatId::parse(to).unwrap(),
+        variables: [("name".to_owned(), name.to_owned())].into(),
+    };
+    let first = vec![member("+5511900000003", "c"), member("+5511900000001", "a"), member("+5511900000002", "b")];
+    assert_eq!(s.upsert_members(&sch.audience_id, first, now).await.unwrap(), 3);
+    s.upsert_members(&sch.audience_id, vec![member("+5511900000002", "B")], now).await.unwrap();
+    let page = s.list_members(&sch.audience_id, None, 2).await.unwrap();
+    assert_eq!(page, [member("+5511900000001", "a"), member("+5511900000002", "B")]);
+    let rest = s.list_members(&sch.audience_id, Some(page[1].to.to_string()), 2).await.unwrap();
+    assert_eq!(rest, [member("+5511900000003", "c")]);
+    assert_eq!(s.get_audience(&f.tenant, &sch.audience_id).await.unwrap().unwrap().members, 3);
+    assert!(s.delete_member(&sch.audience_id, &ChatId::parse("+5511900000003").unwrap()).await.unwrap());
+    assert_eq!(s.get_audience(&f.tenant, &sch.audience_id).await.unwrap().unwrap().members, 2);
+    // In use by the schedule: not deleted; once the schedule is gone, deleted.
+    assert_eq!(s.delete_audience(&f.tenant, &sch.audience_id).await.unwrap(), AudienceDeletion::InUse);
+    assert!(s.delete_schedule(&f.tenant, &sch.id).await.unwrap());
+    assert_eq!(s.delete_audience(&TenantId::generate(), &sch.audience_id).await.unwrap(), AudienceDeletion::NotFound);
+    assert_eq!(s.delete_audience(&f.tenant, &sch.audience_id).await.unwrap(), AudienceDeletion::Deleted);
+    assert!(s.list_members(&sch.audience_id, None, 10).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_due_schedule_starts_one_run_however_many_schedulers_try() {
+    let f = fixture().await;
+    let other = if f._db.distributed() { f._db.open().await } else { f.b.clone() };
+    let now = Timestamp::now();
+    let sch = schedule_fixture(&f, now).await;
+    let due = f.b.schedules.due_schedules(now, 10).await.unwrap();
+    assert_eq!(due.iter().map(|s| &s.id).collect::<Vec<_>>(), [&sch.id]);
+    let next = now.plus_millis(86_400_000);
+    let run = NewRun {
+        schedule_id: sch.id.clone(),
+        tenant_id: f.tenant.clone(),
+        due: now,
+        occurrence: now,
+        next: Some(next),
+        run_date: "2026-12-07".into(),
+        missed: 2,
+    };
+    let tries: Vec<_> = (0..6)
+        .map(|n| {
+            let (b, run) = (if n % 2 == 0 { f.b.clone() } else { other.clone() }, run.clone());
+            tokio::spawn(async move { b.schedules.start_run(run, now).await.unwrap() })
+        })
+        .collect();
+    let mut started = 0;
+    for t in tries {
+        started += usize::from(t.await.unwrap());
+    }
+    assert_eq!(started, 1, "one run per occurrence");
+    let sch = f.b.schedules.get_schedule(&f.tenant, &sch.id).await.unwrap().unwrap();
+    assert_eq!((sch.next_run_at, sch.last_run_at), (Some(next), Some(now)));
+    assert!(f.b.schedules.due_schedules(now, 10).await.unwrap().is_empty());
+
+    // Leased to one scheduler at a time; progress moves the cursor and adds up.
+    let claimed = f.b.schedules.claim_run(now, 60_000).await.unwrap().unwrap();
+    assert_eq!((claimed.missed, claimed.cursor.clone()), (2, None));
+    assert!(other.schedules.claim_run(now, 60_000).await.unwrap().is_none(), "leased");
+    let chunk = |accepted, cursor: &str| RunProgress { cursor: Some(cursor.into()), accepted, ..Default::default() };
+    f.b.schedules.record_run_progress(&sch.id, now, chunk(5, "+551"), now.plus_millis(60_000), now).await.unwrap();
+    f.b.schedules.record_run_progress(&sch.id, now, chunk(3, "+552"), now.plus_millis(60_000), now).await.unwrap();
+    // A scheduler that died: its lease runs out and another resumes at the cursor.
+    let later = now.plus_millis(60_001);
+    let resumed = other.schedules.claim_run(later, 60_000).await.unwrap().unwrap();
+    assert_eq!((resumed.cursor.as_deref(), resumed.accepted), (Some("+552"), 8));
+    let done = RunProgress { finished: Some(RunStatus::Done), ..Default::default() };
+    other.schedules.record_run_progress(&sch.id, now, done, later, later).await.unwrap();
+    assert!(f.b.schedules.claim_run(later.plus_millis(120_000), 60_000).await.unwrap().is_none(), "done");
+    let runs = f.b.schedules.list_runs(&sch.id, 10).await.unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!((runs[0].status, runs[0].accepted, runs[0].finished_at), (RunStatus::Done, 8, Some(later)));
+}

@@ -166,6 +166,5 @@ fn fmt_ratio(r: f64) -> String {
 }
 
 fn now_date() -> String {
-    let t = time::OffsetDateTime::now_utc();
-    format!("{:04}-{:02}-{:02}", t.year(), u8::from(t.month()), t.day())
+    jiff::Timestamp::now().strftime("%Y-%m-%d").to_string()
 }

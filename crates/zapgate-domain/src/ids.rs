@@ -93,6 +93,13 @@ id_type!(
     /// A tenant's message template.
     TemplateId, "tpl_");
 id_type!(
+    /// A tenant's list of recipients (with their variables and dates) that
+    /// recurring schedules send to.
+    AudienceId, "aud_");
+id_type!(
+    /// A tenant's recurring schedule: a cron expression, a template and an audience.
+    ScheduleId, "sch_");
+id_type!(
     /// A tenant's webhook subscription.
     EndpointId, "whk_");
 id_type!(

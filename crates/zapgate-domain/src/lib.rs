@@ -13,6 +13,7 @@ pub mod instance_state;
 pub mod json;
 pub mod message;
 pub mod priority;
+pub mod schedule;
 pub mod status;
 pub mod template;
 pub mod timestamp;
@@ -23,8 +24,8 @@ pub use chat::ChatId;
 pub use error::ValidationError;
 pub use event::{EventType, MessageEvent, ReceivedMessage};
 pub use ids::{
-    DeliveryId, EndpointId, EventId, InstanceId, IntegrationId, MediaId, MessageId, ProviderId, TemplateId, TenantId,
-    TokenId,
+    AudienceId, DeliveryId, EndpointId, EventId, InstanceId, IntegrationId, MediaId, MessageId, ProviderId, ScheduleId,
+    TemplateId, TenantId, TokenId,
 };
 pub use instance_state::InstanceState;
 pub use message::{MessageContent, SendRequest};

@@ -66,6 +66,14 @@ impl TextTemplate {
         v
     }
 
+    /// Renders with the variables the template names, taken from `values`,
+    /// which may hold more (an audience row carries its dates and ids too).
+    pub fn render_from(&self, values: &BTreeMap<String, String>) -> Result<String, ValidationError> {
+        let names = self.variables();
+        let own = values.iter().filter(|(k, _)| names.contains(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+        self.render(&own)
+    }
+
     /// Renders with `values`; every named variable must be given, and
     /// nothing else (a typo in a name is an error, not a silent blank).
     pub fn render(&self, values: &BTreeMap<String, String>) -> Result<String, ValidationError> {

@@ -1,14 +1,9 @@
 //! Milliseconds since the Unix epoch: what the store keeps and what sorts.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use time::OffsetDateTime;
-use time::format_description::BorrowedFormatItem;
-use time::format_description::well_known::Rfc3339;
-use time::macros::format_description;
 
 /// Always three fractional digits and `Z`, so formatted times sort as text.
-const FORMAT: &[BorrowedFormatItem<'static>] =
-    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+const FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.3fZ";
 
 /// A UTC instant with millisecond precision. Serialised as RFC 3339.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -16,7 +11,7 @@ pub struct Timestamp(i64);
 
 impl Timestamp {
     pub fn now() -> Self {
-        Self((OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64)
+        Self(jiff::Timestamp::now().as_millisecond())
     }
 
     pub const fn from_millis(ms: i64) -> Self {
@@ -31,16 +26,28 @@ impl Timestamp {
         Self(self.0.saturating_add(ms))
     }
 
+    /// An RFC 3339 time with its offset (`2026-01-31T09:00:00Z`,
+    /// `…-03:00`); a time without an offset is refused, not guessed.
     pub fn parse_rfc3339(s: &str) -> Option<Self> {
-        let t = OffsetDateTime::parse(s, &Rfc3339).ok()?;
-        Some(Self((t.unix_timestamp_nanos() / 1_000_000) as i64))
+        let t: jiff::Timestamp = s.parse().ok()?;
+        Some(Self(t.as_millisecond()))
     }
 
     pub fn to_rfc3339(self) -> String {
-        OffsetDateTime::from_unix_timestamp_nanos(self.0 as i128 * 1_000_000)
-            .ok()
-            .and_then(|t| t.format(FORMAT).ok())
-            .unwrap_or_else(|| self.0.to_string())
+        match self.to_jiff() {
+            Some(t) => t.strftime(FORMAT).to_string(),
+            None => self.0.to_string(),
+        }
+    }
+
+    /// The same instant as a `jiff::Timestamp` (`None` outside jiff's range,
+    /// years -9999 to 9999).
+    pub fn to_jiff(self) -> Option<jiff::Timestamp> {
+        jiff::Timestamp::from_millisecond(self.0).ok()
+    }
+
+    pub fn from_jiff(t: jiff::Timestamp) -> Self {
+        Self(t.as_millisecond())
     }
 }
 
@@ -90,5 +97,10 @@ mod tests {
     #[test]
     fn garbage_is_rejected() {
         assert_eq!(Timestamp::parse_rfc3339("tomorrow"), None);
+        assert_eq!(Timestamp::parse_rfc3339("2026-01-31T09:00:00"), None, "no offset");
+        assert_eq!(
+            Timestamp::parse_rfc3339("2026-01-31T09:00:00-03:00"),
+            Timestamp::parse_rfc3339("2026-01-31T12:00:00Z")
+        );
     }
 }

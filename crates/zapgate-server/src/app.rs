@@ -79,6 +79,9 @@ pub enum Role {
     /// Provider webhooks only (`/providers/{kind}/{account}/webhook`), on
     /// `ZAPGATE_INGEST_LISTEN` (else `ZAPGATE_LISTEN`).
     Ingest,
+    /// Recurring schedules: starts their runs and sends them; its listener
+    /// serves only `/health/*` and `/metrics`.
+    Scheduler,
 }
 
 impl Role {
@@ -89,11 +92,16 @@ impl Role {
             Role::Worker => "worker",
             Role::Relay => "relay",
             Role::Ingest => "ingest",
+            Role::Scheduler => "scheduler",
         }
     }
 
     fn runs_workers(self) -> bool {
         matches!(self, Role::All | Role::Worker)
+    }
+
+    fn runs_scheduler(self) -> bool {
+        matches!(self, Role::All | Role::Scheduler)
     }
 
     /// Relays the outbox when RabbitMQ is configured.
@@ -122,7 +130,9 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     crate::metrics::install();
     let config = Arc::new(config);
     let mut backends = open_backends(&config, true).await?;
-    if let Some(url) = config.amqp_url.as_deref().filter(|_| !matches!(role, Role::Api | Role::Ingest)) {
+    if let Some(url) =
+        config.amqp_url.as_deref().filter(|_| !matches!(role, Role::Api | Role::Ingest | Role::Scheduler))
+    {
         backends = backends.with_broker(connect_broker(&config, url, role).await?);
     }
     let admin =
@@ -214,6 +224,17 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
             signal: signal.clone(),
         };
         drained.push(tokio::spawn(relay::run(relay, stop_rx.clone())));
+    }
+    if role.runs_scheduler() {
+        let scheduler = Arc::new(crate::worker::scheduler::Scheduler {
+            schedules: backends.schedules.clone(),
+            store: backends.store.clone(),
+            work: signal.clone(),
+            interval: config.scheduler_interval,
+            clock: crate::worker::scheduler::Clock::from_env(),
+            recover: config.database_url.is_none(),
+        });
+        drained.push(tokio::spawn(crate::worker::scheduler::run(scheduler, stop_rx.clone())));
     }
     if role.runs_workers() {
         let reporter = crate::worker::circuits::CircuitReporter {
@@ -336,7 +357,7 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
     let router = match role {
         Role::All | Role::Api => http::router(state, role == Role::All && config.ingest_listen.is_none()),
         Role::Ingest => http::ingest_router(state),
-        Role::Worker | Role::Relay => http::ops_router(state),
+        Role::Worker | Role::Relay | Role::Scheduler => http::ops_router(state),
     };
     tracing::info!(%addr, role = role_name, "zapgate listening on http://{addr} (docs at /docs)");
     // The peer address is what per-IP limits (Chatwoot webhooks) key on.

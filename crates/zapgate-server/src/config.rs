@@ -127,6 +127,10 @@ pub struct Config {
     /// UAZAPI); zero turns the polls and reconnect requests off.
     #[serde(with = "humantime_serde")]
     pub instance_poll_interval: Duration,
+    /// How often the scheduler looks for schedules that came due (and runs
+    /// left by a scheduler that stopped).
+    #[serde(with = "humantime_serde")]
+    pub scheduler_interval: Duration,
     /// First wait between reconnect requests of an instance that stays down;
     /// doubles (with jitter) up to `instance_reconnect_max`.
     #[serde(with = "humantime_serde")]
@@ -232,6 +236,7 @@ impl Default for Config {
             instance_flap_limit: 5,
             instance_flap_window: Duration::from_secs(60),
             instance_poll_interval: Duration::from_secs(30),
+            scheduler_interval: Duration::from_secs(1),
             instance_reconnect_base: Duration::from_secs(10),
             instance_reconnect_max: Duration::from_secs(300),
             ack_timeout: Duration::from_secs(600),
@@ -376,6 +381,9 @@ impl Config {
         }
         if self.provider_health_interval < Duration::from_millis(100) {
             return bad("ZAPGATE_PROVIDER_HEALTH_INTERVAL must be at least 100ms");
+        }
+        if self.scheduler_interval < Duration::from_millis(10) || self.scheduler_interval > Duration::from_secs(60) {
+            return bad("ZAPGATE_SCHEDULER_INTERVAL must be between 10ms and 60s");
         }
         if !self.instance_poll_interval.is_zero() && self.instance_poll_interval < Duration::from_millis(100) {
             return bad("ZAPGATE_INSTANCE_POLL_INTERVAL must be 0 (off) or at least 100ms");

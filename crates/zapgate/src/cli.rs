@@ -1,4 +1,5 @@
-//! Command line: `serve`, `api`, `worker`, `relay`, `migrate`, `tenant create|list|token`.
+//! Command line: `serve`, `api`, `worker`, `relay`, `ingest`, `scheduler`, `migrate`,
+//! `tenant create|list|token`.
 //!
 //! Every configuration option is a flag with a `ZAPGATE_*` environment
 //! variable; `--config <file.toml>` supplies the same keys from a file
@@ -37,6 +38,10 @@ enum Command {
     /// Run only provider webhook ingest: POST /providers/{kind}/{account}/webhook, plus /health/*
     /// and /metrics, on ZAPGATE_INGEST_LISTEN (else ZAPGATE_LISTEN); needs ZAPGATE_DATABASE_URL.
     Ingest(Box<ServeArgs>),
+    /// Run only the scheduler: starts the runs of recurring schedules and sends them to their
+    /// audiences (needs ZAPGATE_DATABASE_URL; any number may run, each run is made once; its
+    /// listener serves /health/* and /metrics).
+    Scheduler(Box<ServeArgs>),
     /// Create or upgrade the database schema, then exit.
     Migrate(StoreArgs),
     /// Manage tenants directly in the store (works while `serve` runs).
@@ -280,6 +285,10 @@ struct ServeArgs {
     #[arg(long, env = "ZAPGATE_INSTANCE_POLL_INTERVAL", value_parser = parse_duration, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
     instance_poll_interval: Option<Duration>,
+    /// How often the scheduler looks for recurring schedules that came due [default: 1s].
+    #[arg(long, env = "ZAPGATE_SCHEDULER_INTERVAL", value_parser = parse_duration, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    scheduler_interval: Option<Duration>,
     /// First wait between reconnect requests of an instance that stays closed; doubles
     /// with jitter up to ZAPGATE_INSTANCE_RECONNECT_MAX [default: 10s].
     #[arg(long, env = "ZAPGATE_INSTANCE_RECONNECT_BASE", value_parser = parse_duration, value_name = "DURATION")]
@@ -408,6 +417,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker(args) => run_role(&args, Role::Worker).await,
         Command::Relay(args) => run_role(&args, Role::Relay).await,
         Command::Ingest(args) => run_role(&args, Role::Ingest).await,
+        Command::Scheduler(args) => run_role(&args, Role::Scheduler).await,
         Command::Migrate(store) => {
             let config = Config::load(store.config.as_deref(), &store)?;
             zapgate_server::open_backends(&config, false).await?;

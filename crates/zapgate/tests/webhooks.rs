@@ -360,7 +360,7 @@ async fn dead_deliveries_since_a_time_are_replayed_together() {
     rx.fail.store(u32::MAX, Ordering::SeqCst);
     let (token, ins) = s.tenant_with_instance("acme", 80).await;
     let (hook, _) = webhook(&s, &token, json!({"url": url, "event_types": ["message.status"]})).await;
-    let before = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap();
+    let before = zapgate_domain::Timestamp::now().to_rfc3339();
     // The sandbox rejects this number: one `failed` status per message.
     for _ in 0..2 {
         s.send_text(&token, &ins, "+15550110000", "x").await;

@@ -17,6 +17,7 @@ mod outbox;
 mod pools;
 mod queue;
 mod rows;
+mod schedules;
 mod session;
 mod store;
 mod webhooks;
@@ -43,6 +44,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0010_chatwoot.sql"),
     include_str!("../../migrations/postgres/0011_endpoint_filters.sql"),
     include_str!("../../migrations/postgres/0012_reply_to.sql"),
+    include_str!("../../migrations/postgres/0013_schedules.sql"),
 ];
 
 /// Advisory lock key serialising migrations across processes.

@@ -19,6 +19,7 @@ mod media;
 mod pools;
 mod queue;
 mod rows;
+mod schedules;
 mod store;
 mod webhooks;
 mod writer;
@@ -52,6 +53,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0014_chatwoot.sql"),
     include_str!("../../migrations/sqlite/0015_endpoint_filters.sql"),
     include_str!("../../migrations/sqlite/0016_reply_to.sql"),
+    include_str!("../../migrations/sqlite/0017_schedules.sql"),
 ];
 
 pub struct SqliteBackend {

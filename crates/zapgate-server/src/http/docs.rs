@@ -20,6 +20,10 @@ use utoipa::{Modify, OpenApi};
         super::messages::send, super::messages::get, super::messages::cancel, super::messages::list,
         super::dead_letters::list, super::dead_letters::replay,
         super::templates::create, super::templates::list, super::templates::get, super::templates::delete,
+        super::audiences::create, super::audiences::list, super::audiences::get, super::audiences::delete,
+        super::audiences::add_members, super::audiences::list_members, super::audiences::delete_member,
+        super::schedules::create, super::schedules::list, super::schedules::get, super::schedules::update,
+        super::schedules::delete, super::schedules::runs,
         super::webhooks::create, super::webhooks::list, super::webhooks::get, super::webhooks::update,
         super::webhooks::delete, super::webhooks::secret, super::webhooks::rotate_secret, super::webhooks::deliveries,
         super::webhooks::delivery, super::webhooks::replay, super::webhooks::replay_failed,
@@ -64,7 +68,15 @@ mod tests {
     fn spec_is_openapi_31_and_lists_every_route() {
         let spec = serde_json::to_value(ApiDoc::openapi()).unwrap();
         assert!(spec["openapi"].as_str().unwrap().starts_with("3.1"));
-        for p in ["/v1/messages", "/v1/messages/{message_id}", "/v1/instances", "/v1/tenants", "/v1/dead-letters"] {
+        for p in [
+            "/v1/messages",
+            "/v1/messages/{message_id}",
+            "/v1/instances",
+            "/v1/tenants",
+            "/v1/dead-letters",
+            "/v1/audiences/{audience_id}/members",
+            "/v1/schedules/{schedule_id}/runs",
+        ] {
             assert!(spec["paths"][p].is_object(), "{p} missing");
         }
     }

@@ -2,6 +2,7 @@
 //! [`extract`], the error shape in [`error`], OpenAPI and the docs page in
 //! [`docs`].
 
+pub mod audiences;
 pub mod chatwoot;
 pub mod chatwoot_ingest;
 pub mod circuits;
@@ -17,6 +18,7 @@ pub mod instances;
 pub mod media;
 pub mod messages;
 pub mod providers;
+pub mod schedules;
 pub mod sessions;
 pub mod templates;
 pub mod tenants;
@@ -82,6 +84,13 @@ pub fn router(state: AppState, ingest: bool) -> Router {
         )
         .route("/v1/templates", post(templates::create).get(templates::list))
         .route("/v1/templates/{template_id}", get(templates::get).delete(templates::delete))
+        .route("/v1/audiences", post(audiences::create).get(audiences::list))
+        .route("/v1/audiences/{audience_id}", get(audiences::get).delete(audiences::delete))
+        .route("/v1/audiences/{audience_id}/members", post(audiences::add_members).get(audiences::list_members))
+        .route("/v1/audiences/{audience_id}/members/{to}", axum::routing::delete(audiences::delete_member))
+        .route("/v1/schedules", post(schedules::create).get(schedules::list))
+        .route("/v1/schedules/{schedule_id}", get(schedules::get).patch(schedules::update).delete(schedules::delete))
+        .route("/v1/schedules/{schedule_id}/runs", get(schedules::runs))
         .route("/v1/webhooks", post(webhooks::create).get(webhooks::list))
         .route("/v1/webhooks/{webhook_id}", get(webhooks::get).patch(webhooks::update).delete(webhooks::delete))
         .route("/v1/webhooks/{webhook_id}/secret", get(webhooks::secret))

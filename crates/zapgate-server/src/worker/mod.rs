@@ -16,6 +16,7 @@ pub mod lane;
 pub mod media;
 pub mod parking;
 pub mod retry;
+pub mod scheduler;
 pub mod signal;
 pub mod statuses;
 pub mod webhooks;

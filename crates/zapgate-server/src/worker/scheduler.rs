@@ -1,0 +1,277 @@
+//! The scheduler: starts the runs of recurring schedules when they come due
+//! and sends each run to its audience.
+//!
+//! Every tick (`ZAPGATE_SCHEDULER_INTERVAL`) it reads the schedules whose
+//! `next_run_at` has passed and plans each (`CronSchedule::plan`: the
+//! latest occurrence, once, however many passed while no scheduler ran).
+//! `ScheduleStore::start_run` is a compare-and-set on `next_run_at`, so with
+//! several schedulers each occurrence makes one run. Runs are then leased
+//! and sent in chunks of audience members: each member (and offset) is one
+//! accept with an idempotency key derived from the run, and the cursor moves
+//! after each chunk, so a run a crashed scheduler left resumes at its cursor
+//! and re-sends nothing.
+//!
+//! Messages with `send_at` need nothing from here: they wait in the queue
+//! table with `visible_at = send_at`, and `Queue::promote_due` (a
+//! conditional UPDATE, run by every dispatcher, relay and consumer) releases
+//! each once.
+
+use super::WorkSignal;
+use futures::StreamExt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use zapgate_backends::{
+    AcceptMessage, Accepted, IdempotencyKey, NewRun, RunProgress, RunStatus, ScheduleRecord, ScheduleRun,
+    ScheduleStore, Store, StoreError,
+};
+use zapgate_domain::message::Text;
+use zapgate_domain::schedule::{CronSchedule, due_offsets, parse_date};
+use zapgate_domain::template::TextTemplate;
+use zapgate_domain::{MessageContent, MessageId, SendRequest, Timestamp};
+
+/// Members per chunk: the cursor moves (and the lease is renewed) after each.
+const CHUNK: u32 = 500;
+/// Accepts in flight at once within a chunk (PostgreSQL group-commits them).
+const ACCEPTS_IN_FLIGHT: usize = 32;
+/// A run's lease: another scheduler resumes it only after this much
+/// silence, far longer than a chunk takes.
+const RUN_LEASE_MS: i64 = 60_000;
+
+pub struct Scheduler {
+    pub schedules: Arc<dyn ScheduleStore>,
+    pub store: Arc<dyn Store>,
+    pub work: Arc<WorkSignal>,
+    pub interval: Duration,
+    pub clock: Clock,
+    /// Embedded mode: this process owns the database, so runs a previous
+    /// process was sending are resumed at start instead of after their lease.
+    pub recover: bool,
+}
+
+/// The scheduler's "now". With the `test-hooks` feature,
+/// `ZAPGATE_TEST_CLOCK_FILE` names a file holding an RFC 3339 time that
+/// replaces the system clock, so tests can run a schedule over simulated
+/// days; a shipped binary always reads the system clock.
+#[derive(Clone, Default)]
+pub struct Clock {
+    #[cfg(feature = "test-hooks")]
+    file: Option<std::path::PathBuf>,
+}
+
+impl Clock {
+    pub fn from_env() -> Self {
+        Self {
+            #[cfg(feature = "test-hooks")]
+            file: std::env::var_os("ZAPGATE_TEST_CLOCK_FILE").map(Into::into),
+        }
+    }
+
+    pub fn now(&self) -> Timestamp {
+        #[cfg(feature = "test-hooks")]
+        if let Some(t) = self
+            .file
+            .as_ref()
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            .and_then(|s| Timestamp::parse_rfc3339(s.trim()))
+        {
+            return t;
+        }
+        Timestamp::now()
+    }
+}
+
+pub async fn run(s: Arc<Scheduler>, mut stop: watch::Receiver<bool>) {
+    if s.recover {
+        match s.schedules.recover_runs().await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(runs = n, "resuming schedule runs that were being sent when zapgate last stopped"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not resume schedule runs now; they resume when their lease ends")
+            }
+        }
+    }
+    loop {
+        if let Err(e) = tick(&s).await {
+            tracing::warn!(error = %e, "scheduler tick failed; trying again");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(s.interval) => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+    }
+}
+
+async fn tick(s: &Scheduler) -> Result<(), StoreError> {
+    let now = s.clock.now();
+    for schedule in s.schedules.due_schedules(now, 100).await? {
+        start(s, &schedule, now).await?;
+    }
+    while let Some(run) = s.schedules.claim_run(s.clock.now(), RUN_LEASE_MS).await? {
+        send_run(s, run).await?;
+    }
+    Ok(())
+}
+
+/// Starts the run a due schedule owes (once, however many schedulers try).
+async fn start(s: &Scheduler, schedule: &ScheduleRecord, now: Timestamp) -> Result<(), StoreError> {
+    let Some(due) = schedule.next_run_at else { return Ok(()) };
+    let cron = match CronSchedule::parse(&schedule.cron, &schedule.time_zone) {
+        Ok(c) => c,
+        Err(e) => {
+            // Checked at creation; only a time zone database that lost the
+            // zone gets here. Stop it rather than retry every tick.
+            tracing::error!(schedule = %schedule.id, error = %e, "schedule can no longer be evaluated; disabling it");
+            s.schedules.set_schedule_enabled(&schedule.tenant_id, &schedule.id, false, None, now).await?;
+            return Ok(());
+        }
+    };
+    let plan = cron.plan(due, now);
+    let run_date = cron.local_date(plan.occurrence).map(|d| d.to_string()).unwrap_or_default();
+    let run = NewRun {
+        schedule_id: schedule.id.clone(),
+        tenant_id: schedule.tenant_id.clone(),
+        due,
+        occurrence: plan.occurrence,
+        next: plan.next,
+        run_date,
+        missed: plan.missed,
+    };
+    if s.schedules.start_run(run, now).await? {
+        metrics::counter!("zapgate_schedule_runs_total").increment(1);
+        if plan.missed > 0 {
+            tracing::warn!(schedule = %schedule.id, missed = plan.missed, occurrence = %plan.occurrence.to_rfc3339(),
+                "runs were missed while no scheduler ran; catching up once");
+        }
+    }
+    Ok(())
+}
+
+/// What one member (at one offset) became.
+enum Sent {
+    New,
+    Already,
+    Skipped(String),
+}
+
+/// Sends a run chunk by chunk from its cursor; returns when it is finished
+/// or a store error stops it (the lease then runs out and it resumes).
+async fn send_run(s: &Scheduler, run: ScheduleRun) -> Result<(), StoreError> {
+    let finish =
+        |status: RunStatus, error: Option<String>| RunProgress { finished: Some(status), error, ..Default::default() };
+    let Some(schedule) = s.schedules.get_schedule(&run.tenant_id, &run.schedule_id).await? else {
+        return Ok(()); // deleted with its runs
+    };
+    let template = match s.store.get_template(&schedule.tenant_id, &schedule.template_id).await? {
+        Some(t) => TextTemplate::parse(&t.body).map_err(|e| e.to_string()),
+        None => Err("the schedule's template was deleted".to_owned()),
+    };
+    let template = match template {
+        Ok(t) => t,
+        Err(e) => return progress(s, &run, finish(RunStatus::Failed, Some(e))).await,
+    };
+    let mut cursor = run.cursor.clone();
+    loop {
+        let members = s.schedules.list_members(&schedule.audience_id, cursor.clone(), CHUNK).await?;
+        let Some(last) = members.last() else {
+            return progress(s, &run, finish(RunStatus::Done, None)).await;
+        };
+        cursor = Some(last.to.to_string());
+        let sends: Vec<Result<AcceptMessage, String>> =
+            members.iter().flat_map(|m| member_sends(&schedule, &run, &template, m)).collect();
+        let mut chunk = RunProgress { cursor: cursor.clone(), ..Default::default() };
+        let results: Vec<Result<Sent, StoreError>> = futures::stream::iter(sends)
+            .map(|send| async move {
+                match send {
+                    Err(reason) => Ok(Sent::Skipped(reason)),
+                    Ok(accept) => match s.store.accept(accept).await? {
+                        Accepted::New { .. } => Ok(Sent::New),
+                        Accepted::Replayed { .. } | Accepted::KeyReused => Ok(Sent::Already),
+                        Accepted::UnknownInstance => Ok(Sent::Skipped("the schedule's instance was deleted".into())),
+                    },
+                }
+            })
+            .buffer_unordered(ACCEPTS_IN_FLIGHT)
+            .collect()
+            .await;
+        for r in results {
+            match r? {
+                Sent::New => chunk.accepted += 1,
+                Sent::Already => {}
+                Sent::Skipped(reason) => {
+                    chunk.skipped += 1;
+                    chunk.error = Some(reason);
+                }
+            }
+        }
+        if chunk.accepted > 0 {
+            s.work.mark(schedule.instance_id.clone());
+        }
+        zapgate_backends::crash_point("schedule_chunk_accepted");
+        progress(s, &run, chunk).await?;
+    }
+}
+
+async fn progress(s: &Scheduler, run: &ScheduleRun, p: RunProgress) -> Result<(), StoreError> {
+    let now = s.clock.now();
+    s.schedules.record_run_progress(&run.schedule_id, run.occurrence, p, now.plus_millis(RUN_LEASE_MS), now).await
+}
+
+/// The accepts one member is owed by a run: one, or one per offset its date
+/// matches; a member that cannot be sent to comes back with the reason.
+fn member_sends(
+    schedule: &ScheduleRecord,
+    run: &ScheduleRun,
+    template: &TextTemplate,
+    m: &zapgate_backends::AudienceMember,
+) -> Vec<Result<AcceptMessage, String>> {
+    let skip = |reason: String| vec![Err(format!("{}: {reason}", m.to))];
+    let offsets: Vec<Option<i32>> = match &schedule.date_field {
+        None => vec![None],
+        Some(field) => {
+            let Some(date) = m.variables.get(field).and_then(|v| parse_date(v)) else {
+                return skip(format!("{field} is missing or not a date (YYYY-MM-DD or DD/MM/YYYY)"));
+            };
+            let Some(run_date) = parse_date(&run.run_date) else { return Vec::new() };
+            due_offsets(date, run_date, &schedule.offsets_days).into_iter().map(Some).collect()
+        }
+    };
+    if offsets.is_empty() {
+        return Vec::new();
+    }
+    let text = match template.render_from(&m.variables) {
+        Ok(t) => t,
+        Err(e) => return skip(e.to_string()),
+    };
+    offsets.into_iter().map(|o| Ok(accept_of(schedule, run, m, o, text.clone()))).collect()
+}
+
+fn accept_of(
+    schedule: &ScheduleRecord,
+    run: &ScheduleRun,
+    m: &zapgate_backends::AudienceMember,
+    offset: Option<i32>,
+    body: String,
+) -> AcceptMessage {
+    let request = SendRequest {
+        instance_id: schedule.instance_id.clone(),
+        to: m.to.clone(),
+        content: MessageContent::Text { text: Text { body, preview_url: false } },
+        priority: schedule.priority,
+        send_at: None,
+        expires_at: None,
+        reply_to: None,
+    };
+    let offset = offset.map_or_else(String::new, |o| o.to_string());
+    let key = format!("schedule:{}:{}:{}:{offset}", schedule.id, run.occurrence.as_millis(), m.to);
+    AcceptMessage {
+        id: MessageId::generate(),
+        tenant_id: schedule.tenant_id.clone(),
+        idempotency: Some(IdempotencyKey { key, fingerprint: request.fingerprint() }),
+        request,
+        now: Timestamp::now(),
+    }
+}
