@@ -16,6 +16,7 @@
 //! an implementation.
 
 pub mod amqp;
+pub mod campaigns;
 pub mod chatwoot;
 pub mod crash;
 pub mod error;
@@ -37,6 +38,7 @@ pub mod store;
 pub mod webhooks;
 
 pub use crate::redis::RedisBackend;
+pub use campaigns::{CampaignRecord, CampaignState, CampaignStore, ImportCounts, ImportRow, RejectedRow};
 pub use chatwoot::{
     ChatwootContact, ChatwootJob, ChatwootJobOutcome, ChatwootJobStatus, ChatwootStore, IntegrationChange,
     IntegrationRecord, NewChatwootJob, NewIntegration,
@@ -81,6 +83,8 @@ pub struct Backends {
     pub chatwoot: Arc<dyn ChatwootStore>,
     /// Audiences, recurring schedules and their runs.
     pub schedules: Arc<dyn ScheduleStore>,
+    /// Campaigns, their recipients and rejected rows.
+    pub campaigns: Arc<dyn CampaignStore>,
     /// Set when limits and locks live in Redis: its health is reported, not
     /// required (it holds only soft state; see [`RedisBackend`]).
     pub redis: Option<RedisBackend>,
@@ -101,7 +105,15 @@ impl Backends {
     /// Store, queue and webhooks in `db`; limits and locks in process; media
     /// under `data_dir` (the `with_*` methods move them elsewhere).
     fn on_one_database<
-        D: Store + Queue + WebhookStore + ProviderPools + Inbox + MediaIndex + ChatwootStore + ScheduleStore,
+        D: Store
+            + Queue
+            + WebhookStore
+            + ProviderPools
+            + Inbox
+            + MediaIndex
+            + ChatwootStore
+            + ScheduleStore
+            + CampaignStore,
     >(
         db: Arc<D>,
         data_dir: &Path,
@@ -114,6 +126,7 @@ impl Backends {
             inbox: db.clone(),
             chatwoot: db.clone(),
             schedules: db.clone(),
+            campaigns: db.clone(),
             media_index: db,
             rate_limiter: Arc::new(InProcessRateLimiter::default()),
             locks: Arc::new(InProcessLocks::default()),

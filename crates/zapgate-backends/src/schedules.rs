@@ -313,12 +313,25 @@ pub(crate) fn progress_status(p: &RunProgress) -> &'static str {
     p.finished.unwrap_or(RunStatus::Running).as_str()
 }
 
+/// SQLite numbers `$N` parameters in order of first use; a statement
+/// shared by both backends only works if that order is 1, 2, 3, …
+#[cfg(test)]
+pub(crate) fn assert_placeholders_in_order(sql: &str) {
+    let mut seen = Vec::new();
+    for part in sql.split('$').skip(1) {
+        let n: usize = part.chars().take_while(char::is_ascii_digit).collect::<String>().parse().unwrap();
+        if !seen.contains(&n) {
+            seen.push(n);
+        }
+    }
+    let expected: Vec<usize> = (1..=seen.len()).collect();
+    assert_eq!(seen, expected, "{sql}");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// SQLite numbers `$N` parameters in order of first use; the shared
-    /// statements only work on both backends if that order is 1, 2, 3, …
     #[test]
     fn sql_placeholders_are_in_order() {
         for sql in [
@@ -335,16 +348,9 @@ mod tests {
             SQL_ADVANCE_SCHEDULE,
             SQL_INSERT_RUN,
             SQL_RUN_PROGRESS,
+            SQL_RECOVER_RUNS,
         ] {
-            let mut seen = Vec::new();
-            for part in sql.split('$').skip(1) {
-                let n: usize = part.chars().take_while(char::is_ascii_digit).collect::<String>().parse().unwrap();
-                if !seen.contains(&n) {
-                    seen.push(n);
-                }
-            }
-            let expected: Vec<usize> = (1..=seen.len()).collect();
-            assert_eq!(seen, expected, "{sql}");
+            assert_placeholders_in_order(sql);
         }
     }
 }

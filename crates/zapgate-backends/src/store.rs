@@ -5,8 +5,8 @@ use async_trait::async_trait;
 use serde::Serialize;
 use zapgate_domain::event::StatusDetail;
 use zapgate_domain::{
-    ChatId, InstanceId, MessageContent, MessageEvent, MessageId, MessageStatus, Priority, ProviderId, SendRequest,
-    TemplateId, TenantId, Timestamp, TokenHash, TokenId,
+    CampaignId, ChatId, InstanceId, MessageContent, MessageEvent, MessageId, MessageStatus, Priority, ProviderId,
+    SendRequest, TemplateId, TenantId, Timestamp, TokenHash, TokenId,
 };
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -180,6 +180,8 @@ pub struct AcceptMessage {
     pub request: SendRequest,
     pub idempotency: Option<IdempotencyKey>,
     pub now: Timestamp,
+    /// The campaign that released it (progress is counted from these).
+    pub campaign_id: Option<CampaignId>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

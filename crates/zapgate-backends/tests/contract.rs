@@ -97,6 +97,7 @@ fn request(f: &Fixture, to: &str, body: &str, priority: Priority) -> SendRequest
 async fn accept(f: &Fixture, to: &str, priority: Priority) -> MessageId {
     let req = request(f, to, "x", priority);
     let m = AcceptMessage {
+        campaign_id: None,
         id: MessageId::generate(),
         tenant_id: f.tenant.clone(),
         request: req,
@@ -138,6 +139,7 @@ async fn concurrent_accepts_with_one_key_store_one_message_and_never_fail_the_ba
             // Half the requests reuse one key; the others have their own.
             let key = if n % 2 == 0 { "shared".to_owned() } else { format!("own-{n}") };
             let m = AcceptMessage {
+                campaign_id: None,
                 id: MessageId::generate(),
                 tenant_id: f.tenant.clone(),
                 request: req,
@@ -172,6 +174,7 @@ async fn a_burst_mixing_new_conflicting_and_unknown_accepts_answers_each() {
         let req = request(f, "+5511999997777", body, Priority::Normal);
         let fingerprint = req.fingerprint();
         AcceptMessage {
+            campaign_id: None,
             id: MessageId::generate(),
             tenant_id: f.tenant.clone(),
             request: req,
@@ -189,6 +192,7 @@ async fn a_burst_mixing_new_conflicting_and_unknown_accepts_answers_each() {
                     let mut req = request(&f, "+5511999990001", "nowhere", Priority::Normal);
                     req.instance_id = InstanceId::generate();
                     AcceptMessage {
+                        campaign_id: None,
                         id: MessageId::generate(),
                         tenant_id: f.tenant.clone(),
                         request: req,
@@ -198,6 +202,7 @@ async fn a_burst_mixing_new_conflicting_and_unknown_accepts_answers_each() {
                 }
                 1 => keyed(&f, "different"),
                 _ => AcceptMessage {
+                    campaign_id: None,
                     id: MessageId::generate(),
                     tenant_id: f.tenant.clone(),
                     request: request(&f, &format!("+551199999000{}", n % 3), "burst", Priority::Normal),
@@ -240,6 +245,7 @@ async fn a_burst_mixing_new_conflicting_and_unknown_accepts_answers_each() {
 async fn reply_to_is_stored_with_the_message_on_every_accept_path() {
     let f = Arc::new(fixture().await);
     let with = |f: &Fixture, id: MessageId, n: usize, reply_to: Option<String>| AcceptMessage {
+        campaign_id: None,
         id,
         tenant_id: f.tenant.clone(),
         request: SendRequest { reply_to, ..request(f, &format!("+55119999{:05}", n % 4), "re", Priority::Normal) },
@@ -709,6 +715,7 @@ async fn endpoints_filtered_by_instance_and_status_get_only_those_events() {
     assert_eq!(f.b.store.record_outcome(failed).await.unwrap(), OutcomeApplied::Done(MessageStatus::Failed));
     // The other instance's: queued.
     let theirs = AcceptMessage {
+        campaign_id: None,
         id: MessageId::generate(),
         tenant_id: f.tenant.clone(),
         request: SendRequest { instance_id: other.clone(), ..request(&f, "+5511900000003", "x", Priority::Normal) },

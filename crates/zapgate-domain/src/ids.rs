@@ -100,6 +100,9 @@ id_type!(
     /// A tenant's recurring schedule: a cron expression, a template and an audience.
     ScheduleId, "sch_");
 id_type!(
+    /// A broadcast: one template to a list of recipients, released at a pace.
+    CampaignId, "cmp_");
+id_type!(
     /// A tenant's webhook subscription.
     EndpointId, "whk_");
 id_type!(

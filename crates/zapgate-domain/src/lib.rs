@@ -24,8 +24,8 @@ pub use chat::ChatId;
 pub use error::ValidationError;
 pub use event::{EventType, MessageEvent, ReceivedMessage};
 pub use ids::{
-    AudienceId, DeliveryId, EndpointId, EventId, InstanceId, IntegrationId, MediaId, MessageId, ProviderId, ScheduleId,
-    TemplateId, TenantId, TokenId,
+    AudienceId, CampaignId, DeliveryId, EndpointId, EventId, InstanceId, IntegrationId, MediaId, MessageId, ProviderId,
+    ScheduleId, TemplateId, TenantId, TokenId,
 };
 pub use instance_state::InstanceState;
 pub use message::{MessageContent, SendRequest};

@@ -235,6 +235,19 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
             recover: config.database_url.is_none(),
         });
         drained.push(tokio::spawn(crate::worker::scheduler::run(scheduler, stop_rx.clone())));
+        let releaser = Arc::new(crate::worker::campaigns::Releaser {
+            campaigns: backends.campaigns.clone(),
+            store: backends.store.clone(),
+            work: signal.clone(),
+            lookahead: config.campaign_lookahead,
+            // Embedded: one process owns the database, so a restarted one
+            // takes its campaigns back at once instead of after the lease.
+            owner: match config.database_url {
+                None => "embedded".to_owned(),
+                Some(_) => format!("{:016x}", rand::random::<u64>()),
+            },
+        });
+        drained.push(tokio::spawn(crate::worker::campaigns::run(releaser, stop_rx.clone())));
     }
     if role.runs_workers() {
         let reporter = crate::worker::circuits::CircuitReporter {

@@ -131,6 +131,12 @@ pub struct Config {
     /// left by a scheduler that stopped).
     #[serde(with = "humantime_serde")]
     pub scheduler_interval: Duration,
+    /// How many seconds of sending a running campaign may have in the queue
+    /// at once (its rate × this): the rest waits in the campaign, so a
+    /// pause takes effect within it and one-off messages are not stuck
+    /// behind a whole broadcast.
+    #[serde(with = "humantime_serde")]
+    pub campaign_lookahead: Duration,
     /// First wait between reconnect requests of an instance that stays down;
     /// doubles (with jitter) up to `instance_reconnect_max`.
     #[serde(with = "humantime_serde")]
@@ -237,6 +243,7 @@ impl Default for Config {
             instance_flap_window: Duration::from_secs(60),
             instance_poll_interval: Duration::from_secs(30),
             scheduler_interval: Duration::from_secs(1),
+            campaign_lookahead: Duration::from_secs(2),
             instance_reconnect_base: Duration::from_secs(10),
             instance_reconnect_max: Duration::from_secs(300),
             ack_timeout: Duration::from_secs(600),
@@ -384,6 +391,9 @@ impl Config {
         }
         if self.scheduler_interval < Duration::from_millis(10) || self.scheduler_interval > Duration::from_secs(60) {
             return bad("ZAPGATE_SCHEDULER_INTERVAL must be between 10ms and 60s");
+        }
+        if self.campaign_lookahead < Duration::from_millis(200) || self.campaign_lookahead > Duration::from_secs(600) {
+            return bad("ZAPGATE_CAMPAIGN_LOOKAHEAD must be between 200ms and 10m");
         }
         if !self.instance_poll_interval.is_zero() && self.instance_poll_interval < Duration::from_millis(100) {
             return bad("ZAPGATE_INSTANCE_POLL_INTERVAL must be 0 (off) or at least 100ms");

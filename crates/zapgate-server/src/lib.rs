@@ -5,6 +5,7 @@ pub mod admin;
 pub mod app;
 pub mod chatwoot;
 pub mod config;
+pub mod csv_rows;
 pub mod egress;
 pub mod http;
 pub mod logging;

@@ -289,6 +289,11 @@ struct ServeArgs {
     #[arg(long, env = "ZAPGATE_SCHEDULER_INTERVAL", value_parser = parse_duration, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
     scheduler_interval: Option<Duration>,
+    /// How many seconds of sending a running campaign may have queued at once (its rate × this);
+    /// the rest waits in the campaign [default: 2s].
+    #[arg(long, env = "ZAPGATE_CAMPAIGN_LOOKAHEAD", value_parser = parse_duration, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none", with = "opt_duration")]
+    campaign_lookahead: Option<Duration>,
     /// First wait between reconnect requests of an instance that stays closed; doubles
     /// with jitter up to ZAPGATE_INSTANCE_RECONNECT_MAX [default: 10s].
     #[arg(long, env = "ZAPGATE_INSTANCE_RECONNECT_BASE", value_parser = parse_duration, value_name = "DURATION")]

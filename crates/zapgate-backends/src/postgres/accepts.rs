@@ -282,10 +282,10 @@ async fn insert_messages(
     let m = |i: &usize| &msgs[*i];
     let rows = sqlx::query(
         "INSERT INTO messages (id, tenant_id, instance_id, recipient, content, priority, status, chat_seq, \
-         send_at, expires_at, created_at, updated_at, reply_to) \
-         SELECT id, t, i, r, c, p, s, cs, sa, ea, ca, ca, rt FROM UNNEST($1::text[], $2::text[], $3::text[], \
+         send_at, expires_at, created_at, updated_at, reply_to, campaign_id) \
+         SELECT id, t, i, r, c, p, s, cs, sa, ea, ca, ca, rt, cmp FROM UNNEST($1::text[], $2::text[], $3::text[], \
            $4::text[], $5::text[], $6::bigint[], $7::text[], $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], \
-           $12::text[]) WITH ORDINALITY AS u(id, t, i, r, c, p, s, cs, sa, ea, ca, rt, n) ORDER BY n \
+           $12::text[], $13::text[]) WITH ORDINALITY AS u(id, t, i, r, c, p, s, cs, sa, ea, ca, rt, cmp, n) ORDER BY n \
          RETURNING id, seq",
     )
     .bind(new.iter().map(|i| m(i).id.as_str()).collect::<Vec<_>>())
@@ -304,6 +304,7 @@ async fn insert_messages(
     .bind(new.iter().map(|i| m(i).request.expires_at.map(Timestamp::as_millis)).collect::<Vec<_>>())
     .bind(new.iter().map(|i| m(i).now.as_millis()).collect::<Vec<_>>())
     .bind(new.iter().map(|i| m(i).request.reply_to.as_deref()).collect::<Vec<_>>())
+    .bind(new.iter().map(|i| m(i).campaign_id.as_ref().map(|c| c.as_str())).collect::<Vec<_>>())
     .fetch_all(&mut *conn)
     .await?;
     let by_id: HashMap<String, i64> =

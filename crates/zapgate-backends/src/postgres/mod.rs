@@ -10,6 +10,7 @@
 //! a lease timeout.
 
 mod accepts;
+mod campaigns;
 mod chatwoot;
 mod inbox;
 mod media;
@@ -45,6 +46,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0011_endpoint_filters.sql"),
     include_str!("../../migrations/postgres/0012_reply_to.sql"),
     include_str!("../../migrations/postgres/0013_schedules.sql"),
+    include_str!("../../migrations/postgres/0014_campaigns.sql"),
 ];
 
 /// Advisory lock key serialising migrations across processes.

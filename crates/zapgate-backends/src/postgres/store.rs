@@ -598,8 +598,8 @@ async fn accept(conn: &mut PgConnection, msg: AcceptMessage) -> Result<Accepted,
     let (scheduled, status) = (accepts::scheduled(&msg), accepts::status_of(&msg));
     let seq: i64 = sqlx::query_scalar(
         "INSERT INTO messages (id, tenant_id, instance_id, recipient, content, priority, status, chat_seq, \
-         send_at, expires_at, created_at, updated_at, reply_to) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12) RETURNING seq",
+         send_at, expires_at, created_at, updated_at, reply_to, campaign_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $11, $12, $13) RETURNING seq",
     )
     .bind(msg.id.as_str())
     .bind(msg.tenant_id.as_str())
@@ -613,6 +613,7 @@ async fn accept(conn: &mut PgConnection, msg: AcceptMessage) -> Result<Accepted,
     .bind(req.expires_at.map(Timestamp::as_millis))
     .bind(msg.now.as_millis())
     .bind(req.reply_to.as_deref())
+    .bind(msg.campaign_id.as_ref().map(|c| c.as_str()))
     .fetch_one(&mut *conn)
     .await?;
     let m = MessageRef {

@@ -13,6 +13,7 @@
 //! job is one hand-off to the writer thread and its statements run inline
 //! from a prepared-statement cache.
 
+mod campaigns;
 mod chatwoot;
 mod inbox;
 mod media;
@@ -54,6 +55,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0015_endpoint_filters.sql"),
     include_str!("../../migrations/sqlite/0016_reply_to.sql"),
     include_str!("../../migrations/sqlite/0017_schedules.sql"),
+    include_str!("../../migrations/sqlite/0018_campaigns.sql"),
 ];
 
 pub struct SqliteBackend {

@@ -520,8 +520,8 @@ fn accept(conn: &Connection, msg: AcceptMessage) -> Result<Accepted, StoreError>
     let seq: i64 = conn
         .prepare_cached(
             "INSERT INTO messages (id, tenant_id, instance_id, recipient, content, priority, status, chat_seq, \
-             send_at, expires_at, reply_to, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-             RETURNING seq",
+             send_at, expires_at, reply_to, created_at, updated_at, campaign_id) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
         )?
         .query_row(
             params![
@@ -538,6 +538,7 @@ fn accept(conn: &Connection, msg: AcceptMessage) -> Result<Accepted, StoreError>
                 req.reply_to,
                 msg.now.as_millis(),
                 msg.now.as_millis(),
+                msg.campaign_id.as_ref().map(|c| c.as_str()),
             ],
             |r| r.get(0),
         )?;

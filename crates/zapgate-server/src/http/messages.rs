@@ -242,7 +242,8 @@ pub(super) async fn accept(
     test_hook_accept_delay().await;
     let instance = request.instance_id.clone();
     let idempotency = key.map(|k| IdempotencyKey { key: k, fingerprint: request.fingerprint() });
-    let msg = AcceptMessage { id: MessageId::generate(), tenant_id: tenant, request, idempotency, now };
+    let msg =
+        AcceptMessage { campaign_id: None, id: MessageId::generate(), tenant_id: tenant, request, idempotency, now };
     let (store, work) = (s.backends.store.clone(), s.work.clone());
     let accepted = super::detached(async move {
         let accepted = store.accept(msg).await;

@@ -3,6 +3,7 @@
 //! [`docs`].
 
 pub mod audiences;
+pub mod campaigns;
 pub mod chatwoot;
 pub mod chatwoot_ingest;
 pub mod circuits;
@@ -88,6 +89,18 @@ pub fn router(state: AppState, ingest: bool) -> Router {
         .route("/v1/audiences/{audience_id}", get(audiences::get).delete(audiences::delete))
         .route("/v1/audiences/{audience_id}/members", post(audiences::add_members).get(audiences::list_members))
         .route("/v1/audiences/{audience_id}/members/{to}", axum::routing::delete(audiences::delete_member))
+        .route("/v1/campaigns", post(campaigns::create).get(campaigns::list))
+        .route("/v1/campaigns/{campaign_id}", get(campaigns::get))
+        // CSV uploads stream with their own limit (1 GiB).
+        .route(
+            "/v1/campaigns/{campaign_id}/recipients",
+            post(campaigns::add_recipients).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/v1/campaigns/{campaign_id}/rejects", get(campaigns::rejects))
+        .route("/v1/campaigns/{campaign_id}/start", post(campaigns::start))
+        .route("/v1/campaigns/{campaign_id}/pause", post(campaigns::pause))
+        .route("/v1/campaigns/{campaign_id}/resume", post(campaigns::resume))
+        .route("/v1/campaigns/{campaign_id}/cancel", post(campaigns::cancel))
         .route("/v1/schedules", post(schedules::create).get(schedules::list))
         .route("/v1/schedules/{schedule_id}", get(schedules::get).patch(schedules::update).delete(schedules::delete))
         .route("/v1/schedules/{schedule_id}/runs", get(schedules::runs))

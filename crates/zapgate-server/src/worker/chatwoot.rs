@@ -150,6 +150,7 @@ async fn process(w: &ChatwootWorker, job: &ChatwootJob) -> Result<MessageId, Fai
         let key = format!("chatwoot:{}:{}:{n}", job.integration_id, job.chatwoot_message_id);
         let idempotency = Some(IdempotencyKey { key, fingerprint: request.fingerprint() });
         let accept = AcceptMessage {
+            campaign_id: None,
             id: MessageId::generate(),
             tenant_id: job.tenant_id.clone(),
             request,

@@ -268,6 +268,7 @@ fn accept_of(
     let offset = offset.map_or_else(String::new, |o| o.to_string());
     let key = format!("schedule:{}:{}:{}:{offset}", schedule.id, run.occurrence.as_millis(), m.to);
     AcceptMessage {
+        campaign_id: None,
         id: MessageId::generate(),
         tenant_id: schedule.tenant_id.clone(),
         idempotency: Some(IdempotencyKey { key, fingerprint: request.fingerprint() }),

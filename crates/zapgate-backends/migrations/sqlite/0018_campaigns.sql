@@ -1,0 +1,49 @@
+-- Campaigns (broadcasts): one template to a list of recipients, released
+-- into the queue a little at a time.
+CREATE TABLE campaigns (
+    id               TEXT PRIMARY KEY,
+    tenant_id        TEXT NOT NULL,
+    name             TEXT NOT NULL,
+    instance_id      TEXT NOT NULL,
+    template_id      TEXT NOT NULL,
+    priority         INTEGER NOT NULL,
+    rate_per_second  INTEGER,            -- cap below the instance's rate; NULL = the instance's
+    start_at         INTEGER,
+    state            TEXT NOT NULL,      -- draft | running | paused | completed | cancelled
+    total            INTEGER NOT NULL DEFAULT 0,   -- recipients stored (after dedupe)
+    duplicates       INTEGER NOT NULL DEFAULT 0,
+    invalid          INTEGER NOT NULL DEFAULT 0,
+    next_row         INTEGER NOT NULL DEFAULT 1,   -- the row number the next imported row gets
+    cursor           INTEGER NOT NULL DEFAULT 0,   -- the last row released
+    released         INTEGER NOT NULL DEFAULT 0,
+    lease_owner      TEXT,
+    lease_until      INTEGER NOT NULL DEFAULT 0,
+    created_at       INTEGER NOT NULL,
+    updated_at       INTEGER NOT NULL,
+    started_at       INTEGER,
+    finished_at      INTEGER
+) WITHOUT ROWID;
+CREATE INDEX campaigns_tenant ON campaigns(tenant_id, id);
+CREATE INDEX campaigns_running ON campaigns(lease_until) WHERE state = 'running';
+
+CREATE TABLE campaign_recipients (
+    campaign_id  TEXT NOT NULL,
+    row_no       INTEGER NOT NULL,
+    recipient    TEXT NOT NULL,   -- ChatId, canonical
+    variables    TEXT NOT NULL,   -- JSON object of strings
+    PRIMARY KEY (campaign_id, row_no)
+) WITHOUT ROWID;
+-- A recipient listed twice is sent once.
+CREATE UNIQUE INDEX campaign_recipients_once ON campaign_recipients(campaign_id, recipient);
+
+-- Rows refused at import, with the reason.
+CREATE TABLE campaign_rejects (
+    campaign_id  TEXT NOT NULL,
+    row_no       INTEGER NOT NULL,
+    field        TEXT NOT NULL,
+    message      TEXT NOT NULL,
+    PRIMARY KEY (campaign_id, row_no)
+) WITHOUT ROWID;
+
+ALTER TABLE messages ADD COLUMN campaign_id TEXT;
+CREATE INDEX messages_campaign ON messages(campaign_id, status) WHERE campaign_id IS NOT NULL;
