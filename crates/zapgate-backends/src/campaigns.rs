@@ -16,45 +16,10 @@ use crate::records::Columns;
 use crate::schedules::AudienceMember;
 use async_trait::async_trait;
 use serde::Serialize;
+pub use zapgate_domain::CampaignState;
 use zapgate_domain::{
     CampaignId, ChatId, InstanceId, MessageId, MessageStatus, Priority, TemplateId, TenantId, Timestamp,
 };
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum CampaignState {
-    /// Created; recipients may be added.
-    Draft,
-    /// Releasing (from `start_at`, if set).
-    Running,
-    Paused,
-    /// Every recipient released and every message settled.
-    Completed,
-    Cancelled,
-}
-
-impl CampaignState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CampaignState::Draft => "draft",
-            CampaignState::Running => "running",
-            CampaignState::Paused => "paused",
-            CampaignState::Completed => "completed",
-            CampaignState::Cancelled => "cancelled",
-        }
-    }
-
-    pub(crate) fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "draft" => CampaignState::Draft,
-            "running" => CampaignState::Running,
-            "paused" => CampaignState::Paused,
-            "completed" => CampaignState::Completed,
-            "cancelled" => CampaignState::Cancelled,
-            _ => return None,
-        })
-    }
-}
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CampaignRecord {
@@ -256,6 +221,19 @@ pub(crate) fn state_change_sql(from: &[CampaignState]) -> String {
          WHERE id = $3 AND tenant_id = $4 AND state IN ({})",
         from.join(", ")
     )
+}
+
+/// The `campaign.status` event of a state change.
+pub(crate) fn status_detail(c: &CampaignRecord) -> zapgate_domain::event::StatusDetail {
+    zapgate_domain::event::StatusDetail {
+        campaign_id: Some(c.id.clone()),
+        campaign_state: Some(c.state),
+        released: Some(c.released),
+        total: Some(c.total),
+        // (`Default` says false: "a report that changed nothing".)
+        applied: true,
+        ..Default::default()
+    }
 }
 
 /// How an import batch's rows are numbered and counted.

@@ -131,16 +131,24 @@ pub fn event(row: &(impl Columns + ?Sized)) -> Result<MessageEvent, StoreError> 
 
 pub fn template(row: &(impl Columns + ?Sized)) -> Result<TemplateRecord, StoreError> {
     let body = row.text("body")?;
-    let parsed =
-        zapgate_domain::template::TextTemplate::parse(&body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    Ok(TemplateRecord {
+    let mut rec = TemplateRecord {
         id: TemplateId::from_trusted(row.text("id")?),
         tenant_id: TenantId::from_trusted(row.text("tenant_id")?),
         name: row.text("name")?,
-        variables: parsed.variables(),
-        body,
+        kind: crate::TemplateKind::Text,
+        body: String::new(),
+        cloud_template: None,
+        variables: Vec::new(),
         created_at: row.time("created_at")?,
-    })
+    };
+    if row.text("kind")? == crate::TemplateKind::Cloud.as_str() {
+        rec.kind = crate::TemplateKind::Cloud;
+        rec.cloud_template = Some(serde_json::from_str(&body).map_err(|e| corrupt("body", e))?);
+    } else {
+        rec.body = body;
+    }
+    rec.variables = rec.compile().map_err(|e| StoreError::Corrupt(e.to_string()))?.variables();
+    Ok(rec)
 }
 
 pub fn endpoint(row: &(impl Columns + ?Sized)) -> Result<EndpointRecord, StoreError> {

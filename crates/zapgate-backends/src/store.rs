@@ -27,16 +27,61 @@ pub struct TokenRecord {
     pub revoked_at: Option<Timestamp>,
 }
 
-/// A tenant's text template (`Olá {{name}}`).
+/// A tenant's template: text (`Olá {{name}}`) or a Cloud API template
+/// whose component texts hold the variables.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TemplateRecord {
     pub id: TemplateId,
     pub tenant_id: TenantId,
     pub name: String,
+    pub kind: TemplateKind,
+    /// The text (`text` templates).
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub body: String,
-    /// The variables `body` names, sorted.
+    /// The Cloud API template (`cloud` templates): name, language, components.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub cloud_template: Option<serde_json::Value>,
+    /// The variables it names, sorted.
     pub variables: Vec<String>,
     pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TemplateKind {
+    /// Sent as a text message.
+    Text,
+    /// Sent as a Cloud API template message (Cloud API numbers).
+    Cloud,
+}
+
+impl TemplateKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TemplateKind::Text => "text",
+            TemplateKind::Cloud => "cloud",
+        }
+    }
+}
+
+impl TemplateRecord {
+    /// What the `body` column holds: the text, or the Cloud template's JSON.
+    pub fn stored_body(&self) -> String {
+        match (&self.kind, &self.cloud_template) {
+            (TemplateKind::Cloud, Some(t)) => t.to_string(),
+            _ => self.body.clone(),
+        }
+    }
+
+    /// The template, parsed (it was checked when created).
+    pub fn compile(&self) -> Result<zapgate_domain::template::TenantTemplate, zapgate_domain::ValidationError> {
+        use zapgate_domain::template::{CloudTemplate, TenantTemplate, TextTemplate};
+        match (&self.kind, &self.cloud_template) {
+            (TemplateKind::Cloud, Some(t)) => Ok(TenantTemplate::Cloud(CloudTemplate::parse(t)?)),
+            _ => Ok(TenantTemplate::Text(TextTemplate::parse(&self.body)?)),
+        }
+    }
 }
 
 /// A token to store: its public id, the hash of its secret and a hint.

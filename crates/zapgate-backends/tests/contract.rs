@@ -1102,3 +1102,105 @@ async fn a_due_schedule_starts_one_run_however_many_schedulers_try() {
     assert_eq!(runs.len(), 1);
     assert_eq!((runs[0].status, runs[0].accepted, runs[0].finished_at), (RunStatus::Done, 8, Some(later)));
 }
+
+fn new_campaign(f: &Fixture, now: Timestamp) -> CampaignRecord {
+    CampaignRecord {
+        id: CampaignId::generate(),
+        tenant_id: f.tenant.clone(),
+        name: "c".into(),
+        instance_id: f.instance.clone(),
+        template_id: TemplateId::generate(),
+        priority: Priority::Low,
+        rate_per_second: None,
+        start_at: None,
+        state: CampaignState::Draft,
+        total: 0,
+        duplicates: 0,
+        invalid: 0,
+        released: 0,
+        cursor: 0,
+        created_at: now,
+        updated_at: now,
+        started_at: None,
+        finished_at: None,
+    }
+}
+
+fn valid(to: &str) -> ImportRow {
+    ImportRow::Valid(AudienceMember { to: ChatId::parse(to).unwrap(), variables: Default::default() })
+}
+
+#[tokio::test]
+async fn campaign_rows_are_numbered_across_imports_deduplicated_and_rejected_with_reasons() {
+    let f = fixture().await;
+    let now = Timestamp::now();
+    let c = f.b.campaigns.create_campaign(new_campaign(&f, now)).await.unwrap();
+    let bad = |m: &str| ImportRow::Invalid { field: "to".into(), message: m.into() };
+    let first = vec![valid("+5511900000001"), bad("x"), valid("+5511900000002"), valid("+5511900000001")];
+    let counts = f.b.campaigns.import_rows(&c.id, first, now).await.unwrap();
+    assert_eq!(counts, ImportCounts { added: 2, duplicates: 1, invalid: 1 });
+    let second = vec![valid("+5511900000002"), valid("+5511900000003"), bad("y")];
+    let counts = f.b.campaigns.import_rows(&c.id, second, now).await.unwrap();
+    assert_eq!(counts, ImportCounts { added: 1, duplicates: 1, invalid: 1 });
+    let rows: Vec<u64> = f.b.campaigns.next_recipients(&c.id, 0, 10).await.unwrap().iter().map(|r| r.0).collect();
+    assert_eq!(rows, [1, 3, 6], "row numbers run on across imports");
+    let rejects = f.b.campaigns.list_rejects(&c.id, 0, 10).await.unwrap();
+    assert_eq!(rejects.iter().map(|r| (r.row, r.message.as_str())).collect::<Vec<_>>(), [(2, "x"), (7, "y")]);
+    let got = f.b.campaigns.get_campaign(&f.tenant, &c.id).await.unwrap().unwrap();
+    assert_eq!((got.total, got.duplicates, got.invalid), (3, 2, 2));
+    // Only a draft takes rows; states move only from the named ones.
+    let running = [CampaignState::Draft];
+    let started = f.b.campaigns.set_campaign_state(&f.tenant, &c.id, &running, CampaignState::Running, now);
+    let started = started.await.unwrap().unwrap();
+    assert_eq!((started.state, started.started_at), (CampaignState::Running, Some(now)));
+    assert!(matches!(
+        f.b.campaigns.import_rows(&c.id, vec![valid("+5511900000009")], now).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let again =
+        f.b.campaigns.set_campaign_state(&f.tenant, &c.id, &running, CampaignState::Running, now).await.unwrap();
+    assert!(again.is_none());
+    let stranger = TenantId::generate();
+    let other =
+        f.b.campaigns.set_campaign_state(&stranger, &c.id, &[CampaignState::Running], CampaignState::Paused, now);
+    assert!(other.await.unwrap().is_none(), "another tenant's campaign");
+}
+
+#[tokio::test]
+async fn a_campaign_is_released_by_one_leaseholder_whose_cursor_moves_by_compare_and_set() {
+    let f = fixture().await;
+    let other = if f._db.distributed() { f._db.open().await } else { f.b.clone() };
+    let now = Timestamp::now();
+    let c = f.b.campaigns.create_campaign(new_campaign(&f, now)).await.unwrap();
+    let rows = (1..=5).map(|n| valid(&format!("+551190000000{n}"))).collect();
+    f.b.campaigns.import_rows(&c.id, rows, now).await.unwrap();
+    let draft = [CampaignState::Draft];
+    f.b.campaigns.set_campaign_state(&f.tenant, &c.id, &draft, CampaignState::Running, now).await.unwrap().unwrap();
+    let mine = f.b.campaigns.claim_campaigns("a", now, 10_000, 10).await.unwrap();
+    assert_eq!(mine.len(), 1);
+    assert!(other.campaigns.claim_campaigns("b", now, 10_000, 10).await.unwrap().is_empty(), "leased to a");
+    assert_eq!(f.b.campaigns.claim_campaigns("a", now, 10_000, 10).await.unwrap().len(), 1, "a renews its lease");
+    let advance = |b: &Backends, owner: &'static str, from, to| {
+        let b = b.clone();
+        let id = c.id.clone();
+        async move { b.campaigns.advance_campaign(&id, owner, from, to, to - from, now).await.unwrap() }
+    };
+    assert_eq!(advance(&other, "b", 0, 2).await, None, "not the leaseholder");
+    assert_eq!(advance(&f.b, "a", 0, 2).await, Some(CampaignState::Running));
+    assert_eq!(advance(&f.b, "a", 0, 2).await, None, "the cursor moved already");
+    // Paused meanwhile: what was accepted still counts, and the state says stop.
+    let running = [CampaignState::Running];
+    f.b.campaigns.set_campaign_state(&f.tenant, &c.id, &running, CampaignState::Paused, now).await.unwrap().unwrap();
+    assert_eq!(advance(&f.b, "a", 2, 3).await, Some(CampaignState::Paused));
+    assert!(f.b.campaigns.claim_campaigns("a", now, 10_000, 10).await.unwrap().is_empty(), "paused is not released");
+    let got = f.b.campaigns.get_campaign(&f.tenant, &c.id).await.unwrap().unwrap();
+    assert_eq!((got.released, got.cursor), (3, 3));
+    // Resumed after a's lease ran out: b takes it.
+    let paused = [CampaignState::Paused];
+    f.b.campaigns.set_campaign_state(&f.tenant, &c.id, &paused, CampaignState::Running, now).await.unwrap().unwrap();
+    let later = now.plus_millis(10_001);
+    let taken = other.campaigns.claim_campaigns("b", later, 10_000, 10).await.unwrap();
+    assert_eq!(taken.iter().map(|c| c.cursor).collect::<Vec<_>>(), [3]);
+    let rest: Vec<u64> = f.b.campaigns.next_recipients(&c.id, 3, 10).await.unwrap().iter().map(|r| r.0).collect();
+    assert_eq!(rest, [4, 5]);
+}

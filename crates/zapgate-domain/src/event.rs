@@ -31,16 +31,21 @@ pub enum EventType {
     /// `STATUS_FAILED_WEBHOOK_URL`: subscribe an endpoint to this type).
     #[serde(rename = "webhook.delivery_failed")]
     WebhookDeliveryFailed,
+    /// A campaign started, paused, resumed, completed or was cancelled
+    /// (`campaign_id`, `campaign_state`, `released` of `total`).
+    #[serde(rename = "campaign.status")]
+    CampaignStatus,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 6] = [
+    pub const ALL: [EventType; 7] = [
         EventType::MessageStatus,
         EventType::MessageAckTimeout,
         EventType::MessageReceived,
         EventType::InstanceStatus,
         EventType::InstanceQr,
         EventType::WebhookDeliveryFailed,
+        EventType::CampaignStatus,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -51,6 +56,7 @@ impl EventType {
             EventType::InstanceStatus => "instance.status",
             EventType::InstanceQr => "instance.qr",
             EventType::WebhookDeliveryFailed => "webhook.delivery_failed",
+            EventType::CampaignStatus => "campaign.status",
         }
     }
 
@@ -92,6 +98,16 @@ pub struct StatusDetail {
     /// The QR code's string (`instance.qr`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qr: Option<String>,
+    /// For `campaign.status`: the campaign, its state now, and how many of
+    /// its recipients were released into the queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub campaign_id: Option<crate::CampaignId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub campaign_state: Option<crate::CampaignState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
     /// For `message.received`: the message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<ReceivedMessage>,

@@ -5,6 +5,7 @@
 //! types, so code past the HTTP layer never sees an unchecked phone number,
 //! an unknown message kind or a status transition the rules forbid.
 
+pub mod campaign;
 pub mod chat;
 pub mod error;
 pub mod event;
@@ -20,6 +21,7 @@ pub mod timestamp;
 pub mod token;
 pub mod webhook;
 
+pub use campaign::CampaignState;
 pub use chat::ChatId;
 pub use error::ValidationError;
 pub use event::{EventType, MessageEvent, ReceivedMessage};

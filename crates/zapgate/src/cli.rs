@@ -1,5 +1,5 @@
 //! Command line: `serve`, `api`, `worker`, `relay`, `ingest`, `scheduler`, `migrate`,
-//! `tenant create|list|token`.
+//! `tenant create|list|token`, `campaign create|status`.
 //!
 //! Every configuration option is a flag with a `ZAPGATE_*` environment
 //! variable; `--config <file.toml>` supplies the same keys from a file
@@ -44,6 +44,11 @@ enum Command {
     Scheduler(Box<ServeArgs>),
     /// Create or upgrade the database schema, then exit.
     Migrate(StoreArgs),
+    /// Campaigns through a running zapgate's API: create one from a CSV file with a progress bar.
+    Campaign {
+        #[command(subcommand)]
+        command: crate::campaign::CampaignCommand,
+    },
     /// Manage tenants directly in the store (works while `serve` runs).
     Tenant {
         #[command(subcommand)]
@@ -433,6 +438,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Tenant { command } => tenant(command).await,
+        Command::Campaign { command } => crate::campaign::run(command).await,
     }
 }
 

@@ -1,5 +1,6 @@
 //! The `zapgate` binary: one executable, a subcommand per role or task.
 
+mod campaign;
 mod cli;
 
 fn main() -> std::process::ExitCode {

@@ -302,3 +302,101 @@ async fn a_releaser_crash_costs_no_duplicate() {
     assert_eq!(per_to.len(), unique);
     assert!(per_to.values().all(|ids| ids.len() == 1), "a recipient got two messages");
 }
+
+/// `zapgate campaign create --csv … --follow` against a running server:
+/// uploads, starts, follows to the end; bad rows are printed.
+#[tokio::test]
+async fn the_cli_creates_and_follows_a_campaign_from_a_csv_file() {
+    let s = Server::start(&[("ZAPGATE_TENANT_RATE_LIMIT", "0")]).await;
+    let (token, ins, tpl) = setup(&s, 1000).await;
+    let (csv, unique, dups, bad) = recipients_csv(500);
+    let file = s.dir.path().join("clientes.csv");
+    std::fs::write(&file, csv).unwrap();
+    // The server is another process: blocking this test's thread is harmless.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zapgate"))
+        .args([
+            "campaign",
+            "create",
+            "--csv",
+            file.to_str().unwrap(),
+            "--instance",
+            &ins,
+            "--template",
+            &tpl,
+            "--follow",
+        ])
+        .env("ZAPGATE_URL", &s.base)
+        .env("ZAPGATE_TOKEN", &token)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let id = stdout.lines().next().unwrap().trim().to_owned();
+    assert!(id.starts_with("cmp_"), "{stdout}");
+    assert!(stderr.contains(&format!("500 rows: {unique} recipients, {dups} duplicates, {bad} invalid")), "{stderr}");
+    assert!(stderr.contains("row 97: \"to\""), "{stderr}");
+    let c = campaign(&s, &token, &id).await;
+    assert_eq!((c["state"].as_str(), c["name"].as_str()), (Some("completed"), Some("clientes")));
+    assert_eq!(c["progress"]["sent"], unique as u64);
+    // A wrong token is a clear error, not a panic.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_zapgate"))
+        .args(["campaign", "status", &id, "--url", &s.base, "--token", "zg_live_wrong"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A campaign's state changes reach webhooks subscribed to `campaign.status`.
+#[tokio::test]
+async fn campaign_state_changes_are_webhook_events() {
+    let s = Server::start(&[("ZAPGATE_WEBHOOK_ALLOW_PRIVATE", "true")]).await;
+    let (token, ins, tpl) = setup(&s, 1000).await;
+    let got = Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let sink = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::Json<Value>| async move {
+            sink.lock().unwrap().push(body.0);
+            axum::http::StatusCode::NO_CONTENT
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let r = s.post(&token, "/v1/webhooks", &json!({"url": url, "event_types": ["campaign.status"]})).await;
+    assert_eq!(r.status(), 201);
+    let c = create(
+        &s,
+        &token,
+        json!({"name": "events", "instance_id": ins, "template_id": tpl, "start": true, "recipients": [
+            {"to": "+5511900000021", "variables": {"name": "Ana", "offer": "a"}},
+            {"to": "+5511900000022", "variables": {"name": "Bia", "offer": "b"}}
+        ]}),
+    )
+    .await;
+    let id = c["id"].as_str().unwrap();
+    wait_campaign(&s, &token, id, |c| c["state"] == "completed", Duration::from_secs(30)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.lock().unwrap().len() < 2 {
+        assert!(Instant::now() < deadline, "events: {:?}", got.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let mut events = got.lock().unwrap().clone();
+    events.sort_by_key(|e| e["data"]["seq"].as_i64());
+    let seen: Vec<(&str, &str, u64, u64)> = events
+        .iter()
+        .map(|e| {
+            let d = &e["data"];
+            assert_eq!(e["type"], "campaign.status");
+            assert_eq!(d["campaign_id"], id);
+            (
+                e["type"].as_str().unwrap(),
+                d["campaign_state"].as_str().unwrap(),
+                d["released"].as_u64().unwrap(),
+                d["total"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(seen, [("campaign.status", "running", 0, 2), ("campaign.status", "completed", 2, 2)]);
+}

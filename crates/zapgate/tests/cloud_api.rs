@@ -232,3 +232,75 @@ async fn every_kind_goes_out_as_metas_examples() {
     let p = cloud(&[]).await;
     send_fixture_cases(&p, "cloud_api", |_| "/v21.0/106540352242922/messages".into()).await;
 }
+
+/// A tenant template that is a Cloud API template: a campaign (and a plain
+/// send naming it) goes out as template messages with each recipient's
+/// values in the component texts.
+#[tokio::test]
+async fn a_cloud_template_fills_each_recipients_values_in_a_campaign_and_a_send() {
+    let p = cloud(&[("ZAPGATE_TENANT_RATE_LIMIT", "0")]).await;
+    let (s, sim, token, ins) = (&p.server, &p.sim, &p.token, &p.instance);
+    let cloud_template = json!({"name": "billing_reminder", "language": {"code": "pt_BR"}, "components": [
+        {"type": "body", "parameters": [{"type": "text", "text": "{{name}}"}, {"type": "text", "text": "R$ {{amount}}"}]}]});
+    let r = s.post(token, "/v1/templates", &json!({"name": "billing", "cloud_template": cloud_template})).await;
+    assert_eq!(r.status(), 201);
+    let tpl: Value = r.json().await.unwrap();
+    assert_eq!((tpl["kind"].as_str(), tpl["variables"].clone()), (Some("cloud"), json!(["amount", "name"])));
+    let bad = json!({"name": "broken", "cloud_template": {"name": "x", "language": {"code": "pt_BR"},
+        "components": [{"type": "body", "parameters": [{"type": "text", "text": "{{Nome}}"}]}]}});
+    let r = s.post(token, "/v1/templates", &bad).await;
+    assert_eq!(r.status(), 422);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["details"]["field"],
+        "cloud_template.components/0/parameters/0/text"
+    );
+
+    let c: Value = s
+        .post(
+            token,
+            "/v1/campaigns",
+            &json!({"name": "dezembro", "instance_id": ins, "template_id": tpl["id"], "start": true, "recipients": [
+                {"to": "+5511900000031", "variables": {"name": "Ana", "amount": "10,00"}},
+                {"to": "+5511900000032", "variables": {"name": "Bia", "amount": "20,00"}}]}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(c["total"], 2, "{c:#}");
+    let one = json!({"instance_id": ins, "to": "+5511900000033", "template_id": tpl["id"],
+                     "variables": {"name": "Caio", "amount": "30,00"}});
+    let r = s.post(token, "/v1/messages", &one).await;
+    assert_eq!(r.status(), 202);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while sim.received().len() < 3 {
+        assert!(std::time::Instant::now() < deadline, "only {:?}", sim.received());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut got: Vec<(String, String, String)> = sim
+        .received()
+        .iter()
+        .map(|r| {
+            let b = &r.body;
+            assert_eq!(
+                (b["type"].as_str(), b["template"]["name"].as_str()),
+                (Some("template"), Some("billing_reminder"))
+            );
+            let params = &b["template"]["components"][0]["parameters"];
+            (
+                b["to"].as_str().unwrap().to_owned(),
+                params[0]["text"].as_str().unwrap().to_owned(),
+                params[1]["text"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("5511900000031".to_owned(), "Ana".to_owned(), "R$ 10,00".to_owned()),
+            ("5511900000032".into(), "Bia".into(), "R$ 20,00".into()),
+            ("5511900000033".into(), "Caio".into(), "R$ 30,00".into())
+        ]
+    );
+}

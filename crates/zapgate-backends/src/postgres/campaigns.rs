@@ -9,7 +9,7 @@ use crate::campaigns::*;
 use crate::schedules::AudienceMember;
 use async_trait::async_trait;
 use sqlx::{AssertSqlSafe, Row};
-use zapgate_domain::{CampaignId, MessageId, MessageStatus, TenantId, Timestamp};
+use zapgate_domain::{CampaignId, EventType, MessageId, MessageStatus, TenantId, Timestamp};
 
 #[async_trait]
 impl CampaignStore for PgBackend {
@@ -125,14 +125,20 @@ impl CampaignStore for PgBackend {
         now: Timestamp,
     ) -> Result<Option<CampaignRecord>, StoreError> {
         let sql = format!("{} RETURNING {CAMPAIGN_COLUMNS}", state_change_sql(from));
+        let mut tx = self.pool().begin().await?;
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(to.as_str())
             .bind(now.as_millis())
             .bind(id.as_str())
             .bind(tenant.as_str())
-            .fetch_optional(self.pool())
+            .fetch_optional(&mut *tx)
             .await?;
-        row.as_ref().map(campaign).transpose()
+        let Some(c) = row.as_ref().map(campaign).transpose()? else { return Ok(None) };
+        let (kind, detail) = (EventType::CampaignStatus, status_detail(&c));
+        super::rows::insert_instance_event(&mut tx, kind, c.tenant_id.as_str(), c.instance_id.as_str(), &detail, now)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(c))
     }
 
     async fn claim_campaigns(

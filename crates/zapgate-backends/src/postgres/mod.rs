@@ -47,6 +47,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0012_reply_to.sql"),
     include_str!("../../migrations/postgres/0013_schedules.sql"),
     include_str!("../../migrations/postgres/0014_campaigns.sql"),
+    include_str!("../../migrations/postgres/0015_cloud_templates.sql"),
 ];
 
 /// Advisory lock key serialising migrations across processes.

@@ -307,15 +307,17 @@ impl Store for PgBackend {
     }
 
     async fn create_template(&self, t: TemplateRecord) -> Result<TemplateRecord, StoreError> {
-        let inserted =
-            sqlx::query("INSERT INTO templates (id, tenant_id, name, body, created_at) VALUES ($1, $2, $3, $4, $5)")
-                .bind(t.id.as_str())
-                .bind(t.tenant_id.as_str())
-                .bind(&t.name)
-                .bind(&t.body)
-                .bind(t.created_at.as_millis())
-                .execute(self.pool())
-                .await;
+        let inserted = sqlx::query(
+            "INSERT INTO templates (id, tenant_id, name, kind, body, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(t.id.as_str())
+        .bind(t.tenant_id.as_str())
+        .bind(&t.name)
+        .bind(t.kind.as_str())
+        .bind(t.stored_body())
+        .bind(t.created_at.as_millis())
+        .execute(self.pool())
+        .await;
         match inserted {
             Ok(_) => Ok(t),
             Err(e) if is_unique_violation(&e) => {
@@ -327,7 +329,7 @@ impl Store for PgBackend {
 
     async fn list_templates(&self, tenant: &TenantId) -> Result<Vec<TemplateRecord>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, tenant_id, name, body, created_at FROM templates WHERE tenant_id = $1 AND deleted_at IS NULL \
+            "SELECT id, tenant_id, name, kind, body, created_at FROM templates WHERE tenant_id = $1 AND deleted_at IS NULL \
              ORDER BY name",
         )
         .bind(tenant.as_str())
@@ -338,7 +340,7 @@ impl Store for PgBackend {
 
     async fn get_template(&self, tenant: &TenantId, id: &TemplateId) -> Result<Option<TemplateRecord>, StoreError> {
         let row = sqlx::query(
-            "SELECT id, tenant_id, name, body, created_at FROM templates WHERE id = $1 AND tenant_id = $2 \
+            "SELECT id, tenant_id, name, kind, body, created_at FROM templates WHERE id = $1 AND tenant_id = $2 \
              AND deleted_at IS NULL",
         )
         .bind(id.as_str())

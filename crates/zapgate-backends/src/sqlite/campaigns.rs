@@ -3,13 +3,13 @@
 //! move are each one job, serialised.
 
 use super::SqliteBackend;
-use super::rows::{all, exec, one};
+use super::rows::{all, exec, insert_instance_event, one};
 use crate::StoreError;
 use crate::campaigns::*;
 use crate::schedules::AudienceMember;
 use async_trait::async_trait;
 use rusqlite::{Row, params};
-use zapgate_domain::{CampaignId, MessageId, MessageStatus, TenantId, Timestamp};
+use zapgate_domain::{CampaignId, EventType, MessageId, MessageStatus, TenantId, Timestamp};
 
 fn campaign_row(row: &Row<'_>) -> Result<CampaignRecord, StoreError> {
     campaign(row)
@@ -125,7 +125,17 @@ impl CampaignStore for SqliteBackend {
                     return Ok(None);
                 }
                 let sql = format!("SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE id = $1");
-                one(conn, &sql, [id], campaign_row)
+                let Some(c) = one(conn, &sql, [id], campaign_row)? else { return Ok(None) };
+                let kind = EventType::CampaignStatus;
+                insert_instance_event(
+                    conn,
+                    kind,
+                    c.tenant_id.as_str(),
+                    c.instance_id.as_str(),
+                    &status_detail(&c),
+                    now,
+                )?;
+                Ok(Some(c))
             }))
             .await
     }

@@ -56,6 +56,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0016_reply_to.sql"),
     include_str!("../../migrations/sqlite/0017_schedules.sql"),
     include_str!("../../migrations/sqlite/0018_campaigns.sql"),
+    include_str!("../../migrations/sqlite/0019_cloud_templates.sql"),
 ];
 
 pub struct SqliteBackend {

@@ -373,8 +373,15 @@ impl Store for SqliteBackend {
                 }
                 exec(
                     conn,
-                    "INSERT INTO templates (id, tenant_id, name, body, created_at) VALUES (?, ?, ?, ?, ?)",
-                    params![t.id.as_str(), t.tenant_id.as_str(), t.name, t.body, t.created_at.as_millis()],
+                    "INSERT INTO templates (id, tenant_id, name, kind, body, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    params![
+                        t.id.as_str(),
+                        t.tenant_id.as_str(),
+                        t.name,
+                        t.kind.as_str(),
+                        t.stored_body(),
+                        t.created_at.as_millis()
+                    ],
                 )?;
                 Ok(())
             }))
@@ -387,7 +394,7 @@ impl Store for SqliteBackend {
         self.read(move |c| {
             all(
                 c,
-                "SELECT id, tenant_id, name, body, created_at FROM templates WHERE tenant_id = ? AND deleted_at IS NULL \
+                "SELECT id, tenant_id, name, kind, body, created_at FROM templates WHERE tenant_id = ? AND deleted_at IS NULL \
                  ORDER BY name",
                 [tenant],
                 template,
@@ -401,7 +408,7 @@ impl Store for SqliteBackend {
         self.read(move |c| {
             one(
                 c,
-                "SELECT id, tenant_id, name, body, created_at FROM templates WHERE id = ? AND tenant_id = ? \
+                "SELECT id, tenant_id, name, kind, body, created_at FROM templates WHERE id = ? AND tenant_id = ? \
                  AND deleted_at IS NULL",
                 [id, tenant],
                 template,

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use zapgate_backends::{AudienceMember, CampaignRecord, CampaignState, ImportCounts, ImportRow, RejectedRow};
-use zapgate_domain::template::TextTemplate;
+use zapgate_domain::template::TenantTemplate;
 use zapgate_domain::{CampaignId, ChatId, MessageStatus, Priority, TemplateId, TenantId, Timestamp, ValidationError};
 
 /// Rows stored per batch while importing.
@@ -108,10 +108,10 @@ async fn owned(s: &AppState, tenant: &TenantId, raw: &str) -> ApiResult<Campaign
     s.backends.campaigns.get_campaign(tenant, &id).await?.ok_or_else(|| ApiError::not_found("campaign"))
 }
 
-async fn template_of(s: &AppState, tenant: &TenantId, id: &TemplateId) -> ApiResult<TextTemplate> {
+async fn template_of(s: &AppState, tenant: &TenantId, id: &TemplateId) -> ApiResult<TenantTemplate> {
     let t = s.backends.store.get_template(tenant, id).await?;
     let t = t.ok_or_else(|| ValidationError::new("template_id", "no such template for this tenant"))?;
-    Ok(TextTemplate::parse(&t.body)?)
+    Ok(t.compile()?)
 }
 
 pub async fn detail(s: &AppState, campaign: CampaignRecord) -> ApiResult<CampaignDetail> {
@@ -209,7 +209,7 @@ pub async fn create(
 }
 
 /// A JSON recipient (`{"to": …, "variables": {…}}`), checked against the template.
-fn json_row(template: &TextTemplate, raw: Value) -> ImportRow {
+fn json_row(template: &TenantTemplate, raw: Value) -> ImportRow {
     match super::audiences::parse_member(raw).and_then(|m| renders(template, m)) {
         Ok(m) => ImportRow::Valid(m),
         Err(e) => ImportRow::Invalid { field: e.field, message: e.message },
@@ -217,7 +217,7 @@ fn json_row(template: &TextTemplate, raw: Value) -> ImportRow {
 }
 
 /// A member the template renders for (every variable given, text not too long).
-fn renders(template: &TextTemplate, m: AudienceMember) -> Result<AudienceMember, ValidationError> {
+fn renders(template: &TenantTemplate, m: AudienceMember) -> Result<AudienceMember, ValidationError> {
     template.render_from(&m.variables)?;
     Ok(m)
 }
@@ -308,7 +308,7 @@ fn not_draft(state: CampaignState) -> ApiError {
 struct Import<'a> {
     s: &'a AppState,
     campaign: &'a CampaignId,
-    template: &'a TextTemplate,
+    template: &'a TenantTemplate,
     added: RecipientsAdded,
     batch: Vec<ImportRow>,
 }
@@ -359,7 +359,7 @@ struct Columns {
 }
 
 impl Columns {
-    fn from_header(header: &[String], template: &TextTemplate) -> ApiResult<Self> {
+    fn from_header(header: &[String], template: &TenantTemplate) -> ApiResult<Self> {
         let names: Vec<String> =
             header.iter().map(|h| h.trim().trim_start_matches('\u{feff}').to_lowercase()).collect();
         let recipient = RECIPIENT_COLUMNS
@@ -372,7 +372,7 @@ impl Columns {
         Ok(Self { recipient, names })
     }
 
-    fn row(&self, fields: Vec<String>, template: &TextTemplate) -> ImportRow {
+    fn row(&self, fields: Vec<String>, template: &TenantTemplate) -> ImportRow {
         if fields.len() != self.names.len() {
             let message = format!("has {} fields, the header {}", fields.len(), self.names.len());
             return ImportRow::Invalid { field: "row".into(), message };

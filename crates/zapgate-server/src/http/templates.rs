@@ -10,8 +10,8 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
-use zapgate_backends::TemplateRecord;
-use zapgate_domain::template::TextTemplate;
+use zapgate_backends::{TemplateKind, TemplateRecord};
+use zapgate_domain::template::{CloudTemplate, TextTemplate};
 use zapgate_domain::{TemplateId, TenantId, Timestamp, ValidationError};
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -19,8 +19,13 @@ use zapgate_domain::{TemplateId, TenantId, Timestamp, ValidationError};
 pub struct CreateTemplate {
     /// Unique per tenant, 1–100 characters.
     pub name: String,
-    /// Text with `{{variables}}` (lower-case letters, digits, `_`).
-    pub body: String,
+    /// Text with `{{variables}}` (lower-case letters, digits, `_`): sent as a text message.
+    pub body: Option<String>,
+    /// Instead of `body`: a Cloud API template approved at Meta (`name`, `language`,
+    /// `components`), whose component texts may hold `{{variables}}`; sent as a template
+    /// message (from Cloud API numbers).
+    #[schema(value_type = Option<Object>)]
+    pub cloud_template: Option<Value>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -45,13 +50,25 @@ pub async fn create(
     if name.is_empty() || name.chars().count() > 100 {
         return Err(ValidationError::new("name", "must be 1 to 100 characters").into());
     }
-    let parsed = TextTemplate::parse(&body.body)?;
+    let (kind, text, cloud_template, variables) = match (body.body, body.cloud_template) {
+        (Some(text), None) => {
+            let variables = TextTemplate::parse(&text)?.variables();
+            (TemplateKind::Text, text, None, variables)
+        }
+        (None, Some(cloud)) => {
+            let variables = CloudTemplate::parse(&cloud)?.variables();
+            (TemplateKind::Cloud, String::new(), Some(cloud), variables)
+        }
+        _ => return Err(ValidationError::new("body", "give either body (text) or cloud_template").into()),
+    };
     let rec = TemplateRecord {
         id: TemplateId::generate(),
         tenant_id: tenant,
         name,
-        variables: parsed.variables(),
-        body: body.body,
+        kind,
+        body: text,
+        cloud_template,
+        variables,
         created_at: Timestamp::now(),
     };
     Ok((StatusCode::CREATED, Json(s.backends.store.create_template(rec).await?)))
@@ -93,8 +110,9 @@ pub async fn delete(
     }
 }
 
-/// A send naming `template_id` (+ `variables`) becomes a text message with
-/// the rendered body; any other send is left as it is.
+/// A send naming `template_id` (+ `variables`) becomes the message the
+/// template renders (text, or a Cloud API template); any other send is left
+/// as it is.
 pub async fn expand(s: &AppState, tenant: &TenantId, body: &mut Map<String, Value>) -> ApiResult<()> {
     let Some(raw) = body.remove("template_id") else {
         if body.contains_key("variables") {
@@ -120,8 +138,9 @@ pub async fn expand(s: &AppState, tenant: &TenantId, body: &mut Map<String, Valu
         .get_template(tenant, &id)
         .await?
         .ok_or_else(|| ValidationError::new("template_id", "no such template for this tenant"))?;
-    let text = TextTemplate::parse(&template.body)?.render(&values)?;
-    body.insert("type".into(), Value::String("text".into()));
-    body.insert("text".into(), serde_json::json!({ "body": text }));
+    let content = template.compile()?.render(&values)?;
+    if let Ok(Value::Object(fields)) = serde_json::to_value(&content) {
+        body.extend(fields);
+    }
     Ok(())
 }

@@ -24,8 +24,6 @@ use tokio::sync::watch;
 use zapgate_backends::{
     AcceptMessage, Accepted, CampaignRecord, CampaignState, CampaignStore, Cancel, IdempotencyKey, Store, StoreError,
 };
-use zapgate_domain::message::Text;
-use zapgate_domain::template::TextTemplate;
 use zapgate_domain::{CampaignId, MessageContent, MessageId, SendRequest, TenantId, Timestamp};
 
 /// How often campaigns are released (and their leases renewed).
@@ -135,7 +133,7 @@ async fn release(
         r.campaigns.set_campaign_state(&c.tenant_id, &c.id, &pause, CampaignState::Paused, Timestamp::now()).await?;
         return Ok(());
     };
-    let template = TextTemplate::parse(&template.body).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let template = template.compile().map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let mut cursor = c.cursor;
     while credit > 0 {
         let rows = r.campaigns.next_recipients(&c.id, cursor, credit.min(u64::from(MAX_SLICE)) as u32).await?;
@@ -156,7 +154,7 @@ async fn release(
         let accepts: Vec<AcceptMessage> = rows
             .iter()
             .filter_map(|(row, m)| match template.render_from(&m.variables) {
-                Ok(body) => Some(accept_of(c, *row, m.to.clone(), body)),
+                Ok(content) => Some(accept_of(c, *row, m.to.clone(), content)),
                 // Checked at import; only a value that changed meaning since gets here.
                 Err(e) => {
                     tracing::warn!(campaign = %c.id, row, error = %e, "a recipient's message no longer renders; skipping it");
@@ -188,11 +186,11 @@ async fn release(
     Ok(())
 }
 
-fn accept_of(c: &CampaignRecord, row: u64, to: zapgate_domain::ChatId, body: String) -> AcceptMessage {
+fn accept_of(c: &CampaignRecord, row: u64, to: zapgate_domain::ChatId, content: MessageContent) -> AcceptMessage {
     let request = SendRequest {
         instance_id: c.instance_id.clone(),
         to,
-        content: MessageContent::Text { text: Text { body, preview_url: false } },
+        content,
         priority: c.priority,
         send_at: None,
         expires_at: None,

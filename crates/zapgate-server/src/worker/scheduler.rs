@@ -25,9 +25,8 @@ use zapgate_backends::{
     AcceptMessage, Accepted, IdempotencyKey, NewRun, RunProgress, RunStatus, ScheduleRecord, ScheduleRun,
     ScheduleStore, Store, StoreError,
 };
-use zapgate_domain::message::Text;
 use zapgate_domain::schedule::{CronSchedule, due_offsets, parse_date};
-use zapgate_domain::template::TextTemplate;
+use zapgate_domain::template::TenantTemplate;
 use zapgate_domain::{MessageContent, MessageId, SendRequest, Timestamp};
 
 /// Members per chunk: the cursor moves (and the lease is renewed) after each.
@@ -166,7 +165,7 @@ async fn send_run(s: &Scheduler, run: ScheduleRun) -> Result<(), StoreError> {
         return Ok(()); // deleted with its runs
     };
     let template = match s.store.get_template(&schedule.tenant_id, &schedule.template_id).await? {
-        Some(t) => TextTemplate::parse(&t.body).map_err(|e| e.to_string()),
+        Some(t) => t.compile().map_err(|e| e.to_string()),
         None => Err("the schedule's template was deleted".to_owned()),
     };
     let template = match template {
@@ -225,7 +224,7 @@ async fn progress(s: &Scheduler, run: &ScheduleRun, p: RunProgress) -> Result<()
 fn member_sends(
     schedule: &ScheduleRecord,
     run: &ScheduleRun,
-    template: &TextTemplate,
+    template: &TenantTemplate,
     m: &zapgate_backends::AudienceMember,
 ) -> Vec<Result<AcceptMessage, String>> {
     let skip = |reason: String| vec![Err(format!("{}: {reason}", m.to))];
@@ -242,11 +241,11 @@ fn member_sends(
     if offsets.is_empty() {
         return Vec::new();
     }
-    let text = match template.render_from(&m.variables) {
-        Ok(t) => t,
+    let content = match template.render_from(&m.variables) {
+        Ok(c) => c,
         Err(e) => return skip(e.to_string()),
     };
-    offsets.into_iter().map(|o| Ok(accept_of(schedule, run, m, o, text.clone()))).collect()
+    offsets.into_iter().map(|o| Ok(accept_of(schedule, run, m, o, content.clone()))).collect()
 }
 
 fn accept_of(
@@ -254,12 +253,12 @@ fn accept_of(
     run: &ScheduleRun,
     m: &zapgate_backends::AudienceMember,
     offset: Option<i32>,
-    body: String,
+    content: MessageContent,
 ) -> AcceptMessage {
     let request = SendRequest {
         instance_id: schedule.instance_id.clone(),
         to: m.to.clone(),
-        content: MessageContent::Text { text: Text { body, preview_url: false } },
+        content,
         priority: schedule.priority,
         send_at: None,
         expires_at: None,
