@@ -400,3 +400,32 @@ async fn campaign_state_changes_are_webhook_events() {
         .collect();
     assert_eq!(seen, [("campaign.status", "running", 0, 2), ("campaign.status", "completed", 2, 2)]);
 }
+
+/// `start_at` holds the release until then, and `rate_per_second` paces a
+/// campaign below its instance's rate.
+#[tokio::test]
+async fn a_campaign_waits_for_its_start_time_and_keeps_to_its_own_rate() {
+    let s = Server::start(&[("ZAPGATE_TENANT_RATE_LIMIT", "0"), ("ZAPGATE_CAMPAIGN_LOOKAHEAD", "1s")]).await;
+    let (token, ins, tpl) = setup(&s, 1000).await;
+    let start_at = zapgate_domain::Timestamp::now().plus_millis(1500);
+    let recipients: Vec<Value> =
+        (0..30).map(|i| json!({"to": format!("+55119{i:08}"), "variables": {"name": "x", "offer": "y"}})).collect();
+    let c = create(
+        &s,
+        &token,
+        json!({"name": "paced", "instance_id": ins, "template_id": tpl, "rate_per_second": 10,
+               "start_at": start_at.to_rfc3339(), "start": true, "recipients": recipients}),
+    )
+    .await;
+    assert_eq!((c["state"].as_str(), c["waiting_for_start"].as_bool()), (Some("running"), Some(true)));
+    let id = c["id"].as_str().unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(s.receipts().is_empty(), "nothing before start_at");
+    wait_campaign(&s, &token, id, |c| c["state"] == "completed", Duration::from_secs(30)).await;
+    let times: Vec<i64> = s.receipts().iter().map(|r| r["at_ms"].as_i64().unwrap()).collect();
+    assert_eq!(times.len(), 30);
+    let (first, last) = (*times.iter().min().unwrap(), *times.iter().max().unwrap());
+    assert!(first >= start_at.as_millis(), "the first went out {} ms before start_at", start_at.as_millis() - first);
+    // 30 at 10/s, the first second's worth at once: at least two seconds from first to last.
+    assert!(last - first >= 1800, "30 messages at 10/s went out in {} ms", last - first);
+}
