@@ -138,6 +138,14 @@ pub struct RunProgress {
     pub finished: Option<RunStatus>,
 }
 
+impl RunProgress {
+    /// Counts a member not sent to, keeping the reason as the run's last error.
+    pub fn skip(&mut self, reason: String) {
+        self.skipped += 1;
+        self.error = Some(reason);
+    }
+}
+
 /// What deleting an audience did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AudienceDeletion {

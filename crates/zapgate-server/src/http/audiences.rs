@@ -222,30 +222,18 @@ fn variables(vars: serde_json::Map<String, Value>) -> Result<BTreeMap<String, St
     Ok(out)
 }
 
-#[derive(Deserialize, utoipa::IntoParams)]
-pub struct MemberQuery {
-    /// The `next_cursor` of the previous page.
-    pub cursor: Option<String>,
-    /// Page size, 1–1000 (default 100).
-    pub limit: Option<u32>,
-}
-
 /// Lists members in recipient order.
 #[utoipa::path(get, path = "/v1/audiences/{audience_id}/members", tag = "schedules", security(("tenant" = [])),
-    params(("audience_id" = String, Path), MemberQuery),
+    params(("audience_id" = String, Path), super::LongPage),
     responses((status = 200, body = MemberPage), (status = 404, body = super::error::ErrorBody)))]
 pub async fn list_members(
     TenantAuth(tenant): TenantAuth,
     State(s): State<AppState>,
     Path(id): Path<String>,
-    ApiQuery(q): ApiQuery<MemberQuery>,
+    ApiQuery(q): ApiQuery<super::LongPage>,
 ) -> ApiResult<Json<MemberPage>> {
     let audience = owned_audience(&s, &tenant, &audience_id(&id)?).await?;
-    let limit = match q.limit {
-        None => 100,
-        Some(n @ 1..=1000) => n,
-        Some(_) => return Err(ApiError::bad_request("invalid_query", "limit must be between 1 and 1000")),
-    };
+    let limit = q.limit()?;
     let data = s.backends.schedules.list_members(&audience.id, q.cursor, limit).await?;
     let next_cursor = (data.len() == limit as usize).then(|| data.last().map(|m| m.to.to_string())).flatten();
     Ok(Json(MemberPage { data, next_cursor }))

@@ -436,29 +436,18 @@ async fn import_csv(import: &mut Import<'_>, body: Body) -> ApiResult<()> {
     Ok(())
 }
 
-#[derive(Deserialize, utoipa::IntoParams)]
-pub struct RejectQuery {
-    pub cursor: Option<String>,
-    /// 1–1000 (default 100).
-    pub limit: Option<u32>,
-}
-
 /// Rows refused at import, in row order.
 #[utoipa::path(get, path = "/v1/campaigns/{campaign_id}/rejects", tag = "campaigns", security(("tenant" = [])),
-    params(("campaign_id" = String, Path), RejectQuery),
+    params(("campaign_id" = String, Path), super::LongPage),
     responses((status = 200, body = RejectPage), (status = 404, body = super::error::ErrorBody)))]
 pub async fn rejects(
     TenantAuth(tenant): TenantAuth,
     State(s): State<AppState>,
     Path(id): Path<String>,
-    ApiQuery(q): ApiQuery<RejectQuery>,
+    ApiQuery(q): ApiQuery<super::LongPage>,
 ) -> ApiResult<Json<RejectPage>> {
     let campaign = owned(&s, &tenant, &id).await?;
-    let limit = match q.limit {
-        None => 100,
-        Some(n @ 1..=1000) => n,
-        Some(_) => return Err(ApiError::bad_request("invalid_query", "limit must be between 1 and 1000")),
-    };
+    let limit = q.limit()?;
     let after = match q.cursor.as_deref() {
         None => 0,
         Some(c) => c.parse().map_err(|_| ApiError::bad_request("invalid_query", "cursor is not valid"))?,

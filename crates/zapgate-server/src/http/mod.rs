@@ -193,6 +193,26 @@ async fn method_not_allowed() -> ApiError {
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
 }
 
+/// Paging of long lists (audience members, rejected campaign rows): the
+/// previous page's `next_cursor` and 1–1000 rows a page.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+pub struct LongPage {
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Page size, 1–1000 (default 100).
+    pub limit: Option<u32>,
+}
+
+impl LongPage {
+    pub fn limit(&self) -> Result<u32, ApiError> {
+        match self.limit {
+            None => Ok(100),
+            Some(n @ 1..=1000) => Ok(n),
+            Some(_) => Err(ApiError::bad_request("invalid_query", "limit must be between 1 and 1000")),
+        }
+    }
+}
+
 /// Query-string pagination shared by list routes (newest first).
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 pub struct PageParams {

@@ -16,15 +16,14 @@
 //! released and whose messages are all settled is `completed`.
 
 use super::WorkSignal;
-use futures::StreamExt;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use zapgate_backends::{
-    AcceptMessage, Accepted, CampaignRecord, CampaignState, CampaignStore, Cancel, IdempotencyKey, Store, StoreError,
+    AcceptMessage, Accepted, CampaignRecord, CampaignState, CampaignStore, Cancel, Store, StoreError,
 };
-use zapgate_domain::{CampaignId, MessageContent, MessageId, SendRequest, TenantId, Timestamp};
+use zapgate_domain::{CampaignId, MessageContent, SendRequest, TenantId, Timestamp};
 
 /// How often campaigns are released (and their leases renewed).
 const TICK: Duration = Duration::from_millis(200);
@@ -32,7 +31,6 @@ const TICK: Duration = Duration::from_millis(200);
 const LEASE_MS: i64 = 10_000;
 /// Campaigns one releaser serves at once.
 const MAX_CAMPAIGNS: u32 = 64;
-const ACCEPTS_IN_FLIGHT: usize = 32;
 /// Recipients accepted between two cursor moves: a pause (or a crash)
 /// takes effect within one slice.
 const MAX_SLICE: u32 = 1000;
@@ -163,12 +161,7 @@ async fn release(
             })
             .collect();
         let released = rows.len() as u64;
-        let results: Vec<Result<Accepted, StoreError>> = futures::stream::iter(accepts)
-            .map(|a| r.store.accept(a))
-            .buffer_unordered(ACCEPTS_IN_FLIGHT)
-            .collect()
-            .await;
-        for result in results {
+        for result in super::bulk::accept_all(r.store.as_ref(), accepts).await {
             if let Accepted::UnknownInstance = result? {
                 return Ok(()); // deleted meanwhile: the next tick cancels the campaign
             }
@@ -196,15 +189,5 @@ fn accept_of(c: &CampaignRecord, row: u64, to: zapgate_domain::ChatId, content: 
         expires_at: None,
         reply_to: None,
     };
-    AcceptMessage {
-        id: MessageId::generate(),
-        tenant_id: c.tenant_id.clone(),
-        idempotency: Some(IdempotencyKey {
-            key: format!("campaign:{}:{row}", c.id),
-            fingerprint: request.fingerprint(),
-        }),
-        request,
-        now: Timestamp::now(),
-        campaign_id: Some(c.id.clone()),
-    }
+    super::bulk::keyed(&c.tenant_id, request, format!("campaign:{}:{row}", c.id), Some(&c.id))
 }

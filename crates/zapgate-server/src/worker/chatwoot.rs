@@ -19,8 +19,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use zapgate_backends::locks::acquire_waiting;
 use zapgate_backends::{
-    AcceptMessage, Accepted, ChatwootJob, ChatwootJobOutcome, ChatwootStore, IdempotencyKey, Locks, NewMedia,
-    NewMediaState, Store,
+    Accepted, ChatwootJob, ChatwootJobOutcome, ChatwootStore, Locks, NewMedia, NewMediaState, Store,
 };
 use zapgate_domain::message::{Media, Text};
 use zapgate_domain::{ChatId, MediaId, MessageContent, MessageId, Priority, SendRequest, Timestamp};
@@ -148,15 +147,7 @@ async fn process(w: &ChatwootWorker, job: &ChatwootJob) -> Result<MessageId, Fai
             reply_to: None,
         };
         let key = format!("chatwoot:{}:{}:{n}", job.integration_id, job.chatwoot_message_id);
-        let idempotency = Some(IdempotencyKey { key, fingerprint: request.fingerprint() });
-        let accept = AcceptMessage {
-            campaign_id: None,
-            id: MessageId::generate(),
-            tenant_id: job.tenant_id.clone(),
-            request,
-            idempotency,
-            now: Timestamp::now(),
-        };
+        let accept = super::bulk::keyed(&job.tenant_id, request, key, None);
         let id = match w.store.accept(accept).await {
             Ok(Accepted::New { id, .. } | Accepted::Replayed { id, .. }) => id,
             Ok(Accepted::UnknownInstance) => return Err(permanent("the integration's instance was deleted".into())),

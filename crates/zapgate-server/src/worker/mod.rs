@@ -4,6 +4,7 @@
 //! a retry time by [`retry`], stored, and only then settled in the queue.
 //! [`statuses`] applies provider status reports; [`janitor`] purges.
 
+pub mod bulk;
 pub mod campaigns;
 pub mod chatwoot;
 pub mod circuits;

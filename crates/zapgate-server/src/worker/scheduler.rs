@@ -17,22 +17,19 @@
 //! each once.
 
 use super::WorkSignal;
-use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use zapgate_backends::{
-    AcceptMessage, Accepted, IdempotencyKey, NewRun, RunProgress, RunStatus, ScheduleRecord, ScheduleRun,
-    ScheduleStore, Store, StoreError,
+    AcceptMessage, Accepted, NewRun, RunProgress, RunStatus, ScheduleRecord, ScheduleRun, ScheduleStore, Store,
+    StoreError,
 };
 use zapgate_domain::schedule::{CronSchedule, due_offsets, parse_date};
 use zapgate_domain::template::TenantTemplate;
-use zapgate_domain::{MessageContent, MessageId, SendRequest, Timestamp};
+use zapgate_domain::{MessageContent, SendRequest, Timestamp};
 
 /// Members per chunk: the cursor moves (and the lease is renewed) after each.
 const CHUNK: u32 = 500;
-/// Accepts in flight at once within a chunk (PostgreSQL group-commits them).
-const ACCEPTS_IN_FLIGHT: usize = 32;
 /// A run's lease: another scheduler resumes it only after this much
 /// silence, far longer than a chunk takes.
 const RUN_LEASE_MS: i64 = 60_000;
@@ -149,13 +146,6 @@ async fn start(s: &Scheduler, schedule: &ScheduleRecord, now: Timestamp) -> Resu
     Ok(())
 }
 
-/// What one member (at one offset) became.
-enum Sent {
-    New,
-    Already,
-    Skipped(String),
-}
-
 /// Sends a run chunk by chunk from its cursor; returns when it is finished
 /// or a store error stops it (the lease then runs out and it resumes).
 async fn send_run(s: &Scheduler, run: ScheduleRun) -> Result<(), StoreError> {
@@ -179,31 +169,19 @@ async fn send_run(s: &Scheduler, run: ScheduleRun) -> Result<(), StoreError> {
             return progress(s, &run, finish(RunStatus::Done, None)).await;
         };
         cursor = Some(last.to.to_string());
-        let sends: Vec<Result<AcceptMessage, String>> =
-            members.iter().flat_map(|m| member_sends(&schedule, &run, &template, m)).collect();
         let mut chunk = RunProgress { cursor: cursor.clone(), ..Default::default() };
-        let results: Vec<Result<Sent, StoreError>> = futures::stream::iter(sends)
-            .map(|send| async move {
-                match send {
-                    Err(reason) => Ok(Sent::Skipped(reason)),
-                    Ok(accept) => match s.store.accept(accept).await? {
-                        Accepted::New { .. } => Ok(Sent::New),
-                        Accepted::Replayed { .. } | Accepted::KeyReused => Ok(Sent::Already),
-                        Accepted::UnknownInstance => Ok(Sent::Skipped("the schedule's instance was deleted".into())),
-                    },
-                }
-            })
-            .buffer_unordered(ACCEPTS_IN_FLIGHT)
-            .collect()
-            .await;
-        for r in results {
-            match r? {
-                Sent::New => chunk.accepted += 1,
-                Sent::Already => {}
-                Sent::Skipped(reason) => {
-                    chunk.skipped += 1;
-                    chunk.error = Some(reason);
-                }
+        let mut accepts = Vec::new();
+        for send in members.iter().flat_map(|m| member_sends(&schedule, &run, &template, m)) {
+            match send {
+                Ok(accept) => accepts.push(accept),
+                Err(reason) => chunk.skip(reason),
+            }
+        }
+        for result in super::bulk::accept_all(s.store.as_ref(), accepts).await {
+            match result? {
+                Accepted::New { .. } => chunk.accepted += 1,
+                Accepted::Replayed { .. } | Accepted::KeyReused => {}
+                Accepted::UnknownInstance => chunk.skip("the schedule's instance was deleted".into()),
             }
         }
         if chunk.accepted > 0 {
@@ -266,12 +244,5 @@ fn accept_of(
     };
     let offset = offset.map_or_else(String::new, |o| o.to_string());
     let key = format!("schedule:{}:{}:{}:{offset}", schedule.id, run.occurrence.as_millis(), m.to);
-    AcceptMessage {
-        campaign_id: None,
-        id: MessageId::generate(),
-        tenant_id: schedule.tenant_id.clone(),
-        idempotency: Some(IdempotencyKey { key, fingerprint: request.fingerprint() }),
-        request,
-        now: Timestamp::now(),
-    }
+    super::bulk::keyed(&schedule.tenant_id, request, key, None)
 }
