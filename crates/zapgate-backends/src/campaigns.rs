@@ -18,7 +18,8 @@ use async_trait::async_trait;
 use serde::Serialize;
 pub use zapgate_domain::CampaignState;
 use zapgate_domain::{
-    CampaignId, ChatId, InstanceId, MessageId, MessageStatus, Priority, TemplateId, TenantId, Timestamp,
+    CampaignId, CampaignProgress, ChatId, InstanceId, MessageId, MessageStatus, Priority, TemplateId, TenantId,
+    Timestamp,
 };
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -76,6 +77,18 @@ pub struct RejectedRow {
     pub message: String,
 }
 
+/// A move of a campaign's release cursor: rows `from` (exclusive) to `to`,
+/// `released` of them (duplicates leave gaps in the numbering).
+#[derive(Debug, Clone, Copy)]
+pub struct CursorStep {
+    pub from: u64,
+    pub to: u64,
+    pub released: u64,
+    pub now: Timestamp,
+    /// The releaser's lease, renewed with every move.
+    pub lease_until: Timestamp,
+}
+
 #[async_trait]
 pub trait CampaignStore: Send + Sync + 'static {
     async fn create_campaign(&self, campaign: CampaignRecord) -> Result<CampaignRecord, StoreError>;
@@ -121,19 +134,24 @@ pub trait CampaignStore: Send + Sync + 'static {
         after: u64,
         limit: u32,
     ) -> Result<Vec<(u64, AudienceMember)>, StoreError>;
-    /// Moves the release cursor `from → to` (adding `released`) if `owner`
-    /// still holds the campaign at `from` — also if it was paused meanwhile:
-    /// what was accepted is released. Returns the campaign's state, `None`
-    /// if the cursor did not move.
+    /// Moves the release cursor `from → to` (adding `released`) and renews
+    /// the lease to `lease_until` if `owner` still holds the campaign at
+    /// `from` — also if it was paused meanwhile: what was accepted is
+    /// released. Returns the campaign's state, `None` if the cursor did not move.
     async fn advance_campaign(
         &self,
         id: &CampaignId,
         owner: &str,
-        from: u64,
-        to: u64,
-        released: u64,
-        now: Timestamp,
+        step: CursorStep,
     ) -> Result<Option<CampaignState>, StoreError>;
+    /// Records a `campaign.progress` event (the releaser's, as the campaign
+    /// passes each tenth of its recipients).
+    async fn record_campaign_progress(
+        &self,
+        campaign: &CampaignRecord,
+        progress: CampaignProgress,
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
     /// How many of the campaign's messages are in each status.
     async fn campaign_statuses(&self, id: &CampaignId) -> Result<Vec<(MessageStatus, u64)>, StoreError>;
     /// How many of the campaign's messages wait to be sent (scheduled,
@@ -165,7 +183,7 @@ pub(crate) const SQL_LIST_REJECTS: &str = "SELECT row_no, field, message FROM ca
 pub(crate) const SQL_NEXT_RECIPIENTS: &str = "SELECT row_no, recipient, variables FROM campaign_recipients \
      WHERE campaign_id = $1 AND row_no > $2 ORDER BY row_no LIMIT $3";
 pub(crate) const SQL_ADVANCE_CAMPAIGN: &str = "UPDATE campaigns SET cursor = $1, released = released + $2, \
-     updated_at = $3 WHERE id = $4 AND lease_owner = $5 AND cursor = $6 RETURNING state";
+     updated_at = $3, lease_until = $4 WHERE id = $5 AND lease_owner = $6 AND cursor = $7 RETURNING state";
 pub(crate) const SQL_CAMPAIGN_STATUSES: &str =
     "SELECT status, COUNT(*) AS n FROM messages WHERE campaign_id = $1 GROUP BY status";
 pub(crate) const SQL_CAMPAIGN_WAITING: &str = "SELECT COUNT(*) AS n FROM messages WHERE campaign_id = $1 \
@@ -207,6 +225,13 @@ pub(crate) fn recipient(row: &(impl Columns + ?Sized)) -> Result<(u64, AudienceM
     Ok((row.int("row_no")?.max(0) as u64, member))
 }
 
+/// A row of `SQL_CAMPAIGN_STATUSES`.
+pub(crate) fn status_count_of(row: &(impl Columns + ?Sized)) -> Result<(MessageStatus, u64), StoreError> {
+    let status = row.text("status")?;
+    let status = status.parse().map_err(|e| StoreError::Corrupt(format!("status {status}: {e}")))?;
+    Ok((status, row.int("n")?.max(0) as u64))
+}
+
 pub(crate) fn reject(row: &(impl Columns + ?Sized)) -> Result<RejectedRow, StoreError> {
     Ok(RejectedRow { row: row.int("row_no")?.max(0) as u64, field: row.text("field")?, message: row.text("message")? })
 }
@@ -223,13 +248,14 @@ pub(crate) fn state_change_sql(from: &[CampaignState]) -> String {
     )
 }
 
-/// The `campaign.status` event of a state change.
-pub(crate) fn status_detail(c: &CampaignRecord) -> zapgate_domain::event::StatusDetail {
+/// The detail of a `campaign.status` or `campaign.progress` event.
+pub(crate) fn status_detail(c: &CampaignRecord, progress: CampaignProgress) -> zapgate_domain::event::StatusDetail {
     zapgate_domain::event::StatusDetail {
         campaign_id: Some(c.id.clone()),
         campaign_state: Some(c.state),
-        released: Some(c.released),
+        released: Some(progress.total - progress.pending),
         total: Some(c.total),
+        progress: Some(progress),
         // (`Default` says false: "a report that changed nothing".)
         applied: true,
         ..Default::default()

@@ -38,7 +38,7 @@ pub mod store;
 pub mod webhooks;
 
 pub use crate::redis::RedisBackend;
-pub use campaigns::{CampaignRecord, CampaignState, CampaignStore, ImportCounts, ImportRow, RejectedRow};
+pub use campaigns::{CampaignRecord, CampaignState, CampaignStore, CursorStep, ImportCounts, ImportRow, RejectedRow};
 pub use chatwoot::{
     ChatwootContact, ChatwootJob, ChatwootJobOutcome, ChatwootJobStatus, ChatwootStore, IntegrationChange,
     IntegrationRecord, NewChatwootJob, NewIntegration,

@@ -199,20 +199,25 @@ pub trait ScheduleStore: Send + Sync + 'static {
     /// scheduler started it), moving `next_run_at` to `run.next`. Returns
     /// whether this call started it.
     async fn start_run(&self, run: NewRun, now: Timestamp) -> Result<bool, StoreError>;
-    /// Leases one running run whose lease ran out (new runs have none).
-    async fn claim_run(&self, now: Timestamp, lease_ms: i64) -> Result<Option<ScheduleRun>, StoreError>;
+    /// Leases one running run whose lease ran out (new runs have none) to `owner`.
+    async fn claim_run(&self, owner: &str, now: Timestamp, lease_ms: i64) -> Result<Option<ScheduleRun>, StoreError>;
     /// Returns every running run's lease (embedded start: the one process
     /// that owns the database holds none any more). Returns how many.
     async fn recover_runs(&self) -> Result<u64, StoreError>;
-    /// Adds a chunk's counts, moves the cursor, extends the lease (or ends the run).
+    /// Adds a chunk's counts, moves the cursor, extends the lease (or ends
+    /// the run), if `owner` still holds it; false if not (the lease passed
+    /// to another scheduler, or the run was deleted with its schedule).
     async fn record_run_progress(
         &self,
         schedule: &ScheduleId,
         occurrence: Timestamp,
+        owner: &str,
         progress: RunProgress,
         lease_until: Timestamp,
         now: Timestamp,
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
+    /// Deletes finished runs that ended before `before`; returns how many.
+    async fn purge_runs(&self, before: Timestamp) -> Result<u64, StoreError>;
     /// The schedule's latest runs, newest first.
     async fn list_runs(&self, schedule: &ScheduleId, limit: u32) -> Result<Vec<ScheduleRun>, StoreError>;
 }
@@ -247,7 +252,9 @@ pub(crate) const RUN_COLUMNS: &str = "schedule_id, occurrence, tenant_id, run_da
      skipped, error, created_at, finished_at";
 pub(crate) const SQL_RUN_PROGRESS: &str = "UPDATE schedule_runs SET cursor = COALESCE($1, cursor), \
      accepted = accepted + $2, skipped = skipped + $3, error = COALESCE($4, error), status = $5, \
-     lease_until = $6, finished_at = $7 WHERE schedule_id = $8 AND occurrence = $9 AND status = 'running'";
+     lease_until = $6, finished_at = $7 WHERE schedule_id = $8 AND occurrence = $9 AND status = 'running' \
+     AND lease_owner = $10";
+pub(crate) const SQL_PURGE_RUNS: &str = "DELETE FROM schedule_runs WHERE status <> 'running' AND finished_at < $1";
 
 pub(crate) const SQL_RECOVER_RUNS: &str =
     "UPDATE schedule_runs SET lease_until = 0 WHERE status = 'running' AND lease_until > 0";
@@ -357,6 +364,7 @@ mod tests {
             SQL_INSERT_RUN,
             SQL_RUN_PROGRESS,
             SQL_RECOVER_RUNS,
+            SQL_PURGE_RUNS,
         ] {
             assert_placeholders_in_order(sql);
         }

@@ -1085,22 +1085,29 @@ async fn a_due_schedule_starts_one_run_however_many_schedulers_try() {
     assert!(f.b.schedules.due_schedules(now, 10).await.unwrap().is_empty());
 
     // Leased to one scheduler at a time; progress moves the cursor and adds up.
-    let claimed = f.b.schedules.claim_run(now, 60_000).await.unwrap().unwrap();
+    let claimed = f.b.schedules.claim_run("a", now, 60_000).await.unwrap().unwrap();
     assert_eq!((claimed.missed, claimed.cursor.clone()), (2, None));
-    assert!(other.schedules.claim_run(now, 60_000).await.unwrap().is_none(), "leased");
+    assert!(other.schedules.claim_run("b", now, 60_000).await.unwrap().is_none(), "leased");
     let chunk = |accepted, cursor: &str| RunProgress { cursor: Some(cursor.into()), accepted, ..Default::default() };
-    f.b.schedules.record_run_progress(&sch.id, now, chunk(5, "+551"), now.plus_millis(60_000), now).await.unwrap();
-    f.b.schedules.record_run_progress(&sch.id, now, chunk(3, "+552"), now.plus_millis(60_000), now).await.unwrap();
+    let lease = now.plus_millis(60_000);
+    assert!(f.b.schedules.record_run_progress(&sch.id, now, "a", chunk(5, "+551"), lease, now).await.unwrap());
+    assert!(f.b.schedules.record_run_progress(&sch.id, now, "a", chunk(3, "+552"), lease, now).await.unwrap());
     // A scheduler that died: its lease runs out and another resumes at the cursor.
     let later = now.plus_millis(60_001);
-    let resumed = other.schedules.claim_run(later, 60_000).await.unwrap().unwrap();
+    let resumed = other.schedules.claim_run("b", later, 60_000).await.unwrap().unwrap();
     assert_eq!((resumed.cursor.as_deref(), resumed.accepted), (Some("+552"), 8));
+    // The one it was taken from is told to stop, and its chunk is not counted.
+    assert!(!f.b.schedules.record_run_progress(&sch.id, now, "a", chunk(9, "+553"), lease, later).await.unwrap());
     let done = RunProgress { finished: Some(RunStatus::Done), ..Default::default() };
-    other.schedules.record_run_progress(&sch.id, now, done, later, later).await.unwrap();
-    assert!(f.b.schedules.claim_run(later.plus_millis(120_000), 60_000).await.unwrap().is_none(), "done");
+    assert!(other.schedules.record_run_progress(&sch.id, now, "b", done, later, later).await.unwrap());
+    assert!(f.b.schedules.claim_run("a", later.plus_millis(120_000), 60_000).await.unwrap().is_none(), "done");
+    // Finished runs are purged after their time, not before.
+    assert_eq!(f.b.schedules.purge_runs(later).await.unwrap(), 0);
     let runs = f.b.schedules.list_runs(&sch.id, 10).await.unwrap();
     assert_eq!(runs.len(), 1);
     assert_eq!((runs[0].status, runs[0].accepted, runs[0].finished_at), (RunStatus::Done, 8, Some(later)));
+    assert_eq!(f.b.schedules.purge_runs(later.plus_millis(1)).await.unwrap(), 1);
+    assert!(f.b.schedules.list_runs(&sch.id, 10).await.unwrap().is_empty());
 }
 
 fn new_campaign(f: &Fixture, now: Timestamp) -> CampaignRecord {
@@ -1183,7 +1190,16 @@ async fn a_campaign_is_released_by_one_leaseholder_whose_cursor_moves_by_compare
     let advance = |b: &Backends, owner: &'static str, from, to| {
         let b = b.clone();
         let id = c.id.clone();
-        async move { b.campaigns.advance_campaign(&id, owner, from, to, to - from, now).await.unwrap() }
+        async move {
+            b.campaigns
+                .advance_campaign(
+                    &id,
+                    owner,
+                    CursorStep { from, to, released: to - from, now, lease_until: now.plus_millis(10_000) },
+                )
+                .await
+                .unwrap()
+        }
     };
     assert_eq!(advance(&other, "b", 0, 2).await, None, "not the leaseholder");
     assert_eq!(advance(&f.b, "a", 0, 2).await, Some(CampaignState::Running));

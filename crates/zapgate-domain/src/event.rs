@@ -35,10 +35,14 @@ pub enum EventType {
     /// (`campaign_id`, `campaign_state`, `released` of `total`).
     #[serde(rename = "campaign.status")]
     CampaignStatus,
+    /// A running campaign passed another tenth of its recipients
+    /// released (`progress` counts where they all are).
+    #[serde(rename = "campaign.progress")]
+    CampaignProgress,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 7] = [
+    pub const ALL: [EventType; 8] = [
         EventType::MessageStatus,
         EventType::MessageAckTimeout,
         EventType::MessageReceived,
@@ -46,6 +50,7 @@ impl EventType {
         EventType::InstanceQr,
         EventType::WebhookDeliveryFailed,
         EventType::CampaignStatus,
+        EventType::CampaignProgress,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -57,6 +62,7 @@ impl EventType {
             EventType::InstanceQr => "instance.qr",
             EventType::WebhookDeliveryFailed => "webhook.delivery_failed",
             EventType::CampaignStatus => "campaign.status",
+            EventType::CampaignProgress => "campaign.progress",
         }
     }
 
@@ -108,6 +114,9 @@ pub struct StatusDetail {
     pub released: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total: Option<u64>,
+    /// For `campaign.status` and `campaign.progress`: where its recipients are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<crate::CampaignProgress>,
     /// For `message.received`: the message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<ReceivedMessage>,

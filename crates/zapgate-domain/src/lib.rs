@@ -21,7 +21,7 @@ pub mod timestamp;
 pub mod token;
 pub mod webhook;
 
-pub use campaign::CampaignState;
+pub use campaign::{CampaignProgress, CampaignState};
 pub use chat::ChatId;
 pub use error::ValidationError;
 pub use event::{EventType, MessageEvent, ReceivedMessage};

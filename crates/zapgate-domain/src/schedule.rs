@@ -11,10 +11,10 @@
 
 use crate::{Timestamp, ValidationError};
 use croner::Cron;
-use croner::parser::{CronParser, Seconds};
+use croner::parser::{CronParser, Seconds, Year};
+use jiff::Zoned;
 use jiff::civil::Date;
 use jiff::tz::TimeZone;
-use jiff::{ToSpan, Zoned};
 
 /// The most offsets one schedule may name, and how far they may reach.
 pub const MAX_OFFSETS: usize = 16;
@@ -53,14 +53,21 @@ impl CronSchedule {
         })?;
         let cron = CronParser::builder()
             .seconds(Seconds::Optional)
+            .year(Year::Disallowed)
             .build()
             .parse(expression.trim())
             .map_err(|e| ValidationError::new("cron", format!("{e} (e.g. \"0 9 * * *\": daily at 09:00)")))?;
         let schedule = Self { cron, tz };
         // An expression that parses but never matches (`0 0 30 2 *`) is as
         // useless as one that does not parse: refuse it now.
-        if schedule.next_after(Timestamp::from_millis(0)).is_none() {
+        let first = schedule.next_runs(Timestamp::from_millis(0), 8);
+        if first.is_empty() {
             return Err(ValidationError::new("cron", "never matches a real date"));
+        }
+        // A run is a send to a whole audience: more than one a minute would
+        // pile runs up behind each other.
+        if first.windows(2).any(|w| w[1].as_millis() - w[0].as_millis() < 60_000) {
+            return Err(ValidationError::new("cron", "runs more than once a minute"));
         }
         Ok(schedule)
     }
@@ -121,7 +128,7 @@ pub fn check_offsets(offsets: &[i32]) -> Result<(), ValidationError> {
     if offsets.len() > MAX_OFFSETS {
         return Err(ValidationError::new("offsets_days", format!("at most {MAX_OFFSETS} offsets")));
     }
-    if let Some(o) = offsets.iter().find(|o| o.abs() > MAX_OFFSET_DAYS) {
+    if let Some(o) = offsets.iter().find(|o| !(-MAX_OFFSET_DAYS..=MAX_OFFSET_DAYS).contains(*o)) {
         return Err(ValidationError::new("offsets_days", format!("{o} is more than {MAX_OFFSET_DAYS} days away")));
     }
     let mut sorted = offsets.to_vec();
@@ -139,8 +146,8 @@ pub fn parse_date(s: &str) -> Option<Date> {
     let s = s.trim();
     if let Some((d, rest)) = s.split_once('/') {
         let (m, y) = rest.split_once('/')?;
-        let n = |v: &str| v.parse::<i16>().ok();
-        return Date::new(n(y)?, n(m)? as i8, n(d)? as i8).ok().filter(|_| y.len() == 4);
+        let small = |v: &str| v.parse::<i8>().ok();
+        return Date::new(y.parse().ok()?, small(m)?, small(d)?).ok().filter(|_| y.len() == 4);
     }
     s.parse::<Date>().ok().filter(|_| s.len() == 10)
 }
@@ -148,7 +155,11 @@ pub fn parse_date(s: &str) -> Option<Date> {
 /// The offsets of `offsets` for which a row dated `date` is due on
 /// `run_date`: `offset = -3` targets rows dated three days after the run.
 pub fn due_offsets(date: Date, run_date: Date, offsets: &[i32]) -> Vec<i32> {
-    offsets.iter().copied().filter(|&o| date.checked_add(o.days()).is_ok_and(|d| d == run_date)).collect()
+    offsets
+        .iter()
+        .copied()
+        .filter(|&o| jiff::Span::new().try_days(o).and_then(|span| date.checked_add(span)).is_ok_and(|d| d == run_date))
+        .collect()
 }
 
 #[cfg(test)]
@@ -221,11 +232,11 @@ mod tests {
 
     #[test]
     fn a_frequent_expression_after_a_long_outage_jumps_to_the_end() {
-        let c = CronSchedule::parse("* * * * * *", "UTC").unwrap();
-        let p = c.plan(at("2026-12-01T00:00:00Z"), at("2026-12-08T00:00:00.500Z"));
+        let c = CronSchedule::parse("* * * * *", "UTC").unwrap();
+        let p = c.plan(at("2026-11-01T00:00:00Z"), at("2026-12-08T00:00:30Z"));
         assert_eq!(p.occurrence, at("2026-12-08T00:00:00Z"));
         assert_eq!(p.missed, MISSED_COUNT_CAP);
-        assert_eq!(p.next, Some(at("2026-12-08T00:00:01Z")));
+        assert_eq!(p.next, Some(at("2026-12-08T00:01:00Z")));
     }
 
     #[test]
@@ -233,6 +244,9 @@ mod tests {
         assert_eq!(CronSchedule::parse("0 9 * *", "UTC").unwrap_err().field, "cron");
         assert_eq!(CronSchedule::parse("61 9 * * *", "UTC").unwrap_err().field, "cron");
         assert_eq!(CronSchedule::parse("0 0 30 2 *", "UTC").unwrap_err().field, "cron");
+        assert_eq!(CronSchedule::parse("0 0 9 1 1 * 2020", "UTC").unwrap_err().field, "cron", "no year field");
+        assert_eq!(CronSchedule::parse("*/30 * * * * *", "UTC").unwrap_err().message, "runs more than once a minute");
+        assert!(CronSchedule::parse("30 0 9 * * *", "UTC").is_ok(), "a seconds field is fine once a minute or less");
         assert_eq!(CronSchedule::parse("0 9 * * *", "Mars/Olympus").unwrap_err().field, "time_zone");
     }
 
@@ -241,7 +255,7 @@ mod tests {
         let d = Date::new(2026, 12, 10).unwrap();
         assert_eq!(parse_date("2026-12-10"), Some(d));
         assert_eq!(parse_date("10/12/2026"), Some(d));
-        for bad in ["2026-13-01", "31/02/2026", "10/12/26", "tomorrow", "", "2026-1-5"] {
+        for bad in ["2026-13-01", "31/02/2026", "10/12/26", "tomorrow", "", "2026-1-5", "10/268/2026", "266/12/2026"] {
             assert_eq!(parse_date(bad), None, "{bad}");
         }
     }
@@ -257,5 +271,7 @@ mod tests {
         assert!(check_offsets(&[-3, 0]).is_ok());
         assert!(check_offsets(&[0, 0]).is_err());
         assert!(check_offsets(&[400]).is_err());
+        assert!(check_offsets(&[i32::MIN]).is_err(), "no overflow");
+        assert!(due_offsets(due, day(7), &[i32::MIN, i32::MAX]).is_empty(), "no panic");
     }
 }

@@ -233,6 +233,8 @@ pub async fn run(config: Config, role: Role) -> anyhow::Result<()> {
             interval: config.scheduler_interval,
             clock: crate::worker::scheduler::Clock::from_env(),
             recover: config.database_url.is_none(),
+            owner: format!("{:016x}", rand::random::<u64>()),
+            runs: Arc::new(tokio::sync::Semaphore::new(crate::worker::scheduler::RUNS_AT_ONCE)),
         });
         drained.push(tokio::spawn(crate::worker::scheduler::run(scheduler, stop_rx.clone())));
         let releaser = Arc::new(crate::worker::campaigns::Releaser {

@@ -389,6 +389,10 @@ impl Config {
         if self.provider_health_interval < Duration::from_millis(100) {
             return bad("ZAPGATE_PROVIDER_HEALTH_INTERVAL must be at least 100ms");
         }
+        if self.idempotency_ttl < Duration::from_secs(3600) {
+            // Schedule runs and campaign slices resume on their keys after a crash.
+            return bad("ZAPGATE_IDEMPOTENCY_TTL must be at least 1h");
+        }
         if self.scheduler_interval < Duration::from_millis(10) || self.scheduler_interval > Duration::from_secs(60) {
             return bad("ZAPGATE_SCHEDULER_INTERVAL must be between 10ms and 60s");
         }

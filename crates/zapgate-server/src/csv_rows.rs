@@ -1,17 +1,22 @@
 //! A CSV reader fed chunk by chunk (a request body as it streams in), on
-//! `csv-core`: memory is one record, never the file. The delimiter is `,`
-//! or `;` (what spreadsheets in Brazil save), told from the header line.
+//! `csv-core`: memory is one record, never the file — a record is at most
+//! 64 KiB of input and 256 fields. The delimiter is `,` or `;` (what
+//! spreadsheets in Brazil save), told from the header line. Text that is
+//! not UTF-8 is read as Windows-1252, what Excel saves in Brazil.
 
 use csv_core::{ReadRecordResult, Reader, ReaderBuilder};
 
 /// The longest record accepted: far above any recipient row, far below
 /// anything that could hurt.
 pub const MAX_RECORD_BYTES: usize = 64 * 1024;
+pub const MAX_FIELDS: usize = 256;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CsvError {
     #[error("row {0} is longer than 64 KiB")]
     RecordTooLong(u64),
+    #[error("row {0} has more than 256 fields")]
+    TooManyFields(u64),
     #[error("the header line is longer than 64 KiB")]
     HeaderTooLong,
 }
@@ -24,6 +29,8 @@ pub struct CsvRows {
     ends: Vec<usize>,
     out_len: usize,
     ends_len: usize,
+    /// Input bytes of the record being read (empty fields fill no output).
+    record_bytes: usize,
     records: u64,
 }
 
@@ -36,6 +43,7 @@ impl Default for CsvRows {
             ends: vec![0; 32],
             out_len: 0,
             ends_len: 0,
+            record_bytes: 0,
             records: 0,
         }
     }
@@ -81,6 +89,10 @@ impl CsvRows {
             input = &input[nin..];
             self.out_len += nout;
             self.ends_len += nend;
+            self.record_bytes += nin;
+            if self.record_bytes > MAX_RECORD_BYTES && result != ReadRecordResult::Record {
+                return Err(CsvError::RecordTooLong(self.records + 1));
+            }
             match result {
                 ReadRecordResult::InputEmpty if !eof => return Ok(()),
                 ReadRecordResult::InputEmpty => {}
@@ -90,17 +102,23 @@ impl CsvRows {
                     }
                     self.out.resize(self.out.len() * 2, 0);
                 }
-                ReadRecordResult::OutputEndsFull => self.ends.resize(self.ends.len() * 2, 0),
+                ReadRecordResult::OutputEndsFull => {
+                    if self.ends.len() >= MAX_FIELDS {
+                        return Err(CsvError::TooManyFields(self.records + 1));
+                    }
+                    self.ends.resize(self.ends.len() * 2, 0);
+                }
                 ReadRecordResult::Record => {
                     self.records += 1;
                     let mut fields = Vec::with_capacity(self.ends_len);
                     let mut start = 0;
                     for &end in &self.ends[..self.ends_len] {
-                        fields.push(String::from_utf8_lossy(&self.out[start..end]).trim().to_owned());
+                        fields.push(text(&self.out[start..end]).trim().to_owned());
                         start = end;
                     }
                     self.out_len = 0;
                     self.ends_len = 0;
+                    self.record_bytes = 0;
                     // A blank line is no row.
                     if !(fields.len() == 1 && fields[0].is_empty()) {
                         rows.push(fields);
@@ -109,6 +127,26 @@ impl CsvRows {
                 ReadRecordResult::End => return Ok(()),
             }
         }
+    }
+}
+
+/// UTF-8 if it is, else Windows-1252 (every byte a character).
+fn text(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.to_owned(),
+        Err(_) => bytes.iter().map(|&b| windows_1252(b)).collect(),
+    }
+}
+
+fn windows_1252(b: u8) -> char {
+    // 0x80–0x9F differ from Latin-1; the five unassigned bytes keep their C1 code.
+    const HIGH: [char; 32] = [
+        '€', '\u{81}', '‚', 'ƒ', '„', '…', '†', '‡', 'ˆ', '‰', 'Š', '‹', 'Œ', '\u{8d}', 'Ž', '\u{8f}', '\u{90}', '‘',
+        '’', '“', '”', '•', '–', '—', '˜', '™', 'š', '›', 'œ', '\u{9d}', 'ž', 'Ÿ',
+    ];
+    match b {
+        0x80..=0x9f => HIGH[usize::from(b - 0x80)],
+        _ => char::from(b),
     }
 }
 
@@ -148,6 +186,29 @@ mod tests {
     fn semicolons_are_the_delimiter_when_the_header_says_so() {
         let rows = parse_in_chunks("telefone;nome;valor\n11999990001;Ana;10,50\n", 5);
         assert_eq!(rows[1], ["11999990001", "Ana", "10,50"]);
+    }
+
+    #[test]
+    fn windows_1252_text_is_read_as_such() {
+        let mut csv = CsvRows::default();
+        let mut rows = Vec::new();
+        csv.push(b"to;name\n+5511999990001;Jos\xe9 \x80\n+5511999990002;Jos\xc3\xa9\n", &mut rows).unwrap();
+        csv.finish(&mut rows).unwrap();
+        assert_eq!(rows[1][1], "José €");
+        assert_eq!(rows[2][1], "José", "UTF-8 stays UTF-8");
+    }
+
+    #[test]
+    fn many_empty_fields_are_refused_without_growing() {
+        let mut csv = CsvRows::default();
+        let mut rows = Vec::new();
+        csv.push(b"to,name\n", &mut rows).unwrap();
+        assert_eq!(csv.push(&[b','; 10_000], &mut rows), Err(CsvError::TooManyFields(2)));
+        let mut csv = CsvRows::default();
+        csv.push(b"to;name\n", &mut rows).unwrap();
+        let mut long = vec![b' '; 70_000];
+        long.push(b'x');
+        assert_eq!(csv.push(&long, &mut rows), Err(CsvError::RecordTooLong(2)));
     }
 
     #[test]

@@ -191,6 +191,14 @@ async fn bad_campaign_input_gets_clear_errors_and_json_recipients_work() {
         assert_eq!(r.status(), 422, "{change}");
         assert_eq!(r.json::<Value>().await.unwrap()["error"]["details"]["field"], field);
     }
+    // A Cloud API template goes out only from a Cloud API number.
+    let cloud = json!({"name": "cloud", "cloud_template": {"name": "hello_world", "language": {"code": "en_US"}}});
+    let cloud: Value = s.post(&token, "/v1/templates", &cloud).await.json().await.unwrap();
+    let mut body = base.clone();
+    body["template_id"] = cloud["id"].clone();
+    let r = s.post(&token, "/v1/campaigns", &body).await;
+    assert_eq!(r.status(), 422);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["details"]["field"], "template_id");
     let c = create(&s, &token, base.clone()).await;
     let id = c["id"].as_str().unwrap();
     // The CSV must name the recipient and every template variable.
@@ -347,7 +355,8 @@ async fn the_cli_creates_and_follows_a_campaign_from_a_csv_file() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
-/// A campaign's state changes reach webhooks subscribed to `campaign.status`.
+/// A campaign's state changes (`campaign.status`) and its progress as it
+/// passes each tenth (`campaign.progress`) reach webhooks subscribed to them.
 #[tokio::test]
 async fn campaign_state_changes_are_webhook_events() {
     let s = Server::start(&[("ZAPGATE_WEBHOOK_ALLOW_PRIVATE", "true")]).await;
@@ -364,7 +373,8 @@ async fn campaign_state_changes_are_webhook_events() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let r = s.post(&token, "/v1/webhooks", &json!({"url": url, "event_types": ["campaign.status"]})).await;
+    let types = json!(["campaign.status", "campaign.progress"]);
+    let r = s.post(&token, "/v1/webhooks", &json!({"url": url, "event_types": types})).await;
     assert_eq!(r.status(), 201);
     let c = create(
         &s,
@@ -378,7 +388,7 @@ async fn campaign_state_changes_are_webhook_events() {
     let id = c["id"].as_str().unwrap();
     wait_campaign(&s, &token, id, |c| c["state"] == "completed", Duration::from_secs(30)).await;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while got.lock().unwrap().len() < 2 {
+    while got.lock().unwrap().len() < 3 {
         assert!(Instant::now() < deadline, "events: {:?}", got.lock().unwrap());
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
@@ -388,17 +398,22 @@ async fn campaign_state_changes_are_webhook_events() {
         .iter()
         .map(|e| {
             let d = &e["data"];
-            assert_eq!(e["type"], "campaign.status");
             assert_eq!(d["campaign_id"], id);
-            (
-                e["type"].as_str().unwrap(),
-                d["campaign_state"].as_str().unwrap(),
-                d["released"].as_u64().unwrap(),
-                d["total"].as_u64().unwrap(),
-            )
+            let released = d["released"].as_u64().unwrap();
+            assert_eq!(d["progress"]["total"], 2);
+            assert_eq!(d["progress"]["pending"].as_u64(), Some(2 - released), "{e:#}");
+            (e["type"].as_str().unwrap(), d["campaign_state"].as_str().unwrap(), released, d["total"].as_u64().unwrap())
         })
         .collect();
-    assert_eq!(seen, [("campaign.status", "running", 0, 2), ("campaign.status", "completed", 2, 2)]);
+    assert_eq!(
+        seen,
+        [
+            ("campaign.status", "running", 0, 2),
+            ("campaign.progress", "running", 2, 2),
+            ("campaign.status", "completed", 2, 2)
+        ]
+    );
+    assert_eq!(events[2]["data"]["progress"]["sent"], 2, "the last event counts every message sent");
 }
 
 /// `start_at` holds the release until then, and `rate_per_second` paces a

@@ -54,6 +54,7 @@ CREATE TABLE schedule_runs (
     skipped      BIGINT NOT NULL DEFAULT 0,
     error        TEXT,
     lease_until  BIGINT NOT NULL DEFAULT 0,
+    lease_owner  TEXT,            -- the scheduler sending it
     created_at   BIGINT NOT NULL,
     finished_at  BIGINT,
     PRIMARY KEY (schedule_id, occurrence)

@@ -24,7 +24,8 @@ CREATE TABLE campaigns (
     finished_at      BIGINT
 );
 CREATE INDEX campaigns_tenant ON campaigns(tenant_id, id);
-CREATE INDEX campaigns_running ON campaigns(lease_until) WHERE state = 'running';
+-- What releasers claim: running campaigns, and cancelled ones being swept.
+CREATE INDEX campaigns_active ON campaigns(state, lease_until) WHERE state IN ('running', 'cancelled');
 
 CREATE TABLE campaign_recipients (
     campaign_id  TEXT NOT NULL,

@@ -54,6 +54,7 @@ CREATE TABLE schedule_runs (
     skipped      INTEGER NOT NULL DEFAULT 0,
     error        TEXT,
     lease_until  INTEGER NOT NULL DEFAULT 0,
+    lease_owner  TEXT,            -- the scheduler sending it
     created_at   INTEGER NOT NULL,
     finished_at  INTEGER,
     PRIMARY KEY (schedule_id, occurrence)

@@ -9,7 +9,7 @@ use crate::campaigns::*;
 use crate::schedules::AudienceMember;
 use async_trait::async_trait;
 use sqlx::{AssertSqlSafe, Row};
-use zapgate_domain::{CampaignId, EventType, MessageId, MessageStatus, TenantId, Timestamp};
+use zapgate_domain::{CampaignId, CampaignProgress, EventType, MessageId, MessageStatus, TenantId, Timestamp};
 
 #[async_trait]
 impl CampaignStore for PgBackend {
@@ -134,7 +134,10 @@ impl CampaignStore for PgBackend {
             .fetch_optional(&mut *tx)
             .await?;
         let Some(c) = row.as_ref().map(campaign).transpose()? else { return Ok(None) };
-        let (kind, detail) = (EventType::CampaignStatus, status_detail(&c));
+        let rows = sqlx::query(SQL_CAMPAIGN_STATUSES).bind(c.id.as_str()).fetch_all(&mut *tx).await?;
+        let statuses = rows.iter().map(status_count_of).collect::<Result<Vec<_>, _>>()?;
+        let progress = CampaignProgress::tally(c.total, c.released, &statuses);
+        let (kind, detail) = (EventType::CampaignStatus, status_detail(&c, progress));
         super::rows::insert_instance_event(&mut tx, kind, c.tenant_id.as_str(), c.instance_id.as_str(), &detail, now)
             .await?;
         tx.commit().await?;
@@ -152,7 +155,7 @@ impl CampaignStore for PgBackend {
             "UPDATE campaigns SET lease_owner = $1, lease_until = $2 WHERE id IN ( \
              SELECT id FROM campaigns WHERE ((state = 'running' AND (start_at IS NULL OR start_at <= $3)) \
              OR (state = 'cancelled' AND finished_at > $5)) \
-             AND (lease_until <= $3 OR lease_owner = $1) ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED) \
+             AND (lease_until <= $3 OR lease_owner = $1) ORDER BY lease_until LIMIT $4 FOR UPDATE SKIP LOCKED) \
              RETURNING {CAMPAIGN_COLUMNS}"
         );
         let rows = sqlx::query(AssertSqlSafe(sql))
@@ -185,15 +188,14 @@ impl CampaignStore for PgBackend {
         &self,
         id: &CampaignId,
         owner: &str,
-        from: u64,
-        to: u64,
-        released: u64,
-        now: Timestamp,
+        step: CursorStep,
     ) -> Result<Option<CampaignState>, StoreError> {
+        let CursorStep { from, to, released, now, lease_until } = step;
         let row = sqlx::query(SQL_ADVANCE_CAMPAIGN)
             .bind(to as i64)
             .bind(released as i64)
             .bind(now.as_millis())
+            .bind(lease_until.as_millis())
             .bind(id.as_str())
             .bind(owner)
             .bind(from as i64)
@@ -203,15 +205,21 @@ impl CampaignStore for PgBackend {
         Ok(state.as_deref().and_then(CampaignState::parse))
     }
 
+    async fn record_campaign_progress(
+        &self,
+        c: &CampaignRecord,
+        progress: CampaignProgress,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.pool().acquire().await?;
+        let detail = status_detail(c, progress);
+        let (tenant, instance) = (c.tenant_id.as_str(), c.instance_id.as_str());
+        super::rows::insert_instance_event(&mut conn, EventType::CampaignProgress, tenant, instance, &detail, now).await
+    }
+
     async fn campaign_statuses(&self, id: &CampaignId) -> Result<Vec<(MessageStatus, u64)>, StoreError> {
         let rows = sqlx::query(SQL_CAMPAIGN_STATUSES).bind(id.as_str()).fetch_all(self.pool()).await?;
-        rows.iter()
-            .map(|r| {
-                let status: String = r.try_get("status")?;
-                let status = status.parse().map_err(|e| StoreError::Corrupt(format!("status: {e}")))?;
-                Ok((status, r.try_get::<i64, _>("n")?.max(0) as u64))
-            })
-            .collect()
+        rows.iter().map(status_count_of).collect()
     }
 
     async fn campaign_waiting(&self, id: &CampaignId) -> Result<u64, StoreError> {

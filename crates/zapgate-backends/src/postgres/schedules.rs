@@ -114,6 +114,16 @@ impl ScheduleStore for PgBackend {
 
     async fn create_schedule(&self, s: ScheduleRecord) -> Result<ScheduleRecord, StoreError> {
         let offsets = serde_json::to_string(&s.offsets_days).unwrap_or_else(|_| "[]".into());
+        let mut tx = self.pool().begin().await?;
+        // Holds off a concurrent delete of the audience (which locks it FOR UPDATE).
+        let audience = sqlx::query("SELECT 1 FROM audiences WHERE id = $1 AND tenant_id = $2 FOR SHARE")
+            .bind(s.audience_id.as_str())
+            .bind(s.tenant_id.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if audience.is_none() {
+            return Err(StoreError::NotFound);
+        }
         sqlx::query(SQL_CREATE_SCHEDULE)
             .bind(s.id.as_str())
             .bind(s.tenant_id.as_str())
@@ -130,8 +140,9 @@ impl ScheduleStore for PgBackend {
             .bind(s.next_run_at.map(Timestamp::as_millis))
             .bind(s.last_run_at.map(Timestamp::as_millis))
             .bind(s.created_at.as_millis())
-            .execute(self.pool())
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(s)
     }
 
@@ -215,9 +226,9 @@ impl ScheduleStore for PgBackend {
         Ok(inserted.rows_affected() > 0)
     }
 
-    async fn claim_run(&self, now: Timestamp, lease_ms: i64) -> Result<Option<ScheduleRun>, StoreError> {
+    async fn claim_run(&self, owner: &str, now: Timestamp, lease_ms: i64) -> Result<Option<ScheduleRun>, StoreError> {
         let sql = format!(
-            "UPDATE schedule_runs r SET lease_until = $1 FROM ( \
+            "UPDATE schedule_runs r SET lease_until = $1, lease_owner = $3 FROM ( \
              SELECT schedule_id, occurrence FROM schedule_runs \
              WHERE status = 'running' AND lease_until <= $2 ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED) c \
              WHERE r.schedule_id = c.schedule_id AND r.occurrence = c.occurrence RETURNING {}",
@@ -226,6 +237,7 @@ impl ScheduleStore for PgBackend {
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(now.as_millis() + lease_ms)
             .bind(now.as_millis())
+            .bind(owner)
             .fetch_optional(self.pool())
             .await?;
         row.as_ref().map(run).transpose()
@@ -239,11 +251,12 @@ impl ScheduleStore for PgBackend {
         &self,
         schedule: &ScheduleId,
         occurrence: Timestamp,
+        owner: &str,
         p: RunProgress,
         lease_until: Timestamp,
         now: Timestamp,
-    ) -> Result<(), StoreError> {
-        sqlx::query(SQL_RUN_PROGRESS)
+    ) -> Result<bool, StoreError> {
+        let r = sqlx::query(SQL_RUN_PROGRESS)
             .bind(&p.cursor)
             .bind(p.accepted as i64)
             .bind(p.skipped as i64)
@@ -253,9 +266,14 @@ impl ScheduleStore for PgBackend {
             .bind(p.finished.map(|_| now.as_millis()))
             .bind(schedule.as_str())
             .bind(occurrence.as_millis())
+            .bind(owner)
             .execute(self.pool())
             .await?;
-        Ok(())
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn purge_runs(&self, before: Timestamp) -> Result<u64, StoreError> {
+        Ok(sqlx::query(SQL_PURGE_RUNS).bind(before.as_millis()).execute(self.pool()).await?.rows_affected())
     }
 
     async fn list_runs(&self, schedule: &ScheduleId, limit: u32) -> Result<Vec<ScheduleRun>, StoreError> {

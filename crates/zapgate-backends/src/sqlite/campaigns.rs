@@ -9,7 +9,7 @@ use crate::campaigns::*;
 use crate::schedules::AudienceMember;
 use async_trait::async_trait;
 use rusqlite::{Row, params};
-use zapgate_domain::{CampaignId, EventType, MessageId, MessageStatus, TenantId, Timestamp};
+use zapgate_domain::{CampaignId, CampaignProgress, EventType, MessageId, MessageStatus, TenantId, Timestamp};
 
 fn campaign_row(row: &Row<'_>) -> Result<CampaignRecord, StoreError> {
     campaign(row)
@@ -19,6 +19,9 @@ fn recipient_row(row: &Row<'_>) -> Result<(u64, AudienceMember), StoreError> {
 }
 fn reject_row(row: &Row<'_>) -> Result<RejectedRow, StoreError> {
     reject(row)
+}
+fn status_count(row: &Row<'_>) -> Result<(MessageStatus, u64), StoreError> {
+    status_count_of(row)
 }
 
 #[async_trait]
@@ -125,16 +128,11 @@ impl CampaignStore for SqliteBackend {
                     return Ok(None);
                 }
                 let sql = format!("SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE id = $1");
-                let Some(c) = one(conn, &sql, [id], campaign_row)? else { return Ok(None) };
+                let Some(c) = one(conn, &sql, [&id], campaign_row)? else { return Ok(None) };
+                let statuses = all(conn, SQL_CAMPAIGN_STATUSES, [&id], status_count)?;
+                let detail = status_detail(&c, CampaignProgress::tally(c.total, c.released, &statuses));
                 let kind = EventType::CampaignStatus;
-                insert_instance_event(
-                    conn,
-                    kind,
-                    c.tenant_id.as_str(),
-                    c.instance_id.as_str(),
-                    &status_detail(&c),
-                    now,
-                )?;
+                insert_instance_event(conn, kind, c.tenant_id.as_str(), c.instance_id.as_str(), &detail, now)?;
                 Ok(Some(c))
             }))
             .await
@@ -148,15 +146,28 @@ impl CampaignStore for SqliteBackend {
         limit: u32,
     ) -> Result<Vec<CampaignRecord>, StoreError> {
         let owner = owner.to_owned();
+        let recent = now.as_millis() - CANCEL_SWEEP_MS;
+        // Releasers poll: look on a read connection first, so an idle tick
+        // costs the one writer nothing.
+        let any = self
+            .read(move |c| {
+                let sql = "SELECT 1 FROM campaigns WHERE state = 'running' \
+                           OR (state = 'cancelled' AND finished_at > ?1) LIMIT 1";
+                one(c, sql, [recent], |_| Ok(()))
+            })
+            .await?;
+        if any.is_none() {
+            return Ok(Vec::new());
+        }
         self.writer
             .write(Box::new(move |conn| {
                 let sql = format!(
                     "UPDATE campaigns SET lease_owner = ?1, lease_until = ?2 WHERE id IN ( \
                      SELECT id FROM campaigns WHERE ((state = 'running' AND (start_at IS NULL OR start_at <= ?3)) \
                      OR (state = 'cancelled' AND finished_at > ?5)) \
-                     AND (lease_until <= ?3 OR lease_owner = ?1) ORDER BY id LIMIT ?4) RETURNING {CAMPAIGN_COLUMNS}"
+                     AND (lease_until <= ?3 OR lease_owner = ?1) ORDER BY lease_until LIMIT ?4) \
+                     RETURNING {CAMPAIGN_COLUMNS}"
                 );
-                let recent = now.as_millis() - CANCEL_SWEEP_MS;
                 let p = params![owner, now.as_millis() + lease_ms, now.as_millis(), limit, recent];
                 all(conn, &sql, p, campaign_row)
             }))
@@ -177,31 +188,45 @@ impl CampaignStore for SqliteBackend {
         &self,
         id: &CampaignId,
         owner: &str,
-        from: u64,
-        to: u64,
-        released: u64,
-        now: Timestamp,
+        step: CursorStep,
     ) -> Result<Option<CampaignState>, StoreError> {
         let (id, owner) = (id.to_string(), owner.to_owned());
+        let CursorStep { from, to, released, now, lease_until } = step;
         self.writer
             .write(Box::new(move |conn| {
-                let p = params![to as i64, released as i64, now.as_millis(), id, owner, from as i64];
+                let p = params![
+                    to as i64,
+                    released as i64,
+                    now.as_millis(),
+                    lease_until.as_millis(),
+                    id,
+                    owner,
+                    from as i64
+                ];
                 let state = one(conn, SQL_ADVANCE_CAMPAIGN, p, |r| Ok(r.get::<_, String>(0)?))?;
                 Ok(state.as_deref().and_then(CampaignState::parse))
             }))
             .await
     }
 
+    async fn record_campaign_progress(
+        &self,
+        c: &CampaignRecord,
+        progress: CampaignProgress,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let (tenant, instance, detail) =
+            (c.tenant_id.to_string(), c.instance_id.to_string(), status_detail(c, progress));
+        self.writer
+            .write(Box::new(move |conn| {
+                insert_instance_event(conn, EventType::CampaignProgress, &tenant, &instance, &detail, now)
+            }))
+            .await
+    }
+
     async fn campaign_statuses(&self, id: &CampaignId) -> Result<Vec<(MessageStatus, u64)>, StoreError> {
         let id = id.to_string();
-        self.read(move |c| {
-            all(c, SQL_CAMPAIGN_STATUSES, [id], |r| {
-                let status: String = r.get("status")?;
-                let status = status.parse().map_err(|e| StoreError::Corrupt(format!("status: {e}")))?;
-                Ok((status, r.get::<_, i64>("n")?.max(0) as u64))
-            })
-        })
-        .await
+        self.read(move |c| all(c, SQL_CAMPAIGN_STATUSES, [id], status_count)).await
     }
 
     async fn campaign_waiting(&self, id: &CampaignId) -> Result<u64, StoreError> {

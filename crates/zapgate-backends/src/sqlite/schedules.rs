@@ -52,12 +52,14 @@ impl ScheduleStore for SqliteBackend {
         let (tenant, id) = (tenant.to_string(), id.to_string());
         self.writer
             .write(Box::new(move |conn| {
+                let owned = "SELECT 1 FROM audiences WHERE id = $1 AND tenant_id = $2";
+                if one(conn, owned, [&id, &tenant], |_| Ok(()))?.is_none() {
+                    return Ok(AudienceDeletion::NotFound);
+                }
                 if one(conn, SQL_AUDIENCE_USED, [&id], |_| Ok(()))?.is_some() {
                     return Ok(AudienceDeletion::InUse);
                 }
-                if exec(conn, SQL_DELETE_AUDIENCE, [&id, &tenant])? == 0 {
-                    return Ok(AudienceDeletion::NotFound);
-                }
+                exec(conn, SQL_DELETE_AUDIENCE, [&id, &tenant])?;
                 exec(conn, SQL_DELETE_AUDIENCE_MEMBERS, [&id])?;
                 Ok(AudienceDeletion::Deleted)
             }))
@@ -218,7 +220,8 @@ impl ScheduleStore for SqliteBackend {
             .await
     }
 
-    async fn claim_run(&self, now: Timestamp, lease_ms: i64) -> Result<Option<ScheduleRun>, StoreError> {
+    async fn claim_run(&self, owner: &str, now: Timestamp, lease_ms: i64) -> Result<Option<ScheduleRun>, StoreError> {
+        let owner = owner.to_owned();
         // Schedulers poll: look on a read connection first, so an idle poll
         // costs the writer nothing.
         let open = self
@@ -233,12 +236,12 @@ impl ScheduleStore for SqliteBackend {
         self.writer
             .write(Box::new(move |conn| {
                 let sql = format!(
-                    "UPDATE schedule_runs SET lease_until = ?1 WHERE (schedule_id, occurrence) = ( \
+                    "UPDATE schedule_runs SET lease_until = ?1, lease_owner = ?3 WHERE (schedule_id, occurrence) = ( \
                      SELECT schedule_id, occurrence FROM schedule_runs \
                      WHERE status = 'running' AND lease_until <= ?2 ORDER BY created_at LIMIT 1) \
                      RETURNING {RUN_COLUMNS}"
                 );
-                one(conn, &sql, params![now.as_millis() + lease_ms, now.as_millis()], run_row)
+                one(conn, &sql, params![now.as_millis() + lease_ms, now.as_millis(), owner], run_row)
             }))
             .await
     }
@@ -251,11 +254,12 @@ impl ScheduleStore for SqliteBackend {
         &self,
         schedule: &ScheduleId,
         occurrence: Timestamp,
+        owner: &str,
         p: RunProgress,
         lease_until: Timestamp,
         now: Timestamp,
-    ) -> Result<(), StoreError> {
-        let schedule = schedule.to_string();
+    ) -> Result<bool, StoreError> {
+        let (schedule, owner) = (schedule.to_string(), owner.to_owned());
         self.writer
             .write(Box::new(move |conn| {
                 let params = params![
@@ -267,11 +271,16 @@ impl ScheduleStore for SqliteBackend {
                     lease_until.as_millis(),
                     p.finished.map(|_| now.as_millis()),
                     schedule,
-                    occurrence.as_millis()
+                    occurrence.as_millis(),
+                    owner
                 ];
-                exec(conn, SQL_RUN_PROGRESS, params).map(|_| ())
+                Ok(exec(conn, SQL_RUN_PROGRESS, params)? > 0)
             }))
             .await
+    }
+
+    async fn purge_runs(&self, before: Timestamp) -> Result<u64, StoreError> {
+        self.writer.write(Box::new(move |conn| Ok(exec(conn, SQL_PURGE_RUNS, [before.as_millis()])? as u64))).await
     }
 
     async fn list_runs(&self, schedule: &ScheduleId, limit: u32) -> Result<Vec<ScheduleRun>, StoreError> {

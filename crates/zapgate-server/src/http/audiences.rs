@@ -80,10 +80,7 @@ pub async fn create(
     State(s): State<AppState>,
     ApiJson(body): ApiJson<CreateAudience>,
 ) -> ApiResult<(StatusCode, Json<AudienceRecord>)> {
-    let name = body.name.trim().to_owned();
-    if name.is_empty() || name.chars().count() > 100 {
-        return Err(ValidationError::new("name", "must be 1 to 100 characters").into());
-    }
+    let name = super::display_name("name", &body.name)?;
     let now = Timestamp::now();
     let rec = AudienceRecord {
         id: AudienceId::generate(),
@@ -204,6 +201,11 @@ fn variables(vars: serde_json::Map<String, Value>) -> Result<BTreeMap<String, St
     }
     let mut out = BTreeMap::new();
     for (k, v) in vars {
+        // The name goes into error fields (and stored rejects): only a sane one.
+        if k.is_empty() || k.len() > 64 || k.chars().any(char::is_control) {
+            let m = format!("{k:?} is not a variable name (1 to 64 characters, no control characters)");
+            return Err(ValidationError::new("variables", m));
+        }
         let field = format!("variables.{k}");
         let text = match v {
             Value::String(s) => s,
@@ -211,8 +213,8 @@ fn variables(vars: serde_json::Map<String, Value>) -> Result<BTreeMap<String, St
             Value::Bool(b) => b.to_string(),
             _ => return Err(ValidationError::new(field, "must be a string")),
         };
-        if k.is_empty() || k.len() > 64 {
-            return Err(ValidationError::new(field, "names must be 1 to 64 characters"));
+        if text.contains('\0') {
+            return Err(ValidationError::new(field, "must not contain NUL characters"));
         }
         if text.chars().count() > MAX_VALUE_CHARS {
             return Err(ValidationError::new(field, format!("must be at most {MAX_VALUE_CHARS} characters")));

@@ -18,7 +18,9 @@ use serde_json::Value;
 use std::collections::BTreeMap;
 use zapgate_backends::{AudienceMember, CampaignRecord, CampaignState, ImportCounts, ImportRow, RejectedRow};
 use zapgate_domain::template::TenantTemplate;
-use zapgate_domain::{CampaignId, ChatId, MessageStatus, Priority, TemplateId, TenantId, Timestamp, ValidationError};
+use zapgate_domain::{
+    CampaignId, CampaignProgress, ChatId, Priority, TemplateId, TenantId, Timestamp, ValidationError,
+};
 
 /// Rows stored per batch while importing.
 const IMPORT_BATCH: usize = 1000;
@@ -57,24 +59,7 @@ pub struct CampaignDetail {
     pub campaign: CampaignRecord,
     /// `true` while running but before `start_at`.
     pub waiting_for_start: bool,
-    pub progress: Progress,
-}
-
-/// Where the recipients are. `sent` counts every message the provider took
-/// (also those now delivered or read), `delivered` those delivered or read.
-#[derive(Serialize, Default, Debug, PartialEq, Eq, utoipa::ToSchema)]
-pub struct Progress {
-    pub total: u64,
-    /// Not released yet.
-    pub pending: u64,
-    /// Released, not yet taken by the provider.
-    pub queued: u64,
-    pub sent: u64,
-    pub delivered: u64,
-    pub read: u64,
-    /// Failed, dead-lettered or expired.
-    pub failed: u64,
-    pub cancelled: u64,
+    pub progress: CampaignProgress,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -115,30 +100,8 @@ async fn template_of(s: &AppState, tenant: &TenantId, id: &TemplateId) -> ApiRes
 }
 
 pub async fn detail(s: &AppState, campaign: CampaignRecord) -> ApiResult<CampaignDetail> {
-    let mut p = Progress {
-        total: campaign.total,
-        pending: campaign.total.saturating_sub(campaign.released),
-        ..Default::default()
-    };
-    for (status, n) in s.backends.campaigns.campaign_statuses(&campaign.id).await? {
-        match status {
-            MessageStatus::Scheduled | MessageStatus::Queued | MessageStatus::Sending | MessageStatus::RetryWait => {
-                p.queued += n
-            }
-            MessageStatus::Sent => p.sent += n,
-            MessageStatus::Delivered => {
-                p.sent += n;
-                p.delivered += n
-            }
-            MessageStatus::Read => {
-                p.sent += n;
-                p.delivered += n;
-                p.read += n
-            }
-            MessageStatus::Cancelled => p.cancelled += n,
-            _ => p.failed += n,
-        }
-    }
+    let statuses = s.backends.campaigns.campaign_statuses(&campaign.id).await?;
+    let p = CampaignProgress::tally(campaign.total, campaign.released, &statuses);
     let waiting_for_start =
         campaign.state == CampaignState::Running && campaign.start_at.is_some_and(|t| t > Timestamp::now());
     Ok(CampaignDetail { campaign, waiting_for_start, progress: p })
@@ -152,17 +115,13 @@ pub async fn create(
     State(s): State<AppState>,
     super::extract::ApiJson(body): super::extract::ApiJson<CreateCampaign>,
 ) -> ApiResult<(StatusCode, Json<CampaignDetail>)> {
-    let name = body.name.trim().to_owned();
-    if name.is_empty() || name.chars().count() > 100 {
-        return Err(ValidationError::new("name", "must be 1 to 100 characters").into());
-    }
+    let name = super::display_name("name", &body.name)?;
     if body.rate_per_second == Some(0) {
         return Err(ValidationError::new("rate_per_second", "must be at least 1").into());
     }
     let instance_id = super::instances::owned_instance(&s, &tenant, &body.instance_id, "instance_id").await?;
-    let template_id = TemplateId::parse(&body.template_id)
-        .ok_or_else(|| ValidationError::new("template_id", "no such template for this tenant"))?;
-    let template = template_of(&s, &tenant, &template_id).await?;
+    let record = super::templates::sendable(&s, &tenant, &body.template_id, &instance_id).await?;
+    let (template_id, template) = (record.id.clone(), record.compile()?);
     let recipients = body.recipients.unwrap_or_default();
     if recipients.len() > super::audiences::MAX_MEMBERS_PER_REQUEST {
         return Err(ValidationError::new("recipients", "at most 10000 as JSON; upload more as CSV").into());
@@ -356,6 +315,8 @@ impl Import<'_> {
 struct Columns {
     recipient: usize,
     names: Vec<String>,
+    /// The columns the template uses: only these are kept.
+    used: Vec<String>,
 }
 
 impl Columns {
@@ -366,16 +327,20 @@ impl Columns {
             .iter()
             .find_map(|c| names.iter().position(|n| n == c))
             .ok_or_else(|| ValidationError::new("csv", "the header row has no recipient column (to or phone)"))?;
-        if let Some(missing) = template.variables().into_iter().find(|v| !names.contains(v)) {
+        let used = template.variables();
+        if let Some(missing) = used.iter().find(|v| !names.contains(v)) {
             return Err(ValidationError::new("csv", format!("the template's variable {missing} has no column")).into());
         }
-        Ok(Self { recipient, names })
+        Ok(Self { recipient, names, used })
     }
 
     fn row(&self, fields: Vec<String>, template: &TenantTemplate) -> ImportRow {
         if fields.len() != self.names.len() {
             let message = format!("has {} fields, the header {}", fields.len(), self.names.len());
             return ImportRow::Invalid { field: "row".into(), message };
+        }
+        if fields.iter().any(|f| f.contains('\0')) {
+            return ImportRow::Invalid { field: "row".into(), message: "contains a NUL character".into() };
         }
         let to = match ChatId::parse(&fields[self.recipient]) {
             Ok(to) => to,
@@ -386,7 +351,7 @@ impl Columns {
             .iter()
             .zip(fields)
             .enumerate()
-            .filter(|(i, _)| *i != self.recipient)
+            .filter(|(i, (k, _))| *i != self.recipient && self.used.contains(k))
             .map(|(_, (k, v))| (k.clone(), v))
             .collect();
         match renders(template, AudienceMember { to, variables }) {

@@ -193,6 +193,18 @@ async fn method_not_allowed() -> ApiError {
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
 }
 
+/// A display name (`field`): trimmed, 1–100 characters, no control characters.
+pub fn display_name(field: &str, raw: &str) -> Result<String, zapgate_domain::ValidationError> {
+    let name = raw.trim();
+    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        return Err(zapgate_domain::ValidationError::new(
+            field,
+            "must be 1 to 100 characters, none of them control characters",
+        ));
+    }
+    Ok(name.to_owned())
+}
+
 /// Paging of long lists (audience members, rejected campaign rows): the
 /// previous page's `next_cursor` and 1–1000 rows a page.
 #[derive(serde::Deserialize, utoipa::IntoParams)]

@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use zapgate_backends::{ScheduleRecord, ScheduleRun};
 use zapgate_domain::schedule::{CronSchedule, check_offsets};
-use zapgate_domain::{Priority, ScheduleId, TemplateId, Timestamp, ValidationError};
+use zapgate_domain::{Priority, ScheduleId, Timestamp, ValidationError};
 
 /// How many upcoming runs a schedule shows.
 const NEXT_RUNS: usize = 5;
@@ -88,15 +88,14 @@ pub async fn create(
     State(s): State<AppState>,
     ApiJson(body): ApiJson<CreateSchedule>,
 ) -> ApiResult<(StatusCode, Json<ScheduleDetail>)> {
-    let name = body.name.trim().to_owned();
-    if name.is_empty() || name.chars().count() > 100 {
-        return Err(ValidationError::new("name", "must be 1 to 100 characters").into());
-    }
+    let name = super::display_name("name", &body.name)?;
     let time_zone = body.time_zone.unwrap_or_else(|| "UTC".into());
     let cron = CronSchedule::parse(&body.cron, &time_zone)?;
     let date_field = body.date_field.map(|f| f.trim().to_owned());
-    if date_field.as_ref().is_some_and(|f| f.is_empty() || f.len() > 64) {
-        return Err(ValidationError::new("date_field", "must be 1 to 64 characters").into());
+    if date_field.as_ref().is_some_and(|f| f.is_empty() || f.len() > 64 || f.chars().any(char::is_control)) {
+        return Err(
+            ValidationError::new("date_field", "must be 1 to 64 characters, none of them control characters").into()
+        );
     }
     let offsets_days = match (&date_field, body.offsets_days) {
         (None, Some(_)) => return Err(ValidationError::new("offsets_days", "only goes with date_field").into()),
@@ -112,8 +111,7 @@ pub async fn create(
     let unknown = |field: &str, what: &str| ValidationError::new(field, format!("no such {what} for this tenant"));
     let audience = audience_id(&body.audience_id).map_err(|_| unknown("audience_id", "audience"))?;
     let audience = owned_audience(&s, &tenant, &audience).await.map_err(|_| unknown("audience_id", "audience"))?;
-    let template_id = TemplateId::parse(&body.template_id).ok_or_else(|| unknown("template_id", "template"))?;
-    s.backends.store.get_template(&tenant, &template_id).await?.ok_or_else(|| unknown("template_id", "template"))?;
+    let template_id = super::templates::sendable(&s, &tenant, &body.template_id, &instance_id).await?.id;
     let now = crate::worker::scheduler::Clock::from_env().now();
     let enabled = body.enabled.unwrap_or(true);
     let rec = ScheduleRecord {

@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use zapgate_backends::{TemplateKind, TemplateRecord};
 use zapgate_domain::template::{CloudTemplate, TextTemplate};
-use zapgate_domain::{TemplateId, TenantId, Timestamp, ValidationError};
+use zapgate_domain::{InstanceId, TemplateId, TenantId, Timestamp, ValidationError};
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -108,6 +108,23 @@ pub async fn delete(
     } else {
         Err(ApiError::not_found("template"))
     }
+}
+
+/// The tenant's template `raw`, if `instance` can send it: a Cloud API
+/// template goes out only from a Cloud API number (elsewhere every message
+/// of a schedule or campaign would fail at the provider).
+pub async fn sendable(s: &AppState, tenant: &TenantId, raw: &str, instance: &InstanceId) -> ApiResult<TemplateRecord> {
+    let unknown = || ValidationError::new("template_id", "no such template for this tenant");
+    let id = TemplateId::parse(raw).ok_or_else(unknown)?;
+    let template = s.backends.store.get_template(tenant, &id).await?.ok_or_else(unknown)?;
+    if template.kind == TemplateKind::Cloud {
+        let instance = s.backends.store.get_instance(tenant, instance).await?;
+        if instance.is_some_and(|i| i.provider != "cloud_api") {
+            let m = "is a Cloud API template: the instance must be a Cloud API number";
+            return Err(ValidationError::new("template_id", m).into());
+        }
+    }
+    Ok(template)
 }
 
 /// A send naming `template_id` (+ `variables`) becomes the message the

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use zapgate_backends::{
-    AcceptMessage, Accepted, CampaignRecord, CampaignState, CampaignStore, Cancel, Store, StoreError,
+    AcceptMessage, Accepted, CampaignRecord, CampaignState, CampaignStore, Cancel, CursorStep, Store, StoreError,
 };
 use zapgate_domain::{CampaignId, MessageContent, SendRequest, TenantId, Timestamp};
 
@@ -133,6 +133,7 @@ async fn release(
     };
     let template = template.compile().map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let mut cursor = c.cursor;
+    let mut released_before = c.released;
     while credit > 0 {
         let rows = r.campaigns.next_recipients(&c.id, cursor, credit.min(u64::from(MAX_SLICE)) as u32).await?;
         let Some(&(last, _)) = rows.last() else {
@@ -168,15 +169,33 @@ async fn release(
         }
         r.work.mark(c.instance_id.clone());
         zapgate_backends::crash_point("campaign_slice_accepted");
-        let state = r.campaigns.advance_campaign(&c.id, &r.owner, cursor, last, released, Timestamp::now()).await?;
+        let now = Timestamp::now();
+        let step = CursorStep { from: cursor, to: last, released, now, lease_until: now.plus_millis(LEASE_MS) };
+        let state = r.campaigns.advance_campaign(&c.id, &r.owner, step).await?;
         a.tokens -= released as f64;
         credit -= released;
         cursor = last;
+        if state.is_some() {
+            progress_event(r, c, released_before, released_before + released).await?;
+            released_before += released;
+        }
         if state != Some(CampaignState::Running) {
             return Ok(()); // paused, cancelled, or taken over meanwhile
         }
     }
     Ok(())
+}
+
+/// A `campaign.progress` event each time the released count passes another
+/// tenth of the campaign (ten per campaign, each one count of its messages).
+async fn progress_event(r: &Releaser, c: &CampaignRecord, before: u64, after: u64) -> Result<(), StoreError> {
+    let tenth = |n: u64| n.saturating_mul(10).checked_div(c.total).unwrap_or(0);
+    if tenth(after) == tenth(before) {
+        return Ok(());
+    }
+    let statuses = r.campaigns.campaign_statuses(&c.id).await?;
+    let progress = zapgate_domain::CampaignProgress::tally(c.total, after, &statuses);
+    r.campaigns.record_campaign_progress(c, progress, Timestamp::now()).await
 }
 
 fn accept_of(c: &CampaignRecord, row: u64, to: zapgate_domain::ChatId, content: MessageContent) -> AcceptMessage {

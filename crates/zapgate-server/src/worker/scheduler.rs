@@ -33,6 +33,11 @@ const CHUNK: u32 = 500;
 /// A run's lease: another scheduler resumes it only after this much
 /// silence, far longer than a chunk takes.
 const RUN_LEASE_MS: i64 = 60_000;
+/// Runs one scheduler sends at once: a big audience does not hold up the
+/// other tenants' runs, nor the start of due schedules.
+pub const RUNS_AT_ONCE: usize = 4;
+/// Finished runs are kept this long (`GET …/runs`), then purged.
+const RUN_RETENTION_MS: i64 = 90 * 24 * 3600 * 1000;
 
 pub struct Scheduler {
     pub schedules: Arc<dyn ScheduleStore>,
@@ -43,6 +48,10 @@ pub struct Scheduler {
     /// Embedded mode: this process owns the database, so runs a previous
     /// process was sending are resumed at start instead of after their lease.
     pub recover: bool,
+    /// This process, as the owner of the runs it leases.
+    pub owner: String,
+    /// Permits for runs being sent ([`RUNS_AT_ONCE`]).
+    pub runs: Arc<tokio::sync::Semaphore>,
 }
 
 /// The scheduler's "now". With the `test-hooks` feature,
@@ -87,9 +96,16 @@ pub async fn run(s: Arc<Scheduler>, mut stop: watch::Receiver<bool>) {
             }
         }
     }
+    let mut purged_at = None::<std::time::Instant>;
     loop {
         if let Err(e) = tick(&s).await {
             tracing::warn!(error = %e, "scheduler tick failed; trying again");
+        }
+        if purged_at.is_none_or(|t| t.elapsed() > Duration::from_secs(3600)) {
+            purged_at = Some(std::time::Instant::now());
+            if let Err(e) = s.schedules.purge_runs(s.clock.now().plus_millis(-RUN_RETENTION_MS)).await {
+                tracing::warn!(error = %e, "purging old schedule runs failed");
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(s.interval) => {}
@@ -101,13 +117,22 @@ pub async fn run(s: Arc<Scheduler>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-async fn tick(s: &Scheduler) -> Result<(), StoreError> {
+async fn tick(s: &Arc<Scheduler>) -> Result<(), StoreError> {
     let now = s.clock.now();
     for schedule in s.schedules.due_schedules(now, 100).await? {
         start(s, &schedule, now).await?;
     }
-    while let Some(run) = s.schedules.claim_run(s.clock.now(), RUN_LEASE_MS).await? {
-        send_run(s, run).await?;
+    // Each run in a task of its own, a few at a time; the tick goes on.
+    while let Ok(permit) = s.runs.clone().try_acquire_owned() {
+        let Some(run) = s.schedules.claim_run(&s.owner, s.clock.now(), RUN_LEASE_MS).await? else { break };
+        let s = s.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let id = run.schedule_id.clone();
+            if let Err(e) = send_run(&s, run).await {
+                tracing::warn!(schedule = %id, error = %e, "a schedule run stopped; it resumes when its lease ends");
+            }
+        });
     }
     Ok(())
 }
@@ -160,13 +185,22 @@ async fn send_run(s: &Scheduler, run: ScheduleRun) -> Result<(), StoreError> {
     };
     let template = match template {
         Ok(t) => t,
-        Err(e) => return progress(s, &run, finish(RunStatus::Failed, Some(e))).await,
+        Err(e) => return progress(s, &run, finish(RunStatus::Failed, Some(e))).await.map(drop),
     };
     let mut cursor = run.cursor.clone();
     loop {
+        // Deleting or disabling the schedule stops its run at the next chunk.
+        match s.schedules.get_schedule(&run.tenant_id, &run.schedule_id).await? {
+            None => return Ok(()),
+            Some(now) if !now.enabled => {
+                let stopped = finish(RunStatus::Failed, Some("stopped: the schedule was disabled".into()));
+                return progress(s, &run, stopped).await.map(drop);
+            }
+            Some(_) => {}
+        }
         let members = s.schedules.list_members(&schedule.audience_id, cursor.clone(), CHUNK).await?;
         let Some(last) = members.last() else {
-            return progress(s, &run, finish(RunStatus::Done, None)).await;
+            return progress(s, &run, finish(RunStatus::Done, None)).await.map(drop);
         };
         cursor = Some(last.to.to_string());
         let mut chunk = RunProgress { cursor: cursor.clone(), ..Default::default() };
@@ -179,8 +213,9 @@ async fn send_run(s: &Scheduler, run: ScheduleRun) -> Result<(), StoreError> {
         }
         for result in super::bulk::accept_all(s.store.as_ref(), accepts).await {
             match result? {
-                Accepted::New { .. } => chunk.accepted += 1,
-                Accepted::Replayed { .. } | Accepted::KeyReused => {}
+                // A replay was accepted by an earlier pass over this chunk
+                // (cut short before its count was kept): it counts here.
+                Accepted::New { .. } | Accepted::Replayed { .. } | Accepted::KeyReused => chunk.accepted += 1,
                 Accepted::UnknownInstance => chunk.skip("the schedule's instance was deleted".into()),
             }
         }
@@ -188,13 +223,19 @@ async fn send_run(s: &Scheduler, run: ScheduleRun) -> Result<(), StoreError> {
             s.work.mark(schedule.instance_id.clone());
         }
         zapgate_backends::crash_point("schedule_chunk_accepted");
-        progress(s, &run, chunk).await?;
+        if !progress(s, &run, chunk).await? {
+            // Another scheduler took the run over (this one was too slow), or
+            // it was deleted: stop here.
+            return Ok(());
+        }
     }
 }
 
-async fn progress(s: &Scheduler, run: &ScheduleRun, p: RunProgress) -> Result<(), StoreError> {
+/// Records a chunk; false if this scheduler no longer holds the run.
+async fn progress(s: &Scheduler, run: &ScheduleRun, p: RunProgress) -> Result<bool, StoreError> {
     let now = s.clock.now();
-    s.schedules.record_run_progress(&run.schedule_id, run.occurrence, p, now.plus_millis(RUN_LEASE_MS), now).await
+    let lease = now.plus_millis(RUN_LEASE_MS);
+    s.schedules.record_run_progress(&run.schedule_id, run.occurrence, &s.owner, p, lease, now).await
 }
 
 /// The accepts one member is owed by a run: one, or one per offset its date
