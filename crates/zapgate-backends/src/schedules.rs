@@ -160,6 +160,8 @@ pub trait ScheduleStore: Send + Sync + 'static {
     async fn create_audience(&self, audience: AudienceRecord) -> Result<AudienceRecord, StoreError>;
     async fn list_audiences(&self, tenant: &TenantId) -> Result<Vec<AudienceRecord>, StoreError>;
     async fn get_audience(&self, tenant: &TenantId, id: &AudienceId) -> Result<Option<AudienceRecord>, StoreError>;
+    /// Whether the tenant has this audience (without counting its members).
+    async fn audience_owned(&self, tenant: &TenantId, id: &AudienceId) -> Result<bool, StoreError>;
     async fn delete_audience(&self, tenant: &TenantId, id: &AudienceId) -> Result<AudienceDeletion, StoreError>;
     /// Adds members or replaces their variables (by recipient); `members`
     /// names each recipient once. Returns how many rows were written.
@@ -228,6 +230,7 @@ pub(crate) const AUDIENCE_SELECT: &str = "SELECT a.id, a.tenant_id, a.name, a.cr
      (SELECT COUNT(*) FROM audience_members m WHERE m.audience_id = a.id) AS members FROM audiences a";
 pub(crate) const SQL_CREATE_AUDIENCE: &str =
     "INSERT INTO audiences (id, tenant_id, name, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)";
+pub(crate) const SQL_AUDIENCE_OWNED: &str = "SELECT 1 FROM audiences WHERE id = $1 AND tenant_id = $2";
 pub(crate) const SQL_AUDIENCE_USED: &str = "SELECT 1 FROM schedules WHERE audience_id = $1 LIMIT 1";
 pub(crate) const SQL_DELETE_AUDIENCE: &str = "DELETE FROM audiences WHERE id = $1 AND tenant_id = $2";
 pub(crate) const SQL_DELETE_AUDIENCE_MEMBERS: &str = "DELETE FROM audience_members WHERE audience_id = $1";
@@ -351,6 +354,7 @@ mod tests {
     fn sql_placeholders_are_in_order() {
         for sql in [
             SQL_CREATE_AUDIENCE,
+            SQL_AUDIENCE_OWNED,
             SQL_AUDIENCE_USED,
             SQL_DELETE_AUDIENCE,
             SQL_DELETE_AUDIENCE_MEMBERS,

@@ -38,11 +38,17 @@ impl ScheduleStore for PgBackend {
         row.as_ref().map(audience).transpose()
     }
 
+    async fn audience_owned(&self, tenant: &TenantId, id: &AudienceId) -> Result<bool, StoreError> {
+        let found =
+            sqlx::query(SQL_AUDIENCE_OWNED).bind(id.as_str()).bind(tenant.as_str()).fetch_optional(self.pool()).await?;
+        Ok(found.is_some())
+    }
+
     async fn delete_audience(&self, tenant: &TenantId, id: &AudienceId) -> Result<AudienceDeletion, StoreError> {
         let mut tx = self.pool().begin().await?;
         // Lock the audience first, so a schedule created meanwhile (which
         // reads it) is seen or waits.
-        let found = sqlx::query("SELECT 1 FROM audiences WHERE id = $1 AND tenant_id = $2 FOR UPDATE")
+        let found = sqlx::query(AssertSqlSafe(format!("{SQL_AUDIENCE_OWNED} FOR UPDATE")))
             .bind(id.as_str())
             .bind(tenant.as_str())
             .fetch_optional(&mut *tx)
@@ -116,7 +122,7 @@ impl ScheduleStore for PgBackend {
         let offsets = serde_json::to_string(&s.offsets_days).unwrap_or_else(|_| "[]".into());
         let mut tx = self.pool().begin().await?;
         // Holds off a concurrent delete of the audience (which locks it FOR UPDATE).
-        let audience = sqlx::query("SELECT 1 FROM audiences WHERE id = $1 AND tenant_id = $2 FOR SHARE")
+        let audience = sqlx::query(AssertSqlSafe(format!("{SQL_AUDIENCE_OWNED} FOR SHARE")))
             .bind(s.audience_id.as_str())
             .bind(s.tenant_id.as_str())
             .fetch_optional(&mut *tx)

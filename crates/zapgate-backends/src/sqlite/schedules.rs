@@ -48,12 +48,16 @@ impl ScheduleStore for SqliteBackend {
         self.read(move |c| one(c, &sql, [id, tenant], audience_row)).await
     }
 
+    async fn audience_owned(&self, tenant: &TenantId, id: &AudienceId) -> Result<bool, StoreError> {
+        let (tenant, id) = (tenant.to_string(), id.to_string());
+        Ok(self.read(move |c| one(c, SQL_AUDIENCE_OWNED, [id, tenant], |_| Ok(()))).await?.is_some())
+    }
+
     async fn delete_audience(&self, tenant: &TenantId, id: &AudienceId) -> Result<AudienceDeletion, StoreError> {
         let (tenant, id) = (tenant.to_string(), id.to_string());
         self.writer
             .write(Box::new(move |conn| {
-                let owned = "SELECT 1 FROM audiences WHERE id = $1 AND tenant_id = $2";
-                if one(conn, owned, [&id, &tenant], |_| Ok(()))?.is_none() {
+                if one(conn, SQL_AUDIENCE_OWNED, [&id, &tenant], |_| Ok(()))?.is_none() {
                     return Ok(AudienceDeletion::NotFound);
                 }
                 if one(conn, SQL_AUDIENCE_USED, [&id], |_| Ok(()))?.is_some() {

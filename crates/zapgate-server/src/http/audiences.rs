@@ -68,8 +68,9 @@ pub(super) fn audience_id(raw: &str) -> ApiResult<AudienceId> {
     AudienceId::parse(raw).ok_or_else(|| ApiError::not_found("audience"))
 }
 
-pub(super) async fn owned_audience(s: &AppState, tenant: &TenantId, id: &AudienceId) -> ApiResult<AudienceRecord> {
-    s.backends.schedules.get_audience(tenant, id).await?.ok_or_else(|| ApiError::not_found("audience"))
+/// The audience, if the tenant has it (a membership check: no member count).
+pub(super) async fn owned_audience(s: &AppState, tenant: &TenantId, id: AudienceId) -> ApiResult<AudienceId> {
+    if s.backends.schedules.audience_owned(tenant, &id).await? { Ok(id) } else { Err(ApiError::not_found("audience")) }
 }
 
 /// Creates an empty audience.
@@ -109,7 +110,8 @@ pub async fn get(
     State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<AudienceRecord>> {
-    Ok(Json(owned_audience(&s, &tenant, &audience_id(&id)?).await?))
+    let found = s.backends.schedules.get_audience(&tenant, &audience_id(&id)?).await?;
+    found.map(Json).ok_or_else(|| ApiError::not_found("audience"))
 }
 
 /// Deletes an audience and its members; refused (409) while a schedule sends to it.
@@ -144,7 +146,7 @@ pub async fn add_members(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<AddMembers>,
 ) -> ApiResult<Json<MembersAdded>> {
-    let audience = owned_audience(&s, &tenant, &audience_id(&id)?).await?;
+    let audience = owned_audience(&s, &tenant, audience_id(&id)?).await?;
     if body.members.len() > MAX_MEMBERS_PER_REQUEST {
         return Err(ValidationError::new(
             "members",
@@ -168,7 +170,7 @@ pub async fn add_members(
     let upserted = if members.is_empty() {
         0
     } else {
-        s.backends.schedules.upsert_members(&audience.id, members, Timestamp::now()).await?
+        s.backends.schedules.upsert_members(&audience, members, Timestamp::now()).await?
     };
     Ok(Json(MembersAdded { upserted, invalid }))
 }
@@ -234,9 +236,9 @@ pub async fn list_members(
     Path(id): Path<String>,
     ApiQuery(q): ApiQuery<super::LongPage>,
 ) -> ApiResult<Json<MemberPage>> {
-    let audience = owned_audience(&s, &tenant, &audience_id(&id)?).await?;
+    let audience = owned_audience(&s, &tenant, audience_id(&id)?).await?;
     let limit = q.limit()?;
-    let data = s.backends.schedules.list_members(&audience.id, q.cursor, limit).await?;
+    let data = s.backends.schedules.list_members(&audience, q.cursor, limit).await?;
     let next_cursor = (data.len() == limit as usize).then(|| data.last().map(|m| m.to.to_string())).flatten();
     Ok(Json(MemberPage { data, next_cursor }))
 }
@@ -250,9 +252,9 @@ pub async fn delete_member(
     State(s): State<AppState>,
     Path((id, to)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    let audience = owned_audience(&s, &tenant, &audience_id(&id)?).await?;
+    let audience = owned_audience(&s, &tenant, audience_id(&id)?).await?;
     let to = ChatId::parse(&to).map_err(|_| ApiError::not_found("member"))?;
-    if s.backends.schedules.delete_member(&audience.id, &to).await? {
+    if s.backends.schedules.delete_member(&audience, &to).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found("member"))

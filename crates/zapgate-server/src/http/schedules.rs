@@ -110,7 +110,7 @@ pub async fn create(
     let instance_id = super::instances::owned_instance(&s, &tenant, &body.instance_id, "instance_id").await?;
     let unknown = |field: &str, what: &str| ValidationError::new(field, format!("no such {what} for this tenant"));
     let audience = audience_id(&body.audience_id).map_err(|_| unknown("audience_id", "audience"))?;
-    let audience = owned_audience(&s, &tenant, &audience).await.map_err(|_| unknown("audience_id", "audience"))?;
+    let audience = owned_audience(&s, &tenant, audience).await.map_err(|_| unknown("audience_id", "audience"))?;
     let template_id = super::templates::sendable(&s, &tenant, &body.template_id, &instance_id).await?.id;
     let now = crate::worker::scheduler::Clock::from_env().now();
     let enabled = body.enabled.unwrap_or(true);
@@ -119,7 +119,7 @@ pub async fn create(
         tenant_id: tenant,
         name,
         instance_id,
-        audience_id: audience.id,
+        audience_id: audience,
         template_id,
         cron: body.cron.trim().to_owned(),
         time_zone,

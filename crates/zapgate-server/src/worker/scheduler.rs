@@ -176,7 +176,7 @@ async fn start(s: &Scheduler, schedule: &ScheduleRecord, now: Timestamp) -> Resu
 async fn send_run(s: &Scheduler, run: ScheduleRun) -> Result<(), StoreError> {
     let finish =
         |status: RunStatus, error: Option<String>| RunProgress { finished: Some(status), error, ..Default::default() };
-    let Some(schedule) = s.schedules.get_schedule(&run.tenant_id, &run.schedule_id).await? else {
+    let Some(mut schedule) = s.schedules.get_schedule(&run.tenant_id, &run.schedule_id).await? else {
         return Ok(()); // deleted with its runs
     };
     let template = match s.store.get_template(&schedule.tenant_id, &schedule.template_id).await? {
@@ -189,14 +189,11 @@ async fn send_run(s: &Scheduler, run: ScheduleRun) -> Result<(), StoreError> {
     };
     let mut cursor = run.cursor.clone();
     loop {
-        // Deleting or disabling the schedule stops its run at the next chunk.
-        match s.schedules.get_schedule(&run.tenant_id, &run.schedule_id).await? {
-            None => return Ok(()),
-            Some(now) if !now.enabled => {
-                let stopped = finish(RunStatus::Failed, Some("stopped: the schedule was disabled".into()));
-                return progress(s, &run, stopped).await.map(drop);
-            }
-            Some(_) => {}
+        // Deleting or disabling the schedule stops its run at the next chunk
+        // (the schedule is read again after each one, below).
+        if !schedule.enabled {
+            let stopped = finish(RunStatus::Failed, Some("stopped: the schedule was disabled".into()));
+            return progress(s, &run, stopped).await.map(drop);
         }
         let members = s.schedules.list_members(&schedule.audience_id, cursor.clone(), CHUNK).await?;
         let Some(last) = members.last() else {
@@ -227,6 +224,10 @@ async fn send_run(s: &Scheduler, run: ScheduleRun) -> Result<(), StoreError> {
             // Another scheduler took the run over (this one was too slow), or
             // it was deleted: stop here.
             return Ok(());
+        }
+        match s.schedules.get_schedule(&run.tenant_id, &run.schedule_id).await? {
+            Some(now) => schedule = now,
+            None => return Ok(()),
         }
     }
 }
