@@ -407,6 +407,103 @@ async fn a_retry_keeps_the_chat_blocked_until_it_is_due() {
     assert_eq!((again[0].id.clone(), again[0].attempts), (a1, 1));
 }
 
+/// Outcomes reported at the same time (stored together where the backend
+/// batches them): each gets its own answer, each chat's queue is settled to
+/// match, statuses parked for the sent ones are applied, and a second outcome
+/// for one message is stale.
+#[tokio::test]
+async fn concurrent_outcomes_are_each_applied_and_settle_their_chats() {
+    let f = Arc::new(fixture().await);
+    let chats: Vec<String> = (0..40).map(|n| format!("+55119{n:08}")).collect();
+    let mut behind = Vec::new();
+    for chat in &chats {
+        accept(&f, chat, Priority::Normal).await;
+        behind.push(accept(&f, chat, Priority::Normal).await);
+    }
+    let heads = claim(&f, 100).await;
+    assert_eq!(heads.len(), chats.len(), "one head per chat");
+    // Chat n: sent (and read reported before the send result) when n % 4 == 0,
+    // sent when 1, a retry due in an hour when 2, failed for good when 3.
+    let report = |p: String| ProviderStatusReport {
+        instance_id: None,
+        provider_message_id: p,
+        status: MessageStatus::Read,
+        at: Timestamp::now(),
+        error_code: None,
+        error_message: None,
+    };
+    for n in (0..heads.len()).step_by(4) {
+        let parked = f.b.store.apply_provider_status(report(format!("p-{n}"))).await.unwrap();
+        assert_eq!(parked, StatusApplied::Parked);
+    }
+    let outcome = |n: usize, id: &MessageId| SendOutcome {
+        message_id: id.clone(),
+        result: match n % 4 {
+            0 | 1 => SendResult::Sent { provider_message_id: format!("p-{n}"), wa_id: None },
+            2 => SendResult::Retry {
+                retry_at: Timestamp::now().plus_millis(3_600_000),
+                spend_attempt: true,
+                code: "busy".into(),
+                message: "try later".into(),
+            },
+            _ => SendResult::Failed { code: "bad".into(), message: "refused".into() },
+        },
+        retry_limit: 5,
+        now: Timestamp::now(),
+    };
+    let mut tasks = Vec::new();
+    for (n, m) in heads.iter().enumerate() {
+        let (f, o) = (f.clone(), outcome(n, &m.id));
+        tasks.push(tokio::spawn(async move { f.b.store.record_outcome(o).await.unwrap() }));
+    }
+    // The same send result twice for chat 1's head, at the same time as the rest.
+    let repeat = {
+        let (f, o) = (f.clone(), outcome(1, &heads[1].id));
+        tokio::spawn(async move { f.b.store.record_outcome(o).await.unwrap() })
+    };
+    let applied: Vec<OutcomeApplied> = futures::future::join_all(tasks).await.into_iter().map(|r| r.unwrap()).collect();
+    let repeated = repeat.await.unwrap();
+    let mut stale = 0;
+    for (n, (m, a)) in heads.iter().zip(&applied).enumerate() {
+        let stored = f.b.store.get_message(&f.tenant, &m.id).await.unwrap().unwrap();
+        match n % 4 {
+            0 => {
+                assert_eq!((a, stored.status), (&OutcomeApplied::Done(MessageStatus::Sent), MessageStatus::Read), "{n}")
+            }
+            1 if *a == OutcomeApplied::Stale => stale += 1,
+            1 => {
+                assert_eq!((a, stored.status), (&OutcomeApplied::Done(MessageStatus::Sent), MessageStatus::Sent), "{n}")
+            }
+            2 => {
+                assert!(matches!(a, OutcomeApplied::RetryAt { attempts: 1, .. }), "{n}: {a:?}");
+                assert_eq!(stored.status, MessageStatus::RetryWait, "{n}");
+            }
+            _ => assert_eq!(
+                (a, stored.status),
+                (&OutcomeApplied::Done(MessageStatus::Failed), MessageStatus::Failed),
+                "{n}"
+            ),
+        }
+        if n % 4 < 2 {
+            assert_eq!(stored.provider_message_id.as_deref(), Some(format!("p-{n}").as_str()), "{n}");
+        }
+    }
+    // Of the two outcomes for chat 1's head, exactly one stored it.
+    stale += usize::from(repeated == OutcomeApplied::Stale);
+    assert_eq!(stale, 1, "first {:?}, repeat {repeated:?}", applied[1]);
+    let sent_events = f.b.store.message_history(&f.tenant, &heads[1].id).await.unwrap();
+    let sent_events = sent_events.iter().filter(|e| e.status == Some(MessageStatus::Sent)).count();
+    assert_eq!(sent_events, 1, "one sent event for the message sent twice");
+    // Every chat whose head is done now offers its second message; the
+    // chats waiting for a retry offer nothing.
+    let mut next: Vec<MessageId> = claim(&f, 100).await.into_iter().map(|m| m.id).collect();
+    let mut expected: Vec<MessageId> =
+        behind.iter().enumerate().filter(|(n, _)| n % 4 != 2).map(|(_, id)| id.clone()).collect();
+    next.sort_by_key(|id| id.to_string());
+    expected.sort_by_key(|id| id.to_string());
+    assert_eq!(next, expected);
+}
+
 #[tokio::test]
 async fn recovery_requeues_in_flight_messages_without_spending_attempts() {
     let f = fixture().await;

@@ -1,9 +1,8 @@
-//! Group commit of accepts: concurrent `Store::accept` calls are gathered
-//! into one transaction of multi-row statements (instances checked, keys,
-//! chat sequences, messages, events, queue entries: about eight round trips
-//! for the whole batch instead of about nine per message). While up to
-//! [`IN_FLIGHT`] batches commit, the next one grows, so batches are as large
-//! as the load makes them and a lone request waits for nobody.
+//! Group commit of accepts (see [`super::group_commit`]): concurrent
+//! `Store::accept` calls are gathered into one transaction of multi-row
+//! statements (instances checked, keys, chat sequences, messages, events,
+//! queue entries: about eight round trips for the whole batch instead of
+//! about nine per message).
 //!
 //! "202 means durable" holds: every caller is answered after its batch's
 //! COMMIT. One message never fails the others: a batch whose transaction
@@ -12,64 +11,39 @@
 //! Idempotency-Key seen before, or twice in one batch — go that way too.
 
 use super::again;
+use super::group_commit::{GroupCommit, Reply, Shape};
 use super::rows::{self, MessageRef};
 use crate::*;
 use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row};
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
-use tokio::sync::{Semaphore, mpsc, oneshot};
 use zapgate_domain::event::StatusDetail;
 use zapgate_domain::{MessageStatus, Timestamp};
 
-/// Most accepts in one transaction.
-const MAX_BATCH: usize = 256;
-/// Batches committing at once (each holds one connection).
-const IN_FLIGHT: usize = 4;
+/// How accepts are batched: at most 256 in one transaction, 4 committing at once.
+const SHAPE: Shape = Shape { metric: "zapgate_accept_batch_size", max_batch: 256, in_flight: 4 };
 
-type Reply = oneshot::Sender<Result<Accepted, StoreError>>;
-
-/// The handle `Store::accept` submits to; a task of its own gathers batches.
+/// The handle `Store::accept` submits to.
 pub struct Accepts {
-    tx: mpsc::UnboundedSender<(AcceptMessage, Reply)>,
+    batches: GroupCommit<AcceptMessage, Accepted>,
 }
 
 impl Accepts {
     pub fn start(pool: PgPool) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(gather(pool, rx));
-        Self { tx }
+        let batches = GroupCommit::start(SHAPE, move |batch| {
+            let pool = pool.clone();
+            async move { commit(&pool, batch).await }
+        });
+        Self { batches }
     }
 
     pub async fn accept(&self, msg: AcceptMessage) -> Result<Accepted, StoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.tx.send((msg, reply)).map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
-    }
-}
-
-async fn gather(pool: PgPool, mut rx: mpsc::UnboundedReceiver<(AcceptMessage, Reply)>) {
-    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    while let Some(first) = rx.recv().await {
-        let slot = slots.clone().acquire_owned().await.expect("never closed");
-        // Everything that queued up while the slot was busy joins this batch.
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH
-            && let Ok(more) = rx.try_recv()
-        {
-            batch.push(more);
-        }
-        metrics::histogram!("zapgate_accept_batch_size").record(batch.len() as f64);
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            commit(&pool, batch).await;
-            drop(slot);
-        });
+        self.batches.submit(msg).await
     }
 }
 
 /// Commits a batch and answers each caller.
-async fn commit(pool: &PgPool, batch: Vec<(AcceptMessage, Reply)>) {
-    let (msgs, replies): (Vec<AcceptMessage>, Vec<Reply>) = batch.into_iter().unzip();
+async fn commit(pool: &PgPool, batch: Vec<(AcceptMessage, Reply<Accepted>)>) {
+    let (msgs, replies): (Vec<AcceptMessage>, Vec<Reply<Accepted>>) = batch.into_iter().unzip();
     let mut tries = 0;
     let outcome = loop {
         let r = async {

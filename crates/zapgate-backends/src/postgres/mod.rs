@@ -12,9 +12,11 @@
 mod accepts;
 mod campaigns;
 mod chatwoot;
+mod group_commit;
 mod inbox;
 mod media;
 mod outbox;
+mod outcomes;
 mod pools;
 mod queue;
 mod rows;
@@ -87,6 +89,7 @@ pub(crate) mod lease {
 pub struct PgBackend {
     pool: PgPool,
     accepts: accepts::Accepts,
+    outcomes: outcomes::Outcomes,
     /// The connection holding this process's session locks.
     session: session::OwnerSession,
     /// Notified after writes that add events or deliveries in this process.
@@ -110,7 +113,9 @@ impl PgBackend {
         migrate(&pool).await?;
         let session = session::OwnerSession::open(options).await?;
         let accepts = accepts::Accepts::start(pool.clone());
-        Ok(Self { pool, accepts, session, committed: Arc::new(Notify::new()) })
+        let committed = Arc::new(Notify::new());
+        let outcomes = outcomes::Outcomes::start(pool.clone(), session.owner, committed.clone());
+        Ok(Self { pool, accepts, outcomes, session, committed })
     }
 
     /// This process's lease owner id (held by the owner session's lock).

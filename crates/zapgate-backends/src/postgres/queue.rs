@@ -52,12 +52,16 @@ impl Queue for PgBackend {
     async fn settle(&self, settlements: Vec<(MessageId, Settlement)>) -> Result<(), StoreError> {
         let mut tx = self.pool().begin().await?;
         let now = Timestamp::now();
-        for (id, s) in settlements {
+        let mut done = Vec::new();
+        for (id, s) in &settlements {
             match s {
-                Settlement::Done => rows::dequeue(&mut tx, id.as_str(), now).await?,
-                Settlement::RetryAt { at, attempt } => rows::reschedule(&mut tx, id.as_str(), at, attempt, now).await?,
+                Settlement::Done => done.push(id.as_str()),
+                Settlement::RetryAt { at, attempt } => {
+                    rows::reschedule(&mut tx, id.as_str(), *at, *attempt, now).await?
+                }
             }
         }
+        rows::dequeue(&mut tx, &done, now).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -230,8 +230,6 @@ pub async fn enqueue(conn: &mut PgConnection, e: NewEntry<'_>, now: Timestamp) -
     Ok(())
 }
 
-/// Removes a message's queue entry; if it was its chat's head, the chat's
-/// next entry (lowest seq) becomes head (and ready, if due).
 /// Takes the chat lock of a message's queue entry, if it has one.
 pub async fn lock_chat_of(conn: &mut PgConnection, message_id: &str) -> Result<(), StoreError> {
     let entry = sqlx::query("SELECT instance_id, chat FROM queue_entries WHERE message_id = $1")
@@ -245,35 +243,50 @@ pub async fn lock_chat_of(conn: &mut PgConnection, message_id: &str) -> Result<(
     Ok(())
 }
 
-pub async fn dequeue(conn: &mut PgConnection, message_id: &str, now: Timestamp) -> Result<(), StoreError> {
-    // Every removal takes the chat lock first, head or not: a non-head removed
-    // unlocked could be the very row a concurrent head removal promotes, and
-    // the chat would be left with no head.
-    let Some(r) = sqlx::query("SELECT instance_id, chat FROM queue_entries WHERE message_id = $1")
-        .bind(message_id)
-        .fetch_optional(&mut *conn)
-        .await?
-    else {
+/// Removes the queue entries of these messages; each chat that lost its
+/// head gets its next entry (lowest seq) as head (and ready, if due).
+pub async fn dequeue(conn: &mut PgConnection, message_ids: &[&str], now: Timestamp) -> Result<(), StoreError> {
+    if message_ids.is_empty() {
         return Ok(());
-    };
-    let (instance, chat): (String, String) = (r.try_get("instance_id")?, r.try_get("chat")?);
-    lock_chat(&mut *conn, &instance, &chat).await?;
-    let was_head: Option<bool> =
-        sqlx::query_scalar("DELETE FROM queue_entries WHERE message_id = $1 RETURNING is_head")
-            .bind(message_id)
-            .fetch_optional(&mut *conn)
-            .await?;
-    if was_head == Some(true) {
-        sqlx::query(
-            "UPDATE queue_entries SET is_head = TRUE, ready = (visible_at <= $3) WHERE message_id = \
-             (SELECT message_id FROM queue_entries WHERE instance_id = $1 AND chat = $2 ORDER BY seq LIMIT 1)",
-        )
-        .bind(instance)
-        .bind(chat)
-        .bind(now.as_millis())
-        .execute(conn)
-        .await?;
     }
+    // Every removal takes its chat's lock first, head or not: a non-head
+    // removed unlocked could be the very row a concurrent head removal
+    // promotes, and the chat would be left with no head. The locks are taken
+    // in a fixed order, so two dequeues of many chats cannot deadlock.
+    sqlx::query(AssertSqlSafe(format!(
+        "SELECT {} FROM (SELECT DISTINCT instance_id AS i, chat AS c FROM queue_entries \
+         WHERE message_id = ANY($1) ORDER BY i, c) x",
+        lock_chat_sql("i", "c")
+    )))
+    .bind(message_ids)
+    .execute(&mut *conn)
+    .await?;
+    let gone = sqlx::query("DELETE FROM queue_entries WHERE message_id = ANY($1) RETURNING instance_id, chat, is_head")
+        .bind(message_ids)
+        .fetch_all(&mut *conn)
+        .await?;
+    let (mut instances, mut chats) = (Vec::new(), Vec::new());
+    for r in &gone {
+        if r.try_get::<bool, _>("is_head")? {
+            instances.push(r.try_get::<String, _>("instance_id")?);
+            chats.push(r.try_get::<String, _>("chat")?);
+        }
+    }
+    if instances.is_empty() {
+        return Ok(());
+    }
+    // Each chat that lost its head gets its first remaining entry as head.
+    sqlx::query(
+        "UPDATE queue_entries SET is_head = TRUE, ready = (visible_at <= $3) WHERE message_id IN ( \
+           SELECT (SELECT q.message_id FROM queue_entries q WHERE q.instance_id = u.i AND q.chat = u.c \
+                   ORDER BY q.seq LIMIT 1) \
+           FROM UNNEST($1::text[], $2::text[]) AS u(i, c))",
+    )
+    .bind(instances)
+    .bind(chats)
+    .bind(now.as_millis())
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

@@ -215,31 +215,7 @@ impl Store for PgBackend {
     }
 
     async fn record_outcome(&self, outcome: SendOutcome) -> Result<OutcomeApplied, StoreError> {
-        let mut tx = self.pool().begin().await?;
-        let (id, now) = (outcome.message_id.clone(), outcome.now);
-        let applied = record_outcome(&mut tx, outcome, self.owner()).await?;
-        // The queue lives in this database: settle it in the same transaction
-        // (see `Queue::settled_by_store`).
-        match &applied {
-            OutcomeApplied::Done(_) => rows::dequeue(&mut tx, id.as_str(), now).await?,
-            // Not ours to settle any more (a repeated commit, or a lease another
-            // process reclaimed): the entry goes only if the message is finished.
-            OutcomeApplied::Stale => {
-                let status: Option<String> = sqlx::query_scalar("SELECT status FROM messages WHERE id = $1")
-                    .bind(id.as_str())
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                if status.and_then(|s| s.parse::<MessageStatus>().ok()).is_none_or(|s| s.leaves_queue()) {
-                    rows::dequeue(&mut tx, id.as_str(), now).await?
-                }
-            }
-            OutcomeApplied::RetryAt { at, attempts } => {
-                rows::reschedule(&mut tx, id.as_str(), *at, *attempts, now).await?
-            }
-        }
-        tx.commit().await?;
-        self.wake();
-        Ok(applied)
+        self.outcomes.record(outcome).await
     }
 
     async fn apply_provider_status(&self, report: ProviderStatusReport) -> Result<StatusApplied, StoreError> {
@@ -482,7 +458,7 @@ impl PgBackend {
             let m = MessageRef::from_row(&row)?;
             let detail = StatusDetail { reason: Some("cancelled by the tenant".into()), ..detail() };
             insert_event(&mut tx, &m, MessageStatus::Cancelled, &detail, now).await?;
-            rows::dequeue(&mut tx, &m.id, now).await?;
+            rows::dequeue(&mut tx, &[m.id.as_str()], now).await?;
             tx.commit().await?;
             self.wake();
             return Ok(Cancel::Cancelled);
@@ -713,120 +689,24 @@ pub(super) async fn begin_sending(
     Ok(out)
 }
 
-/// The compare-and-set part of every outcome: the message is `sending` and
-/// this process still holds its lease (another may have reclaimed it).
-const SENDING_BY_ME: &str = "status = 'sending' AND EXISTS (SELECT 1 FROM queue_entries q \
-     WHERE q.message_id = messages.id AND q.lease_owner = $owner)";
-
-async fn record_outcome(conn: &mut PgConnection, o: SendOutcome, owner: i64) -> Result<OutcomeApplied, StoreError> {
-    // Every other outcome needs the message's attempts first; `sent` does not.
-    let (status, code, message, spend, retry_at) = match o.result {
-        SendResult::Sent { provider_message_id, wa_id } => {
-            return record_sent(conn, &o.message_id, &provider_message_id, wa_id, o.now, owner).await;
-        }
-        SendResult::Retry { retry_at, spend_attempt, code, message } => {
-            (MessageStatus::RetryWait, code, message, spend_attempt, Some(retry_at))
-        }
-        SendResult::Failed { code, message } => (MessageStatus::Failed, code, message, false, None),
-        SendResult::Cancelled { code, message } => (MessageStatus::Cancelled, code, message, false, None),
-        SendResult::Expired => {
-            (MessageStatus::Expired, "expired".to_owned(), "expires_at passed before sending".to_owned(), false, None)
-        }
-    };
-    let sql = format!(
-        "SELECT id, tenant_id, instance_id, chat_seq, attempts FROM messages WHERE id = $1 AND {} FOR UPDATE",
-        SENDING_BY_ME.replace("$owner", "$2")
-    );
-    let current =
-        sqlx::query(AssertSqlSafe(sql)).bind(o.message_id.as_str()).bind(owner).fetch_optional(&mut *conn).await?;
-    let Some(row) = current else { return Ok(OutcomeApplied::Stale) };
-    let m = MessageRef::from_row(&row)?;
-    let attempts = row.try_get::<i64, _>("attempts")? as u32 + u32::from(spend);
-    let now = o.now.as_millis();
-    if let Some(retry_at) = retry_at.filter(|_| attempts < o.retry_limit) {
-        sqlx::query(
-            "UPDATE messages SET status = 'retry_wait', attempts = $1, next_attempt_at = $2, error_code = $3, \
-             error_message = $4, updated_at = $5 WHERE id = $6",
-        )
-        .bind(i64::from(attempts))
-        .bind(retry_at.as_millis())
-        .bind(&code)
-        .bind(&message)
-        .bind(now)
-        .bind(&m.id)
-        .execute(&mut *conn)
-        .await?;
-        let detail = StatusDetail {
-            attempts: Some(attempts),
-            error_code: Some(code),
-            reason: Some(message),
-            next_attempt_at: Some(retry_at),
-            ..detail()
-        };
-        insert_event(conn, &m, MessageStatus::RetryWait, &detail, o.now).await?;
-        return Ok(OutcomeApplied::RetryAt { at: retry_at, attempts });
-    }
-    // A retry with the attempts used up is a dead letter.
-    let status = if status == MessageStatus::RetryWait { MessageStatus::Dead } else { status };
-    sqlx::query(
-        "UPDATE messages SET status = $1, status_rank = $2, attempts = $3, error_code = $4, error_message = $5, \
-         next_attempt_at = NULL, updated_at = $6 WHERE id = $7",
-    )
-    .bind(status.as_str())
-    .bind(status.rank())
-    .bind(i64::from(attempts))
-    .bind(&code)
-    .bind(&message)
-    .bind(now)
-    .bind(&m.id)
-    .execute(&mut *conn)
-    .await?;
-    let detail = StatusDetail { attempts: Some(attempts), error_code: Some(code), reason: Some(message), ..detail() };
-    insert_event(conn, &m, status, &detail, o.now).await?;
-    Ok(OutcomeApplied::Done(status))
-}
-
-/// `sending → sent` in one statement: the compare-and-set is the WHERE.
-async fn record_sent(
-    conn: &mut PgConnection,
-    id: &MessageId,
-    provider_message_id: &str,
-    wa_id: Option<String>,
-    at: Timestamp,
-    owner: i64,
-) -> Result<OutcomeApplied, StoreError> {
-    let sql = format!(
-        "UPDATE messages SET status = 'sent', status_rank = $1, provider_message_id = $2, \
-         wa_id = COALESCE($3, wa_id), error_code = NULL, error_message = NULL, next_attempt_at = NULL, \
-         updated_at = $4 WHERE id = $5 AND {} RETURNING id, tenant_id, instance_id, chat_seq",
-        SENDING_BY_ME.replace("$owner", "$6")
-    );
-    let sent = sqlx::query(AssertSqlSafe(sql))
-        .bind(SENT_RANK)
-        .bind(provider_message_id)
-        .bind(wa_id)
-        .bind(at.as_millis())
-        .bind(id.as_str())
-        .bind(owner)
-        .fetch_optional(&mut *conn)
-        .await?;
-    let Some(row) = sent else { return Ok(OutcomeApplied::Stale) };
-    let m = MessageRef::from_row(&row)?;
-    let detail = StatusDetail { provider_message_id: Some(provider_message_id.to_owned()), ..detail() };
-    insert_event(&mut *conn, &m, MessageStatus::Sent, &detail, at).await?;
-    lock_provider_id(&mut *conn, provider_message_id).await?;
-    apply_parked(conn, provider_message_id).await?;
-    Ok(OutcomeApplied::Done(MessageStatus::Sent))
-}
-
 /// Serialises "store the send result" and "apply a status" for one provider
 /// message id: without it a status could be parked while the send result
-/// commits, and neither would see the other.
-async fn lock_provider_id(conn: &mut PgConnection, provider_message_id: &str) -> Result<(), StoreError> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 1))")
-        .bind(provider_message_id)
-        .execute(conn)
-        .await?;
+/// commits, and neither would see the other. Many ids are locked in a fixed
+/// order, so two batches cannot deadlock on them.
+pub(super) async fn lock_provider_ids(
+    conn: &mut PgConnection,
+    provider_message_ids: &[&str],
+) -> Result<(), StoreError> {
+    if provider_message_ids.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock(hashtextextended(p, 1)) \
+         FROM (SELECT DISTINCT p FROM UNNEST($1::text[]) AS u(p) ORDER BY p) x",
+    )
+    .bind(provider_message_ids)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -834,7 +714,7 @@ pub(super) async fn apply_status(
     conn: &mut PgConnection,
     r: ProviderStatusReport,
 ) -> Result<StatusApplied, StoreError> {
-    lock_provider_id(&mut *conn, &r.provider_message_id).await?;
+    lock_provider_ids(&mut *conn, &[r.provider_message_id.as_str()]).await?;
     let found = sqlx::query(
         "SELECT id, tenant_id, instance_id, chat_seq FROM messages \
          WHERE provider_message_id = $1 AND ($2::text IS NULL OR instance_id = $2)",
@@ -887,37 +767,6 @@ pub(super) async fn apply_status(
     };
     insert_event(conn, &m, r.status, &detail, r.at).await?;
     Ok(if changed { StatusApplied::Applied } else { StatusApplied::Ignored })
-}
-
-/// Re-applies statuses that arrived before the send result, oldest first.
-async fn apply_parked(conn: &mut PgConnection, provider_message_id: &str) -> Result<(), StoreError> {
-    let rows = sqlx::query(
-        "DELETE FROM parked_statuses WHERE provider_message_id = $1 \
-         RETURNING id, status, at, error_code, error_message",
-    )
-    .bind(provider_message_id)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut parked = Vec::with_capacity(rows.len());
-    for r in &rows {
-        let status: String = r.try_get("status")?;
-        parked.push((
-            r.try_get::<i64, _>("id")?,
-            ProviderStatusReport {
-                instance_id: None,
-                provider_message_id: provider_message_id.to_owned(),
-                status: status.parse().map_err(StoreError::Corrupt)?,
-                at: Timestamp::from_millis(r.try_get("at")?),
-                error_code: r.try_get("error_code")?,
-                error_message: r.try_get("error_message")?,
-            },
-        ));
-    }
-    parked.sort_by_key(|(id, _)| *id);
-    for (_, r) in parked {
-        Box::pin(apply_status(&mut *conn, r)).await?;
-    }
-    Ok(())
 }
 
 pub(super) async fn insert_instance(conn: &mut sqlx::PgConnection, r: &InstanceRecord) -> Result<(), StoreError> {
