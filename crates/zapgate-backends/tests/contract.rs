@@ -504,6 +504,82 @@ async fn concurrent_outcomes_are_each_applied_and_settle_their_chats() {
     assert_eq!(next, expected);
 }
 
+fn inbound(f: &Fixture, wa_message_id: &str, chat: &str) -> InboundItem {
+    InboundItem {
+        tenant_id: f.tenant.clone(),
+        instance_id: f.instance.clone(),
+        event: InboundEvent::Message(NewInbound {
+            id: MessageId::generate(),
+            chat: chat.into(),
+            body: event::ReceivedMessage {
+                wa_message_id: wa_message_id.into(),
+                chat: chat.into(),
+                sender: None,
+                sender_name: None,
+                from_me: false,
+                content: serde_json::json!({"type": "text", "text": {"body": wa_message_id}}),
+                context_id: None,
+                sent_at: Timestamp::now(),
+            },
+            media: None,
+        }),
+    }
+}
+
+/// Provider POSTs taken in at the same time (in one transaction where the
+/// backend batches them): each chat's messages get gapless sequence numbers,
+/// a message the provider sent twice at once is stored once, and a POST of
+/// other items is answered item by item.
+#[tokio::test]
+async fn concurrent_ingests_number_each_chat_and_store_a_resent_message_once() {
+    let f = Arc::new(fixture().await);
+    let chats = ["5511900000001", "5511900000002", "5511900000003"];
+    let mut posts: Vec<Vec<InboundItem>> = Vec::new();
+    for n in 0..60 {
+        posts.push(vec![inbound(&f, &format!("wa-{n}"), chats[n % 3])]);
+    }
+    posts.push(vec![inbound(&f, "wa-30", chats[0])]);
+    let status = InboundItem {
+        tenant_id: f.tenant.clone(),
+        instance_id: f.instance.clone(),
+        event: InboundEvent::Status(ProviderStatusReport {
+            instance_id: None,
+            provider_message_id: "not-sent-yet".into(),
+            status: MessageStatus::Delivered,
+            at: Timestamp::now(),
+            error_code: None,
+            error_message: None,
+        }),
+    };
+    posts.push(vec![inbound(&f, "wa-mixed", chats[2]), status]);
+    let tasks: Vec<_> = posts
+        .into_iter()
+        .map(|items| {
+            let f = f.clone();
+            tokio::spawn(async move { f.b.inbox.ingest(items, Timestamp::now()).await.unwrap() })
+        })
+        .collect();
+    let answers: Vec<Vec<InboundOutcome>> =
+        futures::future::join_all(tasks).await.into_iter().map(|r| r.unwrap()).collect();
+    let received = |o: &InboundOutcome| matches!(o, InboundOutcome::Received(_));
+    for (n, a) in answers[..60].iter().enumerate().filter(|(n, _)| *n != 30) {
+        assert!(a.len() == 1 && received(&a[0]), "POST {n}: {a:?}");
+    }
+    let twice = [&answers[30][0], &answers[60][0]];
+    assert_eq!(twice.iter().filter(|o| received(o)).count(), 1, "wa-30 stored once: {twice:?}");
+    assert!(twice.contains(&&InboundOutcome::Duplicate), "{twice:?}");
+    assert!(received(&answers[61][0]), "{:?}", answers[61]);
+    assert_eq!(answers[61][1], InboundOutcome::Status(StatusApplied::Parked));
+    for (c, chat) in chats.iter().enumerate() {
+        let filter = InboundFilter { chat: Some((*chat).into()), limit: 100, ..Default::default() };
+        let stored = f.b.inbox.list_inbound(&f.tenant, &filter).await.unwrap();
+        let mut seqs: Vec<i64> = stored.iter().map(|m| m.chat_seq).collect();
+        seqs.sort_unstable();
+        let expected = 20 + usize::from(c == 2);
+        assert_eq!(seqs, (1..=expected as i64).collect::<Vec<_>>(), "chat {chat}");
+    }
+}
+
 #[tokio::test]
 async fn recovery_requeues_in_flight_messages_without_spending_attempts() {
     let f = fixture().await;

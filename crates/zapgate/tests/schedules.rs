@@ -39,7 +39,11 @@ async fn billing_setup(s: &Server, body: &str, members: Value) -> (String, Strin
 }
 
 fn set_clock(file: &Path, at: &str) {
-    std::fs::write(file, at).unwrap();
+    // Written aside and renamed over: a scheduler reading the file while it
+    // is rewritten in place finds it empty and falls back to the real time.
+    let aside = file.with_extension("next");
+    std::fs::write(&aside, at).unwrap();
+    std::fs::rename(&aside, file).unwrap();
 }
 
 /// Waits until the schedule has a finished run for `occurrence`; returns it.

@@ -92,7 +92,9 @@ async fn accept_batch(conn: &mut PgConnection, msgs: &[AcceptMessage]) -> Result
     if new.is_empty() {
         return Ok(out);
     }
-    let chat_seqs = next_chat_seqs(conn, msgs, &new).await?;
+    let chats: Vec<(&str, String)> =
+        new.iter().map(|&i| (msgs[i].request.instance_id.as_str(), msgs[i].request.to.key())).collect();
+    let chat_seqs = rows::next_chat_seqs(&mut *conn, &chats).await?;
     let seqs = insert_messages(conn, msgs, &new, &chat_seqs).await?;
     let refs: Vec<MessageRef> = new
         .iter()
@@ -199,51 +201,6 @@ async fn claim_keys(
         }
     }
     Ok(())
-}
-
-/// The next chat sequence number of each new message, in batch order within
-/// each chat (one upsert per chat, taken in a fixed order so concurrent
-/// batches do not deadlock).
-async fn next_chat_seqs(
-    conn: &mut PgConnection,
-    msgs: &[AcceptMessage],
-    new: &[usize],
-) -> Result<Vec<i64>, StoreError> {
-    let mut per_chat: HashMap<(&str, String), i64> = HashMap::new();
-    for &i in new {
-        *per_chat.entry((msgs[i].request.instance_id.as_str(), msgs[i].request.to.key())).or_default() += 1;
-    }
-    let mut chats: Vec<(&(&str, String), &i64)> = per_chat.iter().collect();
-    chats.sort();
-    let rows = sqlx::query(
-        "INSERT INTO chats (instance_id, chat, last_seq) \
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[]) \
-         ON CONFLICT (instance_id, chat) DO UPDATE SET last_seq = chats.last_seq + EXCLUDED.last_seq \
-         RETURNING instance_id, chat, last_seq",
-    )
-    .bind(chats.iter().map(|((i, _), _)| *i).collect::<Vec<_>>())
-    .bind(chats.iter().map(|((_, c), _)| c.as_str()).collect::<Vec<_>>())
-    .bind(chats.iter().map(|(_, n)| **n).collect::<Vec<_>>())
-    .fetch_all(&mut *conn)
-    .await?;
-    // The first of the batch's messages in a chat gets last - n + 1, and so on.
-    let mut next: HashMap<(String, String), i64> = HashMap::new();
-    for r in &rows {
-        let (instance, chat): (String, String) = (r.try_get("instance_id")?, r.try_get("chat")?);
-        let last: i64 = r.try_get("last_seq")?;
-        let n = per_chat[&(instance.as_str(), chat.clone())];
-        next.insert((instance, chat), last - n + 1);
-    }
-    Ok(new
-        .iter()
-        .map(|&i| {
-            let seq = next
-                .get_mut(&(msgs[i].request.instance_id.to_string(), msgs[i].request.to.key()))
-                .expect("every chat upserted");
-            *seq += 1;
-            *seq - 1
-        })
-        .collect())
 }
 
 /// Inserts the message rows; their `seq` (queue order) in `new` order.

@@ -1,15 +1,20 @@
-//! `Inbox` on PostgreSQL: one provider POST is one transaction, so its
-//! dedupe keys, the changes they guard and the events commit together (and
-//! a concurrent re-send of the same event waits on the key, then finds it).
+//! `Inbox` on PostgreSQL: a provider POST's dedupe keys, the changes they
+//! guard and the events commit together, in one transaction shared by the
+//! POSTs that arrive at the same time (and a concurrent re-send of the same
+//! event waits on the key, then finds it).
 
-use super::rows::{MessageRef, insert_event_of, insert_instance_event};
+use super::group_commit::{GroupCommit, Reply, Shape};
+use super::rows::{self, MessageRef, insert_event_of, insert_instance_event};
 use super::store::apply_status;
 use super::{PgBackend, again};
 use crate::inbox::*;
 use crate::records::{INBOUND_COLUMNS, account_instance, inbound, stored_state};
 use crate::{ProviderStatusReport, StoreError, detail};
 use async_trait::async_trait;
-use sqlx::{AssertSqlSafe, PgConnection, Row};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row};
+use std::collections::HashSet;
+use std::sync::Arc;
+use tokio::sync::Notify;
 use zapgate_domain::event::StatusDetail;
 use zapgate_domain::instance_state::Transition;
 use zapgate_domain::{EventType, InstanceId, MessageId, MessageStatus, TenantId, Timestamp};
@@ -36,16 +41,7 @@ impl Inbox for PgBackend {
     }
 
     async fn ingest(&self, items: Vec<InboundItem>, now: Timestamp) -> Result<Vec<InboundOutcome>, StoreError> {
-        let mut tries = 0;
-        loop {
-            let r = self.ingest_once(&items, now).await;
-            if !again(&r, &mut tries).await {
-                if r.is_ok() {
-                    self.wake();
-                }
-                return r;
-            }
-        }
+        self.ingests.submit((items, now)).await
     }
 
     async fn list_inbound(&self, tenant: &TenantId, f: &InboundFilter) -> Result<Vec<InboundRecord>, StoreError> {
@@ -85,16 +81,195 @@ impl Inbox for PgBackend {
     }
 }
 
-impl PgBackend {
-    async fn ingest_once(&self, items: &[InboundItem], now: Timestamp) -> Result<Vec<InboundOutcome>, StoreError> {
-        let mut tx = self.pool().begin().await?;
-        let mut outcomes = Vec::with_capacity(items.len());
-        for item in items {
-            outcomes.push(take_in(&mut tx, item.clone(), now).await?);
-        }
-        tx.commit().await?;
-        Ok(outcomes)
+/// How provider POSTs are batched: at most 256 in one transaction, 4
+/// committing at once.
+const SHAPE: Shape = Shape { metric: "zapgate_ingest_batch_size", max_batch: 256, in_flight: 8 };
+
+/// One provider POST: its items, in order, and when it arrived.
+type Post = (Vec<InboundItem>, Timestamp);
+
+/// Group commit of ingests (see [`super::group_commit`]): the POSTs that
+/// arrive together are taken in in one transaction. New messages — what
+/// most POSTs carry — are stored with set-based statements (dedupe keys,
+/// chat sequences, rows, events: four statements for the batch); every
+/// other item runs its own statements, in its POST's order, in the same
+/// transaction. A batch whose transaction fails is run again POST by POST.
+pub(super) struct Ingests {
+    batches: GroupCommit<Post, Vec<InboundOutcome>>,
+}
+
+impl Ingests {
+    /// `committed` is notified after each batch (its events wait for fan-out).
+    pub fn start(pool: PgPool, committed: Arc<Notify>) -> Self {
+        let batches = GroupCommit::start(SHAPE, move |batch| {
+            let (pool, committed) = (pool.clone(), committed.clone());
+            async move {
+                commit(&pool, batch).await;
+                committed.notify_one();
+            }
+        });
+        Self { batches }
     }
+
+    async fn submit(&self, post: Post) -> Result<Vec<InboundOutcome>, StoreError> {
+        self.batches.submit(post).await
+    }
+}
+
+/// Commits a batch and answers each POST.
+async fn commit(pool: &PgPool, batch: Vec<(Post, Reply<Vec<InboundOutcome>>)>) {
+    let (posts, replies): (Vec<Post>, Vec<Reply<Vec<InboundOutcome>>>) = batch.into_iter().unzip();
+    let answers = match store(pool, &posts).await {
+        Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+        Err(e) if posts.len() == 1 => vec![Err(e)],
+        Err(e) => {
+            tracing::debug!(error = %e, posts = posts.len(), "batched ingest failed; taking POSTs in one by one");
+            let mut answers = Vec::with_capacity(posts.len());
+            for post in &posts {
+                answers.push(store(pool, std::slice::from_ref(post)).await.map(|mut o| o.remove(0)));
+            }
+            answers
+        }
+    };
+    for (reply, answer) in replies.into_iter().zip(answers) {
+        let _ = reply.send(answer);
+    }
+}
+
+/// One transaction for `posts`, run again if PostgreSQL aborted it as a
+/// deadlock victim.
+async fn store(pool: &PgPool, posts: &[Post]) -> Result<Vec<Vec<InboundOutcome>>, StoreError> {
+    let mut tries = 0;
+    loop {
+        let r = async {
+            let mut tx = pool.begin().await?;
+            let outcomes = take_in_batch(&mut tx, posts).await?;
+            tx.commit().await?;
+            Ok(outcomes)
+        }
+        .await;
+        if !again(&r, &mut tries).await {
+            return r;
+        }
+    }
+}
+
+/// A new message the set-based path takes: no attachment to record and not
+/// possibly an echo of a send.
+fn plain(item: &InboundItem) -> Option<&NewInbound> {
+    match &item.event {
+        InboundEvent::Message(m) if m.media.is_none() && !m.body.from_me => Some(m),
+        _ => None,
+    }
+}
+
+/// What each POST's items did, in order.
+async fn take_in_batch(conn: &mut PgConnection, posts: &[Post]) -> Result<Vec<Vec<InboundOutcome>>, StoreError> {
+    let mut outcomes: Vec<Vec<InboundOutcome>> = vec![Vec::new(); posts.len()];
+    let mut plain_posts = Vec::new();
+    for (p, (items, now)) in posts.iter().enumerate() {
+        if items.iter().all(|i| plain(i).is_some()) {
+            plain_posts.push(p);
+            continue;
+        }
+        for item in items {
+            outcomes[p].push(take_in(conn, item.clone(), *now).await?);
+        }
+    }
+    let news: Vec<(&InboundItem, &NewInbound, Timestamp)> = plain_posts
+        .iter()
+        .flat_map(|&p| posts[p].0.iter().map(move |i| (i, plain(i).expect("plain"), posts[p].1)))
+        .collect();
+    let mut received = receive_many(conn, &news).await?.into_iter();
+    for &p in &plain_posts {
+        outcomes[p].extend(received.by_ref().take(posts[p].0.len()));
+    }
+    Ok(outcomes)
+}
+
+/// New messages, set-based: what `take_in` and `receive` do for each.
+async fn receive_many(
+    conn: &mut PgConnection,
+    news: &[(&InboundItem, &NewInbound, Timestamp)],
+) -> Result<Vec<InboundOutcome>, StoreError> {
+    let mut out = vec![InboundOutcome::Duplicate; news.len()];
+    if news.is_empty() {
+        return Ok(out);
+    }
+    // Dedupe keys, inserted in a fixed order (a provider re-sending while
+    // another batch holds the same key must not deadlock); the first item of
+    // the batch with a fresh key takes it.
+    let keyed: Vec<(&str, String, i64)> = news
+        .iter()
+        .map(|(i, _, now)| (i.instance_id.as_str(), i.dedupe_key().expect("a message has a key"), now.as_millis()))
+        .collect();
+    let mut order: Vec<usize> = (0..keyed.len()).collect();
+    order.sort_by(|a, b| (keyed[*a].0, &keyed[*a].1).cmp(&(keyed[*b].0, &keyed[*b].1)));
+    let rows = sqlx::query(
+        "INSERT INTO inbound_keys (instance_id, key, created_at) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[]) ON CONFLICT DO NOTHING RETURNING instance_id, key",
+    )
+    .bind(order.iter().map(|&n| keyed[n].0).collect::<Vec<_>>())
+    .bind(order.iter().map(|&n| keyed[n].1.as_str()).collect::<Vec<_>>())
+    .bind(order.iter().map(|&n| keyed[n].2).collect::<Vec<_>>())
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut fresh: HashSet<(String, String)> = HashSet::with_capacity(rows.len());
+    for r in &rows {
+        fresh.insert((r.try_get("instance_id")?, r.try_get("key")?));
+    }
+    let new: Vec<usize> =
+        (0..news.len()).filter(|&n| fresh.remove(&(keyed[n].0.to_owned(), keyed[n].1.clone()))).collect();
+    if new.is_empty() {
+        return Ok(out);
+    }
+    let chats: Vec<(&str, String)> = new.iter().map(|&n| (keyed[n].0, news[n].1.chat.clone())).collect();
+    let chat_seqs = rows::next_chat_seqs(&mut *conn, &chats).await?;
+    let body = |n: usize| &news[n].1.body;
+    let stored = sqlx::query(
+        "INSERT INTO inbound_messages (id, tenant_id, instance_id, chat, sender, sender_name, wa_message_id, \
+         from_me, content, context_id, chat_seq, sent_at, created_at) \
+         SELECT id, t, i, c, s, sn, w, FALSE, ct, cx, cs, sa, ca FROM UNNEST($1::text[], $2::text[], $3::text[], \
+           $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bigint[], \
+           $12::bigint[]) AS u(id, t, i, c, s, sn, w, ct, cx, cs, sa, ca) \
+         ON CONFLICT (instance_id, wa_message_id) DO NOTHING RETURNING id",
+    )
+    .bind(new.iter().map(|&n| news[n].1.id.as_str()).collect::<Vec<_>>())
+    .bind(new.iter().map(|&n| news[n].0.tenant_id.as_str()).collect::<Vec<_>>())
+    .bind(new.iter().map(|&n| keyed[n].0).collect::<Vec<_>>())
+    .bind(new.iter().map(|&n| news[n].1.chat.as_str()).collect::<Vec<_>>())
+    .bind(new.iter().map(|&n| body(n).sender.as_deref()).collect::<Vec<_>>())
+    .bind(new.iter().map(|&n| body(n).sender_name.as_deref()).collect::<Vec<_>>())
+    .bind(new.iter().map(|&n| body(n).wa_message_id.as_str()).collect::<Vec<_>>())
+    .bind(new.iter().map(|&n| body(n).content.to_string()).collect::<Vec<_>>())
+    .bind(new.iter().map(|&n| body(n).context_id.as_deref()).collect::<Vec<_>>())
+    .bind(&chat_seqs)
+    .bind(new.iter().map(|&n| body(n).sent_at.as_millis()).collect::<Vec<_>>())
+    .bind(new.iter().map(|&n| news[n].2.as_millis()).collect::<Vec<_>>())
+    .fetch_all(&mut *conn)
+    .await?;
+    let stored: HashSet<String> = stored.iter().map(|r| r.try_get("id")).collect::<Result<_, _>>()?;
+    // A message not stored had its dedupe key purged: a duplicate.
+    let (mut refs, mut details, mut kept) = (Vec::new(), Vec::new(), Vec::new());
+    for (&n, chat_seq) in new.iter().zip(&chat_seqs) {
+        let (item, m, now) = news[n];
+        if !stored.contains(m.id.as_str()) {
+            continue;
+        }
+        refs.push(MessageRef {
+            id: m.id.to_string(),
+            tenant_id: item.tenant_id.to_string(),
+            instance_id: item.instance_id.to_string(),
+            chat_seq: *chat_seq,
+        });
+        details.push(StatusDetail { message: Some(m.body.clone()), ..detail() });
+        kept.push((n, now));
+        out[n] = InboundOutcome::Received(m.id.clone());
+    }
+    let events: Vec<_> =
+        refs.iter().zip(&details).zip(&kept).map(|((r, d), (_, now))| (r, MessageStatus::Received, d, *now)).collect();
+    rows::insert_events_of(conn, EventType::MessageReceived, &events).await?;
+    Ok(out)
 }
 
 type Resolved = (Option<AccountInstance>, Vec<AccountInstance>);

@@ -90,6 +90,7 @@ pub struct PgBackend {
     pool: PgPool,
     accepts: accepts::Accepts,
     outcomes: outcomes::Outcomes,
+    ingests: inbox::Ingests,
     /// The connection holding this process's session locks.
     session: session::OwnerSession,
     /// Notified after writes that add events or deliveries in this process.
@@ -115,7 +116,8 @@ impl PgBackend {
         let accepts = accepts::Accepts::start(pool.clone());
         let committed = Arc::new(Notify::new());
         let outcomes = outcomes::Outcomes::start(pool.clone(), session.owner, committed.clone());
-        Ok(Self { pool, accepts, outcomes, session, committed })
+        let ingests = inbox::Ingests::start(pool.clone(), committed.clone());
+        Ok(Self { pool, accepts, outcomes, ingests, session, committed })
     }
 
     /// This process's lease owner id (held by the owner session's lock).

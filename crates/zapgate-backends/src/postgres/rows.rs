@@ -5,6 +5,7 @@ use crate::StoreError;
 use crate::records::Columns;
 use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, PgConnection, Row};
+use std::collections::HashMap;
 use zapgate_domain::event::StatusDetail;
 use zapgate_domain::{EventId, EventType, MessageStatus, Timestamp};
 
@@ -139,6 +140,15 @@ pub async fn insert_status_events(
     conn: &mut PgConnection,
     rows: &[(&MessageRef, MessageStatus, &StatusDetail, Timestamp)],
 ) -> Result<(), StoreError> {
+    insert_events_of(conn, EventType::MessageStatus, rows).await
+}
+
+/// Appends one message event of type `kind` per row, in one statement.
+pub async fn insert_events_of(
+    conn: &mut PgConnection,
+    kind: EventType,
+    rows: &[(&MessageRef, MessageStatus, &StatusDetail, Timestamp)],
+) -> Result<(), StoreError> {
     if rows.is_empty() {
         return Ok(());
     }
@@ -158,7 +168,7 @@ pub async fn insert_status_events(
     }
     sqlx::query(
         "WITH e AS (INSERT INTO events (id, tenant_id, message_id, instance_id, type, status, chat_seq, detail, \
-         created_at) SELECT i, t, m, n, 'message.status', s, c, d, a \
+         created_at) SELECT i, t, m, n, $9, s, c, d, a \
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::bigint[], \
                      $8::text[]) AS u(i, t, m, n, c, s, a, d) \
          RETURNING seq) INSERT INTO events_unfanned (event_seq) SELECT seq FROM e",
@@ -171,9 +181,49 @@ pub async fn insert_status_events(
     .bind(statuses)
     .bind(ats)
     .bind(details)
+    .bind(kind.as_str())
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// The next chat sequence number of each of a batch's messages, one
+/// `(instance, chat)` each, in batch order within each chat (one upsert per
+/// chat, taken in a fixed order so concurrent batches do not deadlock).
+pub async fn next_chat_seqs(conn: &mut PgConnection, chats: &[(&str, String)]) -> Result<Vec<i64>, StoreError> {
+    let mut per_chat: HashMap<(&str, &str), i64> = HashMap::new();
+    for (instance, chat) in chats {
+        *per_chat.entry((instance, chat.as_str())).or_default() += 1;
+    }
+    let mut upserts: Vec<(&(&str, &str), &i64)> = per_chat.iter().collect();
+    upserts.sort();
+    let rows = sqlx::query(
+        "INSERT INTO chats (instance_id, chat, last_seq) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[]) \
+         ON CONFLICT (instance_id, chat) DO UPDATE SET last_seq = chats.last_seq + EXCLUDED.last_seq \
+         RETURNING instance_id, chat, last_seq",
+    )
+    .bind(upserts.iter().map(|((i, _), _)| *i).collect::<Vec<_>>())
+    .bind(upserts.iter().map(|((_, c), _)| *c).collect::<Vec<_>>())
+    .bind(upserts.iter().map(|(_, n)| **n).collect::<Vec<_>>())
+    .fetch_all(&mut *conn)
+    .await?;
+    // The first of the batch's messages in a chat gets last - n + 1, and so on.
+    let mut next: HashMap<(String, String), i64> = HashMap::with_capacity(rows.len());
+    for r in &rows {
+        let (instance, chat): (String, String) = (r.try_get("instance_id")?, r.try_get("chat")?);
+        let last: i64 = r.try_get("last_seq")?;
+        let n = per_chat[&(instance.as_str(), chat.as_str())];
+        next.insert((instance, chat), last - n + 1);
+    }
+    Ok(chats
+        .iter()
+        .map(|(instance, chat)| {
+            let seq = next.get_mut(&((*instance).to_owned(), chat.clone())).expect("every chat upserted");
+            *seq += 1;
+            *seq - 1
+        })
+        .collect())
 }
 
 /// A queue entry to add.
