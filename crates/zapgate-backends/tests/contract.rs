@@ -828,6 +828,85 @@ async fn deliveries_are_claimed_within_each_endpoints_room_and_gone_disables_the
     );
 }
 
+/// Attempts that end at the same time (recorded together where the backend
+/// batches them): each delivery moves on by its own result, a second result
+/// for one delivery changes nothing, and a delivery that died raises
+/// `webhook.delivery_failed`.
+#[tokio::test]
+async fn concurrent_attempts_each_move_their_delivery_on() {
+    use std::collections::BTreeMap;
+    use zapgate_domain::webhook::{WebhookFormat, WebhookSecret};
+    let f = Arc::new(fixture().await);
+    f.b.webhooks
+        .create_endpoint(NewEndpoint {
+            id: EndpointId::generate(),
+            tenant_id: f.tenant.clone(),
+            url: "https://example.com/hook".into(),
+            description: String::new(),
+            event_types: vec![],
+            include_internal: true,
+            instance_id: None,
+            statuses: vec![],
+            headers: BTreeMap::new(),
+            secret: WebhookSecret::generate(),
+            format: WebhookFormat::Standard,
+            app_secret: None,
+        })
+        .await
+        .unwrap();
+    for n in 0..30 {
+        accept(&f, &format!("+55119{n:08}"), Priority::Normal).await;
+    }
+    let now = Timestamp::now();
+    while f.b.webhooks.fan_out(100, now).await.unwrap() > 0 {}
+    let jobs = f.b.webhooks.claim_deliveries(now, 100, 100, 60_000).await.unwrap();
+    assert_eq!(jobs.len(), 30);
+    // Job n: succeeded when n % 3 == 0, failed with a retry when 1, failed for good when 2.
+    let result = |n: usize| match n % 3 {
+        0 => AttemptResult::Succeeded { status_code: 200 },
+        1 => AttemptResult::Failed {
+            status_code: Some(503),
+            error: "busy".into(),
+            retry_at: Some(now.plus_millis(60_000)),
+        },
+        _ => AttemptResult::Failed { status_code: Some(400), error: "bad".into(), retry_at: None },
+    };
+    let outcome = |job: &zapgate_backends::DeliveryJob, result| AttemptOutcome {
+        delivery: job.id.clone(),
+        attempt: 1,
+        at: now,
+        duration_ms: 2,
+        result,
+        response: Some("ok".into()),
+    };
+    let mut tasks = Vec::new();
+    for (n, job) in jobs.iter().enumerate() {
+        let (f, o) = (f.clone(), outcome(job, result(n)));
+        tasks.push(tokio::spawn(async move { f.b.webhooks.record_attempt(o).await.unwrap() }));
+    }
+    // A second result for job 0, at the same time: it must change nothing.
+    let (f2, late) = (f.clone(), outcome(&jobs[0], result(2)));
+    tasks.push(tokio::spawn(async move { f2.b.webhooks.record_attempt(late).await.unwrap() }));
+    futures::future::join_all(tasks).await.into_iter().for_each(|r| r.unwrap());
+    for (n, job) in jobs.iter().enumerate() {
+        let (d, attempts) = f.b.webhooks.get_delivery(&f.tenant, &job.id).await.unwrap().unwrap();
+        let want = [DeliveryStatus::Succeeded, DeliveryStatus::Pending, DeliveryStatus::Dead][n % 3];
+        assert_eq!((d.status, d.attempts), (want, 1), "job {n}");
+        assert_eq!(attempts.len(), 1, "job {n}: one attempt recorded");
+        assert_eq!(attempts[0].status_code, Some([200, 503, 400][n % 3]), "job {n}");
+    }
+    assert_eq!(f.b.webhooks.dead_deliveries().await.unwrap(), 10);
+    // Each failure event is stored with the message whose event died.
+    let mut failed_events = 0;
+    let messages =
+        f.b.store.list_messages(&f.tenant, &MessageFilter { limit: 100, ..Default::default() }).await.unwrap();
+    for m in &messages {
+        let history = f.b.store.message_history(&f.tenant, &m.id).await.unwrap();
+        failed_events += history.iter().filter(|e| e.event_type == EventType::WebhookDeliveryFailed).count();
+    }
+    assert_eq!(failed_events, 10, "one webhook.delivery_failed per dead delivery");
+}
+
 /// Endpoints filtered by instance and by message status get only the
 /// deliveries they asked for; `update_endpoint` sets and clears the instance.
 #[tokio::test]

@@ -10,6 +10,7 @@
 //! a lease timeout.
 
 mod accepts;
+mod attempts;
 mod campaigns;
 mod chatwoot;
 mod group_commit;
@@ -91,6 +92,7 @@ pub struct PgBackend {
     accepts: accepts::Accepts,
     outcomes: outcomes::Outcomes,
     ingests: inbox::Ingests,
+    attempts: attempts::Attempts,
     /// The connection holding this process's session locks.
     session: session::OwnerSession,
     /// Notified after writes that add events or deliveries in this process.
@@ -117,7 +119,8 @@ impl PgBackend {
         let committed = Arc::new(Notify::new());
         let outcomes = outcomes::Outcomes::start(pool.clone(), session.owner, committed.clone());
         let ingests = inbox::Ingests::start(pool.clone(), committed.clone());
-        Ok(Self { pool, accepts, outcomes, ingests, session, committed })
+        let attempts = attempts::Attempts::start(pool.clone(), committed.clone());
+        Ok(Self { pool, accepts, outcomes, ingests, attempts, session, committed })
     }
 
     /// This process's lease owner id (held by the owner session's lock).

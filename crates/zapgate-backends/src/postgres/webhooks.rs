@@ -11,9 +11,9 @@
 //! - Enabling an endpoint waits for the claims in flight on its deliveries
 //!   (see `update_endpoint`), so none stays parked behind it.
 
-use super::PgBackend;
 use super::rows::{self, EVENT_COLUMNS};
 use super::rows::{delivery, endpoint};
+use super::{PgBackend, attempts};
 use crate::StoreError;
 use crate::webhooks::*;
 use async_trait::async_trait;
@@ -290,68 +290,15 @@ impl WebhookStore for PgBackend {
     }
 
     async fn record_attempt(&self, o: AttemptOutcome) -> Result<(), StoreError> {
-        let (code, error) = o.result.code_and_error();
-        let (status, next) = o.result.next_state();
-        let mut tx = self.pool().begin().await?;
-        // A 410 disables the endpoint: lock it before any of its deliveries,
-        // in the order `update_endpoint` and `delete_endpoint` lock them.
-        let gone = matches!(o.result, AttemptResult::Gone { .. });
-        let endpoint: Option<String> = if gone {
-            sqlx::query_scalar(
-                "SELECT w.id FROM webhook_endpoints w JOIN webhook_deliveries d ON d.endpoint_id = w.id \
-                 WHERE d.id = $1 FOR NO KEY UPDATE OF w",
-            )
-            .bind(o.delivery.as_str())
-            .fetch_optional(&mut *tx)
-            .await?
-        } else {
-            None
-        };
-        // Only the attempt that continues the stored state counts: a
-        // stale one (its lease expired and the delivery moved on, or
-        // its endpoint was deleted meanwhile) changes nothing.
-        let n = sqlx::query(
-            "UPDATE webhook_deliveries SET status = $1, attempts = $2, next_attempt_at = $3, leased = FALSE, \
-             last_status_code = $4, last_error = $5, updated_at = $6 \
-             WHERE id = $7 AND status = 'pending' AND attempts = $2 - 1",
-        )
-        .bind(status)
-        .bind(i64::from(o.attempt))
-        .bind(next)
-        .bind(code.map(i64::from))
-        .bind(error.as_deref())
-        .bind(o.at.as_millis())
-        .bind(o.delivery.as_str())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if n == 0 {
+        if matches!(o.result, AttemptResult::Gone { .. }) {
+            // Rare, and it locks the endpoint before its deliveries: alone.
+            self.record_gone(o).await?;
+            // Room for another attempt at the endpoint, a retry to schedule,
+            // or a failure event to fan out.
+            self.wake();
             return Ok(());
         }
-        sqlx::query(
-            "INSERT INTO webhook_attempts (delivery_id, attempt, at, status_code, error, duration_ms, response) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(o.delivery.as_str())
-        .bind(i64::from(o.attempt))
-        .bind(o.at.as_millis())
-        .bind(code.map(i64::from))
-        .bind(error.as_deref())
-        .bind(o.duration_ms as i64)
-        .bind(o.response.as_deref())
-        .execute(&mut *tx)
-        .await?;
-        if let Some(endpoint) = &endpoint {
-            disable_gone(&mut tx, endpoint, &o).await?;
-        }
-        if status == "dead" {
-            raise_delivery_failed(&mut tx, &o, code, error).await?;
-        }
-        tx.commit().await?;
-        // Room for another attempt at the endpoint, a retry to schedule, or
-        // a failure event to fan out.
-        self.wake();
-        Ok(())
+        self.attempts.record(o).await
     }
 
     async fn next_delivery_due(&self) -> Result<Option<Timestamp>, StoreError> {
@@ -492,6 +439,28 @@ impl WebhookStore for PgBackend {
     }
 }
 
+impl PgBackend {
+    /// A `410 Gone` answer: the attempt, and the endpoint disabled.
+    async fn record_gone(&self, o: AttemptOutcome) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        // Lock the endpoint before any of its deliveries, in the order
+        // `update_endpoint` and `delete_endpoint` lock them.
+        let endpoint: Option<String> = sqlx::query_scalar(
+            "SELECT w.id FROM webhook_endpoints w JOIN webhook_deliveries d ON d.endpoint_id = w.id \
+             WHERE d.id = $1 FOR NO KEY UPDATE OF w",
+        )
+        .bind(o.delivery.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let recorded = attempts::record_batch(&mut tx, std::slice::from_ref(&o)).await?;
+        if let Some(endpoint) = endpoint.filter(|_| !recorded.is_empty()) {
+            disable_gone(&mut tx, &endpoint, &o).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
 /// A receiver that answered `410 Gone` wants nothing more: its endpoint
 /// (locked by the caller) is disabled, and its pending deliveries parked,
 /// as `update_endpoint` does.
@@ -521,7 +490,7 @@ async fn disable_gone(conn: &mut PgConnection, endpoint: &str, o: &AttemptOutcom
 /// same transaction, so it fans out like any event (to endpoints subscribed
 /// to it: the tenant's failure URL). A failed failure notice raises nothing,
 /// or a dead receiver would feed itself.
-async fn raise_delivery_failed(
+pub(super) async fn raise_delivery_failed(
     conn: &mut PgConnection,
     o: &AttemptOutcome,
     status_code: Option<u16>,
