@@ -580,6 +580,45 @@ async fn concurrent_ingests_number_each_chat_and_store_a_resent_message_once() {
     }
 }
 
+/// Several statuses of one message in one POST (taken in together where the
+/// backend batches them) end where they would one by one: forward only, a
+/// repeated report a duplicate, each kept in the history.
+#[tokio::test]
+async fn statuses_of_one_message_in_one_post_apply_in_order() {
+    let f = fixture().await;
+    let a = accept(&f, "+5511900000001", Priority::Normal).await;
+    let b = accept(&f, "+5511900000002", Priority::Normal).await;
+    claim(&f, 10).await;
+    sent(&f, &a, "p-a").await;
+    sent(&f, &b, "p-b").await;
+    let status = |p: &str, status| InboundItem {
+        tenant_id: f.tenant.clone(),
+        instance_id: f.instance.clone(),
+        event: InboundEvent::Status(ProviderStatusReport {
+            instance_id: None,
+            provider_message_id: p.into(),
+            status,
+            at: Timestamp::now(),
+            error_code: None,
+            error_message: None,
+        }),
+    };
+    let (delivered, read) = (MessageStatus::Delivered, MessageStatus::Read);
+    let post_a = vec![status("p-a", delivered), status("p-a", read), status("p-a", delivered)];
+    let post_b = vec![status("p-b", read), status("p-b", delivered), status("p-none", read)];
+    let (got_a, got_b) =
+        tokio::join!(f.b.inbox.ingest(post_a, Timestamp::now()), f.b.inbox.ingest(post_b, Timestamp::now()));
+    let s = |a: StatusApplied| InboundOutcome::Status(a);
+    assert_eq!(got_a.unwrap(), [s(StatusApplied::Applied), s(StatusApplied::Applied), InboundOutcome::Duplicate]);
+    assert_eq!(got_b.unwrap(), [s(StatusApplied::Applied), s(StatusApplied::Ignored), s(StatusApplied::Parked)]);
+    for id in [&a, &b] {
+        assert_eq!(f.b.store.get_message(&f.tenant, id).await.unwrap().unwrap().status, read);
+    }
+    let history: Vec<_> = f.b.store.message_history(&f.tenant, &b).await.unwrap();
+    let reported: Vec<_> = history.iter().rev().take(2).map(|e| (e.status, e.detail.applied)).collect();
+    assert_eq!(reported, [(Some(delivered), false), (Some(read), true)], "newest first");
+}
+
 #[tokio::test]
 async fn recovery_requeues_in_flight_messages_without_spending_attempts() {
     let f = fixture().await;

@@ -23,6 +23,7 @@ mod queue;
 mod rows;
 mod schedules;
 mod session;
+mod statuses;
 mod store;
 mod webhooks;
 
