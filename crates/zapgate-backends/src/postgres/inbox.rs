@@ -5,7 +5,6 @@
 
 use super::group_commit::{GroupCommit, Reply, Shape};
 use super::rows::{self, MessageRef, insert_event_of, insert_instance_event};
-use super::statuses::apply_statuses;
 use super::store::apply_status;
 use super::{PgBackend, again};
 use crate::inbox::*;
@@ -90,12 +89,10 @@ const SHAPE: Shape = Shape { metric: "zapgate_ingest_batch_size", max_batch: 256
 type Post = (Vec<InboundItem>, Timestamp);
 
 /// Group commit of ingests (see [`super::group_commit`]): the POSTs that
-/// arrive together are taken in in one transaction. New messages and
-/// statuses — what nearly every POST carries — are set-based: one insert of
-/// the dedupe keys, then chat sequences, rows and events of the messages and
-/// the statuses' statements (see [`super::statuses`]), a fixed number of
-/// statements for the batch. A POST with any other item (an attachment, an
-/// echo, a connection report) runs item by item, in its order, in the same
+/// arrive together are taken in in one transaction. New messages — what
+/// most POSTs carry — are stored with set-based statements (dedupe keys,
+/// chat sequences, rows, events: four statements for the batch); every
+/// other item runs its own statements, in its POST's order, in the same
 /// transaction. A batch whose transaction fails is run again POST by POST.
 pub(super) struct Ingests {
     batches: GroupCommit<Post, Vec<InboundOutcome>>,
@@ -157,76 +154,54 @@ async fn store(pool: &PgPool, posts: &[Post]) -> Result<Vec<Vec<InboundOutcome>>
     }
 }
 
-/// Whether the set-based path takes an item: a new message without an
-/// attachment to record and not possibly an echo of a send, or a status.
-fn set_based(item: &InboundItem) -> bool {
+/// A new message the set-based path takes: no attachment to record and not
+/// possibly an echo of a send.
+fn plain(item: &InboundItem) -> Option<&NewInbound> {
     match &item.event {
-        InboundEvent::Message(m) => m.media.is_none() && !m.body.from_me,
-        InboundEvent::Status(_) => true,
-        InboundEvent::Connection { .. } => false,
+        InboundEvent::Message(m) if m.media.is_none() && !m.body.from_me => Some(m),
+        _ => None,
     }
 }
 
 /// What each POST's items did, in order.
 async fn take_in_batch(conn: &mut PgConnection, posts: &[Post]) -> Result<Vec<Vec<InboundOutcome>>, StoreError> {
     let mut outcomes: Vec<Vec<InboundOutcome>> = vec![Vec::new(); posts.len()];
-    let mut together = Vec::new();
+    let mut plain_posts = Vec::new();
     for (p, (items, now)) in posts.iter().enumerate() {
-        if items.iter().all(set_based) {
-            together.push(p);
+        if items.iter().all(|i| plain(i).is_some()) {
+            plain_posts.push(p);
             continue;
         }
         for item in items {
             outcomes[p].push(take_in(conn, item.clone(), *now).await?);
         }
     }
-    let items: Vec<(&InboundItem, Timestamp)> =
-        together.iter().flat_map(|&p| posts[p].0.iter().map(move |i| (i, posts[p].1))).collect();
-    let mut taken = take_in_many(conn, &items).await?.into_iter();
-    for &p in &together {
-        outcomes[p].extend(taken.by_ref().take(posts[p].0.len()));
+    let news: Vec<(&InboundItem, &NewInbound, Timestamp)> = plain_posts
+        .iter()
+        .flat_map(|&p| posts[p].0.iter().map(move |i| (i, plain(i).expect("plain"), posts[p].1)))
+        .collect();
+    let mut received = receive_many(conn, &news).await?.into_iter();
+    for &p in &plain_posts {
+        outcomes[p].extend(received.by_ref().take(posts[p].0.len()));
     }
     Ok(outcomes)
 }
 
-/// Set-based items (see [`set_based`]): their dedupe keys, then the new
-/// messages and the statuses; what each did, in order.
-async fn take_in_many(
+/// New messages, set-based: what `take_in` and `receive` do for each.
+async fn receive_many(
     conn: &mut PgConnection,
-    items: &[(&InboundItem, Timestamp)],
+    news: &[(&InboundItem, &NewInbound, Timestamp)],
 ) -> Result<Vec<InboundOutcome>, StoreError> {
-    let mut out = vec![InboundOutcome::Duplicate; items.len()];
-    let fresh = claim_keys(conn, items).await?;
-    let (mut news, mut news_at, mut reports, mut reports_at) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for (n, (item, now)) in items.iter().enumerate().filter(|(n, _)| fresh[*n]) {
-        match &item.event {
-            InboundEvent::Message(m) => {
-                news.push((*item, m, *now));
-                news_at.push(n);
-            }
-            InboundEvent::Status(r) => {
-                reports.push(ProviderStatusReport { instance_id: Some(item.instance_id.clone()), ..r.clone() });
-                reports_at.push(n);
-            }
-            InboundEvent::Connection { .. } => unreachable!("not set-based"),
-        }
+    let mut out = vec![InboundOutcome::Duplicate; news.len()];
+    if news.is_empty() {
+        return Ok(out);
     }
-    for (n, o) in news_at.into_iter().zip(receive_many(conn, &news).await?) {
-        out[n] = o;
-    }
-    for (n, a) in reports_at.into_iter().zip(apply_statuses(conn, &reports).await?) {
-        out[n] = InboundOutcome::Status(a);
-    }
-    Ok(out)
-}
-
-/// Inserts the items' dedupe keys in a fixed order (a provider re-sending
-/// while another batch holds the same key must not deadlock); whether each
-/// item's key is fresh. The first item of the batch with a fresh key takes it.
-async fn claim_keys(conn: &mut PgConnection, items: &[(&InboundItem, Timestamp)]) -> Result<Vec<bool>, StoreError> {
-    let keyed: Vec<(&str, String, i64)> = items
+    // Dedupe keys, inserted in a fixed order (a provider re-sending while
+    // another batch holds the same key must not deadlock); the first item of
+    // the batch with a fresh key takes it.
+    let keyed: Vec<(&str, String, i64)> = news
         .iter()
-        .map(|(i, now)| (i.instance_id.as_str(), i.dedupe_key().expect("set-based items have keys"), now.as_millis()))
+        .map(|(i, _, now)| (i.instance_id.as_str(), i.dedupe_key().expect("a message has a key"), now.as_millis()))
         .collect();
     let mut order: Vec<usize> = (0..keyed.len()).collect();
     order.sort_by(|a, b| (keyed[*a].0, &keyed[*a].1).cmp(&(keyed[*b].0, &keyed[*b].1)));
@@ -243,21 +218,14 @@ async fn claim_keys(conn: &mut PgConnection, items: &[(&InboundItem, Timestamp)]
     for r in &rows {
         fresh.insert((r.try_get("instance_id")?, r.try_get("key")?));
     }
-    Ok(keyed.iter().map(|(instance, key, _)| fresh.remove(&((*instance).to_owned(), key.clone()))).collect())
-}
-
-/// New messages whose keys were fresh, set-based: what `receive` does for
-/// each.
-async fn receive_many(
-    conn: &mut PgConnection,
-    news: &[(&InboundItem, &NewInbound, Timestamp)],
-) -> Result<Vec<InboundOutcome>, StoreError> {
-    let mut out = vec![InboundOutcome::Duplicate; news.len()];
-    if news.is_empty() {
+    let new: Vec<usize> =
+        (0..news.len()).filter(|&n| fresh.remove(&(keyed[n].0.to_owned(), keyed[n].1.clone()))).collect();
+    if new.is_empty() {
         return Ok(out);
     }
-    let chats: Vec<(&str, String)> = news.iter().map(|(i, m, _)| (i.instance_id.as_str(), m.chat.clone())).collect();
+    let chats: Vec<(&str, String)> = new.iter().map(|&n| (keyed[n].0, news[n].1.chat.clone())).collect();
     let chat_seqs = rows::next_chat_seqs(&mut *conn, &chats).await?;
+    let body = |n: usize| &news[n].1.body;
     let stored = sqlx::query(
         "INSERT INTO inbound_messages (id, tenant_id, instance_id, chat, sender, sender_name, wa_message_id, \
          from_me, content, context_id, chat_seq, sent_at, created_at) \
@@ -266,24 +234,25 @@ async fn receive_many(
            $12::bigint[]) AS u(id, t, i, c, s, sn, w, ct, cx, cs, sa, ca) \
          ON CONFLICT (instance_id, wa_message_id) DO NOTHING RETURNING id",
     )
-    .bind(news.iter().map(|(_, m, _)| m.id.as_str()).collect::<Vec<_>>())
-    .bind(news.iter().map(|(i, ..)| i.tenant_id.as_str()).collect::<Vec<_>>())
-    .bind(news.iter().map(|(i, ..)| i.instance_id.as_str()).collect::<Vec<_>>())
-    .bind(news.iter().map(|(_, m, _)| m.chat.as_str()).collect::<Vec<_>>())
-    .bind(news.iter().map(|(_, m, _)| m.body.sender.as_deref()).collect::<Vec<_>>())
-    .bind(news.iter().map(|(_, m, _)| m.body.sender_name.as_deref()).collect::<Vec<_>>())
-    .bind(news.iter().map(|(_, m, _)| m.body.wa_message_id.as_str()).collect::<Vec<_>>())
-    .bind(news.iter().map(|(_, m, _)| m.body.content.to_string()).collect::<Vec<_>>())
-    .bind(news.iter().map(|(_, m, _)| m.body.context_id.as_deref()).collect::<Vec<_>>())
+    .bind(new.iter().map(|&n| news[n].1.id.as_str()).collect::<Vec<_>>())
+    .bind(new.iter().map(|&n| news[n].0.tenant_id.as_str()).collect::<Vec<_>>())
+    .bind(new.iter().map(|&n| keyed[n].0).collect::<Vec<_>>())
+    .bind(new.iter().map(|&n| news[n].1.chat.as_str()).collect::<Vec<_>>())
+    .bind(new.iter().map(|&n| body(n).sender.as_deref()).collect::<Vec<_>>())
+    .bind(new.iter().map(|&n| body(n).sender_name.as_deref()).collect::<Vec<_>>())
+    .bind(new.iter().map(|&n| body(n).wa_message_id.as_str()).collect::<Vec<_>>())
+    .bind(new.iter().map(|&n| body(n).content.to_string()).collect::<Vec<_>>())
+    .bind(new.iter().map(|&n| body(n).context_id.as_deref()).collect::<Vec<_>>())
     .bind(&chat_seqs)
-    .bind(news.iter().map(|(_, m, _)| m.body.sent_at.as_millis()).collect::<Vec<_>>())
-    .bind(news.iter().map(|(.., now)| now.as_millis()).collect::<Vec<_>>())
+    .bind(new.iter().map(|&n| body(n).sent_at.as_millis()).collect::<Vec<_>>())
+    .bind(new.iter().map(|&n| news[n].2.as_millis()).collect::<Vec<_>>())
     .fetch_all(&mut *conn)
     .await?;
     let stored: HashSet<String> = stored.iter().map(|r| r.try_get("id")).collect::<Result<_, _>>()?;
     // A message not stored had its dedupe key purged: a duplicate.
     let (mut refs, mut details, mut kept) = (Vec::new(), Vec::new(), Vec::new());
-    for (n, ((item, m, now), chat_seq)) in news.iter().zip(&chat_seqs).enumerate() {
+    for (&n, chat_seq) in new.iter().zip(&chat_seqs) {
+        let (item, m, now) = news[n];
         if !stored.contains(m.id.as_str()) {
             continue;
         }
@@ -294,11 +263,11 @@ async fn receive_many(
             chat_seq: *chat_seq,
         });
         details.push(StatusDetail { message: Some(m.body.clone()), ..detail() });
-        kept.push(*now);
+        kept.push((n, now));
         out[n] = InboundOutcome::Received(m.id.clone());
     }
     let events: Vec<_> =
-        refs.iter().zip(&details).zip(&kept).map(|((r, d), now)| (r, MessageStatus::Received, d, *now)).collect();
+        refs.iter().zip(&details).zip(&kept).map(|((r, d), (_, now))| (r, MessageStatus::Received, d, *now)).collect();
     rows::insert_events_of(conn, EventType::MessageReceived, &events).await?;
     Ok(out)
 }

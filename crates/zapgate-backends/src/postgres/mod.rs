@@ -23,7 +23,6 @@ mod queue;
 mod rows;
 mod schedules;
 mod session;
-mod statuses;
 mod store;
 mod webhooks;
 

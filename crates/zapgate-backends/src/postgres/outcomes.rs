@@ -15,8 +15,7 @@
 use super::again;
 use super::group_commit::{GroupCommit, Reply, Shape};
 use super::rows::{self, MessageRef};
-use super::statuses::apply_statuses;
-use super::store::lock_provider_ids;
+use super::store::{apply_status, lock_provider_ids};
 use crate::*;
 use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row};
 use std::collections::{HashMap, HashSet};
@@ -322,7 +321,8 @@ async fn apply_parked(conn: &mut PgConnection, provider_message_ids: &[&str]) ->
         ));
     }
     parked.sort_by_key(|(id, _)| *id);
-    let reports: Vec<ProviderStatusReport> = parked.into_iter().map(|(_, r)| r).collect();
-    apply_statuses(conn, &reports).await?;
+    for (_, r) in parked {
+        apply_status(&mut *conn, r).await?;
+    }
     Ok(())
 }

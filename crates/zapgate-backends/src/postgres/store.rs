@@ -8,6 +8,7 @@ use crate::*;
 use async_trait::async_trait;
 use sqlx::{AssertSqlSafe, PgConnection, Row};
 use zapgate_domain::event::StatusDetail;
+use zapgate_domain::status::{FAILED_RANK, SENT_RANK};
 use zapgate_domain::{
     EventType, InstanceId, MessageEvent, MessageId, MessageStatus, TemplateId, TenantId, Timestamp, TokenHash, TokenId,
 };
@@ -713,8 +714,59 @@ pub(super) async fn apply_status(
     conn: &mut PgConnection,
     r: ProviderStatusReport,
 ) -> Result<StatusApplied, StoreError> {
-    let mut applied = super::statuses::apply_statuses(conn, std::slice::from_ref(&r)).await?;
-    Ok(applied.remove(0))
+    lock_provider_ids(&mut *conn, &[r.provider_message_id.as_str()]).await?;
+    let found = sqlx::query(
+        "SELECT id, tenant_id, instance_id, chat_seq FROM messages \
+         WHERE provider_message_id = $1 AND ($2::text IS NULL OR instance_id = $2)",
+    )
+    .bind(&r.provider_message_id)
+    .bind(r.instance_id.as_ref().map(|i| i.as_str()))
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = found else {
+        sqlx::query(
+            "INSERT INTO parked_statuses (provider_message_id, status, at, error_code, error_message, received_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&r.provider_message_id)
+        .bind(r.status.as_str())
+        .bind(r.at.as_millis())
+        .bind(&r.error_code)
+        .bind(&r.error_message)
+        .bind(Timestamp::now().as_millis())
+        .execute(&mut *conn)
+        .await?;
+        return Ok(StatusApplied::Parked);
+    };
+    let m = MessageRef::from_row(&row)?;
+    // The forward-only rule as one conditional update: `failed` only over
+    // rank <= sent; anything else only over a lower rank and never over failed.
+    let changed = sqlx::query(
+        "UPDATE messages SET status = $1, status_rank = $2, updated_at = $3, \
+         error_code = COALESCE($4, error_code), error_message = COALESCE($5, error_message) \
+         WHERE id = $6 AND (($2 = $7 AND status_rank <= $8) OR ($2 < $7 AND status_rank < $2))",
+    )
+    .bind(r.status.as_str())
+    .bind(r.status.rank())
+    .bind(r.at.as_millis())
+    .bind(&r.error_code)
+    .bind(&r.error_message)
+    .bind(&m.id)
+    .bind(FAILED_RANK)
+    .bind(SENT_RANK)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected()
+        == 1;
+    let detail = StatusDetail {
+        provider_message_id: Some(r.provider_message_id.clone()),
+        error_code: r.error_code,
+        reason: r.error_message,
+        applied: changed,
+        ..detail()
+    };
+    insert_event(conn, &m, r.status, &detail, r.at).await?;
+    Ok(if changed { StatusApplied::Applied } else { StatusApplied::Ignored })
 }
 
 pub(super) async fn insert_instance(conn: &mut sqlx::PgConnection, r: &InstanceRecord) -> Result<(), StoreError> {
