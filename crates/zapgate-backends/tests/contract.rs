@@ -73,6 +73,25 @@ async fn fixture_on(db: Db) -> Fixture {
     Fixture { _db: db, b, tenant, instance }
 }
 
+/// A webhook endpoint of the fixture's tenant for every event (internal ones
+/// too), in the standard format.
+fn endpoint(f: &Fixture) -> NewEndpoint {
+    NewEndpoint {
+        id: EndpointId::generate(),
+        tenant_id: f.tenant.clone(),
+        url: "https://example.com/hook".into(),
+        description: String::new(),
+        event_types: vec![],
+        include_internal: true,
+        instance_id: None,
+        statuses: vec![],
+        headers: std::collections::BTreeMap::new(),
+        secret: zapgate_domain::webhook::WebhookSecret::generate(),
+        format: zapgate_domain::webhook::WebhookFormat::Standard,
+        app_secret: None,
+    }
+}
+
 fn new_token() -> NewToken {
     let t = ApiToken::generate();
     NewToken { id: TokenId::generate(), hash: t.hash(), hint: t.hint() }
@@ -735,26 +754,8 @@ async fn provider_statuses_move_forward_only_and_early_ones_are_parked() {
 
 #[tokio::test]
 async fn finished_webhook_deliveries_are_purged_pending_ones_kept() {
-    use std::collections::BTreeMap;
-    use zapgate_domain::webhook::{WebhookFormat, WebhookSecret};
     let f = fixture().await;
-    f.b.webhooks
-        .create_endpoint(NewEndpoint {
-            id: EndpointId::generate(),
-            tenant_id: f.tenant.clone(),
-            url: "https://example.com/hook".into(),
-            description: String::new(),
-            event_types: vec![],
-            include_internal: true,
-            instance_id: None,
-            statuses: vec![],
-            headers: BTreeMap::new(),
-            secret: WebhookSecret::generate(),
-            format: WebhookFormat::Standard,
-            app_secret: None,
-        })
-        .await
-        .unwrap();
+    f.b.webhooks.create_endpoint(endpoint(&f)).await.unwrap();
     accept(&f, "+5511900000001", Priority::Normal).await;
     accept(&f, "+5511900000002", Priority::Normal).await;
     let now = Timestamp::now();
@@ -778,27 +779,18 @@ async fn finished_webhook_deliveries_are_purged_pending_ones_kept() {
 
 #[tokio::test]
 async fn deliveries_are_claimed_within_each_endpoints_room_and_gone_disables_the_endpoint() {
-    use std::collections::BTreeMap;
-    use zapgate_domain::webhook::{WebhookFormat, WebhookSecret};
+    use zapgate_domain::webhook::WebhookFormat;
     let f = fixture().await;
     let mut endpoints = Vec::new();
     for n in 0..2 {
         let e =
             f.b.webhooks
                 .create_endpoint(NewEndpoint {
-                    id: EndpointId::generate(),
-                    tenant_id: f.tenant.clone(),
                     url: format!("https://example.com/hook{n}"),
-                    description: String::new(),
-                    event_types: vec![],
-                    include_internal: true,
-                    instance_id: None,
-                    statuses: vec![],
-                    headers: BTreeMap::new(),
-                    secret: WebhookSecret::generate(),
                     // The second takes Cloud API-shaped payloads: its jobs carry its app secret.
                     format: if n == 1 { WebhookFormat::CloudApi } else { WebhookFormat::Standard },
                     app_secret: (n == 1).then(|| "s3cret-app".to_owned()),
+                    ..endpoint(&f)
                 })
                 .await
                 .unwrap();
@@ -873,26 +865,8 @@ async fn deliveries_are_claimed_within_each_endpoints_room_and_gone_disables_the
 /// `webhook.delivery_failed`.
 #[tokio::test]
 async fn concurrent_attempts_each_move_their_delivery_on() {
-    use std::collections::BTreeMap;
-    use zapgate_domain::webhook::{WebhookFormat, WebhookSecret};
     let f = Arc::new(fixture().await);
-    f.b.webhooks
-        .create_endpoint(NewEndpoint {
-            id: EndpointId::generate(),
-            tenant_id: f.tenant.clone(),
-            url: "https://example.com/hook".into(),
-            description: String::new(),
-            event_types: vec![],
-            include_internal: true,
-            instance_id: None,
-            statuses: vec![],
-            headers: BTreeMap::new(),
-            secret: WebhookSecret::generate(),
-            format: WebhookFormat::Standard,
-            app_secret: None,
-        })
-        .await
-        .unwrap();
+    f.b.webhooks.create_endpoint(endpoint(&f)).await.unwrap();
     for n in 0..30 {
         accept(&f, &format!("+55119{n:08}"), Priority::Normal).await;
     }
@@ -950,8 +924,7 @@ async fn concurrent_attempts_each_move_their_delivery_on() {
 /// deliveries they asked for; `update_endpoint` sets and clears the instance.
 #[tokio::test]
 async fn endpoints_filtered_by_instance_and_status_get_only_those_events() {
-    use std::collections::BTreeMap;
-    use zapgate_domain::webhook::{WebhookFormat, WebhookSecret};
+    use zapgate_domain::webhook::WebhookFormat;
     let f = fixture().await;
     let other = InstanceId::generate();
     f.b.store
@@ -970,18 +943,10 @@ async fn endpoints_filtered_by_instance_and_status_get_only_those_events() {
         .await
         .unwrap();
     let endpoint = |instance_id: Option<InstanceId>, statuses: Vec<String>, format| NewEndpoint {
-        id: EndpointId::generate(),
-        tenant_id: f.tenant.clone(),
-        url: "https://example.com/hook".into(),
-        description: String::new(),
-        event_types: vec![],
-        include_internal: true,
         instance_id,
         statuses,
-        headers: BTreeMap::new(),
-        secret: WebhookSecret::generate(),
         format,
-        app_secret: None,
+        ..endpoint(&f)
     };
     let hooks = &f.b.webhooks;
     let mine =

@@ -1,11 +1,9 @@
 //! Group commit of webhook attempts (see [`super::group_commit`]): the
 //! results of the attempts that end at the same time are recorded in one
 //! transaction — one `UPDATE … FROM UNNEST` of their deliveries, one
-//! multi-row insert of the attempts — instead of one transaction each. A
-//! batch whose transaction fails is run again attempt by attempt.
+//! multi-row insert of the attempts — instead of one transaction each.
 
-use super::again;
-use super::group_commit::{GroupCommit, Reply, Shape};
+use super::group_commit::{GroupCommit, Shape, Statements};
 use super::webhooks::raise_delivery_failed;
 use crate::StoreError;
 use crate::webhooks::AttemptOutcome;
@@ -27,56 +25,17 @@ impl Attempts {
     /// another attempt, a retry is to be scheduled, or a failure event waits
     /// for fan-out.
     pub fn start(pool: PgPool, committed: Arc<Notify>) -> Self {
-        let batches = GroupCommit::start(SHAPE, move |batch| {
-            let (pool, committed) = (pool.clone(), committed.clone());
-            async move {
-                commit(&pool, batch).await;
-                committed.notify_one();
-            }
+        let run: Statements<_, _> = Arc::new(|conn, batch: &[AttemptOutcome]| {
+            Box::pin(async move {
+                record_batch(conn, batch).await?;
+                Ok(vec![(); batch.len()])
+            })
         });
-        Self { batches }
+        Self { batches: GroupCommit::transactional(SHAPE, pool, committed, run) }
     }
 
     pub async fn record(&self, outcome: AttemptOutcome) -> Result<(), StoreError> {
         self.batches.submit(outcome).await
-    }
-}
-
-/// Commits a batch and answers each caller.
-async fn commit(pool: &PgPool, batch: Vec<(AttemptOutcome, Reply<()>)>) {
-    let (outcomes, replies): (Vec<AttemptOutcome>, Vec<Reply<()>>) = batch.into_iter().unzip();
-    let answers = match store(pool, &outcomes).await {
-        Ok(()) => outcomes.iter().map(|_| Ok(())).collect(),
-        Err(e) if outcomes.len() == 1 => vec![Err(e)],
-        Err(e) => {
-            tracing::debug!(error = %e, attempts = outcomes.len(), "batched attempts failed; recording one by one");
-            let mut answers = Vec::with_capacity(outcomes.len());
-            for o in &outcomes {
-                answers.push(store(pool, std::slice::from_ref(o)).await);
-            }
-            answers
-        }
-    };
-    for (reply, answer) in replies.into_iter().zip(answers) {
-        let _ = reply.send(answer);
-    }
-}
-
-/// One transaction for `outcomes`, run again if PostgreSQL aborted it as a
-/// deadlock victim.
-async fn store(pool: &PgPool, outcomes: &[AttemptOutcome]) -> Result<(), StoreError> {
-    let mut tries = 0;
-    loop {
-        let r = async {
-            let mut tx = pool.begin().await?;
-            record_batch(&mut tx, outcomes).await?;
-            tx.commit().await?;
-            Ok(())
-        }
-        .await;
-        if !again(&r, &mut tries).await {
-            return r;
-        }
     }
 }
 

@@ -7,13 +7,21 @@
 //! The commit function answers every caller of its batch, after its COMMIT:
 //! a caller's answer still means "durable".
 
+use super::again;
 use crate::StoreError;
+use futures::future::BoxFuture;
+use sqlx::{PgConnection, PgPool};
 use std::future::Future;
 use std::sync::Arc;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 
 /// Where a batched call's answer goes.
 pub(super) type Reply<R> = oneshot::Sender<Result<R, StoreError>>;
+
+/// The statements of a batch, in the caller's transaction: one answer per
+/// call, in order.
+pub(super) type Statements<T, R> =
+    Arc<dyn for<'a> Fn(&'a mut PgConnection, &'a [T]) -> BoxFuture<'a, Result<Vec<R>, StoreError>> + Send + Sync>;
 
 /// The handle calls are submitted to; a task of its own gathers batches.
 pub(super) struct GroupCommit<T, R> {
@@ -39,6 +47,22 @@ impl<T: Send + 'static, R: Send + 'static> GroupCommit<T, R> {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(gather(shape, rx, commit));
         Self { tx }
+    }
+
+    /// Batches whose statements are `run` in one transaction on `pool`
+    /// (see [`commit_or_split`]); `committed` is notified after each batch.
+    pub fn transactional(shape: Shape, pool: PgPool, committed: Arc<Notify>, run: Statements<T, R>) -> Self
+    where
+        T: Sync,
+        R: Sync,
+    {
+        Self::start(shape, move |batch| {
+            let (pool, committed, run) = (pool.clone(), committed.clone(), run.clone());
+            async move {
+                commit_or_split(&pool, batch, &run).await;
+                committed.notify_one();
+            }
+        })
     }
 
     pub async fn submit(&self, item: T) -> Result<R, StoreError> {
@@ -71,5 +95,45 @@ where
             done.await;
             drop(slot);
         });
+    }
+}
+
+/// Commits a batch in one transaction and answers each caller. When the
+/// transaction fails, the calls run again one by one, each in its own
+/// transaction, so one call never fails the others.
+async fn commit_or_split<T: Sync, R>(pool: &PgPool, batch: Vec<(T, Reply<R>)>, run: &Statements<T, R>) {
+    let (items, replies): (Vec<T>, Vec<Reply<R>>) = batch.into_iter().unzip();
+    let answers = match transaction(pool, &items, run).await {
+        Ok(answers) => answers.into_iter().map(Ok).collect(),
+        Err(e) if items.len() == 1 => vec![Err(e)],
+        Err(e) => {
+            tracing::debug!(error = %e, calls = items.len(), "batched transaction failed; running its calls one by one");
+            let mut answers = Vec::with_capacity(items.len());
+            for item in &items {
+                answers.push(transaction(pool, std::slice::from_ref(item), run).await.map(|mut a| a.remove(0)));
+            }
+            answers
+        }
+    };
+    for (reply, answer) in replies.into_iter().zip(answers) {
+        let _ = reply.send(answer);
+    }
+}
+
+/// One transaction of `run` for `items`, run again if PostgreSQL aborted it
+/// as a deadlock victim.
+async fn transaction<T, R>(pool: &PgPool, items: &[T], run: &Statements<T, R>) -> Result<Vec<R>, StoreError> {
+    let mut tries = 0;
+    loop {
+        let r = async {
+            let mut tx = pool.begin().await?;
+            let answers = run(&mut tx, items).await?;
+            tx.commit().await?;
+            Ok(answers)
+        }
+        .await;
+        if !again(&r, &mut tries).await {
+            return r;
+        }
     }
 }

@@ -3,10 +3,10 @@
 //! POSTs that arrive at the same time (and a concurrent re-send of the same
 //! event waits on the key, then finds it).
 
-use super::group_commit::{GroupCommit, Reply, Shape};
+use super::PgBackend;
+use super::group_commit::{GroupCommit, Shape, Statements};
 use super::rows::{self, MessageRef, insert_event_of, insert_instance_event};
 use super::store::apply_status;
-use super::{PgBackend, again};
 use crate::inbox::*;
 use crate::records::{INBOUND_COLUMNS, account_instance, inbound, stored_state};
 use crate::{ProviderStatusReport, StoreError, detail};
@@ -101,56 +101,12 @@ pub(super) struct Ingests {
 impl Ingests {
     /// `committed` is notified after each batch (its events wait for fan-out).
     pub fn start(pool: PgPool, committed: Arc<Notify>) -> Self {
-        let batches = GroupCommit::start(SHAPE, move |batch| {
-            let (pool, committed) = (pool.clone(), committed.clone());
-            async move {
-                commit(&pool, batch).await;
-                committed.notify_one();
-            }
-        });
-        Self { batches }
+        let run: Statements<_, _> = Arc::new(|conn, posts| Box::pin(take_in_batch(conn, posts)));
+        Self { batches: GroupCommit::transactional(SHAPE, pool, committed, run) }
     }
 
     async fn submit(&self, post: Post) -> Result<Vec<InboundOutcome>, StoreError> {
         self.batches.submit(post).await
-    }
-}
-
-/// Commits a batch and answers each POST.
-async fn commit(pool: &PgPool, batch: Vec<(Post, Reply<Vec<InboundOutcome>>)>) {
-    let (posts, replies): (Vec<Post>, Vec<Reply<Vec<InboundOutcome>>>) = batch.into_iter().unzip();
-    let answers = match store(pool, &posts).await {
-        Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
-        Err(e) if posts.len() == 1 => vec![Err(e)],
-        Err(e) => {
-            tracing::debug!(error = %e, posts = posts.len(), "batched ingest failed; taking POSTs in one by one");
-            let mut answers = Vec::with_capacity(posts.len());
-            for post in &posts {
-                answers.push(store(pool, std::slice::from_ref(post)).await.map(|mut o| o.remove(0)));
-            }
-            answers
-        }
-    };
-    for (reply, answer) in replies.into_iter().zip(answers) {
-        let _ = reply.send(answer);
-    }
-}
-
-/// One transaction for `posts`, run again if PostgreSQL aborted it as a
-/// deadlock victim.
-async fn store(pool: &PgPool, posts: &[Post]) -> Result<Vec<Vec<InboundOutcome>>, StoreError> {
-    let mut tries = 0;
-    loop {
-        let r = async {
-            let mut tx = pool.begin().await?;
-            let outcomes = take_in_batch(&mut tx, posts).await?;
-            tx.commit().await?;
-            Ok(outcomes)
-        }
-        .await;
-        if !again(&r, &mut tries).await {
-            return r;
-        }
     }
 }
 

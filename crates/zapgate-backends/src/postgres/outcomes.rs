@@ -12,8 +12,7 @@
 //! transaction fails is run again outcome by outcome, each in its own
 //! transaction, so one outcome never fails the others.
 
-use super::again;
-use super::group_commit::{GroupCommit, Reply, Shape};
+use super::group_commit::{GroupCommit, Shape, Statements};
 use super::rows::{self, MessageRef};
 use super::store::{apply_status, lock_provider_ids};
 use crate::*;
@@ -42,56 +41,12 @@ impl Outcomes {
     /// `owner` is this process's lease owner id; `committed` is notified
     /// after each batch (its events wait for fan-out).
     pub fn start(pool: PgPool, owner: i64, committed: Arc<Notify>) -> Self {
-        let batches = GroupCommit::start(SHAPE, move |batch| {
-            let (pool, committed) = (pool.clone(), committed.clone());
-            async move {
-                commit(&pool, owner, batch).await;
-                committed.notify_one();
-            }
-        });
-        Self { batches }
+        let run: Statements<_, _> = Arc::new(move |conn, batch| Box::pin(record_batch(conn, batch, owner)));
+        Self { batches: GroupCommit::transactional(SHAPE, pool, committed, run) }
     }
 
     pub async fn record(&self, outcome: SendOutcome) -> Result<OutcomeApplied, StoreError> {
         self.batches.submit(outcome).await
-    }
-}
-
-/// Commits a batch and answers each caller.
-async fn commit(pool: &PgPool, owner: i64, batch: Vec<(SendOutcome, Reply<OutcomeApplied>)>) {
-    let (outcomes, replies): (Vec<SendOutcome>, Vec<Reply<OutcomeApplied>>) = batch.into_iter().unzip();
-    let answers = match store(pool, owner, &outcomes).await {
-        Ok(applied) => applied.into_iter().map(Ok).collect(),
-        Err(e) if outcomes.len() == 1 => vec![Err(e)],
-        Err(e) => {
-            tracing::debug!(error = %e, outcomes = outcomes.len(), "batched outcomes failed; storing one by one");
-            let mut answers = Vec::with_capacity(outcomes.len());
-            for o in &outcomes {
-                answers.push(store(pool, owner, std::slice::from_ref(o)).await.map(|mut a| a.remove(0)));
-            }
-            answers
-        }
-    };
-    for (reply, answer) in replies.into_iter().zip(answers) {
-        let _ = reply.send(answer);
-    }
-}
-
-/// One transaction for `outcomes`, run again if PostgreSQL aborted it as a
-/// deadlock victim.
-async fn store(pool: &PgPool, owner: i64, outcomes: &[SendOutcome]) -> Result<Vec<OutcomeApplied>, StoreError> {
-    let mut tries = 0;
-    loop {
-        let r = async {
-            let mut tx = pool.begin().await?;
-            let applied = record_batch(&mut tx, outcomes, owner).await?;
-            tx.commit().await?;
-            Ok(applied)
-        }
-        .await;
-        if !again(&r, &mut tries).await {
-            return r;
-        }
     }
 }
 
