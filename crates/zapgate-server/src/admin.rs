@@ -20,6 +20,8 @@ pub fn resolve(configured: Option<&str>, data_dir: &Path) -> std::io::Result<Api
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
+    // In distributed mode nothing else makes the data directory.
+    std::fs::create_dir_all(data_dir)?;
     let token = ApiToken::generate();
     let mut opts = std::fs::File::options();
     opts.write(true).create(true).truncate(true);
@@ -34,4 +36,20 @@ pub fn resolve(configured: Option<&str>, data_dir: &Path) -> std::io::Result<Api
         token.reveal()
     );
     Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_generated_token_is_kept_in_a_data_dir_made_for_it_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("not/made/yet");
+        let first = resolve(None, &data_dir).unwrap();
+        let again = resolve(None, &data_dir).unwrap();
+        assert_eq!(first.reveal(), again.reveal());
+        let configured = resolve(Some("a-configured-admin-token"), &data_dir).unwrap();
+        assert_eq!(configured.reveal(), "a-configured-admin-token");
+    }
 }
