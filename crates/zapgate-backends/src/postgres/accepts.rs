@@ -10,12 +10,12 @@
 //! without batching), and the rare cases the batch does not handle — an
 //! Idempotency-Key seen before, or twice in one batch — go that way too.
 
-use super::again;
-use super::group_commit::{GroupCommit, Reply, Shape};
+use super::group_commit::{GroupCommit, Reply, Shape, Statements, transaction};
 use super::rows::{self, MessageRef};
 use crate::*;
 use sqlx::{AssertSqlSafe, PgConnection, PgPool, Row};
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use zapgate_domain::event::StatusDetail;
 use zapgate_domain::{MessageStatus, Timestamp};
 
@@ -29,9 +29,11 @@ pub struct Accepts {
 
 impl Accepts {
     pub fn start(pool: PgPool) -> Self {
+        let run: Statements<AcceptMessage, Option<Accepted>> =
+            Arc::new(|conn, msgs| Box::pin(accept_batch(conn, msgs)));
         let batches = GroupCommit::start(SHAPE, move |batch| {
-            let pool = pool.clone();
-            async move { commit(&pool, batch).await }
+            let (pool, run) = (pool.clone(), run.clone());
+            async move { commit(&pool, batch, &run).await }
         });
         Self { batches }
     }
@@ -42,21 +44,13 @@ impl Accepts {
 }
 
 /// Commits a batch and answers each caller.
-async fn commit(pool: &PgPool, batch: Vec<(AcceptMessage, Reply<Accepted>)>) {
+async fn commit(
+    pool: &PgPool,
+    batch: Vec<(AcceptMessage, Reply<Accepted>)>,
+    run: &Statements<AcceptMessage, Option<Accepted>>,
+) {
     let (msgs, replies): (Vec<AcceptMessage>, Vec<Reply<Accepted>>) = batch.into_iter().unzip();
-    let mut tries = 0;
-    let outcome = loop {
-        let r = async {
-            let mut tx = pool.begin().await?;
-            let out = accept_batch(&mut tx, &msgs).await?;
-            tx.commit().await?;
-            Ok(out)
-        }
-        .await;
-        if !again(&r, &mut tries).await {
-            break r;
-        }
-    };
+    let outcome = transaction(pool, &msgs, run).await;
     let answers = match outcome {
         Ok(answers) => answers,
         Err(e) => {

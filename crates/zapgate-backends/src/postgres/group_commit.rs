@@ -122,7 +122,11 @@ async fn commit_or_split<T: Sync, R>(pool: &PgPool, batch: Vec<(T, Reply<R>)>, r
 
 /// One transaction of `run` for `items`, run again if PostgreSQL aborted it
 /// as a deadlock victim.
-async fn transaction<T, R>(pool: &PgPool, items: &[T], run: &Statements<T, R>) -> Result<Vec<R>, StoreError> {
+pub(super) async fn transaction<T, R>(
+    pool: &PgPool,
+    items: &[T],
+    run: &Statements<T, R>,
+) -> Result<Vec<R>, StoreError> {
     let mut tries = 0;
     loop {
         let r = async {

@@ -5,7 +5,7 @@
 
 use super::PgBackend;
 use super::group_commit::{GroupCommit, Shape, Statements};
-use super::rows::{self, MessageRef, insert_event_of, insert_instance_event};
+use super::rows::{self, MessageRef, insert_instance_event};
 use super::store::apply_status;
 use crate::inbox::*;
 use crate::records::{INBOUND_COLUMNS, account_instance, inbound, stored_state};
@@ -81,7 +81,7 @@ impl Inbox for PgBackend {
     }
 }
 
-/// How provider POSTs are batched: at most 256 in one transaction, 4
+/// How provider POSTs are batched: at most 256 in one transaction, 8
 /// committing at once.
 const SHAPE: Shape = Shape { metric: "zapgate_ingest_batch_size", max_batch: 256, in_flight: 8 };
 
@@ -143,7 +143,8 @@ async fn take_in_batch(conn: &mut PgConnection, posts: &[Post]) -> Result<Vec<Ve
     Ok(outcomes)
 }
 
-/// New messages, set-based: what `take_in` and `receive` do for each.
+/// New messages, set-based: their dedupe keys (what `take_in` does for
+/// each), then [`store_messages`].
 async fn receive_many(
     conn: &mut PgConnection,
     news: &[(&InboundItem, &NewInbound, Timestamp)],
@@ -179,53 +180,65 @@ async fn receive_many(
     if new.is_empty() {
         return Ok(out);
     }
-    let chats: Vec<(&str, String)> = new.iter().map(|&n| (keyed[n].0, news[n].1.chat.clone())).collect();
+    let rows: Vec<NewRow> =
+        new.iter().map(|&n| (&news[n].0.tenant_id, &news[n].0.instance_id, news[n].1, news[n].2)).collect();
+    for (&n, stored) in new.iter().zip(store_messages(conn, &rows).await?) {
+        if stored {
+            out[n] = InboundOutcome::Received(news[n].1.id.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// A new inbound message to store: its tenant, instance, body and arrival.
+type NewRow<'a> = (&'a TenantId, &'a InstanceId, &'a NewInbound, Timestamp);
+
+/// Stores new inbound messages whose dedupe keys were fresh — chat
+/// sequences, rows and `message.received` events, one statement each for
+/// all of them; whether each was stored (one that was not had its dedupe
+/// key purged, the message not: a duplicate).
+async fn store_messages(conn: &mut PgConnection, news: &[NewRow<'_>]) -> Result<Vec<bool>, StoreError> {
+    let chats: Vec<(&str, String)> = news.iter().map(|(_, i, m, _)| (i.as_str(), m.chat.clone())).collect();
     let chat_seqs = rows::next_chat_seqs(&mut *conn, &chats).await?;
-    let body = |n: usize| &news[n].1.body;
     let stored = sqlx::query(
         "INSERT INTO inbound_messages (id, tenant_id, instance_id, chat, sender, sender_name, wa_message_id, \
          from_me, content, context_id, chat_seq, sent_at, created_at) \
-         SELECT id, t, i, c, s, sn, w, FALSE, ct, cx, cs, sa, ca FROM UNNEST($1::text[], $2::text[], $3::text[], \
-           $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bigint[], \
-           $12::bigint[]) AS u(id, t, i, c, s, sn, w, ct, cx, cs, sa, ca) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], \
+           $8::bool[], $9::text[], $10::text[], $11::bigint[], $12::bigint[], $13::bigint[]) \
          ON CONFLICT (instance_id, wa_message_id) DO NOTHING RETURNING id",
     )
-    .bind(new.iter().map(|&n| news[n].1.id.as_str()).collect::<Vec<_>>())
-    .bind(new.iter().map(|&n| news[n].0.tenant_id.as_str()).collect::<Vec<_>>())
-    .bind(new.iter().map(|&n| keyed[n].0).collect::<Vec<_>>())
-    .bind(new.iter().map(|&n| news[n].1.chat.as_str()).collect::<Vec<_>>())
-    .bind(new.iter().map(|&n| body(n).sender.as_deref()).collect::<Vec<_>>())
-    .bind(new.iter().map(|&n| body(n).sender_name.as_deref()).collect::<Vec<_>>())
-    .bind(new.iter().map(|&n| body(n).wa_message_id.as_str()).collect::<Vec<_>>())
-    .bind(new.iter().map(|&n| body(n).content.to_string()).collect::<Vec<_>>())
-    .bind(new.iter().map(|&n| body(n).context_id.as_deref()).collect::<Vec<_>>())
+    .bind(news.iter().map(|(_, _, m, _)| m.id.as_str()).collect::<Vec<_>>())
+    .bind(news.iter().map(|(t, ..)| t.as_str()).collect::<Vec<_>>())
+    .bind(news.iter().map(|(_, i, ..)| i.as_str()).collect::<Vec<_>>())
+    .bind(news.iter().map(|(_, _, m, _)| m.chat.as_str()).collect::<Vec<_>>())
+    .bind(news.iter().map(|(_, _, m, _)| m.body.sender.as_deref()).collect::<Vec<_>>())
+    .bind(news.iter().map(|(_, _, m, _)| m.body.sender_name.as_deref()).collect::<Vec<_>>())
+    .bind(news.iter().map(|(_, _, m, _)| m.body.wa_message_id.as_str()).collect::<Vec<_>>())
+    .bind(news.iter().map(|(_, _, m, _)| m.body.from_me).collect::<Vec<_>>())
+    .bind(news.iter().map(|(_, _, m, _)| m.body.content.to_string()).collect::<Vec<_>>())
+    .bind(news.iter().map(|(_, _, m, _)| m.body.context_id.as_deref()).collect::<Vec<_>>())
     .bind(&chat_seqs)
-    .bind(new.iter().map(|&n| body(n).sent_at.as_millis()).collect::<Vec<_>>())
-    .bind(new.iter().map(|&n| news[n].2.as_millis()).collect::<Vec<_>>())
+    .bind(news.iter().map(|(_, _, m, _)| m.body.sent_at.as_millis()).collect::<Vec<_>>())
+    .bind(news.iter().map(|(.., now)| now.as_millis()).collect::<Vec<_>>())
     .fetch_all(&mut *conn)
     .await?;
     let stored: HashSet<String> = stored.iter().map(|r| r.try_get("id")).collect::<Result<_, _>>()?;
-    // A message not stored had its dedupe key purged: a duplicate.
-    let (mut refs, mut details, mut kept) = (Vec::new(), Vec::new(), Vec::new());
-    for (&n, chat_seq) in new.iter().zip(&chat_seqs) {
-        let (item, m, now) = news[n];
-        if !stored.contains(m.id.as_str()) {
-            continue;
-        }
+    let stored: Vec<bool> = news.iter().map(|(_, _, m, _)| stored.contains(m.id.as_str())).collect();
+    let (mut refs, mut details, mut ats) = (Vec::new(), Vec::new(), Vec::new());
+    for (((tenant, instance, m, now), chat_seq), _) in news.iter().zip(&chat_seqs).zip(&stored).filter(|(_, s)| **s) {
         refs.push(MessageRef {
             id: m.id.to_string(),
-            tenant_id: item.tenant_id.to_string(),
-            instance_id: item.instance_id.to_string(),
+            tenant_id: tenant.to_string(),
+            instance_id: instance.to_string(),
             chat_seq: *chat_seq,
         });
         details.push(StatusDetail { message: Some(m.body.clone()), ..detail() });
-        kept.push((n, now));
-        out[n] = InboundOutcome::Received(m.id.clone());
+        ats.push(*now);
     }
     let events: Vec<_> =
-        refs.iter().zip(&details).zip(&kept).map(|((r, d), (_, now))| (r, MessageStatus::Received, d, *now)).collect();
+        refs.iter().zip(&details).zip(&ats).map(|((r, d), at)| (r, MessageStatus::Received, d, *at)).collect();
     rows::insert_events_of(conn, EventType::MessageReceived, &events).await?;
-    Ok(out)
+    Ok(stored)
 }
 
 type Resolved = (Option<AccountInstance>, Vec<AccountInstance>);
@@ -350,49 +363,11 @@ async fn receive(
             return Ok(InboundOutcome::Echo);
         }
     }
-    let chat_seq: i64 = sqlx::query(
-        "INSERT INTO chats (instance_id, chat, last_seq) VALUES ($1, $2, 1) \
-         ON CONFLICT (instance_id, chat) DO UPDATE SET last_seq = chats.last_seq + 1 RETURNING last_seq",
-    )
-    .bind(instance.as_str())
-    .bind(&m.chat)
-    .fetch_one(&mut *conn)
-    .await?
-    .try_get(0)?;
-    let b = &m.body;
-    let stored = sqlx::query(
-        "INSERT INTO inbound_messages (id, tenant_id, instance_id, chat, sender, sender_name, wa_message_id, \
-         from_me, content, context_id, chat_seq, sent_at, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-         ON CONFLICT (instance_id, wa_message_id) DO NOTHING",
-    )
-    .bind(m.id.as_str())
-    .bind(tenant.as_str())
-    .bind(instance.as_str())
-    .bind(&m.chat)
-    .bind(&b.sender)
-    .bind(&b.sender_name)
-    .bind(&b.wa_message_id)
-    .bind(b.from_me)
-    .bind(b.content.to_string())
-    .bind(&b.context_id)
-    .bind(chat_seq)
-    .bind(b.sent_at.as_millis())
-    .bind(now.as_millis())
-    .execute(&mut *conn)
-    .await?
-    .rows_affected()
-        == 1;
-    if !stored {
-        // Its dedupe key was purged, the message was not.
+    if !store_messages(&mut *conn, &[(tenant, instance, &m, now)]).await?[0] {
         return Ok(InboundOutcome::Duplicate);
     }
     if let Some(media) = &m.media {
         super::media::insert_media(conn, media, now).await?;
     }
-    let msg =
-        MessageRef { id: m.id.to_string(), tenant_id: tenant.to_string(), instance_id: instance.to_string(), chat_seq };
-    let detail = StatusDetail { message: Some(m.body), ..detail() };
-    insert_event_of(conn, EventType::MessageReceived, &msg, MessageStatus::Received, &detail, now).await?;
     Ok(InboundOutcome::Received(m.id))
 }

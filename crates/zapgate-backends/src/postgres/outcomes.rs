@@ -135,7 +135,8 @@ fn unsent(result: &SendResult) -> Option<Unsent<'_>> {
 }
 
 /// A failed outcome: `retry_wait` while attempts remain, else its terminal
-/// status (a retry with the attempts used up is a dead letter).
+/// status (a retry with the attempts used up is a dead letter). `retry_wait`
+/// has rank 0, as `sending` has, so writing its rank changes nothing.
 async fn record_unsent(
     conn: &mut PgConnection,
     o: &SendOutcome,
@@ -151,48 +152,38 @@ async fn record_unsent(
     let Some(row) = current else { return Ok(OutcomeApplied::Stale) };
     let m = MessageRef::from_row(&row)?;
     let attempts = row.try_get::<i64, _>("attempts")? as u32 + u32::from(u.spend_attempt);
-    let now = o.now.as_millis();
-    let (code, message) = (u.code.to_owned(), u.message.to_owned());
-    if let Some(retry_at) = u.retry_at.filter(|_| attempts < o.retry_limit) {
-        sqlx::query(
-            "UPDATE messages SET status = 'retry_wait', attempts = $1, next_attempt_at = $2, error_code = $3, \
-             error_message = $4, updated_at = $5 WHERE id = $6",
-        )
-        .bind(i64::from(attempts))
-        .bind(retry_at.as_millis())
-        .bind(&code)
-        .bind(&message)
-        .bind(now)
-        .bind(&m.id)
-        .execute(&mut *conn)
-        .await?;
-        let detail = StatusDetail {
-            attempts: Some(attempts),
-            error_code: Some(code),
-            reason: Some(message),
-            next_attempt_at: Some(retry_at),
-            ..detail()
-        };
-        rows::insert_event(conn, &m, MessageStatus::RetryWait, &detail, o.now).await?;
-        return Ok(OutcomeApplied::RetryAt { at: retry_at, attempts });
-    }
-    let status = if u.status == MessageStatus::RetryWait { MessageStatus::Dead } else { u.status };
+    // While attempts remain a retry waits; with them used up it is a dead letter.
+    let retry_at = u.retry_at.filter(|_| attempts < o.retry_limit);
+    let status = match (u.status, retry_at) {
+        (MessageStatus::RetryWait, None) => MessageStatus::Dead,
+        (status, _) => status,
+    };
     sqlx::query(
-        "UPDATE messages SET status = $1, status_rank = $2, attempts = $3, error_code = $4, error_message = $5, \
-         next_attempt_at = NULL, updated_at = $6 WHERE id = $7",
+        "UPDATE messages SET status = $1, status_rank = $2, attempts = $3, next_attempt_at = $4, error_code = $5, \
+         error_message = $6, updated_at = $7 WHERE id = $8",
     )
     .bind(status.as_str())
     .bind(status.rank())
     .bind(i64::from(attempts))
-    .bind(&code)
-    .bind(&message)
-    .bind(now)
+    .bind(retry_at.map(Timestamp::as_millis))
+    .bind(u.code)
+    .bind(u.message)
+    .bind(o.now.as_millis())
     .bind(&m.id)
     .execute(&mut *conn)
     .await?;
-    let detail = StatusDetail { attempts: Some(attempts), error_code: Some(code), reason: Some(message), ..detail() };
+    let detail = StatusDetail {
+        attempts: Some(attempts),
+        error_code: Some(u.code.to_owned()),
+        reason: Some(u.message.to_owned()),
+        next_attempt_at: retry_at,
+        ..detail()
+    };
     rows::insert_event(conn, &m, status, &detail, o.now).await?;
-    Ok(OutcomeApplied::Done(status))
+    Ok(match retry_at {
+        Some(at) => OutcomeApplied::RetryAt { at, attempts },
+        None => OutcomeApplied::Done(status),
+    })
 }
 
 /// `sending → sent` for the outcomes at `sent`, in one statement (the
